@@ -1,0 +1,26 @@
+export {
+  attention,
+  blockSparseAttention,
+  neighborhoodAttention,
+  na1d,
+  na2d,
+  na3d,
+  naQK,
+  naAV,
+  mergeAttentions,
+  type AttentionOptions,
+  type BlockSparseOptions,
+  type NeighborhoodOptions,
+  type CommonOptions,
+  type Result,
+  type BackendName,
+} from './api.js';
+export { TilewiseError } from './errors.js';
+export { type Tensor, tensor, zeros, randn, relError } from './tensor.js';
+export * as patterns from './patterns/spec.js';
+export type { PatternSpec, MaskFn, Align } from './patterns/spec.js';
+export { compilePattern, type CompiledPattern, EMPTY, PARTIAL, FULL } from './patterns/compile.js';
+export { buildSchedule, buildTransposedSchedule, kvSchedule, qSchedule, type Schedule, type Visit } from './schedule.js';
+export { referenceAttention } from './reference.js';
+export type { AttnProblem, SeqSpan } from './problem.js';
+export { setCpuThreads, cpuThreads } from './cpu/pool.js';

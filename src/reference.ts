@@ -1,0 +1,88 @@
+import { compilePattern } from './patterns/compile.js';
+import type { AttnBuffers, AttnProblem } from './problem.js';
+
+const prod = (t: readonly number[]) => t.reduce((a, b) => a * b, 1);
+
+/**
+ * float64 reference: every (query, key) pair tested with the pattern's exact predicate, scores
+ * materialised row by row. For tests and for spot checks in the profiler, never for speed.
+ * `rows`, when given, restricts the work to those flat query rows (a subsample).
+ */
+export function referenceAttention(
+  problem: AttnProblem,
+  bufs: Pick<AttnBuffers, 'q' | 'k' | 'v'>,
+  rows?: ReadonlySet<number>,
+): { out: Float64Array; lse: Float64Array } {
+  const { heads: H, kvHeads, dim: D, dimV: DV, scale, softcap, bias, rpb } = problem;
+  const out = new Float64Array(problem.qRows * H * DV);
+  const lse = new Float64Array(problem.qRows * H).fill(-Infinity);
+  for (const span of problem.seqs) {
+    const p = compilePattern(problem.pattern, { qGrid: span.qGrid, kGrid: span.kGrid, heads: H });
+    const nq = prod(span.qGrid);
+    const nk = prod(span.kGrid);
+    const grid = p.geometry.qShape;
+    const dil = p.geometry.dilation;
+    const coords = (t: number) => {
+      const c: number[] = [];
+      for (let a = grid.length - 1; a >= 0; a--) {
+        c.unshift(t % grid[a]!);
+        t = Math.floor(t / grid[a]!);
+      }
+      return c;
+    };
+    const scores = new Float64Array(nk);
+    for (let h = 0; h < H; h++) {
+      const kh = Math.floor(h / (H / kvHeads));
+      for (let qi = 0; qi < nq; qi++) {
+        const row = span.qOff + qi;
+        if (rows && !rows.has(row)) continue;
+        let mx = -Infinity;
+        for (let ki = 0; ki < nk; ki++) {
+          if (!p.allows(span.b, h, qi, ki)) {
+            scores[ki] = -Infinity;
+            continue;
+          }
+          let s = 0;
+          const qb = (row * H + h) * D;
+          const kb = ((span.kOff + ki) * kvHeads + kh) * D;
+          for (let x = 0; x < D; x++) s += bufs.q[qb + x]! * bufs.k[kb + x]!;
+          s *= scale;
+          if (softcap > 0) s = softcap * Math.tanh(s / softcap);
+          if (bias) {
+            const bb = bias.batch === 1 ? 0 : span.b;
+            const bh = bias.heads === 1 ? 0 : h;
+            s += bias.data[((bb * bias.heads + bh) * nq + qi) * nk + ki]!;
+          }
+          if (rpb) {
+            const cq = coords(qi);
+            const ck = coords(ki);
+            let idx = h;
+            for (let a = 0; a < rpb.kernel.length; a++) {
+              const off = Math.floor(ck[a]! / dil[a]!) - Math.floor(cq[a]! / dil[a]!);
+              idx = idx * (2 * rpb.kernel[a]! - 1) + off + rpb.kernel[a]! - 1;
+            }
+            s += rpb.data[idx]!;
+          }
+          scores[ki] = s;
+          if (s > mx) mx = s;
+        }
+        if (mx === -Infinity) continue; // no allowed key: output 0, lse -inf
+        let sum = 0;
+        for (let ki = 0; ki < nk; ki++) {
+          const e = scores[ki] === -Infinity ? 0 : Math.exp(scores[ki]! - mx);
+          scores[ki] = e;
+          sum += e;
+        }
+        const ob = (row * H + h) * DV;
+        for (let ki = 0; ki < nk; ki++) {
+          const w = scores[ki]! / sum;
+          if (w === 0) continue;
+          const vb = ((span.kOff + ki) * kvHeads + kh) * DV;
+          for (let c = 0; c < DV; c++) out[ob + c]! += w * bufs.v[vb + c]!;
+        }
+        lse[row * H + h] = mx + Math.log(sum);
+      }
+    }
+  }
+  return { out, lse };
+}
