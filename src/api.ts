@@ -52,13 +52,27 @@ export interface Result {
   lse: Tensor;
 }
 
-const defaultTile = (rank: number): number[] => (rank === 1 ? [64] : rank === 2 ? [8, 8] : [4, 4, 4]);
+const pow2floor = (x: number) => 2 ** Math.floor(Math.log2(Math.max(1, x)));
 
-function tiles(opts: CommonOptions, rank: number): { qTile: number[]; kvTile: number[] } {
+/**
+ * Default CPU tiles. Dense-like patterns want big query tiles (more reuse per key load); a
+ * neighborhood's query tile should stay near K/1.5 per axis, since the keys a tile loads grow as
+ * (tile + K - 1) per axis while each query needs only K (measured: 2-D K=7 on 64x64, 4x4 tiles
+ * beat 8x8 by 1.5x).
+ */
+function defaultTiles(rank: number, kernel?: readonly number[]): { qTile: number[]; kvTile: number[] } {
+  if (!kernel) return rank === 1 ? { qTile: [64], kvTile: [64] } : { qTile: new Array(rank).fill(8), kvTile: new Array(rank).fill(8) };
+  if (rank === 1) return { qTile: [Math.min(64, Math.max(16, pow2floor(kernel[0]! * 2)))], kvTile: [64] };
+  const cap = rank === 2 ? 8 : 4;
+  return { qTile: kernel.map((k) => Math.min(cap, Math.max(2, pow2floor(k / 1.5)))), kvTile: new Array(rank).fill(rank === 2 ? 16 : 8) };
+}
+
+function tiles(opts: CommonOptions, rank: number, kernel?: readonly number[]): { qTile: number[]; kvTile: number[] } {
   const t = opts.tile ?? {};
+  const d = defaultTiles(rank, kernel);
   return {
-    qTile: t.q === undefined ? defaultTile(rank) : perAxisInt(t.q, rank, 'tile.q', 1),
-    kvTile: t.kv === undefined ? defaultTile(rank) : perAxisInt(t.kv, rank, 'tile.kv', 1),
+    qTile: t.q === undefined ? d.qTile : perAxisInt(t.q, rank, 'tile.q', 1),
+    kvTile: t.kv === undefined ? d.kvTile : perAxisInt(t.kv, rank, 'tile.kv', 1),
   };
 }
 
@@ -289,7 +303,7 @@ export function planNA(q: Tensor, k: Tensor, v: Tensor, opts: NeighborhoodOption
     softcap: opts.softcap === undefined ? 0 : checkScalar(opts.softcap, 'softcap', 'nonnegative'),
     ...(rpb ? { rpb } : {}),
     pattern: spec,
-    ...tiles(opts, r),
+    ...tiles(opts, r, kernelSize),
   };
   return { s, problem, spec };
 }

@@ -40,6 +40,9 @@ export function tileBox(lengths: readonly number[], tile: readonly number[], ind
   return { lo, hi };
 }
 
+/** Smallest piece a pattern cut may leave, as a fraction of the key tile extent. */
+const MIN_PIECE = 0.5;
+
 type CutFn = (axis: number, lo: number, hi: number, out: number[]) => void;
 
 /**
@@ -55,7 +58,12 @@ function split(bounds: Box, maxExtent: readonly number[], cuts: CutFn, classify:
     const hi = bounds.hi[a]!;
     const pts = [lo, hi];
     cuts(a, lo, hi, pts);
-    const uniq = [...new Set(pts.filter((x) => x >= lo && x <= hi))].sort((x, y) => x - y);
+    const sorted = [...new Set(pts.filter((x) => x >= lo && x <= hi))].sort((x, y) => x - y);
+    // a cut that leaves a sliver costs more in per-visit overhead than masking it saves
+    const gap = Math.max(1, Math.floor(maxExtent[a]! * MIN_PIECE));
+    const uniq = [lo];
+    for (const x of sorted) if (x > lo && x < hi && x - uniq[uniq.length - 1]! >= gap && hi - x >= gap) uniq.push(x);
+    uniq.push(hi);
     const s: [number, number][] = [];
     for (let i = 0; i + 1 < uniq.length; i++)
       for (let x = uniq[i]!; x < uniq[i + 1]!; x += maxExtent[a]!) s.push([x, Math.min(uniq[i + 1]!, x + maxExtent[a]!)]);

@@ -17,6 +17,8 @@ export class FusedScratch {
   readonly kTok: Int32Array;
   readonly qCrd: Int32Array;
   readonly kCrd: Int32Array;
+  readonly rowLo: Int32Array;
+  readonly rowHi: Int32Array;
   constructor(readonly maxQ: number, readonly maxK: number, d: number, dv: number, rank: number) {
     this.qt = new Float32Array(maxQ * d);
     this.kt = new Float32Array(maxK * d);
@@ -29,9 +31,11 @@ export class FusedScratch {
     this.kTok = new Int32Array(maxK);
     this.qCrd = new Int32Array(maxQ * rank);
     this.kCrd = new Int32Array(maxK * rank);
+    this.rowLo = new Int32Array(maxQ * rank);
+    this.rowHi = new Int32Array(maxQ * rank);
   }
   static bytes(maxQ: number, maxK: number, d: number, dv: number, rank: number): number {
-    return 4 * (maxQ * d + maxK * d + maxK * dv + maxQ * maxK + maxQ * dv) + 16 * maxQ + 4 * (maxQ + maxK) * (1 + rank);
+    return 4 * (maxQ * d + maxK * d + maxK * dv + maxQ * maxK + maxQ * dv) + 16 * maxQ + 4 * (maxQ + maxK) * (1 + rank) + 8 * maxQ * rank;
   }
 }
 
@@ -71,7 +75,7 @@ export function gatherRows(src: Float32Array, rowOff: number, tok: Int32Array, n
 export function runFused(problem: AttnProblem, bufs: AttnBuffers, space: ItemSpace, start: number, end: number, sc: FusedScratch): void {
   const { heads: H, kvHeads, dim: D, dimV: DV, scale, softcap, bias, rpb } = problem;
   const group = H / kvHeads;
-  const { qt, kt, vt, s: S, o: O, m, l, qTok, kTok, qCrd, kCrd } = sc;
+  const { qt, kt, vt, s: S, o: O, m, l, qTok, kTok, qCrd, kCrd, rowLo, rowHi } = sc;
   for (let item = start; item < end; item++) {
     const { seq, h, g, tile } = space.decode(item);
     const p = space.pattern(seq);
@@ -83,11 +87,21 @@ export function runFused(problem: AttnProblem, bufs: AttnBuffers, space: ItemSpa
     const tq = boxTokens(geo.qShape, geo.dilation, grp, qBox, qTok);
     boxCoords(qBox, qCrd);
     gatherRows(bufs.q, span.qOff, qTok, tq, H, h, D, qt);
+    for (let x = 0; x < tq * D; x++) qt[x]! *= scale;
     const kh = Math.floor(h / group);
     m.fill(-Infinity, 0, tq);
     l.fill(0, 0, tq);
     O.fill(0, 0, tq * DV);
     const rules = p.boxRules?.(g);
+    if (rules) {
+      // each query row's key interval per axis, once per tile instead of once per pair
+      for (let i = 0; i < tq; i++)
+        for (let a = 0; a < rank; a++) {
+          const xq = qCrd[i * rank + a]!;
+          rowLo[i * rank + a] = rules[a]!.start(xq);
+          rowHi[i * rank + a] = rules[a]!.end(xq);
+        }
+    }
     const nq = prod(span.qGrid);
     const nk = prod(span.kGrid);
     const biasBase = bias ? ((bias.batch === 1 ? 0 : span.b) * bias.heads + (bias.heads === 1 ? 0 : h)) * nq * nk : 0;
@@ -96,40 +110,50 @@ export function runFused(problem: AttnProblem, bufs: AttnBuffers, space: ItemSpa
       gatherRows(bufs.k, span.kOff, kTok, tk, kvHeads, kh, D, kt);
       gatherRows(bufs.v, span.kOff, kTok, tk, kvHeads, kh, DV, vt);
       gemmABt(qt, tq, kt, tk, D, S);
-      const needCoords = rpb !== undefined || (!visit.full && rules !== undefined);
-      if (needCoords) boxCoords(visit.box, kCrd);
+      const n = tq * tk;
+      // score modifiers, each a flat pass only when present (q was pre-scaled at gather time)
+      if (softcap > 0) for (let x = 0; x < n; x++) S[x] = softcap * Math.tanh(S[x]! / softcap);
+      if (bias || rpb) boxCoords(visit.box, kCrd);
+      if (bias)
+        for (let i = 0; i < tq; i++) {
+          const b0 = biasBase + qTok[i]! * nk;
+          for (let j = 0; j < tk; j++) S[i * tk + j]! += bias.data[b0 + kTok[j]!]!;
+        }
+      if (rpb) for (let i = 0; i < tq; i++) for (let j = 0; j < tk; j++) S[i * tk + j]! += rpb.data[rpbIndex(rpb.kernel, h, qCrd, i, kCrd, j)]!;
+      if (!visit.full) {
+        if (rules) {
+          if (!(bias || rpb)) boxCoords(visit.box, kCrd);
+          for (let i = 0; i < tq; i++) {
+            const row = i * tk;
+            for (let j = 0; j < tk; j++) {
+              for (let a = 0; a < rank; a++) {
+                const xk = kCrd[j * rank + a]!;
+                if (xk < rowLo[i * rank + a]! || xk > rowHi[i * rank + a]!) {
+                  S[row + j] = -Infinity;
+                  break;
+                }
+              }
+            }
+          }
+        } else {
+          for (let i = 0; i < tq; i++) for (let j = 0; j < tk; j++) if (!p.allows(span.b, h, qTok[i]!, kTok[j]!)) S[i * tk + j] = -Infinity;
+        }
+      }
+      // online softmax: rescale what was accumulated under the old max
       for (let i = 0; i < tq; i++) {
         const row = i * tk;
         let mx = -Infinity;
-        for (let j = 0; j < tk; j++) {
-          let x = S[row + j]! * scale;
-          if (softcap > 0) x = softcap * Math.tanh(x / softcap);
-          if (bias) x += bias.data[biasBase + qTok[i]! * nk + kTok[j]!]!;
-          if (rpb) x += rpb.data[rpbIndex(rpb.kernel, h, qCrd, i, kCrd, j)]!;
-          if (!visit.full) {
-            let ok = true;
-            if (rules) {
-              for (let a = 0; a < rank && ok; a++) {
-                const xq = qCrd[i * rank + a]!;
-                const xk = kCrd[j * rank + a]!;
-                ok = xk >= rules[a]!.start(xq) && xk <= rules[a]!.end(xq);
-              }
-            } else ok = p.allows(span.b, h, qTok[i]!, kTok[j]!);
-            if (!ok) x = -Infinity;
-          }
-          S[row + j] = x;
-          if (x > mx) mx = x;
-        }
-        // online softmax: rescale what was accumulated under the old max
+        for (let j = 0; j < tk; j++) if (S[row + j]! > mx) mx = S[row + j]!;
         const mNew = Math.max(m[i]!, mx);
         if (mNew === -Infinity) {
-          for (let j = 0; j < tk; j++) S[row + j] = 0;
+          S.fill(0, row, row + tk);
           continue;
         }
         const alpha = Math.exp(m[i]! - mNew);
         let sum = 0;
         for (let j = 0; j < tk; j++) {
-          const e = Math.exp(S[row + j]! - mNew);
+          const x = S[row + j]!;
+          const e = x === -Infinity ? 0 : Math.exp(x - mNew);
           S[row + j] = e;
           sum += e;
         }

@@ -1,0 +1,176 @@
+/// <reference types="@webgpu/types" />
+import { TilewiseError } from '../errors.js';
+
+/**
+ * One GPU device for the whole library, acquired lazily. In Node the adapter comes from the npm
+ * package `webgpu` (Dawn); in browsers from `navigator.gpu`; a caller may hand in its own device.
+ *
+ * Loss: when the device is lost (driver reset, `device.destroy()`), the next call into the backend
+ * throws a TilewiseError naming the reason, once; the call after that acquires a fresh device.
+ */
+
+/** WebGPU flag values (fixed by the spec), so nothing depends on globals a Node host may lack. */
+export const BufferUsage = { MAP_READ: 1, MAP_WRITE: 2, COPY_SRC: 4, COPY_DST: 8, UNIFORM: 64, STORAGE: 128 } as const;
+export const MapMode = { READ: 1, WRITE: 2 } as const;
+export const ShaderStage = { COMPUTE: 4 } as const;
+
+/** The limits kernels size themselves from (a plain snapshot of `device.limits`). */
+export interface GpuLimits {
+  readonly maxComputeWorkgroupStorageSize: number;
+  readonly maxComputeInvocationsPerWorkgroup: number;
+  readonly maxComputeWorkgroupSizeX: number;
+  readonly maxComputeWorkgroupsPerDimension: number;
+  readonly maxStorageBufferBindingSize: number;
+  readonly maxBufferSize: number;
+  readonly maxStorageBuffersPerShaderStage: number;
+}
+
+const LIMIT_NAMES: readonly (keyof GpuLimits)[] = [
+  'maxComputeWorkgroupStorageSize',
+  'maxComputeInvocationsPerWorkgroup',
+  'maxComputeWorkgroupSizeX',
+  'maxComputeWorkgroupsPerDimension',
+  'maxStorageBufferBindingSize',
+  'maxBufferSize',
+  'maxStorageBuffersPerShaderStage',
+];
+
+export interface GpuContext {
+  readonly device: GPUDevice;
+  readonly limits: GpuLimits;
+  readonly features: ReadonlySet<string>;
+  /** Adapter description (vendor, architecture, device), for reports. */
+  readonly description: string;
+  readonly userProvided: boolean;
+}
+
+interface Held {
+  ctx: GpuContext;
+  /** Set when the device's `lost` promise resolves; reported by the next call. */
+  lost?: string;
+}
+
+// The object `create()` returns owns Dawn's instance while adapters and devices only point into
+// it: if it were garbage-collected with work pending the process would crash. Keep it forever.
+let gpuSingleton: GPU | undefined;
+let held: Held | undefined;
+let acquiring: Promise<Held> | undefined;
+
+function snapshotLimits(l: GPUSupportedLimits): GpuLimits {
+  const out: Record<string, number> = {};
+  for (const n of LIMIT_NAMES) out[n] = Number((l as unknown as Record<string, number>)[n]);
+  return out as unknown as GpuLimits;
+}
+
+async function gpuEntry(): Promise<GPU> {
+  if (gpuSingleton) return gpuSingleton;
+  const nav = (globalThis as { navigator?: { gpu?: GPU } }).navigator;
+  if (nav?.gpu) return (gpuSingleton = nav.gpu);
+  if (typeof process === 'undefined' || !process.versions?.node)
+    throw new TilewiseError('webgpu', 'is not available in this environment (no navigator.gpu)');
+  const name = 'webgpu'; // a variable, so bundlers and tsc do not require the optional package
+  let mod: { create(opts: string[]): GPU; globals: Record<string, unknown> };
+  try {
+    mod = (await import(name)) as typeof mod;
+  } catch (e) {
+    throw new TilewiseError('webgpu', "needs the npm package 'webgpu' (Dawn for Node)", (e as Error).message);
+  }
+  for (const [k, v] of Object.entries(mod.globals)) if (!(k in globalThis)) (globalThis as Record<string, unknown>)[k] = v;
+  gpuSingleton = mod.create([]);
+  return gpuSingleton;
+}
+
+function watch(h: Held): Held {
+  void h.ctx.device.lost.then((info) => {
+    h.lost = `${info.reason ?? 'unknown'}${info.message ? `: ${info.message}` : ''}`;
+  });
+  return h;
+}
+
+function describe(info: GPUAdapterInfo | undefined): string {
+  if (!info) return 'unknown adapter';
+  const parts = [info.vendor, info.architecture, info.device, info.description].filter((x) => x);
+  return parts.length ? parts.join(' / ') : 'unknown adapter';
+}
+
+async function acquire(): Promise<Held> {
+  const gpu = await gpuEntry();
+  const adapter = await gpu.requestAdapter({ powerPreference: 'high-performance' });
+  if (!adapter) throw new TilewiseError('webgpu', 'found no GPU adapter');
+  const requiredLimits: Record<string, number> = {};
+  for (const n of LIMIT_NAMES) requiredLimits[n] = Number((adapter.limits as unknown as Record<string, number>)[n]);
+  const device = await adapter.requestDevice({ requiredLimits });
+  return watch({
+    ctx: {
+      device,
+      limits: snapshotLimits(device.limits),
+      features: new Set([...adapter.features].map(String)),
+      description: describe(adapter.info),
+      userProvided: false,
+    },
+  });
+}
+
+/** Throws (once) if the held device was lost; afterwards the next call acquires a new one. */
+function reportLoss(): void {
+  if (held?.lost !== undefined) {
+    const reason = held.lost;
+    held = undefined;
+    throw new TilewiseError('webgpu', 'the GPU device was lost; the next call acquires a new one', reason);
+  }
+}
+
+/** The shared device and what kernels need to know about it, acquired on first use. */
+export async function getContext(): Promise<GpuContext> {
+  reportLoss();
+  if (held) return held.ctx;
+  if (!acquiring) {
+    acquiring = acquire().finally(() => {
+      acquiring = undefined;
+    });
+    const h = await acquiring;
+    held = h;
+    return h.ctx;
+  }
+  return (await acquiring).ctx;
+}
+
+export async function getDevice(): Promise<GPUDevice> {
+  return (await getContext()).device;
+}
+
+/** Uses the caller's device from now on (undefined: back to the library's own, acquired lazily). */
+export function setDevice(device: GPUDevice | undefined): void {
+  if (device === undefined) {
+    held = undefined;
+    return;
+  }
+  const features = new Set<string>([...device.features].map(String));
+  held = watch({
+    ctx: { device, limits: snapshotLimits(device.limits), features, description: describe(device.adapterInfo), userProvided: true },
+  });
+}
+
+/**
+ * After a failed GPU call: if the device is (or is about to be) lost, turn the failure into the
+ * loss report. Dawn resolves `lost` asynchronously, so give it a moment.
+ */
+export async function lossOr(ctx: GpuContext, err: unknown): Promise<never> {
+  const lost = await Promise.race([ctx.device.lost.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 20))]);
+  if (lost && held?.ctx === ctx) {
+    await Promise.resolve();
+    reportLoss();
+  }
+  if (lost) throw new TilewiseError('webgpu', 'the GPU device was lost; the next call acquires a new one', String((err as Error)?.message ?? err));
+  throw err;
+}
+
+/** true when a device can be had, else the reason (never throws). */
+export async function webgpuAvailable(): Promise<true | string> {
+  try {
+    await getContext();
+    return true;
+  } catch (e) {
+    return e instanceof Error ? e.message : String(e);
+  }
+}

@@ -1,0 +1,102 @@
+/// <reference types="@webgpu/types" />
+import { check } from '../errors.js';
+import { numel } from '../tensor.js';
+import { BufferUsage, type GpuContext, MapMode, getContext } from './device.js';
+
+/**
+ * GPU buffers the library creates go through `createBuffer` / `releaseBuffer`, so the number alive
+ * can be checked (tests assert it stays flat over many calls). Buffers a caller wraps are never
+ * destroyed by the library.
+ */
+let live = 0;
+let created = 0;
+
+export const bufferStats = (): { live: number; created: number } => ({ live, created });
+
+const owned = new WeakSet<GPUBuffer>();
+
+export function createBuffer(device: GPUDevice, size: number, usage: number, label?: string): GPUBuffer {
+  const b = device.createBuffer({ size: Math.max(4, Math.ceil(size / 4) * 4), usage, ...(label ? { label } : {}) });
+  owned.add(b);
+  live++;
+  created++;
+  return b;
+}
+
+/** Destroys a buffer this module created (idempotent); wrapped user buffers are left alone. */
+export function releaseBuffer(b: GPUBuffer | undefined): void {
+  if (!b || !owned.has(b)) return;
+  owned.delete(b);
+  live--;
+  b.destroy();
+}
+
+/** A storage buffer holding `data` (any typed array), filled with one queue write. */
+export function uploadBuffer(device: GPUDevice, data: ArrayBufferView, usage: number = BufferUsage.STORAGE, label?: string): GPUBuffer {
+  const b = createBuffer(device, data.byteLength, usage | BufferUsage.COPY_DST, label);
+  if (data.byteLength % 4 === 0) device.queue.writeBuffer(b, 0, data.buffer, data.byteOffset, data.byteLength);
+  else {
+    const padded = new Uint8Array(Math.ceil(data.byteLength / 4) * 4);
+    padded.set(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+    device.queue.writeBuffer(b, 0, padded);
+  }
+  return b;
+}
+
+/** Copies `[offset, offset + bytes)` of each source into one staging buffer, maps it and returns the bytes. */
+export async function readBuffers(device: GPUDevice, parts: { buffer: GPUBuffer; bytes: number; offset?: number }[], encoder?: GPUCommandEncoder): Promise<ArrayBuffer[]> {
+  const offs: number[] = [];
+  let total = 0;
+  for (const p of parts) {
+    offs.push(total);
+    total += Math.ceil(p.bytes / 4) * 4;
+  }
+  const staging = createBuffer(device, total, BufferUsage.MAP_READ | BufferUsage.COPY_DST, 'tilewise readback');
+  try {
+    const enc = encoder ?? device.createCommandEncoder();
+    parts.forEach((p, i) => enc.copyBufferToBuffer(p.buffer, p.offset ?? 0, staging, offs[i]!, Math.ceil(p.bytes / 4) * 4));
+    device.queue.submit([enc.finish()]);
+    await staging.mapAsync(MapMode.READ);
+    const all = staging.getMappedRange();
+    const out = parts.map((p, i) => all.slice(offs[i]!, offs[i]! + p.bytes));
+    staging.unmap();
+    return out;
+  } finally {
+    releaseBuffer(staging);
+  }
+}
+
+/** A float32 tensor living in a GPU buffer, heads-last like every tilewise tensor. */
+export interface GpuTensor {
+  readonly buffer: GPUBuffer;
+  readonly shape: readonly number[];
+  /** Byte offset of element 0 inside `buffer`. */
+  readonly offset: number;
+}
+
+/** Wraps a caller's buffer (usage must include STORAGE) without copying; tilewise never destroys it. */
+export function wrapBuffer(buffer: GPUBuffer, shape: readonly number[], offset = 0): GpuTensor {
+  check(offset % 4 === 0, 'offset', 'must be a multiple of 4 bytes');
+  check(buffer.size >= offset + numel(shape) * 4, 'buffer', 'is smaller than the tensor shape needs', `${buffer.size} < ${offset + numel(shape) * 4}`);
+  check((buffer.usage & BufferUsage.STORAGE) !== 0, 'buffer', 'usage must include STORAGE');
+  return { buffer, shape: [...shape], offset };
+}
+
+/** Uploads a Float32Array into a new GPU buffer (release it with `releaseTensor`). */
+export async function toGpu(data: Float32Array, shape: readonly number[], ctx?: GpuContext): Promise<GpuTensor> {
+  check(numel(shape) === data.length, 'shape', 'element count must match data length', `${shape.join('x')} vs ${data.length}`);
+  const c = ctx ?? (await getContext());
+  return { buffer: uploadBuffer(c.device, data, BufferUsage.STORAGE | BufferUsage.COPY_SRC, 'tilewise tensor'), shape: [...shape], offset: 0 };
+}
+
+/** Reads a GPU tensor back into a new Float32Array. */
+export async function fromGpu(t: GpuTensor, ctx?: GpuContext): Promise<Float32Array> {
+  const c = ctx ?? (await getContext());
+  const [bytes] = await readBuffers(c.device, [{ buffer: t.buffer, bytes: numel(t.shape) * 4, offset: t.offset }]);
+  return new Float32Array(bytes!);
+}
+
+/** Frees a tensor's buffer if tilewise created it (wrapped buffers stay the caller's). */
+export function releaseTensor(t: GpuTensor): void {
+  releaseBuffer(t.buffer);
+}

@@ -1,0 +1,95 @@
+/// <reference types="@webgpu/types" />
+import { TilewiseError } from '../errors.js';
+import { ShaderStage } from './device.js';
+import type { UniformDecl, UniformLayout } from './uniforms.js';
+
+/** JSON with object keys sorted, so equal specs give equal strings whatever their key order. */
+export function stableStringify(x: unknown): string {
+  if (x === null || typeof x !== 'object') return JSON.stringify(x) ?? 'undefined';
+  if (Array.isArray(x)) return `[${x.map(stableStringify).join(',')}]`;
+  const o = x as Record<string, unknown>;
+  return `{${Object.keys(o)
+    .filter((k) => o[k] !== undefined)
+    .sort()
+    .map((k) => `${JSON.stringify(k)}:${stableStringify(o[k])}`)
+    .join(',')}}`;
+}
+
+export type BindingKind = 'uniform' | 'read' | 'readwrite';
+
+/**
+ * One kernel family (style.md 5): its bindings, typed uniforms and a generator from a spec object
+ * (compile-time constants only; runtime sizes travel in the uniforms). Binding i of the list is
+ * `@binding(i)`; the generator declares them with `bindingDecls`.
+ */
+export interface Program<S, U extends UniformDecl> {
+  readonly name: string;
+  readonly uniforms: UniformLayout<U>;
+  bindings(spec: S): readonly { name: string; kind: BindingKind; type: string }[];
+  workgroupSize(spec: S): number;
+  generate(spec: S): string;
+}
+
+/** `var<...> name: type;` lines for a program's bindings; binding 0 is the uniform struct `Params`. */
+export function bindingDecls(bs: readonly { name: string; kind: BindingKind; type: string }[]): string {
+  return bs
+    .map((b, i) => {
+      const space = b.kind === 'uniform' ? 'uniform' : b.kind === 'read' ? 'storage, read' : 'storage, read_write';
+      return `@group(0) @binding(${i}) var<${space}> ${b.name}: ${b.type};`;
+    })
+    .join('\n');
+}
+
+export interface CachedPipeline {
+  readonly pipeline: GPUComputePipeline;
+  readonly layout: GPUBindGroupLayout;
+  readonly code: string;
+}
+
+const pipelines = new WeakMap<GPUDevice, Map<string, Promise<CachedPipeline>>>();
+
+/** The pipeline for (program, spec), compiled once per device; the key is the spec itself, stringified. */
+export function getPipeline<S, U extends UniformDecl>(device: GPUDevice, program: Program<S, U>, spec: S): Promise<CachedPipeline> {
+  let m = pipelines.get(device);
+  if (!m) pipelines.set(device, (m = new Map()));
+  const key = `${program.name}:${stableStringify(spec)}`;
+  let p = m.get(key);
+  if (!p) {
+    p = compile(device, program, spec);
+    m.set(key, p);
+    p.catch(() => m!.delete(key));
+  }
+  return p;
+}
+
+async function compile<S, U extends UniformDecl>(device: GPUDevice, program: Program<S, U>, spec: S): Promise<CachedPipeline> {
+  const code = program.generate(spec);
+  device.pushErrorScope('validation');
+  const module = device.createShaderModule({ code, label: program.name });
+  const layout = device.createBindGroupLayout({
+    label: program.name,
+    entries: program.bindings(spec).map((b, i) => ({
+      binding: i,
+      visibility: ShaderStage.COMPUTE,
+      buffer: { type: b.kind === 'uniform' ? 'uniform' : b.kind === 'read' ? 'read-only-storage' : 'storage' },
+    })),
+  });
+  let pipeline: GPUComputePipeline | undefined;
+  let failure: string | undefined;
+  try {
+    pipeline = await device.createComputePipelineAsync({
+      label: program.name,
+      layout: device.createPipelineLayout({ bindGroupLayouts: [layout] }),
+      compute: { module, entryPoint: 'main' },
+    });
+  } catch (e) {
+    failure = (e as Error).message;
+  }
+  const err = await device.popErrorScope();
+  if (err || !pipeline) {
+    const info = await module.getCompilationInfo();
+    const msgs = info.messages.map((m) => `${m.type} ${m.lineNum}:${m.linePos} ${m.message}`).join('\n');
+    throw new TilewiseError('webgpu', `could not compile the ${program.name} kernel`, [err?.message, failure, msgs].filter((x) => x).join('\n'));
+  }
+  return { pipeline, layout, code };
+}
