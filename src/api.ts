@@ -198,7 +198,9 @@ export function planAttention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOp
     bias = { data: opts.bias.data, batch: full[0]!, heads: full[1]! };
   }
   checkInputsFinite(opts, [[q, 'q'], [k, 'k'], [v, 'v'], ...(opts.bias ? ([[opts.bias, 'bias']] as [Tensor, string][]) : [])]);
-  const rank = 1;
+  // neighborhood parts tile the token grid itself; every other pattern tiles flattened tokens
+  const na = findNeighborhood(pattern);
+  const rank = na ? s.qGrid.length : 1;
   const problem: AttnProblem = {
     heads: s.heads,
     kvHeads: s.kvHeads,
@@ -211,9 +213,18 @@ export function planAttention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOp
     softcap: opts.softcap === undefined ? 0 : checkScalar(opts.softcap, 'softcap', 'nonnegative'),
     ...(bias ? { bias } : {}),
     pattern,
-    ...tiles(opts, rank),
+    ...tiles(opts, rank, na?.kernelSize),
   };
   return { s, problem };
+}
+
+function findNeighborhood(p: PatternSpec): Extract<PatternSpec, { kind: 'neighborhood' }> | undefined {
+  if (p.kind === 'neighborhood') return p;
+  if (p.kind === 'and' || p.kind === 'or') for (const x of p.parts) {
+    const f = findNeighborhood(x);
+    if (f) return f;
+  }
+  return undefined;
 }
 
 export interface BlockSparseOptions extends Omit<AttentionOptions, 'pattern'> {
@@ -356,12 +367,12 @@ export async function naQK(q: Tensor, k: Tensor, opts: NeighborhoodOptions): Pro
 export async function naAV(attn: Tensor, v: Tensor, opts: NeighborhoodOptions): Promise<{ out: Tensor }> {
   checkTensor(attn, 'attn');
   checkTensor(v, 'v');
-  const r = v.shape.length;
-  const fakeQ = { data: new Float32Array(numel(v.shape.slice(0, -1))), shape: [...v.shape.slice(0, -1), 1] };
-  const fakeK = fakeQ;
+  // q and k only carry shapes here: q's heads come from attn (GQA), k's from v
+  check(attn.shape.length === v.shape.length, 'attn', 'must have the same rank as v', `${attn.shape.length} vs ${v.shape.length}`);
+  const fakeQ = { data: new Float32Array(numel(attn.shape.slice(0, -1))), shape: [...attn.shape.slice(0, -1), 1] };
+  const fakeK = { data: new Float32Array(numel(v.shape.slice(0, -1))), shape: [...v.shape.slice(0, -1), 1] };
   const { s, problem } = planNA(fakeQ, fakeK, v, opts);
   const wv = numel(problem.pattern.kind === 'neighborhood' ? problem.pattern.kernelSize : []);
-  void r;
   check(attn.shape.join() === [s.batch, ...s.qGrid, s.heads, wv].join(), 'attn', 'shape must be [B, ...tokens, H, prod(kernelSize)]', attn.shape.join('x'));
   const { naAVOnly } = await import('./backends.js');
   return naAVOnly(problem, attn, v, [s.batch, ...s.qGrid], opts);

@@ -4,6 +4,8 @@
  */
 import assert from 'node:assert/strict';
 import type { Tensor } from '../src/tensor.js';
+import * as patterns from '../src/patterns/spec.js';
+import type { MaskFn, PatternSpec } from '../src/patterns/spec.js';
 
 /** splitmix32: small, seedable, deterministic. */
 export class Rng {
@@ -178,8 +180,18 @@ export class Failures {
   }
   async run(name: string, fn: () => void | Promise<void>): Promise<void> {
     this.checked++;
+    if (process.env.TILEWISE_TRACE) process.stderr.write(`[case] ${name}\n`);
     try {
       await fn();
+    } catch (e) {
+      this.add(name, e instanceof Error ? `${e.name}: ${e.message}`.split('\n')[0]! : String(e));
+    }
+  }
+  runSync(name: string, fn: () => void): void {
+    this.checked++;
+    if (process.env.TILEWISE_TRACE) process.stderr.write(`[case] ${name}\n`);
+    try {
+      fn();
     } catch (e) {
       this.add(name, e instanceof Error ? `${e.name}: ${e.message}`.split('\n')[0]! : String(e));
     }
@@ -201,3 +213,106 @@ export function describe(x: unknown): string {
     return v;
   });
 }
+
+// ---------------------------------------------------------------------------------------------
+// Random pattern generators shared by the property and schedule tests.
+
+/** A deterministic pseudo-random mask (b, h, q, k) -> bool of the given density. */
+export function hashMask(seed: number, density: number): MaskFn {
+  return (b, h, q, k) => {
+    let x = (seed ^ Math.imul(b + 1, 0x27d4eb2d) ^ Math.imul(h + 7, 0x165667b1) ^ Math.imul(q + 13, 0x9e3779b1) ^ Math.imul(k + 101, 0x85ebca77)) >>> 0;
+    x = Math.imul(x ^ (x >>> 15), 0x2c1b3c6d) >>> 0;
+    x = Math.imul(x ^ (x >>> 12), 0x297a2d39) >>> 0;
+    x = (x ^ (x >>> 15)) >>> 0;
+    return x / 4294967296 < density;
+  };
+}
+
+
+export function side(rng: Rng): number {
+  return rng.bool(0.2) ? -1 : rng.int(0, 12);
+}
+
+export function randomBlockSparse(rng: Rng, nq: number, nk: number, H: number): Extract<PatternSpec, { kind: 'blockSparse' }> {
+  const blockQ = rng.int(1, 12);
+  const blockK = rng.int(1, 12);
+  const numQBlocks = Math.ceil(nq / blockQ);
+  const numKBlocks = Math.ceil(nk / blockK);
+  const maskHeads = rng.bool(0.5) ? 1 : H;
+  const density = rng.next();
+  const mask = new Uint8Array(maskHeads * numQBlocks * numKBlocks);
+  for (let i = 0; i < mask.length; i++) mask[i] = rng.bool(density) ? 1 : 0;
+  return { kind: 'blockSparse', blockQ, blockK, mask, maskHeads, numQBlocks, numKBlocks };
+}
+
+export function randomChunks(rng: Rng, nq: number, nk: number, H: number): Extract<PatternSpec, { kind: 'chunks' }> {
+  const chunkSize = rng.int(1, 10);
+  const queryTile = rng.int(1, 10);
+  const heads = rng.bool(0.5) ? 1 : H;
+  const numQTiles = Math.ceil(nq / queryTile);
+  const nChunks = Math.ceil(nk / chunkSize);
+  const density = rng.next();
+  const offsets = new Int32Array(heads * numQTiles + 1);
+  const ids: number[] = [];
+  for (let i = 0; i < heads * numQTiles; i++) {
+    for (let c = 0; c < nChunks; c++) if (rng.bool(density)) ids.push(c);
+    offsets[i + 1] = ids.length;
+  }
+  return { kind: 'chunks', chunkSize, queryTile, heads, numQTiles, offsets, ids: Int32Array.from(ids) };
+}
+
+/** A random leaf or small and/or tree over one 1-D sequence (NA leaves only when nq == nk). */
+export function randomPattern(rng: Rng, nq: number, nk: number, H: number, depth = 0): PatternSpec {
+  const kinds = ['dense', 'causal', 'window', 'blockSparse', 'chunks', 'mask', ...(nq === nk ? ['neighborhood'] : []), ...(depth < 2 ? ['and', 'or', 'and', 'or'] : [])];
+  const kind = rng.pick(kinds);
+  switch (kind) {
+    case 'dense':
+      return patterns.dense();
+    case 'causal':
+      return patterns.causal(rng.pick(['top-left', 'bottom-right'] as const));
+    case 'window':
+      return patterns.slidingWindow(side(rng), side(rng), rng.pick(['top-left', 'bottom-right'] as const));
+    case 'blockSparse':
+      return randomBlockSparse(rng, nq, nk, H);
+    case 'chunks':
+      return randomChunks(rng, nq, nk, H);
+    case 'mask':
+      return patterns.maskFn(hashMask(rng.int(0, 1e9), rng.next()));
+    case 'neighborhood': {
+      const K = rng.int(1, nq);
+      return { kind: 'neighborhood', kernelSize: [K], dilation: [1], stride: [rng.int(1, K)], isCausal: [rng.bool(0.3)] };
+    }
+    default: {
+      const parts = Array.from({ length: rng.int(1, 3) }, () => randomPattern(rng, nq, nk, H, depth + 1));
+      return kind === 'and' ? patterns.and(...parts) : patterns.or(...parts);
+    }
+  }
+}
+
+export interface NACase {
+  rank: number;
+  grid: number[];
+  kernel: number[];
+  dilation: number[];
+  stride: number[];
+  causal: boolean[];
+}
+
+export function randomNA(rng: Rng, rank: number): NACase {
+  const grid = rank === 1 ? [rng.int(1, 40)] : rank === 2 ? [rng.int(1, 9), rng.int(1, 9)] : [rng.int(1, 6), rng.int(1, 5), rng.int(1, 4)];
+  const kernel: number[] = [];
+  const dilation: number[] = [];
+  const stride: number[] = [];
+  const causal: boolean[] = [];
+  for (const L of grid) {
+    const d = rng.bool(0.35) ? rng.int(1, Math.min(4, L)) : 1;
+    const maxK = Math.floor(L / d);
+    const K = rng.bool(0.2) ? maxK : rng.int(1, Math.min(maxK, 7));
+    kernel.push(K);
+    dilation.push(d);
+    stride.push(rng.bool(0.5) ? 1 : rng.int(1, K));
+    causal.push(rng.bool(0.25));
+  }
+  return { rank, grid, kernel, dilation, stride, causal };
+}
+

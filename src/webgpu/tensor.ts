@@ -31,15 +31,30 @@ export function releaseBuffer(b: GPUBuffer | undefined): void {
   b.destroy();
 }
 
+/** Queues a write of `data` (any typed array, shared memory included) at byte `offset` of `b`. */
+export function writeData(device: GPUDevice, b: GPUBuffer, offset: number, data: ArrayBufferView): void {
+  const shared = typeof SharedArrayBuffer !== 'undefined' && data.buffer instanceof SharedArrayBuffer;
+  if (data.byteLength % 4 === 0 && !shared) {
+    device.queue.writeBuffer(b, offset, data.buffer as ArrayBuffer, data.byteOffset, data.byteLength);
+    return;
+  }
+  // Dawn takes no shared memory (nor unaligned sizes): go through a bounded private copy
+  const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  const CHUNK = 1 << 22;
+  const tmp = new Uint8Array(Math.min(CHUNK, Math.ceil(data.byteLength / 4) * 4));
+  for (let at = 0; at < data.byteLength; at += CHUNK) {
+    const n = Math.min(CHUNK, data.byteLength - at);
+    tmp.set(bytes.subarray(at, at + n));
+    const padded = Math.ceil(n / 4) * 4;
+    tmp.fill(0, n, padded);
+    device.queue.writeBuffer(b, offset + at, tmp.buffer, 0, padded);
+  }
+}
+
 /** A storage buffer holding `data` (any typed array), filled with one queue write. */
 export function uploadBuffer(device: GPUDevice, data: ArrayBufferView, usage: number = BufferUsage.STORAGE, label?: string): GPUBuffer {
   const b = createBuffer(device, data.byteLength, usage | BufferUsage.COPY_DST, label);
-  if (data.byteLength % 4 === 0) device.queue.writeBuffer(b, 0, data.buffer, data.byteOffset, data.byteLength);
-  else {
-    const padded = new Uint8Array(Math.ceil(data.byteLength / 4) * 4);
-    padded.set(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
-    device.queue.writeBuffer(b, 0, padded);
-  }
+  writeData(device, b, 0, data);
   return b;
 }
 

@@ -64,6 +64,7 @@ export function getPipeline<S, U extends UniformDecl>(device: GPUDevice, program
 
 async function compile<S, U extends UniformDecl>(device: GPUDevice, program: Program<S, U>, spec: S): Promise<CachedPipeline> {
   const code = program.generate(spec);
+  // Everything between push and pop is synchronous, so concurrent calls cannot swap scopes.
   device.pushErrorScope('validation');
   const module = device.createShaderModule({ code, label: program.name });
   const layout = device.createBindGroupLayout({
@@ -74,18 +75,18 @@ async function compile<S, U extends UniformDecl>(device: GPUDevice, program: Pro
       buffer: { type: b.kind === 'uniform' ? 'uniform' : b.kind === 'read' ? 'read-only-storage' : 'storage' },
     })),
   });
-  let pipeline: GPUComputePipeline | undefined;
-  let failure: string | undefined;
-  try {
-    pipeline = await device.createComputePipelineAsync({
+  const pipelineP = device
+    .createComputePipelineAsync({
       label: program.name,
       layout: device.createPipelineLayout({ bindGroupLayouts: [layout] }),
       compute: { module, entryPoint: 'main' },
-    });
-  } catch (e) {
-    failure = (e as Error).message;
-  }
-  const err = await device.popErrorScope();
+    })
+    .then(
+      (p) => ({ p, failure: undefined }),
+      (e: unknown) => ({ p: undefined, failure: (e as Error).message }),
+    );
+  const errP = device.popErrorScope();
+  const [{ p: pipeline, failure }, err] = await Promise.all([pipelineP, errP]);
   if (err || !pipeline) {
     const info = await module.getCompilationInfo();
     const msgs = info.messages.map((m) => `${m.type} ${m.lineNum}:${m.linePos} ${m.message}`).join('\n');

@@ -1,0 +1,253 @@
+import { ITEM, NO_MASK, VISIT } from './schedule.js';
+import { uniformLayout } from './uniforms.js';
+import { type Program, bindingDecls } from './wgsl.js';
+
+/**
+ * The fused forward template (one for every pattern). One workgroup per work item; its query
+ * tile (up to BQ rows) is staged in workgroup memory once, then every visit of its schedule stages
+ * up to BK key and value rows. Register blocking (design.md 8): thread (ty, tx) owns an RM x RN
+ * micro-tile of S (rows ty*RM.., keys tx, tx+TX, ..) and the RM x RV micro-tile of O with the same
+ * rows; the TX threads sharing rows exchange row maxima and, at the end, row sums through
+ * workgroup memory. RM = TX = 1 is the classic one-thread-per-row kernel.
+ */
+
+/** Compile-time constants of one fused pipeline; the pipeline cache key is this object, stringified. */
+export interface FusedSpec {
+  readonly dim: number;
+  readonly dimV: number;
+  /** Vector width of q/k rows and of v/out rows (4 when the head dim allows it). */
+  readonly wq: 1 | 4;
+  readonly wv: 1 | 4;
+  /** Query rows per work item (a multiple of rm). */
+  readonly rows: number;
+  /** Keys staged per visit (a multiple of tx). */
+  readonly keys: number;
+  /** Rows per thread, and threads sharing a row. */
+  readonly rm: number;
+  readonly tx: number;
+  readonly softcap: boolean;
+  readonly bias: boolean;
+  readonly rpb: boolean;
+}
+
+export const threadsOf = (s: FusedSpec): number => (s.rows / s.rm) * s.tx;
+
+/** Workgroup memory the template declares for a spec, in bytes. */
+export function fusedWorkgroupBytes(s: Pick<FusedSpec, 'dim' | 'dimV' | 'rows' | 'keys' | 'tx'>): number {
+  return 4 * (s.rows * s.dim + s.keys * (s.dim + s.dimV) + s.rows * s.keys + s.rows * s.tx + 2 * s.keys);
+}
+
+export const FUSED_UNIFORMS = uniformLayout({
+  heads: 'u32',
+  kvHeads: 'u32',
+  group: 'u32',
+  total: 'u32',
+  itemsX: 'u32',
+  scale: 'f32',
+  softcap: 'f32',
+  negInf: 'f32',
+  rpbOff: 'u32',
+  rpbVol: 'u32',
+  rpbConst: 'i32',
+} as const);
+
+const vec = (w: 1 | 4): string => (w === 4 ? 'vec4<f32>' : 'f32');
+
+export const fusedProgram: Program<FusedSpec, typeof FUSED_UNIFORMS.decl> = {
+  name: 'fused-forward',
+  uniforms: FUSED_UNIFORMS,
+  bindings: (s) => [
+    { name: 'P', kind: 'uniform', type: 'Params' },
+    { name: 'q', kind: 'read', type: `array<${vec(s.wq)}>` },
+    { name: 'k', kind: 'read', type: `array<${vec(s.wq)}>` },
+    { name: 'v', kind: 'read', type: `array<${vec(s.wv)}>` },
+    { name: 'out', kind: 'readwrite', type: `array<${vec(s.wv)}>` },
+    { name: 'lse', kind: 'readwrite', type: 'array<f32>' },
+    { name: 'sched', kind: 'read', type: 'array<u32>' },
+    ...(s.bias || s.rpb ? [{ name: 'aux', kind: 'read' as const, type: 'array<f32>' }] : []),
+  ],
+  workgroupSize: threadsOf,
+  generate: generateFused,
+};
+
+/** Score hooks for row i, key slot c (style.md 5: named splice points), after `x = q.k * scale`. */
+function scoreHooks(s: FusedSpec, i: number, c: string): string[] {
+  const h: string[] = [];
+  if (s.softcap) h.push('x = P.softcap * tanh(clamp(x / P.softcap, -15.0, 15.0));');
+  if (s.bias) h.push(`x += aux[biasBase + qt${i} * biasStride + ktok[${c}]];`);
+  if (s.rpb) h.push(`x += aux[rpbBase + u32(klin[${c}] - ql${i})];`);
+  return h;
+}
+
+const range = (n: number): number[] => Array.from({ length: n }, (_, i) => i);
+
+function generateFused(s: FusedSpec): string {
+  const QT = vec(s.wq);
+  const VT = vec(s.wv);
+  const dq = s.dim / s.wq;
+  const dv = s.dimV / s.wv;
+  const RM = s.rm;
+  const TX = s.tx;
+  const RN = s.keys / TX;
+  const RV = Math.ceil(dv / TX);
+  const T = threadsOf(s);
+  const I = range(RM);
+  const K = range(RN);
+  const V = range(RV);
+  const each = (f: (i: number) => string, sep = '\n    ') => I.map(f).join(sep);
+  const eachIK = (f: (i: number, k: number) => string, sep = '\n      ') => I.flatMap((i) => K.map((k) => f(i, k))).join(sep);
+  const eachIV = (f: (i: number, k: number) => string, sep = '\n      ') => I.flatMap((i) => V.map((k) => f(i, k))).join(sep);
+  const dotQK = (a: string, b: string) => (s.wq === 4 ? `dot(${a}, ${b})` : `${a} * ${b}`);
+  // value columns of this thread: tx + TX * k (clamped when TX does not divide DV; such columns are never written)
+  const vcol = (k: number) => (RV * TX === dv ? `tx + ${TX * k}u` : `min(tx + ${TX * k}u, DV - 1u)`);
+  return `// tilewise fused attention forward (generated): ${JSON.stringify(s)}
+${FUSED_UNIFORMS.wgsl('Params')}
+${bindingDecls(fusedProgram.bindings(s))}
+
+const DQ: u32 = ${dq}u;
+const DV: u32 = ${dv}u;
+const BQ: u32 = ${s.rows}u;
+const BK: u32 = ${s.keys}u;
+const TX: u32 = ${TX}u;
+const THREADS: u32 = ${T}u;
+const ITEM_SIZE: u32 = ${ITEM.size}u;
+const VISIT_SIZE: u32 = ${VISIT.size}u;
+${ITEM.wgsl('I_')}
+${VISIT.wgsl('V_')}
+const NO_MASK: u32 = ${NO_MASK}u;
+const NEG: f32 = -3.0e38;
+
+var<workgroup> qs: array<${QT}, ${s.rows * dq}>;
+var<workgroup> ks: array<${QT}, ${s.keys * dq}>;
+var<workgroup> vs: array<${VT}, ${s.keys * dv}>;
+var<workgroup> ps: array<f32, ${s.rows * s.keys}>;
+var<workgroup> red: array<f32, ${s.rows * TX}>;
+${s.bias ? 'var<workgroup> ktok: array<u32, BK>;' : ''}
+${s.rpb ? 'var<workgroup> klin: array<i32, BK>;' : ''}
+
+@compute @workgroup_size(THREADS)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let item = wid.x + wid.y * P.itemsX;
+  if (item >= P.total) { return; }
+  let ib = item * ITEM_SIZE;
+  let h = sched[ib + I_h];
+  let qOff = sched[ib + I_qOff];
+  let kOff = sched[ib + I_kOff];
+  let qTok = sched[ib + I_qTok];
+  let nq = sched[ib + I_nq];
+  let visit = sched[ib + I_visit];
+  let nVisit = sched[ib + I_nVisit];
+  let biasBase = sched[ib + I_biasBase];
+  let biasStride = sched[ib + I_biasStride];
+  let kh = h / P.group;
+  let tx = lid % TX;
+  let r0 = (lid / TX) * ${RM}u;
+  ${s.rpb ? 'let rpbBase = u32(i32(P.rpbOff + h * P.rpbVol) + P.rpbConst);' : ''}
+
+  for (var e: u32 = lid; e < BQ * DQ; e += THREADS) {
+    let r = e / DQ;
+    var x: ${QT} = ${QT}(0.0);
+    if (r < nq) { x = q[((qOff + sched[qTok + r]) * P.heads + h) * DQ + (e - r * DQ)]; }
+    qs[e] = x;
+  }
+  ${s.bias ? each((i) => `let qt${i} = sched[qTok + min(r0 + ${i}u, nq - 1u)];`) : ''}
+  ${s.rpb ? each((i) => `let ql${i} = bitcast<i32>(sched[qTok + nq + min(r0 + ${i}u, nq - 1u)]);`) : ''}
+  ${each((i) => `var m${i}: f32 = NEG;\n    var l${i}: f32 = 0.0;`)}
+  ${eachIV((i, k) => `var o${i}_${k}: ${VT} = ${VT}(0.0);`, '\n  ')}
+
+  for (var vi: u32 = 0u; vi < nVisit; vi++) {
+    let vb = visit + vi * VISIT_SIZE;
+    let kTok = sched[vb + V_kTok];
+    let nk = sched[vb + V_nk];
+    let mask = sched[vb + V_mask];
+    for (var e: u32 = lid; e < nk * DQ; e += THREADS) {
+      let j = e / DQ;
+      ks[e] = k[((kOff + sched[kTok + j]) * P.kvHeads + kh) * DQ + (e - j * DQ)];
+    }
+    for (var e: u32 = lid; e < nk * DV; e += THREADS) {
+      let j = e / DV;
+      vs[e] = v[((kOff + sched[kTok + j]) * P.kvHeads + kh) * DV + (e - j * DV)];
+    }
+    ${s.bias ? 'for (var j: u32 = lid; j < nk; j += THREADS) { ktok[j] = sched[kTok + j]; }' : ''}
+    ${s.rpb ? 'for (var j: u32 = lid; j < nk; j += THREADS) { klin[j] = bitcast<i32>(sched[kTok + nk + j]); }' : ''}
+    workgroupBarrier();
+
+    // S = Q K^T on this thread's micro-tile
+    ${eachIK((i, k) => `var s${i}_${k}: f32 = 0.0;`, '\n    ')}
+    for (var d: u32 = 0u; d < DQ; d++) {
+      ${each((i) => `let a${i} = qs[(r0 + ${i}u) * DQ + d];`, '\n      ')}
+      ${K.map((k) => `let b${k} = ks[(tx + ${TX * k}u) * DQ + d];`).join('\n      ')}
+      ${eachIK((i, k) => `s${i}_${k} += ${dotQK(`a${i}`, `b${k}`)};`)}
+    }
+    ${I.map(
+      (i) => `{
+      let r = r0 + ${i}u;
+      var mx: f32 = NEG;
+      ${K.map(
+        (k) => `{
+        let c = tx + ${TX * k}u;
+        var x: f32 = s${i}_${k} * P.scale;
+        ${scoreHooks(s, i, 'c').join('\n        ')}
+        var ok: bool = r < nq && c < nk;
+        if (ok && mask != NO_MASK) {
+          let bit = r * nk + c;
+          ok = ((sched[mask + (bit >> 5u)] >> (bit & 31u)) & 1u) != 0u;
+        }
+        s${i}_${k} = select(NEG, max(x, NEG), ok);
+        mx = max(mx, s${i}_${k});
+      }`,
+      ).join('\n      ')}
+      red[r * TX + tx] = mx;
+    }`,
+    ).join('\n    ')}
+    workgroupBarrier();
+
+    // online softmax: the row max over the TX threads sharing a row, then P into workgroup memory
+    ${I.map(
+      (i) => `{
+      let r = r0 + ${i}u;
+      var mx: f32 = m${i};
+      for (var t: u32 = 0u; t < TX; t++) { mx = max(mx, red[r * TX + t]); }
+      let alpha = exp(m${i} - mx);
+      m${i} = mx;
+      var sum: f32 = 0.0;
+      ${K.map((k) => `{
+        let p = select(0.0, exp(s${i}_${k} - mx), s${i}_${k} > NEG);
+        ps[r * BK + tx + ${TX * k}u] = p;
+        sum += p;
+      }`).join('\n      ')}
+      l${i} = l${i} * alpha + sum;
+      ${V.map((k) => `o${i}_${k} *= alpha;`).join('\n      ')}
+    }`,
+    ).join('\n    ')}
+    workgroupBarrier();
+
+    // O += P V on this thread's micro-tile
+    for (var j: u32 = 0u; j < nk; j++) {
+      ${V.map((k) => `let w${k} = vs[j * DV + ${vcol(k)}];`).join('\n      ')}
+      ${each((i) => `let p${i} = ps[(r0 + ${i}u) * BK + j];`, '\n      ')}
+      ${eachIV((i, k) => `o${i}_${k} += p${i} * w${k};`)}
+    }
+    workgroupBarrier();
+  }
+
+  // row sums over the TX threads sharing a row, then O / l and LSE at the original rows
+  ${each((i) => `red[(r0 + ${i}u) * TX + tx] = l${i};`)}
+  workgroupBarrier();
+  ${I.map(
+    (i) => `{
+    let r = r0 + ${i}u;
+    var l: f32 = 0.0;
+    for (var t: u32 = 0u; t < TX; t++) { l += red[r * TX + t]; }
+    if (r < nq) {
+      let row = qOff + sched[qTok + r];
+      let inv = select(0.0, 1.0 / l, l > 0.0);
+      let ob = (row * P.heads + h) * DV;
+      ${V.map((k) => (RV * TX === dv ? `out[ob + tx + ${TX * k}u] = o${i}_${k} * inv;` : `if (tx + ${TX * k}u < DV) { out[ob + tx + ${TX * k}u] = o${i}_${k} * inv; }`)).join('\n      ')}
+      if (tx == 0u) { lse[row * P.heads + h] = select(P.negInf, m${i} + log(l), l > 0.0); }
+    }
+  }`,
+  ).join('\n  ')}
+}
+`;
+}

@@ -1,0 +1,215 @@
+import { boxCoords, prod } from '../cpu/fused.js';
+import { TilewiseError } from '../errors.js';
+import type { CompiledPattern } from '../patterns/compile.js';
+import { type Box, boxTokens, boxVolume } from '../patterns/geometry.js';
+import { type AttnProblem, type ItemSpace, tileFor } from '../problem.js';
+import { kvSchedule, tileBox } from '../schedule.js';
+
+/**
+ * The tile schedule of a problem, flattened on the CPU into one u32 array the fused kernel reads,
+ * so the kernel carries no per-pattern code. Records are declared as field lists; the WGSL field
+ * offsets come from the same lists.
+ *
+ * - item records (one per work item, at item * ITEM.size): head, row offsets of its sequence,
+ *   its query tokens, its visits, and where its bias rows start;
+ * - visit records (contiguous per item): key tokens (offset, count) and a mask offset, NO_MASK
+ *   for full visits (no per-element test);
+ * - token lists: flat token indices local to the sequence, followed (when `lin` is set) by one
+ *   i32 per token, sum_a coord_a * lin_a in group-local coordinates (the kernel's rpb index is
+ *   h * rpbVolume + rpbConst + lin(key) - lin(query));
+ * - masks: for a partial visit, bit (i * nk + j) says query i may see key j.
+ *
+ * Everything that does not depend on the head (or the batch) is shared: key token lists are
+ * deduplicated by box, and whole item schedules by (pattern, group, tile) unless the pattern
+ * varies per head or per batch. Work is linear in the number of visits plus partial-visit pairs.
+ */
+export interface RecordLayout<F extends string> {
+  readonly fields: readonly F[];
+  readonly at: Readonly<Record<F, number>>;
+  readonly size: number;
+  /** `const <prefix><field>: u32 = <offset>u;` lines. */
+  wgsl(prefix: string): string;
+}
+
+function record<F extends string>(fields: readonly F[]): RecordLayout<F> {
+  const at = Object.fromEntries(fields.map((f, i) => [f, i])) as Record<F, number>;
+  return {
+    fields,
+    at,
+    size: fields.length,
+    wgsl: (prefix) => fields.map((f, i) => `const ${prefix}${f}: u32 = ${i}u;`).join('\n'),
+  };
+}
+
+export const ITEM = record(['h', 'qOff', 'kOff', 'qTok', 'nq', 'visit', 'nVisit', 'biasBase', 'biasStride'] as const);
+export const VISIT = record(['kTok', 'nk', 'mask'] as const);
+export const NO_MASK = 0xffffffff;
+
+class Heap {
+  data: Uint32Array;
+  n = 0;
+  constructor(
+    start: number,
+    private readonly maxWords: number,
+  ) {
+    this.data = new Uint32Array(Math.max(1024, start * 2));
+    this.n = start;
+    this.check(start);
+  }
+  private check(n: number): void {
+    if (n > this.maxWords)
+      throw new TilewiseError('webgpu', 'the tile schedule exceeds the largest storage buffer the device allows', `${n * 4} > ${this.maxWords * 4} bytes`);
+  }
+  alloc(words: number): number {
+    const off = this.n;
+    const need = off + words;
+    this.check(need);
+    if (need > this.data.length) {
+      const grown = new Uint32Array(Math.max(need, this.data.length * 2));
+      grown.set(this.data.subarray(0, this.n));
+      this.data = grown;
+    }
+    this.n = need;
+    return off;
+  }
+}
+
+export interface GpuSchedule {
+  readonly data: Uint32Array;
+  readonly items: number;
+  readonly visits: number;
+  readonly partialVisits: number;
+}
+
+interface Entry {
+  qTok: number;
+  nq: number;
+  visit: number;
+  nVisit: number;
+}
+
+export interface ScheduleOptions {
+  /** Per-axis weights of the linear coordinate stored after each token list (rpb); none = no coordinates. */
+  readonly lin?: readonly number[];
+  /** Largest schedule the device can bind, in u32 words. */
+  readonly maxWords: number;
+}
+
+/** Builds the flattened schedule of every work item of `space` (whose problem carries the tile shapes). */
+export function buildGpuSchedule(problem: AttnProblem, space: ItemSpace, opts: ScheduleOptions): GpuSchedule {
+  const heap = new Heap(space.total * ITEM.size, opts.maxWords);
+  const lin = opts.lin;
+  const patIds = new Map<CompiledPattern, number>();
+  const entries = new Map<string, Entry>();
+  const keyLists = new Map<string, number>();
+  let visits = 0;
+  let partialVisits = 0;
+
+  // scratch, sized for the largest tiles
+  const rank0 = space.total > 0 ? space.pattern(0).geometry.qShape.length : 1;
+  const maxQ = prod(tileFor(problem.qTile, rank0));
+  const maxK = prod(tileFor(problem.kvTile, rank0));
+  const qTok = new Int32Array(maxQ);
+  const kTok = new Int32Array(maxK);
+  const qCrd = new Int32Array(maxQ * rank0);
+  const kCrd = new Int32Array(maxK * rank0);
+  const lo = new Int32Array(maxQ * rank0);
+  const hi = new Int32Array(maxQ * rank0);
+
+  /** Writes a token list (and its linear coordinates) to the heap; returns its offset. */
+  const putTokens = (tok: Int32Array, n: number, box: Box, crd: Int32Array): number => {
+    const off = heap.alloc(lin ? 2 * n : n);
+    const d = heap.data;
+    for (let i = 0; i < n; i++) d[off + i] = tok[i]!;
+    if (lin) {
+      const rank = box.lo.length;
+      boxCoords(box, crd);
+      for (let i = 0; i < n; i++) {
+        let x = 0;
+        for (let a = 0; a < rank; a++) x += crd[i * rank + a]! * lin[a]!;
+        d[off + n + i] = x >>> 0;
+      }
+    }
+    return off;
+  };
+
+  for (let item = 0; item < space.total; item++) {
+    const { seq, h, g, tile } = space.decode(item);
+    const p = space.pattern(seq);
+    const span = problem.seqs[seq]!;
+    let pid = patIds.get(p);
+    if (pid === undefined) patIds.set(p, (pid = patIds.size));
+    const key = `${pid}|${p.perBatch ? span.b : ''}|${p.perHead ? h : ''}|${g}|${tile}`;
+    let e = entries.get(key);
+    if (!e) {
+      const geo = p.geometry;
+      const rank = geo.qShape.length;
+      const grp = p.groups[g]!;
+      const qBox = tileBox(grp.qLen, tileFor(problem.qTile, rank), tile);
+      const nq = boxTokens(geo.qShape, geo.dilation, grp, qBox, qTok);
+      const qOff = putTokens(qTok, nq, qBox, qCrd);
+      const rules = p.boxRules?.(g);
+      if (rules) {
+        boxCoords(qBox, qCrd);
+        for (let i = 0; i < nq; i++)
+          for (let a = 0; a < rank; a++) {
+            lo[i * rank + a] = rules[a]!.start(qCrd[i * rank + a]!);
+            hi[i * rank + a] = rules[a]!.end(qCrd[i * rank + a]!);
+          }
+      }
+      const vs = kvSchedule(p, span.b, h, g, qBox, tileFor(problem.kvTile, rank));
+      const vOff = heap.alloc(vs.length * VISIT.size);
+      vs.forEach((vis, vi) => {
+        const nk = boxVolume(vis.box);
+        const boxKey = `${pid}|${g}|${vis.box.lo.join(',')}|${vis.box.hi.join(',')}`;
+        let kOff = keyLists.get(boxKey);
+        const needTokens = kOff === undefined || !vis.full;
+        if (needTokens) boxTokens(geo.kShape, geo.dilation, grp, vis.box, kTok);
+        if (kOff === undefined) keyLists.set(boxKey, (kOff = putTokens(kTok, nk, vis.box, kCrd)));
+        let mask = NO_MASK;
+        if (!vis.full) {
+          partialVisits++;
+          mask = heap.alloc(Math.ceil((nq * nk) / 32));
+          const d = heap.data;
+          if (rules) boxCoords(vis.box, kCrd);
+          for (let i = 0; i < nq; i++)
+            for (let j = 0; j < nk; j++) {
+              let ok = true;
+              if (rules) {
+                for (let a = 0; a < rank && ok; a++) {
+                  const x = kCrd[j * rank + a]!;
+                  ok = x >= lo[i * rank + a]! && x <= hi[i * rank + a]!;
+                }
+              } else ok = p.allows(span.b, h, qTok[i]!, kTok[j]!);
+              if (ok) {
+                const bit = i * nk + j;
+                d[mask + (bit >>> 5)]! |= 1 << (bit & 31);
+              }
+            }
+        }
+        const r = vOff + vi * VISIT.size;
+        heap.data[r + VISIT.at.kTok] = kOff;
+        heap.data[r + VISIT.at.nk] = nk;
+        heap.data[r + VISIT.at.mask] = mask;
+      });
+      visits += vs.length;
+      e = { qTok: qOff, nq, visit: vOff, nVisit: vs.length };
+      entries.set(key, e);
+    }
+    const nqSeq = prod(span.qGrid);
+    const nkSeq = prod(span.kGrid);
+    const b = problem.bias;
+    const r = item * ITEM.size;
+    const d = heap.data;
+    d[r + ITEM.at.h] = h;
+    d[r + ITEM.at.qOff] = span.qOff;
+    d[r + ITEM.at.kOff] = span.kOff;
+    d[r + ITEM.at.qTok] = e.qTok;
+    d[r + ITEM.at.nq] = e.nq;
+    d[r + ITEM.at.visit] = e.visit;
+    d[r + ITEM.at.nVisit] = e.nVisit;
+    d[r + ITEM.at.biasBase] = b ? ((b.batch === 1 ? 0 : span.b) * b.heads + (b.heads === 1 ? 0 : h)) * nqSeq * nkSeq : 0;
+    d[r + ITEM.at.biasStride] = nkSeq;
+  }
+  return { data: heap.data.subarray(0, heap.n), items: space.total, visits, partialVisits };
+}

@@ -1,0 +1,352 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { planAttention, planNA, type AttentionOptions, type NeighborhoodOptions } from '../src/api.js';
+import { TilewiseError } from '../src/errors.js';
+import type { PatternSpec } from '../src/patterns/spec.js';
+import type { AttnProblem } from '../src/problem.js';
+import { referenceAttention } from '../src/reference.js';
+import { type Tensor, randn, relError, rng } from '../src/tensor.js';
+import { getContext, getDevice, setDevice, webgpuAvailable } from '../src/webgpu/device.js';
+import { fitTile, fusedCanRun, planFused, runWebGPUFused, runWebGPUFusedTensors, setFusedTuning } from '../src/webgpu/fused.js';
+import { fusedProgram } from '../src/webgpu/fused-wgsl.js';
+import { bufferStats, fromGpu, releaseTensor, toGpu } from '../src/webgpu/tensor.js';
+import { uniformLayout } from '../src/webgpu/uniforms.js';
+import { stableStringify } from '../src/webgpu/wgsl.js';
+
+// Without an adapter every GPU test is reported skipped with the reason, never passed.
+const available = await webgpuAvailable();
+const skip: string | false = available === true ? false : `no WebGPU device: ${available}`;
+const gpuTest = (name: string, fn: () => Promise<void>) => test(name, { skip }, fn);
+
+const TOL = 1e-4;
+
+/** Finite entries by relative error; -inf (rows with no allowed key) must match exactly. */
+function compareLse(got: Float32Array, ref: Float64Array, what: string): void {
+  const g: number[] = [];
+  const r: number[] = [];
+  for (let i = 0; i < ref.length; i++) {
+    if (ref[i] === -Infinity) {
+      assert.equal(got[i], -Infinity, `${what}: lse[${i}] should be -inf (no allowed key), got ${got[i]}`);
+      continue;
+    }
+    g.push(got[i]!);
+    r.push(ref[i]!);
+  }
+  const e = relError(g, r);
+  assert.ok(e < TOL, `${what}: lse relErr ${e}`);
+}
+
+async function check(problem: AttnProblem, q: Tensor, k: Tensor, v: Tensor, what: string): Promise<void> {
+  const got = await runWebGPUFused(problem, q.data, k.data, v.data, { poison: true });
+  const ref = referenceAttention(problem, { q: q.data, k: k.data, v: v.data });
+  const e = relError(got.out, ref.out);
+  assert.ok(e < TOL, `${what}: out relErr ${e}`); // NaN fails this too
+  compareLse(got.lse, ref.lse, what);
+}
+
+const pick = <T>(r: () => number, xs: readonly T[]): T => xs[Math.floor(r() * xs.length)]!;
+const int = (r: () => number, lo: number, hi: number): number => lo + Math.floor(r() * (hi - lo + 1));
+
+interface Cfg {
+  batch: number;
+  nq: number;
+  nk: number;
+  heads: number;
+  kvHeads: number;
+  dim: number;
+  dimV: number;
+}
+
+function randomCfg(r: () => number, over: Partial<Cfg> = {}): Cfg {
+  const heads = pick(r, [1, 2, 4]);
+  const dim = pick(r, [8, 16]);
+  return {
+    batch: int(r, 1, 2),
+    nq: int(r, 1, 70),
+    nk: int(r, 1, 70),
+    heads,
+    kvHeads: pick(r, [1, heads]),
+    dim,
+    dimV: pick(r, [dim, dim, 4, 12]),
+    ...over,
+  };
+}
+
+function tensors(c: Cfg, seed: number, qGrid = [c.nq], kGrid = [c.nk]): [Tensor, Tensor, Tensor] {
+  return [
+    randn([c.batch, ...qGrid, c.heads, c.dim], seed),
+    randn([c.batch, ...kGrid, c.kvHeads, c.dim], seed + 1),
+    randn([c.batch, ...kGrid, c.kvHeads, c.dimV], seed + 2),
+  ];
+}
+
+async function attnCase(c: Cfg, opts: AttentionOptions, seed: number, what: string): Promise<void> {
+  const [q, k, v] = tensors(c, seed);
+  const { problem } = planAttention(q, k, v, opts);
+  await check(problem, q, k, v, `${what} ${JSON.stringify(c)}`);
+}
+
+const smallTiles = [undefined, { q: 16, kv: 8 }, { q: 8, kv: 16 }] as const;
+
+// ---------------------------------------------------------------------------------------------
+// Helpers that need no device.
+
+test('uniform layouts pack what they declare', () => {
+  const u = uniformLayout({ a: 'u32', b: 'f32', c: 'i32' } as const);
+  assert.equal(u.size, 16);
+  assert.match(u.wgsl('P'), /a: u32,\n {2}b: f32,\n {2}c: i32,/);
+  const dv = new DataView(u.pack({ a: 7, b: -Infinity, c: -3 }));
+  assert.equal(dv.getUint32(0, true), 7);
+  assert.equal(dv.getFloat32(4, true), -Infinity);
+  assert.equal(dv.getInt32(8, true), -3);
+  assert.throws(() => u.pack({ a: -1, b: 0, c: 0 }), TilewiseError);
+  assert.throws(() => u.pack({ a: 1.5, b: 0, c: 0 }), TilewiseError);
+});
+
+test('pipeline keys are derived from the spec, whatever the key order', () => {
+  assert.equal(stableStringify({ b: 1, a: [1, { d: 2, c: 3 }] }), stableStringify({ a: [1, { c: 3, d: 2 }], b: 1 }));
+  assert.notEqual(stableStringify({ a: 1 }), stableStringify({ a: 2 }));
+});
+
+test('tiles are cut to fit the device limits', () => {
+  assert.deepEqual(fitTile([64], 56), [56]);
+  assert.deepEqual(fitTile([4, 4, 4], 32), [2, 4, 4]);
+  assert.deepEqual(fitTile([8, 8], 64), [8, 8]);
+  const limits = {
+    maxComputeWorkgroupStorageSize: 16384,
+    maxComputeInvocationsPerWorkgroup: 128,
+    maxComputeWorkgroupSizeX: 128,
+    maxComputeWorkgroupsPerDimension: 65535,
+    maxStorageBufferBindingSize: 1 << 27,
+    maxBufferSize: 1 << 28,
+    maxStorageBuffersPerShaderStage: 8,
+  };
+  const c = randomCfg(rng(1), { dim: 128, dimV: 128 });
+  const [q, k, v] = tensors(c, 1);
+  const plan = planFused(planAttention(q, k, v, { tile: { q: 256, kv: 128 } }).problem, limits);
+  assert.ok(plan.spec.rows <= 128);
+  assert.ok(plan.spec.keys * (128 + 128) * 4 <= 16384);
+  assert.equal(fusedCanRun(plan.problem, limits), true);
+  assert.match(String(fusedCanRun(plan.problem, { ...limits, maxStorageBufferBindingSize: 64 })), /q takes/);
+  assert.match(String(fusedCanRun(plan.problem, { ...limits, maxComputeWorkgroupStorageSize: 512 })), /workgroup memory/);
+  const wgsl = fusedProgram.generate(plan.spec);
+  assert.match(wgsl, /@workgroup_size\(ROWS\)/);
+  // Tint zeroes a `var x: T;` declared in a loop only once: every function var must carry an initialiser
+  for (const m of wgsl.matchAll(/\bvar (\w+)\s*:[^;]*;/g)) assert.match(m[0], /=/, `uninitialised WGSL var: ${m[0]}`);
+});
+
+// ---------------------------------------------------------------------------------------------
+// Device.
+
+gpuTest('device: acquired once, features and limits read, caller device accepted', async () => {
+  const ctx = await getContext();
+  assert.ok(ctx.limits.maxComputeWorkgroupStorageSize >= 16384);
+  assert.ok(ctx.features instanceof Set);
+  const d = await getDevice();
+  assert.equal(await getDevice(), d);
+  setDevice(d);
+  assert.equal((await getContext()).userProvided, true);
+  assert.equal(await getDevice(), d);
+});
+
+// ---------------------------------------------------------------------------------------------
+// Property tests against the float64 reference.
+
+gpuTest('dense, GQA, Dv != D, odd head dims, batches', async () => {
+  const r = rng(11);
+  for (let i = 0; i < 6; i++) await attnCase(randomCfg(r), { tile: pick(r, smallTiles) }, 100 + i, 'dense');
+  await attnCase(randomCfg(r, { dim: 5, dimV: 3, heads: 2, kvHeads: 1 }), {}, 7, 'dense odd dims');
+});
+
+gpuTest('causal, top-left and bottom-right, Nq != Nk', async () => {
+  const r = rng(12);
+  for (let i = 0; i < 6; i++) {
+    const align = i % 2 === 0 ? 'top-left' : 'bottom-right';
+    await attnCase(randomCfg(r), { causal: align, tile: pick(r, smallTiles) }, 200 + i, `causal ${align}`);
+  }
+  // more queries than keys, bottom-right: the first rows see no key (out 0, lse -inf)
+  await attnCase(randomCfg(r, { nq: 40, nk: 9 }), { causal: 'bottom-right', tile: { q: 8, kv: 8 } }, 210, 'causal empty rows');
+});
+
+gpuTest('sliding windows', async () => {
+  const r = rng(13);
+  for (let i = 0; i < 6; i++) {
+    const window: [number, number] = [pick(r, [-1, 0, 3, 17]), pick(r, [-1, 0, 5])];
+    await attnCase(randomCfg(r), { window, causal: pick(r, [false, 'bottom-right'] as const), tile: pick(r, smallTiles) }, 300 + i, `window ${window}`);
+  }
+});
+
+gpuTest('softcap and additive bias (all broadcast forms, -inf entries)', async () => {
+  const r = rng(14);
+  for (let i = 0; i < 6; i++) {
+    const c = randomCfg(r, { nq: int(r, 1, 40), nk: int(r, 1, 40) });
+    const bb = pick(r, [1, c.batch]);
+    const bh = pick(r, [1, c.heads]);
+    const shape = pick(r, [[bb, bh, c.nq, c.nk], [bh, c.nq, c.nk], [c.nq, c.nk]]);
+    const bias = randn(shape, 400 + i);
+    if (i % 2 === 1) for (let j = 0; j < bias.data.length; j += 3) bias.data[j] = -Infinity;
+    await attnCase(c, { bias, softcap: pick(r, [0, 0.7, 5]), causal: pick(r, [false, true]), tile: pick(r, smallTiles) }, 410 + i, 'bias/softcap');
+  }
+});
+
+gpuTest('varlen packs (empty sequences included), causal and windowed', async () => {
+  const r = rng(15);
+  for (let i = 0; i < 4; i++) {
+    const nSeq = int(r, 1, 4);
+    const lq = Array.from({ length: nSeq }, () => int(r, 0, 30));
+    const lk = lq.map((x) => (i % 2 === 0 ? x : int(r, 0, 30)));
+    const cu = (ls: number[]) => Int32Array.from([0, ...ls.map((_, j) => ls.slice(0, j + 1).reduce((a, b) => a + b, 0))]);
+    const nq = Math.max(1, lq.reduce((a, b) => a + b, 0));
+    const nk = Math.max(1, lk.reduce((a, b) => a + b, 0));
+    if (lq.reduce((a, b) => a + b, 0) === 0) lq[0] = 1;
+    if (lk.reduce((a, b) => a + b, 0) === 0) lk[0] = 1;
+    const c = randomCfg(r, { batch: 1, nq, nk });
+    const opts: AttentionOptions = { cuSeqlensQ: cu(lq), cuSeqlensK: cu(lk), causal: pick(r, [false, 'top-left', 'bottom-right'] as const), tile: pick(r, smallTiles) };
+    if (i === 3) opts.window = [4, 2];
+    await attnCase(c, opts, 500 + i, `varlen ${lq}/${lk}`);
+  }
+});
+
+function blockSparse(r: () => number, heads: number, blockQ: number, blockK: number, nq: number, nk: number): PatternSpec {
+  const [numQBlocks, numKBlocks] = [Math.ceil(nq / blockQ), Math.ceil(nk / blockK)];
+  const mask = new Uint8Array(heads * numQBlocks * numKBlocks).map(() => (r() < 0.4 ? 1 : 0));
+  return { kind: 'blockSparse', blockQ, blockK, mask, maskHeads: heads, numQBlocks, numKBlocks };
+}
+
+gpuTest('block-sparse masks (shared and per head), any block size', async () => {
+  const r = rng(16);
+  for (let i = 0; i < 5; i++) {
+    const c = randomCfg(r, { nq: int(r, 8, 70), nk: int(r, 8, 70) });
+    const [bq, bk] = [pick(r, [4, 8, 16, 7]), pick(r, [4, 8, 16, 5])];
+    const hm = pick(r, [1, c.heads]);
+    const pattern = blockSparse(r, hm, bq, bk, c.nq, c.nk);
+    await attnCase(c, { pattern, causal: i === 4, tile: pick(r, smallTiles) }, 600 + i, `block-sparse ${bq}x${bk}`);
+  }
+});
+
+gpuTest('LongHeads chunk selection', async () => {
+  const r = rng(17);
+  for (let i = 0; i < 4; i++) {
+    const c = randomCfg(r, { nq: int(r, 8, 64), nk: int(r, 8, 64) });
+    const chunkSize = pick(r, [4, 8, 16]);
+    const queryTile = pick(r, [8, 16]);
+    const heads = pick(r, [1, c.heads]);
+    const numQTiles = Math.ceil(c.nq / queryTile);
+    const nChunks = Math.ceil(c.nk / chunkSize);
+    const offsets = [0];
+    const ids: number[] = [];
+    for (let t = 0; t < heads * numQTiles; t++) {
+      for (let ch = 0; ch < nChunks; ch++) if (r() < 0.4) ids.push(ch);
+      offsets.push(ids.length);
+    }
+    const pattern: PatternSpec = { kind: 'chunks', chunkSize, queryTile, heads, numQTiles, offsets: Int32Array.from(offsets), ids: Int32Array.from(ids) };
+    await attnCase(c, { pattern, tile: pick(r, smallTiles) }, 700 + i, 'chunks');
+  }
+});
+
+gpuTest('mask functions and and/or compositions', async () => {
+  const r = rng(18);
+  const fns: PatternSpec[] = [
+    { kind: 'mask', fn: (b, h, q, k) => (q * 7 + k * 3 + h + b) % 5 !== 0 },
+    { kind: 'mask', fn: (_b, h, q, k) => q % 3 !== 0 && Math.abs(q - k) <= 4 + h },
+    { kind: 'or', parts: [{ kind: 'causal', align: 'top-left' }, { kind: 'mask', fn: (_b, _h, q, k) => (q + k) % 4 === 0 }] },
+    { kind: 'and', parts: [{ kind: 'window', left: 6, right: 6, align: 'top-left' }, { kind: 'mask', fn: (_b, _h, q, k) => q !== k }] },
+  ];
+  for (let i = 0; i < fns.length; i++)
+    await attnCase(randomCfg(r, { nq: int(r, 1, 50), nk: int(r, 1, 50) }), { pattern: fns[i]!, tile: pick(r, smallTiles) }, 800 + i, `mask ${i}`);
+});
+
+async function naCase(grid: number[], c: Cfg, opts: NeighborhoodOptions, seed: number, what: string): Promise<void> {
+  const [q, k, v] = tensors(c, seed, grid, grid);
+  const { problem } = planNA(q, k, v, opts, grid.length);
+  await check(problem, q, k, v, `${what} ${grid} ${JSON.stringify(opts, (key, x) => (key === 'rpb' ? undefined : x))}`);
+}
+
+function randomNA(r: () => number, grid: number[], allowCausal: boolean): NeighborhoodOptions {
+  const kernelSize = grid.map((L) => int(r, 1, Math.min(L, 7)));
+  const dilation = grid.map((L, a) => int(r, 1, Math.max(1, Math.min(3, Math.floor(L / kernelSize[a]!)))));
+  const stride = kernelSize.map((K) => int(r, 1, Math.min(K, 3)));
+  const isCausal = grid.map(() => allowCausal && r() < 0.4);
+  return { kernelSize, dilation, stride, isCausal };
+}
+
+gpuTest('neighborhood attention 1-D (dilation, stride, causal, even kernels, rpb)', async () => {
+  const r = rng(19);
+  for (let i = 0; i < 6; i++) {
+    const grid = [int(r, 4, 60)];
+    const c = randomCfg(r, { nq: 0, nk: 0 });
+    const opts = randomNA(r, grid, i < 3);
+    if (i >= 3) opts.rpb = randn([c.heads, 2 * (opts.kernelSize as number[])[0]! - 1], 900 + i);
+    await naCase(grid, c, { ...opts, tile: pick(r, [undefined, { q: 8, kv: 8 }]) }, 910 + i, 'na1d');
+  }
+});
+
+gpuTest('neighborhood attention 2-D and 3-D (dilation, stride, causal, rpb)', async () => {
+  const r = rng(20);
+  for (let i = 0; i < 6; i++) {
+    const rank = i < 4 ? 2 : 3;
+    const grid = Array.from({ length: rank }, () => int(r, 3, rank === 2 ? 14 : 7));
+    const c = randomCfg(r, { batch: 1, nq: 0, nk: 0, heads: pick(r, [1, 2]), dim: 8, dimV: 8 });
+    c.kvHeads = pick(r, [1, c.heads]);
+    const opts = randomNA(r, grid, i % 2 === 0);
+    if (i % 2 === 1) opts.rpb = randn([c.heads, ...(opts.kernelSize as number[]).map((x) => 2 * x - 1)], 1000 + i);
+    await naCase(grid, c, opts, 1010 + i, `na${rank}d`);
+  }
+});
+
+// ---------------------------------------------------------------------------------------------
+// Buffers, stability, device loss.
+
+gpuTest('GPU tensors: inputs stay on the device, outputs come back as buffers', async () => {
+  const c = randomCfg(rng(21), { batch: 1, nq: 20, nk: 24 });
+  const [q, k, v] = tensors(c, 21);
+  const { problem } = planAttention(q, k, v, { causal: true });
+  const before = bufferStats().live;
+  const [qg, kg, vg] = await Promise.all([q, k, v].map((t) => toGpu(t.data, t.shape)));
+  const res = await runWebGPUFusedTensors(problem, qg!, kg!, vg!);
+  const out = await fromGpu(res.out);
+  const ref = referenceAttention(problem, { q: q.data, k: k.data, v: v.data });
+  assert.ok(relError(out, ref.out) < TOL);
+  for (const t of [qg!, kg!, vg!, res.out, res.lse]) releaseTensor(t);
+  assert.equal(bufferStats().live, before);
+});
+
+gpuTest('shared-memory inputs and concurrent calls', async () => {
+  const sh = (t: Tensor): Tensor => {
+    const d = new Float32Array(new SharedArrayBuffer(t.data.byteLength));
+    d.set(t.data);
+    return { data: d, shape: t.shape };
+  };
+  const c: Cfg = { batch: 2, nq: 19, nk: 23, heads: 2, kvHeads: 2, dim: 8, dimV: 8 };
+  const [q, k, v] = tensors(c, 51).map(sh) as [Tensor, Tensor, Tensor];
+  const bias = sh(randn([c.heads, c.nq, c.nk], 52));
+  const problems = [{ bias }, { causal: true }, { window: [3, 3] as [number, number] }, {}].map((o) => planAttention(q, k, v, o).problem);
+  await Promise.all(problems.map((p, i) => check(p, q, k, v, `concurrent ${i}`)));
+});
+
+gpuTest('stability: 1,000 consecutive small calls, live buffer count flat', async () => {
+  const c: Cfg = { batch: 1, nq: 12, nk: 12, heads: 2, kvHeads: 1, dim: 8, dimV: 8 };
+  const [q, k, v] = tensors(c, 31);
+  const { problem } = planAttention(q, k, v, { causal: true });
+  const ref = referenceAttention(problem, { q: q.data, k: k.data, v: v.data });
+  const base = bufferStats().live;
+  let last: Float32Array | undefined;
+  for (let i = 0; i < 1000; i++) {
+    last = (await runWebGPUFused(problem, q.data, k.data, v.data)).out;
+    assert.equal(bufferStats().live, base, `live buffers grew at call ${i}`);
+  }
+  assert.ok(relError(last!, ref.out) < TOL);
+});
+
+gpuTest('device loss: the next call throws a TilewiseError, the one after gets a new device', async () => {
+  const c: Cfg = { batch: 1, nq: 9, nk: 9, heads: 1, kvHeads: 1, dim: 8, dimV: 8 };
+  const [q, k, v] = tensors(c, 41);
+  const { problem } = planAttention(q, k, v);
+  const old = await getDevice();
+  old.destroy();
+  await assert.rejects(runWebGPUFused(problem, q.data, k.data, v.data), (e: unknown) => e instanceof TilewiseError && /lost/.test(e.message));
+  const got = await runWebGPUFused(problem, q.data, k.data, v.data);
+  assert.notEqual(await getDevice(), old);
+  const ref = referenceAttention(problem, { q: q.data, k: k.data, v: v.data });
+  assert.ok(relError(got.out, ref.out) < TOL);
+});
