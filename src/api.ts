@@ -91,8 +91,22 @@ function denseSeqs(s: QKVShapes): SeqSpan[] {
 }
 
 /** Checks the index data of block-sparse and chunk patterns against the problem. */
-export function checkPattern(p: PatternSpec, heads: number, nq: number, nk: number): void {
+export function checkPattern(p: PatternSpec, heads: number, nq: number, nk: number, grid?: readonly number[]): void {
   switch (p.kind) {
+    case 'neighborhood': {
+      const g = grid ?? [nq];
+      const r = g.length;
+      const kernelSize = perAxisInt(p.kernelSize, r, 'kernelSize', 0);
+      const dilation = perAxisInt(p.dilation, r, 'dilation', 1);
+      const stride = perAxisInt(p.stride, r, 'stride', 1);
+      perAxisBool(p.isCausal, r, 'isCausal');
+      for (let a = 0; a < r; a++) {
+        check(kernelSize[a]! <= g[a]!, 'kernelSize', 'must not exceed the token axis length', `axis ${a}: ${kernelSize[a]} > ${g[a]}`);
+        check(kernelSize[a]! * dilation[a]! <= g[a]!, 'dilation', 'kernelSize * dilation must not exceed the token axis length', `axis ${a}`);
+        check(stride[a]! <= kernelSize[a]!, 'stride', 'must not exceed kernelSize', `axis ${a}: ${stride[a]} > ${kernelSize[a]}`);
+      }
+      return;
+    }
     case 'blockSparse': {
       checkPositiveInt(p.blockQ, 'blockMask.blockQ');
       checkPositiveInt(p.blockK, 'blockMask.blockK');
@@ -131,7 +145,7 @@ export function checkPattern(p: PatternSpec, heads: number, nq: number, nk: numb
     case 'and':
     case 'or':
       check(p.parts.length > 0, 'pattern', `'${p.kind}' needs at least one part`);
-      p.parts.forEach((x) => checkPattern(x, heads, nq, nk));
+      p.parts.forEach((x) => checkPattern(x, heads, nq, nk, grid));
       return;
     default:
       return;
@@ -185,7 +199,7 @@ export function planAttention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOp
   } else seqs = denseSeqs(s);
   const nq = numel(s.qGrid);
   const nk = numel(s.kGrid);
-  for (const sq of seqs) checkPattern(pattern, s.heads, numel(sq.qGrid), numel(sq.kGrid));
+  for (const sq of seqs) checkPattern(pattern, s.heads, numel(sq.qGrid), numel(sq.kGrid), sq.qGrid);
   let bias: AttnProblem['bias'];
   if (opts.bias !== undefined) {
     checkTensor(opts.bias, 'bias');
@@ -335,6 +349,7 @@ export async function neighborhoodAttention(q: Tensor, k: Tensor, v: Tensor, opt
     check(av.shape.length === 4 && av.shape[0] === s.batch && av.shape[1] === ak.shape[1] && av.shape[2] === s.kvHeads && av.shape[3] === s.dimV, 'additionalValues', 'must be [batch, tokens, kvHeads, dimV] matching additionalKeys and v', av.shape.join('x'));
     checkDest(opts.out, problem.qRows * s.heads * s.dimV, 'out');
     checkDest(opts.lse, problem.qRows * s.heads, 'lse');
+    checkInputsFinite(opts, [[ak, 'additionalKeys'], [av, 'additionalValues']]);
     const { out: _o, lse: _l, ...rest } = opts;
     const na = await neighborhoodAttention(q, k, v, { ...rest, additionalKeys: undefined, additionalValues: undefined } as NeighborhoodOptions, rank);
     const nq = numel(s.qGrid);
@@ -369,6 +384,7 @@ export async function naAV(attn: Tensor, v: Tensor, opts: NeighborhoodOptions): 
   checkTensor(v, 'v');
   // q and k only carry shapes here: q's heads come from attn (GQA), k's from v
   check(attn.shape.length === v.shape.length, 'attn', 'must have the same rank as v', `${attn.shape.length} vs ${v.shape.length}`);
+  check(attn.shape.slice(0, -2).join() === v.shape.slice(0, -2).join(), 'attn', 'batch and token axes must match v', `${attn.shape.join('x')} vs ${v.shape.join('x')}`);
   const fakeQ = { data: new Float32Array(numel(attn.shape.slice(0, -1))), shape: [...attn.shape.slice(0, -1), 1] };
   const fakeK = { data: new Float32Array(numel(v.shape.slice(0, -1))), shape: [...v.shape.slice(0, -1), 1] };
   const { s, problem } = planNA(fakeQ, fakeK, v, opts);
