@@ -711,7 +711,8 @@ test('neighborhood: naQK / naAV with GQA (fewer key/value heads than query heads
 });
 
 test('neighborhood: multi-axis NA spec passed to attention() as a pattern (and/or of NA specs)', async () => {
-  // single-threaded: on the worker path this bug spins forever (see the next test)
+  // single-threaded: a wrong tile rank here once left the item count NaN, which returned zeros
+  // inline and spun forever in pool workers; the next test guards the worker path in a child process
   const threads = cpuThreads();
   setCpuThreads(1);
   try {

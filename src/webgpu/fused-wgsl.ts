@@ -70,17 +70,22 @@ export const fusedProgram: Program<FusedSpec, typeof FUSED_UNIFORMS.decl> = {
   generate: generateFused,
 };
 
-/** Score hooks for row i, key slot c (style.md 5: named splice points), after `x = q.k * scale`. */
-function scoreHooks(s: FusedSpec, i: number, c: string): string[] {
+/** Score hooks (style.md 5: named splice points), after `x = q.k * scale`, for row slot i and key slot c. */
+function scoreHooks(s: FusedSpec): string[] {
   const h: string[] = [];
   if (s.softcap) h.push('x = P.softcap * tanh(clamp(x / P.softcap, -15.0, 15.0));');
-  if (s.bias) h.push(`x += aux[biasBase + qt${i} * biasStride + ktok[${c}]];`);
-  if (s.rpb) h.push(`x += aux[rpbBase + u32(klin[${c}] - ql${i})];`);
+  if (s.bias) h.push('x += aux[biasBase + qt[i] * biasStride + ktok[c]];');
+  if (s.rpb) h.push('x += aux[rpbBase + u32(klin[c] - ql[i])];');
   return h;
 }
 
 const range = (n: number): number[] => Array.from({ length: n }, (_, i) => i);
 
+/**
+ * The two tile products are unrolled in TypeScript (each thread's micro-tile, constant register
+ * indices); the per-element epilogues stay WGSL loops, which keeps the shader small enough for
+ * CPU drivers (llvmpipe) to compile in seconds.
+ */
 function generateFused(s: FusedSpec): string {
   const QT = vec(s.wq);
   const VT = vec(s.wv);
@@ -94,12 +99,11 @@ function generateFused(s: FusedSpec): string {
   const I = range(RM);
   const K = range(RN);
   const V = range(RV);
-  const each = (f: (i: number) => string, sep = '\n    ') => I.map(f).join(sep);
-  const eachIK = (f: (i: number, k: number) => string, sep = '\n      ') => I.flatMap((i) => K.map((k) => f(i, k))).join(sep);
-  const eachIV = (f: (i: number, k: number) => string, sep = '\n      ') => I.flatMap((i) => V.map((k) => f(i, k))).join(sep);
+  const lines = (xs: string[], indent: string) => xs.join(`\n${indent}`);
   const dotQK = (a: string, b: string) => (s.wq === 4 ? `dot(${a}, ${b})` : `${a} * ${b}`);
-  // value columns of this thread: tx + TX * k (clamped when TX does not divide DV; such columns are never written)
-  const vcol = (k: number) => (RV * TX === dv ? `tx + ${TX * k}u` : `min(tx + ${TX * k}u, DV - 1u)`);
+  // value columns of thread tx: tx + TX * k (clamped when TX does not divide DV; those are never written)
+  const exact = RV * TX === dv;
+  const vcol = (k: number) => (exact ? `tx + ${TX * k}u` : `min(tx + ${TX * k}u, DV - 1u)`);
   return `// tilewise fused attention forward (generated): ${JSON.stringify(s)}
 ${FUSED_UNIFORMS.wgsl('Params')}
 ${bindingDecls(fusedProgram.bindings(s))}
@@ -108,6 +112,9 @@ const DQ: u32 = ${dq}u;
 const DV: u32 = ${dv}u;
 const BQ: u32 = ${s.rows}u;
 const BK: u32 = ${s.keys}u;
+const RM: u32 = ${RM}u;
+const RN: u32 = ${RN}u;
+const RV: u32 = ${RV}u;
 const TX: u32 = ${TX}u;
 const THREADS: u32 = ${T}u;
 const ITEM_SIZE: u32 = ${ITEM.size}u;
@@ -141,7 +148,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let biasStride = sched[ib + I_biasStride];
   let kh = h / P.group;
   let tx = lid % TX;
-  let r0 = (lid / TX) * ${RM}u;
+  let r0 = (lid / TX) * RM;
   ${s.rpb ? 'let rpbBase = u32(i32(P.rpbOff + h * P.rpbVol) + P.rpbConst);' : ''}
 
   for (var e: u32 = lid; e < BQ * DQ; e += THREADS) {
@@ -150,10 +157,17 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     if (r < nq) { x = q[((qOff + sched[qTok + r]) * P.heads + h) * DQ + (e - r * DQ)]; }
     qs[e] = x;
   }
-  ${s.bias ? each((i) => `let qt${i} = sched[qTok + min(r0 + ${i}u, nq - 1u)];`) : ''}
-  ${s.rpb ? each((i) => `let ql${i} = bitcast<i32>(sched[qTok + nq + min(r0 + ${i}u, nq - 1u)]);`) : ''}
-  ${each((i) => `var m${i}: f32 = NEG;\n    var l${i}: f32 = 0.0;`)}
-  ${eachIV((i, k) => `var o${i}_${k}: ${VT} = ${VT}(0.0);`, '\n  ')}
+  var m: array<f32, RM> = array<f32, RM>();
+  var l: array<f32, RM> = array<f32, RM>();
+  ${s.bias ? 'var qt: array<u32, RM> = array<u32, RM>();' : ''}
+  ${s.rpb ? 'var ql: array<i32, RM> = array<i32, RM>();' : ''}
+  for (var i: u32 = 0u; i < RM; i++) {
+    m[i] = NEG;
+    ${s.bias ? 'qt[i] = sched[qTok + min(r0 + i, nq - 1u)];' : ''}
+    ${s.rpb ? 'ql[i] = bitcast<i32>(sched[qTok + nq + min(r0 + i, nq - 1u)]);' : ''}
+  }
+  var o: array<${VT}, ${RM * RV}> = array<${VT}, ${RM * RV}>();
+  var sc: array<f32, ${RM * RN}> = array<f32, ${RM * RN}>();
 
   for (var vi: u32 = 0u; vi < nVisit; vi++) {
     let vb = visit + vi * VISIT_SIZE;
@@ -172,82 +186,79 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     ${s.rpb ? 'for (var j: u32 = lid; j < nk; j += THREADS) { klin[j] = bitcast<i32>(sched[kTok + nk + j]); }' : ''}
     workgroupBarrier();
 
-    // S = Q K^T on this thread's micro-tile
-    ${eachIK((i, k) => `var s${i}_${k}: f32 = 0.0;`, '\n    ')}
+    // S = Q K^T on this thread's RM x RN micro-tile (rows r0.., keys tx, tx + TX, ..)
+    ${lines(I.flatMap((i) => K.map((k) => `sc[${i * RN + k}] = 0.0;`)), '    ')}
     for (var d: u32 = 0u; d < DQ; d++) {
-      ${each((i) => `let a${i} = qs[(r0 + ${i}u) * DQ + d];`, '\n      ')}
-      ${K.map((k) => `let b${k} = ks[(tx + ${TX * k}u) * DQ + d];`).join('\n      ')}
-      ${eachIK((i, k) => `s${i}_${k} += ${dotQK(`a${i}`, `b${k}`)};`)}
+      ${lines(I.map((i) => `let a${i} = qs[(r0 + ${i}u) * DQ + d];`), '      ')}
+      ${lines(K.map((k) => `let b${k} = ks[(tx + ${TX * k}u) * DQ + d];`), '      ')}
+      ${lines(I.flatMap((i) => K.map((k) => `sc[${i * RN + k}] += ${dotQK(`a${i}`, `b${k}`)};`)), '      ')}
     }
-    ${I.map(
-      (i) => `{
-      let r = r0 + ${i}u;
+    for (var i: u32 = 0u; i < RM; i++) {
+      let r = r0 + i;
       var mx: f32 = NEG;
-      ${K.map(
-        (k) => `{
-        let c = tx + ${TX * k}u;
-        var x: f32 = s${i}_${k} * P.scale;
-        ${scoreHooks(s, i, 'c').join('\n        ')}
+      for (var kk: u32 = 0u; kk < RN; kk++) {
+        let c = tx + TX * kk;
+        var x: f32 = sc[i * RN + kk] * P.scale;
+        ${lines(scoreHooks(s), '        ')}
         var ok: bool = r < nq && c < nk;
         if (ok && mask != NO_MASK) {
           let bit = r * nk + c;
           ok = ((sched[mask + (bit >> 5u)] >> (bit & 31u)) & 1u) != 0u;
         }
-        s${i}_${k} = select(NEG, max(x, NEG), ok);
-        mx = max(mx, s${i}_${k});
-      }`,
-      ).join('\n      ')}
+        x = select(NEG, max(x, NEG), ok);
+        sc[i * RN + kk] = x;
+        mx = max(mx, x);
+      }
       red[r * TX + tx] = mx;
-    }`,
-    ).join('\n    ')}
+    }
     workgroupBarrier();
 
-    // online softmax: the row max over the TX threads sharing a row, then P into workgroup memory
-    ${I.map(
-      (i) => `{
-      let r = r0 + ${i}u;
-      var mx: f32 = m${i};
+    // online softmax: row max over the TX threads sharing the row; P to workgroup memory
+    for (var i: u32 = 0u; i < RM; i++) {
+      let r = r0 + i;
+      var mx: f32 = m[i];
       for (var t: u32 = 0u; t < TX; t++) { mx = max(mx, red[r * TX + t]); }
-      let alpha = exp(m${i} - mx);
-      m${i} = mx;
+      let alpha = exp(m[i] - mx);
+      m[i] = mx;
       var sum: f32 = 0.0;
-      ${K.map((k) => `{
-        let p = select(0.0, exp(s${i}_${k} - mx), s${i}_${k} > NEG);
-        ps[r * BK + tx + ${TX * k}u] = p;
+      for (var kk: u32 = 0u; kk < RN; kk++) {
+        let x = sc[i * RN + kk];
+        let p = select(0.0, exp(x - mx), x > NEG);
+        ps[r * BK + tx + TX * kk] = p;
         sum += p;
-      }`).join('\n      ')}
-      l${i} = l${i} * alpha + sum;
-      ${V.map((k) => `o${i}_${k} *= alpha;`).join('\n      ')}
-    }`,
-    ).join('\n    ')}
+      }
+      l[i] = l[i] * alpha + sum;
+      for (var c: u32 = 0u; c < RV; c++) { o[i * RV + c] *= alpha; }
+    }
     workgroupBarrier();
 
-    // O += P V on this thread's micro-tile
+    // O += P V on this thread's RM x RV micro-tile (value columns tx, tx + TX, ..)
     for (var j: u32 = 0u; j < nk; j++) {
-      ${V.map((k) => `let w${k} = vs[j * DV + ${vcol(k)}];`).join('\n      ')}
-      ${each((i) => `let p${i} = ps[(r0 + ${i}u) * BK + j];`, '\n      ')}
-      ${eachIV((i, k) => `o${i}_${k} += p${i} * w${k};`)}
+      ${lines(V.map((k) => `let w${k} = vs[j * DV + ${vcol(k)}];`), '      ')}
+      ${lines(I.map((i) => `let p${i} = ps[(r0 + ${i}u) * BK + j];`), '      ')}
+      ${lines(I.flatMap((i) => V.map((k) => `o[${i * RV + k}] += p${i} * w${k};`)), '      ')}
     }
     workgroupBarrier();
   }
 
   // row sums over the TX threads sharing a row, then O / l and LSE at the original rows
-  ${each((i) => `red[(r0 + ${i}u) * TX + tx] = l${i};`)}
+  for (var i: u32 = 0u; i < RM; i++) { red[(r0 + i) * TX + tx] = l[i]; }
   workgroupBarrier();
-  ${I.map(
-    (i) => `{
-    let r = r0 + ${i}u;
-    var l: f32 = 0.0;
-    for (var t: u32 = 0u; t < TX; t++) { l += red[r * TX + t]; }
+  for (var i: u32 = 0u; i < RM; i++) {
+    let r = r0 + i;
+    var lt: f32 = 0.0;
+    for (var t: u32 = 0u; t < TX; t++) { lt += red[r * TX + t]; }
     if (r < nq) {
       let row = qOff + sched[qTok + r];
-      let inv = select(0.0, 1.0 / l, l > 0.0);
+      let inv = select(0.0, 1.0 / lt, lt > 0.0);
       let ob = (row * P.heads + h) * DV;
-      ${V.map((k) => (RV * TX === dv ? `out[ob + tx + ${TX * k}u] = o${i}_${k} * inv;` : `if (tx + ${TX * k}u < DV) { out[ob + tx + ${TX * k}u] = o${i}_${k} * inv; }`)).join('\n      ')}
-      if (tx == 0u) { lse[row * P.heads + h] = select(P.negInf, m${i} + log(l), l > 0.0); }
+      for (var c: u32 = 0u; c < RV; c++) {
+        let col = tx + TX * c;
+        ${exact ? '' : 'if (col < DV) {'} out[ob + col] = o[i * RV + c] * inv; ${exact ? '' : '}'}
+      }
+      if (tx == 0u) { lse[row * P.heads + h] = select(P.negInf, m[i] + log(lt), lt > 0.0); }
     }
-  }`,
-  ).join('\n  ')}
+  }
 }
 `;
 }
