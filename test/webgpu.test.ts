@@ -7,8 +7,9 @@ import type { AttnProblem } from '../src/problem.js';
 import { referenceAttention } from '../src/reference.js';
 import { type Tensor, randn, relError, rng } from '../src/tensor.js';
 import { getContext, getDevice, setDevice, webgpuAvailable } from '../src/webgpu/device.js';
-import { fitTile, fusedCanRun, planFused, runWebGPUFused, runWebGPUFusedTensors, setFusedTuning } from '../src/webgpu/fused.js';
-import { fusedProgram } from '../src/webgpu/fused-wgsl.js';
+import { FUSED_TUNING, fitTile, fusedCanRun, planFused, runWebGPUFused, runWebGPUFusedTensors, setFusedTuning } from '../src/webgpu/fused.js';
+import { fusedProgram, fusedWorkgroupBytes, threadsOf } from '../src/webgpu/fused-wgsl.js';
+import { naiveCanRun, runWebGPUNaive } from '../src/webgpu/na.js';
 import { bufferStats, fromGpu, releaseTensor, toGpu } from '../src/webgpu/tensor.js';
 import { uniformLayout } from '../src/webgpu/uniforms.js';
 import { stableStringify } from '../src/webgpu/wgsl.js';
@@ -123,16 +124,22 @@ test('tiles are cut to fit the device limits', () => {
   };
   const c = randomCfg(rng(1), { dim: 128, dimV: 128 });
   const [q, k, v] = tensors(c, 1);
-  const plan = planFused(planAttention(q, k, v, { tile: { q: 256, kv: 128 } }).problem, limits);
-  assert.ok(plan.spec.rows <= 128);
-  assert.ok(plan.spec.keys * (128 + 128) * 4 <= 16384);
-  assert.equal(fusedCanRun(plan.problem, limits), true);
-  assert.match(String(fusedCanRun(plan.problem, { ...limits, maxStorageBufferBindingSize: 64 })), /q takes/);
-  assert.match(String(fusedCanRun(plan.problem, { ...limits, maxComputeWorkgroupStorageSize: 512 })), /workgroup memory/);
-  const wgsl = fusedProgram.generate(plan.spec);
-  assert.match(wgsl, /@workgroup_size\(ROWS\)/);
-  // Tint zeroes a `var x: T;` declared in a loop only once: every function var must carry an initialiser
-  for (const m of wgsl.matchAll(/\bvar (\w+)\s*:[^;]*;/g)) assert.match(m[0], /=/, `uninitialised WGSL var: ${m[0]}`);
+  for (const cls of ['gpu', 'cpu'] as const) {
+    const plan = planFused(planAttention(q, k, v, { tile: { q: 256, kv: 128 } }).problem, limits, FUSED_TUNING[cls]);
+    assert.ok(threadsOf(plan.spec) <= 128);
+    assert.ok(fusedWorkgroupBytes(plan.spec) <= 16384);
+    assert.equal(plan.spec.rows % plan.spec.rm, 0);
+    assert.equal(plan.spec.keys % plan.spec.tx, 0);
+    assert.equal(fusedCanRun(plan.problem, limits), true);
+    assert.match(String(fusedCanRun(plan.problem, { ...limits, maxStorageBufferBindingSize: 64 })), /q takes/);
+    assert.match(String(fusedCanRun(plan.problem, { ...limits, maxComputeWorkgroupStorageSize: 512 })), /workgroup memory/);
+    const wgsl = fusedProgram.generate(plan.spec);
+    assert.match(wgsl, /@workgroup_size\(THREADS\)/);
+    // Tint zeroes a `var x: T;` declared in a loop only once: every function var must carry an initialiser
+    for (const m of wgsl.matchAll(/\bvar (\w+)\s*:[^;]*;/g)) assert.match(m[0], /=/, `uninitialised WGSL var: ${m[0]}`);
+    // unrolled specs have constant loop bounds, the others read them from the uniforms
+    assert.equal(/d < P\.dq/.test(wgsl), !plan.spec.unroll);
+  }
 });
 
 // ---------------------------------------------------------------------------------------------
@@ -142,6 +149,7 @@ gpuTest('device: acquired once, features and limits read, caller device accepted
   const ctx = await getContext();
   assert.ok(ctx.limits.maxComputeWorkgroupStorageSize >= 16384);
   assert.ok(ctx.features instanceof Set);
+  assert.ok(ctx.adapterClass === 'cpu' || ctx.adapterClass === 'gpu');
   const d = await getDevice();
   assert.equal(await getDevice(), d);
   setDevice(d);
@@ -292,6 +300,43 @@ gpuTest('neighborhood attention 2-D and 3-D (dilation, stride, causal, rpb)', as
     if (i % 2 === 1) opts.rpb = randn([c.heads, ...(opts.kernelSize as number[]).map((x) => 2 * x - 1)], 1000 + i);
     await naCase(grid, c, opts, 1010 + i, `na${rank}d`);
   }
+});
+
+gpuTest('other blockings: the GPU table (unrolled), one thread per row, threads not dividing the tile', async () => {
+  const r = rng(22);
+  const tunings = [FUSED_TUNING.gpu, { rm: 1, tx: 1, maxRows: 16, maxKeys: 16 }, { rm: 3, tx: 3, maxRows: 20, maxKeys: 10 }];
+  try {
+    for (const [i, t] of tunings.entries()) {
+      setFusedTuning(t);
+      const c = randomCfg(r, { dim: 8, dimV: pick(r, [8, 4, 6]), nq: int(r, 20, 60), nk: int(r, 20, 60) });
+      const bias = randn([c.nq, c.nk], 1100 + i);
+      await attnCase(c, { causal: 'bottom-right', bias, softcap: 3 }, 1110 + i, `tuning ${JSON.stringify(t)}`);
+    }
+  } finally {
+    setFusedTuning(undefined);
+  }
+});
+
+gpuTest('NA naive kernel (1-, 2-, 3-D; dilation, stride, causal, rpb, GQA, softcap)', async () => {
+  const r = rng(23);
+  for (let i = 0; i < 6; i++) {
+    const rank = 1 + (i % 3);
+    const grid = Array.from({ length: rank }, () => int(r, 3, rank === 1 ? 40 : rank === 2 ? 12 : 6));
+    const c = randomCfg(r, { nq: 0, nk: 0 });
+    const opts = randomNA(r, grid, i < 3);
+    if (i >= 3) opts.rpb = randn([c.heads, ...(opts.kernelSize as number[]).map((x) => 2 * x - 1)], 1200 + i);
+    if (i === 5) opts.softcap = 2;
+    const [q, k, v] = tensors(c, 1210 + i, grid, grid);
+    const { problem } = planNA(q, k, v, opts, rank);
+    const got = await runWebGPUNaive(problem, q.data, k.data, v.data, { poison: true });
+    const ref = referenceAttention(problem, { q: q.data, k: k.data, v: v.data });
+    assert.ok(relError(got.out, ref.out) < TOL, `naive ${grid}: out relErr ${relError(got.out, ref.out)}`);
+    compareLse(got.lse, ref.lse, `naive ${grid}`);
+  }
+  const [q, k, v] = tensors(randomCfg(r), 1220);
+  const { problem } = planAttention(q, k, v, { causal: true });
+  assert.match(String(naiveCanRun(problem)), /neighborhood/);
+  await assert.rejects(runWebGPUNaive(problem, q.data, k.data, v.data), TilewiseError);
 });
 
 // ---------------------------------------------------------------------------------------------

@@ -41,6 +41,8 @@ export interface GpuContext {
   readonly features: ReadonlySet<string>;
   /** Adapter description (vendor, architecture, device), for reports. */
   readonly description: string;
+  /** 'cpu' for software adapters (llvmpipe/lavapipe, SwiftShader, WARP): kernels pick other tile configs. */
+  readonly adapterClass: 'cpu' | 'gpu';
   readonly userProvided: boolean;
 }
 
@@ -87,6 +89,9 @@ function watch(h: Held): Held {
   return h;
 }
 
+const SOFTWARE = /llvmpipe|lavapipe|swiftshader|software|warp/i;
+const classOf = (description: string, fallback?: boolean): 'cpu' | 'gpu' => (fallback || SOFTWARE.test(description) ? 'cpu' : 'gpu');
+
 function describe(info: GPUAdapterInfo | undefined): string {
   if (!info) return 'unknown adapter';
   const parts = [info.vendor, info.architecture, info.device, info.description].filter((x) => x);
@@ -97,15 +102,22 @@ async function acquire(): Promise<Held> {
   const gpu = await gpuEntry();
   const adapter = await gpu.requestAdapter({ powerPreference: 'high-performance' });
   if (!adapter) throw new TilewiseError('webgpu', 'found no GPU adapter');
+  // ask for everything the adapter offers on the limits kernels size themselves from
   const requiredLimits: Record<string, number> = {};
-  for (const n of LIMIT_NAMES) requiredLimits[n] = Number((adapter.limits as unknown as Record<string, number>)[n]);
+  for (const n of LIMIT_NAMES) {
+    const x = Number((adapter.limits as unknown as Record<string, number>)[n]);
+    if (Number.isFinite(x)) requiredLimits[n] = x;
+  }
   const device = await adapter.requestDevice({ requiredLimits });
+  const description = describe(adapter.info);
+  const fallback = (adapter.info as { isFallbackAdapter?: boolean } | undefined)?.isFallbackAdapter;
   return watch({
     ctx: {
       device,
       limits: snapshotLimits(device.limits),
       features: new Set([...adapter.features].map(String)),
-      description: describe(adapter.info),
+      description,
+      adapterClass: classOf(description, fallback),
       userProvided: false,
     },
   });
@@ -146,8 +158,9 @@ export function setDevice(device: GPUDevice | undefined): void {
     return;
   }
   const features = new Set<string>([...device.features].map(String));
+  const description = describe(device.adapterInfo);
   held = watch({
-    ctx: { device, limits: snapshotLimits(device.limits), features, description: describe(device.adapterInfo), userProvided: true },
+    ctx: { device, limits: snapshotLimits(device.limits), features, description, adapterClass: classOf(description), userProvided: true },
   });
 }
 
@@ -167,6 +180,7 @@ export async function lossOr(ctx: GpuContext, err: unknown): Promise<never> {
 
 /** true when a device can be had, else the reason (never throws). */
 export async function webgpuAvailable(): Promise<true | string> {
+  if (held?.lost !== undefined) return true; // a new device comes after the loss is reported
   try {
     await getContext();
     return true;

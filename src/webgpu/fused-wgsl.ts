@@ -28,9 +28,20 @@ export interface FusedSpec {
   readonly softcap: boolean;
   readonly bias: boolean;
   readonly rpb: boolean;
+  /**
+   * Constant loop bounds (the driver unrolls, the micro-tiles live in registers) or bounds read
+   * from the uniforms (CPU drivers such as llvmpipe compile unrolled code many times slower).
+   */
+  readonly unroll: boolean;
 }
 
 export const threadsOf = (s: FusedSpec): number => (s.rows / s.rm) * s.tx;
+
+/** Derived blocking sizes: vectors per q/k row (dq) and v row (dv), keys (rn) and value vectors (rv) per thread. */
+export function blockingOf(s: FusedSpec): { dq: number; dv: number; rm: number; rn: number; rv: number; tx: number } {
+  const dv = s.dimV / s.wv;
+  return { dq: s.dim / s.wq, dv, rm: s.rm, rn: s.keys / s.tx, rv: Math.ceil(dv / s.tx), tx: s.tx };
+}
 
 /** Workgroup memory the template declares for a spec, in bytes. */
 export function fusedWorkgroupBytes(s: Pick<FusedSpec, 'dim' | 'dimV' | 'rows' | 'keys' | 'tx'>): number {
@@ -49,6 +60,12 @@ export const FUSED_UNIFORMS = uniformLayout({
   rpbOff: 'u32',
   rpbVol: 'u32',
   rpbConst: 'i32',
+  // the blocking constants again, as loop bounds for specs that do not unroll
+  dq: 'u32',
+  rm: 'u32',
+  rn: 'u32',
+  rv: 'u32',
+  tx: 'u32',
 } as const);
 
 const vec = (w: 1 | 4): string => (w === 4 ? 'vec4<f32>' : 'f32');
@@ -82,19 +99,14 @@ function scoreHooks(s: FusedSpec): string[] {
 const range = (n: number): number[] => Array.from({ length: n }, (_, i) => i);
 
 /**
- * The two tile products are unrolled in TypeScript (each thread's micro-tile, constant register
- * indices); the per-element epilogues stay WGSL loops, which keeps the shader small enough for
- * CPU drivers (llvmpipe) to compile in seconds.
+ * The two tile products are unrolled in TypeScript (each thread's micro-tile at constant register
+ * indices); the per-element epilogues stay WGSL loops, bounded by constants when `unroll` (the
+ * driver unrolls them) or by uniforms (llvmpipe then compiles in about a quarter of the time).
  */
 function generateFused(s: FusedSpec): string {
   const QT = vec(s.wq);
   const VT = vec(s.wv);
-  const dq = s.dim / s.wq;
-  const dv = s.dimV / s.wv;
-  const RM = s.rm;
-  const TX = s.tx;
-  const RN = s.keys / TX;
-  const RV = Math.ceil(dv / TX);
+  const { dq, dv, rm: RM, rn: RN, rv: RV, tx: TX } = blockingOf(s);
   const T = threadsOf(s);
   const I = range(RM);
   const K = range(RN);
@@ -103,6 +115,8 @@ function generateFused(s: FusedSpec): string {
   const dotQK = (a: string, b: string) => (s.wq === 4 ? `dot(${a}, ${b})` : `${a} * ${b}`);
   // value columns of thread tx: tx + TX * k (clamped when TX does not divide DV; those are never written)
   const exact = RV * TX === dv;
+  // loop bounds: constants to unroll, uniforms to keep loops
+  const [bDQ, bRM, bRN, bRV, bTX] = s.unroll ? ['DQ', 'RM', 'RN', 'RV', 'TX'] : ['P.dq', 'P.rm', 'P.rn', 'P.rv', 'P.tx'];
   const vcol = (k: number) => (exact ? `tx + ${TX * k}u` : `min(tx + ${TX * k}u, DV - 1u)`);
   return `// tilewise fused attention forward (generated): ${JSON.stringify(s)}
 ${FUSED_UNIFORMS.wgsl('Params')}
@@ -161,7 +175,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   var l: array<f32, RM> = array<f32, RM>();
   ${s.bias ? 'var qt: array<u32, RM> = array<u32, RM>();' : ''}
   ${s.rpb ? 'var ql: array<i32, RM> = array<i32, RM>();' : ''}
-  for (var i: u32 = 0u; i < RM; i++) {
+  for (var i: u32 = 0u; i < ${bRM}; i++) {
     m[i] = NEG;
     ${s.bias ? 'qt[i] = sched[qTok + min(r0 + i, nq - 1u)];' : ''}
     ${s.rpb ? 'ql[i] = bitcast<i32>(sched[qTok + nq + min(r0 + i, nq - 1u)]);' : ''}
@@ -187,16 +201,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     workgroupBarrier();
 
     // S = Q K^T on this thread's RM x RN micro-tile (rows r0.., keys tx, tx + TX, ..)
-    ${lines(I.flatMap((i) => K.map((k) => `sc[${i * RN + k}] = 0.0;`)), '    ')}
-    for (var d: u32 = 0u; d < DQ; d++) {
+    for (var x: u32 = 0u; x < ${bRM} * ${bRN}; x++) { sc[x] = 0.0; }
+    for (var d: u32 = 0u; d < ${bDQ}; d++) {
       ${lines(I.map((i) => `let a${i} = qs[(r0 + ${i}u) * DQ + d];`), '      ')}
       ${lines(K.map((k) => `let b${k} = ks[(tx + ${TX * k}u) * DQ + d];`), '      ')}
       ${lines(I.flatMap((i) => K.map((k) => `sc[${i * RN + k}] += ${dotQK(`a${i}`, `b${k}`)};`)), '      ')}
     }
-    for (var i: u32 = 0u; i < RM; i++) {
+    for (var i: u32 = 0u; i < ${bRM}; i++) {
       let r = r0 + i;
       var mx: f32 = NEG;
-      for (var kk: u32 = 0u; kk < RN; kk++) {
+      for (var kk: u32 = 0u; kk < ${bRN}; kk++) {
         let c = tx + TX * kk;
         var x: f32 = sc[i * RN + kk] * P.scale;
         ${lines(scoreHooks(s), '        ')}
@@ -214,21 +228,21 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     workgroupBarrier();
 
     // online softmax: row max over the TX threads sharing the row; P to workgroup memory
-    for (var i: u32 = 0u; i < RM; i++) {
+    for (var i: u32 = 0u; i < ${bRM}; i++) {
       let r = r0 + i;
       var mx: f32 = m[i];
-      for (var t: u32 = 0u; t < TX; t++) { mx = max(mx, red[r * TX + t]); }
+      for (var t: u32 = 0u; t < ${bTX}; t++) { mx = max(mx, red[r * TX + t]); }
       let alpha = exp(m[i] - mx);
       m[i] = mx;
       var sum: f32 = 0.0;
-      for (var kk: u32 = 0u; kk < RN; kk++) {
+      for (var kk: u32 = 0u; kk < ${bRN}; kk++) {
         let x = sc[i * RN + kk];
         let p = select(0.0, exp(x - mx), x > NEG);
         ps[r * BK + tx + TX * kk] = p;
         sum += p;
       }
       l[i] = l[i] * alpha + sum;
-      for (var c: u32 = 0u; c < RV; c++) { o[i * RV + c] *= alpha; }
+      for (var c: u32 = 0u; c < ${bRV}; c++) { o[i * RV + c] *= alpha; }
     }
     workgroupBarrier();
 
@@ -242,17 +256,17 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   }
 
   // row sums over the TX threads sharing a row, then O / l and LSE at the original rows
-  for (var i: u32 = 0u; i < RM; i++) { red[(r0 + i) * TX + tx] = l[i]; }
+  for (var i: u32 = 0u; i < ${bRM}; i++) { red[(r0 + i) * TX + tx] = l[i]; }
   workgroupBarrier();
-  for (var i: u32 = 0u; i < RM; i++) {
+  for (var i: u32 = 0u; i < ${bRM}; i++) {
     let r = r0 + i;
     var lt: f32 = 0.0;
-    for (var t: u32 = 0u; t < TX; t++) { lt += red[r * TX + t]; }
+    for (var t: u32 = 0u; t < ${bTX}; t++) { lt += red[r * TX + t]; }
     if (r < nq) {
       let row = qOff + sched[qTok + r];
       let inv = select(0.0, 1.0 / lt, lt > 0.0);
       let ob = (row * P.heads + h) * DV;
-      for (var c: u32 = 0u; c < RV; c++) {
+      for (var c: u32 = 0u; c < ${bRV}; c++) {
         let col = tx + TX * c;
         ${exact ? '' : 'if (col < DV) {'} out[ob + col] = o[i * RV + c] * inv; ${exact ? '' : '}'}
       }

@@ -1,11 +1,12 @@
 /// <reference types="@webgpu/types" />
 import { prod } from '../cpu/fused.js';
-import { TilewiseError, check } from '../errors.js';
+import { TilewiseError } from '../errors.js';
 import { type AttnProblem, ItemSpace, tileFor } from '../problem.js';
-import { BufferUsage, type GpuContext, type GpuLimits, getContext, lossOr } from './device.js';
-import { FUSED_UNIFORMS, type FusedSpec, fusedProgram, fusedWorkgroupBytes, threadsOf } from './fused-wgsl.js';
+import { BufferUsage, type GpuLimits } from './device.js';
+import { FUSED_UNIFORMS, type FusedSpec, blockingOf, fusedProgram, fusedWorkgroupBytes, threadsOf } from './fused-wgsl.js';
 import { buildGpuSchedule } from './schedule.js';
-import { type GpuTensor, createBuffer, readBuffers, releaseBuffer, uploadBuffer, writeData } from './tensor.js';
+import { type KernelOptions, type TensorKernel, gridFor, launchAttn, onDevice, onHost, rpbLayout, uniformBuffer } from './run.js';
+import { type GpuTensor, createBuffer, uploadBuffer, writeData } from './tensor.js';
 import { getPipeline } from './wgsl.js';
 
 /**
@@ -36,26 +37,36 @@ export function fitTile(tile: readonly number[], cap: number): number[] {
 
 /**
  * Blocking knobs: rows per thread and threads per row (register blocking; 1 and 1 give one thread
- * per query row), and caps on the query rows and staged keys of a work item. Data, not code: the
- * defaults are what measured best here; `setFusedTuning` overrides them (benchmarks, tests).
+ * per query row), caps on the query rows and staged keys of a work item, and whether loops are
+ * unrolled. Data per adapter class, not code (style.md 2); `setFusedTuning` overrides them
+ * (benchmarks, tests). CPU adapters, measured on llvmpipe (2 cores, B1 N1024 H4 D64 dense): 8x2
+ * micro-tiles 362 ms, 4x4 unrolled 454 ms, one thread per row 916 ms; unrolled loops compile
+ * about 3.5x slower there for the same run time. The GPU row is design.md 8's shape, unmeasured.
  */
 export interface FusedTuning {
   readonly rm: number;
   readonly tx: number;
   readonly maxRows: number;
   readonly maxKeys: number;
+  readonly unroll: boolean;
 }
 
-const DEFAULT_TUNING: FusedTuning = { rm: 4, tx: 4, maxRows: 64, maxKeys: 32 };
-let tuning: FusedTuning = DEFAULT_TUNING;
+export const FUSED_TUNING: Readonly<Record<'cpu' | 'gpu', FusedTuning>> = {
+  gpu: { rm: 4, tx: 4, maxRows: 64, maxKeys: 32, unroll: true },
+  cpu: { rm: 8, tx: 2, maxRows: 32, maxKeys: 32, unroll: false },
+};
+let override: Partial<FusedTuning> | undefined;
 
+/** Overrides the tuning table for every adapter class (undefined: back to the table). */
 export function setFusedTuning(t: Partial<FusedTuning> | undefined): void {
-  tuning = { ...DEFAULT_TUNING, ...(t ?? {}) };
+  override = t;
 }
+
+export const tuningFor = (adapterClass: 'cpu' | 'gpu'): FusedTuning => ({ ...FUSED_TUNING[adapterClass], ...(override ?? {}) });
 
 const roundUp = (x: number, m: number): number => Math.ceil(x / m) * m;
 
-export function planFused(problem: AttnProblem, limits: GpuLimits, tune: FusedTuning = tuning): FusedPlan {
+export function planFused(problem: AttnProblem, limits: GpuLimits, tune: FusedTuning = tuningFor('gpu')): FusedPlan {
   const rank = problem.seqs.length > 0 ? new ItemSpace({ ...problem, seqs: problem.seqs.slice(0, 1) }).pattern(0).geometry.qShape.length : 1;
   const { dim, dimV } = problem;
   const maxThreads = Math.min(limits.maxComputeInvocationsPerWorkgroup, limits.maxComputeWorkgroupSizeX);
@@ -83,6 +94,7 @@ export function planFused(problem: AttnProblem, limits: GpuLimits, tune: FusedTu
         softcap: problem.softcap > 0,
         bias: problem.bias !== undefined,
         rpb: problem.rpb !== undefined,
+        unroll: tune.unroll,
       };
       if (fusedWorkgroupBytes(spec) <= budget && threadsOf(spec) <= maxThreads) return { spec, problem: { ...problem, qTile, kvTile }, rank };
     }
@@ -107,199 +119,58 @@ export function fusedCanRun(problem: AttnProblem, limits: GpuLimits): true | str
   return true;
 }
 
-function rpbUniforms(problem: AttnProblem): { lin: number[] | undefined; vol: number; cst: number } {
-  if (!problem.rpb) return { lin: undefined, vol: 0, cst: 0 };
-  const spans = problem.rpb.kernel.map((k) => 2 * k - 1);
-  const lin = spans.map((_, a) => prod(spans.slice(a + 1)));
-  const cst = problem.rpb.kernel.reduce((acc, k, a) => acc + (k - 1) * lin[a]!, 0);
-  return { lin, vol: prod(spans), cst };
-}
-
-function bindingOf(t: GpuTensor, bytes: number, arg: string): GPUBufferBinding {
-  check(t.offset % 256 === 0, arg, 'offset must be a multiple of 256 bytes to bind it', String(t.offset));
-  check(t.buffer.size >= t.offset + bytes, arg, 'buffer is too small', `${t.buffer.size} < ${t.offset + bytes}`);
-  return { buffer: t.buffer, offset: t.offset, size: bytes };
-}
-
-export interface FusedGpuOptions {
-  /** Fill the outputs with NaN first, so an unwritten element cannot pass a test. */
-  readonly poison?: boolean;
-  /** Destinations (else fresh buffers the caller releases with `releaseTensor`). */
-  readonly out?: GpuTensor;
-  readonly lse?: GpuTensor;
-}
+export type FusedGpuOptions = KernelOptions;
 
 /**
  * Fused forward on GPU tensors: q [qRows, H, D], k [kRows, Hk, D], v [kRows, Hk, Dv] in, out
  * [qRows, H, Dv] and lse [qRows, H] (rows with no allowed key: 0 and -inf) out. Nothing is read back.
  */
-export async function runWebGPUFusedTensors(
-  problem: AttnProblem,
-  q: GpuTensor,
-  k: GpuTensor,
-  v: GpuTensor,
-  opts: FusedGpuOptions = {},
-): Promise<{ out: GpuTensor; lse: GpuTensor }> {
-  const ctx = await getContext();
-  try {
-    return await runOn(ctx, problem, q, k, v, opts);
-  } catch (e) {
-    return lossOr(ctx, e);
-  }
-}
-
-async function runOn(ctx: GpuContext, problem: AttnProblem, q: GpuTensor, k: GpuTensor, v: GpuTensor, opts: FusedGpuOptions): Promise<{ out: GpuTensor; lse: GpuTensor }> {
-  const { device, limits } = ctx;
-  const { heads: H, kvHeads: Hk, dim: D, dimV: DV, qRows, kRows } = problem;
-  const why = fusedCanRun(problem, limits);
-  if (why !== true) throw new TilewiseError('webgpu', 'cannot run this problem', why);
-  const plan = planFused(problem, limits);
-  const space = new ItemSpace(plan.problem);
-  const rpbU = rpbUniforms(problem);
-  const sched = buildGpuSchedule(plan.problem, space, { ...(rpbU.lin ? { lin: rpbU.lin } : {}), maxWords: Math.floor(limits.maxStorageBufferBindingSize / 4) });
-  const outBytes = qRows * H * DV * 4;
-  const lseBytes = qRows * H * 4;
-  const bindings = [
-    bindingOf(q, qRows * H * D * 4, 'q'),
-    bindingOf(k, kRows * Hk * D * 4, 'k'),
-    bindingOf(v, kRows * Hk * DV * 4, 'v'),
-  ];
-
-  const cached = await getPipeline(device, fusedProgram, plan.spec);
-  // From here to the error-scope pops nothing awaits, so concurrent calls cannot interleave scopes.
-  const made: GPUBuffer[] = [];
-  const own = (b: GPUBuffer) => (made.push(b), b);
-  const outT: GpuTensor = opts.out ?? {
-    buffer: own(createBuffer(device, outBytes, BufferUsage.STORAGE | BufferUsage.COPY_SRC | BufferUsage.COPY_DST, 'tilewise out')),
-    shape: [qRows, H, DV],
-    offset: 0,
-  };
-  const lseT: GpuTensor = opts.lse ?? {
-    buffer: own(createBuffer(device, lseBytes, BufferUsage.STORAGE | BufferUsage.COPY_SRC | BufferUsage.COPY_DST, 'tilewise lse')),
-    shape: [qRows, H],
-    offset: 0,
-  };
-  const temps = made.length;
-  device.pushErrorScope('out-of-memory');
-  device.pushErrorScope('validation');
-  let failure: unknown;
-  try {
-    const outB = bindingOf(outT, outBytes, 'out');
-    const lseB = bindingOf(lseT, lseBytes, 'lse');
-    if (opts.poison) {
-      device.queue.writeBuffer(outT.buffer, outT.offset, new Float32Array(qRows * H * DV).fill(NaN));
-      device.queue.writeBuffer(lseT.buffer, lseT.offset, new Float32Array(qRows * H).fill(NaN));
-    }
-    const total = space.total;
-    const itemsX = Math.max(1, Math.min(total, limits.maxComputeWorkgroupsPerDimension));
-    const itemsY = Math.ceil(total / itemsX);
-    check(itemsY <= limits.maxComputeWorkgroupsPerDimension, 'q', 'has more work items than one dispatch can hold', String(total));
-    const params = FUSED_UNIFORMS.pack({
-      heads: H,
-      kvHeads: Hk,
-      group: H / Hk,
-      total,
-      itemsX,
-      scale: problem.scale,
-      softcap: problem.softcap,
-      negInf: -Infinity,
-      rpbOff: problem.bias ? problem.bias.data.length : 0,
-      rpbVol: rpbU.vol,
-      rpbConst: rpbU.cst,
-    });
-    const uni = own(uploadBuffer(device, new Uint8Array(params), BufferUsage.UNIFORM, 'tilewise params'));
-    const schedB = own(uploadBuffer(device, sched.data, BufferUsage.STORAGE, 'tilewise schedule'));
-    const entries: GPUBindGroupEntry[] = [
-      { binding: 0, resource: { buffer: uni } },
-      ...bindings.map((b, i) => ({ binding: i + 1, resource: b })),
-      { binding: 4, resource: outB },
-      { binding: 5, resource: lseB },
-      { binding: 6, resource: { buffer: schedB } },
-    ];
-    if (plan.spec.bias || plan.spec.rpb) {
-      const nb = problem.bias?.data.length ?? 0;
-      const nr = problem.rpb?.data.length ?? 0;
-      const aux = own(createBuffer(device, (nb + nr) * 4, BufferUsage.STORAGE | BufferUsage.COPY_DST, 'tilewise bias'));
-      if (problem.bias) writeData(device, aux, 0, problem.bias.data);
-      if (problem.rpb) writeData(device, aux, nb * 4, problem.rpb.data);
-      entries.push({ binding: 7, resource: { buffer: aux } });
-    }
-    if (total > 0) {
-      const bg = device.createBindGroup({ layout: cached.layout, entries });
-      const enc = device.createCommandEncoder();
-      const pass = enc.beginComputePass();
-      pass.setPipeline(cached.pipeline);
-      pass.setBindGroup(0, bg);
-      pass.dispatchWorkgroups(itemsX, itemsY);
-      pass.end();
-      device.queue.submit([enc.finish()]);
-    } else {
-      // no work item (every sequence empty): every row gets out 0, lse -inf
-      device.queue.writeBuffer(outT.buffer, outT.offset, new Float32Array(qRows * H * DV));
-      device.queue.writeBuffer(lseT.buffer, lseT.offset, new Float32Array(qRows * H).fill(-Infinity));
-    }
-  } catch (e) {
-    failure = e;
-  }
-  // both pops issued before any await, so another call's scopes cannot come in between
-  const [validation, oom] = await Promise.all([device.popErrorScope(), device.popErrorScope()]);
-  // buffers released after submit are freed once the GPU is done with them
-  made.slice(temps).forEach(releaseBuffer);
-  const err =
-    failure ??
-    (oom
-      ? new TilewiseError('webgpu', 'ran out of GPU memory', oom.message)
-      : validation
-        ? new TilewiseError('webgpu', 'rejected the fused dispatch', validation.message)
-        : undefined);
-  if (err) {
-    made.slice(0, temps).forEach(releaseBuffer);
-    throw err;
-  }
-  return { out: outT, lse: lseT };
+export function runWebGPUFusedTensors(problem: AttnProblem, q: GpuTensor, k: GpuTensor, v: GpuTensor, opts: KernelOptions = {}): Promise<{ out: GpuTensor; lse: GpuTensor }> {
+  return onDevice(fusedKernel, problem, q, k, v, opts);
 }
 
 /**
  * Fused attention forward on the WebGPU device for any pattern the CPU supports: uploads q, k, v,
  * runs the kernel, reads out [qRows, H, Dv] and lse [qRows, H] back.
  */
-export async function runWebGPUFused(
-  problem: AttnProblem,
-  q: Float32Array,
-  k: Float32Array,
-  v: Float32Array,
-  opts: { poison?: boolean } = {},
-): Promise<{ out: Float32Array; lse: Float32Array }> {
-  const { heads: H, kvHeads: Hk, dim: D, dimV: DV, qRows, kRows } = problem;
-  check(q.length === qRows * H * D, 'q', 'length must be qRows * heads * dim', `${q.length}`);
-  check(k.length === kRows * Hk * D, 'k', 'length must be kRows * kvHeads * dim', `${k.length}`);
-  check(v.length === kRows * Hk * DV, 'v', 'length must be kRows * kvHeads * dimV', `${v.length}`);
-  const ctx = await getContext();
-  const { device } = ctx;
-  const ins: GPUBuffer[] = [];
-  let res: { out: GpuTensor; lse: GpuTensor } | undefined;
-  try {
-    const up = (a: Float32Array, shape: number[], name: string) => {
-      const b = uploadBuffer(device, a, BufferUsage.STORAGE, `tilewise ${name}`);
-      ins.push(b);
-      return { buffer: b, shape, offset: 0 };
-    };
-    const qT = up(q, [qRows, H, D], 'q');
-    const kT = up(k, [kRows, Hk, D], 'k');
-    const vT = up(v, [kRows, Hk, DV], 'v');
-    res = await runOn(ctx, problem, qT, kT, vT, opts);
-    const [o, l] = await readBuffers(device, [
-      { buffer: res.out.buffer, bytes: qRows * H * DV * 4 },
-      { buffer: res.lse.buffer, bytes: qRows * H * 4 },
-    ]);
-    return { out: new Float32Array(o!), lse: new Float32Array(l!) };
-  } catch (e) {
-    return await lossOr(ctx, e);
-  } finally {
-    ins.forEach(releaseBuffer);
-    if (res) {
-      releaseBuffer(res.out.buffer);
-      releaseBuffer(res.lse.buffer);
-    }
-  }
+export function runWebGPUFused(problem: AttnProblem, q: Float32Array, k: Float32Array, v: Float32Array, opts: { poison?: boolean } = {}): Promise<{ out: Float32Array; lse: Float32Array }> {
+  return onHost(fusedKernel, problem, q, k, v, opts);
 }
+
+const fusedKernel: TensorKernel = async (ctx, problem, q, k, v, opts) => {
+  const { device, limits } = ctx;
+  const why = fusedCanRun(problem, limits);
+  if (why !== true) throw new TilewiseError('webgpu', 'cannot run this problem', why);
+  const plan = planFused(problem, limits, tuningFor(ctx.adapterClass));
+  const space = new ItemSpace(plan.problem);
+  const rpb = problem.rpb ? rpbLayout(problem.rpb.kernel) : undefined;
+  const sched = buildGpuSchedule(plan.problem, space, { ...(rpb ? { lin: rpb.strides } : {}), maxWords: Math.floor(limits.maxStorageBufferBindingSize / 4) });
+  const pipeline = await getPipeline(device, fusedProgram, plan.spec);
+  return launchAttn(ctx, problem, q, k, v, opts, 'fused', (io, own) => {
+    const groups = gridFor(space.total, limits, 'q');
+    const params = FUSED_UNIFORMS.pack({
+      heads: problem.heads,
+      kvHeads: problem.kvHeads,
+      group: problem.heads / problem.kvHeads,
+      total: space.total,
+      itemsX: groups[0],
+      scale: problem.scale,
+      softcap: problem.softcap,
+      negInf: -Infinity,
+      rpbOff: problem.bias ? problem.bias.data.length : 0,
+      rpbVol: rpb?.volume ?? 0,
+      rpbConst: rpb?.base ?? 0,
+      ...blockingOf(plan.spec),
+    });
+    const entries = [own(uniformBuffer(device, params)), io.q, io.k, io.v, io.out, io.lse, own(uploadBuffer(device, sched.data, BufferUsage.STORAGE, 'tilewise schedule'))];
+    if (plan.spec.bias || plan.spec.rpb) {
+      const nb = problem.bias?.data.length ?? 0;
+      const nr = problem.rpb?.data.length ?? 0;
+      const aux = own(createBuffer(device, (nb + nr) * 4, BufferUsage.STORAGE | BufferUsage.COPY_DST, 'tilewise bias'));
+      if (problem.bias) writeData(device, aux, 0, problem.bias.data);
+      if (problem.rpb) writeData(device, aux, nb * 4, problem.rpb.data);
+      entries.push(aux);
+    }
+    return { pipeline, entries, groups };
+  });
+};
