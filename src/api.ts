@@ -13,12 +13,16 @@ import {
   perAxisBool,
   perAxisInt,
 } from './validate.js';
-import { runProblem, runUnfused, type Impl } from './backends.js';
+import { type GpuKind, runProblem, runProblemWebGPU, runUnfused, type Impl } from './backends.js';
 
-export type BackendName = 'cpu' | 'auto';
+export type BackendName = 'cpu' | 'webgpu' | 'auto';
 
 export interface CommonOptions {
-  /** 'auto' picks the best backend available (the CPU today). */
+  /**
+   * Where to run (default 'cpu'). 'webgpu' uses the shared device (`webgpu.setDevice` to pass your
+   * own) and fails with the reason if it cannot; 'auto' takes WebGPU on a hardware adapter when
+   * the kernel can run the problem there, else the CPU.
+   */
   backend?: BackendName;
   /** Score scale; default 1 / sqrt(headDim). */
   scale?: number;
@@ -81,7 +85,31 @@ function scaleOf(opts: CommonOptions, dim: number): number {
 }
 
 function checkBackend(b: unknown): void {
-  check(b === undefined || b === 'cpu' || b === 'auto', 'backend', "must be 'cpu' or 'auto'", String(b));
+  check(b === undefined || b === 'cpu' || b === 'webgpu' || b === 'auto', 'backend', "must be 'cpu', 'webgpu' or 'auto'", String(b));
+}
+
+/** Whether the WebGPU kernel of `kind` runs `problem` on the shared device: true or the reason. */
+async function gpuCanRun(problem: AttnProblem, kind: GpuKind): Promise<true | string> {
+  const gpu = await import('./webgpu/index.js');
+  const avail = await gpu.webgpuAvailable();
+  if (avail !== true) return avail;
+  const ctx = await gpu.getContext();
+  return kind === 'fused' ? gpu.fusedCanRun(problem, ctx.limits) : gpu.naiveCanRun(problem);
+}
+
+/** The backend a call runs on: explicit choices are kept (WebGPU's kernels report what they cannot do). */
+async function resolveBackend(b: BackendName | undefined, problem: AttnProblem, kind: GpuKind): Promise<'cpu' | 'webgpu'> {
+  if (b !== 'auto') return b ?? 'cpu';
+  if ((await gpuCanRun(problem, kind)) !== true) return 'cpu';
+  const { getContext } = await import('./webgpu/index.js');
+  return (await getContext()).adapterClass === 'gpu' ? 'webgpu' : 'cpu';
+}
+
+/** Runs the fused or naive family on the resolved backend. */
+async function runOn(opts: CommonOptions, problem: AttnProblem, q: Tensor, k: Tensor, v: Tensor, lead: number[], kind: GpuKind): Promise<Result> {
+  return (await resolveBackend(opts.backend, problem, kind)) === 'webgpu'
+    ? runProblemWebGPU(problem, q, k, v, lead, opts, kind)
+    : runProblem(problem, q, k, v, lead, opts, kind);
 }
 
 function denseSeqs(s: QKVShapes): SeqSpan[] {
@@ -162,7 +190,7 @@ function checkInputsFinite(opts: CommonOptions, ts: [Tensor, string][]): void {
  */
 export async function attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOptions = {}): Promise<Result> {
   const { s, problem } = planAttention(q, k, v, opts);
-  return runProblem(problem, q, k, v, [s.batch, ...s.qGrid], opts, 'fused');
+  return runOn(opts, problem, q, k, v, [s.batch, ...s.qGrid], 'fused');
 }
 
 /** Validates an attention call and builds its backend-neutral problem (also used by tests and the profiler). */
@@ -358,7 +386,11 @@ export async function neighborhoodAttention(q: Tensor, k: Tensor, v: Tensor, opt
     return mergeAttentions([na, cross].map((r) => ({ out: { data: r.out.data, shape: na.out.shape }, lse: { data: r.lse.data, shape: na.lse.shape } })), opts);
   }
   const outShape = [s.batch, ...s.qGrid];
-  return impl === 'fused' ? runProblem(problem, q, k, v, outShape, opts, 'fused') : impl === 'naive' ? runProblem(problem, q, k, v, outShape, opts, 'naive') : runUnfused(problem, q, k, v, outShape, opts);
+  if (impl === 'unfused') {
+    check(opts.backend !== 'webgpu', 'impl', "'unfused' runs on the CPU backend only; use 'fused' or 'naive' with backend 'webgpu'");
+    return runUnfused(problem, q, k, v, outShape, opts);
+  }
+  return runOn(opts, problem, q, k, v, outShape, impl);
 }
 
 export const na1d = (q: Tensor, k: Tensor, v: Tensor, opts: NeighborhoodOptions) => neighborhoodAttention(q, k, v, opts, 1);

@@ -22,6 +22,22 @@ function finish(problem: AttnProblem, out: Float32Array, lse: Float32Array, lead
   };
 }
 
+/** Kernel families the WebGPU backend has. */
+export type GpuKind = 'fused' | 'naive';
+
+/**
+ * Runs one kernel family on the WebGPU backend (host arrays in and out). The backend module is
+ * imported on first use, so CPU-only users never load it.
+ */
+export async function runProblemWebGPU(problem: AttnProblem, q: Tensor, k: Tensor, v: Tensor, lead: number[], opts: CommonOptions, kind: GpuKind): Promise<Result> {
+  checkDest(opts.out, problem.qRows * problem.heads * problem.dimV, 'out');
+  checkDest(opts.lse, problem.qRows * problem.heads, 'lse');
+  const gpu = await import('./webgpu/index.js');
+  const run = kind === 'fused' ? gpu.runWebGPUFused : gpu.runWebGPUNaive;
+  const { out, lse } = await run(problem, q.data, k.data, v.data);
+  return finish(problem, out, lse, lead, opts);
+}
+
 /** Runs one kernel family on the CPU backend; inputs are shared with worker threads, outputs fresh. */
 export async function runProblem(problem: AttnProblem, q: Tensor, k: Tensor, v: Tensor, lead: number[], opts: CommonOptions, kind: KernelKind): Promise<Result> {
   checkDest(opts.out, problem.qRows * problem.heads * problem.dimV, 'out');

@@ -24,3 +24,4 @@ export { buildSchedule, buildTransposedSchedule, kvSchedule, qSchedule, type Sch
 export { referenceAttention } from './reference.js';
 export type { AttnProblem, SeqSpan } from './problem.js';
 export { setCpuThreads, cpuThreads } from './cpu/pool.js';
+export * as webgpu from './webgpu/index.js';

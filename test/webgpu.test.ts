@@ -395,3 +395,29 @@ gpuTest('device loss: the next call throws a TilewiseError, the one after gets a
   const ref = referenceAttention(problem, { q: q.data, k: k.data, v: v.data });
   assert.ok(relError(got.out, ref.out) < TOL);
 });
+
+gpuTest("public API: backend 'webgpu' matches the CPU backend; 'auto' picks one; 'unfused' is refused", async () => {
+  const { attention, neighborhoodAttention } = await import('../src/api.js');
+  const r = rng(4242);
+  for (let t = 0; t < 6; t++) {
+    const c = randomCfg(r);
+    const [q, k, v] = tensors(c, 100 + t);
+    const causal = pick(r, [false, true, 'bottom-right'] as const);
+    const gpu = await attention(q, k, v, { backend: 'webgpu', causal });
+    const cpu = await attention(q, k, v, { backend: 'cpu', causal });
+    assert.ok(relError(gpu.out.data, cpu.out.data) < TOL, `attention ${JSON.stringify(c)} causal=${causal}`);
+    assert.deepEqual(gpu.out.shape, cpu.out.shape);
+    const auto = await attention(q, k, v, { backend: 'auto', causal });
+    assert.ok(relError(auto.out.data, cpu.out.data) < TOL);
+  }
+  const n = int(r, 6, 14);
+  const [q, k, v] = tensors({ batch: 1, nq: n * n, nk: n * n, heads: 2, kvHeads: 2, dim: 16, dimV: 16 }, 7, [n, n], [n, n]);
+  const opts: NeighborhoodOptions = { kernelSize: [5, 3], dilation: [1, 2] };
+  const cpu = await neighborhoodAttention(q, k, v, { ...opts, backend: 'cpu' });
+  for (const impl of ['fused', 'naive'] as const) {
+    const out = new Float32Array(cpu.out.data.length).fill(NaN);
+    await neighborhoodAttention(q, k, v, { ...opts, backend: 'webgpu', impl, out });
+    assert.ok(relError(out, cpu.out.data) < TOL, `NA ${impl}`);
+  }
+  await assert.rejects(neighborhoodAttention(q, k, v, { ...opts, backend: 'webgpu', impl: 'unfused' }), (e: unknown) => e instanceof TilewiseError && e.arg === 'impl');
+});
