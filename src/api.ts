@@ -1,6 +1,7 @@
 import { TilewiseError, check, checkPositiveInt } from './errors.js';
 import type { Align, PatternSpec } from './patterns/spec.js';
 import type { AttnProblem, SeqSpan } from './problem.js';
+import { type RopeOptions, checkRopeTiles, chunksOf, ropeSpec } from './rope.js';
 import { type Tensor, numel } from './tensor.js';
 import {
   type QKVShapes,
@@ -46,6 +47,13 @@ export interface AttentionOptions extends CommonOptions {
   pattern?: PatternSpec;
   /** Additive bias [Nq, Nk], [Hb, Nq, Nk] or [Bb, Hb, Nq, Nk] with Hb in {1, H}, Bb in {1, B}. */
   bias?: Tensor;
+  /**
+   * Rotary embedding applied to q and k inside the kernel (pass them un-rotated): key j at position
+   * j, query i at i + Nk - Nq. 1-D tokens only. `ropePositions: 'selected'` (with a chunks pattern)
+   * numbers positions by rank in each query tile's chunk list instead, as LongHeads does.
+   */
+  rope?: RopeOptions;
+  ropePositions?: 'absolute' | 'selected';
   /** Varlen packing (batch 1): cumulative query and key sequence lengths. */
   cuSeqlensQ?: Int32Array;
   cuSeqlensK?: Int32Array;
@@ -257,7 +265,39 @@ export function planAttention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOp
     pattern,
     ...tiles(opts, rank, na?.kernelSize),
   };
-  return { s, problem };
+  if (opts.rope === undefined) {
+    check(opts.ropePositions === undefined, 'ropePositions', 'needs rope');
+    return { s, problem };
+  }
+  const mode = opts.ropePositions ?? 'absolute';
+  check(mode === 'absolute' || mode === 'selected', 'ropePositions', "must be 'absolute' or 'selected'", String(mode));
+  check(s.qGrid.length === 1, 'rope', 'needs one token axis');
+  const maxPos = mode === 'absolute' ? Math.max(...seqs.map((sq) => Math.max(numel(sq.qGrid), numel(sq.kGrid)))) : maxSelected(pattern);
+  const rope = ropeSpec(opts.rope, s.dim, maxPos, mode);
+  checkRopeTiles(rope, pattern, problem.qTile, rank);
+  if (mode === 'selected') for (const sq of seqs) checkOwnChunks(chunksOf(pattern)!, numel(sq.qGrid), numel(sq.kGrid));
+  return { s, problem: { ...problem, rope } };
+}
+
+/** 'selected' positions number a query by its own token's rank, so its chunk must be listed. */
+function checkOwnChunks(c: Extract<PatternSpec, { kind: 'chunks' }>, nq: number, nk: number): void {
+  for (let h = 0; h < c.heads; h++)
+    for (let t = 0; t < c.numQTiles; t++) {
+      const ids = new Set(c.ids.subarray(c.offsets[h * c.numQTiles + t]!, c.offsets[h * c.numQTiles + t + 1]!));
+      for (let q = t * c.queryTile; q < Math.min(nq, (t + 1) * c.queryTile); q++) {
+        const own = Math.floor((q + nk - nq) / c.chunkSize);
+        check(ids.has(own), 'pattern', "with ropePositions 'selected' every query's own chunk must be in its tile's list", `head ${h}, query ${q}, chunk ${own}`);
+      }
+    }
+}
+
+/** Longest concatenation of selected chunks, in tokens: the largest 'selected' position + 1. */
+function maxSelected(p: PatternSpec): number {
+  const c = chunksOf(p);
+  check(c !== undefined, 'ropePositions', "'selected' needs a chunks pattern (alone or in an 'and')");
+  let most = 0;
+  for (let i = 0; i + 1 < c!.offsets.length; i++) most = Math.max(most, c!.offsets[i + 1]! - c!.offsets[i]!);
+  return most * c!.chunkSize;
 }
 
 function findNeighborhood(p: PatternSpec): Extract<PatternSpec, { kind: 'neighborhood' }> | undefined {

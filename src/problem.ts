@@ -1,5 +1,6 @@
 import { type CompiledPattern, compilePattern } from './patterns/compile.js';
 import type { PatternSpec } from './patterns/spec.js';
+import type { RopeSpec } from './rope.js';
 import { tileCount } from './schedule.js';
 
 /** One sequence of a batch (or of a varlen pack): its row offsets and token grids. */
@@ -31,6 +32,8 @@ export interface AttnProblem {
   readonly bias?: { readonly data: Float32Array; readonly batch: number; readonly heads: number };
   /** NATTEN relative positional bias [H, 2K0-1, (2K1-1, ...)], indexed by key - query in a group. */
   readonly rpb?: { readonly data: Float32Array; readonly kernel: readonly number[] };
+  /** Rotary embedding applied to q and k inside the kernel (inputs are un-rotated). */
+  readonly rope?: RopeSpec;
   readonly pattern: PatternSpec;
   readonly qTile: readonly number[];
   readonly kvTile: readonly number[];

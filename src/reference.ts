@@ -1,5 +1,6 @@
 import { compilePattern } from './patterns/compile.js';
 import type { AttnBuffers, AttnProblem } from './problem.js';
+import { SelectedPositions, chunksOf, invFreq } from './rope.js';
 
 const prod = (t: readonly number[]) => t.reduce((a, b) => a * b, 1);
 
@@ -13,7 +14,23 @@ export function referenceAttention(
   bufs: Pick<AttnBuffers, 'q' | 'k' | 'v'>,
   rows?: ReadonlySet<number>,
 ): { out: Float64Array; lse: Float64Array } {
-  const { heads: H, kvHeads, dim: D, dimV: DV, scale, softcap, bias, rpb } = problem;
+  const { heads: H, kvHeads, dim: D, dimV: DV, scale, softcap, bias, rpb, rope } = problem;
+  const freq = rope ? invFreq(rope.base, rope.dims) : undefined;
+  const half = rope ? rope.dims / 2 : 0;
+  const qr = new Float64Array(D);
+  const kr = new Float64Array(D);
+  /** Row `src[base..base+D)` rotated to position p in float64 (copied as is without RoPE). */
+  const load = (dst: Float64Array, src: Float32Array, base: number, p: number) => {
+    for (let x = 0; x < D; x++) dst[x] = src[base + x]!;
+    for (let j = 0; j < half; j++) {
+      const c = Math.cos(p * freq![j]!);
+      const sn = Math.sin(p * freq![j]!);
+      const a = dst[j]!;
+      const b = dst[j + half]!;
+      dst[j] = a * c - b * sn;
+      dst[j + half] = b * c + a * sn;
+    }
+  };
   const out = new Float64Array(problem.qRows * H * DV);
   const lse = new Float64Array(problem.qRows * H).fill(-Infinity);
   for (const span of problem.seqs) {
@@ -37,15 +54,18 @@ export function referenceAttention(
         const row = span.qOff + qi;
         if (rows && !rows.has(row)) continue;
         let mx = -Infinity;
+        const chunks = rope?.positions === 'selected' ? chunksOf(problem.pattern) : undefined;
+        const sel = chunks ? new SelectedPositions(chunks).at(h, Math.floor(qi / chunks.queryTile)) : undefined;
+        const posOf = (k: number) => (sel ? sel.position(k) : k);
+        load(qr, bufs.q, (row * H + h) * D, rope ? posOf(qi + nk - nq) : 0);
         for (let ki = 0; ki < nk; ki++) {
           if (!p.allows(span.b, h, qi, ki)) {
             scores[ki] = -Infinity;
             continue;
           }
           let s = 0;
-          const qb = (row * H + h) * D;
-          const kb = ((span.kOff + ki) * kvHeads + kh) * D;
-          for (let x = 0; x < D; x++) s += bufs.q[qb + x]! * bufs.k[kb + x]!;
+          load(kr, bufs.k, ((span.kOff + ki) * kvHeads + kh) * D, rope ? posOf(ki) : 0);
+          for (let x = 0; x < D; x++) s += qr[x]! * kr[x]!;
           s *= scale;
           if (softcap > 0) s = softcap * Math.tanh(s / softcap);
           if (bias) {

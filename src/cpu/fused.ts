@@ -2,6 +2,7 @@ import { type Box, boxTokens, boxVolume } from '../patterns/geometry.js';
 import type { AttnBuffers, AttnProblem, ItemSpace } from '../problem.js';
 import { tileFor } from '../problem.js';
 import { kvSchedule, tileBox } from '../schedule.js';
+import { rotateRows, ropePositions } from '../rope.js';
 import { gemmABt, gemmAccPV } from './microkernels.js';
 
 /** Per-thread scratch, sized once per job: everything here is O(tile), never O(N). */
@@ -19,6 +20,7 @@ export class FusedScratch {
   readonly kCrd: Int32Array;
   readonly rowLo: Int32Array;
   readonly rowHi: Int32Array;
+  readonly pos: Int32Array;
   constructor(readonly maxQ: number, readonly maxK: number, d: number, dv: number, rank: number) {
     this.qt = new Float32Array(maxQ * d);
     this.kt = new Float32Array(maxK * d);
@@ -33,9 +35,10 @@ export class FusedScratch {
     this.kCrd = new Int32Array(maxK * rank);
     this.rowLo = new Int32Array(maxQ * rank);
     this.rowHi = new Int32Array(maxQ * rank);
+    this.pos = new Int32Array(Math.max(maxQ, maxK));
   }
   static bytes(maxQ: number, maxK: number, d: number, dv: number, rank: number): number {
-    return 4 * (maxQ * d + maxK * d + maxK * dv + maxQ * maxK + maxQ * dv) + 16 * maxQ + 4 * (maxQ + maxK) * (1 + rank) + 8 * maxQ * rank;
+    return 4 * (maxQ * d + maxK * d + maxK * dv + maxQ * maxK + maxQ * dv) + 16 * maxQ + 4 * (maxQ + maxK) * (1 + rank) + 8 * maxQ * rank + 4 * Math.max(maxQ, maxK);
   }
 }
 
@@ -73,9 +76,9 @@ export function gatherRows(src: Float32Array, rowOff: number, tok: Int32Array, n
  * per-element mask; partial ones apply the pattern's predicate.
  */
 export function runFused(problem: AttnProblem, bufs: AttnBuffers, space: ItemSpace, start: number, end: number, sc: FusedScratch): void {
-  const { heads: H, kvHeads, dim: D, dimV: DV, scale, softcap, bias, rpb } = problem;
+  const { heads: H, kvHeads, dim: D, dimV: DV, scale, softcap, bias, rpb, rope } = problem;
   const group = H / kvHeads;
-  const { qt, kt, vt, s: S, o: O, m, l, qTok, kTok, qCrd, kCrd, rowLo, rowHi } = sc;
+  const { qt, kt, vt, s: S, o: O, m, l, qTok, kTok, qCrd, kCrd, rowLo, rowHi, pos } = sc;
   for (let item = start; item < end; item++) {
     const { seq, h, g, tile } = space.decode(item);
     const p = space.pattern(seq);
@@ -87,6 +90,12 @@ export function runFused(problem: AttnProblem, bufs: AttnBuffers, space: ItemSpa
     const tq = boxTokens(geo.qShape, geo.dilation, grp, qBox, qTok);
     boxCoords(qBox, qCrd);
     gatherRows(bufs.q, span.qOff, qTok, tq, H, h, D, qt);
+    const nq = prod(span.qGrid);
+    const nk = prod(span.kGrid);
+    if (rope) {
+      ropePositions(rope, problem.pattern, h, nq, nk, qTok, tq, true, qTok[0]!, pos);
+      rotateRows(rope, qt, tq, D, pos);
+    }
     for (let x = 0; x < tq * D; x++) qt[x]! *= scale;
     const kh = Math.floor(h / group);
     m.fill(-Infinity, 0, tq);
@@ -102,12 +111,14 @@ export function runFused(problem: AttnProblem, bufs: AttnBuffers, space: ItemSpa
           rowHi[i * rank + a] = rules[a]!.end(xq);
         }
     }
-    const nq = prod(span.qGrid);
-    const nk = prod(span.kGrid);
     const biasBase = bias ? ((bias.batch === 1 ? 0 : span.b) * bias.heads + (bias.heads === 1 ? 0 : h)) * nq * nk : 0;
     for (const visit of kvSchedule(p, span.b, h, g, qBox, tileFor(problem.kvTile, rank))) {
       const tk = boxTokens(geo.kShape, geo.dilation, grp, visit.box, kTok);
       gatherRows(bufs.k, span.kOff, kTok, tk, kvHeads, kh, D, kt);
+      if (rope) {
+        ropePositions(rope, problem.pattern, h, nq, nk, kTok, tk, false, qTok[0]!, pos);
+        rotateRows(rope, kt, tk, D, pos);
+      }
       gatherRows(bufs.v, span.kOff, kTok, tk, kvHeads, kh, DV, vt);
       gemmABt(qt, tq, kt, tk, D, S);
       const n = tq * tk;

@@ -105,6 +105,7 @@ export function planFused(problem: AttnProblem, limits: GpuLimits, tune: FusedTu
 /** Whether the fused kernel can run `problem` on a device with these limits: true, or the reason. */
 export function fusedCanRun(problem: AttnProblem, limits: GpuLimits): true | string {
   const { heads: H, kvHeads: Hk, dim: D, dimV: DV, qRows, kRows } = problem;
+  if (problem.rope) return 'RoPE inside the WebGPU fused kernel is not implemented yet';
   const max = limits.maxStorageBufferBindingSize;
   const sizes: [string, number][] = [
     ['q', qRows * H * D * 4],
