@@ -1,0 +1,269 @@
+/**
+ * End to end in a real browser: headless Chromium (driven by playwright-core) imports the BUILT
+ * library straight from dist/ (plain ESM over HTTP, no bundler), runs a 2-D neighborhood case and
+ * a dense causal case on the WebGPU backend through `navigator.gpu` and on the CPU backend in the
+ * page, and hands every number back here, where the assertions are made.
+ *
+ * Skipped (with the reason), never passed, when Chromium or playwright-core is missing, the
+ * browser cannot start, or the page gets no WebGPU adapter (then only the WebGPU part is skipped).
+ * Chromium binary: $TILEWISE_CHROMIUM, else Debian's /usr/lib/chromium/chromium.
+ */
+import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { dirname, extname, join, normalize, sep } from 'node:path';
+import { test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import type { Browser } from 'playwright-core';
+import { attention, na2d, randn, relError, type Result, type Tensor } from '../src/index.js';
+
+type Lib = typeof import('../src/index.js');
+
+const CHROMIUM = process.env.TILEWISE_CHROMIUM ?? '/usr/lib/chromium/chromium';
+/** This file runs from dist/test/, so dist/ is one up: the page imports dist/src/index.js from there. */
+const DIST = normalize(join(dirname(fileURLToPath(import.meta.url)), '..'));
+const TOL = 1e-4;
+
+// Both sides build the same inputs from these (randn is seeded), so nothing large crosses over.
+interface Case {
+  fn: 'na2d' | 'attention';
+  q: number[];
+  kv: number[];
+  seed: number;
+  opts: Record<string, unknown>;
+}
+const CASES: Record<'na2d' | 'dense', Case> = {
+  na2d: { fn: 'na2d', q: [1, 12, 12, 2, 16], kv: [1, 12, 12, 2, 16], seed: 21, opts: { kernelSize: 5, dilation: 2 } },
+  dense: { fn: 'attention', q: [1, 64, 2, 16], kv: [1, 64, 2, 16], seed: 31, opts: { causal: true } },
+};
+
+interface Numbers {
+  out: number[];
+  lse: number[];
+}
+interface GpuInfo {
+  description: string;
+  adapterClass: string;
+  userProvided: boolean;
+  /** the library's device is the browser's own GPUDevice class */
+  nativeDevice: boolean;
+  /** calls the page saw to GPU.prototype.requestAdapter, and what the last one returned */
+  requestAdapterCalls: number;
+  adapter: { vendor: string; architecture: string; device: string; description: string; isFallbackAdapter: boolean } | null;
+}
+interface PageResult {
+  sharedArrayBuffer: boolean;
+  cpuThreads: number;
+  cpu: Record<string, Numbers>;
+  gpu: { skip: string } | { info: GpuInfo; results: Record<string, Numbers> };
+  ms: Record<string, number>;
+}
+
+/** Runs in the page (serialised by playwright): must not touch anything from this module's scope. */
+async function inPage(arg: { url: string; cases: Record<string, Case> }): Promise<PageResult> {
+  const t0 = performance.now();
+  const ms: Record<string, number> = {};
+  // Count adapter requests before the library loads, to prove it goes through navigator.gpu.
+  let requestAdapterCalls = 0;
+  let adapter: GpuInfo['adapter'] = null;
+  if (typeof GPU !== 'undefined') {
+    const orig = GPU.prototype.requestAdapter;
+    GPU.prototype.requestAdapter = async function (this: GPU, o?: GPURequestAdapterOptions) {
+      requestAdapterCalls++;
+      const a = await orig.call(this, o);
+      const i = a?.info as (GPUAdapterInfo & { isFallbackAdapter?: boolean }) | undefined;
+      if (i) adapter = { vendor: i.vendor, architecture: i.architecture, device: i.device, description: i.description, isFallbackAdapter: !!i.isFallbackAdapter };
+      return a;
+    };
+  }
+  const lib = (await import(arg.url)) as Lib;
+  ms.import = performance.now() - t0;
+  const numbers = (r: Result): Numbers => ({ out: Array.from(r.out.data), lse: Array.from(r.lse.data) });
+  const run = (c: Case, backend: 'cpu' | 'webgpu'): Promise<Result> => {
+    const q = lib.randn(c.q, c.seed);
+    const k = lib.randn(c.kv, c.seed + 1);
+    const v = lib.randn(c.kv, c.seed + 2);
+    const f = lib[c.fn] as (q: Tensor, k: Tensor, v: Tensor, o: object) => Promise<Result>;
+    return f(q, k, v, { ...c.opts, backend });
+  };
+
+  const cpu: Record<string, Numbers> = {};
+  let t = performance.now();
+  for (const [name, c] of Object.entries(arg.cases)) cpu[name] = numbers(await run(c, 'cpu'));
+  ms.cpu = performance.now() - t;
+
+  let gpu: PageResult['gpu'];
+  const avail = await lib.webgpu.webgpuAvailable();
+  if (avail !== true) gpu = { skip: avail };
+  else {
+    const ctx = await lib.webgpu.getContext();
+    const info: GpuInfo = {
+      description: ctx.description,
+      adapterClass: ctx.adapterClass,
+      userProvided: ctx.userProvided,
+      nativeDevice: typeof GPUDevice !== 'undefined' && ctx.device instanceof GPUDevice,
+      requestAdapterCalls,
+      adapter,
+    };
+    const results: Record<string, Numbers> = {};
+    t = performance.now();
+    for (const [name, c] of Object.entries(arg.cases)) results[name] = numbers(await run(c, 'webgpu'));
+    ms.gpu = performance.now() - t;
+    gpu = { info, results };
+  }
+  return {
+    sharedArrayBuffer: typeof SharedArrayBuffer !== 'undefined',
+    cpuThreads: lib.cpuThreads(),
+    cpu,
+    gpu,
+    ms,
+  };
+}
+
+interface Served {
+  origin: string;
+  log: { path: string; status: number }[];
+  close(): Promise<void>;
+}
+
+/** A static server for dist/ on 127.0.0.1 (a secure context, which navigator.gpu requires). */
+async function serveDist(): Promise<Served> {
+  const types: Record<string, string> = { '.js': 'text/javascript; charset=utf-8', '.map': 'application/json' };
+  const log: Served['log'] = [];
+  const server = createServer((req, res) => {
+    const path = decodeURIComponent(new URL(req.url ?? '/', 'http://x').pathname);
+    const send = (status: number, type: string, body: string | Buffer) => {
+      log.push({ path, status });
+      res.writeHead(status, { 'content-type': type, 'cache-control': 'no-store' }).end(body);
+    };
+    // data: icon so the browser asks for nothing but the page and the modules
+    if (path === '/') return send(200, 'text/html', '<!doctype html><link rel="icon" href="data:,"><title>tilewise</title>');
+    const file = normalize(join(DIST, path));
+    const type = types[extname(file)];
+    if (!file.startsWith(DIST + sep) || !type) return send(404, 'text/plain', 'not found');
+    readFile(file).then(
+      (body) => send(200, type, body),
+      () => send(404, 'text/plain', 'not found'),
+    );
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as AddressInfo;
+  return { origin: `http://127.0.0.1:${port}`, log, close: () => new Promise((r) => server.close(() => r())) };
+}
+
+async function prerequisites(): Promise<string | false> {
+  if (!existsSync(CHROMIUM)) return `no Chromium at ${CHROMIUM} (apt-get install chromium, or set TILEWISE_CHROMIUM)`;
+  try {
+    await import('playwright-core');
+  } catch (e) {
+    return `playwright-core is not installed: ${(e as Error).message}`;
+  }
+  return false;
+}
+
+const cpuRef = (c: Case): Promise<Result> => {
+  const f = c.fn === 'na2d' ? na2d : attention;
+  return (f as (q: Tensor, k: Tensor, v: Tensor, o: object) => Promise<Result>)(randn(c.q, c.seed), randn(c.kv, c.seed + 1), randn(c.kv, c.seed + 2), {
+    ...c.opts,
+    backend: 'cpu',
+  });
+};
+
+test('browser: the built library in headless Chromium, WebGPU via navigator.gpu against the CPU backend', { skip: await prerequisites(), timeout: 60_000 }, async (t) => {
+  const started = Date.now();
+  const { chromium } = await import('playwright-core');
+  const served = await serveDist();
+  let browser: Browser;
+  try {
+    browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      timeout: 20_000,
+      // SwiftShader (Chromium's software Vulkan) serves as the adapter where there is no GPU;
+      // WebGPU is still behind a flag on Linux.
+      args: [
+        '--enable-unsafe-webgpu',
+        '--no-sandbox',
+        '--disable-gpu-sandbox',
+        '--disable-background-networking',
+        '--disable-component-update',
+        '--disable-sync',
+        '--no-first-run',
+      ],
+    });
+  } catch (e) {
+    await served.close();
+    t.skip(`Chromium did not start: ${(e as Error).message.split('\n')[0]}`);
+    return;
+  }
+  t.after(async () => {
+    await browser.close();
+    await served.close();
+  });
+
+  const page = await browser.newPage();
+  const problems: string[] = [];
+  page.on('pageerror', (e) => problems.push(`pageerror: ${e.message}`));
+  page.on('console', (m) => {
+    if (m.type() === 'error') problems.push(`console: ${m.text()}`);
+  });
+  page.on('request', (r) => {
+    if (!r.url().startsWith(`${served.origin}/`)) problems.push(`request off the test server: ${r.url()}`);
+  });
+  page.on('requestfailed', (r) => problems.push(`requestfailed: ${r.url()} ${r.failure()?.errorText}`));
+  await page.goto(`${served.origin}/`);
+  // the browser's own reason (e.g. an unresolvable 'node:' specifier) goes to the console, not the rejection
+  const res = await page.evaluate(inPage, { url: '/src/index.js', cases: CASES }).catch((e: Error) => {
+    throw new Error(`${e.message}\n${problems.join('\n')}`);
+  });
+  const ms = Date.now() - started;
+
+  await t.test('imports from dist/ without Node modules; the CPU backend runs inline and matches Node', async () => {
+    assert.deepEqual(problems, []);
+    const paths = served.log.map((r) => r.path);
+    assert.deepEqual(
+      served.log.filter((r) => r.status !== 200),
+      [],
+      'every request is served',
+    );
+    // only the library's own modules: no 'webgpu' package, no node_modules, no worker thread
+    for (const p of paths.filter((x) => x !== '/')) assert.match(p, /^\/src\/[\w/-]+\.js$/, `unexpected request ${p}`);
+    assert.ok(!paths.includes('/src/cpu/worker.js'), 'the page must not load the Node worker');
+    for (const m of ['/src/index.js', '/src/cpu/pool.js', '/src/webgpu/device.js']) assert.ok(paths.includes(m), `${m} was loaded`);
+    assert.equal(res.cpuThreads, 1, 'a browser runs the CPU backend on the calling thread');
+    for (const [name, c] of Object.entries(CASES)) {
+      const want = await cpuRef(c);
+      const got = res.cpu[name]!;
+      assert.equal(got.out.length, want.out.data.length, `${name}: out size`);
+      // same code, same inputs: only Math.exp/log of two V8 versions could differ
+      const eo = relError(got.out, want.out.data);
+      const el = relError(got.lse, want.lse.data);
+      assert.ok(eo < 1e-6 && el < 1e-6, `${name}: browser CPU vs Node CPU relErr out ${eo}, lse ${el}`);
+    }
+  });
+
+  await t.test('WebGPU through navigator.gpu matches the CPU backend in the page', async (st) => {
+    if ('skip' in res.gpu) {
+      st.skip(`no WebGPU adapter in the page: ${res.gpu.skip}`);
+      return;
+    }
+    const { info, results } = res.gpu;
+    st.diagnostic(`adapter: ${info.description} (${info.adapterClass})`);
+    assert.ok(info.requestAdapterCalls >= 1, 'the library asked navigator.gpu for an adapter');
+    assert.ok(info.nativeDevice, "the library's device is the browser's GPUDevice");
+    assert.equal(info.userProvided, false);
+    assert.ok(info.adapter, 'the adapter the page handed out');
+    for (const f of [info.adapter.vendor, info.adapter.architecture].filter((x) => x)) assert.ok(info.description.includes(f), `description "${info.description}" names ${f}`);
+    if (info.adapter.isFallbackAdapter) assert.equal(info.adapterClass, 'cpu', 'a fallback adapter is classed as software');
+    for (const name of Object.keys(CASES)) {
+      const g = results[name]!;
+      const c = res.cpu[name]!;
+      assert.equal(g.out.length, c.out.length, `${name}: out size`);
+      const eo = relError(g.out, c.out);
+      const el = relError(g.lse, c.lse);
+      assert.ok(eo < TOL && el < TOL, `${name}: WebGPU vs CPU relErr out ${eo}, lse ${el}`); // NaN fails too
+    }
+  });
+  t.diagnostic(`browser test: ${ms} ms in all (page: import ${res.ms.import?.toFixed(0)} ms, cpu ${res.ms.cpu?.toFixed(0)} ms, gpu ${res.ms.gpu?.toFixed(0) ?? '-'} ms)`);
+});
