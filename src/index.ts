@@ -25,3 +25,7 @@ export { referenceAttention } from './reference.js';
 export type { AttnProblem, SeqSpan } from './problem.js';
 export { setCpuThreads, cpuThreads } from './cpu/pool.js';
 export * as webgpu from './webgpu/index.js';
+export { longHeadsAttention } from './longheads/attention.js';
+export { LongHeadsCache } from './longheads/cache.js';
+export type { LongHeadsOptions } from './longheads/options.js';
+export type { RopeOptions } from './rope.js';

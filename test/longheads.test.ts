@@ -92,3 +92,35 @@ test('LongHeads options are validated with the argument named', async () => {
   await assert.rejects(longHeadsAttention(q, randTensor(rng, [1, 41, 2, 8]), randTensor(rng, [1, 41, 2, 8])), (e: unknown) => e instanceof TilewiseError && e.arg === 'k');
   await assert.rejects(longHeadsAttention(q, k, randTensor(rng, [1, 40, 2, 4])), (e: unknown) => e instanceof TilewiseError && e.arg === 'v');
 });
+
+test('LongHeadsCache: decode steps match per-query selection of the float64 reference; cache prefill in uneven pieces', async () => {
+  const { LongHeadsCache } = await import('../src/longheads/cache.js');
+  const rng = new Rng(99);
+  for (let trial = 0; trial < 6; trial++) {
+    const C = rng.pick([4, 8]);
+    const slots = rng.int(1, 4);
+    const n = C * slots + rng.int(2, 5 * C);
+    const H = rng.pick([1, 2, 4]);
+    const Hk = rng.pick([1, H]);
+    const D = rng.pick([8, 16]);
+    const [q, k, v] = [randTensor(rng, [n, H, D]), randTensor(rng, [n, Hk, D]), randTensor(rng, [n, Hk, D])];
+    const ref = longHeadsReference({ q: q.data, k: k.data, v: v.data, n, heads: H, kvHeads: Hk, dim: D, chunkSize: C, budget: C * slots, selectTile: 1, ropeBase: 10000, ropeDims: D, scale: 1 / Math.sqrt(D) });
+    const cache = new LongHeadsCache(H, Hk, D, { chunkSize: C, budget: C * slots });
+    const slice = (t: { data: Float32Array }, w: number, a: number, b: number) => ({ data: t.data.slice(a * w, b * w), shape: [b - a, w / D, D] });
+    const pre = rng.int(1, n - 2);
+    for (let a = 0; a < pre; ) {
+      const b = Math.min(pre, a + rng.int(1, 2 * C));
+      await cache.append(slice(q, H * D, a, b), slice(k, Hk * D, a, b), slice(v, Hk * D, a, b));
+      a = b;
+    }
+    assert.equal(cache.length, pre);
+    assert.equal(cache.chunks, Math.floor(pre / C));
+    for (let i = pre; i < n; i++) {
+      const r = await cache.decode(slice(q, H * D, i, i + 1), slice(k, Hk * D, i, i + 1), slice(v, Hk * D, i, i + 1));
+      const want = ref.out.subarray(i * H * D, (i + 1) * H * D);
+      // a near-tie in the selection would show as a large error; none are expected at these sizes
+      const e = relErr(r.out.data, want);
+      assert.ok(e < TOL, `${JSON.stringify({ C, slots, n, H, Hk, D, i })}: decode relErr ${e}`);
+    }
+  }
+});
