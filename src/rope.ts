@@ -38,8 +38,19 @@ export function ropeSpec(opts: RopeOptions | undefined, headDim: number, maxPos:
   const dims = opts?.dims ?? headDim - (headDim % 2);
   checkPositiveInt(dims, 'rope.dims');
   check(dims % 2 === 0 && dims <= headDim, 'rope.dims', `must be even and at most the head dim ${headDim}`, String(dims));
-  return { dims, base, positions, table: ropeTable(base, dims, Math.max(1, maxPos)), maxPos: Math.max(1, maxPos) };
+  // tables are shared across calls and sized to powers of two, so a decode loop reuses a few
+  const size = 2 ** Math.ceil(Math.log2(Math.max(1, maxPos)));
+  const key = `${base}|${dims}|${size}`;
+  let table = tables.get(key);
+  if (!table) {
+    if (tables.size >= 8) tables.delete(tables.keys().next().value!);
+    table = ropeTable(base, dims, size);
+    tables.set(key, table);
+  }
+  return { dims, base, positions, table, maxPos: size };
 }
+
+const tables = new Map<string, Float32Array>();
 
 /** Inverse frequencies base^(-2i/dims), computed in float64 (the reference uses them too). */
 export function invFreq(base: number, dims: number): Float64Array {

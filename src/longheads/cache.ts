@@ -66,19 +66,28 @@ export class LongHeadsCache {
     return this.reps.length;
   }
 
-  /** Appends tokens (q [T, H, D], k and v [T, Hk, D], un-rotated) without attending: prefill of the cache. */
+  /**
+   * Appends tokens (q [T, H, D], k and v [T, Hk, D], un-rotated) without attending: prefill of the
+   * cache. Chunks completed by the call get their representations in one batched pass.
+   */
   async append(q: Tensor, k: Tensor, v: Tensor): Promise<void> {
-    const T = this.checkTokens(q, k, v);
+    this.checkTokens(q, k, v);
+    this.pendingQ.push(q.data);
+    this.keys.push(k.data);
+    this.values.push(v.data);
     const C = this.cfg.chunkSize;
-    let done = 0;
-    while (done < T) {
-      const take = Math.min(T - done, C - this.pendingQ.length);
-      this.pendingQ.push(q.data.subarray(done * this.heads * this.dim, (done + take) * this.heads * this.dim));
-      this.keys.push(k.data.subarray(done * this.kvHeads * this.dim, (done + take) * this.kvHeads * this.dim));
-      this.values.push(v.data.subarray(done * this.kvHeads * this.dim, (done + take) * this.kvHeads * this.dim));
-      done += take;
-      if (this.pendingQ.length === C) await this.closeChunk();
-    }
+    const ready = Math.floor(this.pendingQ.length / C);
+    if (ready === 0) return;
+    const start = this.reps.length * C;
+    const rep = await chunkReps(
+      { q: this.pendingQ.rows(0, ready * C), k: this.keys.rows(start), v: this.values.rows(start), n: ready * C, heads: this.heads, kvHeads: this.kvHeads, dim: this.dim },
+      this.cfg,
+    );
+    this.reps.push(rep);
+    // keep the queries of the chunk still filling
+    const rest = this.pendingQ.rows(ready * C).slice();
+    this.pendingQ.length = 0;
+    this.pendingQ.push(rest);
   }
 
   /** Appends one token and returns its attention output ([1, 1, H, D], lse [1, 1, H]). */
@@ -101,17 +110,6 @@ export class LongHeadsCache {
       ropePositions: 'selected',
       tile: { q: 1 },
     });
-  }
-
-  private async closeChunk(): Promise<void> {
-    const C = this.cfg.chunkSize;
-    const start = this.length - C;
-    const rep = await chunkReps(
-      { q: this.pendingQ.rows(), k: this.keys.rows(start), v: this.values.rows(start), n: C, heads: this.heads, kvHeads: this.kvHeads, dim: this.dim },
-      this.cfg,
-    );
-    this.reps.push(rep);
-    this.pendingQ.length = 0;
   }
 
   private checkTokens(q: Tensor, k: Tensor, v: Tensor): number {
