@@ -7,11 +7,14 @@ import { rng } from '../tensor.js';
 
 /**
  * Attention-level passkey retrieval. Random un-rotated q, k, v ([N, H, D], unit-variance entries)
- * with a planted needle: `needleTokens` consecutive keys at a random depth, each the final query's
- * direction scaled so that its logit against the final query would be `needleLogit` at distance 0,
- * all carrying one random needle value. The final query is answered by each method; it retrieves
- * the needle when its output has cosine similarity above 0.9 with the needle value (every head).
- * RoPE (base `ropeBase`) is applied inside the kernels, so distance matters as in a real model.
+ * with a planted needle: `needleTokens` consecutive keys at a random depth, all carrying one random
+ * needle value. Each needle key is the final query restricted to its "long-range" dims (the RoPE
+ * pairs that turn by at most one radian over `budget` tokens: theta_i * budget <= 1), scaled so its
+ * logit against the final query is `needleLogit` at distance 0. Within the trained length (the
+ * budget) those dims stay aligned, so the needle is retrievable there by content; far beyond it
+ * they rotate too, as positions out of distribution do in a real model. The final query is
+ * answered by each method; it retrieves the needle when its output has cosine similarity above 0.9
+ * with the needle value in every head. RoPE (base `ropeBase`) is applied inside the kernels.
  */
 
 export type EvalMethod = 'full' | 'window' | 'longheads';
@@ -96,6 +99,7 @@ export function parseEvalArgs(argv: string[]): EvalArgs {
     json: values.json!,
   };
   longHeadsConfig({ chunkSize: args.chunk, budget: args.budget }); // same rules as the library
+  if (args.dim % 2 !== 0) throw new TilewiseError('--dim', 'must be even (RoPE pairs dims)', String(args.dim));
   for (const n of args.lengths) if (n <= args.needleTokens) throw new TilewiseError('--lengths', 'every length must exceed --needle-tokens', String(n));
   return args;
 }
@@ -118,6 +122,15 @@ interface Trial {
   needle: Float32Array;
 }
 
+/** Dims of a rotate-half RoPE head whose pair turns by at most one radian over `span` tokens. */
+export function longRangeDims(D: number, base: number, span: number): boolean[] {
+  const half = D / 2;
+  const keep = new Array<boolean>(D).fill(false);
+  for (let i = 0; i < half; i++) if (span * base ** ((-2 * i) / D) <= 1) keep[i] = keep[i + half] = true;
+  if (!keep.some((x) => x)) keep[half - 1] = keep[D - 1] = true; // the slowest pair at least
+  return keep;
+}
+
 /** One haystack of n tokens with the needle planted at a random depth. */
 function makeTrial(n: number, a: EvalArgs, r: () => number): Trial {
   const { heads: H, dim: D } = a;
@@ -130,14 +143,16 @@ function makeTrial(n: number, a: EvalArgs, r: () => number): Trial {
   const needle = new Float32Array(H * D);
   normals(needle, r);
   const at = Math.floor(r() * (n - a.needleTokens)); // the needle never overlaps the final token
+  const longRange = longRangeDims(D, a.ropeBase, a.budget);
   for (let h = 0; h < H; h++) {
     const qf = q.subarray(((n - 1) * H + h) * D, ((n - 1) * H + h + 1) * D);
-    const qq = qf.reduce((s, x) => s + x * x, 0);
-    // k = c * qf with c * |qf|^2 / sqrt(D) = logit
+    let qq = 0;
+    for (let x = 0; x < D; x++) if (longRange[x]) qq += qf[x]! * qf[x]!;
+    // k = c * qf on the long-range dims, with c * |qf|^2 / sqrt(D) = logit
     const c = (a.needleLogit * Math.sqrt(D)) / qq;
     for (let t = at; t < at + a.needleTokens; t++) {
       for (let x = 0; x < D; x++) {
-        k[(t * H + h) * D + x] = c * qf[x]!;
+        k[(t * H + h) * D + x] = longRange[x] ? c * qf[x]! : 0;
         v[(t * H + h) * D + x] = needle[h * D + x]!;
       }
     }
