@@ -14,7 +14,7 @@ import {
   perAxisBool,
   perAxisInt,
 } from './validate.js';
-import { type GpuKind, runProblem, runProblemWebGPU, runUnfused, type Impl } from './backends.js';
+import { type GpuKind, type Impl, naAVOnly, naQKOnly, runProblem, runProblemWebGPU, runUnfused } from './backends.js';
 
 export type BackendName = 'cpu' | 'webgpu' | 'auto';
 
@@ -102,7 +102,7 @@ async function gpuCanRun(problem: AttnProblem, kind: GpuKind): Promise<true | st
   const avail = await gpu.webgpuAvailable();
   if (avail !== true) return avail;
   const ctx = await gpu.getContext();
-  return kind === 'fused' ? gpu.fusedCanRun(problem, ctx.limits) : gpu.naiveCanRun(problem);
+  return kind === 'fused' ? gpu.fusedCanRun(problem, ctx.limits) : kind === 'naive' ? gpu.naiveCanRun(problem) : gpu.unfusedCanRun(problem, ctx.limits);
 }
 
 /** The backend a call runs on: explicit choices are kept (WebGPU's kernels report what they cannot do). */
@@ -113,11 +113,11 @@ async function resolveBackend(b: BackendName | undefined, problem: AttnProblem, 
   return (await getContext()).adapterClass === 'gpu' ? 'webgpu' : 'cpu';
 }
 
-/** Runs the fused or naive family on the resolved backend. */
+/** Runs a kernel family on the resolved backend. */
 async function runOn(opts: CommonOptions, problem: AttnProblem, q: Tensor, k: Tensor, v: Tensor, lead: number[], kind: GpuKind): Promise<Result> {
-  return (await resolveBackend(opts.backend, problem, kind)) === 'webgpu'
-    ? runProblemWebGPU(problem, q, k, v, lead, opts, kind)
-    : runProblem(problem, q, k, v, lead, opts, kind);
+  const backend = await resolveBackend(opts.backend, problem, kind);
+  if (kind === 'unfused') return runUnfused(problem, q, k, v, lead, opts, backend);
+  return backend === 'webgpu' ? runProblemWebGPU(problem, q, k, v, lead, opts, kind) : runProblem(problem, q, k, v, lead, opts, kind);
 }
 
 function denseSeqs(s: QKVShapes): SeqSpan[] {
@@ -425,12 +425,7 @@ export async function neighborhoodAttention(q: Tensor, k: Tensor, v: Tensor, opt
     const cross = await attention(qFlat, ak, av, { backend: opts.backend, scale: problem.scale, softcap: problem.softcap });
     return mergeAttentions([na, cross].map((r) => ({ out: { data: r.out.data, shape: na.out.shape }, lse: { data: r.lse.data, shape: na.lse.shape } })), opts);
   }
-  const outShape = [s.batch, ...s.qGrid];
-  if (impl === 'unfused') {
-    check(opts.backend !== 'webgpu', 'impl', "'unfused' runs on the CPU backend only; use 'fused' or 'naive' with backend 'webgpu'");
-    return runUnfused(problem, q, k, v, outShape, opts);
-  }
-  return runOn(opts, problem, q, k, v, outShape, impl);
+  return runOn(opts, problem, q, k, v, [s.batch, ...s.qGrid], impl);
 }
 
 export const na1d = (q: Tensor, k: Tensor, v: Tensor, opts: NeighborhoodOptions) => neighborhoodAttention(q, k, v, opts, 1);
@@ -446,8 +441,7 @@ export async function naQK(q: Tensor, k: Tensor, opts: NeighborhoodOptions): Pro
   const vShape = [...k.shape];
   const fakeV = { data: new Float32Array(numel(vShape.slice(0, -1))), shape: [...vShape.slice(0, -1), 1] };
   const { s, problem } = planNA(q, k, fakeV, opts);
-  const { naQKOnly } = await import('./backends.js');
-  return naQKOnly(problem, q, k, [s.batch, ...s.qGrid], opts);
+  return naQKOnly(problem, q, k, [s.batch, ...s.qGrid], opts, await resolveBackend(opts.backend, problem, 'unfused'));
 }
 
 /** NATTEN's `av` op: attention weights [B, ...tokens, H, prod(kernelSize)] times v over each window. */
@@ -462,8 +456,7 @@ export async function naAV(attn: Tensor, v: Tensor, opts: NeighborhoodOptions): 
   const { s, problem } = planNA(fakeQ, fakeK, v, opts);
   const wv = numel(problem.pattern.kind === 'neighborhood' ? problem.pattern.kernelSize : []);
   check(attn.shape.join() === [s.batch, ...s.qGrid, s.heads, wv].join(), 'attn', 'shape must be [B, ...tokens, H, prod(kernelSize)]', attn.shape.join('x'));
-  const { naAVOnly } = await import('./backends.js');
-  return naAVOnly(problem, attn, v, [s.batch, ...s.qGrid], opts);
+  return naAVOnly(problem, attn, v, [s.batch, ...s.qGrid], opts, await resolveBackend(opts.backend, problem, 'unfused'));
 }
 
 /**

@@ -22,8 +22,10 @@ function finish(problem: AttnProblem, out: Float32Array, lse: Float32Array, lead
   };
 }
 
-/** Kernel families the WebGPU backend has. */
-export type GpuKind = 'fused' | 'naive';
+/** Kernel families the WebGPU backend has (all of them). */
+export type GpuKind = Impl;
+
+export type Backend = 'cpu' | 'webgpu';
 
 /**
  * Runs one kernel family on the WebGPU backend (host arrays in and out). The backend module is
@@ -33,7 +35,7 @@ export async function runProblemWebGPU(problem: AttnProblem, q: Tensor, k: Tenso
   checkDest(opts.out, problem.qRows * problem.heads * problem.dimV, 'out');
   checkDest(opts.lse, problem.qRows * problem.heads, 'lse');
   const gpu = await import('./webgpu/index.js');
-  const run = kind === 'fused' ? gpu.runWebGPUFused : gpu.runWebGPUNaive;
+  const run = kind === 'fused' ? gpu.runWebGPUFused : kind === 'naive' ? gpu.runWebGPUNaive : gpu.runWebGPUUnfused;
   const { out, lse } = await run(problem, q.data, k.data, v.data);
   return finish(problem, out, lse, lead, opts);
 }
@@ -49,7 +51,8 @@ export async function runProblem(problem: AttnProblem, q: Tensor, k: Tensor, v: 
 }
 
 /** NATTEN's unfused pipeline: naQK (GEMM over each tile's key box), softmax, naAV (GEMM again). */
-export async function runUnfused(problem: AttnProblem, q: Tensor, k: Tensor, v: Tensor, lead: number[], opts: CommonOptions): Promise<Result> {
+export async function runUnfused(problem: AttnProblem, q: Tensor, k: Tensor, v: Tensor, lead: number[], opts: CommonOptions, backend: Backend): Promise<Result> {
+  if (backend === 'webgpu') return runProblemWebGPU(problem, q, k, v, lead, opts, 'unfused');
   checkDest(opts.out, problem.qRows * problem.heads * problem.dimV, 'out');
   checkDest(opts.lse, problem.qRows * problem.heads, 'lse');
   const wv = windowVolume(problem);
@@ -63,21 +66,29 @@ export async function runUnfused(problem: AttnProblem, q: Tensor, k: Tensor, v: 
   return finish(problem, out, lse, lead, opts);
 }
 
-export async function naQKOnly(problem: AttnProblem, q: Tensor, k: Tensor, lead: number[], opts: CommonOptions): Promise<Result> {
+/** NATTEN's qk op: scores [rows, H, prod(kernelSize)] (-inf where a slot has no key) and each row's LSE. */
+export async function naQKOnly(problem: AttnProblem, q: Tensor, k: Tensor, lead: number[], opts: CommonOptions, backend: Backend): Promise<Result> {
   const wv = windowVolume(problem);
   const n = problem.qRows * problem.heads;
   checkDest(opts.out, n * wv, 'out');
   checkDest(opts.lse, n, 'lse');
-  const attn = sharedZeros(n * wv);
-  const empty = sharedZeros(0);
-  await runKernel('naQK', problem, { q: shared(q.data), k: shared(k.data), v: empty, out: empty, lse: empty, attn }, roughFlops(problem));
-  const lse = new Float32Array(n);
-  for (let r = 0; r < n; r++) {
-    let mx = -Infinity;
-    for (let j = 0; j < wv; j++) mx = Math.max(mx, attn[r * wv + j]!);
-    let s = 0;
-    for (let j = 0; j < wv; j++) s += Math.exp(attn[r * wv + j]! - mx);
-    lse[r] = mx + Math.log(s);
+  let attn: Float32Array;
+  let lse: Float32Array;
+  if (backend === 'webgpu') {
+    const gpu = await import('./webgpu/index.js');
+    ({ attn, lse } = await gpu.runWebGPUNaQK(problem, q.data, k.data));
+  } else {
+    attn = sharedZeros(n * wv);
+    const empty = sharedZeros(0);
+    await runKernel('naQK', problem, { q: shared(q.data), k: shared(k.data), v: empty, out: empty, lse: empty, attn }, roughFlops(problem));
+    lse = new Float32Array(n);
+    for (let r = 0; r < n; r++) {
+      let mx = -Infinity;
+      for (let j = 0; j < wv; j++) mx = Math.max(mx, attn[r * wv + j]!);
+      let s = 0;
+      for (let j = 0; j < wv; j++) s += Math.exp(attn[r * wv + j]! - mx);
+      lse[r] = mx + Math.log(s);
+    }
   }
   const dOut = checkDest(opts.out, n * wv, 'out');
   const dLse = checkDest(opts.lse, n, 'lse');
@@ -86,12 +97,19 @@ export async function naQKOnly(problem: AttnProblem, q: Tensor, k: Tensor, lead:
   return { out: { data: dOut ?? attn, shape: [...lead, problem.heads, wv] }, lse: { data: dLse ?? lse, shape: [...lead, problem.heads] } };
 }
 
-export async function naAVOnly(problem: AttnProblem, attn: Tensor, v: Tensor, lead: number[], opts: CommonOptions): Promise<{ out: Tensor }> {
+/** NATTEN's av op: weights [rows, H, prod(kernelSize)] times V over each window. */
+export async function naAVOnly(problem: AttnProblem, attn: Tensor, v: Tensor, lead: number[], opts: CommonOptions, backend: Backend): Promise<{ out: Tensor }> {
   const n = problem.qRows * problem.heads;
   checkDest(opts.out, n * problem.dimV, 'out');
-  const out = sharedZeros(n * problem.dimV);
-  const empty = sharedZeros(0);
-  await runKernel('naAV', problem, { q: empty, k: empty, v: shared(v.data), out, lse: empty, attn: shared(attn.data) }, roughFlops(problem));
+  let out: Float32Array;
+  if (backend === 'webgpu') {
+    const gpu = await import('./webgpu/index.js');
+    out = await gpu.runWebGPUNaAV(problem, attn.data, v.data);
+  } else {
+    out = sharedZeros(n * problem.dimV);
+    const empty = sharedZeros(0);
+    await runKernel('naAV', problem, { q: empty, k: empty, v: shared(v.data), out, lse: empty, attn: shared(attn.data) }, roughFlops(problem));
+  }
   const dOut = checkDest(opts.out, out.length, 'out');
   if (dOut) dOut.set(out);
   return { out: { data: dOut ?? out, shape: [...lead, problem.heads, problem.dimV] } };

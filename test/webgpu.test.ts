@@ -9,7 +9,8 @@ import { type Tensor, randn, relError, rng } from '../src/tensor.js';
 import { getContext, getDevice, setDevice, webgpuAvailable } from '../src/webgpu/device.js';
 import { FUSED_TUNING, fitTile, fusedCanRun, planFused, runWebGPUFused, runWebGPUFusedTensors, setFusedTuning } from '../src/webgpu/fused.js';
 import { fusedProgram, fusedWorkgroupBytes, threadsOf } from '../src/webgpu/fused-wgsl.js';
-import { naiveCanRun, runWebGPUNaive } from '../src/webgpu/na.js';
+import { UNFUSED_TUNING, naiveCanRun, planTiled, runWebGPUNaAV, runWebGPUNaQK, runWebGPUNaive, runWebGPUUnfused, setUnfusedTuning, unfusedCanRun } from '../src/webgpu/na.js';
+import { naAVProgram, naQKProgram, naSoftmaxProgram, naiveProgram, tiledThreads, tiledWorkgroupBytes } from '../src/webgpu/na-wgsl.js';
 import { bufferStats, fromGpu, releaseTensor, toGpu } from '../src/webgpu/tensor.js';
 import { uniformLayout } from '../src/webgpu/uniforms.js';
 import { stableStringify } from '../src/webgpu/wgsl.js';
@@ -92,6 +93,11 @@ const smallTiles = [undefined, { q: 16, kv: 8 }, { q: 8, kv: 16 }] as const;
 // ---------------------------------------------------------------------------------------------
 // Helpers that need no device.
 
+/** Tint zeroes a `var x: T;` declared in a loop only once: every function var must carry an initialiser. */
+function checkVarsInitialised(wgsl: string): void {
+  for (const m of wgsl.matchAll(/\bvar (\w+)\s*:[^;]*;/g)) assert.match(m[0], /=/, `uninitialised WGSL var: ${m[0]}`);
+}
+
 test('uniform layouts pack what they declare', () => {
   const u = uniformLayout({ a: 'u32', b: 'f32', c: 'i32' } as const);
   assert.equal(u.size, 16);
@@ -135,11 +141,42 @@ test('tiles are cut to fit the device limits', () => {
     assert.match(String(fusedCanRun(plan.problem, { ...limits, maxComputeWorkgroupStorageSize: 512 })), /workgroup memory/);
     const wgsl = fusedProgram.generate(plan.spec);
     assert.match(wgsl, /@workgroup_size\(THREADS\)/);
-    // Tint zeroes a `var x: T;` declared in a loop only once: every function var must carry an initialiser
-    for (const m of wgsl.matchAll(/\bvar (\w+)\s*:[^;]*;/g)) assert.match(m[0], /=/, `uninitialised WGSL var: ${m[0]}`);
+    checkVarsInitialised(wgsl);
     // unrolled specs have constant loop bounds, the others read them from the uniforms
     assert.equal(/d < P\.dq/.test(wgsl), !plan.spec.unroll);
   }
+});
+
+test('unfused NA: tiles fit the device, generated WGSL initialises its vars, oversized attn is refused', () => {
+  const limits = {
+    maxComputeWorkgroupStorageSize: 4096,
+    maxComputeInvocationsPerWorkgroup: 64,
+    maxComputeWorkgroupSizeX: 64,
+    maxComputeWorkgroupsPerDimension: 65535,
+    maxStorageBufferBindingSize: 1 << 27,
+    maxBufferSize: 1 << 28,
+    maxStorageBuffersPerShaderStage: 8,
+  };
+  const grid = [20, 18];
+  const [q, k, v] = tensors({ batch: 1, nq: 0, nk: 0, heads: 2, kvHeads: 1, dim: 32, dimV: 12 }, 3, grid, grid);
+  const { problem } = planNA(q, k, v, { kernelSize: [7, 4], dilation: [2, 1], stride: [1, 2], softcap: 1, tile: { q: 16 } }, 2);
+  for (const cls of ['cpu', 'gpu'] as const)
+    for (const kind of ['qk', 'av'] as const) {
+      const { spec, tile } = planTiled(problem, kind, limits, UNFUSED_TUNING[cls]);
+      assert.ok(tiledWorkgroupBytes(spec) <= 4096, `${cls} ${kind}: workgroup bytes`);
+      assert.ok(tiledThreads(spec) <= 64, `${cls} ${kind}: threads`);
+      assert.ok(tile[0]! * tile[1]! <= spec.rows && tile[0]! <= 10, `${cls} ${kind}: tile ${tile} (longest group 10)`);
+      assert.equal(spec.rows % spec.rm, 0);
+      assert.equal(spec.keys % spec.tx, 0);
+      const wgsl = (kind === 'qk' ? naQKProgram : naAVProgram).generate(spec);
+      assert.match(wgsl, kind === 'qk' ? /softcap \* tanh/ : /o\[0\] \+= p0 \* w0/);
+      checkVarsInitialised(wgsl);
+    }
+  checkVarsInitialised(naSoftmaxProgram.generate({ normalize: true, threads: 64 }));
+  checkVarsInitialised(naiveProgram.generate({ rank: 3, dim: 8, dimV: 4, wq: 4, wv: 4, softcap: true, rpb: true, threads: 64 }));
+  assert.equal(unfusedCanRun(problem, limits), true);
+  assert.match(String(unfusedCanRun(problem, { ...limits, maxStorageBufferBindingSize: 80000 })), /^attn takes 80640 bytes/);
+  assert.match(String(unfusedCanRun(planAttention(q, k, v, { causal: true }).problem, limits)), /neighborhood/);
 });
 
 // ---------------------------------------------------------------------------------------------
@@ -339,6 +376,122 @@ gpuTest('NA naive kernel (1-, 2-, 3-D; dilation, stride, causal, rpb, GQA, softc
   await assert.rejects(runWebGPUNaive(problem, q.data, k.data, v.data), TilewiseError);
 });
 
+/**
+ * Neighborhood configurations for the unfused pipeline: fixed corners (even kernels with stride and
+ * causal axes, dilation, GQA, softcap, rpb), then random ones. Small grids: lavapipe is slow.
+ */
+function unfusedCases(): { grid: number[]; c: Cfg; opts: NeighborhoodOptions; seed: number }[] {
+  const r = rng(24);
+  const fixed: Cfg = { batch: 2, nq: 0, nk: 0, heads: 4, kvHeads: 2, dim: 8, dimV: 12 };
+  const cases: { grid: number[]; c: Cfg; opts: NeighborhoodOptions; seed: number }[] = [
+    { grid: [9, 10], c: fixed, opts: { kernelSize: [4, 3], dilation: [2, 1], stride: [2, 3], isCausal: [true, false] } },
+    { grid: [5, 6, 4], c: { ...fixed, batch: 1, dim: 5, dimV: 4 }, opts: { kernelSize: [2, 3, 4], dilation: [2, 2, 1], stride: [1, 3, 2], isCausal: [false, true, true], softcap: 3 } },
+    { grid: [31], c: { ...fixed, heads: 2 }, opts: { kernelSize: [6], dilation: [3], stride: [4], rpb: randn([2, 11], 1300) } },
+  ].map((x, i) => ({ ...x, seed: 1310 + 10 * i }));
+  for (let i = 0; i < 3; i++) {
+    const rank = 1 + (i % 3);
+    const grid = Array.from({ length: rank }, () => int(r, 3, rank === 1 ? 40 : rank === 2 ? 12 : 6));
+    const c = randomCfg(r, { nq: 0, nk: 0, batch: rank === 3 ? 1 : int(r, 1, 2) });
+    const opts: NeighborhoodOptions = { ...randomNA(r, grid, i % 2 === 0), softcap: pick(r, [0, 0, 2]) };
+    if (i % 2 === 1) opts.rpb = randn([c.heads, ...(opts.kernelSize as number[]).map((x) => 2 * x - 1)], 1400 + i);
+    cases.push({ grid, c, opts, seed: 1410 + 10 * i });
+  }
+  return cases;
+}
+
+const describeCase = (grid: number[], opts: NeighborhoodOptions) => `${grid.join('x')} ${JSON.stringify(opts, (key, x) => (key === 'rpb' ? undefined : x))}`;
+
+/** Scores: slots without a key (-inf) must match exactly, the rest by relative error. */
+function compareScores(got: Float32Array, want: Float32Array, what: string): void {
+  const g: number[] = [];
+  const w: number[] = [];
+  for (let i = 0; i < want.length; i++) {
+    if (want[i] === -Infinity) {
+      assert.equal(got[i], -Infinity, `${what}: slot ${i} has no key, got ${got[i]}`);
+      continue;
+    }
+    g.push(got[i]!);
+    w.push(want[i]!);
+  }
+  assert.ok(g.length > 0, `${what}: no finite score`);
+  const e = relError(g, w);
+  assert.ok(e < TOL, `${what}: scores relErr ${e}`);
+}
+
+gpuTest('NA unfused naQK matches the CPU naQK op (1-, 2-, 3-D; even kernels, dilation, stride, causal, GQA, rpb, softcap)', async () => {
+  const { naQK } = await import('../src/api.js');
+  for (const { grid, c, opts, seed } of unfusedCases()) {
+    const [q, k, v] = tensors(c, seed, grid, grid);
+    const { problem } = planNA(q, k, v, opts, grid.length);
+    const got = await runWebGPUNaQK(problem, q.data, k.data, { poison: true });
+    const cpu = await naQK(q, k, { ...opts, backend: 'cpu' });
+    const what = `naQK ${describeCase(grid, opts)}`;
+    compareScores(got.attn, cpu.out.data, what);
+    // the LSE of each row of scores is the attention LSE: check it against the float64 reference
+    compareLse(got.lse, referenceAttention(problem, { q: q.data, k: k.data, v: v.data }).lse, what);
+  }
+});
+
+gpuTest('NA unfused naAV matches the CPU naAV op (slots without a key hold NaN and are never read)', async () => {
+  const { naAV, naQK } = await import('../src/api.js');
+  const r = rng(25);
+  for (const { grid, c, opts, seed } of unfusedCases()) {
+    const [q, k, v] = tensors(c, seed, grid, grid);
+    const { problem } = planNA(q, k, v, opts, grid.length);
+    // any weights will do; the CPU scores only say which slots hold a key
+    const { out: scores } = await naQK(q, k, { ...opts, backend: 'cpu' });
+    const attn = { data: scores.data.map((x) => (x === -Infinity ? NaN : r())), shape: scores.shape };
+    const got = await runWebGPUNaAV(problem, attn.data, v.data, { poison: true });
+    const cpu = await naAV(attn, v, { ...opts, backend: 'cpu' });
+    const e = relError(got, cpu.out.data);
+    assert.ok(e < TOL, `naAV ${describeCase(grid, opts)}: relErr ${e}`);
+  }
+});
+
+gpuTest('NA unfused pipeline (naQK, softmax, naAV) matches the float64 reference', async () => {
+  for (const { grid, c, opts, seed } of unfusedCases()) {
+    const [q, k, v] = tensors(c, seed, grid, grid);
+    const { problem } = planNA(q, k, v, opts, grid.length);
+    const got = await runWebGPUUnfused(problem, q.data, k.data, v.data, { poison: true });
+    const ref = referenceAttention(problem, { q: q.data, k: k.data, v: v.data });
+    const what = `unfused ${describeCase(grid, opts)}`;
+    const e = relError(got.out, ref.out);
+    assert.ok(e < TOL, `${what}: out relErr ${e}`);
+    compareLse(got.lse, ref.lse, what);
+  }
+});
+
+gpuTest('NA unfused, other blockings: the GPU table (unrolled); rows per thread and threads per row dividing neither rows nor head dim, small chunks', async () => {
+  // each blocking compiles two pipelines (slow on lavapipe), so two blockings cover the odd cases together
+  const tunings = [UNFUSED_TUNING.gpu, { rm: 3, tx: 3, minRows: 8, maxRows: 8, maxKeys: 4, unroll: false }];
+  const grid = [7, 9];
+  const c: Cfg = { batch: 1, nq: 0, nk: 0, heads: 2, kvHeads: 1, dim: 8, dimV: 8 };
+  const opts: NeighborhoodOptions = { kernelSize: [3, 4], dilation: [1, 2], stride: [2, 1], isCausal: [false, true], softcap: 2 };
+  const [q, k, v] = tensors(c, 1500, grid, grid);
+  const { problem } = planNA(q, k, v, opts, 2);
+  const ref = referenceAttention(problem, { q: q.data, k: k.data, v: v.data });
+  try {
+    for (const t of tunings) {
+      setUnfusedTuning(t);
+      const got = await runWebGPUUnfused(problem, q.data, k.data, v.data, { poison: true });
+      const e = relError(got.out, ref.out);
+      assert.ok(e < TOL, `tuning ${JSON.stringify(t)}: out relErr ${e}`);
+      compareLse(got.lse, ref.lse, `tuning ${JSON.stringify(t)}`);
+    }
+  } finally {
+    setUnfusedTuning(undefined);
+  }
+});
+
+gpuTest('NA unfused: scores over the storage binding limit are refused naming attn', async () => {
+  const { naQK } = await import('../src/api.js');
+  const { limits } = await getContext();
+  // 1-D, one head, the window as long as the sequence: attn is N * N floats
+  const n = Math.ceil(Math.sqrt(Math.min(limits.maxStorageBufferBindingSize, limits.maxBufferSize) / 4)) + 1;
+  const [q, k] = tensors({ batch: 1, nq: n, nk: n, heads: 1, kvHeads: 1, dim: 1, dimV: 1 }, 5);
+  await assert.rejects(naQK(q!, k!, { kernelSize: n, backend: 'webgpu' }), (e: unknown) => e instanceof TilewiseError && e.arg === 'attn' && /binding/.test(e.message));
+});
+
 // ---------------------------------------------------------------------------------------------
 // Buffers, stability, device loss.
 
@@ -396,8 +549,8 @@ gpuTest('device loss: the next call throws a TilewiseError, the one after gets a
   assert.ok(relError(got.out, ref.out) < TOL);
 });
 
-gpuTest("public API: backend 'webgpu' matches the CPU backend; 'auto' picks one; 'unfused' is refused", async () => {
-  const { attention, neighborhoodAttention } = await import('../src/api.js');
+gpuTest("public API: backend 'webgpu' matches the CPU backend; 'auto' picks one; naQK/naAV ops", async () => {
+  const { attention, neighborhoodAttention, naAV, naQK } = await import('../src/api.js');
   const r = rng(4242);
   for (let t = 0; t < 6; t++) {
     const c = randomCfg(r);
@@ -414,10 +567,22 @@ gpuTest("public API: backend 'webgpu' matches the CPU backend; 'auto' picks one;
   const [q, k, v] = tensors({ batch: 1, nq: n * n, nk: n * n, heads: 2, kvHeads: 2, dim: 16, dimV: 16 }, 7, [n, n], [n, n]);
   const opts: NeighborhoodOptions = { kernelSize: [5, 3], dilation: [1, 2] };
   const cpu = await neighborhoodAttention(q, k, v, { ...opts, backend: 'cpu' });
-  for (const impl of ['fused', 'naive'] as const) {
+  for (const impl of ['fused', 'naive', 'unfused'] as const) {
     const out = new Float32Array(cpu.out.data.length).fill(NaN);
-    await neighborhoodAttention(q, k, v, { ...opts, backend: 'webgpu', impl, out });
-    assert.ok(relError(out, cpu.out.data) < TOL, `NA ${impl}`);
+    const lse = new Float32Array(cpu.lse.data.length).fill(NaN);
+    await neighborhoodAttention(q, k, v, { ...opts, backend: 'webgpu', impl, out, lse });
+    assert.ok(relError(out, cpu.out.data) < TOL, `NA ${impl}: out`);
+    assert.ok(relError(lse, cpu.lse.data) < TOL, `NA ${impl}: lse`);
   }
-  await assert.rejects(neighborhoodAttention(q, k, v, { ...opts, backend: 'webgpu', impl: 'unfused' }), (e: unknown) => e instanceof TilewiseError && e.arg === 'impl');
+  const qkOpts: NeighborhoodOptions = { ...opts, isCausal: [true, false], softcap: 4 };
+  const scores = await naQK(q, k, { ...qkOpts, backend: 'webgpu', out: new Float32Array(n * n * 2 * 15).fill(NaN) });
+  const scoresCpu = await naQK(q, k, { ...qkOpts, backend: 'cpu' });
+  assert.deepEqual(scores.out.shape, [1, n, n, 2, 15]);
+  compareScores(scores.out.data, scoresCpu.out.data, 'naQK op');
+  assert.ok(relError(scores.lse.data, scoresCpu.lse.data) < TOL, 'naQK op: lse');
+  const weights = { data: scoresCpu.out.data.map((x) => (x === -Infinity ? 0 : Math.exp(x - 4))), shape: scoresCpu.out.shape };
+  const av = await naAV(weights, v, { ...qkOpts, backend: 'webgpu' });
+  const avCpu = await naAV(weights, v, { ...qkOpts, backend: 'cpu' });
+  assert.deepEqual(av.out.shape, avCpu.out.shape);
+  assert.ok(relError(av.out.data, avCpu.out.data) < TOL, 'naAV op');
 });

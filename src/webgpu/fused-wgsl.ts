@@ -1,6 +1,6 @@
 import { ITEM, NO_MASK, VISIT } from './schedule.js';
 import { uniformLayout } from './uniforms.js';
-import { type Program, bindingDecls } from './wgsl.js';
+import { type Program, attnBindings, prologue, vecType as vec } from './wgsl.js';
 
 /**
  * The fused forward template (one for every pattern). One workgroup per work item; its query
@@ -68,18 +68,11 @@ export const FUSED_UNIFORMS = uniformLayout({
   tx: 'u32',
 } as const);
 
-const vec = (w: 1 | 4): string => (w === 4 ? 'vec4<f32>' : 'f32');
-
 export const fusedProgram: Program<FusedSpec, typeof FUSED_UNIFORMS.decl> = {
   name: 'fused-forward',
   uniforms: FUSED_UNIFORMS,
   bindings: (s) => [
-    { name: 'P', kind: 'uniform', type: 'Params' },
-    { name: 'q', kind: 'read', type: `array<${vec(s.wq)}>` },
-    { name: 'k', kind: 'read', type: `array<${vec(s.wq)}>` },
-    { name: 'v', kind: 'read', type: `array<${vec(s.wv)}>` },
-    { name: 'out', kind: 'readwrite', type: `array<${vec(s.wv)}>` },
-    { name: 'lse', kind: 'readwrite', type: 'array<f32>' },
+    ...attnBindings(s.wq, s.wv),
     { name: 'sched', kind: 'read', type: 'array<u32>' },
     ...(s.bias || s.rpb ? [{ name: 'aux', kind: 'read' as const, type: 'array<f32>' }] : []),
   ],
@@ -118,21 +111,7 @@ function generateFused(s: FusedSpec): string {
   // loop bounds: constants to unroll, uniforms to keep loops
   const [bDQ, bRM, bRN, bRV, bTX] = s.unroll ? ['DQ', 'RM', 'RN', 'RV', 'TX'] : ['P.dq', 'P.rm', 'P.rn', 'P.rv', 'P.tx'];
   const vcol = (k: number) => (exact ? `tx + ${TX * k}u` : `min(tx + ${TX * k}u, DV - 1u)`);
-  return `// tilewise fused attention forward (generated): ${JSON.stringify(s)}
-${FUSED_UNIFORMS.wgsl('Params')}
-${bindingDecls(fusedProgram.bindings(s))}
-
-const DQ: u32 = ${dq}u;
-const DV: u32 = ${dv}u;
-const BQ: u32 = ${s.rows}u;
-const BK: u32 = ${s.keys}u;
-const RM: u32 = ${RM}u;
-const RN: u32 = ${RN}u;
-const RV: u32 = ${RV}u;
-const TX: u32 = ${TX}u;
-const THREADS: u32 = ${T}u;
-const ITEM_SIZE: u32 = ${ITEM.size}u;
-const VISIT_SIZE: u32 = ${VISIT.size}u;
+  return `${prologue(fusedProgram, s, { DQ: dq, DV: dv, BQ: s.rows, BK: s.keys, RM, RN, RV, TX, THREADS: T, ITEM_SIZE: ITEM.size, VISIT_SIZE: VISIT.size })}
 ${ITEM.wgsl('I_')}
 ${VISIT.wgsl('V_')}
 const NO_MASK: u32 = ${NO_MASK}u;

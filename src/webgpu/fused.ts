@@ -5,7 +5,7 @@ import { type AttnProblem, ItemSpace, tileFor } from '../problem.js';
 import { BufferUsage, type GpuLimits } from './device.js';
 import { FUSED_UNIFORMS, type FusedSpec, blockingOf, fusedProgram, fusedWorkgroupBytes, threadsOf } from './fused-wgsl.js';
 import { buildGpuSchedule } from './schedule.js';
-import { type KernelOptions, type TensorKernel, gridFor, launchAttn, onDevice, onHost, rpbLayout, uniformBuffer } from './run.js';
+import { type KernelOptions, type TensorKernel, bindingsFit, gridFor, launchAttn, onDevice, onHost, rpbLayout, uniformBuffer } from './run.js';
 import { type GpuTensor, createBuffer, uploadBuffer, writeData } from './tensor.js';
 import { getPipeline } from './wgsl.js';
 
@@ -106,15 +106,17 @@ export function planFused(problem: AttnProblem, limits: GpuLimits, tune: FusedTu
 export function fusedCanRun(problem: AttnProblem, limits: GpuLimits): true | string {
   const { heads: H, kvHeads: Hk, dim: D, dimV: DV, qRows, kRows } = problem;
   if (problem.rope) return 'RoPE inside the WebGPU fused kernel is not implemented yet';
-  const max = limits.maxStorageBufferBindingSize;
-  const sizes: [string, number][] = [
-    ['q', qRows * H * D * 4],
-    ['k', kRows * Hk * D * 4],
-    ['v', kRows * Hk * DV * 4],
-    ['out', qRows * H * DV * 4],
-    ['bias + rpb', 4 * ((problem.bias?.data.length ?? 0) + (problem.rpb?.data.length ?? 0))],
-  ];
-  for (const [name, bytes] of sizes) if (bytes > max) return `${name} takes ${bytes} bytes, more than the ${max} one binding may hold`;
+  const fit = bindingsFit(
+    [
+      ['q', qRows * H * D * 4],
+      ['k', kRows * Hk * D * 4],
+      ['v', kRows * Hk * DV * 4],
+      ['out', qRows * H * DV * 4],
+      ['bias + rpb', 4 * ((problem.bias?.data.length ?? 0) + (problem.rpb?.data.length ?? 0))],
+    ],
+    limits,
+  );
+  if (fit !== true) return fit;
   if (fusedWorkgroupBytes({ dim: D, dimV: DV, rows: 1, keys: 1, tx: 1 }) > limits.maxComputeWorkgroupStorageSize)
     return `head dims ${D}+${DV} need more than the ${limits.maxComputeWorkgroupStorageSize} bytes of workgroup memory`;
   return true;

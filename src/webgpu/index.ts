@@ -1,6 +1,20 @@
-/** The WebGPU backend: device management, the fused forward kernel, NATTEN's naive kernel and GPU tensor helpers. */
+/** The WebGPU backend: device management, the fused forward kernel, NATTEN's naive and unfused kernels and GPU tensor helpers. */
 export { getContext, getDevice, setDevice, webgpuAvailable, type GpuContext, type GpuLimits } from './device.js';
 export { FUSED_TUNING, fusedCanRun, runWebGPUFused, runWebGPUFusedTensors, setFusedTuning, type FusedGpuOptions, type FusedTuning } from './fused.js';
-export { naiveCanRun, runWebGPUNaive, runWebGPUNaiveTensors } from './na.js';
+export {
+  UNFUSED_TUNING,
+  naiveCanRun,
+  runWebGPUNaAV,
+  runWebGPUNaAVTensors,
+  runWebGPUNaive,
+  runWebGPUNaiveTensors,
+  runWebGPUNaQK,
+  runWebGPUNaQKTensors,
+  runWebGPUUnfused,
+  runWebGPUUnfusedTensors,
+  setUnfusedTuning,
+  unfusedCanRun,
+  type UnfusedTuning,
+} from './na.js';
 export { type KernelOptions } from './run.js';
 export { bufferStats, fromGpu, releaseTensor, toGpu, wrapBuffer, type GpuTensor } from './tensor.js';

@@ -3,174 +3,130 @@ import { prod } from '../cpu/fused.js';
 import { TilewiseError } from '../errors.js';
 import type { PatternSpec } from '../patterns/spec.js';
 import type { AttnProblem } from '../problem.js';
-import { BufferUsage, type GpuContext } from './device.js';
-import { type KernelOptions, type TensorKernel, gridFor, launchAttn, onDevice, onHost, rpbLayout, uniformBuffer } from './run.js';
-import { type GpuTensor, uploadBuffer } from './tensor.js';
-import { uniformLayout } from './uniforms.js';
-import { type Program, bindingDecls, getPipeline } from './wgsl.js';
+import { tileFor } from '../problem.js';
+import { BufferUsage, type GpuContext, type GpuLimits } from './device.js';
+import { fitTile } from './fused.js';
+import { NA_UNIFORMS, type TiledSpec, naAVProgram, naQKProgram, naSoftmaxProgram, naiveProgram, tiledBlocking, tiledThreads, tiledWorkgroupBytes } from './na-wgsl.js';
+import {
+  type KernelOptions,
+  type Launch,
+  type TensorKernel,
+  bindingOf,
+  bindingsFit,
+  gridFor,
+  launch,
+  launchAttn,
+  onDevice,
+  onHost,
+  onHostArrays,
+  rpbLayout,
+  uniformBuffer,
+  withDevice,
+} from './run.js';
+import { type GpuTensor, createBuffer, uploadBuffer } from './tensor.js';
+import { getPipeline } from './wgsl.js';
 
 /**
- * NATTEN's naive kernel on WebGPU: one thread per (query, head) computes its window along every
- * axis analytically (design.md 7, the same rules as patterns/rules.ts `neighborhoodRule`), walks it
- * reading K and V straight from the inputs, and keeps an online softmax. No schedule is uploaded.
- * A baseline for the fused kernel, and the simplest correct NA path on a GPU.
+ * Neighborhood attention on WebGPU without a schedule: every kernel computes windows analytically
+ * (na-wgsl.ts). NATTEN's naive kernel (one thread per query and head, online softmax) and the
+ * unfused pipeline: naQK writes the scores [qRows, H, prod(kernelSize)] (-inf where a slot has no
+ * key), a row softmax normalises them in place and gives the LSE, naAV multiplies them with V.
  */
 
-export interface NaiveSpec {
-  readonly rank: number;
-  readonly dim: number;
-  readonly dimV: number;
-  readonly wq: 1 | 4;
-  readonly wv: 1 | 4;
-  readonly softcap: boolean;
-  readonly rpb: boolean;
-  readonly threads: number;
-}
-
-const AXES = [0, 1, 2] as const;
-const perAxis = (name: string) => Object.fromEntries(AXES.map((a) => [`${name}${a}`, 'u32' as const]));
-
-export const NAIVE_UNIFORMS = uniformLayout({
-  heads: 'u32',
-  kvHeads: 'u32',
-  group: 'u32',
-  total: 'u32',
-  groupsX: 'u32',
-  tokens: 'u32',
-  scale: 'f32',
-  softcap: 'f32',
-  rpbVol: 'u32',
-  rpbConst: 'i32',
-  ...perAxis('len'),
-  ...perAxis('kernel'),
-  ...perAxis('dil'),
-  ...perAxis('stride'),
-  ...perAxis('causal'),
-  ...perAxis('rpbStride'),
-} as const);
-
-const vec = (w: 1 | 4): string => (w === 4 ? 'vec4<f32>' : 'f32');
-
-export const naiveProgram: Program<NaiveSpec, typeof NAIVE_UNIFORMS.decl> = {
-  name: 'na-naive',
-  uniforms: NAIVE_UNIFORMS,
-  bindings: (s) => [
-    { name: 'P', kind: 'uniform', type: 'Params' },
-    { name: 'q', kind: 'read', type: `array<${vec(s.wq)}>` },
-    { name: 'k', kind: 'read', type: `array<${vec(s.wq)}>` },
-    { name: 'v', kind: 'read', type: `array<${vec(s.wv)}>` },
-    { name: 'out', kind: 'readwrite', type: `array<${vec(s.wv)}>` },
-    { name: 'lse', kind: 'readwrite', type: 'array<f32>' },
-    ...(s.rpb ? [{ name: 'rpb', kind: 'read' as const, type: 'array<f32>' }] : []),
-  ],
-  workgroupSize: (s) => s.threads,
-  generate: generateNaive,
-};
-
-function generateNaive(s: NaiveSpec): string {
-  const QT = vec(s.wq);
-  const VT = vec(s.wv);
-  const dq = s.dim / s.wq;
-  const dv = s.dimV / s.wv;
-  const axes = AXES.slice(0, s.rank);
-  const dot = s.wq === 4 ? 'dot(qr[c], k[kb + c])' : 'qr[c] * k[kb + c]';
-  // token strides of the grid (row-major), as WGSL expressions
-  const tokStride = (a: number) => axes.slice(a + 1).map((b) => `P.len${b}`).join(' * ') || '1u';
-  const open = axes.map((a) => `${'  '.repeat(a)}for (var k${a}: i32 = lo${a}; k${a} <= hi${a}; k${a}++) {`).join('\n    ');
-  const close = axes.map((a) => `${'  '.repeat(s.rank - 1 - a)}}`).join('\n    ');
-  const keyTok = axes.map((a) => `(g${a} + P.dil${a} * u32(k${a})) * (${tokStride(a)})`).join(' + ');
-  const rpbIdx = axes.map((a) => `(k${a} - x${a}) * i32(P.rpbStride${a})`).join(' + ');
-  return `// tilewise NA naive (generated): ${JSON.stringify(s)}
-${NAIVE_UNIFORMS.wgsl('Params')}
-${bindingDecls(naiveProgram.bindings(s))}
-
-const DQ: u32 = ${dq}u;
-const DV: u32 = ${dv}u;
-const THREADS: u32 = ${s.threads}u;
-
-/** NATTEN window [start, end] of local coordinate x on an axis of length n (patterns/rules.ts). */
-fn window(x: i32, n: i32, kernel: i32, stride: i32, causal: bool) -> vec2<i32> {
-  if (causal) {
-    let leader = min((x / stride) * stride + stride - 1, n - 1);
-    return vec2<i32>(max(0, leader - kernel + 1), x);
-  }
-  let left = kernel / 2;
-  let right = kernel - 1 - left;
-  let leader = min((x / stride) * stride + stride / 2, n - 1);
-  let start = min(max(leader, left), n - 1 - right) - left;
-  return vec2<i32>(start, start + kernel - 1);
-}
-
-@compute @workgroup_size(THREADS)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let gid = (wid.x + wid.y * P.groupsX) * THREADS + lid;
-  if (gid >= P.total) { return; }
-  let row = gid / P.heads;
-  let h = gid - row * P.heads;
-  let kh = h / P.group;
-  let b = row / P.tokens;
-  var t: u32 = row - b * P.tokens;
-  ${[...axes].reverse().map((a) => `let c${a} = t % P.len${a};\n  t = t / P.len${a};`).join('\n  ')}
-  ${axes
-    .map(
-      (a) => `let g${a} = c${a} % P.dil${a};
-  let x${a} = i32(c${a} / P.dil${a});
-  let w${a} = window(x${a}, i32((P.len${a} - g${a} + P.dil${a} - 1u) / P.dil${a}), i32(P.kernel${a}), i32(P.stride${a}), P.causal${a} != 0u);
-  let lo${a} = w${a}.x;
-  let hi${a} = w${a}.y;`,
-    )
-    .join('\n  ')}
-  ${s.rpb ? 'let rpbBase = i32(h * P.rpbVol) + P.rpbConst;' : ''}
-
-  var qr: array<${QT}, DQ> = array<${QT}, DQ>();
-  for (var c: u32 = 0u; c < DQ; c++) { qr[c] = q[(row * P.heads + h) * DQ + c]; }
-  var o: array<${VT}, DV> = array<${VT}, DV>();
-  var m: f32 = -3.0e38;
-  var l: f32 = 0.0;
-  ${open}
-      let kr = b * P.tokens + ${keyTok};
-      let kb = (kr * P.kvHeads + kh) * DQ;
-      var acc: f32 = 0.0;
-      for (var c: u32 = 0u; c < DQ; c++) { acc += ${dot}; }
-      var x: f32 = acc * P.scale;
-      ${s.softcap ? 'x = P.softcap * tanh(clamp(x / P.softcap, -15.0, 15.0));' : ''}
-      ${s.rpb ? `x += rpb[u32(rpbBase + ${rpbIdx})];` : ''}
-      let mn = max(m, x);
-      let alpha = exp(m - mn);
-      let p = exp(x - mn);
-      m = mn;
-      l = l * alpha + p;
-      let vb = (kr * P.kvHeads + kh) * DV;
-      for (var c: u32 = 0u; c < DV; c++) { o[c] = o[c] * alpha + p * v[vb + c]; }
-    ${close}
-  let ob = (row * P.heads + h) * DV;
-  for (var c: u32 = 0u; c < DV; c++) { out[ob + c] = o[c] / l; }
-  lse[row * P.heads + h] = m + log(l);
-}
-`;
-}
-
 type NASpec = Extract<PatternSpec, { kind: 'neighborhood' }>;
+type Own = (b: GPUBuffer) => GPUBuffer;
+type Bind = GPUBufferBinding | GPUBuffer;
 
-/** Whether the naive kernel runs `problem` (a plain neighborhood pattern over dense batches). */
-export function naiveCanRun(problem: AttnProblem): true | string {
+/** Whether `family` runs `problem`: a plain neighborhood pattern over dense batches. */
+function naProblem(problem: AttnProblem, family: string): true | string {
   const p = problem.pattern;
-  if (p.kind !== 'neighborhood') return 'the naive kernel needs a plain neighborhood pattern';
-  if (problem.bias) return 'the naive kernel takes no additive bias';
-  if (p.kernelSize.length > 3) return 'the naive kernel supports 1 to 3 token axes';
+  if (p.kind !== 'neighborhood') return `the ${family} kernel needs a plain neighborhood pattern`;
+  if (problem.bias) return `the ${family} kernel takes no additive bias`;
+  if (p.kernelSize.length > 3) return `the ${family} kernel supports 1 to 3 token axes`;
   const tokens = prod(problem.seqs[0]?.qGrid ?? [0]);
-  if (!problem.seqs.every((s, i) => s.qOff === i * tokens && s.kOff === i * tokens && s.b === i)) return 'the naive kernel needs dense batches';
+  if (!problem.seqs.every((s, i) => s.qOff === i * tokens && s.kOff === i * tokens && s.b === i)) return `the ${family} kernel needs dense batches`;
   return true;
 }
+
+/** Whether the naive kernel runs `problem`. */
+export const naiveCanRun = (problem: AttnProblem): true | string => naProblem(problem, 'naive');
+
+const windowVolume = (problem: AttnProblem): number => prod((problem.pattern as NASpec).kernelSize);
+const attnBytes = (problem: AttnProblem): number => problem.qRows * problem.heads * windowVolume(problem) * 4;
+
+/** Throws naming `attn` when the scores do not fit one storage binding of the device. */
+function checkAttnFits(problem: AttnProblem, limits: GpuLimits): void {
+  const fit = bindingsFit([['attn', attnBytes(problem)]], limits);
+  if (fit !== true)
+    throw new TilewiseError('attn', "the scores [rows, heads, prod(kernelSize)] do not fit one GPU storage binding; use impl 'fused' or the CPU", `${fit} (maxStorageBufferBindingSize)`);
+}
+
+/** Whether the unfused pipeline runs `problem` on a device with these limits: true, or the reason. */
+export function unfusedCanRun(problem: AttnProblem, limits: GpuLimits): true | string {
+  const why = naProblem(problem, 'unfused');
+  if (why !== true) return why;
+  const { heads: H, kvHeads: Hk, dim: D, dimV: DV, qRows, kRows } = problem;
+  const fit = bindingsFit(
+    [
+      ['attn', attnBytes(problem)],
+      ['q', qRows * H * D * 4],
+      ['k', kRows * Hk * D * 4],
+      ['v', kRows * Hk * DV * 4],
+      ['out', qRows * H * DV * 4],
+    ],
+    limits,
+  );
+  if (fit !== true) return fit;
+  if (tiledWorkgroupBytes({ kind: 'qk', rank: 1, dim: Math.max(D, DV), rows: 1, keys: 1 }) > limits.maxComputeWorkgroupStorageSize)
+    return `head dims ${D}, ${DV} need more than the ${limits.maxComputeWorkgroupStorageSize} bytes of workgroup memory`;
+  return true;
+}
+
+/**
+ * Uniform values of the family. `tile` (the tiled kernels' query tile per axis) sets tiles per
+ * axis from the longest dilation group; unused axes get length, kernel and tile 1.
+ */
+function naParams(problem: AttnProblem, total: number, groupsX: number, tiled?: { tile: readonly number[]; spec: TiledSpec }): ArrayBuffer {
+  const tile = tiled?.tile ?? [];
+  const na = problem.pattern as NASpec;
+  const grid = problem.seqs[0]!.qGrid;
+  const rpb = rpbLayout(na.kernelSize);
+  const axis = (name: string, f: (a: number) => number | undefined, fill: number) => Object.fromEntries([0, 1, 2].map((a) => [`${name}${a}`, f(a) ?? fill]));
+  const longest = (a: number) => Math.ceil(grid[a]! / na.dilation[a]!);
+  return NA_UNIFORMS.pack({
+    heads: problem.heads,
+    kvHeads: problem.kvHeads,
+    group: problem.heads / problem.kvHeads,
+    total,
+    groupsX,
+    tokens: prod(grid),
+    wv: windowVolume(problem),
+    scale: problem.scale,
+    softcap: problem.softcap,
+    negInf: -Infinity,
+    rpbVol: rpb.volume,
+    rpbConst: rpb.base,
+    ...axis('len', (a) => grid[a], 1),
+    ...axis('kernel', (a) => na.kernelSize[a], 1),
+    ...axis('dil', (a) => na.dilation[a], 1),
+    ...axis('stride', (a) => na.stride[a], 1),
+    ...axis('causal', (a) => (a < grid.length ? Number(na.isCausal[a]) : undefined), 0),
+    ...axis('rpbStride', (a) => rpb.strides[a], 0),
+    ...axis('tile', (a) => tile[a], 1),
+    ...axis('tiles', (a) => (tile[a] === undefined ? undefined : Math.ceil(longest(a) / tile[a]!)), 1),
+    ...(tiled ? tiledBlocking(tiled.spec) : { vecs: 0, rm: 0, rn: 0, rv: 0 }),
+  } as Parameters<typeof NA_UNIFORMS.pack>[0]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Naive.
 
 const naiveKernel: TensorKernel = async (ctx: GpuContext, problem, q, k, v, opts) => {
   const why = naiveCanRun(problem);
   if (why !== true) throw new TilewiseError('webgpu', 'cannot run this problem', why);
-  const na = problem.pattern as NASpec;
   const { device, limits } = ctx;
-  const rank = na.kernelSize.length;
-  const spec: NaiveSpec = {
-    rank,
+  const spec = {
+    rank: (problem.pattern as NASpec).kernelSize.length,
     dim: problem.dim,
     dimV: problem.dimV,
     wq: problem.dim % 4 === 0 ? 4 : 1,
@@ -178,33 +134,12 @@ const naiveKernel: TensorKernel = async (ctx: GpuContext, problem, q, k, v, opts
     softcap: problem.softcap > 0,
     rpb: problem.rpb !== undefined,
     threads: Math.min(64, limits.maxComputeInvocationsPerWorkgroup),
-  };
+  } as const;
   const pipeline = await getPipeline(device, naiveProgram, spec);
-  const grid = problem.seqs[0]!.qGrid;
-  const rpb = rpbLayout(na.kernelSize);
-  const axis = (name: string, xs: readonly number[], fill: number) => Object.fromEntries(AXES.map((a) => [`${name}${a}`, xs[a] ?? fill]));
   return launchAttn(ctx, problem, q, k, v, opts, 'naive', (io, own) => {
     const total = problem.qRows * problem.heads;
     const groups = gridFor(Math.ceil(total / spec.threads), limits, 'q');
-    const params = NAIVE_UNIFORMS.pack({
-      heads: problem.heads,
-      kvHeads: problem.kvHeads,
-      group: problem.heads / problem.kvHeads,
-      total,
-      groupsX: groups[0],
-      tokens: prod(grid),
-      scale: problem.scale,
-      softcap: problem.softcap,
-      rpbVol: rpb.volume,
-      rpbConst: rpb.base,
-      ...axis('len', grid, 1),
-      ...axis('kernel', na.kernelSize, 1),
-      ...axis('dil', na.dilation, 1),
-      ...axis('stride', na.stride, 1),
-      ...axis('causal', na.isCausal.map(Number), 0),
-      ...axis('rpbStride', rpb.strides, 0),
-    } as Parameters<typeof NAIVE_UNIFORMS.pack>[0]);
-    const entries: (GPUBuffer | GPUBufferBinding)[] = [own(uniformBuffer(device, params)), io.q, io.k, io.v, io.out, io.lse];
+    const entries: Bind[] = [own(uniformBuffer(device, naParams(problem, total, groups[0]))), io.q, io.k, io.v, io.out, io.lse];
     if (problem.rpb) entries.push(own(uploadBuffer(device, problem.rpb.data, BufferUsage.STORAGE, 'tilewise rpb')));
     return { pipeline, entries, groups };
   });
@@ -218,4 +153,223 @@ export function runWebGPUNaiveTensors(problem: AttnProblem, q: GpuTensor, k: Gpu
 /** Neighborhood attention with NATTEN's naive kernel: host arrays in, out and lse back. */
 export function runWebGPUNaive(problem: AttnProblem, q: Float32Array, k: Float32Array, v: Float32Array, opts: { poison?: boolean } = {}): Promise<{ out: Float32Array; lse: Float32Array }> {
   return onHost(naiveKernel, problem, q, k, v, opts);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Unfused.
+
+/**
+ * Blocking of the tiled naQK / naAV kernels per adapter class (style.md 2): rows per thread,
+ * threads per row, the query rows a workgroup aims for (at least `minRows`: the API's default
+ * tiles are sized for the CPU, 2x2 for small 2-D kernels, too few for a workgroup) and may take,
+ * and the keys staged per chunk. The CPU row is sized like the fused kernel's measured one; the
+ * GPU row follows design.md 8, unmeasured.
+ */
+export interface UnfusedTuning {
+  readonly rm: number;
+  readonly tx: number;
+  readonly minRows: number;
+  readonly maxRows: number;
+  readonly maxKeys: number;
+  readonly unroll: boolean;
+}
+
+export const UNFUSED_TUNING: Readonly<Record<'cpu' | 'gpu', UnfusedTuning>> = {
+  gpu: { rm: 4, tx: 8, minRows: 32, maxRows: 64, maxKeys: 64, unroll: true },
+  cpu: { rm: 4, tx: 2, minRows: 16, maxRows: 32, maxKeys: 32, unroll: false },
+};
+let override: Partial<UnfusedTuning> | undefined;
+
+/** Overrides the tuning table for every adapter class (undefined: back to the table). */
+export function setUnfusedTuning(t: Partial<UnfusedTuning> | undefined): void {
+  override = t;
+}
+
+const tuningFor = (adapterClass: 'cpu' | 'gpu'): UnfusedTuning => ({ ...UNFUSED_TUNING[adapterClass], ...(override ?? {}) });
+
+const roundUp = (x: number, m: number): number => Math.ceil(x / m) * m;
+const pow2ceil = (x: number): number => 2 ** Math.ceil(Math.log2(Math.max(1, x)));
+
+/**
+ * Query tile (per axis) and kernel constants of a tiled kernel, the largest under the tuning caps
+ * whose workgroup memory and thread count fit the device. Tiles stay within the longest dilation
+ * group, and chunks within the largest key box a tile can need (tile + K + stride - 2 per axis).
+ * The tile's queries may fill fewer than `rows` rows; the rest idle.
+ */
+export function planTiled(problem: AttnProblem, kind: 'qk' | 'av', limits: GpuLimits, tune: UnfusedTuning): { spec: TiledSpec; tile: number[] } {
+  const na = problem.pattern as NASpec;
+  const grid = problem.seqs[0]!.qGrid;
+  const rank = grid.length;
+  const longest = grid.map((L, a) => Math.ceil(L / na.dilation[a]!));
+  const dim = kind === 'qk' ? problem.dim : problem.dimV;
+  const w = dim % 4 === 0 ? 4 : 1;
+  const maxThreads = Math.min(limits.maxComputeInvocationsPerWorkgroup, limits.maxComputeWorkgroupSizeX);
+  const want = tileFor(problem.qTile, rank).map((t, a) => Math.min(t, longest[a]!));
+  // grow the smallest axis that can until the tile holds minRows queries
+  for (;;) {
+    const a = want.reduce((best, t, i) => (t < longest[i]! && (best < 0 || t < want[best]!) ? i : best), -1);
+    if (a < 0 || prod(want) >= tune.minRows) break;
+    want[a] = Math.min(2 * want[a]!, longest[a]!);
+  }
+  for (let rowCap = tune.maxRows; rowCap >= 1; rowCap = Math.floor(rowCap / 2)) {
+    const tile = fitTile(want, rowCap);
+    // rows and keys rounded up to powers of two: fewer distinct pipelines over problem shapes
+    const nq = Math.min(rowCap, pow2ceil(prod(tile)));
+    const rm = Math.min(tune.rm, nq);
+    const box = prod(tile.map((t, a) => Math.min(longest[a]!, t + na.kernelSize[a]! + na.stride[a]! - 2)));
+    for (let keyCap = tune.maxKeys; keyCap >= 1; keyCap = Math.floor(keyCap / 2)) {
+      const nk = Math.min(keyCap, pow2ceil(box));
+      const tx = Math.min(tune.tx, nk);
+      const spec: TiledSpec = {
+        kind,
+        rank,
+        dim,
+        w,
+        rows: roundUp(nq, rm),
+        keys: roundUp(nk, tx),
+        rm,
+        tx,
+        softcap: kind === 'qk' && problem.softcap > 0,
+        rpb: kind === 'qk' && problem.rpb !== undefined,
+        unroll: tune.unroll,
+      };
+      if (tiledWorkgroupBytes(spec) <= limits.maxComputeWorkgroupStorageSize && tiledThreads(spec) <= maxThreads) return { spec, tile };
+    }
+  }
+  throw new TilewiseError('dim', 'head dims are too large for this device’s workgroup memory', `${dim} with ${limits.maxComputeWorkgroupStorageSize} bytes`);
+}
+
+/** One dispatch of the pipeline, made synchronously from its bindings once the pipeline is compiled. */
+type Step<B> = (b: B, own: Own) => Launch;
+
+async function tiledStep(ctx: GpuContext, problem: AttnProblem, kind: 'qk' | 'av'): Promise<Step<readonly Bind[]>> {
+  const { device, limits } = ctx;
+  const { spec, tile } = planTiled(problem, kind, limits, tuningFor(ctx.adapterClass));
+  const pipeline = await getPipeline(device, kind === 'qk' ? naQKProgram : naAVProgram, spec);
+  const na = problem.pattern as NASpec;
+  const grid = problem.seqs[0]!.qGrid;
+  const items = problem.seqs.length * problem.heads * prod(na.dilation) * prod(grid.map((L, a) => Math.ceil(Math.ceil(L / na.dilation[a]!) / tile[a]!)));
+  return (bufs, own) => {
+    const groups = gridFor(items, limits, 'q');
+    const entries = [own(uniformBuffer(device, naParams(problem, items, groups[0], { tile, spec }))), ...bufs];
+    if (spec.rpb) entries.push(own(uploadBuffer(device, problem.rpb!.data, BufferUsage.STORAGE, 'tilewise rpb')));
+    return { pipeline, entries, groups };
+  };
+}
+
+/** naQK: q, k -> scores (attn). */
+const qkStep = async (ctx: GpuContext, problem: AttnProblem): Promise<Step<{ q: Bind; k: Bind; attn: Bind }>> => {
+  const step = await tiledStep(ctx, problem, 'qk');
+  return (b, own) => step([b.q, b.k, b.attn], own);
+};
+
+/** naAV: attn, v -> out. */
+const avStep = async (ctx: GpuContext, problem: AttnProblem): Promise<Step<{ attn: Bind; v: Bind; out: Bind }>> => {
+  const step = await tiledStep(ctx, problem, 'av');
+  return (b, own) => step([b.attn, b.v, b.out], own);
+};
+
+/** Row softmax: LSE of every row, and the rows normalised in place when `normalize`. */
+async function softmaxStep(ctx: GpuContext, problem: AttnProblem, normalize: boolean): Promise<Step<{ attn: Bind; lse: Bind }>> {
+  const { device, limits } = ctx;
+  const spec = { normalize, threads: Math.min(64, limits.maxComputeInvocationsPerWorkgroup) };
+  const pipeline = await getPipeline(device, naSoftmaxProgram, spec);
+  const total = problem.qRows * problem.heads;
+  return (b, own) => {
+    const groups = gridFor(Math.ceil(total / spec.threads), limits, 'q');
+    return { pipeline, entries: [own(uniformBuffer(device, naParams(problem, total, groups[0]))), b.attn, b.lse], groups };
+  };
+}
+
+function checkUnfused(problem: AttnProblem, limits: GpuLimits): void {
+  const why = naProblem(problem, 'unfused');
+  if (why !== true) throw new TilewiseError('webgpu', 'cannot run this problem', why);
+  checkAttnFits(problem, limits);
+  const fit = unfusedCanRun(problem, limits);
+  if (fit !== true) throw new TilewiseError('webgpu', 'cannot run this problem', fit);
+}
+
+const unfusedKernel: TensorKernel = async (ctx, problem, q, k, v, opts) => {
+  checkUnfused(problem, ctx.limits);
+  const [qk, softmax, av] = await Promise.all([qkStep(ctx, problem), softmaxStep(ctx, problem, true), avStep(ctx, problem)]);
+  return launchAttn(ctx, problem, q, k, v, opts, 'unfused', (io, own) => {
+    const attn = own(createBuffer(ctx.device, attnBytes(problem), BufferUsage.STORAGE, 'tilewise attn'));
+    return [qk({ q: io.q, k: io.k, attn }, own), softmax({ attn, lse: io.lse }, own), av({ attn, v: io.v, out: io.out }, own)];
+  });
+};
+
+/** Neighborhood attention with NATTEN's unfused pipeline on GPU tensors (nothing read back). */
+export function runWebGPUUnfusedTensors(problem: AttnProblem, q: GpuTensor, k: GpuTensor, v: GpuTensor, opts: KernelOptions = {}): Promise<{ out: GpuTensor; lse: GpuTensor }> {
+  return onDevice(unfusedKernel, problem, q, k, v, opts);
+}
+
+/** Neighborhood attention with NATTEN's unfused pipeline: host arrays in, out and lse back. */
+export function runWebGPUUnfused(problem: AttnProblem, q: Float32Array, k: Float32Array, v: Float32Array, opts: { poison?: boolean } = {}): Promise<{ out: Float32Array; lse: Float32Array }> {
+  return onHost(unfusedKernel, problem, q, k, v, opts);
+}
+
+type QKOptions = { poison?: boolean; attn?: GpuTensor; lse?: GpuTensor };
+type AVOptions = { poison?: boolean; out?: GpuTensor };
+
+async function naQKKernel(ctx: GpuContext, problem: AttnProblem, q: GpuTensor, k: GpuTensor, opts: QKOptions): Promise<{ attn: GpuTensor; lse: GpuTensor }> {
+  checkUnfused(problem, ctx.limits);
+  const { heads: H, kvHeads: Hk, dim: D, qRows, kRows } = problem;
+  const qb = bindingOf(q, qRows * H * D * 4, 'q');
+  const kb = bindingOf(k, kRows * Hk * D * 4, 'k');
+  const [qk, softmax] = await Promise.all([qkStep(ctx, problem), softmaxStep(ctx, problem, false)]);
+  const outs = [
+    { name: 'attn', shape: [qRows, H, windowVolume(problem)], empty: -Infinity, ...(opts.attn ? { given: opts.attn } : {}) },
+    { name: 'lse', shape: [qRows, H], empty: -Infinity, ...(opts.lse ? { given: opts.lse } : {}) },
+  ];
+  const [attn, lse] = await launch(ctx, 'naQK', outs, opts.poison ?? false, ([a, l], own) => [qk({ q: qb, k: kb, attn: a! }, own), softmax({ attn: a!, lse: l! }, own)]);
+  return { attn: attn!, lse: lse! };
+}
+
+async function naAVKernel(ctx: GpuContext, problem: AttnProblem, attn: GpuTensor, v: GpuTensor, opts: AVOptions): Promise<{ out: GpuTensor }> {
+  checkUnfused(problem, ctx.limits);
+  const { heads: H, kvHeads: Hk, dimV: DV, qRows, kRows } = problem;
+  const ab = bindingOf(attn, attnBytes(problem), 'attn');
+  const vb = bindingOf(v, kRows * Hk * DV * 4, 'v');
+  const av = await avStep(ctx, problem);
+  const outs = [{ name: 'out', shape: [qRows, H, DV], empty: 0, ...(opts.out ? { given: opts.out } : {}) }];
+  const [out] = await launch(ctx, 'naAV', outs, opts.poison ?? false, ([o], own) => av({ attn: ab, v: vb, out: o! }, own));
+  return { out: out! };
+}
+
+/**
+ * NATTEN's qk op on GPU tensors: scores attn [qRows, H, prod(kernelSize)] (-inf where a slot has
+ * no key) and the LSE of each row [qRows, H]. `problem` comes from planNA (its v is not read).
+ */
+export function runWebGPUNaQKTensors(problem: AttnProblem, q: GpuTensor, k: GpuTensor, opts: QKOptions = {}): Promise<{ attn: GpuTensor; lse: GpuTensor }> {
+  return withDevice((ctx) => naQKKernel(ctx, problem, q, k, opts));
+}
+
+/** NATTEN's av op on GPU tensors: weights attn [qRows, H, prod(kernelSize)] times v, out [qRows, H, Dv]. */
+export function runWebGPUNaAVTensors(problem: AttnProblem, attn: GpuTensor, v: GpuTensor, opts: AVOptions = {}): Promise<{ out: GpuTensor }> {
+  return withDevice((ctx) => naAVKernel(ctx, problem, attn, v, opts));
+}
+
+/** NATTEN's qk op: host arrays q, k in; scores and row LSE back. */
+export async function runWebGPUNaQK(problem: AttnProblem, q: Float32Array, k: Float32Array, opts: { poison?: boolean } = {}): Promise<{ attn: Float32Array; lse: Float32Array }> {
+  const { heads: H, kvHeads: Hk, dim: D, qRows, kRows } = problem;
+  const inputs = [
+    { name: 'q', data: q, shape: [qRows, H, D] },
+    { name: 'k', data: k, shape: [kRows, Hk, D] },
+  ];
+  const [attn, lse] = await onHostArrays(inputs, async (ctx, [qT, kT]) => {
+    const r = await naQKKernel(ctx, problem, qT!, kT!, opts);
+    return [r.attn, r.lse];
+  });
+  return { attn: attn!, lse: lse! };
+}
+
+/** NATTEN's av op: host arrays attn, v in; out back. */
+export async function runWebGPUNaAV(problem: AttnProblem, attn: Float32Array, v: Float32Array, opts: { poison?: boolean } = {}): Promise<Float32Array> {
+  const { heads: H, kvHeads: Hk, dimV: DV, qRows, kRows } = problem;
+  const inputs = [
+    { name: 'attn', data: attn, shape: [qRows, H, windowVolume(problem)] },
+    { name: 'v', data: v, shape: [kRows, Hk, DV] },
+  ];
+  const [out] = await onHostArrays(inputs, async (ctx, [aT, vT]) => [(await naAVKernel(ctx, problem, aT!, vT!, opts)).out]);
+  return out!;
 }

@@ -1,6 +1,7 @@
 /// <reference types="@webgpu/types" />
 import { TilewiseError, check } from '../errors.js';
 import type { AttnProblem } from '../problem.js';
+import { numel } from '../tensor.js';
 import { BufferUsage, type GpuContext, type GpuLimits, getContext, lossOr } from './device.js';
 import { type GpuTensor, createBuffer, readBuffers, releaseBuffer, uploadBuffer } from './tensor.js';
 import type { CachedPipeline } from './wgsl.js';
@@ -60,64 +61,71 @@ export function rpbLayout(kernel: readonly number[]): { strides: number[]; volum
   return { strides, volume: spans.reduce((x, y) => x * y, 1), base: kernel.reduce((acc, k, a) => acc + (k - 1) * strides[a]!, 0) };
 }
 
+/** The first binding (name, bytes) over what one storage binding may hold, as a reason; else true. */
+export function bindingsFit(sizes: readonly (readonly [string, number])[], limits: GpuLimits): true | string {
+  const max = Math.min(limits.maxStorageBufferBindingSize, limits.maxBufferSize);
+  for (const [name, bytes] of sizes) if (bytes > max) return `${name} takes ${bytes} bytes, more than the ${max} one binding may hold`;
+  return true;
+}
+
 /** Uniform bytes as a buffer the caller's `own` releases. */
 export const uniformBuffer = (device: GPUDevice, bytes: ArrayBuffer): GPUBuffer => uploadBuffer(device, new Uint8Array(bytes), BufferUsage.UNIFORM, 'tilewise params');
 
+/** An output a launch allocates (or takes from the caller), and what it holds when no workgroup runs. */
+export interface OutputSpec {
+  readonly name: string;
+  readonly shape: readonly number[];
+  readonly given?: GpuTensor;
+  readonly empty: number;
+}
+
 /**
- * Allocates (or takes) out and lse, then calls `prepare` synchronously between error-scope push
- * and pop (so concurrent calls cannot swap scopes) and submits its launch. Buffers passed to `own`
- * are released after the submit; the outputs are released too if anything failed.
+ * Allocates (or takes) the outputs, then calls `prepare` synchronously between error-scope push
+ * and pop (so concurrent calls cannot swap scopes) and submits its launches, in order, in one
+ * compute pass (WebGPU orders the dispatches' storage accesses). Buffers passed to `own` are
+ * released after the submit; the fresh outputs are released too if anything failed. When no
+ * launch has a workgroup, the outputs get their `empty` fill.
  */
-export async function launchAttn(
+export async function launch(
   ctx: GpuContext,
-  problem: AttnProblem,
-  q: GpuTensor,
-  k: GpuTensor,
-  v: GpuTensor,
-  opts: KernelOptions,
   name: string,
-  prepare: (io: AttnIO, own: (b: GPUBuffer) => GPUBuffer) => Launch,
-): Promise<{ out: GpuTensor; lse: GpuTensor }> {
+  outputs: readonly OutputSpec[],
+  poison: boolean,
+  prepare: (outs: GPUBufferBinding[], own: (b: GPUBuffer) => GPUBuffer) => Launch | readonly Launch[],
+): Promise<GpuTensor[]> {
   const { device } = ctx;
-  const { heads: H, kvHeads: Hk, dim: D, dimV: DV, qRows, kRows } = problem;
-  const outBytes = qRows * H * DV * 4;
-  const lseBytes = qRows * H * 4;
-  const inputs = { q: bindingOf(q, qRows * H * D * 4, 'q'), k: bindingOf(k, kRows * Hk * D * 4, 'k'), v: bindingOf(v, kRows * Hk * DV * 4, 'v') };
-  const outputs: GPUBuffer[] = [];
-  const fresh = (bytes: number, shape: number[], label: string): GpuTensor => {
-    const b = createBuffer(device, bytes, BufferUsage.STORAGE | BufferUsage.COPY_SRC | BufferUsage.COPY_DST, label);
-    outputs.push(b);
-    return { buffer: b, shape, offset: 0 };
-  };
-  const outT = opts.out ?? fresh(outBytes, [qRows, H, DV], 'tilewise out');
-  const lseT = opts.lse ?? fresh(lseBytes, [qRows, H], 'tilewise lse');
+  const fresh: GPUBuffer[] = [];
+  const ts = outputs.map((o): GpuTensor => {
+    if (o.given) return o.given;
+    const b = createBuffer(device, numel(o.shape) * 4, BufferUsage.STORAGE | BufferUsage.COPY_SRC | BufferUsage.COPY_DST, `tilewise ${o.name}`);
+    fresh.push(b);
+    return { buffer: b, shape: [...o.shape], offset: 0 };
+  });
   const temps: GPUBuffer[] = [];
   device.pushErrorScope('out-of-memory');
   device.pushErrorScope('validation');
   let failure: unknown;
   try {
-    const io: AttnIO = { ...inputs, out: bindingOf(outT, outBytes, 'out'), lse: bindingOf(lseT, lseBytes, 'lse') };
-    if (opts.poison) {
-      device.queue.writeBuffer(outT.buffer, outT.offset, new Float32Array(qRows * H * DV).fill(NaN));
-      device.queue.writeBuffer(lseT.buffer, lseT.offset, new Float32Array(qRows * H).fill(NaN));
-    }
-    const l = prepare(io, (b) => (temps.push(b), b));
-    if (l.groups[0] > 0) {
-      const bg = device.createBindGroup({
-        layout: l.pipeline.layout,
-        entries: l.entries.map((e, i) => ({ binding: i, resource: 'buffer' in e ? e : { buffer: e } })),
-      });
+    const binds = outputs.map((o, i) => bindingOf(ts[i]!, numel(o.shape) * 4, o.name));
+    const fill = (x: (o: OutputSpec) => number) =>
+      outputs.forEach((o, i) => device.queue.writeBuffer(ts[i]!.buffer, ts[i]!.offset, new Float32Array(numel(o.shape)).fill(x(o))));
+    if (poison) fill(() => NaN);
+    const ls = [prepare(binds, (b) => (temps.push(b), b))].flat().filter((l) => l.groups[0] > 0);
+    if (ls.length > 0) {
       const enc = device.createCommandEncoder();
       const pass = enc.beginComputePass();
-      pass.setPipeline(l.pipeline.pipeline);
-      pass.setBindGroup(0, bg);
-      pass.dispatchWorkgroups(l.groups[0], l.groups[1]);
+      for (const l of ls) {
+        const bg = device.createBindGroup({
+          layout: l.pipeline.layout,
+          entries: l.entries.map((e, i) => ({ binding: i, resource: 'buffer' in e ? e : { buffer: e } })),
+        });
+        pass.setPipeline(l.pipeline.pipeline);
+        pass.setBindGroup(0, bg);
+        pass.dispatchWorkgroups(l.groups[0], l.groups[1]);
+      }
       pass.end();
       device.queue.submit([enc.finish()]);
-    } else {
-      device.queue.writeBuffer(outT.buffer, outT.offset, new Float32Array(qRows * H * DV));
-      device.queue.writeBuffer(lseT.buffer, lseT.offset, new Float32Array(qRows * H).fill(-Infinity));
-    }
+    } else fill((o) => o.empty);
   } catch (e) {
     failure = e;
   }
@@ -132,25 +140,81 @@ export async function launchAttn(
         ? new TilewiseError('webgpu', `rejected the ${name} dispatch`, validation.message)
         : undefined);
   if (err) {
-    outputs.forEach(releaseBuffer);
+    fresh.forEach(releaseBuffer);
     throw err;
   }
-  return { out: outT, lse: lseT };
+  return ts;
+}
+
+/** `launch` for the attention kernels: q, k, v in, out [qRows, H, Dv] and lse [qRows, H] out. */
+export async function launchAttn(
+  ctx: GpuContext,
+  problem: AttnProblem,
+  q: GpuTensor,
+  k: GpuTensor,
+  v: GpuTensor,
+  opts: KernelOptions,
+  name: string,
+  prepare: (io: AttnIO, own: (b: GPUBuffer) => GPUBuffer) => Launch | readonly Launch[],
+): Promise<{ out: GpuTensor; lse: GpuTensor }> {
+  const { heads: H, kvHeads: Hk, dim: D, dimV: DV, qRows, kRows } = problem;
+  const inputs = { q: bindingOf(q, qRows * H * D * 4, 'q'), k: bindingOf(k, kRows * Hk * D * 4, 'k'), v: bindingOf(v, kRows * Hk * DV * 4, 'v') };
+  const outputs: OutputSpec[] = [
+    { name: 'out', shape: [qRows, H, DV], empty: 0, ...(opts.out ? { given: opts.out } : {}) },
+    { name: 'lse', shape: [qRows, H], empty: -Infinity, ...(opts.lse ? { given: opts.lse } : {}) },
+  ];
+  const [out, lse] = await launch(ctx, name, outputs, opts.poison ?? false, ([o, l], own) => prepare({ ...inputs, out: o!, lse: l! }, own));
+  return { out: out!, lse: lse! };
 }
 
 export type TensorKernel = (ctx: GpuContext, problem: AttnProblem, q: GpuTensor, k: GpuTensor, v: GpuTensor, opts: KernelOptions) => Promise<{ out: GpuTensor; lse: GpuTensor }>;
 
-/** A kernel on GPU tensors, with device loss turned into the backend's report. */
-export async function onDevice(kernel: TensorKernel, problem: AttnProblem, q: GpuTensor, k: GpuTensor, v: GpuTensor, opts: KernelOptions): Promise<{ out: GpuTensor; lse: GpuTensor }> {
+/** Work on the shared device, with device loss turned into the backend's report. */
+export async function withDevice<T>(fn: (ctx: GpuContext) => Promise<T>): Promise<T> {
   const ctx = await getContext();
   try {
-    return await kernel(ctx, problem, q, k, v, opts);
+    return await fn(ctx);
   } catch (e) {
     return lossOr(ctx, e);
   }
 }
 
-/** A kernel on host arrays: uploads q, k, v, runs it, reads out and lse back, frees everything. */
+/** An attention kernel on GPU tensors. */
+export function onDevice(kernel: TensorKernel, problem: AttnProblem, q: GpuTensor, k: GpuTensor, v: GpuTensor, opts: KernelOptions): Promise<{ out: GpuTensor; lse: GpuTensor }> {
+  return withDevice((ctx) => kernel(ctx, problem, q, k, v, opts));
+}
+
+/**
+ * Kernels on host arrays: uploads the inputs, runs `kernel` on them, reads its output tensors back
+ * and frees everything (device loss turned into the backend's report).
+ */
+export async function onHostArrays(
+  inputs: readonly { readonly name: string; readonly data: Float32Array; readonly shape: readonly number[] }[],
+  kernel: (ctx: GpuContext, ins: GpuTensor[]) => Promise<GpuTensor[]>,
+): Promise<Float32Array[]> {
+  for (const x of inputs) check(x.data.length === numel(x.shape), x.name, `length must be ${x.shape.join(' * ')}`, `${x.data.length}`);
+  const ctx = await getContext();
+  const { device } = ctx;
+  const ins: GPUBuffer[] = [];
+  let res: GpuTensor[] = [];
+  try {
+    const ts = inputs.map((x): GpuTensor => {
+      const b = uploadBuffer(device, x.data, BufferUsage.STORAGE, `tilewise ${x.name}`);
+      ins.push(b);
+      return { buffer: b, shape: x.shape, offset: 0 };
+    });
+    res = await kernel(ctx, ts);
+    const bytes = await readBuffers(device, res.map((t) => ({ buffer: t.buffer, bytes: numel(t.shape) * 4, offset: t.offset })));
+    return bytes.map((b) => new Float32Array(b));
+  } catch (e) {
+    return await lossOr(ctx, e);
+  } finally {
+    ins.forEach(releaseBuffer);
+    res.forEach((t) => releaseBuffer(t.buffer));
+  }
+}
+
+/** An attention kernel on host arrays: q, k, v in, out and lse back. */
 export async function onHost(
   kernel: TensorKernel,
   problem: AttnProblem,
@@ -160,35 +224,16 @@ export async function onHost(
   opts: { poison?: boolean },
 ): Promise<{ out: Float32Array; lse: Float32Array }> {
   const { heads: H, kvHeads: Hk, dim: D, dimV: DV, qRows, kRows } = problem;
-  check(q.length === qRows * H * D, 'q', 'length must be qRows * heads * dim', `${q.length}`);
-  check(k.length === kRows * Hk * D, 'k', 'length must be kRows * kvHeads * dim', `${k.length}`);
-  check(v.length === kRows * Hk * DV, 'v', 'length must be kRows * kvHeads * dimV', `${v.length}`);
-  const ctx = await getContext();
-  const { device } = ctx;
-  const ins: GPUBuffer[] = [];
-  let res: { out: GpuTensor; lse: GpuTensor } | undefined;
-  try {
-    const up = (a: Float32Array, shape: number[], name: string): GpuTensor => {
-      const b = uploadBuffer(device, a, BufferUsage.STORAGE, `tilewise ${name}`);
-      ins.push(b);
-      return { buffer: b, shape, offset: 0 };
-    };
-    const qT = up(q, [qRows, H, D], 'q');
-    const kT = up(k, [kRows, Hk, D], 'k');
-    const vT = up(v, [kRows, Hk, DV], 'v');
-    res = await kernel(ctx, problem, qT, kT, vT, opts);
-    const [o, l] = await readBuffers(device, [
-      { buffer: res.out.buffer, bytes: qRows * H * DV * 4 },
-      { buffer: res.lse.buffer, bytes: qRows * H * 4 },
-    ]);
-    return { out: new Float32Array(o!), lse: new Float32Array(l!) };
-  } catch (e) {
-    return await lossOr(ctx, e);
-  } finally {
-    ins.forEach(releaseBuffer);
-    if (res) {
-      releaseBuffer(res.out.buffer);
-      releaseBuffer(res.lse.buffer);
-    }
-  }
+  const [out, lse] = await onHostArrays(
+    [
+      { name: 'q', data: q, shape: [qRows, H, D] },
+      { name: 'k', data: k, shape: [kRows, Hk, D] },
+      { name: 'v', data: v, shape: [kRows, Hk, DV] },
+    ],
+    async (ctx, [qT, kT, vT]) => {
+      const r = await kernel(ctx, problem, qT!, kT!, vT!, opts);
+      return [r.out, r.lse];
+    },
+  );
+  return { out: out!, lse: lse! };
 }

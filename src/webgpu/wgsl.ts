@@ -25,13 +25,48 @@ export type BindingKind = 'uniform' | 'read' | 'readwrite';
 export interface Program<S, U extends UniformDecl> {
   readonly name: string;
   readonly uniforms: UniformLayout<U>;
-  bindings(spec: S): readonly { name: string; kind: BindingKind; type: string }[];
+  bindings(spec: S): readonly Binding[];
   workgroupSize(spec: S): number;
   generate(spec: S): string;
 }
 
+export interface Binding {
+  readonly name: string;
+  readonly kind: BindingKind;
+  readonly type: string;
+}
+
+/** The WGSL element type of rows read `w` floats at a time. */
+export const vecType = (w: 1 | 4): string => (w === 4 ? 'vec4<f32>' : 'f32');
+
+/** Uniforms, q, k, v, out and lse: the bindings every attention forward kernel starts with. */
+export function attnBindings(wq: 1 | 4, wv: 1 | 4): Binding[] {
+  return [
+    { name: 'P', kind: 'uniform', type: 'Params' },
+    { name: 'q', kind: 'read', type: `array<${vecType(wq)}>` },
+    { name: 'k', kind: 'read', type: `array<${vecType(wq)}>` },
+    { name: 'v', kind: 'read', type: `array<${vecType(wv)}>` },
+    { name: 'out', kind: 'readwrite', type: `array<${vecType(wv)}>` },
+    { name: 'lse', kind: 'readwrite', type: 'array<f32>' },
+  ];
+}
+
+/**
+ * The head of every generated kernel: a title with its spec, the `Params` struct of the program's
+ * uniforms, its binding declarations and compile-time `u32` constants.
+ */
+export function prologue<S, U extends UniformDecl>(program: Program<S, U>, spec: S, consts: Readonly<Record<string, number>>): string {
+  return `// tilewise ${program.name} (generated): ${JSON.stringify(spec)}
+${program.uniforms.wgsl('Params')}
+${bindingDecls(program.bindings(spec))}
+
+${Object.entries(consts)
+  .map(([n, x]) => `const ${n}: u32 = ${x}u;`)
+  .join('\n')}`;
+}
+
 /** `var<...> name: type;` lines for a program's bindings; binding 0 is the uniform struct `Params`. */
-export function bindingDecls(bs: readonly { name: string; kind: BindingKind; type: string }[]): string {
+export function bindingDecls(bs: readonly Binding[]): string {
   return bs
     .map((b, i) => {
       const space = b.kind === 'uniform' ? 'uniform' : b.kind === 'read' ? 'storage, read' : 'storage, read_write';
