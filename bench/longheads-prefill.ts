@@ -24,6 +24,12 @@ const lengths = values.lengths!.split(',').map(Number);
 const [budget, chunk, H, D] = [values.budget, values.chunk, values.heads, values.dim].map(Number) as [number, number, number, number];
 const backend = values.backend as BackendName;
 const rows: { n: number; lh: number; full?: number }[] = [];
+{
+  // warm-up: worker threads, JIT, RoPE tables
+  const w = randn([1, 2 * budget, H, D], 9);
+  await longHeadsAttention(w, w, w, { chunkSize: chunk, budget, backend });
+  await attention(w, w, w, { causal: true, rope: {}, backend });
+}
 for (const n of lengths) {
   const q = randn([1, n, H, D], 1);
   const k = randn([1, n, H, D], 2);
