@@ -11,9 +11,11 @@ class Rows {
   length = 0;
   constructor(readonly width: number) {}
   push(src: Float32Array): void {
-    const need = (this.length + src.length / this.width) * this.width;
-    if (need > this.data.length) {
-      const grown = new Float32Array(new SharedArrayBuffer(Math.max(need, 2 * this.data.length, 256 * this.width) * 4));
+    const rows = this.length + src.length / this.width;
+    if (rows * this.width > this.data.length) {
+      // headroom, so a decode loop after a long append does not copy the whole cache on its first step
+      const cap = Math.max(Math.ceil(rows * 1.25), (2 * this.data.length) / this.width, 256);
+      const grown = new Float32Array(new SharedArrayBuffer(cap * this.width * 4));
       grown.set(this.data.subarray(0, this.length * this.width));
       this.data = grown;
     }
