@@ -1,6 +1,8 @@
-/** The WebGPU backend: device management, the fused forward kernel, NATTEN's naive kernel and GPU tensor helpers. */
-export { getContext, getDevice, setDevice, webgpuAvailable, type GpuContext, type GpuLimits } from './device.js';
+/** The WebGPU backend: device management, the fused forward kernel, NATTEN's naive kernel, GPU tensor helpers, GPU timing and stored tunings. */
+export { OPTIONAL_FEATURES, getContext, getDevice, setDevice, webgpuAvailable, type GpuContext, type GpuLimits } from './device.js';
 export { FUSED_TUNING, fusedCanRun, runWebGPUFused, runWebGPUFusedTensors, setFusedTuning, type FusedGpuOptions, type FusedTuning } from './fused.js';
 export { naiveCanRun, runWebGPUNaive, runWebGPUNaiveTensors } from './na.js';
 export { type KernelOptions } from './run.js';
-export { bufferStats, fromGpu, releaseTensor, toGpu, wrapBuffer, type GpuTensor } from './tensor.js';
+export { bufferStats, fromGpu, releaseTensor, resetPeakBytes, toGpu, wrapBuffer, type GpuTensor } from './tensor.js';
+export { GpuTimer } from './timing.js';
+export { setTuningFile, type TuningEntry } from './tuning.js';

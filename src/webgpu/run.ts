@@ -17,6 +17,13 @@ export interface KernelOptions {
   /** Destinations (else fresh buffers the caller releases with `releaseTensor`). */
   readonly out?: GpuTensor;
   readonly lse?: GpuTensor;
+  /** Records GPU timestamps around every compute pass the kernel runs (the profiler's timer). */
+  readonly timer?: PassTimer;
+}
+
+/** Hands out timestamp writes for compute passes (timing.ts GpuTimer); undefined when it has no room. */
+export interface PassTimer {
+  passWrites(): GPUComputePassTimestampWrites | undefined;
 }
 
 /** Bindings of q, k, v, out, lse, ready for a bind group. */
@@ -108,7 +115,8 @@ export async function launchAttn(
         entries: l.entries.map((e, i) => ({ binding: i, resource: 'buffer' in e ? e : { buffer: e } })),
       });
       const enc = device.createCommandEncoder();
-      const pass = enc.beginComputePass();
+      const timestampWrites = opts.timer?.passWrites();
+      const pass = enc.beginComputePass(timestampWrites ? { timestampWrites } : {});
       pass.setPipeline(l.pipeline.pipeline);
       pass.setBindGroup(0, bg);
       pass.dispatchWorkgroups(l.groups[0], l.groups[1]);
