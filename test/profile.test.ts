@@ -24,6 +24,9 @@ test('profile flags: backend lists, the quick suite only without problem flags, 
   assert.deepEqual(t.args.backends, ['webgpu']);
   assert.equal(t.args.tuningFile, '/tmp/t.json');
   assert.throws(() => parseProfileArgs(['--tune', '--backend', 'cpu']), (e: unknown) => e instanceof TilewiseError && e.arg === '--tune');
+  assert.equal(parseProfileArgs([]).args.gpuTiming, 'auto');
+  assert.equal(parseProfileArgs(['--gpu-timing', 'wall']).args.gpuTiming, 'wall');
+  assert.throws(() => parseProfileArgs(['--gpu-timing', 'cuda']), (e: unknown) => e instanceof TilewiseError && e.arg === '--gpu-timing');
 });
 
 test('a row whose backend cannot run it becomes n/a with the reason; other errors propagate', async () => {
@@ -87,4 +90,8 @@ test('GPU: profileCase on CPU and WebGPU in one run (NA, block-sparse): no crash
     }
     assert.match(formatComparison(reports), /cpu\/webgpu/);
   }
+  // --gpu-timing wall: end-to-end wall-clock even where timestamps exist
+  const [wall] = await profileCase({ ...tinyNA, gpuTiming: 'wall' }, targets.slice(1), quiet);
+  checkRows(wall!);
+  assert.ok(wall!.results.filter((r) => r.ms !== null && ['naive', 'fused', 'dense-fused'].includes(r.impl)).every((r) => r.timing === 'wall-gpu'));
 });

@@ -25,6 +25,8 @@ export interface ProfileArgs {
   /** Hill-climbing rounds of `--tune` (each tries every one-knob neighbour of the best so far). */
   tuneRounds: number;
   tuningFile?: string;
+  /** WebGPU timing: GPU timestamps when the device has them ('auto'), or always wall-clock ('wall', end to end). */
+  gpuTiming: 'auto' | 'wall';
 }
 
 const dims = (s: string, name: string): number[] => {
@@ -59,6 +61,7 @@ export function parseProfileArgs(argv: string[]): { args: ProfileArgs; quick: bo
       tune: { type: 'boolean', default: false },
       'tune-rounds': { type: 'string', default: '3' },
       'tuning-file': { type: 'string' },
+      'gpu-timing': { type: 'string', default: 'auto' },
     },
     strict: true,
   });
@@ -80,6 +83,8 @@ export function parseProfileArgs(argv: string[]): { args: ProfileArgs; quick: bo
   const density = Number(values.density ?? '0.25');
   if (!(density > 0 && density <= 1)) throw new TilewiseError('--density', 'must be in (0, 1]', values.density);
   const int = (s: string | undefined, name: string) => dims(s!, name)[0]!;
+  const gpuTiming = values['gpu-timing']!;
+  if (gpuTiming !== 'auto' && gpuTiming !== 'wall') throw new TilewiseError('--gpu-timing', "must be 'auto' (timestamps when available) or 'wall'", gpuTiming);
   if (values.tune && backends.includes('cpu')) throw new TilewiseError('--tune', 'tunes the WebGPU kernel: use it with --backend webgpu');
   return {
     quick,
@@ -101,6 +106,7 @@ export function parseProfileArgs(argv: string[]): { args: ProfileArgs; quick: bo
       json: values.json!,
       tune: values.tune!,
       tuneRounds: int(values['tune-rounds'], 'tune-rounds'),
+      gpuTiming,
       ...(values.threads ? { threads: int(values.threads, 'threads') } : {}),
       ...(values['tuning-file'] ? { tuningFile: values['tuning-file'] } : {}),
     },

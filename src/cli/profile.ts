@@ -139,7 +139,7 @@ function cpuPeakBytes(impl: KernelImpl, p: AttnProblem): number {
 
 const refBytes = (p: AttnProblem, sampled: number): number => sampled * p.heads * (p.dimV + 1) * 8 + p.qRows * p.heads * (p.dimV + 1) * 8 + p.kRows * 8;
 
-function runnerFor(t: Target, c: Case, impl: KernelImpl, io: GpuIO | undefined): Runner {
+function runnerFor(t: Target, c: Case, impl: KernelImpl, io: GpuIO | undefined, wall: boolean): Runner {
   if (t.name === 'cpu') {
     const r = apiRunner(() => c.api(impl, 'cpu'), 'wall');
     r.measuredBytes = cpuPeakBytes(impl, c.problem);
@@ -148,11 +148,11 @@ function runnerFor(t: Target, c: Case, impl: KernelImpl, io: GpuIO | undefined):
   const { gpu } = t;
   switch (impl) {
     case 'fused':
-      return tensorRunner(t, io!, c.problem, gpu.runWebGPUFusedTensors);
+      return tensorRunner(t, io!, c.problem, gpu.runWebGPUFusedTensors, wall);
     case 'dense-fused':
-      return tensorRunner(t, io!, c.dense, gpu.runWebGPUFusedTensors);
+      return tensorRunner(t, io!, c.dense, gpu.runWebGPUFusedTensors, wall);
     case 'naive':
-      return tensorRunner(t, io!, c.problem, gpu.runWebGPUNaiveTensors);
+      return tensorRunner(t, io!, c.problem, gpu.runWebGPUNaiveTensors, wall);
     case 'unfused':
       // no GPU-tensor entry point for the unfused family: through the API, transfers included
       return apiRunner(() => c.api(impl, 'webgpu'), 'wall+io', { mod: gpu, ioBytes: io!.bytes });
@@ -233,12 +233,12 @@ export async function profileCase(a: ProfileArgs, targets: readonly Target[], on
       for (const impl of c.impls) {
         onStep(`${t.name} ${impl}`);
         const dense = impl === 'dense-fused';
-        results.push(await measure(() => runnerFor(t, c, impl, io), impl, dense ? c.denseUseful : c.useful, p, a.repeat, dense ? undefined : ref));
+        results.push(await measure(() => runnerFor(t, c, impl, io, a.gpuTiming === 'wall'), impl, dense ? c.denseUseful : c.useful, p, a.repeat, dense ? undefined : ref));
       }
     } finally {
       io?.release();
     }
-    const { tune: _t, tuneRounds: _r, backends: _b, json: _j, ...problem } = a;
+    const { tune: _t, tuneRounds: _r, backends: _b, json: _j, gpuTiming: _g, ...problem } = a;
     reports.push({ backend: t.name, device: targetInfo(t), label: c.label, problem: { ...problem, label: c.label }, results });
   }
   return reports;
@@ -316,7 +316,7 @@ function timingLegend(reports: readonly ProfileReport[]): string[] {
     sampled: 'reference (float64, CPU) timed on a row subsample and scaled to all rows (*); relErr on sampled rows vs float64',
     wall: 'wall-clock per call',
     'gpu-ts': 'GPU timestamps: sum of the compute passes of a call (the CPU-side schedule build is not included)',
-    'wall-gpu': 'wall-clock per call on GPU-resident inputs until the queue is idle (the device has no timestamp-query)',
+    'wall-gpu': 'wall-clock per call on GPU-resident inputs until the queue is idle, schedule build included (--gpu-timing wall, or no timestamp-query)',
     'wall+io': 'wall-clock per call through the public API, uploads and readback included',
   };
   const used = new Set(reports.flatMap((r) => r.results.filter((x) => x.ms !== null).map((x) => x.timing)));

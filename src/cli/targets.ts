@@ -128,12 +128,12 @@ type TensorCall = (p: AttnProblem, q: GpuTensor, k: GpuTensor, v: GpuTensor, o: 
 
 /**
  * A kernel on the case's GPU tensors, writing into the shared destinations. Timed by timestamps
- * when the device has them and the kernel recorded a pass in the checked run, else by wall-clock
- * until the queue is idle.
+ * when the device has them and the kernel recorded a pass in the checked run, else (or when `wall`)
+ * by wall-clock until the queue is idle.
  */
-export function tensorRunner(t: GpuTarget, io: GpuIO, problem: AttnProblem, call: TensorCall): Runner {
+export function tensorRunner(t: GpuTarget, io: GpuIO, problem: AttnProblem, call: TensorCall, wall = false): Runner {
   const { gpu, ctx } = t;
-  const timer = gpu.GpuTimer.supported(ctx) ? new gpu.GpuTimer(ctx) : undefined;
+  const timer = !wall && gpu.GpuTimer.supported(ctx) ? new gpu.GpuTimer(ctx) : undefined;
   const dest = { out: io.out, lse: io.lse };
   const r: Runner = {
     timing: timer ? 'gpu-ts' : 'wall-gpu',

@@ -66,7 +66,7 @@ export async function tune(a: ProfileArgs, target: GpuTarget, onStep: (what: str
     if (known) return known;
     onStep(`round ${round}: ${JSON.stringify(t)}`);
     setFusedTuning(t);
-    const result = await measure(() => tensorRunner(target, io, p, runWebGPUFusedTensors), 'fused', c.useful, p, a.repeat, ref);
+    const result = await measure(() => tensorRunner(target, io, p, runWebGPUFusedTensors, a.gpuTiming === 'wall'), 'fused', c.useful, p, a.repeat, ref);
     const s = plan.spec;
     const row: TuneRow = {
       round,
