@@ -3,7 +3,7 @@ import { TilewiseError } from '../errors.js';
 import { cpuThreads, setCpuThreads } from '../cpu/pool.js';
 import { type ProfileArgs, parseProfileArgs } from './args.js';
 import { type ProfileReport, QUICK_SUITE, caseSteps, footer, formatComparison, formatTable, profileCase, progressBar } from './profile.js';
-import { resolveTargets } from './targets.js';
+import { type Target, resolveTargets } from './targets.js';
 
 const USAGE = `usage: tilewise profile [--backend cpu|webgpu|auto|cpu,webgpu] [--pattern dense|causal|window|na|blocksparse]
                         [--shape 32x32] [--batch 1] [--heads 4] [--dim 32] [--kernel 7|7x5]
@@ -47,10 +47,10 @@ async function profile(argv: string[]): Promise<void> {
   console.log(footer(targets, reports, notes));
 }
 
-async function tuneCommand(args: ProfileArgs, target: Awaited<ReturnType<typeof resolveTargets>>['targets'][number]): Promise<void> {
+async function tuneCommand(args: ProfileArgs, target: Target): Promise<void> {
   if (target.name !== 'webgpu') throw new TilewiseError('--tune', 'needs the WebGPU backend');
   const { formatTune, tune } = await import('./tune.js');
-  const bar = progressBar(1 + 9 * args.tuneRounds + 1);
+  const bar = progressBar(1 + 9 * args.tuneRounds + 1); // reference, then at most 9 neighbours a round plus the start
   let report;
   try {
     report = await tune(args, target, bar.step);
