@@ -1,8 +1,11 @@
 import { parseArgs } from 'node:util';
 import { TilewiseError } from '../errors.js';
 
+export type BackendChoice = 'cpu' | 'webgpu' | 'auto';
+
 export interface ProfileArgs {
-  backend: 'cpu' | 'auto';
+  /** One or more backends (`--backend webgpu,cpu`): every case is profiled on each, same inputs. */
+  backends: BackendChoice[];
   pattern: 'dense' | 'causal' | 'window' | 'na' | 'blocksparse';
   shape: number[];
   batch: number;
@@ -17,6 +20,13 @@ export interface ProfileArgs {
   repeat: number;
   json: boolean;
   threads?: number;
+  /** Tune the WebGPU fused kernel's blocking on this problem and store the winner. */
+  tune: boolean;
+  /** Hill-climbing rounds of `--tune` (each tries every one-knob neighbour of the best so far). */
+  tuneRounds: number;
+  tuningFile?: string;
+  /** WebGPU timing: GPU timestamps when the device has them ('auto'), or always wall-clock ('wall', end to end). */
+  gpuTiming: 'auto' | 'wall';
 }
 
 const dims = (s: string, name: string): number[] => {
@@ -25,63 +35,80 @@ const dims = (s: string, name: string): number[] => {
   return v;
 };
 
-/** Parses `tilewise profile` flags; `quick` is true when none were given (run the quick suite). */
+/** Flags that define the problem: without any of them (and without --tune) the quick suite runs. */
+const PROBLEM_FLAGS = ['pattern', 'shape', 'batch', 'heads', 'dim', 'kernel', 'dilation', 'stride', 'causal', 'window', 'density'] as const;
+
+/** Parses `tilewise profile` flags; `quick` is true when no problem was given (run the quick suite). */
 export function parseProfileArgs(argv: string[]): { args: ProfileArgs; quick: boolean } {
   const { values } = parseArgs({
     args: argv,
     options: {
       backend: { type: 'string', default: 'auto' },
-      pattern: { type: 'string', default: 'na' },
-      shape: { type: 'string', default: '32x32' },
-      batch: { type: 'string', default: '1' },
-      heads: { type: 'string', default: '4' },
-      dim: { type: 'string', default: '32' },
-      kernel: { type: 'string', default: '7' },
-      dilation: { type: 'string', default: '1' },
-      stride: { type: 'string', default: '1' },
-      causal: { type: 'boolean', default: false },
-      window: { type: 'string', default: '128,128' },
-      density: { type: 'string', default: '0.25' },
+      pattern: { type: 'string' },
+      shape: { type: 'string' },
+      batch: { type: 'string' },
+      heads: { type: 'string' },
+      dim: { type: 'string' },
+      kernel: { type: 'string' },
+      dilation: { type: 'string' },
+      stride: { type: 'string' },
+      causal: { type: 'boolean' },
+      window: { type: 'string' },
+      density: { type: 'string' },
       repeat: { type: 'string', default: '3' },
       threads: { type: 'string' },
       json: { type: 'boolean', default: false },
+      tune: { type: 'boolean', default: false },
+      'tune-rounds': { type: 'string', default: '3' },
+      'tuning-file': { type: 'string' },
+      'gpu-timing': { type: 'string', default: 'auto' },
     },
     strict: true,
   });
-  const quick = argv.filter((a) => a !== '--json').length === 0;
-  const backend = values.backend as string;
-  if (backend !== 'cpu' && backend !== 'auto') throw new TilewiseError('--backend', "must be 'cpu' or 'auto'", backend);
-  const pattern = values.pattern as string;
+  const quick = !values.tune && PROBLEM_FLAGS.every((f) => values[f] === undefined);
+  const backends = [...new Set(values.backend!.split(','))];
+  for (const b of backends)
+    if (b !== 'cpu' && b !== 'webgpu' && b !== 'auto') throw new TilewiseError('--backend', "must be 'cpu', 'webgpu' or 'auto', or a comma-separated list of them", values.backend);
+  const pattern = values.pattern ?? 'na';
   if (!['dense', 'causal', 'window', 'na', 'blocksparse'].includes(pattern))
     throw new TilewiseError('--pattern', 'must be dense|causal|window|na|blocksparse', pattern);
-  const shape = dims(values.shape!, 'shape');
+  const shape = dims(values.shape ?? '32x32', 'shape');
   const expand = (s: string, name: string) => {
     const v = dims(s, name);
     return v.length === 1 ? new Array<number>(shape.length).fill(v[0]!) : v;
   };
-  const win = values.window!.split(',').map(Number);
-  if (win.length !== 2 || win.some((x) => !Number.isInteger(x) || x < -1)) throw new TilewiseError('--window', 'must be two integers l,r (-1 = unbounded)', values.window);
-  const density = Number(values.density);
+  const winText = values.window ?? '128,128';
+  const win = winText.split(',').map(Number);
+  if (win.length !== 2 || win.some((x) => !Number.isInteger(x) || x < -1)) throw new TilewiseError('--window', 'must be two integers l,r (-1 = unbounded)', winText);
+  const density = Number(values.density ?? '0.25');
   if (!(density > 0 && density <= 1)) throw new TilewiseError('--density', 'must be in (0, 1]', values.density);
   const int = (s: string | undefined, name: string) => dims(s!, name)[0]!;
+  const gpuTiming = values['gpu-timing']!;
+  if (gpuTiming !== 'auto' && gpuTiming !== 'wall') throw new TilewiseError('--gpu-timing', "must be 'auto' (timestamps when available) or 'wall'", gpuTiming);
+  if (values.tune && backends.includes('cpu')) throw new TilewiseError('--tune', 'tunes the WebGPU kernel: use it with --backend webgpu');
   return {
     quick,
     args: {
-      backend,
+      // tuning is for the WebGPU kernel whatever the adapter: 'auto' would pick the CPU on a software one
+      backends: values.tune ? ['webgpu'] : (backends as BackendChoice[]),
       pattern: pattern as ProfileArgs['pattern'],
       shape,
-      batch: int(values.batch, 'batch'),
-      heads: int(values.heads, 'heads'),
-      dim: int(values.dim, 'dim'),
-      kernel: expand(values.kernel!, 'kernel'),
-      dilation: expand(values.dilation!, 'dilation'),
-      stride: expand(values.stride!, 'stride'),
-      causal: values.causal!,
+      batch: int(values.batch ?? '1', 'batch'),
+      heads: int(values.heads ?? '4', 'heads'),
+      dim: int(values.dim ?? '32', 'dim'),
+      kernel: expand(values.kernel ?? '7', 'kernel'),
+      dilation: expand(values.dilation ?? '1', 'dilation'),
+      stride: expand(values.stride ?? '1', 'stride'),
+      causal: values.causal ?? false,
       window: [win[0]!, win[1]!],
       density,
       repeat: int(values.repeat, 'repeat'),
       json: values.json!,
+      tune: values.tune!,
+      tuneRounds: int(values['tune-rounds'], 'tune-rounds'),
+      gpuTiming,
       ...(values.threads ? { threads: int(values.threads, 'threads') } : {}),
+      ...(values['tuning-file'] ? { tuningFile: values['tuning-file'] } : {}),
     },
   };
 }

@@ -1,14 +1,21 @@
 #!/usr/bin/env node
 import { TilewiseError } from '../errors.js';
+import { cpuThreads, setCpuThreads } from '../cpu/pool.js';
 import { type ProfileArgs, parseProfileArgs } from './args.js';
 import { formatEvalRow, parseEvalArgs, runEval } from './longheads-eval.js';
-import { QUICK_SUITE, formatTable, profileCase, progressBar } from './profile.js';
+import { type ProfileReport, QUICK_SUITE, caseSteps, footer, formatComparison, formatTable, profileCase, progressBar } from './profile.js';
+import { type Target, resolveTargets } from './targets.js';
 
-const USAGE = `usage: tilewise profile [--backend cpu|auto] [--pattern dense|causal|window|na|blocksparse]
+const USAGE = `usage: tilewise profile [--backend cpu|webgpu|auto|cpu,webgpu] [--pattern dense|causal|window|na|blocksparse]
                         [--shape 32x32] [--batch 1] [--heads 4] [--dim 32] [--kernel 7|7x5]
                         [--dilation 1] [--stride 1] [--causal] [--window l,r] [--density 0.25]
-                        [--repeat 3] [--threads N] [--json]
-With no flags it runs a quick suite (under a minute on 2 cores).
+                        [--repeat 3] [--threads N] [--json] [--gpu-timing auto|wall]
+                        [--tune [--tune-rounds 3]] [--tuning-file PATH]
+Without a problem flag it runs a quick suite (under a minute on 2 cores, CPU).
+A backend list profiles every case on each backend (same inputs) and prints their time ratios.
+--tune (WebGPU) searches the fused kernel's blocking on the given problem and stores the winner for
+the adapter in the tuning file (--tuning-file, else $TILEWISE_TUNING, else ~/.cache/tilewise/tuning.json),
+which the WebGPU backend reads whenever it acquires a device.
 
        tilewise longheads-eval [--backend cpu|webgpu|auto] [--lengths 4096,8192,...] [--trials 20]
                         [--budget 4096] [--chunk 256] [--heads 2] [--dim 64] [--rope-base 500000]
@@ -17,19 +24,47 @@ Attention-level passkey retrieval: full causal attention vs a budget-sized slidi
 
 async function profile(argv: string[]): Promise<void> {
   const { args, quick } = parseProfileArgs(argv);
+  if (args.threads) setCpuThreads(args.threads);
+  if (args.tuningFile) {
+    // before anything acquires the device, which is when the file is read
+    const { setTuningFile } = await import('../webgpu/tuning.js');
+    setTuningFile(args.tuningFile);
+  }
+  const { targets, notes } = await resolveTargets(args.backends, cpuThreads);
+  if (args.tune) return tuneCommand(args, targets[0]!);
   const cases: ProfileArgs[] = quick ? QUICK_SUITE.map((c) => ({ ...args, ...c })) : [args];
-  const steps = cases.reduce((n, c) => n + (c.pattern === 'na' ? 5 : 3), 0);
-  const bar = progressBar(steps);
-  const reports = [];
-  for (const c of cases) reports.push(await profileCase(c, bar.step));
-  bar.stop();
+  const bar = progressBar(cases.reduce((n, c) => n + caseSteps(c, targets.length), 0));
+  const perCase: ProfileReport[][] = [];
+  try {
+    for (const c of cases) perCase.push(await profileCase(c, targets, bar.step));
+  } finally {
+    bar.stop();
+  }
+  const reports = perCase.flat();
   if (args.json) {
-    const out = reports.map(({ label: _l, ...r }) => r);
-    console.log(JSON.stringify(quick ? out : out[0], null, 1));
+    for (const n of notes) console.error(`tilewise: ${n}`);
+    console.log(JSON.stringify(reports.length === 1 ? reports[0] : reports, null, 1));
     return;
   }
-  for (const r of reports) console.log(`${formatTable(r.label, r.results)}\n`);
-  console.log(`backend: cpu (${reports[0]!.problem['threads']} threads). * reference timed on a row subsample and scaled to all rows; relErr on sampled rows vs float64.`);
+  for (const rs of perCase) {
+    for (const r of rs) console.log(`${formatTable(`${r.label} [${r.backend}]`, r.results)}\n`);
+    if (rs.length > 1) console.log(`${formatComparison(rs)}\n`);
+  }
+  console.log(footer(targets, reports, notes));
+}
+
+async function tuneCommand(args: ProfileArgs, target: Target): Promise<void> {
+  if (target.name !== 'webgpu') throw new TilewiseError('--tune', 'needs the WebGPU backend');
+  const { formatTune, tune } = await import('./tune.js');
+  const bar = progressBar(1 + 9 * args.tuneRounds + 1); // reference, then at most 9 neighbours a round plus the start
+  let report;
+  try {
+    report = await tune(args, target, bar.step);
+  } finally {
+    bar.stop();
+  }
+  if (args.json) console.log(JSON.stringify(report, null, 1));
+  else console.log(formatTune(report));
 }
 
 async function longHeadsEval(argv: string[]): Promise<void> {

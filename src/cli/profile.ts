@@ -3,24 +3,33 @@ import { type Result, attention, blockSparseAttention, neighborhoodAttention, pl
 import { scratchBytes } from '../cpu/kernels.js';
 import { cpuThreads, setCpuThreads } from '../cpu/pool.js';
 import { windowVolume } from '../cpu/na.js';
+import { TilewiseError } from '../errors.js';
 import { type CompiledPattern, compilePattern } from '../patterns/compile.js';
 import type { AttnProblem } from '../problem.js';
 import { referenceAttention } from '../reference.js';
 import { type Tensor, randn, rng } from '../tensor.js';
 import type { ProfileArgs } from './args.js';
+import { type GpuIO, type Runner, type Target, type Timing, apiRunner, targetInfo, tensorRunner, uploadCase } from './targets.js';
 
 export type ImplName = 'reference' | 'naive' | 'unfused' | 'fused' | 'dense-fused';
+type KernelImpl = Exclude<ImplName, 'reference'>;
 
 export interface ProfileRow {
   impl: ImplName;
-  ms: number;
-  usefulTflops: number;
+  /** null when the backend cannot run the implementation (`unavailable` says why). */
+  ms: number | null;
+  usefulTflops: number | null;
   relErr: number | null;
-  peakBytes: number;
+  peakBytes: number | null;
+  timing: Timing | 'sampled';
+  unavailable?: string;
 }
 
 export interface ProfileReport {
-  backend: string;
+  backend: 'cpu' | 'webgpu';
+  /** Threads (CPU), or the adapter, its class, features and stored tuning (WebGPU). */
+  device: Record<string, unknown>;
+  label: string;
   problem: Record<string, unknown>;
   results: ProfileRow[];
 }
@@ -48,16 +57,19 @@ export function allowedPairs(p: CompiledPattern, h = 0): number {
   return n;
 }
 
-interface Case {
+/** A profiled problem: its inputs, the pattern's problem, the dense problem on the same tokens, and the API call of each implementation. */
+export interface Case {
   label: string;
   problem: AttnProblem;
-  run: Partial<Record<Exclude<ImplName, 'reference'>, () => Promise<Result>>>;
+  dense: AttnProblem;
+  impls: KernelImpl[];
+  api(impl: KernelImpl, backend: 'cpu' | 'webgpu'): Promise<Result>;
   useful: number;
   denseUseful: number;
   inputs: { q: Tensor; k: Tensor; v: Tensor };
 }
 
-function buildCase(a: ProfileArgs): Case {
+export function buildCase(a: ProfileArgs): Case {
   const { batch: B, heads: H, dim: D } = a;
   const na = a.pattern === 'na';
   const grid = na ? a.shape : [prod(a.shape)];
@@ -65,29 +77,31 @@ function buildCase(a: ProfileArgs): Case {
   const q = randn(shape, 11);
   const k = randn(shape, 12);
   const v = randn(shape, 13);
-  const flatShape = [B, prod(a.shape), H, D];
-  const flat = (t: Tensor) => ({ data: t.data, shape: flatShape });
   const N = prod(a.shape);
-  const denseRun = () => attention(flat(q), flat(k), flat(v), { backend: a.backend });
+  const flatShape = [B, N, H, D];
+  const flat = (t: Tensor) => ({ data: t.data, shape: flatShape });
+  const dense = planAttention(flat(q), flat(k), flat(v)).problem;
   let problem: AttnProblem;
-  const run: Case['run'] = { 'dense-fused': denseRun };
+  let impls: KernelImpl[];
+  let run: (impl: KernelImpl, backend: 'cpu' | 'webgpu') => Promise<Result>;
   if (na) {
-    const opts = { kernelSize: a.kernel, dilation: a.dilation, stride: a.stride, isCausal: a.causal, backend: a.backend } as const;
+    const opts = { kernelSize: a.kernel, dilation: a.dilation, stride: a.stride, isCausal: a.causal } as const;
     problem = planNA(q, k, v, opts).problem;
-    run.naive = () => neighborhoodAttention(q, k, v, { ...opts, impl: 'naive' });
-    run.unfused = () => neighborhoodAttention(q, k, v, { ...opts, impl: 'unfused' });
-    run.fused = () => neighborhoodAttention(q, k, v, { ...opts, impl: 'fused' });
+    impls = ['naive', 'unfused', 'fused'];
+    run = (impl, backend) => neighborhoodAttention(q, k, v, { ...opts, impl: impl as 'naive' | 'unfused' | 'fused', backend });
   } else if (a.pattern === 'blocksparse') {
     const bs = 64;
     const nb = Math.ceil(N / bs);
     const r = rng(7);
     const data = new Uint8Array(nb * nb).map((_, i) => (i % (nb + 1) === 0 || r() < a.density ? 1 : 0));
-    const opts = { blockMask: { data, shape: [nb, nb] }, blockSize: bs, backend: a.backend } as const;
-    run.fused = () => blockSparseAttention(q, k, v, opts);
+    const opts = { blockMask: { data, shape: [nb, nb] }, blockSize: bs } as const;
+    impls = ['fused'];
+    run = (_impl, backend) => blockSparseAttention(q, k, v, { ...opts, backend });
     problem = planAttention(q, k, v, { pattern: { kind: 'blockSparse', blockQ: bs, blockK: bs, mask: data, maskHeads: 1, numQBlocks: nb, numKBlocks: nb }, tile: { q: bs, kv: bs } }).problem;
   } else {
     const opts = a.pattern === 'causal' ? { causal: true } : a.pattern === 'window' ? { window: a.window as [number, number] } : {};
-    run.fused = () => attention(q, k, v, { ...opts, backend: a.backend });
+    impls = ['fused'];
+    run = (_impl, backend) => attention(q, k, v, { ...opts, backend });
     problem = planAttention(q, k, v, opts).problem;
   }
   const cp = compilePattern(problem.pattern, { qGrid: problem.seqs[0]!.qGrid, kGrid: problem.seqs[0]!.kGrid, heads: H });
@@ -95,15 +109,23 @@ function buildCase(a: ProfileArgs): Case {
   const label = na
     ? `na${grid.length}d ${a.shape.join('x')} k=${a.kernel.join('x')} d=${a.dilation.join('x')} s=${a.stride.join('x')}${a.causal ? ' causal' : ''}`
     : `${a.pattern} N=${N}${a.pattern === 'window' ? ` w=${a.window.join(',')}` : ''}${a.pattern === 'blocksparse' ? ` density=${a.density}` : ''}`;
-  return { label: `${label} B=${B} H=${H} D=${D}`, problem, run, useful, denseUseful: N * N * B * H, inputs: { q, k, v } };
+  return {
+    label: `${label} B=${B} H=${H} D=${D}`,
+    problem,
+    dense,
+    impls: [...impls, 'dense-fused'],
+    api: (impl, backend) => (impl === 'dense-fused' ? attention(flat(q), flat(k), flat(v), { backend }) : run(impl, backend)),
+    useful,
+    denseUseful: N * N * B * H,
+    inputs: { q, k, v },
+  };
 }
 
-function peakBytes(impl: ImplName, p: AttnProblem, sampled: number): number {
+/** CPU scratch and intermediates beyond inputs and outputs (an estimate from the kernels' own sizing). */
+function cpuPeakBytes(impl: KernelImpl, p: AttnProblem): number {
   const rank = p.pattern.kind === 'neighborhood' ? p.pattern.kernelSize.length : 1;
   const threads = cpuThreads();
   switch (impl) {
-    case 'reference':
-      return sampled * p.heads * (p.dimV + 1) * 8 + p.qRows * p.heads * (p.dimV + 1) * 8 + p.kRows * 8;
     case 'fused':
       return scratchBytes('fused', p, rank) * threads;
     case 'dense-fused':
@@ -115,13 +137,35 @@ function peakBytes(impl: ImplName, p: AttnProblem, sampled: number): number {
   }
 }
 
-function median(xs: number[]): number {
+const refBytes = (p: AttnProblem, sampled: number): number => sampled * p.heads * (p.dimV + 1) * 8 + p.qRows * p.heads * (p.dimV + 1) * 8 + p.kRows * 8;
+
+function runnerFor(t: Target, c: Case, impl: KernelImpl, io: GpuIO | undefined, wall: boolean): Runner {
+  if (t.name === 'cpu') {
+    const r = apiRunner(() => c.api(impl, 'cpu'), 'wall');
+    r.measuredBytes = cpuPeakBytes(impl, c.problem);
+    return r;
+  }
+  const { gpu } = t;
+  switch (impl) {
+    case 'fused':
+      return tensorRunner(t, io!, c.problem, gpu.runWebGPUFusedTensors, wall);
+    case 'dense-fused':
+      return tensorRunner(t, io!, c.dense, gpu.runWebGPUFusedTensors, wall);
+    case 'naive':
+      return tensorRunner(t, io!, c.problem, gpu.runWebGPUNaiveTensors, wall);
+    case 'unfused':
+      // no GPU-tensor entry point for the unfused family: through the API, transfers included
+      return apiRunner(() => c.api(impl, 'webgpu'), 'wall+io', { mod: gpu, ioBytes: io!.bytes });
+  }
+}
+
+export function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
 }
 
 /** Relative error of the sampled rows of `out` against the float64 reference. */
-function sampledErr(out: Float32Array, ref: Float64Array, rows: number[], width: number): number {
+export function sampledErr(out: Float32Array, ref: Float64Array, rows: number[], width: number): number {
   let num = 0;
   let den = 0;
   for (const r of rows)
@@ -133,45 +177,75 @@ function sampledErr(out: Float32Array, ref: Float64Array, rows: number[], width:
   return Math.sqrt(num / (den || 1));
 }
 
-export async function profileCase(a: ProfileArgs, onStep: (what: string) => void): Promise<ProfileReport & { label: string }> {
-  if (a.threads) setCpuThreads(a.threads);
-  const c = buildCase(a);
+/** The float64 reference on a row subsample (it is quadratic): rows, output, and its time scaled to all rows. */
+export function sampledReference(c: Case): { rows: number[]; out: Float64Array; row: ProfileRow } {
   const p = c.problem;
-  const H = p.heads;
-  // reference on a subsample of rows for large problems (it is quadratic and float64)
   const r = rng(3);
   const maxRows = 48;
   const rows = p.qRows <= maxRows ? Array.from({ length: p.qRows }, (_, i) => i) : Array.from({ length: maxRows }, () => Math.floor(r() * p.qRows));
   const rowSet = new Set(rows);
-  onStep('reference');
   const t0 = performance.now();
   const ref = referenceAttention(p, { q: c.inputs.q.data, k: c.inputs.k.data, v: c.inputs.v.data }, rowSet);
-  const refMs = ((performance.now() - t0) * p.qRows) / rowSet.size;
-  const width = H * p.dimV;
-  const results: ProfileRow[] = [{ impl: 'reference', ms: refMs, usefulTflops: c.useful * 2 * (p.dim + p.dimV) / (refMs * 1e9), relErr: 0, peakBytes: peakBytes('reference', p, rowSet.size) }];
-  for (const impl of ['naive', 'unfused', 'fused', 'dense-fused'] as const) {
-    const fn = c.run[impl];
-    if (!fn) continue;
-    onStep(impl);
-    const first = await fn(); // warm-up, also the checked result
+  const ms = ((performance.now() - t0) * p.qRows) / rowSet.size;
+  const row: ProfileRow = { impl: 'reference', ms, usefulTflops: tflops(c.useful, p, ms), relErr: 0, peakBytes: refBytes(p, rowSet.size), timing: 'sampled' };
+  return { rows, out: ref.out, row };
+}
+
+const tflops = (pairs: number, p: AttnProblem, ms: number): number => (pairs * 2 * (p.dim + p.dimV)) / (ms * 1e9);
+
+/** Times one runner: the checked run (warm-up), then `repeat` timed runs; a TilewiseError makes the row n/a. */
+export async function measure(runner: () => Runner, impl: ImplName, pairs: number, p: AttnProblem, repeat: number, ref?: { rows: number[]; out: Float64Array }): Promise<ProfileRow> {
+  let r: Runner | undefined;
+  try {
+    r = runner();
+    const out = await r.check();
     const times: number[] = [];
-    for (let i = 0; i < a.repeat; i++) {
-      const s = performance.now();
-      await fn();
-      times.push(performance.now() - s);
-    }
+    for (let i = 0; i < repeat; i++) times.push(await r.time());
     const ms = median(times);
-    const pairs = impl === 'dense-fused' ? c.denseUseful : c.useful;
-    results.push({
+    return {
       impl,
       ms,
-      usefulTflops: (pairs * 2 * (p.dim + p.dimV)) / (ms * 1e9),
-      relErr: impl === 'dense-fused' ? null : sampledErr(first.out.data, ref.out, rows, width),
-      peakBytes: peakBytes(impl, p, rowSet.size),
-    });
+      usefulTflops: tflops(pairs, p, ms),
+      relErr: ref ? sampledErr(out, ref.out, ref.rows, p.heads * p.dimV) : null,
+      peakBytes: r.measuredBytes ?? null,
+      timing: r.timing,
+    };
+  } catch (e) {
+    if (!(e instanceof TilewiseError)) throw e;
+    return { impl, ms: null, usefulTflops: null, relErr: null, peakBytes: null, timing: r?.timing ?? 'wall', unavailable: e.message };
+  } finally {
+    r?.dispose?.();
   }
-  return { backend: 'cpu', label: c.label, problem: { ...a, label: c.label, threads: cpuThreads() }, results };
 }
+
+/** Profiles one case on every target, same inputs, one reference. */
+export async function profileCase(a: ProfileArgs, targets: readonly Target[], onStep: (what: string) => void): Promise<ProfileReport[]> {
+  if (a.threads) setCpuThreads(a.threads);
+  const c = buildCase(a);
+  const p = c.problem;
+  onStep('reference');
+  const ref = sampledReference(c);
+  const reports: ProfileReport[] = [];
+  for (const t of targets) {
+    const io = t.name === 'webgpu' ? await uploadCase(t, p, c.inputs) : undefined;
+    const results: ProfileRow[] = [ref.row];
+    try {
+      for (const impl of c.impls) {
+        onStep(`${t.name} ${impl}`);
+        const dense = impl === 'dense-fused';
+        results.push(await measure(() => runnerFor(t, c, impl, io, a.gpuTiming === 'wall'), impl, dense ? c.denseUseful : c.useful, p, a.repeat, dense ? undefined : ref));
+      }
+    } finally {
+      io?.release();
+    }
+    const { tune: _t, tuneRounds: _r, backends: _b, json: _j, gpuTiming: _g, ...problem } = a;
+    reports.push({ backend: t.name, device: targetInfo(t), label: c.label, problem: { ...problem, label: c.label }, results });
+  }
+  return reports;
+}
+
+/** Progress steps of one case on `targets` (the reference, then each implementation per target). */
+export const caseSteps = (a: ProfileArgs, targets: number): number => 1 + targets * (a.pattern === 'na' ? 4 : 2);
 
 export const QUICK_SUITE: Partial<ProfileArgs>[] = [
   { pattern: 'na', shape: [32, 32], kernel: [7, 7], dilation: [1, 1], stride: [1, 1], heads: 4, dim: 32 },
@@ -182,22 +256,71 @@ export const QUICK_SUITE: Partial<ProfileArgs>[] = [
   { pattern: 'blocksparse', shape: [1024], density: 0.25, heads: 4, dim: 64 },
 ];
 
-export function formatTable(label: string, rows: ProfileRow[]): string {
-  const head = ['impl', 'median ms', 'useful TFLOP/s', 'peak extra bytes', 'relErr'];
-  const body = rows.map((r) => [
-    r.impl,
-    r.ms.toFixed(r.ms < 10 ? 2 : 1) + (r.impl === 'reference' ? '*' : ''),
-    r.usefulTflops.toExponential(2),
-    fmtBytes(r.peakBytes),
-    r.relErr === null ? '-' : r.relErr.toExponential(1),
-  ]);
-  const w = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i]!.length)));
-  const line = (cells: string[]) => cells.map((x, i) => x.padEnd(w[i]!)).join('  ');
-  return [label, line(head), line(w.map((n) => '-'.repeat(n))), ...body.map(line)].join('\n');
+function grid(head: string[], body: string[][]): string[] {
+  // rows shorter than the head (n/a rows) run their last cell on without padding
+  const w = head.map((h, i) => Math.max(h.length, ...body.filter((b) => b.length === head.length).map((b) => b[i]!.length)));
+  const line = (cells: string[]) => cells.map((x, i) => (i === cells.length - 1 ? x : x.padEnd(w[i]!))).join('  ');
+  return [line(head), line(w.map((n) => '-'.repeat(n))), ...body.map(line)];
 }
 
-function fmtBytes(b: number): string {
+export function formatTable(title: string, rows: ProfileRow[]): string {
+  const head = ['impl', 'median ms', 'useful TFLOP/s', 'peak extra bytes', 'relErr', 'timing'];
+  const body = rows.map((r) =>
+    r.ms === null
+      ? [r.impl, `n/a (${r.unavailable})`]
+      : [
+          r.impl,
+          r.ms.toFixed(r.ms < 10 ? 2 : 1) + (r.impl === 'reference' ? '*' : ''),
+          r.usefulTflops!.toExponential(2),
+          r.peakBytes === null ? '-' : fmtBytes(r.peakBytes),
+          r.relErr === null ? '-' : r.relErr.toExponential(1),
+          r.timing,
+        ],
+  );
+  return [title, ...grid(head, body)].join('\n');
+}
+
+/** Per implementation, the time on each target and the ratio of the first target's time to the others'. */
+export function formatComparison(reports: readonly ProfileReport[]): string {
+  const [first, ...rest] = reports;
+  const names = reports.map((r) => r.backend);
+  const head = ['impl', ...names.map((n) => `${n} ms`), ...rest.map((r) => `${first!.backend}/${r.backend}`)];
+  const body = first!.results
+    .filter((row) => row.impl !== 'reference')
+    .map((row) => {
+      const ms = reports.map((r) => r.results.find((x) => x.impl === row.impl)?.ms ?? null);
+      const fmt = (x: number | null) => (x === null ? 'n/a' : x.toFixed(x < 10 ? 2 : 1));
+      return [row.impl, ...ms.map(fmt), ...ms.slice(1).map((x) => (x === null || ms[0] === null ? '-' : `${(ms[0]! / x).toFixed(2)}x`))];
+    });
+  return [`${first!.label}: ${names.join(' vs ')}, same inputs, this run`, ...grid(head, body)].join('\n');
+}
+
+export function fmtBytes(b: number): string {
   return b < 1024 ? `${b} B` : b < 1 << 20 ? `${(b / 1024).toFixed(1)} KiB` : `${(b / (1 << 20)).toFixed(1)} MiB`;
+}
+
+/** Footer lines: what each target was, and what each timing code means (only those used). */
+export function footer(targets: readonly Target[], reports: readonly ProfileReport[], notes: readonly string[]): string {
+  return [...notes, ...targets.map(describeTarget), ...timingLegend(reports)].join('\n');
+}
+
+function describeTarget(t: Target): string {
+  if (t.name === 'cpu') return `cpu: ${t.threads} worker threads.`;
+  const info = targetInfo(t);
+  const tuned = t.ctx.tuning ? `; stored fused tuning ${JSON.stringify(t.ctx.tuning)}` : '';
+  return `webgpu: ${info['adapter']} (adapter class ${info['adapterClass']}; features: ${(info['features'] as string[]).join(', ') || 'none'}${tuned}).`;
+}
+
+function timingLegend(reports: readonly ProfileReport[]): string[] {
+  const notes: Record<ProfileRow['timing'], string> = {
+    sampled: 'reference (float64, CPU) timed on a row subsample and scaled to all rows (*); relErr on sampled rows vs float64',
+    wall: 'wall-clock per call',
+    'gpu-ts': 'GPU timestamps: sum of the compute passes of a call (the CPU-side schedule build is not included)',
+    'wall-gpu': 'wall-clock per call on GPU-resident inputs until the queue is idle, schedule build included (--gpu-timing wall, or no timestamp-query)',
+    'wall+io': 'wall-clock per call through the public API, uploads and readback included',
+  };
+  const used = new Set(reports.flatMap((r) => r.results.filter((x) => x.ms !== null).map((x) => x.timing)));
+  return (Object.keys(notes) as ProfileRow['timing'][]).filter((k) => used.has(k)).map((k) => `timing ${k}: ${notes[k]}.`);
 }
 
 export function progressBar(total: number): { step: (what: string) => void; stop: () => void } {

@@ -1,5 +1,7 @@
 /// <reference types="@webgpu/types" />
 import { TilewiseError } from '../errors.js';
+import type { FusedTuning } from './fused.js';
+import { cachedTuningFor, storedTuningFor } from './tuning.js';
 
 /**
  * One GPU device for the whole library, acquired lazily. In Node the adapter comes from the npm
@@ -10,7 +12,7 @@ import { TilewiseError } from '../errors.js';
  */
 
 /** WebGPU flag values (fixed by the spec), so nothing depends on globals a Node host may lack. */
-export const BufferUsage = { MAP_READ: 1, MAP_WRITE: 2, COPY_SRC: 4, COPY_DST: 8, UNIFORM: 64, STORAGE: 128 } as const;
+export const BufferUsage = { MAP_READ: 1, MAP_WRITE: 2, COPY_SRC: 4, COPY_DST: 8, UNIFORM: 64, STORAGE: 128, QUERY_RESOLVE: 512 } as const;
 export const MapMode = { READ: 1, WRITE: 2 } as const;
 export const ShaderStage = { COMPUTE: 4 } as const;
 
@@ -38,13 +40,22 @@ const LIMIT_NAMES: readonly (keyof GpuLimits)[] = [
 export interface GpuContext {
   readonly device: GPUDevice;
   readonly limits: GpuLimits;
+  /** Features the device was created with: OPTIONAL_FEATURES the adapter has, plus any Dawn enables itself. */
   readonly features: ReadonlySet<string>;
   /** Adapter description (vendor, architecture, device), for reports. */
   readonly description: string;
   /** 'cpu' for software adapters (llvmpipe/lavapipe, SwiftShader, WARP): kernels pick other tile configs. */
   readonly adapterClass: 'cpu' | 'gpu';
   readonly userProvided: boolean;
+  /** The fused-kernel tuning stored for this adapter (`tilewise profile --tune`), if any. */
+  readonly tuning?: FusedTuning;
 }
+
+/**
+ * Features requested whenever the adapter has them: GPU timestamps for the profiler, and the
+ * subgroup and f16 paths kernels may specialise on (design.md 4).
+ */
+export const OPTIONAL_FEATURES = ['timestamp-query', 'subgroups', 'shader-f16'] as const;
 
 interface Held {
   ctx: GpuContext;
@@ -78,7 +89,9 @@ async function gpuEntry(): Promise<GPU> {
     throw new TilewiseError('webgpu', "needs the npm package 'webgpu' (Dawn for Node)", (e as Error).message);
   }
   for (const [k, v] of Object.entries(mod.globals)) if (!(k in globalThis)) (globalThis as Record<string, unknown>)[k] = v;
-  gpuSingleton = mod.create([]);
+  // Dawn rounds timestamps to 2^16 ns by default (a browser fingerprinting guard); the profiler
+  // needs them exact, and a Node process has no page to protect.
+  gpuSingleton = mod.create(['disable-dawn-features=timestamp_quantization']);
   return gpuSingleton;
 }
 
@@ -108,17 +121,20 @@ async function acquire(): Promise<Held> {
     const x = Number((adapter.limits as unknown as Record<string, number>)[n]);
     if (Number.isFinite(x)) requiredLimits[n] = x;
   }
-  const device = await adapter.requestDevice({ requiredLimits });
+  const requiredFeatures = OPTIONAL_FEATURES.filter((f) => adapter.features.has(f)) as GPUFeatureName[];
+  const device = await adapter.requestDevice({ requiredLimits, requiredFeatures });
   const description = describe(adapter.info);
   const fallback = (adapter.info as { isFallbackAdapter?: boolean } | undefined)?.isFallbackAdapter;
+  const tuning = await storedTuningFor(description);
   return watch({
     ctx: {
       device,
       limits: snapshotLimits(device.limits),
-      features: new Set([...adapter.features].map(String)),
+      features: new Set([...device.features].map(String)),
       description,
       adapterClass: classOf(description, fallback),
       userProvided: false,
+      ...(tuning ? { tuning } : {}),
     },
   });
 }
@@ -159,8 +175,10 @@ export function setDevice(device: GPUDevice | undefined): void {
   }
   const features = new Set<string>([...device.features].map(String));
   const description = describe(device.adapterInfo);
+  // synchronous: a tuning file already loaded by an earlier acquisition applies, none is read here
+  const tuning = cachedTuningFor(description);
   held = watch({
-    ctx: { device, limits: snapshotLimits(device.limits), features, description, adapterClass: classOf(description), userProvided: true },
+    ctx: { device, limits: snapshotLimits(device.limits), features, description, adapterClass: classOf(description), userProvided: true, ...(tuning ? { tuning } : {}) },
   });
 }
 

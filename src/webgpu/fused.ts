@@ -2,7 +2,7 @@
 import { prod } from '../cpu/fused.js';
 import { TilewiseError } from '../errors.js';
 import { type AttnProblem, ItemSpace, tileFor } from '../problem.js';
-import { BufferUsage, type GpuLimits } from './device.js';
+import { BufferUsage, type GpuContext, type GpuLimits } from './device.js';
 import { FUSED_UNIFORMS, type FusedSpec, blockingOf, fusedProgram, fusedWorkgroupBytes, threadsOf } from './fused-wgsl.js';
 import { buildGpuSchedule } from './schedule.js';
 import { type KernelOptions, type TensorKernel, bindingsFit, gridFor, launchAttn, onDevice, onHost, rpbLayout, uniformBuffer } from './run.js';
@@ -39,7 +39,8 @@ export function fitTile(tile: readonly number[], cap: number): number[] {
  * Blocking knobs: rows per thread and threads per row (register blocking; 1 and 1 give one thread
  * per query row), caps on the query rows and staged keys of a work item, and whether loops are
  * unrolled. Data per adapter class, not code (style.md 2); `setFusedTuning` overrides them
- * (benchmarks, tests). CPU adapters, measured on llvmpipe (2 cores, B1 N1024 H4 D64 dense): 8x2
+ * (benchmarks, tests), and a tuning stored per adapter by `tilewise profile --tune` replaces the
+ * table row (tuning.ts). CPU adapters, measured on llvmpipe (2 cores, B1 N1024 H4 D64 dense): 8x2
  * micro-tiles 362 ms, 4x4 unrolled 454 ms, one thread per row 916 ms; unrolled loops compile
  * about 3.5x slower there for the same run time. The GPU row is design.md 8's shape, unmeasured.
  */
@@ -57,16 +58,24 @@ export const FUSED_TUNING: Readonly<Record<'cpu' | 'gpu', FusedTuning>> = {
 };
 let override: Partial<FusedTuning> | undefined;
 
-/** Overrides the tuning table for every adapter class (undefined: back to the table). */
+/** Overrides the tuning (table and stored file alike) for every adapter (undefined: back to them). */
 export function setFusedTuning(t: Partial<FusedTuning> | undefined): void {
   override = t;
 }
 
-export const tuningFor = (adapterClass: 'cpu' | 'gpu'): FusedTuning => ({ ...FUSED_TUNING[adapterClass], ...(override ?? {}) });
+/**
+ * The tuning a kernel uses, most specific first: the `setFusedTuning` override, the tuning stored
+ * for this adapter (tuning.ts, read at device acquisition), the table row of its class.
+ */
+export function resolveTuning(adapterClass: 'cpu' | 'gpu', stored?: FusedTuning, over?: Partial<FusedTuning>): FusedTuning {
+  return { ...(stored ?? FUSED_TUNING[adapterClass]), ...(over ?? {}) };
+}
+
+export const tuningFor = (ctx: Pick<GpuContext, 'adapterClass' | 'tuning'>): FusedTuning => resolveTuning(ctx.adapterClass, ctx.tuning, override);
 
 const roundUp = (x: number, m: number): number => Math.ceil(x / m) * m;
 
-export function planFused(problem: AttnProblem, limits: GpuLimits, tune: FusedTuning = tuningFor('gpu')): FusedPlan {
+export function planFused(problem: AttnProblem, limits: GpuLimits, tune: FusedTuning = tuningFor({ adapterClass: 'gpu' })): FusedPlan {
   const rank = problem.seqs.length > 0 ? new ItemSpace({ ...problem, seqs: problem.seqs.slice(0, 1) }).pattern(0).geometry.qShape.length : 1;
   const { dim, dimV } = problem;
   const maxThreads = Math.min(limits.maxComputeInvocationsPerWorkgroup, limits.maxComputeWorkgroupSizeX);
@@ -144,7 +153,7 @@ const fusedKernel: TensorKernel = async (ctx, problem, q, k, v, opts) => {
   const { device, limits } = ctx;
   const why = fusedCanRun(problem, limits);
   if (why !== true) throw new TilewiseError('webgpu', 'cannot run this problem', why);
-  const plan = planFused(problem, limits, tuningFor(ctx.adapterClass));
+  const plan = planFused(problem, limits, tuningFor(ctx));
   const space = new ItemSpace(plan.problem);
   const rpb = problem.rpb ? rpbLayout(problem.rpb.kernel) : undefined;
   const sched = buildGpuSchedule(plan.problem, space, { ...(rpb ? { lin: rpb.strides } : {}), maxWords: Math.floor(limits.maxStorageBufferBindingSize / 4) });

@@ -1,5 +1,5 @@
-/** The WebGPU backend: device management, the fused forward kernel, NATTEN's naive and unfused kernels and GPU tensor helpers. */
-export { getContext, getDevice, setDevice, webgpuAvailable, type GpuContext, type GpuLimits } from './device.js';
+/** The WebGPU backend: device management, the fused forward kernel, NATTEN's naive and unfused kernels, GPU tensor helpers, GPU timing and stored tunings. */
+export { OPTIONAL_FEATURES, getContext, getDevice, setDevice, webgpuAvailable, type GpuContext, type GpuLimits } from './device.js';
 export { FUSED_TUNING, fusedCanRun, runWebGPUFused, runWebGPUFusedTensors, setFusedTuning, type FusedGpuOptions, type FusedTuning } from './fused.js';
 export {
   UNFUSED_TUNING,
@@ -17,4 +17,6 @@ export {
   type UnfusedTuning,
 } from './na.js';
 export { type KernelOptions } from './run.js';
-export { bufferStats, fromGpu, releaseTensor, toGpu, wrapBuffer, type GpuTensor } from './tensor.js';
+export { bufferStats, fromGpu, releaseTensor, resetPeakBytes, toGpu, wrapBuffer, type GpuTensor } from './tensor.js';
+export { GpuTimer } from './timing.js';
+export { setTuningFile, type TuningEntry } from './tuning.js';

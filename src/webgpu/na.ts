@@ -12,6 +12,7 @@ import {
   type Launch,
   type TensorKernel,
   bindingOf,
+  type PassTimer,
   bindingsFit,
   gridFor,
   launch,
@@ -308,8 +309,8 @@ export function runWebGPUUnfused(problem: AttnProblem, q: Float32Array, k: Float
   return onHost(unfusedKernel, problem, q, k, v, opts);
 }
 
-type QKOptions = { poison?: boolean; attn?: GpuTensor; lse?: GpuTensor };
-type AVOptions = { poison?: boolean; out?: GpuTensor };
+type QKOptions = { poison?: boolean; attn?: GpuTensor; lse?: GpuTensor; timer?: PassTimer };
+type AVOptions = { poison?: boolean; out?: GpuTensor; timer?: PassTimer };
 
 async function naQKKernel(ctx: GpuContext, problem: AttnProblem, q: GpuTensor, k: GpuTensor, opts: QKOptions): Promise<{ attn: GpuTensor; lse: GpuTensor }> {
   checkUnfused(problem, ctx.limits);
@@ -321,7 +322,7 @@ async function naQKKernel(ctx: GpuContext, problem: AttnProblem, q: GpuTensor, k
     { name: 'attn', shape: [qRows, H, windowVolume(problem)], empty: -Infinity, ...(opts.attn ? { given: opts.attn } : {}) },
     { name: 'lse', shape: [qRows, H], empty: -Infinity, ...(opts.lse ? { given: opts.lse } : {}) },
   ];
-  const [attn, lse] = await launch(ctx, 'naQK', outs, opts.poison ?? false, ([a, l], own) => [qk({ q: qb, k: kb, attn: a! }, own), softmax({ attn: a!, lse: l! }, own)]);
+  const [attn, lse] = await launch(ctx, 'naQK', outs, opts.poison ?? false, ([a, l], own) => [qk({ q: qb, k: kb, attn: a! }, own), softmax({ attn: a!, lse: l! }, own)], opts.timer);
   return { attn: attn!, lse: lse! };
 }
 
@@ -332,7 +333,7 @@ async function naAVKernel(ctx: GpuContext, problem: AttnProblem, attn: GpuTensor
   const vb = bindingOf(v, kRows * Hk * DV * 4, 'v');
   const av = await avStep(ctx, problem);
   const outs = [{ name: 'out', shape: [qRows, H, DV], empty: 0, ...(opts.out ? { given: opts.out } : {}) }];
-  const [out] = await launch(ctx, 'naAV', outs, opts.poison ?? false, ([o], own) => av({ attn: ab, v: vb, out: o! }, own));
+  const [out] = await launch(ctx, 'naAV', outs, opts.poison ?? false, ([o], own) => av({ attn: ab, v: vb, out: o! }, own), opts.timer);
   return { out: out! };
 }
 

@@ -18,6 +18,13 @@ export interface KernelOptions {
   /** Destinations (else fresh buffers the caller releases with `releaseTensor`). */
   readonly out?: GpuTensor;
   readonly lse?: GpuTensor;
+  /** Records GPU timestamps around every compute pass the kernel runs (the profiler's timer). */
+  readonly timer?: PassTimer;
+}
+
+/** Hands out timestamp writes for compute passes (timing.ts GpuTimer); undefined when it has no room. */
+export interface PassTimer {
+  passWrites(): GPUComputePassTimestampWrites | undefined;
 }
 
 /** Bindings of q, k, v, out, lse, ready for a bind group. */
@@ -92,6 +99,7 @@ export async function launch(
   outputs: readonly OutputSpec[],
   poison: boolean,
   prepare: (outs: GPUBufferBinding[], own: (b: GPUBuffer) => GPUBuffer) => Launch | readonly Launch[],
+  timer?: PassTimer,
 ): Promise<GpuTensor[]> {
   const { device } = ctx;
   const fresh: GPUBuffer[] = [];
@@ -113,7 +121,8 @@ export async function launch(
     const ls = [prepare(binds, (b) => (temps.push(b), b))].flat().filter((l) => l.groups[0] > 0);
     if (ls.length > 0) {
       const enc = device.createCommandEncoder();
-      const pass = enc.beginComputePass();
+      const timestampWrites = timer?.passWrites();
+      const pass = enc.beginComputePass(timestampWrites ? { timestampWrites } : {});
       for (const l of ls) {
         const bg = device.createBindGroup({
           layout: l.pipeline.layout,
@@ -163,7 +172,7 @@ export async function launchAttn(
     { name: 'out', shape: [qRows, H, DV], empty: 0, ...(opts.out ? { given: opts.out } : {}) },
     { name: 'lse', shape: [qRows, H], empty: -Infinity, ...(opts.lse ? { given: opts.lse } : {}) },
   ];
-  const [out, lse] = await launch(ctx, name, outputs, opts.poison ?? false, ([o, l], own) => prepare({ ...inputs, out: o!, lse: l! }, own));
+  const [out, lse] = await launch(ctx, name, outputs, opts.poison ?? false, ([o, l], own) => prepare({ ...inputs, out: o!, lse: l! }, own), opts.timer);
   return { out: out!, lse: lse! };
 }
 

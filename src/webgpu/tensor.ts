@@ -10,8 +10,16 @@ import { BufferUsage, type GpuContext, MapMode, getContext } from './device.js';
  */
 let live = 0;
 let created = 0;
+let liveBytes = 0;
+let peakBytes = 0;
 
-export const bufferStats = (): { live: number; created: number } => ({ live, created });
+/** Buffers alive and created so far; bytes alive, and the most alive at once since `resetPeakBytes`. */
+export const bufferStats = (): { live: number; created: number; liveBytes: number; peakBytes: number } => ({ live, created, liveBytes, peakBytes });
+
+/** Starts a new high-water mark of live buffer bytes (the profiler's peak-bytes column). */
+export function resetPeakBytes(): void {
+  peakBytes = liveBytes;
+}
 
 const owned = new WeakSet<GPUBuffer>();
 
@@ -20,6 +28,8 @@ export function createBuffer(device: GPUDevice, size: number, usage: number, lab
   owned.add(b);
   live++;
   created++;
+  liveBytes += b.size;
+  peakBytes = Math.max(peakBytes, liveBytes);
   return b;
 }
 
@@ -28,6 +38,7 @@ export function releaseBuffer(b: GPUBuffer | undefined): void {
   if (!b || !owned.has(b)) return;
   owned.delete(b);
   live--;
+  liveBytes -= b.size;
   b.destroy();
 }
 

@@ -1,0 +1,277 @@
+/**
+ * The GPU measurement, in one device session: our fused fp32 attention (GPU tensors, GPU
+ * timestamps) against PyTorch's float32 scaled_dot_product_attention on the same GPU (bench/sdpa.py,
+ * a python3 child process), and 2-D neighborhood attention (our fused vs our naive vs our dense
+ * fused, plus PyTorch FlexAttention with an NA block mask when it is there).
+ *
+ *   dense/causal: B*N = 16k tokens, H*D = 2048, N in {1024, 4096, 16384}, D in {64, 128}
+ *   2-D NA: 128x128 tokens, 16 heads, D 64, kernel 13 and 31
+ *
+ * Useful FLOPs only (allowed pairs x 2 x (D + Dv)): causal counts half the pairs, NA its windows.
+ * Every kernel of ours is checked against the float64 reference on sampled rows (relErr).
+ * Prints TFLOP/s tables and ratios, writes everything to <out>/gpu-bench.json.
+ *
+ * Usage: node dist/bench/gpu.js [--out DIR] [--repeat N] [--python python3] [--smoke]
+ *   --smoke: tiny sizes, any adapter (lavapipe here), python skipped when torch is absent; it checks
+ *   that the script works, its numbers mean nothing.
+ */
+import { spawn } from 'node:child_process';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { planAttention, planNA } from '../src/api.js';
+import { allowedPairs, median } from '../src/cli/profile.js';
+import { compilePattern } from '../src/patterns/compile.js';
+import type { AttnProblem } from '../src/problem.js';
+import { referenceAttention } from '../src/reference.js';
+import { randn, rng } from '../src/tensor.js';
+import { GpuTimer, type GpuTensor, fromGpu, getContext, releaseTensor, runWebGPUFusedTensors, runWebGPUNaiveTensors, toGpu } from '../src/webgpu/index.js';
+
+const { values: opt } = parseArgs({
+  options: {
+    out: { type: 'string', default: 'bench-out' },
+    repeat: { type: 'string' },
+    python: { type: 'string', default: 'python3' },
+    smoke: { type: 'boolean', default: false },
+  },
+});
+const smoke = opt.smoke!;
+const repeat = Number(opt.repeat ?? (smoke ? 2 : 5));
+
+const SIZES = smoke
+  ? { tokens: 256, hd: 64, Ns: [64, 256], Ds: [16, 32], naGrid: [16, 16], naHeads: 2, naDim: 16, naKernels: [3, 7] }
+  : { tokens: 16384, hd: 2048, Ns: [1024, 4096, 16384], Ds: [64, 128], naGrid: [128, 128], naHeads: 16, naDim: 64, naKernels: [13, 31] };
+
+interface Ours {
+  ms: number;
+  tflops: number;
+  relErr: number;
+  timing: 'gpu-ts' | 'wall-gpu';
+}
+
+const ctx = await getContext();
+const timer = GpuTimer.supported(ctx) ? new GpuTimer(ctx) : undefined;
+console.log(`adapter: ${ctx.description} (class ${ctx.adapterClass}; features ${[...ctx.features].sort().join(', ')})`);
+console.log(`timing: ${timer ? 'GPU timestamps' : 'wall-clock until the queue is idle (no timestamp-query)'}; median of ${repeat} after a checked warm-up run`);
+if (!timer && !smoke) console.log('WARNING: no timestamp-query on this device: times include the CPU-side schedule build');
+
+// One pool of inputs for every case: each dense case is the same B*N*H*D floats viewed with its own shape.
+const total = SIZES.tokens * SIZES.hd;
+const host = { q: randn([total], 1).data, k: randn([total], 2).data, v: randn([total], 3).data };
+const gpu = { q: await toGpu(host.q, [total]), k: await toGpu(host.k, [total]), v: await toGpu(host.v, [total]) };
+const maxHeads = SIZES.hd / Math.min(...SIZES.Ds);
+const out = await toGpu(new Float32Array(total), [total]);
+const lse = await toGpu(new Float32Array(SIZES.tokens * maxHeads), [SIZES.tokens * maxHeads]);
+
+type TensorCall = typeof runWebGPUFusedTensors;
+
+/** Checked warm-up run (relErr on sampled rows vs float64), then `repeat` timed runs. */
+async function time(call: TensorCall, p: AttnProblem, pairs: number): Promise<Ours> {
+  const view = (t: GpuTensor, shape: number[]): GpuTensor => ({ ...t, shape });
+  const io = [view(gpu.q, [p.qRows, p.heads, p.dim]), view(gpu.k, [p.kRows, p.kvHeads, p.dim]), view(gpu.v, [p.kRows, p.kvHeads, p.dimV])] as const;
+  const dest = { out: view(out, [p.qRows, p.heads, p.dimV]), lse: view(lse, [p.qRows, p.heads]) };
+  await call(p, ...io, { ...dest, poison: true });
+  const got = await fromGpu(dest.out);
+  const r = rng(5);
+  const rows = Array.from({ length: 8 }, () => Math.floor(r() * p.qRows));
+  const n = (x: Float32Array, len: number) => x.subarray(0, len);
+  const ref = referenceAttention(p, { q: n(host.q, p.qRows * p.heads * p.dim), k: n(host.k, p.kRows * p.kvHeads * p.dim), v: n(host.v, p.kRows * p.kvHeads * p.dimV) }, new Set(rows));
+  const w = p.heads * p.dimV;
+  let num = 0;
+  let den = 0;
+  for (const row of rows)
+    for (let c = 0; c < w; c++) {
+      num += (got[row * w + c]! - ref.out[row * w + c]!) ** 2;
+      den += ref.out[row * w + c]! ** 2;
+    }
+  const times: number[] = [];
+  for (let i = 0; i < repeat; i++) {
+    if (timer) {
+      await call(p, ...io, { ...dest, timer });
+      times.push(await timer.read());
+    } else {
+      const s = performance.now();
+      await call(p, ...io, dest);
+      await ctx.device.queue.onSubmittedWorkDone();
+      times.push(performance.now() - s);
+    }
+  }
+  const ms = median(times);
+  return { ms, tflops: (pairs * 2 * (p.dim + p.dimV)) / (ms * 1e9), relErr: Math.sqrt(num / (den || 1)), timing: timer ? 'gpu-ts' : 'wall-gpu' };
+}
+
+const hostView = (a: Float32Array, shape: number[]) => ({ data: a.subarray(0, shape.reduce((x, y) => x * y, 1)), shape });
+
+// ---- dense and causal -------------------------------------------------------------------------
+interface DenseCase {
+  B: number;
+  N: number;
+  H: number;
+  D: number;
+  causal: boolean;
+}
+const denseCases: DenseCase[] = [];
+for (const N of SIZES.Ns) for (const D of SIZES.Ds) for (const causal of [false, true]) denseCases.push({ B: SIZES.tokens / N, N, H: SIZES.hd / D, D, causal });
+
+const denseOurs: (DenseCase & Ours & { pairs: number })[] = [];
+for (const c of denseCases) {
+  const shape = [c.B, c.N, c.H, c.D];
+  const { problem } = planAttention(hostView(host.q, shape), hostView(host.k, shape), hostView(host.v, shape), { causal: c.causal });
+  // analytic: the generic pair count walks every (q, k) for non-box patterns
+  const pairs = c.B * c.H * (c.causal ? (c.N * (c.N + 1)) / 2 : c.N * c.N);
+  const r = await time(runWebGPUFusedTensors, problem, pairs);
+  denseOurs.push({ ...c, ...r, pairs });
+  console.error(`ours fused B=${c.B} N=${c.N} H=${c.H} D=${c.D} causal=${c.causal}: ${r.ms.toFixed(2)} ms, ${r.tflops.toFixed(2)} TFLOP/s, relErr ${r.relErr.toExponential(1)}`);
+}
+
+// ---- 2-D neighborhood attention ---------------------------------------------------------------
+const [X, Y] = SIZES.naGrid as [number, number];
+const naShape = [1, X, Y, SIZES.naHeads, SIZES.naDim];
+const flatShape = [1, X * Y, SIZES.naHeads, SIZES.naDim];
+const dense2d = planAttention(hostView(host.q, flatShape), hostView(host.k, flatShape), hostView(host.v, flatShape)).problem;
+const densePairs = SIZES.naHeads * (X * Y) ** 2;
+const naDense = await time(runWebGPUFusedTensors, dense2d, densePairs);
+console.error(`ours dense fused on the NA tokens: ${naDense.ms.toFixed(2)} ms`);
+const naOurs: { kernel: number; pairs: number; fused: Ours; naive: Ours }[] = [];
+for (const K of SIZES.naKernels) {
+  const { problem } = planNA(hostView(host.q, naShape), hostView(host.k, naShape), hostView(host.v, naShape), { kernelSize: K });
+  const cp = compilePattern(problem.pattern, { qGrid: problem.seqs[0]!.qGrid, kGrid: problem.seqs[0]!.kGrid, heads: problem.heads });
+  const pairs = allowedPairs(cp) * SIZES.naHeads;
+  const fused = await time(runWebGPUFusedTensors, problem, pairs);
+  const naive = await time(runWebGPUNaiveTensors, problem, pairs);
+  naOurs.push({ kernel: K, pairs, fused, naive });
+  console.error(`ours NA k=${K}: fused ${fused.ms.toFixed(2)} ms, naive ${naive.ms.toFixed(2)} ms`);
+}
+for (const t of [gpu.q, gpu.k, gpu.v, out, lse]) releaseTensor(t);
+timer?.destroy();
+
+// ---- PyTorch on the same GPU (child process, after our buffers are released) ------------------
+interface TorchRow {
+  kind: 'sdpa' | 'flex-na';
+  ms?: number;
+  unavailable?: string;
+  [k: string]: unknown;
+}
+interface TorchOut {
+  unavailable?: string;
+  torch?: string;
+  device?: string;
+  results?: TorchRow[];
+}
+async function runTorch(): Promise<TorchOut> {
+  const script = fileURLToPath(new URL('../../bench/sdpa.py', import.meta.url));
+  const spec = {
+    smoke,
+    repeat,
+    dense: denseCases,
+    na: SIZES.naKernels.map((kernel) => ({ grid: SIZES.naGrid, heads: SIZES.naHeads, dim: SIZES.naDim, kernel })),
+  };
+  return new Promise((resolve) => {
+    const child = spawn(opt.python!, [script], { stdio: ['pipe', 'pipe', 'inherit'] });
+    let stdout = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.on('error', (e) => resolve({ unavailable: `${opt.python} could not start: ${e.message}` }));
+    child.on('close', (code) => {
+      try {
+        resolve(JSON.parse(stdout.trim().split('\n').pop() ?? '') as TorchOut);
+      } catch {
+        resolve({ unavailable: `bench/sdpa.py exited with ${code} without a JSON result` });
+      }
+    });
+    child.stdin.end(JSON.stringify(spec));
+  });
+}
+const torch = await runTorch();
+if (torch.unavailable) console.log(`PyTorch: skipped (${torch.unavailable})`);
+else console.log(`PyTorch ${torch.torch} on ${torch.device}, float32, TF32 off`);
+const torchRows = torch.results ?? [];
+
+// ---- tables -----------------------------------------------------------------------------------
+const f = (x: number | undefined) => (x === undefined || !Number.isFinite(x) ? '-' : x >= 0.1 ? x.toFixed(2) : x.toExponential(1));
+const tf = (pairs: number, D: number, ms: number | undefined) => (ms === undefined ? undefined : (pairs * 4 * D) / (ms * 1e9));
+function table(head: string[], body: string[][]): string {
+  const w = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i]!.length)));
+  const line = (c: string[]) => `| ${c.map((x, i) => x.padEnd(w[i]!)).join(' | ')} |`;
+  return [line(head), line(w.map((n) => '-'.repeat(n))), ...body.map(line)].join('\n');
+}
+
+const denseRows = denseOurs.map((o) => {
+  const t = torchRows.find((r) => r.kind === 'sdpa' && r['N'] === o.N && r['D'] === o.D && r['causal'] === o.causal && r['B'] === o.B);
+  const tt = tf(o.pairs, o.D, t?.ms);
+  return { ...o, torchMs: t?.ms, torchTflops: tt, torchNote: t?.unavailable ?? (t ? undefined : torch.unavailable) };
+});
+console.log(`\nExact attention, fp32, B*N = ${SIZES.tokens}, H*D = ${SIZES.hd} (useful TFLOP/s; causal counts half the pairs)`);
+console.log(
+  table(
+    ['N', 'B', 'H', 'D', 'causal', 'ours ms', 'ours TFLOP/s', 'relErr', 'SDPA ms', 'SDPA TFLOP/s', 'ours/SDPA'],
+    denseRows.map((r) => [
+      String(r.N),
+      String(r.B),
+      String(r.H),
+      String(r.D),
+      String(r.causal),
+      f(r.ms),
+      f(r.tflops),
+      r.relErr.toExponential(1),
+      f(r.torchMs),
+      f(r.torchTflops),
+      r.torchTflops ? `${(r.tflops / r.torchTflops).toFixed(2)}x` : '-',
+    ]),
+  ),
+);
+
+const naRows = naOurs.map((o) => {
+  const t = torchRows.find((r) => r.kind === 'flex-na' && r['kernel'] === o.kernel);
+  // the Flex mask must allow exactly our pairs (per head), or its times are not comparable
+  const theirs = t?.['allowedPairs'] as number | undefined;
+  const mismatch = theirs !== undefined && theirs * SIZES.naHeads !== o.pairs ? `Flex mask allows ${theirs} pairs per head, tilewise ${o.pairs / SIZES.naHeads}` : undefined;
+  return { ...o, flexMs: mismatch ? undefined : t?.ms, flexTflops: mismatch ? undefined : tf(o.pairs, SIZES.naDim, t?.ms), flexNote: mismatch ?? t?.unavailable ?? (t ? undefined : torch.unavailable) };
+});
+console.log(`\n2-D neighborhood attention ${X}x${Y}, ${SIZES.naHeads} heads, D ${SIZES.naDim}, fp32 (useful TFLOP/s: window pairs; dense fused: all pairs, ${f(naDense.ms)} ms, ${f(naDense.tflops)} TFLOP/s)`);
+console.log(
+  table(
+    ['kernel', 'fused ms', 'fused TFLOP/s', 'naive ms', 'naive TFLOP/s', 'Flex ms', 'Flex TFLOP/s', 'naive/fused', 'dense/fused', 'Flex/fused', 'relErr f/n'],
+    naRows.map((r) => [
+      String(r.kernel),
+      f(r.fused.ms),
+      f(r.fused.tflops),
+      f(r.naive.ms),
+      f(r.naive.tflops),
+      f(r.flexMs),
+      f(r.flexTflops),
+      `${(r.naive.ms / r.fused.ms).toFixed(2)}x`,
+      `${(naDense.ms / r.fused.ms).toFixed(2)}x`,
+      r.flexMs ? `${(r.flexMs / r.fused.ms).toFixed(2)}x` : '-',
+      `${r.fused.relErr.toExponential(1)}/${r.naive.relErr.toExponential(1)}`,
+    ]),
+  ),
+);
+console.log('ratios are time ratios (>1: ours fused is faster), except ours/SDPA, a TFLOP/s ratio (>1: ours is faster).');
+for (const note of new Set([...denseRows.map((x) => x.torchNote), ...naRows.map((x) => x.flexNote)].filter((x) => x))) console.log(`PyTorch rows unavailable: ${note}`);
+
+await mkdir(opt.out!, { recursive: true });
+const file = join(opt.out!, 'gpu-bench.json');
+await writeFile(
+  file,
+  JSON.stringify(
+    {
+      date: new Date().toISOString(),
+      smoke,
+      repeat,
+      adapter: ctx.description,
+      adapterClass: ctx.adapterClass,
+      features: [...ctx.features].sort(),
+      storedTuning: ctx.tuning ?? null,
+      timing: timer ? 'gpu-ts' : 'wall-gpu',
+      sizes: SIZES,
+      torch: { version: torch.torch ?? null, device: torch.device ?? null, unavailable: torch.unavailable ?? null, results: torchRows },
+      dense: denseRows,
+      na: { grid: SIZES.naGrid, heads: SIZES.naHeads, dim: SIZES.naDim, denseFused: naDense, rows: naRows },
+    },
+    null,
+    1,
+  ),
+);
+console.log(`\nwrote ${file}`);
+process.exit(0); // Dawn's instance keeps the event loop alive

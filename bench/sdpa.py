@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+"""PyTorch float32 attention timings for bench/gpu.ts, on the same GPU in the same device session.
+
+Reads a JSON spec on stdin:
+  {"smoke": bool, "repeat": int,
+   "dense": [{"B", "N", "H", "D", "causal"}],
+   "na": [{"grid": [X, Y], "heads", "dim", "kernel"}]}
+and prints one JSON object on stdout: {"torch", "device", "tf32", "results": [...]} or
+{"unavailable": reason}. Each result echoes its case with "kind" ("sdpa" | "flex-na") and "ms"
+(median over "repeat" runs after a warm-up, CUDA events) or "unavailable".
+
+Inputs are heads-last like tilewise's, [B, N, H, D], viewed as [B, H, N, D] (no copy), float32,
+TF32 off: the comparison is fp32 against fp32. Without CUDA the script only runs with "smoke"
+(on the CPU, to check the script itself), never for numbers.
+"""
+import json
+import statistics
+import sys
+import time
+
+
+def main() -> int:
+    spec = json.load(sys.stdin)
+    try:
+        import torch
+        import torch.nn.functional as F
+    except ImportError as e:
+        print(json.dumps({"unavailable": f"torch is not importable: {e}"}))
+        return 0
+    cuda = torch.cuda.is_available()
+    if not cuda and not spec.get("smoke"):
+        print(json.dumps({"unavailable": f"torch {torch.__version__} sees no CUDA device"}))
+        return 0
+    dev = "cuda" if cuda else "cpu"
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    repeat = int(spec.get("repeat", 5))
+    out = {
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name() if cuda else "cpu (smoke only)",
+        "tf32": False,
+        "results": [],
+    }
+
+    def timed(fn) -> float:
+        fn()  # warm-up (and compilation for flex)
+        times = []
+        for _ in range(repeat):
+            if cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                torch.cuda.synchronize()
+                times.append(start.elapsed_time(end))
+            else:
+                t0 = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - t0) * 1e3)
+        return statistics.median(times)
+
+    def inputs(B, N, H, D):
+        # heads-last storage, [B, H, N, D] view: what a tilewise user's tensors would give
+        return [torch.randn(B, N, H, D, device=dev, dtype=torch.float32).transpose(1, 2) for _ in range(3)]
+
+    def release():
+        if cuda:
+            torch.cuda.empty_cache()
+
+    for c in spec["dense"]:
+        q, k, v = inputs(c["B"], c["N"], c["H"], c["D"])
+        row = {**c, "kind": "sdpa"}
+        try:
+            with torch.no_grad():
+                row["ms"] = timed(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=c["causal"]))
+            try:  # which fused kernel the dispatcher picks (private API: informative only)
+                row["sdpaBackend"] = str(torch._fused_sdp_choice(q, k, v, is_causal=c["causal"]))
+            except Exception:
+                pass
+        except Exception as e:  # out of memory, no kernel for this shape: record, go on
+            row["unavailable"] = f"{type(e).__name__}: {e}"[:300]
+        out["results"].append(row)
+        del q, k, v
+        release()
+
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+        flex = torch.compile(flex_attention) if cuda else flex_attention
+        flex_missing = None
+    except Exception as e:
+        flex, flex_missing = None, f"FlexAttention is not available: {type(e).__name__}: {e}"[:300]
+
+    for c in spec["na"]:
+        row = {**c, "kind": "flex-na"}
+        if flex is None:
+            row["unavailable"] = flex_missing
+            out["results"].append(row)
+            continue
+        X, Y = c["grid"]
+        K, H, D = c["kernel"], c["heads"], c["dim"]
+
+        # NATTEN semantics (odd kernel, dilation 1, not causal): the window is shifted inward at borders
+        def na_mask(b, h, qi, ki):
+            qx, qy, kx, ky = qi // Y, qi % Y, ki // Y, ki % Y
+            sx = (qx - K // 2).clamp(0, X - K)
+            sy = (qy - K // 2).clamp(0, Y - K)
+            return (kx >= sx) & (kx < sx + K) & (ky >= sy) & (ky < sy + K)
+
+        try:
+            # pairs the mask allows, for bench/gpu.ts to compare with tilewise's count (same semantics)
+            idx = torch.arange(X * Y, device=dev)
+            row["allowedPairs"] = int(sum(na_mask(0, 0, idx[i : i + 1024, None], idx[None, :]).sum().item() for i in range(0, X * Y, 1024)))
+            mask = create_block_mask(na_mask, None, None, X * Y, X * Y, device=dev)
+            q, k, v = inputs(1, X * Y, H, D)
+            with torch.no_grad():
+                row["ms"] = timed(lambda: flex(q, k, v, block_mask=mask))
+            row["maskSparsity"] = float(mask.sparsity())
+            del q, k, v
+        except Exception as e:
+            row["unavailable"] = f"{type(e).__name__}: {e}"[:300]
+        out["results"].append(row)
+        release()
+
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
