@@ -3,7 +3,10 @@ import { test } from 'node:test';
 import { planAttention, planNA, type AttentionOptions, type NeighborhoodOptions } from '../src/api.js';
 import { TilewiseError } from '../src/errors.js';
 import type { PatternSpec } from '../src/patterns/spec.js';
-import type { AttnProblem } from '../src/problem.js';
+import { LongHeadsCache } from '../src/longheads/cache.js';
+import { longHeadsAttention } from '../src/longheads/attention.js';
+import { type AttnProblem, ItemSpace } from '../src/problem.js';
+import { SelectedPositions, chunksOf, ropePositions } from '../src/rope.js';
 import { referenceAttention } from '../src/reference.js';
 import { type Tensor, randn, relError, rng } from '../src/tensor.js';
 import { getContext, getDevice, setDevice, webgpuAvailable } from '../src/webgpu/device.js';
@@ -11,6 +14,7 @@ import { FUSED_TUNING, fitTile, fusedCanRun, planFused, runWebGPUFused, runWebGP
 import { fusedProgram, fusedWorkgroupBytes, threadsOf } from '../src/webgpu/fused-wgsl.js';
 import { UNFUSED_TUNING, naiveCanRun, planTiled, runWebGPUNaAV, runWebGPUNaQK, runWebGPUNaive, runWebGPUUnfused, setUnfusedTuning, unfusedCanRun } from '../src/webgpu/na.js';
 import { naAVProgram, naQKProgram, naSoftmaxProgram, naiveProgram, tiledThreads, tiledWorkgroupBytes } from '../src/webgpu/na-wgsl.js';
+import { ITEM, VISIT, buildGpuSchedule } from '../src/webgpu/schedule.js';
 import { bufferStats, fromGpu, releaseTensor, toGpu } from '../src/webgpu/tensor.js';
 import { uniformLayout } from '../src/webgpu/uniforms.js';
 import { stableStringify } from '../src/webgpu/wgsl.js';
@@ -141,7 +145,7 @@ test('tiles are cut to fit the device limits', () => {
     assert.match(String(fusedCanRun(plan.problem, { ...limits, maxComputeWorkgroupStorageSize: 512 })), /workgroup memory/);
     const wgsl = fusedProgram.generate(plan.spec);
     assert.match(wgsl, /@workgroup_size\(THREADS\)/);
-    checkVarsInitialised(wgsl);
+    for (const spec of [plan.spec, { ...plan.spec, rope: true }, { ...plan.spec, rope: true, wq: 1 as const }]) checkVarsInitialised(fusedProgram.generate(spec));
     // unrolled specs have constant loop bounds, the others read them from the uniforms
     assert.equal(/d < P\.dq/.test(wgsl), !plan.spec.unroll);
   }
@@ -490,6 +494,153 @@ gpuTest('NA unfused: scores over the storage binding limit are refused naming at
   const n = Math.ceil(Math.sqrt(Math.min(limits.maxStorageBufferBindingSize, limits.maxBufferSize) / 4)) + 1;
   const [q, k] = tensors({ batch: 1, nq: n, nk: n, heads: 1, kvHeads: 1, dim: 1, dimV: 1 }, 5);
   await assert.rejects(naQK(q!, k!, { kernelSize: n, backend: 'webgpu' }), (e: unknown) => e instanceof TilewiseError && e.arg === 'attn' && /binding/.test(e.message));
+});
+
+// ---------------------------------------------------------------------------------------------
+// RoPE inside the fused kernel.
+
+/**
+ * A random LongHeads-style chunk list: per head and chunk-list tile, the own chunk of every query
+ * of the tile (required for 'selected' positions) plus random others (causal ones only when `causal`).
+ */
+function randomChunks(r: () => number, nq: number, nk: number, heads: number, causal: boolean): Extract<PatternSpec, { kind: 'chunks' }> {
+  const chunkSize = pick(r, [4, 8]);
+  const queryTile = pick(r, [8, 16]);
+  const numQTiles = Math.ceil(nq / queryTile);
+  const nChunks = Math.ceil(nk / chunkSize);
+  const offsets = [0];
+  const ids: number[] = [];
+  for (let h = 0; h < heads; h++)
+    for (let t = 0; t < numQTiles; t++) {
+      const own = (q: number) => Math.floor((q + nk - nq) / chunkSize);
+      const [first, last] = [own(t * queryTile), own(Math.min(nq, (t + 1) * queryTile) - 1)];
+      for (let c = 0; c < (causal ? last + 1 : nChunks); c++) if ((c >= first && c <= last) || r() < 0.4) ids.push(c);
+      offsets.push(ids.length);
+    }
+  return { kind: 'chunks', chunkSize, queryTile, heads, numQTiles, offsets: Int32Array.from(offsets), ids: Int32Array.from(ids) };
+}
+
+const LIMITS = {
+  maxComputeWorkgroupStorageSize: 16384,
+  maxComputeInvocationsPerWorkgroup: 256,
+  maxComputeWorkgroupSizeX: 256,
+  maxComputeWorkgroupsPerDimension: 65535,
+  maxStorageBufferBindingSize: 1 << 27,
+  maxBufferSize: 1 << 28,
+  maxStorageBuffersPerShaderStage: 8,
+};
+
+test("GPU schedule RoPE shifts: token + shift is every query's and every listed key's position ('selected' visits split per chunk run)", () => {
+  const r = rng(61);
+  let splits = 0;
+  for (let i = 0; i < 12; i++) {
+    const heads = pick(r, [1, 2]);
+    const nk = int(r, 20, 90);
+    const nq = i % 3 === 0 ? int(r, 1, nk) : nk;
+    const causal = i % 2 === 0;
+    const chunks = randomChunks(r, nq, nk, pick(r, [1, heads]), causal);
+    const [q, k, v] = tensors({ batch: 1, nq, nk, heads, kvHeads: heads, dim: 8, dimV: 8 }, 1300 + i);
+    const pattern: PatternSpec = causal ? { kind: 'and', parts: [chunks, { kind: 'causal', align: 'bottom-right' }] } : chunks;
+    const tile = { q: pick(r, [chunks.queryTile, chunks.queryTile / 2, 4]), kv: pick(r, [8, 16, 32]) };
+    const { problem } = planAttention(q, k, v, { pattern, rope: {}, ropePositions: 'selected', tile });
+    const plan = planFused(problem, LIMITS, { ...FUSED_TUNING.cpu, maxRows: pick(r, [32, 6]) });
+    assert.equal(chunks.queryTile % plan.problem.qTile[0]!, 0, 'GPU query tiles stay inside one chunk-list tile');
+    const space = new ItemSpace(plan.problem);
+    const sched = buildGpuSchedule(plan.problem, space, { maxWords: 1 << 25 }).data;
+    const pos = new Int32Array(64);
+    const i32 = (x: number) => x | 0;
+    for (let item = 0; item < space.total; item++) {
+      const ib = item * ITEM.size;
+      const h = sched[ib + ITEM.at.h]!;
+      const qt = sched.subarray(sched[ib + ITEM.at.qTok]!, sched[ib + ITEM.at.qTok]! + sched[ib + ITEM.at.nq]!);
+      const qTok = Int32Array.from(qt);
+      ropePositions(problem.rope!, pattern, h, nq, nk, qTok, qTok.length, true, qTok[0]!, pos);
+      qTok.forEach((t, j) => assert.equal(t + i32(sched[ib + ITEM.at.qPosShift]!), pos[j], `item ${item}: query ${t}`));
+      const sel = new SelectedPositions(chunksOf(pattern)!).at(h, Math.floor(qTok[0]! / chunks.queryTile));
+      for (let vi = 0; vi < sched[ib + ITEM.at.nVisit]!; vi++) {
+        const vb = sched[ib + ITEM.at.visit]! + vi * VISIT.size;
+        const kt = sched.subarray(sched[vb + VISIT.at.kTok]!, sched[vb + VISIT.at.kTok]! + sched[vb + VISIT.at.nk]!);
+        for (const t of kt) if (sel.slotOf(Math.floor(t / chunks.chunkSize)) >= 0) assert.equal(t + i32(sched[vb + VISIT.at.kPosShift]!), sel.position(t), `item ${item} visit ${vi}: key ${t}`);
+      }
+    }
+    const { rope: _, ...plain } = plan.problem;
+    if (buildGpuSchedule(plain, space, { maxWords: 1 << 25 }).visits < buildGpuSchedule(plan.problem, space, { maxWords: 1 << 25 }).visits) splits++;
+  }
+  assert.ok(splits > 0, 'some visits crossed a chunk boundary with a shift change and were split');
+});
+
+// One tile shape for the RoPE tests (LongHeads below uses it too: selectTile 8, 32 keys): lavapipe
+// compiles each new pipeline for seconds, and a pipeline depends on head dims and tiles only.
+const ropeTile = { q: 8, kv: 32 };
+
+gpuTest('RoPE, absolute positions: causal top-left and bottom-right, windows, Nq != Nk, GQA, partial rotary dims', async () => {
+  const r = rng(62);
+  for (let i = 0; i < 8; i++) {
+    // D 12 with 12 or 8 rotated dims pairs lanes across vec4s; D 6 takes the scalar path
+    const dim = [8, 12, 6][i % 3]!;
+    const c = randomCfg(r, { dim, dimV: dim });
+    const dims = [dim, dim - (dim % 4 === 0 ? 4 : 2), 2][(i >> 1) % 3]!;
+    const opts: AttentionOptions = {
+      causal: pick(r, [false, 'top-left', 'bottom-right'] as const),
+      rope: { dims, base: pick(r, [10000, 100]) },
+      tile: ropeTile,
+      ...(i % 3 === 2 ? { window: [int(r, 0, 12), int(r, -1, 6)] as [number, number] } : {}),
+    };
+    await attnCase(c, opts, 1400 + i, `rope ${JSON.stringify(opts)}`);
+  }
+  // decode-like: a few queries at large positions (bottom-right), and more queries than keys
+  await attnCase({ batch: 1, nq: 3, nk: 700, heads: 2, kvHeads: 1, dim: 8, dimV: 8 }, { causal: 'bottom-right', rope: {}, tile: ropeTile }, 1410, 'rope decode');
+  await attnCase({ batch: 1, nq: 50, nk: 9, heads: 1, kvHeads: 1, dim: 8, dimV: 8 }, { rope: { dims: 4 }, tile: ropeTile }, 1411, 'rope nq > nk');
+});
+
+gpuTest("RoPE, 'selected' positions: random chunk lists, alone and with causal; GQA, partial dims, other blockings", async () => {
+  const r = rng(63);
+  try {
+    for (let i = 0; i < 8; i++) {
+      // the last case: GPU query tiles cut to 4 rows (a divisor of the chunk-list tile), 10 keys
+      if (i === 7) setFusedTuning({ rm: 3, tx: 3, maxRows: 6, maxKeys: 10 });
+      const dim = [8, 12][i % 2]!;
+      const c = randomCfg(r, { batch: 1, nk: int(r, 16, 80), dim, dimV: dim });
+      c.nq = i % 3 === 0 ? int(r, 1, c.nk) : c.nk;
+      const causal = (i >> 1) % 2 === 0;
+      const chunks = randomChunks(r, c.nq, c.nk, pick(r, [1, c.heads]), causal);
+      const pattern: PatternSpec = causal ? { kind: 'and', parts: [chunks, { kind: 'causal', align: 'bottom-right' }] } : chunks;
+      const rope = { dims: pick(r, [dim, dim - 4]), base: pick(r, [10000, 50]) };
+      await attnCase(c, { pattern, rope, ropePositions: 'selected', tile: ropeTile }, 1500 + i, `selected C=${chunks.chunkSize} T=${chunks.queryTile} causal=${causal} ${JSON.stringify(rope)}`);
+    }
+  } finally {
+    setFusedTuning(undefined);
+  }
+});
+
+gpuTest("LongHeads prefill and LongHeadsCache decode: backend 'webgpu' matches 'cpu'", async () => {
+  const dim = 8;
+  for (const [n, chunkSize, slots, selectTile, heads, kvHeads, ropeDims] of [
+    [150, 8, 4, 8, 2, 1, 8],
+    [200, 16, 3, 8, 1, 1, 4],
+    [100, 8, 3, 1, 2, 2, 8],
+  ] as const) {
+    const c: Cfg = { batch: 1, nq: n, nk: n, heads, kvHeads, dim, dimV: dim };
+    const [q, k, v] = tensors(c, 1600 + n);
+    const opts = { chunkSize, budget: chunkSize * slots, selectTile, rope: { dims: ropeDims } };
+    const gpu = await longHeadsAttention(q, k, v, { ...opts, backend: 'webgpu' });
+    const cpu = await longHeadsAttention(q, k, v, { ...opts, backend: 'cpu' });
+    const what = JSON.stringify({ n, ...opts, heads, kvHeads });
+    assert.ok(relError(gpu.out.data, cpu.out.data) < TOL, `${what}: out relErr ${relError(gpu.out.data, cpu.out.data)}`);
+    assert.ok(relError(gpu.lse.data, cpu.lse.data) < TOL, `${what}: lse`);
+  }
+  // decode: the same tokens through a cache on each backend; selection happens past the budget
+  const [H, Hk, D, C, n, pre] = [2, 1, 8, 8, 60, 40];
+  const [q, k, v] = tensors({ batch: 1, nq: n, nk: n, heads: H, kvHeads: Hk, dim: D, dimV: D }, 1700);
+  const caches = (['webgpu', 'cpu'] as const).map((backend) => new LongHeadsCache(H, Hk, D, { chunkSize: C, budget: 3 * C, backend }));
+  const rows = (t: Tensor, w: number, a: number, b: number): Tensor => ({ data: t.data.slice(a * w, b * w), shape: [b - a, w / D, D] });
+  for (const cache of caches) await cache.append(rows(q, H * D, 0, pre), rows(k, Hk * D, 0, pre), rows(v, Hk * D, 0, pre));
+  for (let i = pre; i < pre + 7; i++) {
+    const res = [];
+    for (const cache of caches) res.push(await cache.decode(rows(q, H * D, i, i + 1), rows(k, Hk * D, i, i + 1), rows(v, Hk * D, i, i + 1)));
+    const e = relError(res[0]!.out.data, res[1]!.out.data);
+    assert.ok(e < TOL, `decode step ${i}: relErr ${e}`);
+  }
 });
 
 // ---------------------------------------------------------------------------------------------

@@ -28,6 +28,8 @@ export interface FusedSpec {
   readonly softcap: boolean;
   readonly bias: boolean;
   readonly rpb: boolean;
+  /** RoPE on q and k rows as they are staged (table in aux, positions token + shift from the schedule). */
+  readonly rope: boolean;
   /**
    * Constant loop bounds (the driver unrolls, the micro-tiles live in registers) or bounds read
    * from the uniforms (CPU drivers such as llvmpipe compile unrolled code many times slower).
@@ -60,6 +62,11 @@ export const FUSED_UNIFORMS = uniformLayout({
   rpbOff: 'u32',
   rpbVol: 'u32',
   rpbConst: 'i32',
+  // RoPE table in aux: cos at ropeOff, [ropeMax, ropeHalf], the sin table ropeSin words later
+  ropeOff: 'u32',
+  ropeHalf: 'u32',
+  ropeSin: 'u32',
+  ropeMax: 'i32',
   // the blocking constants again, as loop bounds for specs that do not unroll
   dq: 'u32',
   rm: 'u32',
@@ -74,7 +81,7 @@ export const fusedProgram: Program<FusedSpec, typeof FUSED_UNIFORMS.decl> = {
   bindings: (s) => [
     ...attnBindings(s.wq, s.wv),
     { name: 'sched', kind: 'read', type: 'array<u32>' },
-    ...(s.bias || s.rpb ? [{ name: 'aux', kind: 'read' as const, type: 'array<f32>' }] : []),
+    ...(s.bias || s.rpb || s.rope ? [{ name: 'aux', kind: 'read' as const, type: 'array<f32>' }] : []),
   ],
   workgroupSize: threadsOf,
   generate: generateFused,
@@ -87,6 +94,42 @@ function scoreHooks(s: FusedSpec): string[] {
   if (s.bias) h.push('x += aux[biasBase + qt[i] * biasStride + ktok[c]];');
   if (s.rpb) h.push('x += aux[rpbBase + u32(klin[c] - ql[i])];');
   return h;
+}
+
+/**
+ * RoPE (rotate half: dim j pairs with j + half, j < half; dims past 2 * half unchanged), applied
+ * while staging so each thread still writes whole vectors: `rope_<buf>(base, c, p)` is vector c of
+ * the row at vector offset `base`, rotated to position p, its partner lanes read from global memory
+ * (cached) instead of the staged tile, which would cost a barrier and a race on shared vectors.
+ * Positions index the host's float64-built table: f32 sin/cos of large arguments would be poor.
+ */
+function ropeFns(s: FusedSpec): string {
+  const T = vec(s.wq);
+  // lane x at dim j: x cos - y sin below half, x cos + y sin above, y the partner lane
+  const body = (x: string, j: string, partner: string) => `let j = ${j};
+    if (j < 2u * P.ropeHalf) {
+      let lo = j < P.ropeHalf;
+      let f = select(j - P.ropeHalf, j, lo);
+      let pj = select(j - P.ropeHalf, j + P.ropeHalf, lo);
+      let y = ${partner};
+      let t = P.ropeOff + p * P.ropeHalf + f;
+      ${x} = ${x} * aux[t] + select(y, -y, lo) * aux[t + P.ropeSin];
+    }`;
+  const rot = (buf: string) => `fn rope_${buf}(base: u32, c: u32, p: u32) -> ${T} {
+  var x: ${T} = ${buf}[base + c];
+  ${
+    s.wq === 4
+      ? `for (var l: u32 = 0u; l < 4u; l++) {
+    ${body('x[l]', 'c * 4u + l', `${buf}[base + pj / 4u][pj % 4u]`)}
+  }`
+      : body('x', 'c', `${buf}[base + pj]`)
+  }
+  return x;
+}`;
+  return `// position token + shift, clamped: keys of unlisted chunks ('selected') may fall outside the table
+fn ropePos(tok: u32, shift: i32) -> u32 { return u32(clamp(i32(tok) + shift, 0, P.ropeMax - 1)); }
+${rot('q')}
+${rot('k')}`;
 }
 
 const range = (n: number): number[] => Array.from({ length: n }, (_, i) => i);
@@ -116,6 +159,7 @@ ${ITEM.wgsl('I_')}
 ${VISIT.wgsl('V_')}
 const NO_MASK: u32 = ${NO_MASK}u;
 const NEG: f32 = -3.0e38;
+${s.rope ? ropeFns(s) : ''}
 
 var<workgroup> qs: array<${QT}, ${s.rows * dq}>;
 var<workgroup> ks: array<${QT}, ${s.keys * dq}>;
@@ -139,6 +183,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let nVisit = sched[ib + I_nVisit];
   let biasBase = sched[ib + I_biasBase];
   let biasStride = sched[ib + I_biasStride];
+  ${s.rope ? 'let qShift = bitcast<i32>(sched[ib + I_qPosShift]);' : ''}
   let kh = h / P.group;
   let tx = lid % TX;
   let r0 = (lid / TX) * RM;
@@ -147,7 +192,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   for (var e: u32 = lid; e < BQ * DQ; e += THREADS) {
     let r = e / DQ;
     var x: ${QT} = ${QT}(0.0);
-    if (r < nq) { x = q[((qOff + sched[qTok + r]) * P.heads + h) * DQ + (e - r * DQ)]; }
+    if (r < nq) {
+      let t = sched[qTok + r];
+      ${s.rope ? 'x = rope_q(((qOff + t) * P.heads + h) * DQ, e - r * DQ, ropePos(t, qShift));' : 'x = q[((qOff + t) * P.heads + h) * DQ + (e - r * DQ)];'}
+    }
     qs[e] = x;
   }
   var m: array<f32, RM> = array<f32, RM>();
@@ -167,9 +215,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let kTok = sched[vb + V_kTok];
     let nk = sched[vb + V_nk];
     let mask = sched[vb + V_mask];
+    ${s.rope ? 'let kShift = bitcast<i32>(sched[vb + V_kPosShift]);' : ''}
     for (var e: u32 = lid; e < nk * DQ; e += THREADS) {
       let j = e / DQ;
-      ks[e] = k[((kOff + sched[kTok + j]) * P.kvHeads + kh) * DQ + (e - j * DQ)];
+      let t = sched[kTok + j];
+      ${s.rope ? 'ks[e] = rope_k(((kOff + t) * P.kvHeads + kh) * DQ, e - j * DQ, ropePos(t, kShift));' : 'ks[e] = k[((kOff + t) * P.kvHeads + kh) * DQ + (e - j * DQ)];'}
     }
     for (var e: u32 = lid; e < nk * DV; e += THREADS) {
       let j = e / DV;

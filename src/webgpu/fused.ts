@@ -73,6 +73,11 @@ export function resolveTuning(adapterClass: 'cpu' | 'gpu', stored?: FusedTuning,
 
 export const tuningFor = (ctx: Pick<GpuContext, 'adapterClass' | 'tuning'>): FusedTuning => resolveTuning(ctx.adapterClass, ctx.tuning, override);
 
+const largestDivisor = (n: number, cap: number): number => {
+  for (let d = Math.min(n, cap); d > 1; d--) if (n % d === 0) return d;
+  return 1;
+};
+
 const roundUp = (x: number, m: number): number => Math.ceil(x / m) * m;
 
 export function planFused(problem: AttnProblem, limits: GpuLimits, tune: FusedTuning = tuningFor({ adapterClass: 'gpu' })): FusedPlan {
@@ -82,7 +87,8 @@ export function planFused(problem: AttnProblem, limits: GpuLimits, tune: FusedTu
   const budget = limits.maxComputeWorkgroupStorageSize;
   // Largest query tile (then key tile) under the caps whose workgroup memory fits the device.
   for (let rowCap = tune.maxRows; rowCap >= 1; rowCap = Math.floor(rowCap / 2)) {
-    const qTile = fitTile(tileFor(problem.qTile, rank), rowCap);
+    // 'selected' RoPE: query tiles must stay inside one chunk-list tile, so cut to a divisor (rank 1)
+    const qTile = problem.rope?.positions === 'selected' ? [largestDivisor(tileFor(problem.qTile, rank)[0]!, rowCap)] : fitTile(tileFor(problem.qTile, rank), rowCap);
     const nq = prod(qTile);
     const rm = Math.min(tune.rm, nq);
     const rows = roundUp(nq, rm);
@@ -103,6 +109,7 @@ export function planFused(problem: AttnProblem, limits: GpuLimits, tune: FusedTu
         softcap: problem.softcap > 0,
         bias: problem.bias !== undefined,
         rpb: problem.rpb !== undefined,
+        rope: problem.rope !== undefined,
         unroll: tune.unroll,
       };
       if (fusedWorkgroupBytes(spec) <= budget && threadsOf(spec) <= maxThreads) return { spec, problem: { ...problem, qTile, kvTile }, rank };
@@ -114,14 +121,13 @@ export function planFused(problem: AttnProblem, limits: GpuLimits, tune: FusedTu
 /** Whether the fused kernel can run `problem` on a device with these limits: true, or the reason. */
 export function fusedCanRun(problem: AttnProblem, limits: GpuLimits): true | string {
   const { heads: H, kvHeads: Hk, dim: D, dimV: DV, qRows, kRows } = problem;
-  if (problem.rope) return 'RoPE inside the WebGPU fused kernel is not implemented yet';
   const fit = bindingsFit(
     [
       ['q', qRows * H * D * 4],
       ['k', kRows * Hk * D * 4],
       ['v', kRows * Hk * DV * 4],
       ['out', qRows * H * DV * 4],
-      ['bias + rpb', 4 * ((problem.bias?.data.length ?? 0) + (problem.rpb?.data.length ?? 0))],
+      ['bias + rpb + RoPE table', 4 * ((problem.bias?.data.length ?? 0) + (problem.rpb?.data.length ?? 0) + (problem.rope?.table.length ?? 0))],
     ],
     limits,
   );
@@ -156,6 +162,7 @@ const fusedKernel: TensorKernel = async (ctx, problem, q, k, v, opts) => {
   const plan = planFused(problem, limits, tuningFor(ctx));
   const space = new ItemSpace(plan.problem);
   const rpb = problem.rpb ? rpbLayout(problem.rpb.kernel) : undefined;
+  const rope = problem.rope;
   const sched = buildGpuSchedule(plan.problem, space, { ...(rpb ? { lin: rpb.strides } : {}), maxWords: Math.floor(limits.maxStorageBufferBindingSize / 4) });
   const pipeline = await getPipeline(device, fusedProgram, plan.spec);
   return launchAttn(ctx, problem, q, k, v, opts, 'fused', (io, own) => {
@@ -172,15 +179,21 @@ const fusedKernel: TensorKernel = async (ctx, problem, q, k, v, opts) => {
       rpbOff: problem.bias ? problem.bias.data.length : 0,
       rpbVol: rpb?.volume ?? 0,
       rpbConst: rpb?.base ?? 0,
+      ropeOff: (problem.bias?.data.length ?? 0) + (problem.rpb?.data.length ?? 0),
+      ropeHalf: rope ? rope.dims / 2 : 0,
+      ropeSin: rope ? rope.maxPos * (rope.dims / 2) : 0,
+      ropeMax: rope?.maxPos ?? 0,
       ...blockingOf(plan.spec),
     });
     const entries = [own(uniformBuffer(device, params)), io.q, io.k, io.v, io.out, io.lse, own(uploadBuffer(device, sched.data, BufferUsage.STORAGE, 'tilewise schedule'))];
-    if (plan.spec.bias || plan.spec.rpb) {
+    if (plan.spec.bias || plan.spec.rpb || plan.spec.rope) {
+      // aux = bias | rpb | RoPE table (cos then sin), one binding
       const nb = problem.bias?.data.length ?? 0;
       const nr = problem.rpb?.data.length ?? 0;
-      const aux = own(createBuffer(device, (nb + nr) * 4, BufferUsage.STORAGE | BufferUsage.COPY_DST, 'tilewise bias'));
+      const aux = own(createBuffer(device, (nb + nr + (rope?.table.length ?? 0)) * 4, BufferUsage.STORAGE | BufferUsage.COPY_DST, 'tilewise aux'));
       if (problem.bias) writeData(device, aux, 0, problem.bias.data);
       if (problem.rpb) writeData(device, aux, nb * 4, problem.rpb.data);
+      if (rope) writeData(device, aux, (nb + nr) * 4, rope.table);
       entries.push(aux);
     }
     return { pipeline, entries, groups };

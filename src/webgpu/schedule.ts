@@ -3,7 +3,8 @@ import { TilewiseError } from '../errors.js';
 import type { CompiledPattern } from '../patterns/compile.js';
 import { type Box, boxTokens, boxVolume } from '../patterns/geometry.js';
 import { type AttnProblem, type ItemSpace, tileFor } from '../problem.js';
-import { kvSchedule, tileBox } from '../schedule.js';
+import { type Visit, kvSchedule, tileBox } from '../schedule.js';
+import { SelectedPositions, chunksOf } from '../rope.js';
 
 /**
  * The tile schedule of a problem, flattened on the CPU into one u32 array the fused kernel reads,
@@ -18,6 +19,15 @@ import { kvSchedule, tileBox } from '../schedule.js';
  *   i32 per token, sum_a coord_a * lin_a in group-local coordinates (the kernel's rpb index is
  *   h * rpbVolume + rpbConst + lin(key) - lin(query));
  * - masks: for a partial visit, bit (i * nk + j) says query i may see key j.
+ *
+ * RoPE positions are token + shift: `qPosShift` per item, `kPosShift` per visit (both i32, 0
+ * without RoPE). 'absolute' shifts are constants of the sequence's shape (see ropePositions).
+ * 'selected' positions are slot * chunkSize + offset in the chunk, so a key's shift is
+ * (slot - chunk) * chunkSize: constant over a run of consecutively listed chunks, and visits are
+ * split where it changes. Keys of unlisted chunks are masked; they join the run they sit in and the
+ * kernel clamps their (meaningless) position into the table. A query tile needs no split: its rows
+ * are contiguous tokens inside one chunk-list tile, every row's own chunk is listed (api.ts
+ * checkOwnChunks), so the chunks it spans are consecutive in the sorted list; this is checked here.
  *
  * Everything that does not depend on the head (or the batch) is shared: key token lists are
  * deduplicated by box, and whole item schedules by (pattern, group, tile) unless the pattern
@@ -41,8 +51,8 @@ function record<F extends string>(fields: readonly F[]): RecordLayout<F> {
   };
 }
 
-export const ITEM = record(['h', 'qOff', 'kOff', 'qTok', 'nq', 'visit', 'nVisit', 'biasBase', 'biasStride'] as const);
-export const VISIT = record(['kTok', 'nk', 'mask'] as const);
+export const ITEM = record(['h', 'qOff', 'kOff', 'qTok', 'nq', 'visit', 'nVisit', 'biasBase', 'biasStride', 'qPosShift'] as const);
+export const VISIT = record(['kTok', 'nk', 'mask', 'kPosShift'] as const);
 export const NO_MASK = 0xffffffff;
 
 class Heap {
@@ -86,6 +96,65 @@ interface Entry {
   nq: number;
   visit: number;
   nVisit: number;
+  qPosShift: number;
+}
+
+/** A visit with the RoPE shift of its keys. */
+interface ShiftedVisit extends Visit {
+  readonly kPosShift: number;
+}
+
+/**
+ * The RoPE shifts of one query tile (`qTok`, `nq` rows; `nqSeq`/`nkSeq` the sequence's lengths):
+ * its query shift and its visits, split where the key shift changes ('selected' positions).
+ */
+function ropeShifts(
+  problem: AttnProblem,
+  h: number,
+  nqSeq: number,
+  nkSeq: number,
+  qTok: Int32Array,
+  nq: number,
+  vs: readonly Visit[],
+  keyTokens: (box: Box) => Int32Array,
+): { qPosShift: number; visits: ShiftedVisit[] } {
+  const rope = problem.rope;
+  if (!rope) return { qPosShift: 0, visits: vs.map((v) => ({ ...v, kPosShift: 0 })) };
+  if (rope.positions === 'absolute') {
+    const kPosShift = Math.max(0, nqSeq - nkSeq);
+    return { qPosShift: Math.max(0, nkSeq - nqSeq), visits: vs.map((v) => ({ ...v, kPosShift })) };
+  }
+  const spec = chunksOf(problem.pattern)!;
+  const C = spec.chunkSize;
+  const t = Math.floor(qTok[0]! / spec.queryTile);
+  const sel = new SelectedPositions(spec).at(h, t);
+  const qPosShift = sel.position(qTok[0]! + nkSeq - nqSeq) - qTok[0]!;
+  for (let i = 0; i < nq; i++)
+    if (Math.floor(qTok[i]! / spec.queryTile) !== t || sel.position(qTok[i]! + nkSeq - nqSeq) !== qTok[i]! + qPosShift)
+      throw new TilewiseError('webgpu', 'a query tile does not share one RoPE position shift (internal)', `head ${h}, query ${qTok[i]}`);
+  const visits: ShiftedVisit[] = [];
+  for (const v of vs) {
+    // rank 1, one group, no dilation ('selected' RoPE needs a chunks pattern): box index j is token kTok[j]
+    const kTok = keyTokens(v.box);
+    const lo = v.box.lo[0]!;
+    const n = v.box.hi[0]! - lo;
+    let start = 0;
+    let shift: number | undefined;
+    for (let j = 0; j < n; j++) {
+      const c = Math.floor(kTok[j]! / C);
+      const slot = sel.slotOf(c);
+      if (slot < 0) continue;
+      const sh = (slot - c) * C;
+      if (shift === undefined) shift = sh;
+      else if (sh !== shift) {
+        visits.push({ box: { lo: [lo + start], hi: [lo + j] }, full: v.full, kPosShift: shift });
+        start = j;
+        shift = sh;
+      }
+    }
+    visits.push({ box: { lo: [lo + start], hi: [lo + n] }, full: v.full, kPosShift: shift ?? 0 });
+  }
+  return { qPosShift, visits };
 }
 
 export interface ScheduleOptions {
@@ -139,6 +208,8 @@ export function buildGpuSchedule(problem: AttnProblem, space: ItemSpace, opts: S
     const span = problem.seqs[seq]!;
     let pid = patIds.get(p);
     if (pid === undefined) patIds.set(p, (pid = patIds.size));
+    const nqSeq = prod(span.qGrid);
+    const nkSeq = prod(span.kGrid);
     const key = `${pid}|${p.perBatch ? span.b : ''}|${p.perHead ? h : ''}|${g}|${tile}`;
     let e = entries.get(key);
     if (!e) {
@@ -157,7 +228,9 @@ export function buildGpuSchedule(problem: AttnProblem, space: ItemSpace, opts: S
             hi[i * rank + a] = rules[a]!.end(qCrd[i * rank + a]!);
           }
       }
-      const vs = kvSchedule(p, span.b, h, g, qBox, tileFor(problem.kvTile, rank));
+      const keyTokens = (box: Box) => (boxTokens(geo.kShape, geo.dilation, grp, box, kTok), kTok);
+      const shifted = ropeShifts(problem, h, nqSeq, nkSeq, qTok, nq, kvSchedule(p, span.b, h, g, qBox, tileFor(problem.kvTile, rank)), keyTokens);
+      const vs = shifted.visits;
       const vOff = heap.alloc(vs.length * VISIT.size);
       vs.forEach((vis, vi) => {
         const nk = boxVolume(vis.box);
@@ -191,13 +264,12 @@ export function buildGpuSchedule(problem: AttnProblem, space: ItemSpace, opts: S
         heap.data[r + VISIT.at.kTok] = kOff;
         heap.data[r + VISIT.at.nk] = nk;
         heap.data[r + VISIT.at.mask] = mask;
+        heap.data[r + VISIT.at.kPosShift] = vis.kPosShift >>> 0;
       });
       visits += vs.length;
-      e = { qTok: qOff, nq, visit: vOff, nVisit: vs.length };
+      e = { qTok: qOff, nq, visit: vOff, nVisit: vs.length, qPosShift: shifted.qPosShift };
       entries.set(key, e);
     }
-    const nqSeq = prod(span.qGrid);
-    const nkSeq = prod(span.kGrid);
     const b = problem.bias;
     const r = item * ITEM.size;
     const d = heap.data;
@@ -210,6 +282,7 @@ export function buildGpuSchedule(problem: AttnProblem, space: ItemSpace, opts: S
     d[r + ITEM.at.nVisit] = e.nVisit;
     d[r + ITEM.at.biasBase] = b ? ((b.batch === 1 ? 0 : span.b) * b.heads + (b.heads === 1 ? 0 : h)) * nqSeq * nkSeq : 0;
     d[r + ITEM.at.biasStride] = nkSeq;
+    d[r + ITEM.at.qPosShift] = e.qPosShift >>> 0;
   }
   return { data: heap.data.subarray(0, heap.n), items: space.total, visits, partialVisits };
 }
