@@ -4,10 +4,7 @@ import type { PatternSpec } from '../patterns/spec.js';
 import type { Tensor } from '../tensor.js';
 import { checkQKV } from '../validate.js';
 import { type LongHeadsConfig, type LongHeadsOptions, longHeadsConfig } from './options.js';
-import { type SeqQKV, chunkReps, selectPrefill } from './select.js';
-
-/** Largest power of two dividing `t`, capped at 64: fused query tiles must sit inside one selection tile. */
-const fusedTile = (t: number): number => Math.min(64, t & -t);
+import { type SeqQKV, chunkReps, fusedTile, selectPrefill } from './select.js';
 
 /**
  * LongHeads prefill: causal attention where every head attends to at most `budget` tokens, chosen

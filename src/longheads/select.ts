@@ -11,6 +11,9 @@ import type { LongHeadsConfig } from './options.js';
 
 type ChunksSpec = Extract<PatternSpec, { kind: 'chunks' }>;
 
+/** Largest power of two dividing `t`, capped at 64: fused query tiles must sit inside one chunk-list tile. */
+export const fusedTile = (t: number): number => Math.min(64, t & -t);
+
 /** One sequence's tensors, heads-last and flattened: q [n, H, D], k and v [n, Hk, D]. */
 export interface SeqQKV {
   readonly q: Float32Array;
@@ -56,14 +59,22 @@ export async function chunkReps(s: SeqQKV, cfg: LongHeadsConfig, full = Math.flo
   const C = cfg.chunkSize;
   if (full === 0) return new Float32Array(0);
   const m = full * C;
-  const qIn = rotateInChunk(s.q, m, H, D, C, cfg);
-  const kIn = rotateInChunk(s.k, m, Hk, D, C, cfg);
+  // in-chunk positions are the 'selected' positions of a chunk-diagonal list (slot 0), so the
+  // kernel rotates q and k itself; only the keys are rotated on the host, as values of the 2nd call
   const inChunk = await attention(
-    { data: qIn, shape: [1, m, H, D] },
-    { data: kIn, shape: [1, m, Hk, D] },
+    { data: s.q.subarray(0, m * H * D), shape: [1, m, H, D] },
+    { data: s.k.subarray(0, m * Hk * D), shape: [1, m, Hk, D] },
     { data: s.v.subarray(0, m * Hk * D), shape: [1, m, Hk, D] },
-    { pattern: diagonalChunks(C, C, full), ...(cfg.scale !== undefined ? { scale: cfg.scale } : {}), backend: cfg.backend },
+    {
+      pattern: diagonalChunks(C, C, full),
+      rope: cfg.rope,
+      ropePositions: 'selected',
+      tile: { q: fusedTile(C) },
+      ...(cfg.scale !== undefined ? { scale: cfg.scale } : {}),
+      backend: cfg.backend,
+    },
   );
+  const kIn = rotateInChunk(s.k, m, Hk, D, C, cfg);
   const summary = new Float32Array(full * H * D);
   const o = inChunk.out.data;
   for (let c = 0; c < full; c++)
