@@ -119,7 +119,8 @@ test('tuner neighbours change exactly one knob and stay in range', () => {
   const ns = neighbours({ rm: 1, tx: 32, maxRows: 64, maxKeys: 1024, unroll: false });
   for (const n of ns) {
     assert.equal(typeof checkTuning(n), 'object', JSON.stringify(n));
-    const diff = (Object.keys(n) as (keyof FusedTuning)[]).filter((k) => n[k] !== { rm: 1, tx: 32, maxRows: 64, maxKeys: 1024, unroll: false }[k]);
+    const start: FusedTuning = { rm: 1, tx: 32, maxRows: 64, maxKeys: 1024, unroll: false };
+    const diff = (Object.keys(n) as (keyof FusedTuning)[]).filter((k) => n[k] !== start[k]);
     assert.equal(diff.length, 1, JSON.stringify(n));
   }
   // rm cannot halve below 1, tx and maxKeys cannot double past their caps

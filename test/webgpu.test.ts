@@ -22,7 +22,7 @@ import { stableStringify } from '../src/webgpu/wgsl.js';
 // Without an adapter every GPU test is reported skipped with the reason, never passed.
 const available = await webgpuAvailable();
 const skip: string | false = available === true ? false : `no WebGPU device: ${available}`;
-const gpuTest = (name: string, fn: () => Promise<void>) => test(name, { skip }, fn);
+const gpuTest = (name: string, fn: (t: import('node:test').TestContext) => Promise<void>) => test(name, { skip }, fn);
 
 const TOL = 1e-4;
 
@@ -145,7 +145,8 @@ test('tiles are cut to fit the device limits', () => {
     assert.match(String(fusedCanRun(plan.problem, { ...limits, maxComputeWorkgroupStorageSize: 512 })), /workgroup memory/);
     const wgsl = fusedProgram.generate(plan.spec);
     assert.match(wgsl, /@workgroup_size\(THREADS\)/);
-    for (const spec of [plan.spec, { ...plan.spec, rope: true }, { ...plan.spec, rope: true, wq: 1 as const }]) checkVarsInitialised(fusedProgram.generate(spec));
+    for (const spec of [plan.spec, { ...plan.spec, rope: true }, { ...plan.spec, rope: true, wq: 1 as const }, { ...plan.spec, subgroups: !plan.spec.subgroups }])
+      checkVarsInitialised(fusedProgram.generate(spec));
     // unrolled specs have constant loop bounds, the others read them from the uniforms
     assert.equal(/d < P\.dq/.test(wgsl), !plan.spec.unroll);
   }
@@ -352,6 +353,32 @@ gpuTest('other blockings: the GPU table (unrolled), one thread per row, threads 
       const c = randomCfg(r, { dim: 8, dimV: pick(r, [8, 4, 6]), nq: int(r, 20, 60), nk: int(r, 20, 60) });
       const bias = randn([c.nq, c.nk], 1100 + i);
       await attnCase(c, { causal: 'bottom-right', bias, softcap: 3 }, 1110 + i, `tuning ${JSON.stringify(t)}`);
+    }
+  } finally {
+    setFusedTuning(undefined);
+  }
+});
+
+gpuTest('subgroup exchange (row max, row sum, P by shuffle) against workgroup-memory exchange, random blockings and patterns', async (t) => {
+  const ctx = await getContext();
+  if (ctx.subgroupMinSize < 2) return t.skip(`adapter has no subgroups of 2 or more lanes (${ctx.subgroupMinSize})`);
+  const r = rng(24);
+  try {
+    for (let i = 0; i < 8; i++) {
+      const tx = pick(r, [1, 2, 4, 8].filter((x) => x <= ctx.subgroupMinSize));
+      const tuning = { rm: int(r, 1, 4), tx, maxRows: pick(r, [8, 16, 32]), maxKeys: pick(r, [8, 16, 32]), unroll: r() < 0.5, subgroups: i % 4 !== 3 };
+      setFusedTuning(tuning);
+      const c = randomCfg(r, { dim: pick(r, [8, 12, 16]), nq: int(r, 10, 60), nk: int(r, 10, 60) });
+      c.dimV = pick(r, [c.dim, 4, 6]);
+      const opts: AttentionOptions = pick(r, [{ causal: 'bottom-right', softcap: 2 }, { window: [int(r, 0, 9), int(r, 0, 9)] }, { bias: randn([c.nq, c.nk], 1150 + i) }, {}]);
+      const [q, k, v] = tensors(c, 1160 + i);
+      const { problem } = planAttention(q, k, v, opts);
+      // the shuffle path is really the one taken (the spec is the pipeline's compile-time key)
+      const spec = planFused(problem, ctx.limits, { ...FUSED_TUNING.cpu, ...tuning }, ctx.subgroupMinSize).spec;
+      const pow2 = (spec.tx & (spec.tx - 1)) === 0;
+      assert.equal(spec.subgroups, tuning.subgroups && pow2, JSON.stringify(spec));
+      if (spec.subgroups && spec.tx > 1) assert.match(fusedProgram.generate(spec), /subgroupShuffleXor/);
+      await check(problem, q, k, v, `tuning ${JSON.stringify(tuning)} ${JSON.stringify(opts)} ${JSON.stringify(c)}`);
     }
   } finally {
     setFusedTuning(undefined);

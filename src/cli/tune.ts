@@ -60,7 +60,7 @@ export async function tune(a: ProfileArgs, target: GpuTarget, onStep: (what: str
   const rows: TuneRow[] = [];
   const start = resolveTuning(ctx.adapterClass, ctx.tuning);
   const evaluate = async (t: FusedTuning, round: number): Promise<TuneRow> => {
-    const plan = planFused(p, ctx.limits, t);
+    const plan = planFused(p, ctx.limits, t, ctx.subgroupMinSize);
     const key = stableStringify({ spec: plan.spec, q: plan.problem.qTile, kv: plan.problem.kvTile });
     const known = seen.get(key);
     if (known) return known;

@@ -47,6 +47,8 @@ export interface GpuContext {
   /** 'cpu' for software adapters (llvmpipe/lavapipe, SwiftShader, WARP): kernels pick other tile configs. */
   readonly adapterClass: 'cpu' | 'gpu';
   readonly userProvided: boolean;
+  /** Smallest subgroup size of the adapter when the device has `subgroups`, else 0. */
+  readonly subgroupMinSize: number;
   /** The fused-kernel tuning stored for this adapter (`tilewise profile --tune`), if any. */
   readonly tuning?: FusedTuning;
 }
@@ -111,6 +113,11 @@ function describe(info: GPUAdapterInfo | undefined): string {
   return parts.length ? parts.join(' / ') : 'unknown adapter';
 }
 
+function subgroupMin(device: GPUDevice, info: GPUAdapterInfo | undefined): number {
+  const n = Number((info as { subgroupMinSize?: number } | undefined)?.subgroupMinSize);
+  return device.features.has('subgroups') && Number.isInteger(n) && n > 0 ? n : 0;
+}
+
 async function acquire(): Promise<Held> {
   const gpu = await gpuEntry();
   const adapter = await gpu.requestAdapter({ powerPreference: 'high-performance' });
@@ -134,6 +141,7 @@ async function acquire(): Promise<Held> {
       description,
       adapterClass: classOf(description, fallback),
       userProvided: false,
+      subgroupMinSize: subgroupMin(device, adapter.info),
       ...(tuning ? { tuning } : {}),
     },
   });
@@ -178,7 +186,7 @@ export function setDevice(device: GPUDevice | undefined): void {
   // synchronous: a tuning file already loaded by an earlier acquisition applies, none is read here
   const tuning = cachedTuningFor(description);
   held = watch({
-    ctx: { device, limits: snapshotLimits(device.limits), features, description, adapterClass: classOf(description), userProvided: true, ...(tuning ? { tuning } : {}) },
+    ctx: { device, limits: snapshotLimits(device.limits), features, description, adapterClass: classOf(description), userProvided: true, subgroupMinSize: subgroupMin(device, device.adapterInfo), ...(tuning ? { tuning } : {}) },
   });
 }
 

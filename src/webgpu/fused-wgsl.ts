@@ -35,6 +35,13 @@ export interface FusedSpec {
    * from the uniforms (CPU drivers such as llvmpipe compile unrolled code many times slower).
    */
   readonly unroll: boolean;
+  /**
+   * Row reductions and the P tile through subgroup shuffles instead of workgroup memory (needs the
+   * `subgroups` feature and tx a power of two no larger than the adapter's smallest subgroup; the
+   * tx threads of a row are consecutive invocations, so they sit in one subgroup). Saves the
+   * P and reduction buffers and two of the four barriers per visit.
+   */
+  readonly subgroups: boolean;
 }
 
 export const threadsOf = (s: FusedSpec): number => (s.rows / s.rm) * s.tx;
@@ -46,8 +53,9 @@ export function blockingOf(s: FusedSpec): { dq: number; dv: number; rm: number; 
 }
 
 /** Workgroup memory the template declares for a spec, in bytes. */
-export function fusedWorkgroupBytes(s: Pick<FusedSpec, 'dim' | 'dimV' | 'rows' | 'keys' | 'tx'>): number {
-  return 4 * (s.rows * s.dim + s.keys * (s.dim + s.dimV) + s.rows * s.keys + s.rows * s.tx + 2 * s.keys);
+export function fusedWorkgroupBytes(s: Pick<FusedSpec, 'dim' | 'dimV' | 'rows' | 'keys' | 'tx' | 'subgroups'>): number {
+  const exchange = s.subgroups ? 0 : s.rows * s.keys + s.rows * s.tx;
+  return 4 * (s.rows * s.dim + s.keys * (s.dim + s.dimV) + exchange + 2 * s.keys);
 }
 
 export const FUSED_UNIFORMS = uniformLayout({
@@ -154,7 +162,93 @@ function generateFused(s: FusedSpec): string {
   // loop bounds: constants to unroll, uniforms to keep loops
   const [bDQ, bRM, bRN, bRV, bTX] = s.unroll ? ['DQ', 'RM', 'RN', 'RV', 'TX'] : ['P.dq', 'P.rm', 'P.rn', 'P.rv', 'P.tx'];
   const vcol = (k: number) => (exact ? `tx + ${TX * k}u` : `min(tx + ${TX * k}u, DV - 1u)`);
-  return `${prologue(fusedProgram, s, { DQ: dq, DV: dv, BQ: s.rows, BK: s.keys, RM, RN, RV, TX, THREADS: T, ITEM_SIZE: ITEM.size, VISIT_SIZE: VISIT.size })}
+  // scores: scale, hooks, mask; `after(i)` runs per row with the row's partial max in mx
+  const scoreRows = (after: string) => `for (var i: u32 = 0u; i < ${bRM}; i++) {
+      let r = r0 + i;
+      var mx: f32 = NEG;
+      for (var kk: u32 = 0u; kk < ${bRN}; kk++) {
+        let c = tx + TX * kk;
+        var x: f32 = sc[i * RN + kk] * P.scale;
+        ${lines(scoreHooks(s), '        ')}
+        var ok: bool = r < nq && c < nk;
+        if (ok && mask != NO_MASK) {
+          let bit = r * nk + c;
+          ok = ((sched[mask + (bit >> 5u)] >> (bit & 31u)) & 1u) != 0u;
+        }
+        x = select(NEG, max(x, NEG), ok);
+        sc[i * RN + kk] = x;
+        mx = max(mx, x);
+      }
+      ${after}
+    }`;
+  // online-softmax update of row slot i given its new max mx; p kept in sc, or also written to ps
+  const rescale = (toShared: boolean) => `let alpha = exp(m[i] - mx);
+      m[i] = mx;
+      var sum: f32 = 0.0;
+      for (var kk: u32 = 0u; kk < ${bRN}; kk++) {
+        let x = sc[i * RN + kk];
+        let p = select(0.0, exp(x - mx), x > NEG);
+        ${toShared ? 'ps[r * BK + tx + TX * kk] = p;' : 'sc[i * RN + kk] = p;'}
+        sum += p;
+      }
+      l[i] = l[i] * alpha + sum;
+      for (var c: u32 = 0u; c < ${bRV}; c++) { o[i * RV + c] *= alpha; }`;
+  // butterfly over the TX consecutive lanes of a row (TX a power of two inside one subgroup)
+  const butterfly = (x: string, op: (a: string, b: string) => string) =>
+    TX === 1 ? '' : `for (var off: u32 = 1u; off < TX; off = off << 1u) { ${x} = ${op(x, `subgroupShuffleXor(${x}, off)`)}; }`;
+  const softmaxPVShared = () => `
+    ${scoreRows('red[r * TX + tx] = mx;')}
+    workgroupBarrier();
+
+    // online softmax: row max over the TX threads sharing the row; P to workgroup memory
+    for (var i: u32 = 0u; i < ${bRM}; i++) {
+      let r = r0 + i;
+      var mx: f32 = m[i];
+      for (var t: u32 = 0u; t < ${bTX}; t++) { mx = max(mx, red[r * TX + t]); }
+      ${rescale(true)}
+    }
+    workgroupBarrier();
+
+    // O += P V on this thread's RM x RV micro-tile (value columns tx, tx + TX, ..)
+    for (var j: u32 = 0u; j < nk; j++) {
+      ${lines(V.map((k) => `let w${k} = vs[j * DV + ${vcol(k)}];`), '      ')}
+      ${lines(I.map((i) => `let p${i} = ps[(r0 + ${i}u) * BK + j];`), '      ')}
+      ${lines(I.flatMap((i) => V.map((k) => `o[${i * RV + k}] += p${i} * w${k};`)), '      ')}
+    }
+    workgroupBarrier();`;
+  // subgroup exchange: the row max by butterfly, P stays in registers and is read by shuffle
+  const softmaxPVPrivate = () => `
+    ${scoreRows(`${butterfly('mx', (a, b) => `max(${a}, ${b})`)}
+      mx = max(m[i], mx);
+      ${rescale(false)}`)}
+
+    // O += P V: key j = t + TX * kk lives in lane t of the row's lanes, slot kk
+    for (var kk: u32 = 0u; kk < ${bRN}; kk++) {
+      for (var t: u32 = 0u; t < ${bTX}; t++) {
+        let j = t + TX * kk;
+        ${lines(I.map((i) => (TX === 1 ? `let p${i} = sc[${i * RN}u + kk];` : `let p${i} = subgroupShuffle(sc[${i * RN}u + kk], lane0 + t);`)), '        ')}
+        if (j < nk) {
+          ${lines(V.map((k) => `let w${k} = vs[j * DV + ${vcol(k)}];`), '          ')}
+          ${lines(I.flatMap((i) => V.map((k) => `o[${i * RV + k}] += p${i} * w${k};`)), '          ')}
+        }
+      }
+    }
+    workgroupBarrier();`;
+  // row sums over the TX threads sharing a row, then O / l and LSE at the original rows
+  const rowSums = () =>
+    s.subgroups
+      ? `  for (var i: u32 = 0u; i < ${bRM}; i++) {
+    let r = r0 + i;
+    var lt: f32 = l[i];
+    ${butterfly('lt', (a, b) => `${a} + ${b}`)}`
+      : `  for (var i: u32 = 0u; i < ${bRM}; i++) { red[(r0 + i) * TX + tx] = l[i]; }
+  workgroupBarrier();
+  for (var i: u32 = 0u; i < ${bRM}; i++) {
+    let r = r0 + i;
+    var lt: f32 = 0.0;
+    for (var t: u32 = 0u; t < ${bTX}; t++) { lt += red[r * TX + t]; }`;
+  const shuffles = s.subgroups && TX > 1;
+  return `${shuffles ? 'enable subgroups;\n' : ''}${prologue(fusedProgram, s, { DQ: dq, DV: dv, BQ: s.rows, BK: s.keys, RM, RN, RV, TX, THREADS: T, ITEM_SIZE: ITEM.size, VISIT_SIZE: VISIT.size })}
 ${ITEM.wgsl('I_')}
 ${VISIT.wgsl('V_')}
 const NO_MASK: u32 = ${NO_MASK}u;
@@ -164,13 +258,13 @@ ${s.rope ? ropeFns(s) : ''}
 var<workgroup> qs: array<${QT}, ${s.rows * dq}>;
 var<workgroup> ks: array<${QT}, ${s.keys * dq}>;
 var<workgroup> vs: array<${VT}, ${s.keys * dv}>;
-var<workgroup> ps: array<f32, ${s.rows * s.keys}>;
-var<workgroup> red: array<f32, ${s.rows * TX}>;
+${s.subgroups ? '' : `var<workgroup> ps: array<f32, ${s.rows * s.keys}>;
+var<workgroup> red: array<f32, ${s.rows * TX}>;`}
 ${s.bias ? 'var<workgroup> ktok: array<u32, BK>;' : ''}
 ${s.rpb ? 'var<workgroup> klin: array<i32, BK>;' : ''}
 
 @compute @workgroup_size(THREADS)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32${shuffles ? ', @builtin(subgroup_invocation_id) sgid: u32' : ''}) {
   let item = wid.x + wid.y * P.itemsX;
   if (item >= P.total) { return; }
   let ib = item * ITEM_SIZE;
@@ -187,6 +281,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let kh = h / P.group;
   let tx = lid % TX;
   let r0 = (lid / TX) * RM;
+  ${shuffles ? 'let lane0 = sgid - tx; // lane of this row group\'s tx = 0' : ''}
   ${s.rpb ? 'let rpbBase = u32(i32(P.rpbOff + h * P.rpbVol) + P.rpbConst);' : ''}
 
   for (var e: u32 = lid; e < BQ * DQ; e += THREADS) {
@@ -236,61 +331,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       ${lines(K.map((k) => `let b${k} = ks[(tx + ${TX * k}u) * DQ + d];`), '      ')}
       ${lines(I.flatMap((i) => K.map((k) => `sc[${i * RN + k}] += ${dotQK(`a${i}`, `b${k}`)};`)), '      ')}
     }
-    for (var i: u32 = 0u; i < ${bRM}; i++) {
-      let r = r0 + i;
-      var mx: f32 = NEG;
-      for (var kk: u32 = 0u; kk < ${bRN}; kk++) {
-        let c = tx + TX * kk;
-        var x: f32 = sc[i * RN + kk] * P.scale;
-        ${lines(scoreHooks(s), '        ')}
-        var ok: bool = r < nq && c < nk;
-        if (ok && mask != NO_MASK) {
-          let bit = r * nk + c;
-          ok = ((sched[mask + (bit >> 5u)] >> (bit & 31u)) & 1u) != 0u;
-        }
-        x = select(NEG, max(x, NEG), ok);
-        sc[i * RN + kk] = x;
-        mx = max(mx, x);
-      }
-      red[r * TX + tx] = mx;
-    }
-    workgroupBarrier();
-
-    // online softmax: row max over the TX threads sharing the row; P to workgroup memory
-    for (var i: u32 = 0u; i < ${bRM}; i++) {
-      let r = r0 + i;
-      var mx: f32 = m[i];
-      for (var t: u32 = 0u; t < ${bTX}; t++) { mx = max(mx, red[r * TX + t]); }
-      let alpha = exp(m[i] - mx);
-      m[i] = mx;
-      var sum: f32 = 0.0;
-      for (var kk: u32 = 0u; kk < ${bRN}; kk++) {
-        let x = sc[i * RN + kk];
-        let p = select(0.0, exp(x - mx), x > NEG);
-        ps[r * BK + tx + TX * kk] = p;
-        sum += p;
-      }
-      l[i] = l[i] * alpha + sum;
-      for (var c: u32 = 0u; c < ${bRV}; c++) { o[i * RV + c] *= alpha; }
-    }
-    workgroupBarrier();
-
-    // O += P V on this thread's RM x RV micro-tile (value columns tx, tx + TX, ..)
-    for (var j: u32 = 0u; j < nk; j++) {
-      ${lines(V.map((k) => `let w${k} = vs[j * DV + ${vcol(k)}];`), '      ')}
-      ${lines(I.map((i) => `let p${i} = ps[(r0 + ${i}u) * BK + j];`), '      ')}
-      ${lines(I.flatMap((i) => V.map((k) => `o[${i * RV + k}] += p${i} * w${k};`)), '      ')}
-    }
-    workgroupBarrier();
+${s.subgroups ? softmaxPVPrivate() : softmaxPVShared()}
   }
 
-  // row sums over the TX threads sharing a row, then O / l and LSE at the original rows
-  for (var i: u32 = 0u; i < ${bRM}; i++) { red[(r0 + i) * TX + tx] = l[i]; }
-  workgroupBarrier();
-  for (var i: u32 = 0u; i < ${bRM}; i++) {
-    let r = r0 + i;
-    var lt: f32 = 0.0;
-    for (var t: u32 = 0u; t < ${bTX}; t++) { lt += red[r * TX + t]; }
+${rowSums()}
     if (r < nq) {
       let row = qOff + sched[qTok + r];
       let inv = select(0.0, 1.0 / lt, lt > 0.0);

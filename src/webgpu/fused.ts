@@ -50,6 +50,8 @@ export interface FusedTuning {
   readonly maxRows: number;
   readonly maxKeys: number;
   readonly unroll: boolean;
+  /** Use subgroup shuffles where the adapter allows (fused-wgsl.ts); false keeps workgroup memory. Default true. */
+  readonly subgroups?: boolean;
 }
 
 export const FUSED_TUNING: Readonly<Record<'cpu' | 'gpu', FusedTuning>> = {
@@ -80,7 +82,7 @@ const largestDivisor = (n: number, cap: number): number => {
 
 const roundUp = (x: number, m: number): number => Math.ceil(x / m) * m;
 
-export function planFused(problem: AttnProblem, limits: GpuLimits, tune: FusedTuning = tuningFor({ adapterClass: 'gpu' })): FusedPlan {
+export function planFused(problem: AttnProblem, limits: GpuLimits, tune: FusedTuning = tuningFor({ adapterClass: 'gpu' }), subgroupMinSize = 0): FusedPlan {
   const rank = problem.seqs.length > 0 ? new ItemSpace({ ...problem, seqs: problem.seqs.slice(0, 1) }).pattern(0).geometry.qShape.length : 1;
   const { dim, dimV } = problem;
   const maxThreads = Math.min(limits.maxComputeInvocationsPerWorkgroup, limits.maxComputeWorkgroupSizeX);
@@ -111,6 +113,8 @@ export function planFused(problem: AttnProblem, limits: GpuLimits, tune: FusedTu
         rpb: problem.rpb !== undefined,
         rope: problem.rope !== undefined,
         unroll: tune.unroll,
+        // one lane per row needs no exchange at all; else the row's lanes must share a subgroup
+        subgroups: tune.subgroups !== false && (tx === 1 || ((tx & (tx - 1)) === 0 && tx <= subgroupMinSize)),
       };
       if (fusedWorkgroupBytes(spec) <= budget && threadsOf(spec) <= maxThreads) return { spec, problem: { ...problem, qTile, kvTile }, rank };
     }
@@ -132,7 +136,7 @@ export function fusedCanRun(problem: AttnProblem, limits: GpuLimits): true | str
     limits,
   );
   if (fit !== true) return fit;
-  if (fusedWorkgroupBytes({ dim: D, dimV: DV, rows: 1, keys: 1, tx: 1 }) > limits.maxComputeWorkgroupStorageSize)
+  if (fusedWorkgroupBytes({ dim: D, dimV: DV, rows: 1, keys: 1, tx: 1, subgroups: true }) > limits.maxComputeWorkgroupStorageSize)
     return `head dims ${D}+${DV} need more than the ${limits.maxComputeWorkgroupStorageSize} bytes of workgroup memory`;
   return true;
 }
@@ -159,7 +163,7 @@ const fusedKernel: TensorKernel = async (ctx, problem, q, k, v, opts) => {
   const { device, limits } = ctx;
   const why = fusedCanRun(problem, limits);
   if (why !== true) throw new TilewiseError('webgpu', 'cannot run this problem', why);
-  const plan = planFused(problem, limits, tuningFor(ctx));
+  const plan = planFused(problem, limits, tuningFor(ctx), ctx.subgroupMinSize);
   const space = new ItemSpace(plan.problem);
   const rpb = problem.rpb ? rpbLayout(problem.rpb.kernel) : undefined;
   const rope = problem.rope;

@@ -46,7 +46,9 @@ export function checkTuning(x: unknown): FusedTuning | string {
     if (typeof v !== 'number' || !Number.isInteger(v) || v < lo || v > hi) return `${name} must be an integer in [${lo}, ${hi}] (got ${JSON.stringify(v)})`;
   }
   if (typeof o['unroll'] !== 'boolean') return `unroll must be a boolean (got ${JSON.stringify(o['unroll'])})`;
-  return { rm: o['rm'] as number, tx: o['tx'] as number, maxRows: o['maxRows'] as number, maxKeys: o['maxKeys'] as number, unroll: o['unroll'] };
+  if (o['subgroups'] !== undefined && typeof o['subgroups'] !== 'boolean') return `subgroups must be a boolean when given (got ${JSON.stringify(o['subgroups'])})`;
+  const t = { rm: o['rm'] as number, tx: o['tx'] as number, maxRows: o['maxRows'] as number, maxKeys: o['maxKeys'] as number, unroll: o['unroll'] };
+  return o['subgroups'] === undefined ? t : { ...t, subgroups: o['subgroups'] as boolean };
 }
 
 /** Reads a tuning file's text: valid entries, and one warning per thing ignored (`source` names the file in them). */
