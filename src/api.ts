@@ -2,7 +2,8 @@ import { TilewiseError, check, checkPositiveInt } from './errors.js';
 import type { Align, PatternSpec } from './patterns/spec.js';
 import type { AttnProblem, SeqSpan } from './problem.js';
 import { type RopeOptions, checkRopeTiles, chunksOf, ropeSpec } from './rope.js';
-import { type Tensor, numel } from './tensor.js';
+import { type Tensor, isGpuTensor, numel } from './tensor.js';
+import type { GpuTensor } from './webgpu/tensor.js';
 import {
   type QKVShapes,
   checkCuSeqlens,
@@ -14,7 +15,7 @@ import {
   perAxisBool,
   perAxisInt,
 } from './validate.js';
-import { type GpuKind, type Impl, naAVOnly, naQKOnly, runProblem, runProblemWebGPU, runUnfused } from './backends.js';
+import { type GpuKind, type GpuResult, type Impl, naAVOnly, naQKOnly, runGpuTensors, runProblem, runProblemWebGPU, runUnfused } from './backends.js';
 
 export type BackendName = 'cpu' | 'webgpu' | 'auto';
 
@@ -33,10 +34,18 @@ export interface CommonOptions {
   checkFinite?: boolean;
   /** Tile shape overrides (query tile, largest key tile), one entry per pattern axis or a scalar. */
   tile?: { q?: number | number[]; kv?: number | number[] };
-  /** Write the results into these arrays instead of new ones. */
-  out?: Float32Array;
-  lse?: Float32Array;
+  /** Write the results into these instead of new ones (GPU tensors when the inputs are). */
+  out?: Float32Array | GpuTensor;
+  lse?: Float32Array | GpuTensor;
 }
+
+/**
+ * Attention inputs: host tensors, or GPU tensors (`webgpu.toGpu`, `webgpu.wrapBuffer`; f32, or f16
+ * storage on devices with `shader-f16`), which run on the WebGPU backend and whose results stay on
+ * the device as GPU tensors until read (`webgpu.fromGpu`).
+ */
+export type Input = Tensor | GpuTensor;
+export type { GpuResult };
 
 export interface AttentionOptions extends CommonOptions {
   /** true = top-left alignment (FlashAttention's default when lengths match). */
@@ -113,8 +122,14 @@ async function resolveBackend(b: BackendName | undefined, problem: AttnProblem, 
   return (await getContext()).adapterClass === 'gpu' ? 'webgpu' : 'cpu';
 }
 
-/** Runs a kernel family on the resolved backend. */
-async function runOn(opts: CommonOptions, problem: AttnProblem, q: Tensor, k: Tensor, v: Tensor, lead: number[], kind: GpuKind): Promise<Result> {
+/** Runs a kernel family on the resolved backend (GPU tensors: on WebGPU, results left there). */
+async function runOn(opts: CommonOptions, problem: AttnProblem, q: Input, k: Input, v: Input, lead: number[], kind: GpuKind): Promise<Result | GpuResult> {
+  if (isGpuTensor(q)) {
+    check(opts.backend !== 'cpu', 'backend', "GPU tensors run on 'webgpu' (or 'auto'/unset), not 'cpu'");
+    return runGpuTensors(problem, q, k as GpuTensor, v as GpuTensor, lead, opts, kind);
+  }
+  k = k as Tensor;
+  v = v as Tensor;
   const backend = await resolveBackend(opts.backend, problem, kind);
   if (kind === 'unfused') return runUnfused(problem, q, k, v, lead, opts, backend);
   return backend === 'webgpu' ? runProblemWebGPU(problem, q, k, v, lead, opts, kind) : runProblem(problem, q, k, v, lead, opts, kind);
@@ -188,21 +203,24 @@ export function checkPattern(p: PatternSpec, heads: number, nq: number, nk: numb
   }
 }
 
-function checkInputsFinite(opts: CommonOptions, ts: [Tensor, string][]): void {
-  if (opts.checkFinite) for (const [t, n] of ts) checkFinite(t, n);
+function checkInputsFinite(opts: CommonOptions, ts: [Input, string][]): void {
+  // GPU tensors stay on the device: the kernels are not slowed down by a scan there
+  if (opts.checkFinite) for (const [t, n] of ts) if (!isGpuTensor(t)) checkFinite(t, n);
 }
 
 /**
  * Exact attention `softmax(scale * q k^T + bias) v` restricted to a pattern, fused (never
  * materialising scores): q [B, ...tokens, H, D], k/v [B, ...tokensK, Hk, D|Dv].
  */
-export async function attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOptions = {}): Promise<Result> {
+export async function attention(q: Tensor, k: Tensor, v: Tensor, opts?: AttentionOptions): Promise<Result>;
+export async function attention(q: GpuTensor, k: GpuTensor, v: GpuTensor, opts?: AttentionOptions): Promise<GpuResult>;
+export async function attention(q: Input, k: Input, v: Input, opts: AttentionOptions = {}): Promise<Result | GpuResult> {
   const { s, problem } = planAttention(q, k, v, opts);
   return runOn(opts, problem, q, k, v, [s.batch, ...s.qGrid], 'fused');
 }
 
 /** Validates an attention call and builds its backend-neutral problem (also used by tests and the profiler). */
-export function planAttention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOptions = {}): { s: QKVShapes; problem: AttnProblem } {
+export function planAttention(q: Input, k: Input, v: Input, opts: AttentionOptions = {}): { s: QKVShapes; problem: AttnProblem } {
   check(opts !== null && typeof opts === 'object', 'opts', 'must be an object');
   checkBackend(opts.backend);
   const s = checkQKV(q, k, v);
@@ -316,7 +334,9 @@ export interface BlockSparseOptions extends Omit<AttentionOptions, 'pattern'> {
 }
 
 /** Block-sparse attention: only blocks set in the mask are computed; the rest are never visited. */
-export async function blockSparseAttention(q: Tensor, k: Tensor, v: Tensor, opts: BlockSparseOptions): Promise<Result> {
+export async function blockSparseAttention(q: Tensor, k: Tensor, v: Tensor, opts: BlockSparseOptions): Promise<Result>;
+export async function blockSparseAttention(q: GpuTensor, k: GpuTensor, v: GpuTensor, opts: BlockSparseOptions): Promise<GpuResult>;
+export async function blockSparseAttention(q: Input, k: Input, v: Input, opts: BlockSparseOptions): Promise<Result | GpuResult> {
   check(opts && typeof opts === 'object', 'opts', 'must be an object');
   const m = opts.blockMask;
   check(m && typeof m === 'object' && m.data && Array.isArray(m.shape), 'blockMask', 'must be { data, shape }');
@@ -334,7 +354,7 @@ export async function blockSparseAttention(q: Tensor, k: Tensor, v: Tensor, opts
   }
   const pattern: PatternSpec = { kind: 'blockSparse', blockQ, blockK, mask, maskHeads: shape[0]!, numQBlocks: shape[1]!, numKBlocks: shape[2]! };
   const tile = opts.tile ?? { q: blockQ <= 128 ? blockQ : 64, kv: blockK <= 128 ? blockK : 64 };
-  return attention(q, k, v, { ...opts, pattern, tile });
+  return attention(q as Tensor, k as Tensor, v as Tensor, { ...opts, pattern, tile }); // either kind: the overloads share one body
 }
 
 export interface NeighborhoodOptions extends CommonOptions {
@@ -357,7 +377,7 @@ interface NAPlan {
   spec: Extract<PatternSpec, { kind: 'neighborhood' }>;
 }
 
-export function planNA(q: Tensor, k: Tensor, v: Tensor, opts: NeighborhoodOptions, rank?: number): NAPlan {
+export function planNA(q: Input, k: Input, v: Input, opts: NeighborhoodOptions, rank?: number): NAPlan {
   check(opts && typeof opts === 'object', 'opts', 'must be an object with kernelSize');
   checkBackend(opts.backend);
   const s = checkQKV(q, k, v, rank);
@@ -402,12 +422,16 @@ export function planNA(q: Tensor, k: Tensor, v: Tensor, opts: NeighborhoodOption
 }
 
 /** Neighborhood attention over 1-, 2- or 3-D token grids with NATTEN's semantics. */
-export async function neighborhoodAttention(q: Tensor, k: Tensor, v: Tensor, opts: NeighborhoodOptions, rank?: number): Promise<Result> {
+export async function neighborhoodAttention(q: Tensor, k: Tensor, v: Tensor, opts: NeighborhoodOptions, rank?: number): Promise<Result>;
+export async function neighborhoodAttention(q: GpuTensor, k: GpuTensor, v: GpuTensor, opts: NeighborhoodOptions, rank?: number): Promise<GpuResult>;
+export async function neighborhoodAttention(q: Input, k: Input, v: Input, opts: NeighborhoodOptions, rank?: number): Promise<Result | GpuResult> {
   const { s, problem } = planNA(q, k, v, opts, rank);
   const impl = opts.impl ?? 'fused';
   check(impl === 'fused' || impl === 'naive' || impl === 'unfused', 'impl', "must be 'fused', 'naive' or 'unfused'", String(impl));
   const extra = opts.additionalKeys !== undefined || opts.additionalValues !== undefined;
   if (extra) {
+    check(!isGpuTensor(q), 'additionalKeys', 'are not supported with GPU tensors yet (merge two calls with mergeAttentions on the host)');
+    q = q as Tensor;
     checkTensor(opts.additionalKeys, 'additionalKeys');
     checkTensor(opts.additionalValues, 'additionalValues');
     const ak = opts.additionalKeys;
@@ -419,7 +443,7 @@ export async function neighborhoodAttention(q: Tensor, k: Tensor, v: Tensor, opt
     checkDest(opts.lse, problem.qRows * s.heads, 'lse');
     checkInputsFinite(opts, [[ak, 'additionalKeys'], [av, 'additionalValues']]);
     const { out: _o, lse: _l, ...rest } = opts;
-    const na = await neighborhoodAttention(q, k, v, { ...rest, additionalKeys: undefined, additionalValues: undefined } as NeighborhoodOptions, rank);
+    const na = await neighborhoodAttention(q, k as Tensor, v as Tensor, { ...rest, additionalKeys: undefined, additionalValues: undefined } as NeighborhoodOptions, rank);
     const nq = numel(s.qGrid);
     const qFlat = { data: q.data, shape: [s.batch, nq, s.heads, s.dim] };
     const cross = await attention(qFlat, ak, av, { backend: opts.backend, scale: problem.scale, softcap: problem.softcap });
@@ -428,9 +452,9 @@ export async function neighborhoodAttention(q: Tensor, k: Tensor, v: Tensor, opt
   return runOn(opts, problem, q, k, v, [s.batch, ...s.qGrid], impl);
 }
 
-export const na1d = (q: Tensor, k: Tensor, v: Tensor, opts: NeighborhoodOptions) => neighborhoodAttention(q, k, v, opts, 1);
-export const na2d = (q: Tensor, k: Tensor, v: Tensor, opts: NeighborhoodOptions) => neighborhoodAttention(q, k, v, opts, 2);
-export const na3d = (q: Tensor, k: Tensor, v: Tensor, opts: NeighborhoodOptions) => neighborhoodAttention(q, k, v, opts, 3);
+export const na1d = (q: Tensor, k: Tensor, v: Tensor, opts: NeighborhoodOptions): Promise<Result> => neighborhoodAttention(q, k, v, opts, 1);
+export const na2d = (q: Tensor, k: Tensor, v: Tensor, opts: NeighborhoodOptions): Promise<Result> => neighborhoodAttention(q, k, v, opts, 2);
+export const na3d = (q: Tensor, k: Tensor, v: Tensor, opts: NeighborhoodOptions): Promise<Result> => neighborhoodAttention(q, k, v, opts, 3);
 
 /**
  * NATTEN's `qk` op: scores of each query against its window, [B, ...tokens, H, prod(kernelSize)]

@@ -3,8 +3,10 @@ import { naSoftmax, windowVolume } from './cpu/na.js';
 import { runKernel, shared, sharedZeros } from './cpu/pool.js';
 import type { KernelKind } from './cpu/kernels.js';
 import type { AttnProblem } from './problem.js';
-import type { Tensor } from './tensor.js';
-import { checkDest } from './validate.js';
+import { check } from './errors.js';
+import { type Tensor, numel } from './tensor.js';
+import { checkDest, checkGpuTensor } from './validate.js';
+import type { GpuTensor } from './webgpu/tensor.js';
 
 /** Kernel families a neighborhood call may ask for. */
 export type Impl = 'fused' | 'naive' | 'unfused';
@@ -20,6 +22,32 @@ function finish(problem: AttnProblem, out: Float32Array, lse: Float32Array, lead
     out: { data: dOut ?? out, shape: [...lead, problem.heads, problem.dimV] },
     lse: { data: dLse ?? lse, shape: [...lead, problem.heads] },
   };
+}
+
+export interface GpuResult {
+  out: GpuTensor;
+  lse: GpuTensor;
+}
+
+/**
+ * Runs one kernel family on GPU tensors (the WebGPU backend); the results stay on the device, in
+ * the caller's `out`/`lse` GPU tensors when given. Nothing is read back.
+ */
+export async function runGpuTensors(problem: AttnProblem, q: GpuTensor, k: GpuTensor, v: GpuTensor, lead: number[], opts: CommonOptions, kind: GpuKind): Promise<GpuResult> {
+  const dest = (d: unknown, n: number, arg: string): GpuTensor | undefined => {
+    if (d === undefined) return undefined;
+    checkGpuTensor(d, arg);
+    check(numel(d.shape) === n, arg, `must have ${n} elements`, `got ${numel(d.shape)}`);
+    return d;
+  };
+  const out = dest(opts.out, problem.qRows * problem.heads * problem.dimV, 'out');
+  const lse = dest(opts.lse, problem.qRows * problem.heads, 'lse');
+  if (out) check((out.dtype ?? 'f32') === (q.dtype ?? 'f32'), 'out', 'must have the dtype of q', String(out.dtype ?? 'f32'));
+  if (lse) check((lse.dtype ?? 'f32') === 'f32', 'lse', 'must be f32', String(lse.dtype));
+  const gpu = await import('./webgpu/index.js');
+  const run = kind === 'fused' ? gpu.runWebGPUFusedTensors : kind === 'naive' ? gpu.runWebGPUNaiveTensors : gpu.runWebGPUUnfusedTensors;
+  const r = await run(problem, q, k, v, { ...(out ? { out } : {}), ...(lse ? { lse } : {}) });
+  return { out: { ...r.out, shape: [...lead, problem.heads, problem.dimV] }, lse: { ...r.lse, shape: [...lead, problem.heads] } };
 }
 
 /** Kernel families the WebGPU backend has (all of them). */

@@ -13,10 +13,12 @@ export {
   type NeighborhoodOptions,
   type CommonOptions,
   type Result,
+  type GpuResult,
+  type Input,
   type BackendName,
 } from './api.js';
 export { TilewiseError } from './errors.js';
-export { type Tensor, tensor, zeros, randn, relError } from './tensor.js';
+export { type Tensor, tensor, zeros, randn, relError, isGpuTensor } from './tensor.js';
 export * as patterns from './patterns/spec.js';
 export type { PatternSpec, MaskFn, Align } from './patterns/spec.js';
 export { compilePattern, type CompiledPattern, EMPTY, PARTIAL, FULL } from './patterns/compile.js';

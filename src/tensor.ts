@@ -6,6 +6,14 @@ export interface Tensor {
   readonly shape: readonly number[];
 }
 
+/**
+ * Whether `x` is a GPU tensor ({ buffer, shape, offset, dtype? }, webgpu/tensor.ts) rather than a
+ * host one: the API runs GPU tensors on the WebGPU backend and leaves the results there.
+ */
+export function isGpuTensor(x: unknown): x is import('./webgpu/tensor.js').GpuTensor {
+  return x !== null && typeof x === 'object' && 'buffer' in x && !('data' in x);
+}
+
 export function numel(shape: readonly number[]): number {
   let n = 1;
   for (const s of shape) n *= s;

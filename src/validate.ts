@@ -1,5 +1,6 @@
 import { TilewiseError, check, checkPositiveInt } from './errors.js';
-import { type Tensor, numel } from './tensor.js';
+import { type Tensor, isGpuTensor, numel } from './tensor.js';
+import type { GpuTensor } from './webgpu/tensor.js';
 
 /** Shape and value checks shared by every entry point; each names the argument and the rule. */
 
@@ -10,6 +11,19 @@ export function checkTensor(t: unknown, arg: string): asserts t is Tensor {
   check(Array.isArray(x.shape), arg, 'shape must be an array of integers');
   for (const s of x.shape!) check(Number.isInteger(s) && s > 0, arg, 'every dimension must be a positive integer', `shape ${x.shape!.join('x')}`);
   check(numel(x.shape!) === x.data!.length, arg, 'data length must equal the product of the shape', `${x.data!.length} vs ${x.shape!.join('x')}`);
+}
+
+/** A GPU tensor's shape, placement and element type (its contents stay on the device unchecked). */
+export function checkGpuTensor(t: unknown, arg: string): asserts t is GpuTensor {
+  check(isGpuTensor(t), arg, 'must be a GPU tensor { buffer, shape, offset, dtype? }');
+  const x = t as GpuTensor;
+  check(Array.isArray(x.shape), arg, 'shape must be an array of integers');
+  for (const s of x.shape) check(Number.isInteger(s) && s > 0, arg, 'every dimension must be a positive integer', `shape ${x.shape.join('x')}`);
+  check(Number.isInteger(x.offset) && x.offset >= 0, arg, 'offset must be a non-negative integer of bytes', String(x.offset));
+  check(x.dtype === undefined || x.dtype === 'f32' || x.dtype === 'f16', arg, "dtype must be 'f32' or 'f16'", String(x.dtype));
+  const bytes = Math.ceil((numel(x.shape) * (x.dtype === 'f16' ? 2 : 4)) / 4) * 4;
+  const size = (x.buffer as { size?: unknown } | null)?.size;
+  check(typeof size === 'number' && size >= x.offset + bytes, arg, 'buffer is smaller than offset + the shape needs', `${String(size)} < ${x.offset + bytes}`);
 }
 
 export function checkFinite(t: Tensor, arg: string): void {
@@ -44,9 +58,26 @@ export interface QKVShapes {
 
 /** q [B, ...tokens, H, D], k [B, ...tokensK, Hk, D], v [B, ...tokensK, Hk, Dv]. */
 export function checkQKV(q: unknown, k: unknown, v: unknown, tokenRank?: number): QKVShapes {
-  checkTensor(q, 'q');
-  checkTensor(k, 'k');
-  checkTensor(v, 'v');
+  // all three on the host, or all three GPU tensors of one element type
+  if (isGpuTensor(q)) {
+    checkGpuTensor(q, 'q');
+    for (const [t, n] of [[k, 'k'], [v, 'v']] as const) {
+      check(isGpuTensor(t), n, 'must be a GPU tensor like q');
+      checkGpuTensor(t, n);
+      check((t.dtype ?? 'f32') === (q.dtype ?? 'f32'), n, 'must have the same dtype as q', `${t.dtype ?? 'f32'} vs ${q.dtype ?? 'f32'}`);
+    }
+  } else {
+    checkTensor(q, 'q');
+    checkTensor(k, 'k');
+    checkTensor(v, 'v');
+  }
+  const qs = q as { shape: readonly number[] };
+  const ks = k as { shape: readonly number[] };
+  const vs = v as { shape: readonly number[] };
+  return shapesOf(qs, ks, vs, tokenRank);
+}
+
+function shapesOf(q: { shape: readonly number[] }, k: { shape: readonly number[] }, v: { shape: readonly number[] }, tokenRank?: number): QKVShapes {
   if (tokenRank !== undefined) check(q.shape.length === tokenRank + 3, 'q', `must have rank ${tokenRank + 3}: [batch, ${tokenRank}-D tokens, heads, headDim]`, `got ${q.shape.length}`);
   check(q.shape.length >= 4, 'q', 'must have rank >= 4: [batch, ...tokens, heads, headDim]', `got ${q.shape.length}`);
   check(k.shape.length === q.shape.length, 'k', 'must have the same rank as q', `${k.shape.length} vs ${q.shape.length}`);

@@ -15,7 +15,8 @@ import { fusedProgram, fusedWorkgroupBytes, threadsOf } from '../src/webgpu/fuse
 import { UNFUSED_TUNING, naiveCanRun, planTiled, runWebGPUNaAV, runWebGPUNaQK, runWebGPUNaive, runWebGPUUnfused, setUnfusedTuning, unfusedCanRun } from '../src/webgpu/na.js';
 import { naAVProgram, naQKProgram, naSoftmaxProgram, naiveProgram, tiledThreads, tiledWorkgroupBytes } from '../src/webgpu/na-wgsl.js';
 import { ITEM, VISIT, buildGpuSchedule } from '../src/webgpu/schedule.js';
-import { bufferStats, fromGpu, releaseTensor, toGpu } from '../src/webgpu/tensor.js';
+import { bufferStats, fromGpu, releaseTensor, toGpu, wrapBuffer } from '../src/webgpu/tensor.js';
+import { roundF16 } from '../src/f16.js';
 import { uniformLayout } from '../src/webgpu/uniforms.js';
 import { stableStringify } from '../src/webgpu/wgsl.js';
 
@@ -726,6 +727,83 @@ gpuTest('device loss: the next call throws a TilewiseError, the one after gets a
   const ref = referenceAttention(problem, { q: q.data, k: k.data, v: v.data });
   assert.ok(relError(got.out, ref.out) < TOL);
 });
+
+gpuTest('public API on GPU tensors: f32 and f16 storage against the reference, results left on the device; bad inputs rejected', async (t) => {
+  const { attention, neighborhoodAttention } = await import('../src/api.js');
+  const ctx = await getContext();
+  const dtypes = ctx.features.has('shader-f16') ? (['f32', 'f16'] as const) : (['f32'] as const);
+  if (dtypes.length === 1) t.diagnostic(`no shader-f16 on ${ctx.description}: f16 cases not run`);
+  const r = rng(4300);
+  const start = bufferStats().live;
+  const NAN_F16 = 0x7e00;
+  for (let i = 0; i < 8; i++) {
+    const dtype = dtypes[i % dtypes.length]!;
+    const f16 = dtype === 'f16';
+    const round = (x: Float32Array) => (f16 ? Float32Array.from(x, roundF16) : x);
+    const na = i % 4 === 3;
+    const grid = na ? [int(r, 5, 9), int(r, 5, 9)] : [int(r, 4, 60)];
+    const nTok = grid.reduce((a, b) => a * b, 1);
+    const c = randomCfg(r, { nq: nTok, nk: nTok, dim: pick(r, [8, 16, 12]) });
+    c.dimV = pick(r, [c.dim, 4, 6]);
+    const [q, k, v] = tensors(c, 4310 + i, grid, grid);
+    const naOpts: NeighborhoodOptions = { kernelSize: [3, 5], dilation: [1, pick(r, [1, 2])], isCausal: [r() < 0.5, false] };
+    const opts: AttentionOptions = pick(r, [{ causal: true, rope: {} }, { window: [int(r, 0, 9), int(r, 0, 9)] as const, softcap: 3 }, { causal: 'bottom-right' as const }, {}]);
+    const plan = na ? planNA(q, k, v, naOpts) : planAttention(q, k, v, opts);
+    const ref = referenceAttention(plan.problem, { q: round(q.data), k: round(k.data), v: round(v.data) });
+    const up = (x: Tensor) => toGpu(x.data, x.shape, ctx, dtype);
+    const [gq, gk, gv] = await Promise.all([up(q), up(k), up(v)]);
+    // poisoned destinations: NaN everywhere, so an unwritten element fails
+    const nOut = ref.out.length;
+    const outBuf = uploadTensorBits(ctx, f16 ? new Uint16Array(Math.ceil(nOut / 2) * 2).fill(NAN_F16) : new Float32Array(nOut).fill(NaN));
+    const lseBuf = uploadTensorBits(ctx, new Float32Array(ref.lse.length).fill(NaN));
+    const out = wrapBuffer(outBuf, [nOut], 0, dtype);
+    const lse = wrapBuffer(lseBuf, [ref.lse.length]);
+    const res = na ? await neighborhoodAttention(gq, gk, gv, { ...naOpts, out, lse }) : await attention(gq, gk, gv, { ...opts, out, lse });
+    assert.equal(res.out.buffer, outBuf, 'results stay in the given GPU buffers');
+    assert.deepEqual(res.out.shape, [c.batch, ...grid, c.heads, c.dimV]);
+    assert.equal(res.out.dtype ?? 'f32', dtype);
+    const got = await fromGpu(res.out, ctx);
+    const e = relError(got, ref.out);
+    // f16: the output is rounded to half precision (relative 2^-11) on top of f32 arithmetic
+    assert.ok(e < (f16 ? 2e-3 : TOL), `${dtype} ${JSON.stringify(na ? naOpts : opts)} ${JSON.stringify(c)}: out relErr ${e}`);
+    compareLse(await fromGpu(res.lse, ctx), ref.lse, `${dtype} lse`);
+    for (const b of [gq, gk, gv]) releaseTensor(b);
+    outBuf.destroy();
+    lseBuf.destroy();
+  }
+  assert.equal(bufferStats().live, start, 'no GPU buffer left behind');
+  // bad inputs: typed errors naming the argument
+  const [q, k, v] = tensors({ batch: 1, nq: 8, nk: 8, heads: 1, kvHeads: 1, dim: 8, dimV: 8 }, 4390);
+  const [gq, gk] = await Promise.all([toGpu(q.data, q.shape, ctx), toGpu(k.data, k.shape, ctx)]);
+  try {
+    await assert.rejects(attention(gq, gk, v as never), (e: unknown) => e instanceof TilewiseError && e.arg === 'v');
+    await assert.rejects(attention(gq, gk, gk, { backend: 'cpu' }), (e: unknown) => e instanceof TilewiseError && e.arg === 'backend');
+    await assert.rejects(attention(gq, gk, gk, { out: new Float32Array(8) }), (e: unknown) => e instanceof TilewiseError && e.arg === 'out');
+    await assert.rejects(attention(gq, { ...gk, shape: [1, 8, 1, 9] }, gk), (e: unknown) => e instanceof TilewiseError && e.arg === 'k');
+    if (dtypes.length === 2) {
+      const h = await toGpu(k.data, k.shape, ctx, 'f16');
+      try {
+        await assert.rejects(attention(gq, h, h), (e: unknown) => e instanceof TilewiseError && e.arg === 'k' && /dtype/.test(e.message));
+        await assert.rejects(
+          neighborhoodAttention(h, h, h, { kernelSize: 3, impl: 'naive' }),
+          (e: unknown) => e instanceof TilewiseError && e.arg === 'q' && /f16/.test(e.message),
+        );
+      } finally {
+        releaseTensor(h);
+      }
+    }
+  } finally {
+    releaseTensor(gq);
+    releaseTensor(gk);
+  }
+});
+
+/** A storage buffer holding `bits` (a destination the caller owns, not counted by bufferStats). */
+function uploadTensorBits(ctx: Awaited<ReturnType<typeof getContext>>, bits: Float32Array | Uint16Array): GPUBuffer {
+  const b = ctx.device.createBuffer({ size: Math.ceil(bits.byteLength / 4) * 4, usage: 0x80 | 0x4 | 0x8 }); // STORAGE | COPY_SRC | COPY_DST
+  ctx.device.queue.writeBuffer(b, 0, bits.buffer, bits.byteOffset, bits.byteLength);
+  return b;
+}
 
 gpuTest("public API: backend 'webgpu' matches the CPU backend; 'auto' picks one; naQK/naAV ops", async () => {
   const { attention, neighborhoodAttention, naAV, naQK } = await import('../src/api.js');

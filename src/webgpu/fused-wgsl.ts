@@ -42,6 +42,8 @@ export interface FusedSpec {
    * P and reduction buffers and two of the four barriers per visit.
    */
   readonly subgroups: boolean;
+  /** q, k, v and out stored as f16 (`shader-f16`); staged, computed and accumulated in f32. */
+  readonly f16: boolean;
 }
 
 export const threadsOf = (s: FusedSpec): number => (s.rows / s.rm) * s.tx;
@@ -87,7 +89,7 @@ export const fusedProgram: Program<FusedSpec, typeof FUSED_UNIFORMS.decl> = {
   name: 'fused-forward',
   uniforms: FUSED_UNIFORMS,
   bindings: (s) => [
-    ...attnBindings(s.wq, s.wv),
+    ...attnBindings(s.wq, s.wv, s.f16 ? 'f16' : 'f32'),
     { name: 'sched', kind: 'read', type: 'array<u32>' },
     ...(s.bias || s.rpb || s.rope ? [{ name: 'aux', kind: 'read' as const, type: 'array<f32>' }] : []),
   ],
@@ -124,13 +126,13 @@ function ropeFns(s: FusedSpec): string {
       ${x} = ${x} * aux[t] + select(y, -y, lo) * aux[t + P.ropeSin];
     }`;
   const rot = (buf: string) => `fn rope_${buf}(base: u32, c: u32, p: u32) -> ${T} {
-  var x: ${T} = ${buf}[base + c];
+  var x: ${T} = ld_${buf}(base + c);
   ${
     s.wq === 4
       ? `for (var l: u32 = 0u; l < 4u; l++) {
-    ${body('x[l]', 'c * 4u + l', `${buf}[base + pj / 4u][pj % 4u]`)}
+    ${body('x[l]', 'c * 4u + l', `ld_${buf}(base + pj / 4u)[pj % 4u]`)}
   }`
-      : body('x', 'c', `${buf}[base + pj]`)
+      : body('x', 'c', `ld_${buf}(base + pj)`)
   }
   return x;
 }`;
@@ -248,11 +250,19 @@ function generateFused(s: FusedSpec): string {
     var lt: f32 = 0.0;
     for (var t: u32 = 0u; t < ${bTX}; t++) { lt += red[r * TX + t]; }`;
   const shuffles = s.subgroups && TX > 1;
-  return `${shuffles ? 'enable subgroups;\n' : ''}${prologue(fusedProgram, s, { DQ: dq, DV: dv, BQ: s.rows, BK: s.keys, RM, RN, RV, TX, THREADS: T, ITEM_SIZE: ITEM.size, VISIT_SIZE: VISIT.size })}
+  // loads widen f16 storage to the f32 the kernel computes in
+  const loads = (['q', 'k', 'v'] as const)
+    .map((b) => {
+      const T = b === 'v' ? VT : QT;
+      return `fn ld_${b}(i: u32) -> ${T} { return ${s.f16 ? `${T}(${b}[i])` : `${b}[i]`}; }`;
+    })
+    .join('\n');
+  return `${s.f16 ? 'enable f16;\n' : ''}${shuffles ? 'enable subgroups;\n' : ''}${prologue(fusedProgram, s, { DQ: dq, DV: dv, BQ: s.rows, BK: s.keys, RM, RN, RV, TX, THREADS: T, ITEM_SIZE: ITEM.size, VISIT_SIZE: VISIT.size })}
 ${ITEM.wgsl('I_')}
 ${VISIT.wgsl('V_')}
 const NO_MASK: u32 = ${NO_MASK}u;
 const NEG: f32 = -3.0e38;
+${loads}
 ${s.rope ? ropeFns(s) : ''}
 
 var<workgroup> qs: array<${QT}, ${s.rows * dq}>;
@@ -289,7 +299,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var x: ${QT} = ${QT}(0.0);
     if (r < nq) {
       let t = sched[qTok + r];
-      ${s.rope ? 'x = rope_q(((qOff + t) * P.heads + h) * DQ, e - r * DQ, ropePos(t, qShift));' : 'x = q[((qOff + t) * P.heads + h) * DQ + (e - r * DQ)];'}
+      ${s.rope ? 'x = rope_q(((qOff + t) * P.heads + h) * DQ, e - r * DQ, ropePos(t, qShift));' : 'x = ld_q(((qOff + t) * P.heads + h) * DQ + (e - r * DQ));'}
     }
     qs[e] = x;
   }
@@ -314,11 +324,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     for (var e: u32 = lid; e < nk * DQ; e += THREADS) {
       let j = e / DQ;
       let t = sched[kTok + j];
-      ${s.rope ? 'ks[e] = rope_k(((kOff + t) * P.kvHeads + kh) * DQ, e - j * DQ, ropePos(t, kShift));' : 'ks[e] = k[((kOff + t) * P.kvHeads + kh) * DQ + (e - j * DQ)];'}
+      ${s.rope ? 'ks[e] = rope_k(((kOff + t) * P.kvHeads + kh) * DQ, e - j * DQ, ropePos(t, kShift));' : 'ks[e] = ld_k(((kOff + t) * P.kvHeads + kh) * DQ + (e - j * DQ));'}
     }
     for (var e: u32 = lid; e < nk * DV; e += THREADS) {
       let j = e / DV;
-      vs[e] = v[((kOff + sched[kTok + j]) * P.kvHeads + kh) * DV + (e - j * DV)];
+      vs[e] = ld_v(((kOff + sched[kTok + j]) * P.kvHeads + kh) * DV + (e - j * DV));
     }
     ${s.bias ? 'for (var j: u32 = lid; j < nk; j += THREADS) { ktok[j] = sched[kTok + j]; }' : ''}
     ${s.rpb ? 'for (var j: u32 = lid; j < nk; j += THREADS) { klin[j] = bitcast<i32>(sched[kTok + nk + j]); }' : ''}
@@ -341,7 +351,7 @@ ${rowSums()}
       let ob = (row * P.heads + h) * DV;
       for (var c: u32 = 0u; c < ${bRV}; c++) {
         let col = tx + TX * c;
-        ${exact ? '' : 'if (col < DV) {'} out[ob + col] = o[i * RV + c] * inv; ${exact ? '' : '}'}
+        ${exact ? '' : 'if (col < DV) {'} out[ob + col] = ${s.f16 ? `${vec(s.wv, 'f16')}(o[i * RV + c] * inv)` : 'o[i * RV + c] * inv'}; ${exact ? '' : '}'}
       }
       if (tx == 0u) { lse[row * P.heads + h] = select(P.negInf, m[i] + log(lt), lt > 0.0); }
     }

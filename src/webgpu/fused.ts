@@ -6,7 +6,7 @@ import { BufferUsage, type GpuContext, type GpuLimits } from './device.js';
 import { FUSED_UNIFORMS, type FusedSpec, blockingOf, fusedProgram, fusedWorkgroupBytes, threadsOf } from './fused-wgsl.js';
 import { buildGpuSchedule } from './schedule.js';
 import { type KernelOptions, type TensorKernel, bindingsFit, gridFor, launchAttn, onDevice, onHost, rpbLayout, uniformBuffer } from './run.js';
-import { type GpuTensor, createBuffer, uploadBuffer, writeData } from './tensor.js';
+import { type GpuTensor, createBuffer, dtypeOf, uploadBuffer, writeData } from './tensor.js';
 import { getPipeline } from './wgsl.js';
 
 /**
@@ -82,7 +82,7 @@ const largestDivisor = (n: number, cap: number): number => {
 
 const roundUp = (x: number, m: number): number => Math.ceil(x / m) * m;
 
-export function planFused(problem: AttnProblem, limits: GpuLimits, tune: FusedTuning = tuningFor({ adapterClass: 'gpu' }), subgroupMinSize = 0): FusedPlan {
+export function planFused(problem: AttnProblem, limits: GpuLimits, tune: FusedTuning = tuningFor({ adapterClass: 'gpu' }), subgroupMinSize = 0, f16 = false): FusedPlan {
   const rank = problem.seqs.length > 0 ? new ItemSpace({ ...problem, seqs: problem.seqs.slice(0, 1) }).pattern(0).geometry.qShape.length : 1;
   const { dim, dimV } = problem;
   const maxThreads = Math.min(limits.maxComputeInvocationsPerWorkgroup, limits.maxComputeWorkgroupSizeX);
@@ -115,6 +115,7 @@ export function planFused(problem: AttnProblem, limits: GpuLimits, tune: FusedTu
         unroll: tune.unroll,
         // one lane per row needs no exchange at all; else the row's lanes must share a subgroup
         subgroups: tune.subgroups !== false && (tx === 1 || ((tx & (tx - 1)) === 0 && tx <= subgroupMinSize)),
+        f16,
       };
       if (fusedWorkgroupBytes(spec) <= budget && threadsOf(spec) <= maxThreads) return { spec, problem: { ...problem, qTile, kvTile }, rank };
     }
@@ -163,7 +164,9 @@ const fusedKernel: TensorKernel = async (ctx, problem, q, k, v, opts) => {
   const { device, limits } = ctx;
   const why = fusedCanRun(problem, limits);
   if (why !== true) throw new TilewiseError('webgpu', 'cannot run this problem', why);
-  const plan = planFused(problem, limits, tuningFor(ctx), ctx.subgroupMinSize);
+  const f16 = dtypeOf(q) === 'f16';
+  if (f16 && !ctx.features.has('shader-f16')) throw new TilewiseError('q', "f16 tensors need a device with the 'shader-f16' feature", ctx.description);
+  const plan = planFused(problem, limits, tuningFor(ctx), ctx.subgroupMinSize, f16);
   const space = new ItemSpace(plan.problem);
   const rpb = problem.rpb ? rpbLayout(problem.rpb.kernel) : undefined;
   const rope = problem.rope;
@@ -201,5 +204,5 @@ const fusedKernel: TensorKernel = async (ctx, problem, q, k, v, opts) => {
       entries.push(aux);
     }
     return { pipeline, entries, groups };
-  });
+  }, ['f32', 'f16']);
 };

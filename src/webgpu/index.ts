@@ -17,6 +17,6 @@ export {
   type UnfusedTuning,
 } from './na.js';
 export { type KernelOptions } from './run.js';
-export { bufferStats, fromGpu, releaseTensor, resetPeakBytes, toGpu, wrapBuffer, type GpuTensor } from './tensor.js';
+export { bufferStats, fromGpu, releaseTensor, resetPeakBytes, toGpu, wrapBuffer, type GpuDType, type GpuTensor } from './tensor.js';
 export { GpuTimer } from './timing.js';
 export { setTuningFile, type TuningEntry } from './tuning.js';

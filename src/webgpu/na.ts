@@ -53,11 +53,11 @@ function naProblem(problem: AttnProblem, family: string): true | string {
 export const naiveCanRun = (problem: AttnProblem): true | string => naProblem(problem, 'naive');
 
 const windowVolume = (problem: AttnProblem): number => prod((problem.pattern as NASpec).kernelSize);
-const attnBytes = (problem: AttnProblem): number => problem.qRows * problem.heads * windowVolume(problem) * 4;
+const attnCount = (problem: AttnProblem): number => problem.qRows * problem.heads * windowVolume(problem);
 
 /** Throws naming `attn` when the scores do not fit one storage binding of the device. */
 function checkAttnFits(problem: AttnProblem, limits: GpuLimits): void {
-  const fit = bindingsFit([['attn', attnBytes(problem)]], limits);
+  const fit = bindingsFit([['attn', attnCount(problem) * 4]], limits);
   if (fit !== true)
     throw new TilewiseError('attn', "the scores [rows, heads, prod(kernelSize)] do not fit one GPU storage binding; use impl 'fused' or the CPU", `${fit} (maxStorageBufferBindingSize)`);
 }
@@ -69,7 +69,7 @@ export function unfusedCanRun(problem: AttnProblem, limits: GpuLimits): true | s
   const { heads: H, kvHeads: Hk, dim: D, dimV: DV, qRows, kRows } = problem;
   const fit = bindingsFit(
     [
-      ['attn', attnBytes(problem)],
+      ['attn', attnCount(problem) * 4],
       ['q', qRows * H * D * 4],
       ['k', kRows * Hk * D * 4],
       ['v', kRows * Hk * DV * 4],
@@ -294,7 +294,7 @@ const unfusedKernel: TensorKernel = async (ctx, problem, q, k, v, opts) => {
   checkUnfused(problem, ctx.limits);
   const [qk, softmax, av] = await Promise.all([qkStep(ctx, problem), softmaxStep(ctx, problem, true), avStep(ctx, problem)]);
   return launchAttn(ctx, problem, q, k, v, opts, 'unfused', (io, own) => {
-    const attn = own(createBuffer(ctx.device, attnBytes(problem), BufferUsage.STORAGE, 'tilewise attn'));
+    const attn = own(createBuffer(ctx.device, attnCount(problem) * 4, BufferUsage.STORAGE, 'tilewise attn'));
     return [qk({ q: io.q, k: io.k, attn }, own), softmax({ attn, lse: io.lse }, own), av({ attn, v: io.v, out: io.out }, own)];
   });
 };
@@ -315,8 +315,8 @@ type AVOptions = { poison?: boolean; out?: GpuTensor; timer?: PassTimer };
 async function naQKKernel(ctx: GpuContext, problem: AttnProblem, q: GpuTensor, k: GpuTensor, opts: QKOptions): Promise<{ attn: GpuTensor; lse: GpuTensor }> {
   checkUnfused(problem, ctx.limits);
   const { heads: H, kvHeads: Hk, dim: D, qRows, kRows } = problem;
-  const qb = bindingOf(q, qRows * H * D * 4, 'q');
-  const kb = bindingOf(k, kRows * Hk * D * 4, 'k');
+  const qb = bindingOf(q, qRows * H * D, 'q');
+  const kb = bindingOf(k, kRows * Hk * D, 'k');
   const [qk, softmax] = await Promise.all([qkStep(ctx, problem), softmaxStep(ctx, problem, false)]);
   const outs = [
     { name: 'attn', shape: [qRows, H, windowVolume(problem)], empty: -Infinity, ...(opts.attn ? { given: opts.attn } : {}) },
@@ -329,8 +329,8 @@ async function naQKKernel(ctx: GpuContext, problem: AttnProblem, q: GpuTensor, k
 async function naAVKernel(ctx: GpuContext, problem: AttnProblem, attn: GpuTensor, v: GpuTensor, opts: AVOptions): Promise<{ out: GpuTensor }> {
   checkUnfused(problem, ctx.limits);
   const { heads: H, kvHeads: Hk, dimV: DV, qRows, kRows } = problem;
-  const ab = bindingOf(attn, attnBytes(problem), 'attn');
-  const vb = bindingOf(v, kRows * Hk * DV * 4, 'v');
+  const ab = bindingOf(attn, attnCount(problem), 'attn');
+  const vb = bindingOf(v, kRows * Hk * DV, 'v');
   const av = await avStep(ctx, problem);
   const outs = [{ name: 'out', shape: [qRows, H, DV], empty: 0, ...(opts.out ? { given: opts.out } : {}) }];
   const [out] = await launch(ctx, 'naAV', outs, opts.poison ?? false, ([o], own) => av({ attn: ab, v: vb, out: o! }, own), opts.timer);

@@ -3,7 +3,8 @@ import { TilewiseError, check } from '../errors.js';
 import type { AttnProblem } from '../problem.js';
 import { numel } from '../tensor.js';
 import { BufferUsage, type GpuContext, type GpuLimits, getContext, lossOr } from './device.js';
-import { type GpuTensor, createBuffer, readBuffers, releaseBuffer, uploadBuffer } from './tensor.js';
+import { f16Bits } from '../f16.js';
+import { type GpuDType, type GpuTensor, bindingBytes, createBuffer, dtypeOf, elementBytes, readBuffers, releaseBuffer, uploadBuffer } from './tensor.js';
 import type { CachedPipeline } from './wgsl.js';
 
 /**
@@ -44,7 +45,11 @@ export interface Launch {
   readonly groups: readonly [number, number];
 }
 
-export function bindingOf(t: GpuTensor, bytes: number, arg: string): GPUBufferBinding {
+/** Binding of `count` elements of `t`; `dtypes` are the element types the kernel takes there. */
+export function bindingOf(t: GpuTensor, count: number, arg: string, dtypes: readonly GpuDType[] = ['f32']): GPUBufferBinding {
+  const d = dtypeOf(t);
+  check(dtypes.includes(d), arg, `must hold ${dtypes.join(' or ')} elements for this kernel (f16 storage is the fused kernel's)`, d);
+  const bytes = bindingBytes(count, d);
   check(t.offset % 256 === 0, arg, 'offset must be a multiple of 256 bytes to bind it', String(t.offset));
   check(t.buffer.size >= t.offset + bytes, arg, 'buffer is too small', `${t.buffer.size} < ${t.offset + bytes}`);
   return { buffer: t.buffer, offset: t.offset, size: bytes };
@@ -84,6 +89,8 @@ export interface OutputSpec {
   readonly shape: readonly number[];
   readonly given?: GpuTensor;
   readonly empty: number;
+  /** Element type (default f32). */
+  readonly dtype?: GpuDType;
 }
 
 /**
@@ -105,18 +112,23 @@ export async function launch(
   const fresh: GPUBuffer[] = [];
   const ts = outputs.map((o): GpuTensor => {
     if (o.given) return o.given;
-    const b = createBuffer(device, numel(o.shape) * 4, BufferUsage.STORAGE | BufferUsage.COPY_SRC | BufferUsage.COPY_DST, `tilewise ${o.name}`);
+    const d = o.dtype ?? 'f32';
+    const b = createBuffer(device, bindingBytes(numel(o.shape), d), BufferUsage.STORAGE | BufferUsage.COPY_SRC | BufferUsage.COPY_DST, `tilewise ${o.name}`);
     fresh.push(b);
-    return { buffer: b, shape: [...o.shape], offset: 0 };
+    return { buffer: b, shape: [...o.shape], offset: 0, ...(d === 'f16' ? { dtype: d } : {}) };
   });
   const temps: GPUBuffer[] = [];
   device.pushErrorScope('out-of-memory');
   device.pushErrorScope('validation');
   let failure: unknown;
   try {
-    const binds = outputs.map((o, i) => bindingOf(ts[i]!, numel(o.shape) * 4, o.name));
+    const binds = outputs.map((o, i) => bindingOf(ts[i]!, numel(o.shape), o.name, [o.dtype ?? 'f32']));
     const fill = (x: (o: OutputSpec) => number) =>
-      outputs.forEach((o, i) => device.queue.writeBuffer(ts[i]!.buffer, ts[i]!.offset, new Float32Array(numel(o.shape)).fill(x(o))));
+      outputs.forEach((o, i) => {
+        const n = numel(o.shape);
+        const words = o.dtype === 'f16' ? new Uint16Array(Math.ceil(n / 2) * 2).fill(f16Bits(x(o))) : new Float32Array(n).fill(x(o));
+        device.queue.writeBuffer(ts[i]!.buffer, ts[i]!.offset, words);
+      });
     if (poison) fill(() => NaN);
     const ls = [prepare(binds, (b) => (temps.push(b), b))].flat().filter((l) => l.groups[0] > 0);
     if (ls.length > 0) {
@@ -165,11 +177,15 @@ export async function launchAttn(
   opts: KernelOptions,
   name: string,
   prepare: (io: AttnIO, own: (b: GPUBuffer) => GPUBuffer) => Launch | readonly Launch[],
+  dtypes: readonly GpuDType[] = ['f32'],
 ): Promise<{ out: GpuTensor; lse: GpuTensor }> {
   const { heads: H, kvHeads: Hk, dim: D, dimV: DV, qRows, kRows } = problem;
-  const inputs = { q: bindingOf(q, qRows * H * D * 4, 'q'), k: bindingOf(k, kRows * Hk * D * 4, 'k'), v: bindingOf(v, kRows * Hk * DV * 4, 'v') };
+  // q, k, v and out share one element type (f16 only where the kernel declares it); lse is f32
+  const io = dtypeOf(q);
+  const allowed = dtypes.includes(io) ? [io] : dtypes;
+  const inputs = { q: bindingOf(q, qRows * H * D, 'q', allowed), k: bindingOf(k, kRows * Hk * D, 'k', allowed), v: bindingOf(v, kRows * Hk * DV, 'v', allowed) };
   const outputs: OutputSpec[] = [
-    { name: 'out', shape: [qRows, H, DV], empty: 0, ...(opts.out ? { given: opts.out } : {}) },
+    { name: 'out', shape: [qRows, H, DV], empty: 0, dtype: io, ...(opts.out ? { given: opts.out } : {}) },
     { name: 'lse', shape: [qRows, H], empty: -Infinity, ...(opts.lse ? { given: opts.lse } : {}) },
   ];
   const [out, lse] = await launch(ctx, name, outputs, opts.poison ?? false, ([o, l], own) => prepare({ ...inputs, out: o!, lse: l! }, own), opts.timer);
@@ -213,7 +229,7 @@ export async function onHostArrays(
       return { buffer: b, shape: x.shape, offset: 0 };
     });
     res = await kernel(ctx, ts);
-    const bytes = await readBuffers(device, res.map((t) => ({ buffer: t.buffer, bytes: numel(t.shape) * 4, offset: t.offset })));
+    const bytes = await readBuffers(device, res.map((t) => ({ buffer: t.buffer, bytes: numel(t.shape) * elementBytes(dtypeOf(t)), offset: t.offset })));
     return bytes.map((b) => new Float32Array(b));
   } catch (e) {
     return await lossOr(ctx, e);

@@ -1,5 +1,6 @@
 /// <reference types="@webgpu/types" />
 import { check } from '../errors.js';
+import { fromF16, toF16 } from '../f16.js';
 import { numel } from '../tensor.js';
 import { BufferUsage, type GpuContext, MapMode, getContext } from './device.js';
 
@@ -92,34 +93,53 @@ export async function readBuffers(device: GPUDevice, parts: { buffer: GPUBuffer;
   }
 }
 
-/** A float32 tensor living in a GPU buffer, heads-last like every tilewise tensor. */
+/** Element types a GPU tensor may hold: f32 everywhere; f16 storage where the device has `shader-f16`. */
+export type GpuDType = 'f32' | 'f16';
+
+/** A tensor living in a GPU buffer, heads-last like every tilewise tensor. */
 export interface GpuTensor {
   readonly buffer: GPUBuffer;
   readonly shape: readonly number[];
   /** Byte offset of element 0 inside `buffer`. */
   readonly offset: number;
+  /** Element type; absent means f32. */
+  readonly dtype?: GpuDType;
+}
+
+export const dtypeOf = (t: Pick<GpuTensor, 'dtype'>): GpuDType => t.dtype ?? 'f32';
+export const elementBytes = (d: GpuDType): number => (d === 'f16' ? 2 : 4);
+/** Bytes a binding of `count` elements covers: storage bindings are whole 4-byte words. */
+export const bindingBytes = (count: number, d: GpuDType): number => Math.ceil((count * elementBytes(d)) / 4) * 4;
+
+function checkDType(d: unknown): asserts d is GpuDType {
+  check(d === 'f32' || d === 'f16', 'dtype', "must be 'f32' or 'f16'", String(d));
 }
 
 /** Wraps a caller's buffer (usage must include STORAGE) without copying; tilewise never destroys it. */
-export function wrapBuffer(buffer: GPUBuffer, shape: readonly number[], offset = 0): GpuTensor {
+export function wrapBuffer(buffer: GPUBuffer, shape: readonly number[], offset = 0, dtype: GpuDType = 'f32'): GpuTensor {
+  checkDType(dtype);
   check(offset % 4 === 0, 'offset', 'must be a multiple of 4 bytes');
-  check(buffer.size >= offset + numel(shape) * 4, 'buffer', 'is smaller than the tensor shape needs', `${buffer.size} < ${offset + numel(shape) * 4}`);
+  const need = offset + bindingBytes(numel(shape), dtype);
+  check(buffer.size >= need, 'buffer', 'is smaller than the tensor shape needs', `${buffer.size} < ${need}`);
   check((buffer.usage & BufferUsage.STORAGE) !== 0, 'buffer', 'usage must include STORAGE');
-  return { buffer, shape: [...shape], offset };
+  return { buffer, shape: [...shape], offset, ...(dtype === 'f16' ? { dtype } : {}) };
 }
 
-/** Uploads a Float32Array into a new GPU buffer (release it with `releaseTensor`). */
-export async function toGpu(data: Float32Array, shape: readonly number[], ctx?: GpuContext): Promise<GpuTensor> {
+/** Uploads a Float32Array into a new GPU buffer, as f32 or rounded to f16 (release it with `releaseTensor`). */
+export async function toGpu(data: Float32Array, shape: readonly number[], ctx?: GpuContext, dtype: GpuDType = 'f32'): Promise<GpuTensor> {
   check(numel(shape) === data.length, 'shape', 'element count must match data length', `${shape.join('x')} vs ${data.length}`);
+  checkDType(dtype);
   const c = ctx ?? (await getContext());
-  return { buffer: uploadBuffer(c.device, data, BufferUsage.STORAGE | BufferUsage.COPY_SRC, 'tilewise tensor'), shape: [...shape], offset: 0 };
+  const bits = dtype === 'f16' ? toF16(data) : data;
+  return { buffer: uploadBuffer(c.device, bits, BufferUsage.STORAGE | BufferUsage.COPY_SRC, 'tilewise tensor'), shape: [...shape], offset: 0, ...(dtype === 'f16' ? { dtype } : {}) };
 }
 
-/** Reads a GPU tensor back into a new Float32Array. */
+/** Reads a GPU tensor back into a new Float32Array (f16 widened exactly). */
 export async function fromGpu(t: GpuTensor, ctx?: GpuContext): Promise<Float32Array> {
   const c = ctx ?? (await getContext());
-  const [bytes] = await readBuffers(c.device, [{ buffer: t.buffer, bytes: numel(t.shape) * 4, offset: t.offset }]);
-  return new Float32Array(bytes!);
+  const d = dtypeOf(t);
+  const [bytes] = await readBuffers(c.device, [{ buffer: t.buffer, bytes: numel(t.shape) * elementBytes(d), offset: t.offset }]);
+  return d === 'f16' ? fromF16(new Uint16Array(bytes!)) : new Float32Array(bytes!);
 }
 
 /** Frees a tensor's buffer if tilewise created it (wrapped buffers stay the caller's). */

@@ -36,17 +36,17 @@ export interface Binding {
   readonly type: string;
 }
 
-/** The WGSL element type of rows read `w` floats at a time. */
-export const vecType = (w: 1 | 4): string => (w === 4 ? 'vec4<f32>' : 'f32');
+/** The WGSL type of rows read `w` elements at a time. */
+export const vecType = (w: 1 | 4, elem: 'f32' | 'f16' = 'f32'): string => (w === 4 ? `vec4<${elem}>` : elem);
 
-/** Uniforms, q, k, v, out and lse: the bindings every attention forward kernel starts with. */
-export function attnBindings(wq: 1 | 4, wv: 1 | 4): Binding[] {
+/** Uniforms, q, k, v, out (of element type `io`) and lse (f32): the bindings every attention forward kernel starts with. */
+export function attnBindings(wq: 1 | 4, wv: 1 | 4, io: 'f32' | 'f16' = 'f32'): Binding[] {
   return [
     { name: 'P', kind: 'uniform', type: 'Params' },
-    { name: 'q', kind: 'read', type: `array<${vecType(wq)}>` },
-    { name: 'k', kind: 'read', type: `array<${vecType(wq)}>` },
-    { name: 'v', kind: 'read', type: `array<${vecType(wv)}>` },
-    { name: 'out', kind: 'readwrite', type: `array<${vecType(wv)}>` },
+    { name: 'q', kind: 'read', type: `array<${vecType(wq, io)}>` },
+    { name: 'k', kind: 'read', type: `array<${vecType(wq, io)}>` },
+    { name: 'v', kind: 'read', type: `array<${vecType(wv, io)}>` },
+    { name: 'out', kind: 'readwrite', type: `array<${vecType(wv, io)}>` },
     { name: 'lse', kind: 'readwrite', type: 'array<f32>' },
   ];
 }
