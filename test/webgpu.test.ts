@@ -386,6 +386,54 @@ gpuTest('subgroup exchange (row max, row sum, P by shuffle) against workgroup-me
   }
 });
 
+gpuTest('in-kernel (analytic) schedules against uploaded ones: dense, causal, window, N-D neighborhoods with dilation/stride/causal/rpb; bias, RoPE, GQA', async () => {
+  const ctx = await getContext();
+  const r = rng(25);
+  try {
+    for (let i = 0; i < 12; i++) {
+      const na = i % 2 === 1;
+      const rank = na ? 1 + (i % 3) : 1;
+      const grid = Array.from({ length: rank }, () => int(r, 3, rank === 1 ? 70 : rank === 2 ? 12 : 6));
+      const n = grid.reduce((a, b) => a * b, 1);
+      const c = randomCfg(r, { nq: n, nk: n, dim: pick(r, [8, 12]) });
+      if (!na && r() < 0.5) c.nk = int(r, 1, 70); // cross lengths: bottom-right alignment matters
+      const [q, k, v] = na ? tensors(c, 1200 + i, grid, grid) : tensors(c, 1200 + i);
+      let problem: AttnProblem;
+      let what: string;
+      if (na) {
+        const opts = randomNA(r, grid, true);
+        if (!(opts.isCausal as boolean[]).some((x) => x) && r() < 0.5) opts.rpb = randn([c.heads, ...(opts.kernelSize as number[]).map((x) => 2 * x - 1)], 1230 + i);
+        problem = planNA(q, k, v, { ...opts, tile: pick(r, [undefined, { q: grid.map(() => int(r, 1, 5)), kv: grid.map(() => int(r, 2, 6)) }]) }).problem;
+        what = `NA ${grid} ${JSON.stringify(opts, (key, x) => (key === 'rpb' ? undefined : x))}`;
+      } else {
+        const opts: AttentionOptions = pick(r, [
+          {},
+          { causal: true },
+          { causal: 'bottom-right' as const, rope: {} },
+          { window: [int(r, -1, 12), int(r, -1, 12)] as const },
+          { causal: 'bottom-right' as const, window: [int(r, 0, 12), int(r, 0, 12)] as const, softcap: 2 },
+          { causal: true, bias: randn([c.nq, c.nk], 1240 + i) },
+        ]);
+        problem = planAttention(q, k, v, { ...opts, tile: pick(r, [undefined, { q: int(r, 1, 20), kv: int(r, 1, 20) }]) }).problem;
+        what = `1-D ${JSON.stringify(opts, (key, x) => (key === 'bias' ? undefined : x))}`;
+      }
+      for (const analytic of [true, false]) {
+        setFusedTuning({ analytic });
+        assert.equal(planFused(problem, ctx.limits, { ...FUSED_TUNING.cpu, analytic }).spec.schedule, analytic ? 'analytic' : 'list', what);
+        await check(problem, q, k, v, `${what} analytic=${analytic} ${JSON.stringify(c)}`);
+      }
+    }
+  } finally {
+    setFusedTuning(undefined);
+  }
+  // what stays uploaded: varlen packs, block-sparse, 'selected' RoPE
+  const [q, k, v] = tensors({ batch: 1, nq: 20, nk: 20, heads: 1, kvHeads: 1, dim: 8, dimV: 8 }, 1290);
+  const varlen = planAttention(q, k, v, { causal: true, cuSeqlensQ: Int32Array.from([0, 7, 20]), cuSeqlensK: Int32Array.from([0, 9, 20]) }).problem;
+  const sparse = planAttention(q, k, v, { pattern: { kind: 'blockSparse', blockQ: 4, blockK: 4, mask: new Uint8Array(25).fill(1), maskHeads: 1, numQBlocks: 5, numKBlocks: 5 } }).problem;
+  assert.equal(planFused(varlen, ctx.limits).spec.schedule, 'list');
+  assert.equal(planFused(sparse, ctx.limits).spec.schedule, 'list');
+});
+
 gpuTest('NA naive kernel (1-, 2-, 3-D; dilation, stride, causal, rpb, GQA, softcap)', async () => {
   const r = rng(23);
   for (let i = 0; i < 6; i++) {

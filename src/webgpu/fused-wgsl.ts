@@ -1,4 +1,5 @@
 import { ITEM, NO_MASK, VISIT } from './schedule.js';
+import { ANALYTIC_UNIFORMS, analyticSource } from './analytic.js';
 import { uniformLayout } from './uniforms.js';
 import { type Program, attnBindings, prologue, vecType as vec } from './wgsl.js';
 
@@ -42,6 +43,13 @@ export interface FusedSpec {
    * P and reduction buffers and two of the four barriers per visit.
    */
   readonly subgroups: boolean;
+  /**
+   * Where the schedule comes from: 'list' reads the uploaded u32 records (schedule.ts), any
+   * pattern; 'analytic' decodes items and visits from the workgroup id and per-axis rules
+   * (analytic.ts), for dense, causal, window and neighborhood patterns on `rank` axes.
+   */
+  readonly schedule: 'list' | 'analytic';
+  readonly rank: number;
   /** q, k, v and out stored as f16 (`shader-f16`); staged, computed and accumulated in f32. */
   readonly f16: boolean;
 }
@@ -83,14 +91,18 @@ export const FUSED_UNIFORMS = uniformLayout({
   rn: 'u32',
   rv: 'u32',
   tx: 'u32',
-} as const);
+  // RoPE position shifts of analytic schedules ('absolute': constants of the shape)
+  ropeQShift: 'i32',
+  ropeKShift: 'i32',
+  ...ANALYTIC_UNIFORMS,
+});
 
 export const fusedProgram: Program<FusedSpec, typeof FUSED_UNIFORMS.decl> = {
   name: 'fused-forward',
   uniforms: FUSED_UNIFORMS,
   bindings: (s) => [
     ...attnBindings(s.wq, s.wv, s.f16 ? 'f16' : 'f32'),
-    { name: 'sched', kind: 'read', type: 'array<u32>' },
+    ...(s.schedule === 'list' ? [{ name: 'sched', kind: 'read' as const, type: 'array<u32>' }] : []),
     ...(s.bias || s.rpb || s.rope ? [{ name: 'aux', kind: 'read' as const, type: 'array<f32>' }] : []),
   ],
   workgroupSize: threadsOf,
@@ -142,6 +154,56 @@ ${rot('q')}
 ${rot('k')}`;
 }
 
+/** The schedule hooks of the template (style.md 5): item and visit headers, tokens, linear coordinates, the mask test. */
+export interface ScheduleSource {
+  /** Module-scope declarations. */
+  readonly decls: string;
+  /** Defines h, qOff, kOff, nq, nVisit, biasBase, biasStride (and qShift with RoPE); may return for an empty item. */
+  readonly item: string;
+  /** Defines nk and mask (NO_MASK when the visit is full), and kShift with RoPE, for visit `vi`. */
+  visit(vi: string): string;
+  qTok(r: string): string;
+  kTok(j: string): string;
+  qLin(r: string): string;
+  kLin(j: string): string;
+  /** Per row slot setup before the visits (row `r` of the tile in slot `i`). */
+  rowSetup(i: string, r: string): string;
+  /** Whether row slot i (tile row r) may see key slot c of a partial visit. */
+  allowed(i: string, r: string, c: string): string;
+}
+
+/** Uploaded schedules: the records schedule.ts writes. */
+function listSource(rope: boolean): ScheduleSource {
+  return {
+    decls: `${ITEM.wgsl('I_')}
+${VISIT.wgsl('V_')}
+const ITEM_SIZE: u32 = ${ITEM.size}u;
+const VISIT_SIZE: u32 = ${VISIT.size}u;`,
+    item: `let ib = item * ITEM_SIZE;
+  let h = sched[ib + I_h];
+  let qOff = sched[ib + I_qOff];
+  let kOff = sched[ib + I_kOff];
+  let qTok = sched[ib + I_qTok];
+  let nq = sched[ib + I_nq];
+  let visit = sched[ib + I_visit];
+  let nVisit = sched[ib + I_nVisit];
+  let biasBase = sched[ib + I_biasBase];
+  let biasStride = sched[ib + I_biasStride];
+  ${rope ? 'let qShift = bitcast<i32>(sched[ib + I_qPosShift]);' : ''}`,
+    visit: (vi) => `let vb = visit + ${vi} * VISIT_SIZE;
+    let kTok = sched[vb + V_kTok];
+    let nk = sched[vb + V_nk];
+    let mask = sched[vb + V_mask];
+    ${rope ? 'let kShift = bitcast<i32>(sched[vb + V_kPosShift]);' : ''}`,
+    qTok: (r) => `sched[qTok + ${r}]`,
+    kTok: (j) => `sched[kTok + ${j}]`,
+    qLin: (r) => `bitcast<i32>(sched[qTok + nq + ${r}])`,
+    kLin: (j) => `bitcast<i32>(sched[kTok + nk + ${j}])`,
+    rowSetup: () => '',
+    allowed: (_i, r, c) => `((sched[mask + ((${r} * nk + ${c}) >> 5u)] >> ((${r} * nk + ${c}) & 31u)) & 1u) != 0u`,
+  };
+}
+
 const range = (n: number): number[] => Array.from({ length: n }, (_, i) => i);
 
 /**
@@ -174,8 +236,7 @@ function generateFused(s: FusedSpec): string {
         ${lines(scoreHooks(s), '        ')}
         var ok: bool = r < nq && c < nk;
         if (ok && mask != NO_MASK) {
-          let bit = r * nk + c;
-          ok = ((sched[mask + (bit >> 5u)] >> (bit & 31u)) & 1u) != 0u;
+          ok = ${src.allowed('i', 'r', 'c')};
         }
         x = select(NEG, max(x, NEG), ok);
         sc[i * RN + kk] = x;
@@ -250,6 +311,7 @@ function generateFused(s: FusedSpec): string {
     var lt: f32 = 0.0;
     for (var t: u32 = 0u; t < ${bTX}; t++) { lt += red[r * TX + t]; }`;
   const shuffles = s.subgroups && TX > 1;
+  const src = s.schedule === 'analytic' ? analyticSource(s.rank, RM, s.rope) : listSource(s.rope);
   // loads widen f16 storage to the f32 the kernel computes in
   const loads = (['q', 'k', 'v'] as const)
     .map((b) => {
@@ -257,10 +319,9 @@ function generateFused(s: FusedSpec): string {
       return `fn ld_${b}(i: u32) -> ${T} { return ${s.f16 ? `${T}(${b}[i])` : `${b}[i]`}; }`;
     })
     .join('\n');
-  return `${s.f16 ? 'enable f16;\n' : ''}${shuffles ? 'enable subgroups;\n' : ''}${prologue(fusedProgram, s, { DQ: dq, DV: dv, BQ: s.rows, BK: s.keys, RM, RN, RV, TX, THREADS: T, ITEM_SIZE: ITEM.size, VISIT_SIZE: VISIT.size })}
-${ITEM.wgsl('I_')}
-${VISIT.wgsl('V_')}
+  return `${s.f16 ? 'enable f16;\n' : ''}${shuffles ? 'enable subgroups;\n' : ''}${prologue(fusedProgram, s, { DQ: dq, DV: dv, BQ: s.rows, BK: s.keys, RM, RN, RV, TX, THREADS: T })}
 const NO_MASK: u32 = ${NO_MASK}u;
+${src.decls}
 const NEG: f32 = -3.0e38;
 ${loads}
 ${s.rope ? ropeFns(s) : ''}
@@ -277,17 +338,7 @@ ${s.rpb ? 'var<workgroup> klin: array<i32, BK>;' : ''}
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32${shuffles ? ', @builtin(subgroup_invocation_id) sgid: u32' : ''}) {
   let item = wid.x + wid.y * P.itemsX;
   if (item >= P.total) { return; }
-  let ib = item * ITEM_SIZE;
-  let h = sched[ib + I_h];
-  let qOff = sched[ib + I_qOff];
-  let kOff = sched[ib + I_kOff];
-  let qTok = sched[ib + I_qTok];
-  let nq = sched[ib + I_nq];
-  let visit = sched[ib + I_visit];
-  let nVisit = sched[ib + I_nVisit];
-  let biasBase = sched[ib + I_biasBase];
-  let biasStride = sched[ib + I_biasStride];
-  ${s.rope ? 'let qShift = bitcast<i32>(sched[ib + I_qPosShift]);' : ''}
+  ${src.item}
   let kh = h / P.group;
   let tx = lid % TX;
   let r0 = (lid / TX) * RM;
@@ -298,7 +349,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let r = e / DQ;
     var x: ${QT} = ${QT}(0.0);
     if (r < nq) {
-      let t = sched[qTok + r];
+      let t = ${src.qTok('r')};
       ${s.rope ? 'x = rope_q(((qOff + t) * P.heads + h) * DQ, e - r * DQ, ropePos(t, qShift));' : 'x = ld_q(((qOff + t) * P.heads + h) * DQ + (e - r * DQ));'}
     }
     qs[e] = x;
@@ -309,29 +360,26 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   ${s.rpb ? 'var ql: array<i32, RM> = array<i32, RM>();' : ''}
   for (var i: u32 = 0u; i < ${bRM}; i++) {
     m[i] = NEG;
-    ${s.bias ? 'qt[i] = sched[qTok + min(r0 + i, nq - 1u)];' : ''}
-    ${s.rpb ? 'ql[i] = bitcast<i32>(sched[qTok + nq + min(r0 + i, nq - 1u)]);' : ''}
+    ${src.rowSetup('i', 'min(r0 + i, nq - 1u)')}
+    ${s.bias ? `qt[i] = ${src.qTok('min(r0 + i, nq - 1u)')};` : ''}
+    ${s.rpb ? `ql[i] = ${src.qLin('min(r0 + i, nq - 1u)')};` : ''}
   }
   var o: array<${VT}, ${RM * RV}> = array<${VT}, ${RM * RV}>();
   var sc: array<f32, ${RM * RN}> = array<f32, ${RM * RN}>();
 
   for (var vi: u32 = 0u; vi < nVisit; vi++) {
-    let vb = visit + vi * VISIT_SIZE;
-    let kTok = sched[vb + V_kTok];
-    let nk = sched[vb + V_nk];
-    let mask = sched[vb + V_mask];
-    ${s.rope ? 'let kShift = bitcast<i32>(sched[vb + V_kPosShift]);' : ''}
+    ${src.visit('vi')}
     for (var e: u32 = lid; e < nk * DQ; e += THREADS) {
       let j = e / DQ;
-      let t = sched[kTok + j];
+      let t = ${src.kTok('j')};
       ${s.rope ? 'ks[e] = rope_k(((kOff + t) * P.kvHeads + kh) * DQ, e - j * DQ, ropePos(t, kShift));' : 'ks[e] = ld_k(((kOff + t) * P.kvHeads + kh) * DQ + (e - j * DQ));'}
     }
     for (var e: u32 = lid; e < nk * DV; e += THREADS) {
       let j = e / DV;
-      vs[e] = ld_v(((kOff + sched[kTok + j]) * P.kvHeads + kh) * DV + (e - j * DV));
+      vs[e] = ld_v(((kOff + ${src.kTok('j')}) * P.kvHeads + kh) * DV + (e - j * DV));
     }
-    ${s.bias ? 'for (var j: u32 = lid; j < nk; j += THREADS) { ktok[j] = sched[kTok + j]; }' : ''}
-    ${s.rpb ? 'for (var j: u32 = lid; j < nk; j += THREADS) { klin[j] = bitcast<i32>(sched[kTok + nk + j]); }' : ''}
+    ${s.bias ? `for (var j: u32 = lid; j < nk; j += THREADS) { ktok[j] = ${src.kTok('j')}; }` : ''}
+    ${s.rpb ? `for (var j: u32 = lid; j < nk; j += THREADS) { klin[j] = ${src.kLin('j')}; }` : ''}
     workgroupBarrier();
 
     // S = Q K^T on this thread's RM x RN micro-tile (rows r0.., keys tx, tx + TX, ..)
@@ -346,7 +394,7 @@ ${s.subgroups ? softmaxPVPrivate() : softmaxPVShared()}
 
 ${rowSums()}
     if (r < nq) {
-      let row = qOff + sched[qTok + r];
+      let row = qOff + ${src.qTok('r')};
       let inv = select(0.0, 1.0 / lt, lt > 0.0);
       let ob = (row * P.heads + h) * DV;
       for (var c: u32 = 0u; c < ${bRV}; c++) {

@@ -3,6 +3,7 @@ import { prod } from '../cpu/fused.js';
 import { TilewiseError } from '../errors.js';
 import { type AttnProblem, ItemSpace, tileFor } from '../problem.js';
 import { BufferUsage, type GpuContext, type GpuLimits } from './device.js';
+import { type AnalyticPlan, analyticPlan, zeroAnalytic } from './analytic.js';
 import { FUSED_UNIFORMS, type FusedSpec, blockingOf, fusedProgram, fusedWorkgroupBytes, threadsOf } from './fused-wgsl.js';
 import { buildGpuSchedule } from './schedule.js';
 import { type KernelOptions, type TensorKernel, bindingsFit, gridFor, launchAttn, onDevice, onHost, rpbLayout, uniformBuffer } from './run.js';
@@ -20,6 +21,8 @@ export interface FusedPlan {
   /** The problem with the GPU's tile shapes (what the schedule is built from). */
   readonly problem: AttnProblem;
   readonly rank: number;
+  /** Present when the kernel computes the schedule itself (spec.schedule 'analytic'). */
+  readonly analytic?: AnalyticPlan;
 }
 
 /** Cuts the largest axis until the tile holds at most `cap` points. */
@@ -52,6 +55,8 @@ export interface FusedTuning {
   readonly unroll: boolean;
   /** Use subgroup shuffles where the adapter allows (fused-wgsl.ts); false keeps workgroup memory. Default true. */
   readonly subgroups?: boolean;
+  /** Compute analytic schedules in the kernel (analytic.ts); false uploads every schedule. Default true. */
+  readonly analytic?: boolean;
 }
 
 export const FUSED_TUNING: Readonly<Record<'cpu' | 'gpu', FusedTuning>> = {
@@ -116,8 +121,14 @@ export function planFused(problem: AttnProblem, limits: GpuLimits, tune: FusedTu
         // one lane per row needs no exchange at all; else the row's lanes must share a subgroup
         subgroups: tune.subgroups !== false && (tx === 1 || ((tx & (tx - 1)) === 0 && tx <= subgroupMinSize)),
         f16,
+        schedule: 'list',
+        rank,
       };
-      if (fusedWorkgroupBytes(spec) <= budget && threadsOf(spec) <= maxThreads) return { spec, problem: { ...problem, qTile, kvTile }, rank };
+      if (fusedWorkgroupBytes(spec) <= budget && threadsOf(spec) <= maxThreads) {
+        const tiled = { ...problem, qTile, kvTile };
+        const analytic = tune.analytic === false ? undefined : analyticPlan(tiled);
+        return analytic ? { spec: { ...spec, schedule: 'analytic' }, problem: tiled, rank, analytic } : { spec, problem: tiled, rank };
+      }
     }
   }
   throw new TilewiseError('dim', 'head dims are too large for this device’s workgroup memory', `${dim}+${dimV} with ${budget} bytes`);
@@ -167,18 +178,23 @@ const fusedKernel: TensorKernel = async (ctx, problem, q, k, v, opts) => {
   const f16 = dtypeOf(q) === 'f16';
   if (f16 && !ctx.features.has('shader-f16')) throw new TilewiseError('q', "f16 tensors need a device with the 'shader-f16' feature", ctx.description);
   const plan = planFused(problem, limits, tuningFor(ctx), ctx.subgroupMinSize, f16);
-  const space = new ItemSpace(plan.problem);
   const rpb = problem.rpb ? rpbLayout(problem.rpb.kernel) : undefined;
   const rope = problem.rope;
-  const sched = buildGpuSchedule(plan.problem, space, { ...(rpb ? { lin: rpb.strides } : {}), maxWords: Math.floor(limits.maxStorageBufferBindingSize / 4) });
+  const an = plan.analytic;
+  // an uploaded schedule only when the kernel cannot compute it
+  const sched = an ? undefined : buildGpuSchedule(plan.problem, new ItemSpace(plan.problem), { ...(rpb ? { lin: rpb.strides } : {}), maxWords: Math.floor(limits.maxStorageBufferBindingSize / 4) });
+  const total = an ? an.total : sched!.items;
   const pipeline = await getPipeline(device, fusedProgram, plan.spec);
+  const s0 = problem.seqs[0];
+  const nqSeq = s0 ? prod(s0.qGrid) : 0;
+  const nkSeq = s0 ? prod(s0.kGrid) : 0;
   return launchAttn(ctx, problem, q, k, v, opts, 'fused', (io, own) => {
-    const groups = gridFor(space.total, limits, 'q');
+    const groups = gridFor(total, limits, 'q');
     const params = FUSED_UNIFORMS.pack({
       heads: problem.heads,
       kvHeads: problem.kvHeads,
       group: problem.heads / problem.kvHeads,
-      total: space.total,
+      total,
       itemsX: groups[0],
       scale: problem.scale,
       softcap: problem.softcap,
@@ -190,9 +206,13 @@ const fusedKernel: TensorKernel = async (ctx, problem, q, k, v, opts) => {
       ropeHalf: rope ? rope.dims / 2 : 0,
       ropeSin: rope ? rope.maxPos * (rope.dims / 2) : 0,
       ropeMax: rope?.maxPos ?? 0,
+      ropeQShift: an && rope ? Math.max(0, nkSeq - nqSeq) : 0,
+      ropeKShift: an && rope ? Math.max(0, nqSeq - nkSeq) : 0,
+      ...(an ? an.values : zeroAnalytic()),
       ...blockingOf(plan.spec),
     });
-    const entries = [own(uniformBuffer(device, params)), io.q, io.k, io.v, io.out, io.lse, own(uploadBuffer(device, sched.data, BufferUsage.STORAGE, 'tilewise schedule'))];
+    const entries = [own(uniformBuffer(device, params)), io.q, io.k, io.v, io.out, io.lse];
+    if (sched) entries.push(own(uploadBuffer(device, sched.data, BufferUsage.STORAGE, 'tilewise schedule')));
     if (plan.spec.bias || plan.spec.rpb || plan.spec.rope) {
       // aux = bias | rpb | RoPE table (cos then sin), one binding
       const nb = problem.bias?.data.length ?? 0;

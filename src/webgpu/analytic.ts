@@ -1,0 +1,299 @@
+import { prod } from '../cpu/fused.js';
+import type { PatternSpec } from '../patterns/spec.js';
+import type { AttnProblem } from '../problem.js';
+import { rpbLayout } from './run.js';
+
+/**
+ * Schedules computed in the kernel (design.md 4: "computed in-kernel where they are analytic").
+ * Dense, causal, sliding-window and neighborhood patterns (any AND of them with at most one
+ * neighborhood, 1-3 axes, dilation, stride, per-axis causality) give every query coordinate a key
+ * interval per axis, [start(q), end(q)], with start and end non-decreasing in q:
+ *
+ *   start(q) = max(0, q + bandLo, naStart(q)),   end(q) = min(nk - 1, q + bandHi, naEnd(q))
+ *
+ * (patterns/rules.ts holds the same rules for the CPU). So a query tile's keys are the box
+ * [start(first), end(last)] per axis, a key tile is full when it lies inside
+ * [start(last), end(first)], and a partial tile tests the intervals per element: no schedule is
+ * built or uploaded, the work item and its visits are decoded from the workgroup id. Dilation
+ * runs as interleaved groups (tokens g + d * x), exactly like the uploaded schedules.
+ */
+
+export const AXES = 3;
+const BIG = 1 << 30;
+
+/** Per-axis rule parameters and the grid geometry of an analytic problem. */
+export interface AnalyticPlan {
+  readonly rank: number;
+  readonly groups: number;
+  readonly tilesPerGroup: number;
+  /** Work items: batch * heads * groups * tilesPerGroup (tiles past a short group's end are empty). */
+  readonly total: number;
+  readonly values: Readonly<Record<string, number>>;
+}
+
+interface Rules {
+  bandLo: number;
+  bandHi: number;
+  na?: Extract<PatternSpec, { kind: 'neighborhood' }>;
+}
+
+/** The conjunction's rules, or undefined when a part is not analytic (block-sparse, chunks, masks, OR). */
+function rulesOf(p: PatternSpec, nq: number, nk: number, acc: Rules): Rules | undefined {
+  const off = (align: string) => (align === 'bottom-right' ? nk - nq : 0);
+  switch (p.kind) {
+    case 'dense':
+      return acc;
+    case 'causal':
+      return { ...acc, bandHi: Math.min(acc.bandHi, off(p.align)) };
+    case 'window':
+      return {
+        ...acc,
+        bandLo: p.left < 0 ? acc.bandLo : Math.max(acc.bandLo, off(p.align) - p.left),
+        bandHi: p.right < 0 ? acc.bandHi : Math.min(acc.bandHi, off(p.align) + p.right),
+      };
+    case 'neighborhood':
+      return acc.na ? undefined : { ...acc, na: p };
+    case 'and': {
+      let r: Rules | undefined = acc;
+      for (const x of p.parts) if (r) r = rulesOf(x, nq, nk, r);
+      return r;
+    }
+    default:
+      return undefined;
+  }
+}
+
+/**
+ * The analytic plan of a problem whose tiles are the GPU's (fused.ts planFused), or undefined when
+ * the schedule must be uploaded: varlen packs, non-analytic patterns, 'selected' RoPE positions,
+ * a band on more than one axis.
+ */
+export function analyticPlan(problem: AttnProblem): AnalyticPlan | undefined {
+  const seqs = problem.seqs;
+  if (seqs.length === 0) return undefined;
+  const s0 = seqs[0]!;
+  const nq = prod(s0.qGrid);
+  const nk = prod(s0.kGrid);
+  const rank = s0.qGrid.length;
+  if (rank > AXES || s0.kGrid.length !== rank) return undefined;
+  // batches of one shape, packed densely: b * nq, b * nk
+  if (!seqs.every((s, b) => s.qOff === b * nq && s.kOff === b * nk && s.qGrid.join() === s0.qGrid.join() && s.kGrid.join() === s0.kGrid.join())) return undefined;
+  if (problem.rope && problem.rope.positions !== 'absolute') return undefined;
+  const rules = rulesOf(problem.pattern, nq, nk, { bandLo: -BIG, bandHi: BIG });
+  if (!rules) return undefined;
+  const banded = rules.bandLo !== -BIG || rules.bandHi !== BIG;
+  if (banded && rank !== 1) return undefined;
+  const na = rules.na;
+  if (na && s0.qGrid.join() !== s0.kGrid.join()) return undefined;
+  if (problem.qTile.length !== rank || problem.kvTile.length !== rank) return undefined;
+  const dil = Array.from({ length: rank }, (_, a) => (na ? na.dilation[a]! : 1));
+  const tiles = Array.from({ length: rank }, (_, a) => Math.ceil(Math.ceil(s0.qGrid[a]! / dil[a]!) / problem.qTile[a]!));
+  const groups = prod(dil);
+  const tilesPerGroup = prod(tiles);
+  const strides = (g: readonly number[]) => g.map((_, a) => prod(g.slice(a + 1)));
+  const sQ = strides(s0.qGrid);
+  const sK = strides(s0.kGrid);
+  const lin = problem.rpb ? rpbLayout(problem.rpb.kernel).strides : [];
+  const v: Record<string, number> = {
+    nqSeq: nq,
+    nkSeq: nk,
+    groups,
+    tilesPerGroup,
+    biasB1: problem.bias && problem.bias.batch !== 1 ? 0 : 1,
+    biasH1: problem.bias && problem.bias.heads !== 1 ? 0 : 1,
+    biasHeads: problem.bias?.heads ?? 1,
+  };
+  for (let a = 0; a < AXES; a++) {
+    const on = a < rank;
+    v[`qLen${a}`] = on ? s0.qGrid[a]! : 1;
+    v[`kLen${a}`] = on ? s0.kGrid[a]! : 1;
+    v[`dil${a}`] = on ? dil[a]! : 1;
+    v[`qT${a}`] = on ? problem.qTile[a]! : 1;
+    v[`kT${a}`] = on ? problem.kvTile[a]! : 1;
+    v[`tiles${a}`] = on ? tiles[a]! : 1;
+    v[`sQ${a}`] = on ? sQ[a]! : 0;
+    v[`sK${a}`] = on ? sK[a]! : 0;
+    v[`bandLo${a}`] = on ? rules.bandLo : -BIG;
+    v[`bandHi${a}`] = on ? rules.bandHi : BIG;
+    v[`naK${a}`] = on && na ? na.kernelSize[a]! : 0;
+    v[`naS${a}`] = on && na ? na.stride[a]! : 1;
+    v[`naC${a}`] = on && na && na.isCausal[a] ? 1 : 0;
+    v[`lin${a}`] = on && lin.length ? lin[a]! : 0;
+  }
+  return { rank, groups, tilesPerGroup, total: seqs.length * problem.heads * groups * tilesPerGroup, values: v };
+}
+
+/** Uniform fields of the analytic schedule (appended to the fused kernel's; zeros in list mode). */
+export const ANALYTIC_UNIFORMS = {
+  nqSeq: 'u32',
+  nkSeq: 'u32',
+  groups: 'u32',
+  tilesPerGroup: 'u32',
+  biasB1: 'u32',
+  biasH1: 'u32',
+  biasHeads: 'u32',
+  ...Object.fromEntries(
+    Array.from({ length: AXES }, (_, a) =>
+      (
+        [
+          ['qLen', 'i32'],
+          ['kLen', 'i32'],
+          ['dil', 'i32'],
+          ['qT', 'i32'],
+          ['kT', 'i32'],
+          ['tiles', 'u32'],
+          ['sQ', 'u32'],
+          ['sK', 'u32'],
+          ['bandLo', 'i32'],
+          ['bandHi', 'i32'],
+          ['naK', 'i32'],
+          ['naS', 'i32'],
+          ['naC', 'u32'],
+          ['lin', 'i32'],
+        ] as const
+      ).map(([n, t]) => [`${n}${a}`, t]),
+    ).flat(),
+  ),
+} as Readonly<Record<string, 'u32' | 'i32'>>;
+
+export const zeroAnalytic = (): Record<string, number> => Object.fromEntries(Object.keys(ANALYTIC_UNIFORMS).map((k) => [k, 0]));
+
+/**
+ * The analytic schedule hooks of the fused template (fused-wgsl.ts ScheduleSource) for `rank`
+ * axes and `rm` row slots per thread. Axes are unrolled here; coordinates are group-local.
+ */
+export function analyticSource(rank: number, rm: number, rope: boolean): import('./fused-wgsl.js').ScheduleSource {
+  const A = Array.from({ length: rank }, (_, a) => a);
+  const down = [...A].reverse(); // the last axis varies fastest in a box, as in boxTokens
+  const R = rank;
+  const arr = (n: string, len = R) => `var<private> ${n}: array<i32, ${len}> = array<i32, ${len}>();`;
+  // NATTEN's window start in a group of n keys (patterns/rules.ts neighborhoodRule)
+  const rules = A.map(
+    (a) => `fn na_start${a}(q: i32) -> i32 {
+  let n = a_gk[${a}];
+  let K = P.naK${a};
+  let st = P.naS${a};
+  if (P.naC${a} != 0u) { return max(0, min((q / st) * st + st - 1, n - 1) - K + 1); }
+  let left = K / 2;
+  let lead = min((q / st) * st + st / 2, n - 1);
+  return min(max(lead, left), n - 1 - (K - 1 - left)) - left;
+}
+fn rs${a}(q: i32) -> i32 {
+  var s: i32 = max(0, q + P.bandLo${a});
+  if (P.naK${a} > 0) { s = max(s, na_start${a}(q)); }
+  return s;
+}
+fn re${a}(q: i32) -> i32 {
+  var e: i32 = min(a_gk[${a}] - 1, q + P.bandHi${a});
+  if (P.naK${a} > 0) { e = min(e, select(na_start${a}(q) + P.naK${a} - 1, q, P.naC${a} != 0u)); }
+  return e;
+}`,
+  ).join('\n');
+  // walks a box index `x` (last axis fastest) over extents `ext`, binding coordinate c<a> = lo + offset
+  const walk = (x: string, lo: string, ext: string, body: (a: number) => string) => `var rr: u32 = ${x};
+  ${down.map((a) => `let c${a} = ${lo}[${a}] + i32(rr % u32(${ext}[${a}]));\n  rr = rr / u32(${ext}[${a}]);\n  ${body(a)}`).join('\n  ')}`;
+  const tokFn = (name: string, lo: string, ext: string, stride: string) => `fn ${name}(x: u32) -> u32 {
+  var tok: u32 = 0u;
+  ${walk('x', lo, ext, (a) => `tok += u32(a_grp[${a}] + P.dil${a} * c${a}) * P.${stride}${a};`)}
+  return tok;
+}`;
+  const linFn = (name: string, lo: string, ext: string) => `fn ${name}(x: u32) -> i32 {
+  var l: i32 = 0;
+  ${walk('x', lo, ext, (a) => `l += c${a} * P.lin${a};`)}
+  return l;
+}`;
+  const decls = `${['a_qlo', 'a_qext', 'a_grp', 'a_gn', 'a_gk', 'a_klo', 'a_kext', 'a_kbox', 'a_khi', 'a_nt', 'a_flo', 'a_fhi'].map((n) => arr(n)).join('\n')}
+var<workgroup> a_un: vec2<u32>;
+${arr('a_rlo', rm * R)}
+${arr('a_rhi', rm * R)}
+${rules}
+${tokFn('q_tok', 'a_qlo', 'a_qext', 'sQ')}
+${tokFn('k_tok', 'a_klo', 'a_kext', 'sK')}
+${linFn('q_lin', 'a_qlo', 'a_qext')}
+${linFn('k_lin', 'a_klo', 'a_kext')}
+fn set_row(i: u32, r: u32) {
+  ${walk('r', 'a_qlo', 'a_qext', (a) => `a_rlo[i * ${R}u + ${a}u] = rs${a}(c${a});\n  a_rhi[i * ${R}u + ${a}u] = re${a}(c${a});`)}
+}
+fn allowed(i: u32, c: u32) -> bool {
+  var ok: bool = true;
+  ${walk('c', 'a_klo', 'a_kext', (a) => `ok = ok && c${a} >= a_rlo[i * ${R}u + ${a}u] && c${a} <= a_rhi[i * ${R}u + ${a}u];`)}
+  return ok;
+}
+/** Sets the key box of visit vi; returns (keys, 1 if every pair of the visit is allowed). */
+fn set_visit(vi: u32) -> vec2<u32> {
+  var vv: u32 = vi;
+  var nk: u32 = 1u;
+  var full: bool = true;
+  ${down
+    .map(
+      (a) => `let t${a} = i32(vv % u32(a_nt[${a}]));
+  vv = vv / u32(a_nt[${a}]);
+  a_klo[${a}] = a_kbox[${a}] + t${a} * P.kT${a};
+  a_kext[${a}] = min(P.kT${a}, a_khi[${a}] + 1 - a_klo[${a}]);
+  nk *= u32(a_kext[${a}]);
+  full = full && a_klo[${a}] >= a_flo[${a}] && a_klo[${a}] + a_kext[${a}] - 1 <= a_fhi[${a}];`,
+    )
+    .join('\n  ')}
+  return vec2<u32>(nk, select(0u, 1u, full));
+}`;
+  const item = `// item = ((b * heads + h) * groups + g) * tilesPerGroup + tile
+  let tIdx = item % P.tilesPerGroup;
+  let gh = item / P.tilesPerGroup;
+  let bh = gh / P.groups;
+  let h = bh % P.heads;
+  let b = bh / P.heads;
+  var tt: u32 = tIdx;
+  var gg: u32 = gh % P.groups;
+  var nq0: u32 = 1u;
+  var nv0: u32 = 1u;
+  ${down
+    .map(
+      (a) => `a_grp[${a}] = i32(gg % u32(P.dil${a}));
+  gg = gg / u32(P.dil${a});
+  let ti${a} = i32(tt % P.tiles${a});
+  tt = tt / P.tiles${a};
+  a_gn[${a}] = (P.qLen${a} - a_grp[${a}] + P.dil${a} - 1) / P.dil${a};
+  a_gk[${a}] = (P.kLen${a} - a_grp[${a}] + P.dil${a} - 1) / P.dil${a};
+  a_qlo[${a}] = ti${a} * P.qT${a};
+  a_qext[${a}] = clamp(a_gn[${a}] - a_qlo[${a}], 0, P.qT${a});
+  nq0 *= u32(a_qext[${a}]);`,
+    )
+    .join('\n  ')}
+  ${A.map(
+    (a) => `{
+    let first = a_qlo[${a}];
+    let last = first + a_qext[${a}] - 1;
+    a_kbox[${a}] = rs${a}(first);
+    a_khi[${a}] = re${a}(last);
+    a_nt[${a}] = select(0, (a_khi[${a}] - a_kbox[${a}] + P.kT${a}) / P.kT${a}, a_khi[${a}] >= a_kbox[${a}]);
+    a_flo[${a}] = rs${a}(last);
+    a_fhi[${a}] = re${a}(first);
+    nv0 *= u32(a_nt[${a}]);
+  }`,
+  ).join('\n  ')}
+  // private variables are not uniform to WGSL's analysis: publish the loop bounds through workgroup memory
+  if (lid == 0u) { a_un = vec2<u32>(nq0, nv0); }
+  let un = workgroupUniformLoad(&a_un);
+  let nq = un.x;
+  let nVisit = un.y;
+  if (nq == 0u) { return; } // a tile past the end of a shorter dilation group
+  let qOff = b * P.nqSeq;
+  let kOff = b * P.nkSeq;
+  let biasBase = (select(b, 0u, P.biasB1 != 0u) * P.biasHeads + select(h, 0u, P.biasH1 != 0u)) * P.nqSeq * P.nkSeq;
+  let biasStride = P.nkSeq;
+  ${rope ? 'let qShift = P.ropeQShift;' : ''}`;
+  return {
+    decls,
+    item,
+    visit: (vi) => `let vinfo = set_visit(${vi});
+    let nk = vinfo.x;
+    let mask = select(0u, NO_MASK, vinfo.y == 1u);
+    ${rope ? 'let kShift = P.ropeKShift;' : ''}`,
+    qTok: (r) => `q_tok(${r})`,
+    kTok: (j) => `k_tok(${j})`,
+    qLin: (r) => `q_lin(${r})`,
+    kLin: (j) => `k_lin(${j})`,
+    rowSetup: (i, r) => `set_row(${i}, ${r});`,
+    allowed: (i, _r, c) => `allowed(${i}, ${c})`,
+  };
+}
