@@ -641,6 +641,7 @@ gpuTest("LongHeads prefill and LongHeadsCache decode: backend 'webgpu' matches '
     const e = relError(res[0]!.out.data, res[1]!.out.data);
     assert.ok(e < TOL, `decode step ${i}: relErr ${e}`);
   }
+  caches.forEach((c) => c.dispose());
 });
 
 // ---------------------------------------------------------------------------------------------
