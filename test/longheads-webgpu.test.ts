@@ -12,9 +12,10 @@ import { type LongHeadsRef, longHeadsReference } from '../src/longheads/referenc
 import { type ChunksSpec, chunkReps, selectLists } from '../src/longheads/select.js';
 import type { Tensor } from '../src/tensor.js';
 import { webgpuAvailable } from '../src/webgpu/device.js';
-import { gpuOps } from '../src/webgpu/longheads.js';
+import { gpuOps, planSelect } from '../src/webgpu/longheads.js';
+import { lhPoolProgram, lhRopeProgram, lhSelectProgram, selectWorkgroupBytes } from '../src/webgpu/longheads-wgsl.js';
 import { bufferStats, fromGpu, releaseTensor, toGpu } from '../src/webgpu/tensor.js';
-import { Rng, randTensor, relErr } from './helpers.js';
+import { Rng, checkVarsInitialised, randTensor, relErr } from './helpers.js';
 
 // Without an adapter every GPU test is reported skipped with the reason, never passed.
 const available = await webgpuAvailable();
@@ -46,6 +47,28 @@ function nearTie(got: number[], want: number[], scores: Float64Array, what: stri
 function intTensor(rng: Rng, n: number, lo = -2, hi = 2): Float32Array {
   return Float32Array.from({ length: n }, () => rng.int(lo, hi));
 }
+
+test('LongHeads kernels: generated WGSL initialises its vars; the selection workgroup fits the device', () => {
+  const limits = {
+    maxComputeWorkgroupStorageSize: 4096,
+    maxComputeInvocationsPerWorkgroup: 64,
+    maxComputeWorkgroupSizeX: 64,
+    maxComputeWorkgroupsPerDimension: 65535,
+    maxStorageBufferBindingSize: 1 << 27,
+    maxBufferSize: 1 << 28,
+    maxStorageBuffersPerShaderStage: 8,
+  };
+  for (const [dim, slots] of [[8, 1], [64, 3], [64, 16], [128, 40]] as const) {
+    const spec = planSelect(dim, slots, limits);
+    assert.ok(selectWorkgroupBytes(spec) <= 4096 && spec.threads <= 64, `dim ${dim} slots ${slots}: ${JSON.stringify(spec)}`);
+    assert.equal(spec.rest, Math.max(0, slots - 3));
+    checkVarsInitialised(lhSelectProgram.generate(spec));
+  }
+  assert.equal(planSelect(64, 4, limits).threads, 64);
+  assert.ok(planSelect(128, 40, limits).threads < 64, 'fewer threads when the per-thread lists are long');
+  checkVarsInitialised(lhPoolProgram.generate({ threads: 64 }));
+  checkVarsInitialised(lhRopeProgram.generate({ threads: 64 }));
+});
 
 gpuTest('selection kernel alone equals selectChunks (selectLists) on random inputs with many exact ties', async () => {
   const rng = new Rng(4104);
