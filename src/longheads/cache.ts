@@ -28,12 +28,11 @@ interface Stores<T> {
  */
 export class LongHeadsCache {
   readonly cfg: LongHeadsConfig;
-  /** The chunk lists of the last decode step past the budget (per head, one query). */
-  lastChunks: ChunksSpec | undefined;
   private readonly pendingQ: Rows;
   private stores: Stores<unknown> | undefined;
   private opening: Promise<Stores<unknown>> | undefined;
   private disposed = false;
+  private selected: ChunksSpec | undefined;
 
   constructor(
     readonly heads: number,
@@ -58,6 +57,11 @@ export class LongHeadsCache {
   /** Full chunks with a representation. */
   get chunks(): number {
     return this.stores?.reps.length ?? 0;
+  }
+
+  /** The chunk lists of the last decode step past the budget (per head, one query). */
+  get lastChunks(): ChunksSpec | undefined {
+    return this.selected;
   }
 
   /** The backend the cache runs on ('auto' resolved), once the first tokens are in. */
@@ -127,7 +131,7 @@ export class LongHeadsCache {
       const s = { q: qt, k: st.keys.view(), v: st.values.view(), n: 1, kOff: 0, kLen: L, heads: H, kvHeads: Hk, dim: D };
       if (L <= cfg.budget) return await ops.attend(s, { rope: cfg.rope, causal: 'bottom-right', ...(cfg.scale !== undefined ? { scale: cfg.scale } : {}) });
       const chunks = await ops.select(qt, st.reps.view(), { rows: 1, qPos0: L - 1, tile: 1, heads: H, dim: D });
-      this.lastChunks = chunks;
+      this.selected = chunks;
       return await ops.attend(s, selectedOptions(cfg, chunks, 'bottom-right', 1));
     } finally {
       ops.release(qt);
