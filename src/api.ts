@@ -224,6 +224,16 @@ export function planAttention(q: Input, k: Input, v: Input, opts: AttentionOptio
   check(opts !== null && typeof opts === 'object', 'opts', 'must be an object');
   checkBackend(opts.backend);
   const s = checkQKV(q, k, v);
+  const problem = planShapes(s, opts);
+  checkInputsFinite(opts, [[q, 'q'], [k, 'k'], [v, 'v'], ...(opts.bias ? ([[opts.bias, 'bias']] as [Tensor, string][]) : [])]);
+  return { s, problem };
+}
+
+/**
+ * The problem of an attention call from its shapes alone (no data is read but the bias): for
+ * kernels on tensors that already live elsewhere, such as GPU buffers.
+ */
+export function planShapes(s: QKVShapes, opts: AttentionOptions = {}): AttnProblem {
   const parts: PatternSpec[] = [];
   if (opts.causal !== undefined && opts.causal !== false) {
     const align = opts.causal === true ? 'top-left' : opts.causal;
@@ -265,7 +275,6 @@ export function planAttention(q: Input, k: Input, v: Input, opts: AttentionOptio
     check(full[2] === nq && full[3] === nk, 'bias', 'last two axes must be [Nq, Nk]', `${bs.join('x')} vs ${nq}x${nk}`);
     bias = { data: opts.bias.data, batch: full[0]!, heads: full[1]! };
   }
-  checkInputsFinite(opts, [[q, 'q'], [k, 'k'], [v, 'v'], ...(opts.bias ? ([[opts.bias, 'bias']] as [Tensor, string][]) : [])]);
   // neighborhood parts tile the token grid itself; every other pattern tiles flattened tokens
   const na = findNeighborhood(pattern);
   const rank = na ? s.qGrid.length : 1;
@@ -285,7 +294,7 @@ export function planAttention(q: Input, k: Input, v: Input, opts: AttentionOptio
   };
   if (opts.rope === undefined) {
     check(opts.ropePositions === undefined, 'ropePositions', 'needs rope');
-    return { s, problem };
+    return problem;
   }
   const mode = opts.ropePositions ?? 'absolute';
   check(mode === 'absolute' || mode === 'selected', 'ropePositions', "must be 'absolute' or 'selected'", String(mode));
@@ -294,7 +303,7 @@ export function planAttention(q: Input, k: Input, v: Input, opts: AttentionOptio
   const rope = ropeSpec(opts.rope, s.dim, maxPos, mode);
   checkRopeTiles(rope, pattern, problem.qTile, rank);
   if (mode === 'selected') for (const sq of seqs) checkOwnChunks(chunksOf(pattern)!, numel(sq.qGrid), numel(sq.kGrid));
-  return { s, problem: { ...problem, rope } };
+  return { ...problem, rope };
 }
 
 /** 'selected' positions number a query by its own token's rank, so its chunk must be listed. */

@@ -316,3 +316,8 @@ export function randomNA(rng: Rng, rank: number): NACase {
   return { rank, grid, kernel, dilation, stride, causal };
 }
 
+
+/** Every function-scope WGSL `var` has an initialiser (Tint does not re-zero a bare `var x: T;` declared in a loop). */
+export function checkVarsInitialised(wgsl: string): void {
+  for (const m of wgsl.matchAll(/\bvar (\w+)\s*:[^;]*;/g)) assert.match(m[0], /=/, `uninitialised WGSL var: ${m[0]}`);
+}

@@ -19,6 +19,7 @@ import { bufferStats, fromGpu, releaseTensor, toGpu, wrapBuffer } from '../src/w
 import { roundF16 } from '../src/f16.js';
 import { uniformLayout } from '../src/webgpu/uniforms.js';
 import { stableStringify } from '../src/webgpu/wgsl.js';
+import { checkVarsInitialised } from './helpers.js';
 
 // Without an adapter every GPU test is reported skipped with the reason, never passed.
 const available = await webgpuAvailable();
@@ -99,10 +100,6 @@ const smallTiles = [undefined, { q: 16, kv: 8 }, { q: 8, kv: 16 }] as const;
 // Helpers that need no device.
 
 /** Tint zeroes a `var x: T;` declared in a loop only once: every function var must carry an initialiser. */
-function checkVarsInitialised(wgsl: string): void {
-  for (const m of wgsl.matchAll(/\bvar (\w+)\s*:[^;]*;/g)) assert.match(m[0], /=/, `uninitialised WGSL var: ${m[0]}`);
-}
-
 test('uniform layouts pack what they declare', () => {
   const u = uniformLayout({ a: 'u32', b: 'f32', c: 'i32' } as const);
   assert.equal(u.size, 16);
@@ -717,6 +714,7 @@ gpuTest("LongHeads prefill and LongHeadsCache decode: backend 'webgpu' matches '
     const e = relError(res[0]!.out.data, res[1]!.out.data);
     assert.ok(e < TOL, `decode step ${i}: relErr ${e}`);
   }
+  caches.forEach((c) => c.dispose());
 });
 
 // ---------------------------------------------------------------------------------------------

@@ -1,30 +1,18 @@
-import { type Result, attention } from '../api.js';
+import type { Result } from '../api.js';
 import { check, checkPositiveInt } from '../errors.js';
 import type { Tensor } from '../tensor.js';
 import { checkTensor } from '../validate.js';
+import { selectedOptions } from './attention.js';
 import { type LongHeadsConfig, type LongHeadsOptions, longHeadsConfig } from './options.js';
-import { chunkReps, selectDecode } from './select.js';
+import { type LongHeadsOps, type LongHeadsRun, type RowStore, Rows, opsFor } from './ops.js';
+import type { ChunksSpec } from './select.js';
 
-/** A growable float32 store backed by shared memory, so CPU worker threads read it without a copy. */
-class Rows {
-  data = new Float32Array(new SharedArrayBuffer(0));
-  length = 0;
-  constructor(readonly width: number) {}
-  push(src: Float32Array): void {
-    const rows = this.length + src.length / this.width;
-    if (rows * this.width > this.data.length) {
-      // headroom, so a decode loop after a long append does not copy the whole cache on its first step
-      const cap = Math.max(Math.ceil(rows * 1.25), (2 * this.data.length) / this.width, 256);
-      const grown = new Float32Array(new SharedArrayBuffer(cap * this.width * 4));
-      grown.set(this.data.subarray(0, this.length * this.width));
-      this.data = grown;
-    }
-    this.data.set(src, this.length * this.width);
-    this.length += src.length / this.width;
-  }
-  rows(from = 0, to = this.length): Float32Array {
-    return this.data.subarray(from * this.width, to * this.width);
-  }
+/** What the cache keeps on its backend: keys, values and chunk representations. */
+interface Stores<T> {
+  readonly ops: LongHeadsOps<T>;
+  readonly keys: RowStore<T>;
+  readonly values: RowStore<T>;
+  readonly reps: RowStore<T>;
 }
 
 /**
@@ -33,39 +21,69 @@ class Rows {
  * of the chunk being filled. A decode step selects per head (first chunk, last full chunk, current
  * chunk, top-scoring rest) and attends over at most `budget` keys: O(budget) attention plus an
  * O(chunks) scoring pass, whatever the context length.
+ *
+ * On backend 'webgpu' keys, values and representations stay in GPU buffers that grow by doubling;
+ * an append uploads only the new rows, representations and selection run on the device, and a
+ * decode step reads back the chunk lists and its output. Call `dispose()` to free the buffers.
  */
 export class LongHeadsCache {
   readonly cfg: LongHeadsConfig;
-  private readonly keys: Rows;
-  private readonly values: Rows;
-  private readonly reps: Rows;
   private readonly pendingQ: Rows;
+  private stores: Stores<unknown> | undefined;
+  private opening: Promise<Stores<unknown>> | undefined;
+  private disposed = false;
+  private selected: ChunksSpec | undefined;
 
   constructor(
     readonly heads: number,
     readonly kvHeads: number,
     readonly dim: number,
     opts?: LongHeadsOptions,
+    private readonly run: LongHeadsRun = {},
   ) {
     checkPositiveInt(heads, 'heads');
     checkPositiveInt(kvHeads, 'kvHeads');
     checkPositiveInt(dim, 'dim');
     check(heads % kvHeads === 0, 'kvHeads', 'must divide heads', `${heads} vs ${kvHeads}`);
     this.cfg = longHeadsConfig(opts);
-    this.keys = new Rows(kvHeads * dim);
-    this.values = new Rows(kvHeads * dim);
-    this.reps = new Rows(heads * dim);
     this.pendingQ = new Rows(heads * dim);
   }
 
   /** Tokens held. */
   get length(): number {
-    return this.keys.length;
+    return this.stores?.keys.length ?? 0;
   }
 
   /** Full chunks with a representation. */
   get chunks(): number {
-    return this.reps.length;
+    return this.stores?.reps.length ?? 0;
+  }
+
+  /** The chunk lists of the last decode step past the budget (per head, one query). */
+  get lastChunks(): ChunksSpec | undefined {
+    return this.selected;
+  }
+
+  /** The backend the cache runs on ('auto' resolved), once the first tokens are in. */
+  get backend(): 'cpu' | 'webgpu' | undefined {
+    return this.stores?.ops.backend;
+  }
+
+  private open(): Promise<Stores<unknown>> {
+    check(!this.disposed, 'cache', 'was disposed');
+    this.opening ??= opsFor(this.cfg, this.run).then((ops) => {
+      const { heads: H, kvHeads: Hk, dim: D } = this;
+      return (this.stores = { ops, keys: ops.store(Hk * D, 'keys'), values: ops.store(Hk * D, 'values'), reps: ops.store(H * D, 'reps') });
+    });
+    return this.opening;
+  }
+
+  /** Frees what the cache holds on its backend (GPU buffers); the cache cannot be used afterwards. */
+  dispose(): void {
+    this.disposed = true;
+    const st = this.stores;
+    if (st) for (const s of [st.keys, st.values, st.reps]) s.dispose();
+    this.pendingQ.dispose();
   }
 
   /**
@@ -73,19 +91,25 @@ export class LongHeadsCache {
    * cache. Chunks completed by the call get their representations in one batched pass.
    */
   async append(q: Tensor, k: Tensor, v: Tensor): Promise<void> {
-    this.checkTokens(q, k, v);
-    this.pendingQ.push(q.data);
-    this.keys.push(k.data);
-    this.values.push(v.data);
+    const T = this.checkTokens(q, k, v);
+    const st = await this.open();
+    const { ops } = st;
+    this.pendingQ.push(q.data, T);
+    st.keys.push(k.data, T);
+    st.values.push(v.data, T);
     const C = this.cfg.chunkSize;
     const ready = Math.floor(this.pendingQ.length / C);
     if (ready === 0) return;
-    const start = this.reps.length * C;
-    const rep = await chunkReps(
-      { q: this.pendingQ.rows(0, ready * C), k: this.keys.rows(start), v: this.values.rows(start), n: ready * C, heads: this.heads, kvHeads: this.kvHeads, dim: this.dim },
-      this.cfg,
-    );
-    this.reps.push(rep);
+    const { heads: H, kvHeads: Hk, dim: D } = this;
+    const qc = await ops.upload(this.pendingQ.rows(0, ready * C), [ready * C, H, D]);
+    try {
+      const s = { q: qc, k: st.keys.view(), v: st.values.view(), n: ready * C, kOff: st.reps.length * C, kLen: ready * C, heads: H, kvHeads: Hk, dim: D };
+      const rep = await ops.reps(s, ready);
+      st.reps.push(rep, ready);
+      ops.release(rep);
+    } finally {
+      ops.release(qc);
+    }
     // keep the queries of the chunk still filling
     const rest = this.pendingQ.rows(ready * C).slice();
     this.pendingQ.length = 0;
@@ -98,20 +122,20 @@ export class LongHeadsCache {
     check(q.shape[0] === 1, 'q', 'decode takes one token: [1, heads, dim]', q.shape.join('x'));
     const qRow = q.data.slice(0, this.heads * this.dim);
     await this.append(q, k, v);
+    const st = this.stores!;
+    const { ops } = st;
     const L = this.length;
     const { heads: H, kvHeads: Hk, dim: D, cfg } = this;
-    const common = { rope: cfg.rope, backend: cfg.backend, ...(cfg.scale !== undefined ? { scale: cfg.scale } : {}) };
-    const qT = { data: qRow, shape: [1, 1, H, D] };
-    const kT = { data: this.keys.rows(), shape: [1, L, Hk, D] };
-    const vT = { data: this.values.rows(), shape: [1, L, Hk, D] };
-    if (L <= cfg.budget) return attention(qT, kT, vT, { ...common, causal: 'bottom-right' });
-    const chunks = selectDecode(qRow, L - 1, this.reps.rows(), H, D, cfg);
-    return attention(qT, kT, vT, {
-      ...common,
-      pattern: { kind: 'and', parts: [chunks, { kind: 'causal', align: 'bottom-right' }] },
-      ropePositions: 'selected',
-      tile: { q: 1 },
-    });
+    const qt = await ops.upload(qRow, [1, H, D]);
+    try {
+      const s = { q: qt, k: st.keys.view(), v: st.values.view(), n: 1, kOff: 0, kLen: L, heads: H, kvHeads: Hk, dim: D };
+      if (L <= cfg.budget) return await ops.attend(s, { rope: cfg.rope, causal: 'bottom-right', ...(cfg.scale !== undefined ? { scale: cfg.scale } : {}) });
+      const chunks = await ops.select(qt, st.reps.view(), { rows: 1, qPos0: L - 1, tile: 1, heads: H, dim: D });
+      this.selected = chunks;
+      return await ops.attend(s, selectedOptions(cfg, chunks, 'bottom-right', 1));
+    } finally {
+      ops.release(qt);
+    }
   }
 
   private checkTokens(q: Tensor, k: Tensor, v: Tensor): number {

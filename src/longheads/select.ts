@@ -9,7 +9,7 @@ import type { LongHeadsConfig } from './options.js';
  * selection (selectTile 1).
  */
 
-type ChunksSpec = Extract<PatternSpec, { kind: 'chunks' }>;
+export type ChunksSpec = Extract<PatternSpec, { kind: 'chunks' }>;
 
 /** Largest power of two dividing `t`, capped at 64: fused query tiles must sit inside one chunk-list tile. */
 export const fusedTile = (t: number): number => Math.min(64, t & -t);
@@ -53,6 +53,7 @@ export function diagonalChunks(chunkSize: number, tile: number, count: number): 
  * chunk: non-causal attention of the chunk's queries over its keys (both rotated with in-chunk
  * positions), mean-pooled into a summary; the summary then attends over the chunk's rotated keys
  * with those keys as values. Two fused calls over chunk-diagonal schedules: O(n * chunkSize * D).
+ * The CPU implementation (webgpu/longheads.ts has the device one).
  */
 export async function chunkReps(s: SeqQKV, cfg: LongHeadsConfig, full = Math.floor(s.n / cfg.chunkSize)): Promise<Float32Array> {
   const { heads: H, kvHeads: Hk, dim: D } = s;
@@ -71,7 +72,7 @@ export async function chunkReps(s: SeqQKV, cfg: LongHeadsConfig, full = Math.flo
       ropePositions: 'selected',
       tile: { q: fusedTile(C) },
       ...(cfg.scale !== undefined ? { scale: cfg.scale } : {}),
-      backend: cfg.backend,
+      backend: 'cpu',
     },
   );
   const kIn = rotateInChunk(s.k, m, Hk, D, C, cfg);
@@ -85,15 +86,17 @@ export async function chunkReps(s: SeqQKV, cfg: LongHeadsConfig, full = Math.flo
     { data: summary, shape: [1, full, H, D] },
     { data: kIn, shape: [1, m, Hk, D] },
     { data: kIn, shape: [1, m, Hk, D] },
-    { pattern: diagonalChunks(C, 1, full), tile: { q: 1, kv: 64 }, backend: cfg.backend },
+    { pattern: diagonalChunks(C, 1, full), tile: { q: 1, kv: 64 }, backend: 'cpu' },
   );
   return rep.out.data;
 }
 
 /**
- * The chunks a query in chunk `own` keeps, ascending: every chunk while they fit the budget
- * (plain causal attention); else its own chunk, the first (attention sink), the previous one, then
- * the best-scoring of the rest. `score(c)` is only called for chunks 1 .. own - 2.
+ * The chunks a query tile whose first query sits in chunk `own` keeps, ascending: every chunk while
+ * they fit the budget (plain causal attention); else its own chunk, the first (attention sink), the
+ * previous one, then the best-scoring of the rest, ranked by `better` (the WebGPU selection kernel,
+ * webgpu/longheads-wgsl.ts, applies the same rules). `score(c)` is only called for chunks
+ * 1 .. own - 2.
  */
 export function selectChunks(own: number, slots: number, score: (c: number) => number): number[] {
   if (own < slots) return Array.from({ length: own + 1 }, (_, c) => c);
@@ -103,11 +106,14 @@ export function selectChunks(own: number, slots: number, score: (c: number) => n
     const cand = Array.from({ length: own - 2 }, (_, i) => i + 1);
     const sc = new Float64Array(own);
     for (const c of cand) sc[c] = score(c);
-    cand.sort((a, b) => sc[b]! - sc[a]! || a - b);
+    cand.sort((a, b) => (better(sc[a]!, a, sc[b]!, b) ? -1 : better(sc[b]!, b, sc[a]!, a) ? 1 : 0));
     keep.push(...cand.slice(0, rest));
   }
   return [...new Set(keep)].sort((a, b) => a - b);
 }
+
+/** The ranking of candidate chunks: higher score first, ties to the lower chunk index. */
+export const better = (sa: number, a: number, sb: number, b: number): boolean => sa > sb || (sa === sb && a < b);
 
 /** Dot product in float64 of `a[ia..ia+d)` and `b[ib..ib+d)`. */
 function dot(a: Float32Array | Float64Array, ia: number, b: Float32Array, ib: number, d: number): number {
@@ -117,23 +123,35 @@ function dot(a: Float32Array | Float64Array, ia: number, b: Float32Array, ib: nu
 }
 
 /**
- * Prefill selection: per head and query tile of `selectTile` queries, the chunk list, scored with
- * the tile's mean (un-rotated) query against the chunk representations (a dot product is linear,
- * so this is the tile's mean score). Returns the chunks pattern the fused kernel takes as schedule.
+ * Where and how a selection runs: `rows` query rows q [rows, H, D], the first at key index `qPos0`
+ * (0 in prefill, the token's index in decode), one chunk list per head and tile of `tile` queries.
  */
-export function selectPrefill(s: SeqQKV, reps: Float32Array, cfg: LongHeadsConfig): ChunksSpec {
-  const { n, heads: H, dim: D } = s;
-  const T = cfg.selectTile;
-  const tiles = Math.ceil(n / T);
+export interface SelectGeometry {
+  readonly rows: number;
+  readonly qPos0: number;
+  readonly tile: number;
+  readonly heads: number;
+  readonly dim: number;
+}
+
+/**
+ * Selection (prefill and decode alike): per head and query tile, the chunk list, scored with the
+ * tile's mean (un-rotated) query against the chunk representations reps [chunks, H, D] (a dot
+ * product is linear, so this is the tile's mean score). Returns the chunks pattern the fused kernel
+ * takes as schedule. The WebGPU kernel takes the same geometry (webgpu/longheads.ts).
+ */
+export function selectLists(q: Float32Array, reps: Float32Array, g: SelectGeometry, cfg: LongHeadsConfig): ChunksSpec {
+  const { rows, qPos0, tile: T, heads: H, dim: D } = g;
+  const tiles = Math.ceil(rows / T);
   const lists: number[][] = [];
   const mean = new Float64Array(D);
   for (let h = 0; h < H; h++)
     for (let t = 0; t < tiles; t++) {
-      const own = Math.floor((t * T) / cfg.chunkSize);
+      const own = Math.floor((qPos0 + t * T) / cfg.chunkSize);
       if (own >= cfg.slots) {
         mean.fill(0);
-        const end = Math.min(n, (t + 1) * T);
-        for (let r = t * T; r < end; r++) for (let x = 0; x < D; x++) mean[x]! += s.q[(r * H + h) * D + x]!;
+        const end = Math.min(rows, (t + 1) * T);
+        for (let r = t * T; r < end; r++) for (let x = 0; x < D; x++) mean[x]! += q[(r * H + h) * D + x]!;
         for (let x = 0; x < D; x++) mean[x]! /= end - t * T;
       }
       lists.push(selectChunks(own, cfg.slots, (c) => dot(mean, 0, reps, (c * H + h) * D, D)));
@@ -141,14 +159,12 @@ export function selectPrefill(s: SeqQKV, reps: Float32Array, cfg: LongHeadsConfi
   return chunkLists(cfg.chunkSize, T, H, tiles, lists);
 }
 
-/** Decode selection for one query row q [H, D] at key index `pos`: per head, its chunk list. */
-export function selectDecode(q: Float32Array, pos: number, reps: Float32Array, heads: number, dim: number, cfg: LongHeadsConfig): ChunksSpec {
-  const own = Math.floor(pos / cfg.chunkSize);
-  const lists = Array.from({ length: heads }, (_, h) => selectChunks(own, cfg.slots, (c) => dot(q, h * dim, reps, (c * heads + h) * dim, dim)));
-  return chunkLists(cfg.chunkSize, 1, heads, 1, lists);
-}
+/** Prefill selection of a whole sequence: one list per head and tile of `selectTile` queries. */
+export const selectPrefill = (s: SeqQKV, reps: Float32Array, cfg: LongHeadsConfig): ChunksSpec =>
+  selectLists(s.q, reps, { rows: s.n, qPos0: 0, tile: cfg.selectTile, heads: s.heads, dim: s.dim }, cfg);
 
-function chunkLists(chunkSize: number, queryTile: number, heads: number, numQTiles: number, lists: number[][]): ChunksSpec {
+/** Chunk lists (per head, then per query tile) as a chunks pattern. */
+export function chunkLists(chunkSize: number, queryTile: number, heads: number, numQTiles: number, lists: number[][]): ChunksSpec {
   const offsets = new Int32Array(lists.length + 1);
   lists.forEach((l, i) => (offsets[i + 1] = offsets[i]! + l.length));
   const ids = new Int32Array(offsets[lists.length]!);
