@@ -64,8 +64,8 @@ export async function chunkRepsGpu(ctx: GpuContext, s: SeqView<GpuTensor>, full:
       { name: 'summary', shape: [full, H, D], empty: 0 },
       { name: 'kIn', shape: [m, Hk, D], empty: 0 },
     ];
-    const x = bindingOf(inChunk.out, m * H * D * 4, 'out');
-    const k = bindingOf(s.k, (s.kOff + m) * Hk * D * 4, 'k');
+    const x = bindingOf(inChunk.out, m * H * D, 'out');
+    const k = bindingOf(s.k, (s.kOff + m) * Hk * D, 'k');
     [summary, kIn] = (await launch(ctx, 'longheads-reps', outs, poison, ([sm, ki], own) => {
       const common = { heads: H, kvHeads: Hk, dim: D, chunkSize: C, ...ZERO };
       const poolN = full * H * D;
@@ -119,8 +119,8 @@ export async function selectGpu(ctx: GpuContext, q: GpuTensor, reps: GpuTensor, 
   const stride = cfg.slots + 1;
   const total = H * tiles;
   const pipeline = await getPipeline(device, lhSelectProgram, planSelect(D, cfg.slots, limits));
-  const qb = bindingOf(q, rows * H * D * 4, 'q');
-  const rb = bindingOf(reps, Math.max(4, rowsOf(reps, H * D) * H * D * 4), 'reps');
+  const qb = bindingOf(q, rows * H * D, 'q');
+  const rb = bindingOf(reps, Math.max(1, rowsOf(reps, H * D) * H * D), 'reps');
   const [lists] = (await launch(ctx, 'longheads-select', [{ name: 'lists', shape: [total, stride], empty: 0 }], poison, ([l], own) => {
     const groups = gridFor(total, limits, 'q');
     const u = { heads: H, kvHeads: 1, dim: D, chunkSize: cfg.chunkSize, total, groupsX: groups[0], ...ZERO, rows, qPos0: g.qPos0, tile: T, tiles, slots: cfg.slots };
