@@ -4,7 +4,7 @@ import { runKernel, shared, sharedZeros } from './cpu/pool.js';
 import type { KernelKind } from './cpu/kernels.js';
 import type { AttnProblem } from './problem.js';
 import { check } from './errors.js';
-import { type Tensor, numel } from './tensor.js';
+import { type Tensor, dtypeOf, numel } from './tensor.js';
 import { checkDest, checkGpuTensor } from './validate.js';
 import type { GpuTensor } from './webgpu/tensor.js';
 
@@ -42,8 +42,8 @@ export async function runGpuTensors(problem: AttnProblem, q: GpuTensor, k: GpuTe
   };
   const out = dest(opts.out, problem.qRows * problem.heads * problem.dimV, 'out');
   const lse = dest(opts.lse, problem.qRows * problem.heads, 'lse');
-  if (out) check((out.dtype ?? 'f32') === (q.dtype ?? 'f32'), 'out', 'must have the dtype of q', String(out.dtype ?? 'f32'));
-  if (lse) check((lse.dtype ?? 'f32') === 'f32', 'lse', 'must be f32', String(lse.dtype));
+  if (out) check(dtypeOf(out) === dtypeOf(q), 'out', 'must have the dtype of q', dtypeOf(out));
+  if (lse) check(dtypeOf(lse) === 'f32', 'lse', 'must be f32', dtypeOf(lse));
   const gpu = await import('./webgpu/index.js');
   const run = kind === 'fused' ? gpu.runWebGPUFusedTensors : kind === 'naive' ? gpu.runWebGPUNaiveTensors : gpu.runWebGPUUnfusedTensors;
   const r = await run(problem, q, k, v, { ...(out ? { out } : {}), ...(lse ? { lse } : {}) });

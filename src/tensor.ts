@@ -14,6 +14,14 @@ export function isGpuTensor(x: unknown): x is import('./webgpu/tensor.js').GpuTe
   return x !== null && typeof x === 'object' && 'buffer' in x && !('data' in x);
 }
 
+/** Element types a GPU tensor may hold: f32 everywhere; f16 storage where the device has `shader-f16`. */
+export type GpuDType = 'f32' | 'f16';
+/** A GPU tensor's element type; absent means f32. */
+export const dtypeOf = (t: { readonly dtype?: GpuDType | undefined }): GpuDType => t.dtype ?? 'f32';
+export const elementBytes = (d: GpuDType): number => (d === 'f16' ? 2 : 4);
+/** Bytes a binding of `count` elements covers: storage bindings are whole 4-byte words. */
+export const bindingBytes = (count: number, d: GpuDType): number => Math.ceil((count * elementBytes(d)) / 4) * 4;
+
 export function numel(shape: readonly number[]): number {
   let n = 1;
   for (const s of shape) n *= s;

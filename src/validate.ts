@@ -1,5 +1,5 @@
 import { TilewiseError, check, checkPositiveInt } from './errors.js';
-import { type Tensor, isGpuTensor, numel } from './tensor.js';
+import { type Tensor, bindingBytes, dtypeOf, isGpuTensor, numel } from './tensor.js';
 import type { GpuTensor } from './webgpu/tensor.js';
 
 /** Shape and value checks shared by every entry point; each names the argument and the rule. */
@@ -21,7 +21,7 @@ export function checkGpuTensor(t: unknown, arg: string): asserts t is GpuTensor 
   for (const s of x.shape) check(Number.isInteger(s) && s > 0, arg, 'every dimension must be a positive integer', `shape ${x.shape.join('x')}`);
   check(Number.isInteger(x.offset) && x.offset >= 0, arg, 'offset must be a non-negative integer of bytes', String(x.offset));
   check(x.dtype === undefined || x.dtype === 'f32' || x.dtype === 'f16', arg, "dtype must be 'f32' or 'f16'", String(x.dtype));
-  const bytes = Math.ceil((numel(x.shape) * (x.dtype === 'f16' ? 2 : 4)) / 4) * 4;
+  const bytes = bindingBytes(numel(x.shape), dtypeOf(x));
   const size = (x.buffer as { size?: unknown } | null)?.size;
   check(typeof size === 'number' && size >= x.offset + bytes, arg, 'buffer is smaller than offset + the shape needs', `${String(size)} < ${x.offset + bytes}`);
 }
@@ -64,7 +64,7 @@ export function checkQKV(q: unknown, k: unknown, v: unknown, tokenRank?: number)
     for (const [t, n] of [[k, 'k'], [v, 'v']] as const) {
       check(isGpuTensor(t), n, 'must be a GPU tensor like q');
       checkGpuTensor(t, n);
-      check((t.dtype ?? 'f32') === (q.dtype ?? 'f32'), n, 'must have the same dtype as q', `${t.dtype ?? 'f32'} vs ${q.dtype ?? 'f32'}`);
+      check(dtypeOf(t) === dtypeOf(q), n, 'must have the same dtype as q', `${dtypeOf(t)} vs ${dtypeOf(q)}`);
     }
   } else {
     checkTensor(q, 'q');

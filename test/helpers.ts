@@ -321,3 +321,14 @@ export function randomNA(rng: Rng, rank: number): NACase {
 export function checkVarsInitialised(wgsl: string): void {
   for (const m of wgsl.matchAll(/\bvar (\w+)\s*:[^;]*;/g)) assert.match(m[0], /=/, `uninitialised WGSL var: ${m[0]}`);
 }
+
+/** The limits of a small WebGPU device (4 KiB of workgroup memory, 64 threads), for planning tests without one. */
+export const SMALL_LIMITS = {
+  maxComputeWorkgroupStorageSize: 4096,
+  maxComputeInvocationsPerWorkgroup: 64,
+  maxComputeWorkgroupSizeX: 64,
+  maxComputeWorkgroupsPerDimension: 65535,
+  maxStorageBufferBindingSize: 1 << 27,
+  maxBufferSize: 1 << 28,
+  maxStorageBuffersPerShaderStage: 8,
+} as const;

@@ -15,7 +15,7 @@ import { webgpuAvailable } from '../src/webgpu/device.js';
 import { gpuOps, planSelect } from '../src/webgpu/longheads.js';
 import { lhPoolProgram, lhRopeProgram, lhSelectProgram, selectWorkgroupBytes } from '../src/webgpu/longheads-wgsl.js';
 import { bufferStats, fromGpu, releaseTensor, toGpu } from '../src/webgpu/tensor.js';
-import { Rng, checkVarsInitialised, randTensor, relErr } from './helpers.js';
+import { Rng, SMALL_LIMITS, checkVarsInitialised, randTensor, relErr } from './helpers.js';
 
 // Without an adapter every GPU test is reported skipped with the reason, never passed.
 const available = await webgpuAvailable();
@@ -49,15 +49,7 @@ function intTensor(rng: Rng, n: number, lo = -2, hi = 2): Float32Array {
 }
 
 test('LongHeads kernels: generated WGSL initialises its vars; the selection workgroup fits the device', () => {
-  const limits = {
-    maxComputeWorkgroupStorageSize: 4096,
-    maxComputeInvocationsPerWorkgroup: 64,
-    maxComputeWorkgroupSizeX: 64,
-    maxComputeWorkgroupsPerDimension: 65535,
-    maxStorageBufferBindingSize: 1 << 27,
-    maxBufferSize: 1 << 28,
-    maxStorageBuffersPerShaderStage: 8,
-  };
+  const limits = SMALL_LIMITS;
   for (const [dim, slots] of [[8, 1], [64, 3], [64, 16], [128, 40]] as const) {
     const spec = planSelect(dim, slots, limits);
     assert.ok(selectWorkgroupBytes(spec) <= 4096 && spec.threads <= 64, `dim ${dim} slots ${slots}: ${JSON.stringify(spec)}`);

@@ -19,7 +19,7 @@ import { bufferStats, fromGpu, releaseTensor, toGpu, wrapBuffer } from '../src/w
 import { roundF16 } from '../src/f16.js';
 import { uniformLayout } from '../src/webgpu/uniforms.js';
 import { stableStringify } from '../src/webgpu/wgsl.js';
-import { checkVarsInitialised } from './helpers.js';
+import { SMALL_LIMITS, checkVarsInitialised } from './helpers.js';
 
 // Without an adapter every GPU test is reported skipped with the reason, never passed.
 const available = await webgpuAvailable();
@@ -151,15 +151,7 @@ test('tiles are cut to fit the device limits', () => {
 });
 
 test('unfused NA: tiles fit the device, generated WGSL initialises its vars, oversized attn is refused', () => {
-  const limits = {
-    maxComputeWorkgroupStorageSize: 4096,
-    maxComputeInvocationsPerWorkgroup: 64,
-    maxComputeWorkgroupSizeX: 64,
-    maxComputeWorkgroupsPerDimension: 65535,
-    maxStorageBufferBindingSize: 1 << 27,
-    maxBufferSize: 1 << 28,
-    maxStorageBuffersPerShaderStage: 8,
-  };
+  const limits = SMALL_LIMITS;
   const grid = [20, 18];
   const [q, k, v] = tensors({ batch: 1, nq: 0, nk: 0, heads: 2, kvHeads: 1, dim: 32, dimV: 12 }, 3, grid, grid);
   const { problem } = planNA(q, k, v, { kernelSize: [7, 4], dilation: [2, 1], stride: [1, 2], softcap: 1, tile: { q: 16 } }, 2);

@@ -2,15 +2,10 @@
  * float64 reference of LongHeads prefill (tests only): chunk representations, selection, position
  * remapping and attention written out loop by loop, sharing no code with the kernels.
  */
+import type { SeqQKV } from './select.js';
 
-export interface LongHeadsRefInput {
-  readonly q: Float32Array;
-  readonly k: Float32Array;
-  readonly v: Float32Array;
-  readonly n: number;
-  readonly heads: number;
-  readonly kvHeads: number;
-  readonly dim: number;
+/** One sequence (the kernels' input type: a type, no code, is shared) plus the options, spelled out. */
+export interface LongHeadsRefInput extends SeqQKV {
   readonly chunkSize: number;
   readonly budget: number;
   readonly selectTile: number;

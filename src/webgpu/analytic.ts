@@ -1,4 +1,5 @@
 import { prod } from '../cpu/fused.js';
+import { stridesOf } from '../patterns/geometry.js';
 import type { PatternSpec } from '../patterns/spec.js';
 import type { AttnProblem } from '../problem.js';
 import { rpbLayout } from './run.js';
@@ -90,9 +91,8 @@ export function analyticPlan(problem: AttnProblem): AnalyticPlan | undefined {
   const tiles = Array.from({ length: rank }, (_, a) => Math.ceil(Math.ceil(s0.qGrid[a]! / dil[a]!) / problem.qTile[a]!));
   const groups = prod(dil);
   const tilesPerGroup = prod(tiles);
-  const strides = (g: readonly number[]) => g.map((_, a) => prod(g.slice(a + 1)));
-  const sQ = strides(s0.qGrid);
-  const sK = strides(s0.kGrid);
+  const sQ = stridesOf(s0.qGrid);
+  const sK = stridesOf(s0.kGrid);
   const lin = problem.rpb ? rpbLayout(problem.rpb.kernel).strides : [];
   const v: Record<string, number> = {
     nqSeq: nq,
@@ -204,6 +204,9 @@ fn re${a}(q: i32) -> i32 {
 }`;
   const decls = `${['a_qlo', 'a_qext', 'a_grp', 'a_gn', 'a_gk', 'a_klo', 'a_kext', 'a_kbox', 'a_khi', 'a_nt', 'a_flo', 'a_fhi'].map((n) => arr(n)).join('\n')}
 var<workgroup> a_un: vec2<u32>;
+// tokens of the tile's rows and of the visit's keys, decoded once (not per staged vector)
+var<workgroup> a_qtok: array<u32, BQ>;
+var<workgroup> a_ktok: array<u32, BK>;
 ${arr('a_rlo', rm * R)}
 ${arr('a_rhi', rm * R)}
 ${rules}
@@ -271,7 +274,9 @@ fn set_visit(vi: u32) -> vec2<u32> {
     nv0 *= u32(a_nt[${a}]);
   }`,
   ).join('\n  ')}
-  // private variables are not uniform to WGSL's analysis: publish the loop bounds through workgroup memory
+  for (var r: u32 = lid; r < nq0; r += THREADS) { a_qtok[r] = q_tok(r); }
+  // private variables are not uniform to WGSL's analysis: publish the loop bounds through workgroup
+  // memory (the load is also the barrier after a_qtok)
   if (lid == 0u) { a_un = vec2<u32>(nq0, nv0); }
   let un = workgroupUniformLoad(&a_un);
   let nq = un.x;
@@ -288,9 +293,11 @@ fn set_visit(vi: u32) -> vec2<u32> {
     visit: (vi) => `let vinfo = set_visit(${vi});
     let nk = vinfo.x;
     let mask = select(0u, NO_MASK, vinfo.y == 1u);
+    for (var j: u32 = lid; j < nk; j += THREADS) { a_ktok[j] = k_tok(j); }
+    workgroupBarrier();
     ${rope ? 'let kShift = P.ropeKShift;' : ''}`,
-    qTok: (r) => `q_tok(${r})`,
-    kTok: (j) => `k_tok(${j})`,
+    qTok: (r) => `a_qtok[${r}]`,
+    kTok: (j) => `a_ktok[${j}]`,
     qLin: (r) => `q_lin(${r})`,
     kLin: (j) => `k_lin(${j})`,
     rowSetup: (i, r) => `set_row(${i}, ${r});`,

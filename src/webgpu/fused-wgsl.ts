@@ -63,9 +63,11 @@ export function blockingOf(s: FusedSpec): { dq: number; dv: number; rm: number; 
 }
 
 /** Workgroup memory the template declares for a spec, in bytes. */
-export function fusedWorkgroupBytes(s: Pick<FusedSpec, 'dim' | 'dimV' | 'rows' | 'keys' | 'tx' | 'subgroups'>): number {
+export function fusedWorkgroupBytes(s: Pick<FusedSpec, 'dim' | 'dimV' | 'rows' | 'keys' | 'tx' | 'subgroups'> & Partial<Pick<FusedSpec, 'schedule'>>): number {
   const exchange = s.subgroups ? 0 : s.rows * s.keys + s.rows * s.tx;
-  return 4 * (s.rows * s.dim + s.keys * (s.dim + s.dimV) + exchange + 2 * s.keys);
+  // analytic schedules keep the decoded row and key tokens (and the uniform loop bounds)
+  const tokens = s.schedule === 'analytic' ? s.rows + s.keys + 2 : 0;
+  return 4 * (s.rows * s.dim + s.keys * (s.dim + s.dimV) + exchange + 2 * s.keys + tokens);
 }
 
 export const FUSED_UNIFORMS = uniformLayout({

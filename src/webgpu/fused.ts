@@ -104,6 +104,8 @@ export function planFused(problem: AttnProblem, limits: GpuLimits, tune: FusedTu
       const nk = prod(kvTile);
       const tx = Math.min(tune.tx, nk);
       const keys = roundUp(nk, tx);
+      const tiled = { ...problem, qTile, kvTile };
+      const analytic = tune.analytic === false ? undefined : analyticPlan(tiled);
       const spec: FusedSpec = {
         dim,
         dimV,
@@ -121,14 +123,10 @@ export function planFused(problem: AttnProblem, limits: GpuLimits, tune: FusedTu
         // one lane per row needs no exchange at all; else the row's lanes must share a subgroup
         subgroups: tune.subgroups !== false && (tx === 1 || ((tx & (tx - 1)) === 0 && tx <= subgroupMinSize)),
         f16,
-        schedule: 'list',
+        schedule: analytic ? 'analytic' : 'list',
         rank,
       };
-      if (fusedWorkgroupBytes(spec) <= budget && threadsOf(spec) <= maxThreads) {
-        const tiled = { ...problem, qTile, kvTile };
-        const analytic = tune.analytic === false ? undefined : analyticPlan(tiled);
-        return analytic ? { spec: { ...spec, schedule: 'analytic' }, problem: tiled, rank, analytic } : { spec, problem: tiled, rank };
-      }
+      if (fusedWorkgroupBytes(spec) <= budget && threadsOf(spec) <= maxThreads) return { spec, problem: tiled, rank, ...(analytic ? { analytic } : {}) };
     }
   }
   throw new TilewiseError('dim', 'head dims are too large for this device’s workgroup memory', `${dim}+${dimV} with ${budget} bytes`);

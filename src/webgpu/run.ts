@@ -112,7 +112,7 @@ export async function launch(
   const fresh: GPUBuffer[] = [];
   const ts = outputs.map((o): GpuTensor => {
     if (o.given) return o.given;
-    const d = o.dtype ?? 'f32';
+    const d = dtypeOf(o);
     const b = createBuffer(device, bindingBytes(numel(o.shape), d), BufferUsage.STORAGE | BufferUsage.COPY_SRC | BufferUsage.COPY_DST, `tilewise ${o.name}`);
     fresh.push(b);
     return { buffer: b, shape: [...o.shape], offset: 0, ...(d === 'f16' ? { dtype: d } : {}) };
@@ -122,7 +122,7 @@ export async function launch(
   device.pushErrorScope('validation');
   let failure: unknown;
   try {
-    const binds = outputs.map((o, i) => bindingOf(ts[i]!, numel(o.shape), o.name, [o.dtype ?? 'f32']));
+    const binds = outputs.map((o, i) => bindingOf(ts[i]!, numel(o.shape), o.name, [dtypeOf(o)]));
     const fill = (x: (o: OutputSpec) => number) =>
       outputs.forEach((o, i) => {
         const n = numel(o.shape);

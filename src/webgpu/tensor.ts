@@ -1,7 +1,7 @@
 /// <reference types="@webgpu/types" />
 import { check } from '../errors.js';
 import { fromF16, toF16 } from '../f16.js';
-import { numel } from '../tensor.js';
+import { type GpuDType, bindingBytes, dtypeOf, elementBytes, numel } from '../tensor.js';
 import { BufferUsage, type GpuContext, MapMode, getContext } from './device.js';
 
 /**
@@ -93,8 +93,6 @@ export async function readBuffers(device: GPUDevice, parts: { buffer: GPUBuffer;
   }
 }
 
-/** Element types a GPU tensor may hold: f32 everywhere; f16 storage where the device has `shader-f16`. */
-export type GpuDType = 'f32' | 'f16';
 
 /** A tensor living in a GPU buffer, heads-last like every tilewise tensor. */
 export interface GpuTensor {
@@ -106,10 +104,7 @@ export interface GpuTensor {
   readonly dtype?: GpuDType;
 }
 
-export const dtypeOf = (t: Pick<GpuTensor, 'dtype'>): GpuDType => t.dtype ?? 'f32';
-export const elementBytes = (d: GpuDType): number => (d === 'f16' ? 2 : 4);
-/** Bytes a binding of `count` elements covers: storage bindings are whole 4-byte words. */
-export const bindingBytes = (count: number, d: GpuDType): number => Math.ceil((count * elementBytes(d)) / 4) * 4;
+export { bindingBytes, dtypeOf, elementBytes, type GpuDType };
 
 function checkDType(d: unknown): asserts d is GpuDType {
   check(d === 'f32' || d === 'f16', 'dtype', "must be 'f32' or 'f16'", String(d));
