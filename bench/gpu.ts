@@ -26,7 +26,7 @@ import { compilePattern } from '../src/patterns/compile.js';
 import type { AttnProblem } from '../src/problem.js';
 import { referenceAttention } from '../src/reference.js';
 import { randn, rng } from '../src/tensor.js';
-import { GpuTimer, type GpuTensor, fromGpu, getContext, releaseTensor, runWebGPUFusedTensors, runWebGPUNaiveTensors, toGpu } from '../src/webgpu/index.js';
+import { GpuTimer, type GpuTensor, fromGpu, getContext, releaseTensor, runWebGPUFusedTensors, runWebGPUNaiveTensors, setFusedTuning, toGpu } from '../src/webgpu/index.js';
 
 const { values: opt } = parseArgs({
   options: {
@@ -133,15 +133,18 @@ const dense2d = planAttention(hostView(host.q, flatShape), hostView(host.k, flat
 const densePairs = SIZES.naHeads * (X * Y) ** 2;
 const naDense = await time(runWebGPUFusedTensors, dense2d, densePairs);
 console.error(`ours dense fused on the NA tokens: ${naDense.ms.toFixed(2)} ms`);
-const naOurs: { kernel: number; pairs: number; fused: Ours; naive: Ours }[] = [];
+const naOurs: { kernel: number; pairs: number; fused: Ours; permuted: Ours; naive: Ours }[] = [];
 for (const K of SIZES.naKernels) {
   const { problem } = planNA(hostView(host.q, naShape), hostView(host.k, naShape), hostView(host.v, naShape), { kernelSize: K });
   const cp = compilePattern(problem.pattern, { qGrid: problem.seqs[0]!.qGrid, kGrid: problem.seqs[0]!.kGrid, heads: problem.heads });
   const pairs = allowedPairs(cp) * SIZES.naHeads;
   const fused = await time(runWebGPUFusedTensors, problem, pairs);
+  // the same kernel on token-permuted q/k/v (permute.ts), the permutation passes included
+  setFusedTuning({ permute: true });
+  const permuted = await time(runWebGPUFusedTensors, problem, pairs).finally(() => setFusedTuning(undefined));
   const naive = await time(runWebGPUNaiveTensors, problem, pairs);
-  naOurs.push({ kernel: K, pairs, fused, naive });
-  console.error(`ours NA k=${K}: fused ${fused.ms.toFixed(2)} ms, naive ${naive.ms.toFixed(2)} ms`);
+  naOurs.push({ kernel: K, pairs, fused, permuted, naive });
+  console.error(`ours NA k=${K}: fused ${fused.ms.toFixed(2)} ms, permuted ${permuted.ms.toFixed(2)} ms, naive ${naive.ms.toFixed(2)} ms`);
 }
 for (const t of [gpu.q, gpu.k, gpu.v, out, lse]) releaseTensor(t);
 timer?.destroy();
@@ -231,11 +234,12 @@ const naRows = naOurs.map((o) => {
 console.log(`\n2-D neighborhood attention ${X}x${Y}, ${SIZES.naHeads} heads, D ${SIZES.naDim}, fp32 (useful TFLOP/s: window pairs; dense fused: all pairs, ${f(naDense.ms)} ms, ${f(naDense.tflops)} TFLOP/s)`);
 console.log(
   table(
-    ['kernel', 'fused ms', 'fused TFLOP/s', 'naive ms', 'naive TFLOP/s', 'Flex ms', 'Flex TFLOP/s', 'naive/fused', 'dense/fused', 'Flex/fused', 'relErr f/n'],
+    ['kernel', 'fused ms', 'fused TFLOP/s', 'permuted ms', 'naive ms', 'naive TFLOP/s', 'Flex ms', 'Flex TFLOP/s', 'naive/fused', 'dense/fused', 'Flex/fused', 'relErr f/p/n'],
     naRows.map((r) => [
       String(r.kernel),
       f(r.fused.ms),
       f(r.fused.tflops),
+      f(r.permuted.ms),
       f(r.naive.ms),
       f(r.naive.tflops),
       f(r.flexMs),
@@ -243,7 +247,7 @@ console.log(
       `${(r.naive.ms / r.fused.ms).toFixed(2)}x`,
       `${(naDense.ms / r.fused.ms).toFixed(2)}x`,
       r.flexMs ? `${(r.flexMs / r.fused.ms).toFixed(2)}x` : '-',
-      `${r.fused.relErr.toExponential(1)}/${r.naive.relErr.toExponential(1)}`,
+      `${r.fused.relErr.toExponential(1)}/${r.permuted.relErr.toExponential(1)}/${r.naive.relErr.toExponential(1)}`,
     ]),
   ),
 );

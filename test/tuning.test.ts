@@ -133,6 +133,9 @@ test('tuner neighbours change exactly one knob and stay in range', () => {
       { rm: 1, tx: 32, maxRows: 128, maxKeys: 1024, unroll: false },
       { rm: 1, tx: 32, maxRows: 64, maxKeys: 512, unroll: false },
       { rm: 1, tx: 32, maxRows: 64, maxKeys: 1024, unroll: true },
+      { rm: 1, tx: 32, maxRows: 64, maxKeys: 1024, unroll: false, subgroups: false },
+      { rm: 1, tx: 32, maxRows: 64, maxKeys: 1024, unroll: false, analytic: false },
+      { rm: 1, tx: 32, maxRows: 64, maxKeys: 1024, unroll: false, permute: true },
     ].map((n) => JSON.stringify(n)),
   );
 });

@@ -15,6 +15,7 @@ import { fusedProgram, fusedWorkgroupBytes, threadsOf } from '../src/webgpu/fuse
 import { UNFUSED_TUNING, naiveCanRun, planTiled, runWebGPUNaAV, runWebGPUNaQK, runWebGPUNaive, runWebGPUUnfused, setUnfusedTuning, unfusedCanRun } from '../src/webgpu/na.js';
 import { naAVProgram, naQKProgram, naSoftmaxProgram, naiveProgram, tiledThreads, tiledWorkgroupBytes } from '../src/webgpu/na-wgsl.js';
 import { ITEM, VISIT, buildGpuSchedule } from '../src/webgpu/schedule.js';
+import { permuteProgram } from '../src/webgpu/permute.js';
 import { bufferStats, fromGpu, releaseTensor, toGpu, wrapBuffer } from '../src/webgpu/tensor.js';
 import { roundF16 } from '../src/f16.js';
 import { uniformLayout } from '../src/webgpu/uniforms.js';
@@ -421,6 +422,56 @@ gpuTest('in-kernel (analytic) schedules against uploaded ones: dense, causal, wi
   const sparse = planAttention(q, k, v, { pattern: { kind: 'blockSparse', blockQ: 4, blockK: 4, mask: new Uint8Array(25).fill(1), maskHeads: 1, numQBlocks: 5, numKBlocks: 5 } }).problem;
   assert.equal(planFused(varlen, ctx.limits).spec.schedule, 'list');
   assert.equal(planFused(sparse, ctx.limits).spec.schedule, 'list');
+});
+
+gpuTest('token-permuted layouts (N-D neighborhoods, dilation groups): fused NA against the float64 reference, f32 and f16', async () => {
+  const ctx = await getContext();
+  const r = rng(26);
+  const before = bufferStats().live;
+  try {
+    for (let i = 0; i < 10; i++) {
+      const rank = 1 + (i % 3);
+      const grid = Array.from({ length: rank }, () => int(r, 3, rank === 1 ? 60 : rank === 2 ? 13 : 6));
+      const n = grid.reduce((a, b) => a * b, 1);
+      const c = randomCfg(r, { nq: n, nk: n, dim: pick(r, [8, 12]), dimV: pick(r, [8, 4, 6]) });
+      const opts = randomNA(r, grid, true);
+      // one axis only: permuting a plain 1-D neighborhood is the identity, so it needs dilation
+      if (rank === 1) (opts.dilation as number[])[0] = int(r, 2, 3);
+      (opts.kernelSize as number[]).forEach((K, a) => ((opts.kernelSize as number[])[a] = Math.min(K, Math.floor(grid[a]! / (opts.dilation as number[])[a]!))));
+      if (!(opts.isCausal as boolean[]).some((x) => x) && r() < 0.5) opts.rpb = randn([c.heads, ...(opts.kernelSize as number[]).map((x) => 2 * x - 1)], 1330 + i);
+      if (r() < 0.3) opts.softcap = 2;
+      const [q, k, v] = tensors(c, 1300 + i, grid, grid);
+      const tile = pick(r, [undefined, { q: grid.map(() => int(r, 1, 5)), kv: grid.map(() => int(r, 2, 6)) }]);
+      const { problem } = planNA(q, k, v, { ...opts, ...(tile ? { tile } : {}) });
+      const tuning = { ...FUSED_TUNING.cpu, maxRows: pick(r, [8, 16, 32]), maxKeys: pick(r, [8, 16, 32]), permute: true };
+      const spec = planFused(problem, ctx.limits, tuning, ctx.subgroupMinSize).spec;
+      assert.equal(spec.permute, true, `permuted layout planned for ${grid}`);
+      assert.match(fusedProgram.generate(spec), /a_qrow\[r\] = q_row\(r\)/);
+      checkVarsInitialised(fusedProgram.generate(spec));
+      setFusedTuning(tuning);
+      const what = `permuted NA ${grid} ${JSON.stringify({ ...opts, rpb: undefined, tile })} ${JSON.stringify(c)}`;
+      await check(problem, q, k, v, what);
+      if (ctx.features.has('shader-f16') && i % 3 === 0) {
+        // f16 storage through the permutation: inputs rounded to f16, output rounded once more
+        const [q16, k16, v16] = [q, k, v].map((t) => ({ ...t, data: Float32Array.from(t.data, roundF16) }));
+        const ref = referenceAttention(problem, { q: q16!.data, k: k16!.data, v: v16!.data });
+        const up = await Promise.all([q16!, k16!, v16!].map((t) => toGpu(t.data, t.shape, ctx, 'f16')));
+        const got = await runWebGPUFusedTensors(problem, up[0]!, up[1]!, up[2]!, { poison: true });
+        const out = await fromGpu(got.out);
+        assert.ok(relError(out, ref.out) < 2e-3, `${what} f16: out relErr ${relError(out, ref.out)}`);
+        [...up, got.out, got.lse].forEach(releaseTensor);
+      }
+    }
+  } finally {
+    setFusedTuning(undefined);
+  }
+  assert.equal(bufferStats().live, before, 'permuted copies are released');
+  // not permutable: plain 1-D neighborhoods and non-neighborhood patterns keep the token layout
+  const [q, k, v] = tensors({ batch: 1, nq: 20, nk: 20, heads: 1, kvHeads: 1, dim: 8, dimV: 8 }, 1390);
+  const perm = { ...FUSED_TUNING.cpu, permute: true };
+  assert.equal(planFused(planNA(q, k, v, { kernelSize: 5 }).problem, ctx.limits, perm).spec.permute, false);
+  assert.equal(planFused(planAttention(q, k, v, { causal: true }).problem, ctx.limits, perm).spec.permute, false);
+  checkVarsInitialised(permuteProgram.generate({ rank: 3, f16: false, w: 4 }));
 });
 
 gpuTest('NA naive kernel (1-, 2-, 3-D; dilation, stride, causal, rpb, GQA, softcap)', async () => {

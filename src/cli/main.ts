@@ -56,7 +56,7 @@ async function profile(argv: string[]): Promise<void> {
 async function tuneCommand(args: ProfileArgs, target: Target): Promise<void> {
   if (target.name !== 'webgpu') throw new TilewiseError('--tune', 'needs the WebGPU backend');
   const { formatTune, tune } = await import('./tune.js');
-  const bar = progressBar(1 + 9 * args.tuneRounds + 1); // reference, then at most 9 neighbours a round plus the start
+  const bar = progressBar(1 + 12 * args.tuneRounds + 1); // reference, then at most 12 neighbours a round plus the start
   let report;
   try {
     report = await tune(args, target, bar.step);

@@ -8,7 +8,7 @@ import { type GpuTarget, tensorRunner, uploadCase } from './targets.js';
 /**
  * `tilewise profile --tune`: hill-climbing over the fused kernel's blocking (FusedTuning) on one
  * problem. Starting from the tuning the device uses now, each round times every neighbour that
- * changes one knob (rm, tx, maxRows, maxKeys halved or doubled, unroll flipped) and moves to the
+ * changes one knob (rm, tx, maxRows, maxKeys halved or doubled, unroll, subgroups, analytic or permute flipped) and moves to the
  * fastest if it beats the current best by more than 2% (noise); candidates that plan to the same
  * kernel are timed once. Only candidates within 1e-4 of the float64 reference can win. The winner
  * is stored for the adapter's description in the tuning file (tuning.ts).
@@ -46,6 +46,8 @@ export function neighbours(t: FusedTuning): FusedTuning[] {
       if (typeof checkTuning(c) !== 'string') out.push(c);
     }
   out.push({ ...t, unroll: !t.unroll });
+  // paths: absent means the default (on for subgroups and analytic, off for permute)
+  out.push({ ...t, subgroups: t.subgroups === false }, { ...t, analytic: t.analytic === false }, { ...t, permute: t.permute !== true });
   return out;
 }
 

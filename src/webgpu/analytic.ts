@@ -29,6 +29,14 @@ export interface AnalyticPlan {
   readonly tilesPerGroup: number;
   /** Work items: batch * heads * groups * tilesPerGroup (tiles past a short group's end are empty). */
   readonly total: number;
+  /**
+   * Whether token permutation can help: a neighborhood on 2-3 axes or with dilation, whose tiles
+   * are boxes (or interleaved groups) scattered over the token order.
+   */
+  readonly permutable: boolean;
+  /** Rows per batch of the permuted q and k/v layouts (permute.ts): groups * tiles * box, padded. */
+  readonly qPad: number;
+  readonly kPad: number;
   readonly values: Readonly<Record<string, number>>;
 }
 
@@ -89,8 +97,11 @@ export function analyticPlan(problem: AttnProblem): AnalyticPlan | undefined {
   if (problem.qTile.length !== rank || problem.kvTile.length !== rank) return undefined;
   const dil = Array.from({ length: rank }, (_, a) => (na ? na.dilation[a]! : 1));
   const tiles = Array.from({ length: rank }, (_, a) => Math.ceil(Math.ceil(s0.qGrid[a]! / dil[a]!) / problem.qTile[a]!));
+  const kTiles = Array.from({ length: rank }, (_, a) => Math.ceil(Math.ceil(s0.kGrid[a]! / dil[a]!) / problem.kvTile[a]!));
   const groups = prod(dil);
   const tilesPerGroup = prod(tiles);
+  const qPad = groups * tilesPerGroup * prod(problem.qTile);
+  const kPad = groups * prod(kTiles) * prod(problem.kvTile);
   const sQ = stridesOf(s0.qGrid);
   const sK = stridesOf(s0.kGrid);
   const lin = problem.rpb ? rpbLayout(problem.rpb.kernel).strides : [];
@@ -102,6 +113,11 @@ export function analyticPlan(problem: AttnProblem): AnalyticPlan | undefined {
     biasB1: problem.bias && problem.bias.batch !== 1 ? 0 : 1,
     biasH1: problem.bias && problem.bias.heads !== 1 ? 0 : 1,
     biasHeads: problem.bias?.heads ?? 1,
+    kTilesPerGroup: prod(kTiles),
+    qBox: prod(problem.qTile),
+    kBox: prod(problem.kvTile),
+    nqPad: qPad,
+    nkPad: kPad,
   };
   for (let a = 0; a < AXES; a++) {
     const on = a < rank;
@@ -111,6 +127,7 @@ export function analyticPlan(problem: AttnProblem): AnalyticPlan | undefined {
     v[`qT${a}`] = on ? problem.qTile[a]! : 1;
     v[`kT${a}`] = on ? problem.kvTile[a]! : 1;
     v[`tiles${a}`] = on ? tiles[a]! : 1;
+    v[`kTiles${a}`] = on ? kTiles[a]! : 1;
     v[`sQ${a}`] = on ? sQ[a]! : 0;
     v[`sK${a}`] = on ? sK[a]! : 0;
     v[`bandLo${a}`] = on ? rules.bandLo : -BIG;
@@ -120,7 +137,8 @@ export function analyticPlan(problem: AttnProblem): AnalyticPlan | undefined {
     v[`naC${a}`] = on && na && na.isCausal[a] ? 1 : 0;
     v[`lin${a}`] = on && lin.length ? lin[a]! : 0;
   }
-  return { rank, groups, tilesPerGroup, total: seqs.length * problem.heads * groups * tilesPerGroup, values: v };
+  const permutable = na !== undefined && (rank > 1 || groups > 1);
+  return { rank, groups, tilesPerGroup, total: seqs.length * problem.heads * groups * tilesPerGroup, permutable, qPad, kPad, values: v };
 }
 
 /** Uniform fields of the analytic schedule (appended to the fused kernel's; zeros in list mode). */
@@ -132,6 +150,11 @@ export const ANALYTIC_UNIFORMS = {
   biasB1: 'u32',
   biasH1: 'u32',
   biasHeads: 'u32',
+  kTilesPerGroup: 'u32',
+  qBox: 'u32',
+  kBox: 'u32',
+  nqPad: 'u32',
+  nkPad: 'u32',
   ...Object.fromEntries(
     Array.from({ length: AXES }, (_, a) =>
       (
@@ -142,6 +165,7 @@ export const ANALYTIC_UNIFORMS = {
           ['qT', 'i32'],
           ['kT', 'i32'],
           ['tiles', 'u32'],
+          ['kTiles', 'u32'],
           ['sQ', 'u32'],
           ['sK', 'u32'],
           ['bandLo', 'i32'],
@@ -160,9 +184,14 @@ export const zeroAnalytic = (): Record<string, number> => Object.fromEntries(Obj
 
 /**
  * The analytic schedule hooks of the fused template (fused-wgsl.ts ScheduleSource) for `rank`
- * axes and `rm` row slots per thread. Axes are unrolled here; coordinates are group-local.
+ * axes and `rm` row slots per thread. Axes are unrolled here; coordinates are group-local. With
+ * `permute`, q, k and v are read from the head-major permuted layouts (permute.ts): a query tile
+ * is one block of rows per head, a key visit a few runs of rows. Visits still start at the
+ * window's first key, not on the key tile grid: aligning them (NATTEN's choice, for TMA boxes)
+ * made whole visits contiguous but added partial visits, 1.5-1.7x slower on lavapipe
+ * (BENCHMARKS.md). out and lse are written at the original tokens, sparing an inverse pass.
  */
-export function analyticSource(rank: number, rm: number, rope: boolean): import('./fused-wgsl.js').ScheduleSource {
+export function analyticSource(rank: number, rm: number, rope: boolean, permute: boolean): import('./fused-wgsl.js').ScheduleSource {
   const A = Array.from({ length: rank }, (_, a) => a);
   const down = [...A].reverse(); // the last axis varies fastest in a box, as in boxTokens
   const R = rank;
@@ -197,6 +226,18 @@ fn re${a}(q: i32) -> i32 {
   ${walk('x', lo, ext, (a) => `tok += u32(a_grp[${a}] + P.dil${a} * c${a}) * P.${stride}${a};`)}
   return tok;
 }`;
+  // permuted row (permute.ts): (group * tiles + tile) * box + in-box index, last axis fastest in both
+  const rowFn = (name: string, lo: string, ext: string, T: string, tiles: string, perGroup: string, box: string) => `fn ${name}(x: u32) -> u32 {
+  var tl: u32 = 0u;
+  var tm: u32 = 1u;
+  var il: u32 = 0u;
+  var bm: u32 = 1u;
+  ${walk('x', lo, ext, (a) => `tl += u32(c${a} / P.${T}${a}) * tm;
+  tm *= P.${tiles}${a};
+  il += u32(c${a} % P.${T}${a}) * bm;
+  bm *= u32(P.${T}${a});`)}
+  return (a_g * P.${perGroup} + tl) * P.${box} + il;
+}`;
   const linFn = (name: string, lo: string, ext: string) => `fn ${name}(x: u32) -> i32 {
   var l: i32 = 0;
   ${walk('x', lo, ext, (a) => `l += c${a} * P.lin${a};`)}
@@ -207,6 +248,16 @@ var<workgroup> a_un: vec2<u32>;
 // tokens of the tile's rows and of the visit's keys, decoded once (not per staged vector)
 var<workgroup> a_qtok: array<u32, BQ>;
 var<workgroup> a_ktok: array<u32, BK>;
+${
+  permute
+    ? `// their rows in the permuted layouts
+var<workgroup> a_qrow: array<u32, BQ>;
+var<workgroup> a_krow: array<u32, BK>;
+var<private> a_g: u32 = 0u;
+${rowFn('q_row', 'a_qlo', 'a_qext', 'qT', 'tiles', 'tilesPerGroup', 'qBox')}
+${rowFn('k_row', 'a_klo', 'a_kext', 'kT', 'kTiles', 'kTilesPerGroup', 'kBox')}`
+    : ''
+}
 ${arr('a_rlo', rm * R)}
 ${arr('a_rhi', rm * R)}
 ${rules}
@@ -247,6 +298,7 @@ fn set_visit(vi: u32) -> vec2<u32> {
   let b = bh / P.heads;
   var tt: u32 = tIdx;
   var gg: u32 = gh % P.groups;
+  ${permute ? 'a_g = gg;' : ''}
   var nq0: u32 = 1u;
   var nv0: u32 = 1u;
   ${down
@@ -274,7 +326,10 @@ fn set_visit(vi: u32) -> vec2<u32> {
     nv0 *= u32(a_nt[${a}]);
   }`,
   ).join('\n  ')}
-  for (var r: u32 = lid; r < nq0; r += THREADS) { a_qtok[r] = q_tok(r); }
+  for (var r: u32 = lid; r < nq0; r += THREADS) {
+    a_qtok[r] = q_tok(r);
+    ${permute ? 'a_qrow[r] = q_row(r);' : ''}
+  }
   // private variables are not uniform to WGSL's analysis: publish the loop bounds through workgroup
   // memory (the load is also the barrier after a_qtok)
   if (lid == 0u) { a_un = vec2<u32>(nq0, nv0); }
@@ -284,6 +339,7 @@ fn set_visit(vi: u32) -> vec2<u32> {
   if (nq == 0u) { return; } // a tile past the end of a shorter dilation group
   let qOff = b * P.nqSeq;
   let kOff = b * P.nkSeq;
+  ${permute ? '// head-major permuted layouts [batch, heads, pad, dim]: a tile is one block per head\n  let qLoadOff = (b * P.heads + h) * P.nqPad;\n  let kLoadOff = (b * P.kvHeads + h / P.group) * P.nkPad;' : ''}
   let biasBase = (select(b, 0u, P.biasB1 != 0u) * P.biasHeads + select(h, 0u, P.biasH1 != 0u)) * P.nqSeq * P.nkSeq;
   let biasStride = P.nkSeq;
   ${rope ? 'let qShift = P.ropeQShift;' : ''}`;
@@ -293,11 +349,16 @@ fn set_visit(vi: u32) -> vec2<u32> {
     visit: (vi) => `let vinfo = set_visit(${vi});
     let nk = vinfo.x;
     let mask = select(0u, NO_MASK, vinfo.y == 1u);
-    for (var j: u32 = lid; j < nk; j += THREADS) { a_ktok[j] = k_tok(j); }
+    for (var j: u32 = lid; j < nk; j += THREADS) {
+      a_ktok[j] = k_tok(j);
+      ${permute ? 'a_krow[j] = k_row(j);' : ''}
+    }
     workgroupBarrier();
     ${rope ? 'let kShift = P.ropeKShift;' : ''}`,
     qTok: (r) => `a_qtok[${r}]`,
     kTok: (j) => `a_ktok[${j}]`,
+    qAt: (r) => (permute ? `(qLoadOff + a_qrow[${r}]) * DQ` : `((qOff + a_qtok[${r}]) * P.heads + h) * DQ`),
+    kAt: (j, w) => (permute ? `(kLoadOff + a_krow[${j}]) * ${w}` : `((kOff + a_ktok[${j}]) * P.kvHeads + kh) * ${w}`),
     qLin: (r) => `q_lin(${r})`,
     kLin: (j) => `k_lin(${j})`,
     rowSetup: (i, r) => `set_row(${i}, ${r});`,

@@ -50,6 +50,8 @@ export interface FusedSpec {
    */
   readonly schedule: 'list' | 'analytic';
   readonly rank: number;
+  /** Analytic neighborhoods only: q, k and v come in the permuted layouts of permute.ts. */
+  readonly permute: boolean;
   /** q, k, v and out stored as f16 (`shader-f16`); staged, computed and accumulated in f32. */
   readonly f16: boolean;
 }
@@ -63,10 +65,10 @@ export function blockingOf(s: FusedSpec): { dq: number; dv: number; rm: number; 
 }
 
 /** Workgroup memory the template declares for a spec, in bytes. */
-export function fusedWorkgroupBytes(s: Pick<FusedSpec, 'dim' | 'dimV' | 'rows' | 'keys' | 'tx' | 'subgroups'> & Partial<Pick<FusedSpec, 'schedule'>>): number {
+export function fusedWorkgroupBytes(s: Pick<FusedSpec, 'dim' | 'dimV' | 'rows' | 'keys' | 'tx' | 'subgroups'> & Partial<Pick<FusedSpec, 'schedule' | 'permute'>>): number {
   const exchange = s.subgroups ? 0 : s.rows * s.keys + s.rows * s.tx;
   // analytic schedules keep the decoded row and key tokens (and the uniform loop bounds)
-  const tokens = s.schedule === 'analytic' ? s.rows + s.keys + 2 : 0;
+  const tokens = s.schedule === 'analytic' ? (s.permute ? 2 : 1) * (s.rows + s.keys) + 2 : 0;
   return 4 * (s.rows * s.dim + s.keys * (s.dim + s.dimV) + exchange + 2 * s.keys + tokens);
 }
 
@@ -166,6 +168,12 @@ export interface ScheduleSource {
   visit(vi: string): string;
   qTok(r: string): string;
   kTok(j: string): string;
+  /**
+   * Offsets, in vectors, of the head's row to load: q row r, and k or v key j (`w` vectors a row):
+   * the token's row of [tokens, heads, dim], or the permuted row of [batch, heads, pad, dim].
+   */
+  qAt(r: string): string;
+  kAt(j: string, w: string): string;
   qLin(r: string): string;
   kLin(j: string): string;
   /** Per row slot setup before the visits (row `r` of the tile in slot `i`). */
@@ -199,6 +207,8 @@ const VISIT_SIZE: u32 = ${VISIT.size}u;`,
     ${rope ? 'let kShift = bitcast<i32>(sched[vb + V_kPosShift]);' : ''}`,
     qTok: (r) => `sched[qTok + ${r}]`,
     kTok: (j) => `sched[kTok + ${j}]`,
+    qAt: (r) => `((qOff + sched[qTok + ${r}]) * P.heads + h) * DQ`,
+    kAt: (j, w) => `((kOff + sched[kTok + ${j}]) * P.kvHeads + kh) * ${w}`,
     qLin: (r) => `bitcast<i32>(sched[qTok + nq + ${r}])`,
     kLin: (j) => `bitcast<i32>(sched[kTok + nk + ${j}])`,
     rowSetup: () => '',
@@ -313,7 +323,7 @@ function generateFused(s: FusedSpec): string {
     var lt: f32 = 0.0;
     for (var t: u32 = 0u; t < ${bTX}; t++) { lt += red[r * TX + t]; }`;
   const shuffles = s.subgroups && TX > 1;
-  const src = s.schedule === 'analytic' ? analyticSource(s.rank, RM, s.rope) : listSource(s.rope);
+  const src = s.schedule === 'analytic' ? analyticSource(s.rank, RM, s.rope, s.permute) : listSource(s.rope);
   // loads widen f16 storage to the f32 the kernel computes in
   const loads = (['q', 'k', 'v'] as const)
     .map((b) => {
@@ -351,8 +361,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let r = e / DQ;
     var x: ${QT} = ${QT}(0.0);
     if (r < nq) {
-      let t = ${src.qTok('r')};
-      ${s.rope ? 'x = rope_q(((qOff + t) * P.heads + h) * DQ, e - r * DQ, ropePos(t, qShift));' : 'x = ld_q(((qOff + t) * P.heads + h) * DQ + (e - r * DQ));'}
+      let at = ${src.qAt('r')};
+      ${s.rope ? `x = rope_q(at, e - r * DQ, ropePos(${src.qTok('r')}, qShift));` : 'x = ld_q(at + (e - r * DQ));'}
     }
     qs[e] = x;
   }
@@ -373,12 +383,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     ${src.visit('vi')}
     for (var e: u32 = lid; e < nk * DQ; e += THREADS) {
       let j = e / DQ;
-      let t = ${src.kTok('j')};
-      ${s.rope ? 'ks[e] = rope_k(((kOff + t) * P.kvHeads + kh) * DQ, e - j * DQ, ropePos(t, kShift));' : 'ks[e] = ld_k(((kOff + t) * P.kvHeads + kh) * DQ + (e - j * DQ));'}
+      let at = ${src.kAt('j', 'DQ')};
+      ${s.rope ? `ks[e] = rope_k(at, e - j * DQ, ropePos(${src.kTok('j')}, kShift));` : 'ks[e] = ld_k(at + (e - j * DQ));'}
     }
     for (var e: u32 = lid; e < nk * DV; e += THREADS) {
       let j = e / DV;
-      vs[e] = ld_v(((kOff + ${src.kTok('j')}) * P.kvHeads + kh) * DV + (e - j * DV));
+      vs[e] = ld_v(${src.kAt('j', 'DV')} + (e - j * DV));
     }
     ${s.bias ? `for (var j: u32 = lid; j < nk; j += THREADS) { ktok[j] = ${src.kTok('j')}; }` : ''}
     ${s.rpb ? `for (var j: u32 = lid; j < nk; j += THREADS) { klin[j] = ${src.kLin('j')}; }` : ''}

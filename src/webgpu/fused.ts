@@ -6,8 +6,9 @@ import { BufferUsage, type GpuContext, type GpuLimits } from './device.js';
 import { type AnalyticPlan, analyticPlan, zeroAnalytic } from './analytic.js';
 import { FUSED_UNIFORMS, type FusedSpec, blockingOf, fusedProgram, fusedWorkgroupBytes, threadsOf } from './fused-wgsl.js';
 import { buildGpuSchedule } from './schedule.js';
-import { type KernelOptions, type TensorKernel, bindingsFit, gridFor, launchAttn, onDevice, onHost, rpbLayout, uniformBuffer } from './run.js';
-import { type GpuTensor, createBuffer, dtypeOf, uploadBuffer, writeData } from './tensor.js';
+import { permuteLaunch, permuteProgram } from './permute.js';
+import { type KernelOptions, type Launch, type TensorKernel, bindingsFit, gridFor, launchAttn, onDevice, onHost, rpbLayout, uniformBuffer } from './run.js';
+import { type GpuTensor, bindingBytes, createBuffer, dtypeOf, uploadBuffer, writeData } from './tensor.js';
 import { getPipeline } from './wgsl.js';
 
 /**
@@ -57,6 +58,11 @@ export interface FusedTuning {
   readonly subgroups?: boolean;
   /** Compute analytic schedules in the kernel (analytic.ts); false uploads every schedule. Default true. */
   readonly analytic?: boolean;
+  /**
+   * Permute q, k and v into tile-contiguous layouts first (permute.ts) for neighborhoods on 2-3
+   * axes or with dilation, with in-kernel schedules. Default false: see BENCHMARKS.md.
+   */
+  readonly permute?: boolean;
 }
 
 export const FUSED_TUNING: Readonly<Record<'cpu' | 'gpu', FusedTuning>> = {
@@ -125,6 +131,7 @@ export function planFused(problem: AttnProblem, limits: GpuLimits, tune: FusedTu
         f16,
         schedule: analytic ? 'analytic' : 'list',
         rank,
+        permute: tune.permute === true && analytic !== undefined && analytic.permutable,
       };
       if (fusedWorkgroupBytes(spec) <= budget && threadsOf(spec) <= maxThreads) return { spec, problem: tiled, rank, ...(analytic ? { analytic } : {}) };
     }
@@ -183,6 +190,8 @@ const fusedKernel: TensorKernel = async (ctx, problem, q, k, v, opts) => {
   const sched = an ? undefined : buildGpuSchedule(plan.problem, new ItemSpace(plan.problem), { ...(rpb ? { lin: rpb.strides } : {}), maxWords: Math.floor(limits.maxStorageBufferBindingSize / 4) });
   const total = an ? an.total : sched!.items;
   const pipeline = await getPipeline(device, fusedProgram, plan.spec);
+  const permuteFor = async (w: 1 | 4) => getPipeline(device, permuteProgram, { rank: plan.spec.rank, f16, w });
+  const permute = plan.spec.permute && an ? { plan: an, qk: await permuteFor(plan.spec.wq), v: await permuteFor(plan.spec.wv) } : undefined;
   const s0 = problem.seqs[0];
   const nqSeq = s0 ? prod(s0.qGrid) : 0;
   const nkSeq = s0 ? prod(s0.kGrid) : 0;
@@ -209,7 +218,23 @@ const fusedKernel: TensorKernel = async (ctx, problem, q, k, v, opts) => {
       ...(an ? an.values : zeroAnalytic()),
       ...blockingOf(plan.spec),
     });
-    const entries = [own(uniformBuffer(device, params)), io.q, io.k, io.v, io.out, io.lse];
+    const pre: Launch[] = [];
+    let [q, k, v] = [io.q, io.k, io.v];
+    if (permute) {
+      // q, k, v into their tile-contiguous, head-major layouts, in the same pass ahead of the kernel
+      const B = problem.seqs.length;
+      const { heads: H, kvHeads: Hk, dim: D, dimV: DV } = problem;
+      const to = (keys: boolean, heads: number, dim: number, w: 1 | 4, pipe: Launch['pipeline'], src: GPUBufferBinding, name: string): GPUBufferBinding => {
+        const rows = B * (keys ? permute.plan.kPad : permute.plan.qPad);
+        const size = bindingBytes(rows * heads * dim, f16 ? 'f16' : 'f32');
+        const dst = { buffer: own(createBuffer(device, size, BufferUsage.STORAGE, `tilewise permuted ${name}`)), offset: 0, size };
+        pre.push(permuteLaunch(device, limits, pipe, permute.plan, keys, B, heads, dim / w, src, dst, own));
+        return dst;
+      };
+      const { wq, wv } = plan.spec;
+      [q, k, v] = [to(false, H, D, wq, permute.qk, io.q, 'q'), to(true, Hk, D, wq, permute.qk, io.k, 'k'), to(true, Hk, DV, wv, permute.v, io.v, 'v')];
+    }
+    const entries = [own(uniformBuffer(device, params)), q, k, v, io.out, io.lse];
     if (sched) entries.push(own(uploadBuffer(device, sched.data, BufferUsage.STORAGE, 'tilewise schedule')));
     if (plan.spec.bias || plan.spec.rpb || plan.spec.rope) {
       // aux = bias | rpb | RoPE table (cos then sin), one binding
@@ -221,6 +246,6 @@ const fusedKernel: TensorKernel = async (ctx, problem, q, k, v, opts) => {
       if (rope) writeData(device, aux, (nb + nr) * 4, rope.table);
       entries.push(aux);
     }
-    return { pipeline, entries, groups };
+    return [...pre, { pipeline, entries, groups }];
   }, ['f32', 'f16']);
 };

@@ -37,6 +37,9 @@ const RANGES: Readonly<Record<'rm' | 'tx' | 'maxRows' | 'maxKeys', readonly [num
   maxKeys: [1, 1024],
 };
 
+/** Paths a tuning may switch (absent: the kernel's default). */
+export const OPTIONAL_SWITCHES = ['subgroups', 'analytic', 'permute'] as const;
+
 /** A complete, in-range FusedTuning, or the reason it is not one. */
 export function checkTuning(x: unknown): FusedTuning | string {
   if (x === null || typeof x !== 'object' || Array.isArray(x)) return 'must be an object { rm, tx, maxRows, maxKeys, unroll }';
@@ -46,9 +49,14 @@ export function checkTuning(x: unknown): FusedTuning | string {
     if (typeof v !== 'number' || !Number.isInteger(v) || v < lo || v > hi) return `${name} must be an integer in [${lo}, ${hi}] (got ${JSON.stringify(v)})`;
   }
   if (typeof o['unroll'] !== 'boolean') return `unroll must be a boolean (got ${JSON.stringify(o['unroll'])})`;
-  if (o['subgroups'] !== undefined && typeof o['subgroups'] !== 'boolean') return `subgroups must be a boolean when given (got ${JSON.stringify(o['subgroups'])})`;
-  const t = { rm: o['rm'] as number, tx: o['tx'] as number, maxRows: o['maxRows'] as number, maxKeys: o['maxKeys'] as number, unroll: o['unroll'] };
-  return o['subgroups'] === undefined ? t : { ...t, subgroups: o['subgroups'] as boolean };
+  const t: { -readonly [K in keyof FusedTuning]: FusedTuning[K] } = { rm: o['rm'] as number, tx: o['tx'] as number, maxRows: o['maxRows'] as number, maxKeys: o['maxKeys'] as number, unroll: o['unroll'] };
+  for (const name of OPTIONAL_SWITCHES) {
+    const v = o[name];
+    if (v === undefined) continue;
+    if (typeof v !== 'boolean') return `${name} must be a boolean when given (got ${JSON.stringify(v)})`;
+    t[name] = v;
+  }
+  return t;
 }
 
 /** Reads a tuning file's text: valid entries, and one warning per thing ignored (`source` names the file in them). */
