@@ -6,8 +6,8 @@ import { BufferUsage, type GpuContext, type GpuLimits } from './device.js';
 import { type AnalyticPlan, analyticPlan, zeroAnalytic } from './analytic.js';
 import { FUSED_UNIFORMS, type FusedSpec, blockingOf, fusedProgram, fusedWorkgroupBytes, threadsOf } from './fused-wgsl.js';
 import { buildGpuSchedule } from './schedule.js';
-import { type KernelOptions, type TensorKernel, bindingsFit, gridFor, launchAttn, onDevice, onHost, rpbLayout, uniformBuffer } from './run.js';
-import { type GpuTensor, createBuffer, dtypeOf, uploadBuffer, writeData } from './tensor.js';
+import { type KernelOptions, type TensorKernel, bindingsFit, gridFor, ioBindingSizes, launchAttn, onDevice, onHost, rpbLayout, storesF16, uniformBuffer } from './run.js';
+import { type GpuDType, type GpuTensor, createBuffer, dtypeOf, uploadBuffer, writeData } from './tensor.js';
 import { getPipeline } from './wgsl.js';
 
 /**
@@ -133,14 +133,11 @@ export function planFused(problem: AttnProblem, limits: GpuLimits, tune: FusedTu
 }
 
 /** Whether the fused kernel can run `problem` on a device with these limits: true, or the reason. */
-export function fusedCanRun(problem: AttnProblem, limits: GpuLimits): true | string {
-  const { heads: H, kvHeads: Hk, dim: D, dimV: DV, qRows, kRows } = problem;
+export function fusedCanRun(problem: AttnProblem, limits: GpuLimits, dtype: GpuDType = 'f32'): true | string {
+  const { dim: D, dimV: DV } = problem;
   const fit = bindingsFit(
     [
-      ['q', qRows * H * D * 4],
-      ['k', kRows * Hk * D * 4],
-      ['v', kRows * Hk * DV * 4],
-      ['out', qRows * H * DV * 4],
+      ...ioBindingSizes(problem, dtype),
       ['bias + rpb + RoPE table', 4 * ((problem.bias?.data.length ?? 0) + (problem.rpb?.data.length ?? 0) + (problem.rope?.table.length ?? 0))],
     ],
     limits,
@@ -171,10 +168,9 @@ export function runWebGPUFused(problem: AttnProblem, q: Float32Array, k: Float32
 
 const fusedKernel: TensorKernel = async (ctx, problem, q, k, v, opts) => {
   const { device, limits } = ctx;
-  const why = fusedCanRun(problem, limits);
+  const f16 = storesF16(ctx, q, 'q');
+  const why = fusedCanRun(problem, limits, dtypeOf(q));
   if (why !== true) throw new TilewiseError('webgpu', 'cannot run this problem', why);
-  const f16 = dtypeOf(q) === 'f16';
-  if (f16 && !ctx.features.has('shader-f16')) throw new TilewiseError('q', "f16 tensors need a device with the 'shader-f16' feature", ctx.description);
   const plan = planFused(problem, limits, tuningFor(ctx), ctx.subgroupMinSize, f16);
   const rpb = problem.rpb ? rpbLayout(problem.rpb.kernel) : undefined;
   const rope = problem.rope;
@@ -222,5 +218,5 @@ const fusedKernel: TensorKernel = async (ctx, problem, q, k, v, opts) => {
       entries.push(aux);
     }
     return { pipeline, entries, groups };
-  }, ['f32', 'f16']);
+  });
 };
