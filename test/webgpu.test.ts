@@ -167,11 +167,26 @@ test('unfused NA: tiles fit the device, generated WGSL initialises its vars, ove
       const wgsl = (kind === 'qk' ? naQKProgram : naAVProgram).generate(spec);
       assert.match(wgsl, kind === 'qk' ? /softcap \* tanh/ : /o\[0\] \+= p0 \* w0/);
       checkVarsInitialised(wgsl);
+      // f16 storage: q, k (qk) or v, out (av) declared f16, the scores f32
+      const half = (kind === 'qk' ? naQKProgram : naAVProgram).generate({ ...spec, f16: true });
+      assert.match(half, /^enable f16;/);
+      assert.match(half, kind === 'qk' ? /var<storage, read> k: array<(vec4<)?f16>?>/ : /var<storage, read_write> out: array<(vec4<)?f16>?>/);
+      assert.match(half, /attn: array<f32>/);
+      checkVarsInitialised(half);
     }
   checkVarsInitialised(naSoftmaxProgram.generate({ normalize: true, threads: 64 }));
-  checkVarsInitialised(naiveProgram.generate({ rank: 3, dim: 8, dimV: 4, wq: 4, wv: 4, softcap: true, rpb: true, threads: 64 }));
+  for (const f16 of [false, true]) {
+    const wgsl = naiveProgram.generate({ rank: 3, dim: 8, dimV: 4, wq: 4, wv: 4, softcap: true, rpb: true, threads: 64, f16 });
+    assert.equal(/enable f16;/.test(wgsl), f16);
+    assert.equal(/out: array<vec4<f16>>/.test(wgsl), f16);
+    checkVarsInitialised(wgsl);
+  }
   assert.equal(unfusedCanRun(problem, limits), true);
   assert.match(String(unfusedCanRun(problem, { ...limits, maxStorageBufferBindingSize: 80000 })), /^attn takes 80640 bytes/);
+  // q is 92160 bytes as f32, half that as f16; attn (80640 bytes) is f32 either way
+  assert.match(String(unfusedCanRun(problem, { ...limits, maxStorageBufferBindingSize: 85000 })), /^q takes 92160 bytes/);
+  assert.equal(unfusedCanRun(problem, { ...limits, maxStorageBufferBindingSize: 85000 }, 'f16'), true);
+  assert.match(String(unfusedCanRun(problem, { ...limits, maxStorageBufferBindingSize: 80000 }, 'f16')), /^attn takes 80640 bytes/);
   assert.match(String(unfusedCanRun(planAttention(q, k, v, { causal: true }).problem, limits)), /neighborhood/);
 });
 
@@ -873,10 +888,8 @@ gpuTest('public API on GPU tensors: f32 and f16 storage against the reference, r
       const h = await toGpu(k.data, k.shape, ctx, 'f16');
       try {
         await assert.rejects(attention(gq, h, h), (e: unknown) => e instanceof TilewiseError && e.arg === 'k' && /dtype/.test(e.message));
-        await assert.rejects(
-          neighborhoodAttention(h, h, h, { kernelSize: 3, impl: 'naive' }),
-          (e: unknown) => e instanceof TilewiseError && e.arg === 'q' && /f16/.test(e.message),
-        );
+        // every NA kernel takes f16 storage (test/f16.test.ts), but one element type for q, k, v
+        await assert.rejects(neighborhoodAttention(gq, h, h, { kernelSize: 3, impl: 'naive' }), (e: unknown) => e instanceof TilewiseError && e.arg === 'k' && /dtype/.test(e.message));
       } finally {
         releaseTensor(h);
       }

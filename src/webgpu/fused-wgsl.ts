@@ -1,7 +1,7 @@
 import { ITEM, NO_MASK, VISIT } from './schedule.js';
 import { ANALYTIC_UNIFORMS, analyticSource } from './analytic.js';
 import { uniformLayout } from './uniforms.js';
-import { type Program, attnBindings, prologue, vecType as vec } from './wgsl.js';
+import { type Program, attnBindings, f16Directive, narrow, prologue, vecType as vec, widenLoads } from './wgsl.js';
 
 /**
  * The fused forward template (one for every pattern). One workgroup per work item; its query
@@ -325,13 +325,8 @@ function generateFused(s: FusedSpec): string {
   const shuffles = s.subgroups && TX > 1;
   const src = s.schedule === 'analytic' ? analyticSource(s.rank, RM, s.rope, s.permute) : listSource(s.rope);
   // loads widen f16 storage to the f32 the kernel computes in
-  const loads = (['q', 'k', 'v'] as const)
-    .map((b) => {
-      const T = b === 'v' ? VT : QT;
-      return `fn ld_${b}(i: u32) -> ${T} { return ${s.f16 ? `${T}(${b}[i])` : `${b}[i]`}; }`;
-    })
-    .join('\n');
-  return `${s.f16 ? 'enable f16;\n' : ''}${shuffles ? 'enable subgroups;\n' : ''}${prologue(fusedProgram, s, { DQ: dq, DV: dv, BQ: s.rows, BK: s.keys, RM, RN, RV, TX, THREADS: T })}
+  const loads = widenLoads(s.f16, [['q', s.wq], ['k', s.wq], ['v', s.wv]]);
+  return `${f16Directive(s.f16)}${shuffles ? 'enable subgroups;\n' : ''}${prologue(fusedProgram, s, { DQ: dq, DV: dv, BQ: s.rows, BK: s.keys, RM, RN, RV, TX, THREADS: T })}
 const NO_MASK: u32 = ${NO_MASK}u;
 ${src.decls}
 const NEG: f32 = -3.0e38;
@@ -411,7 +406,7 @@ ${rowSums()}
       let ob = (row * P.heads + h) * DV;
       for (var c: u32 = 0u; c < ${bRV}; c++) {
         let col = tx + TX * c;
-        ${exact ? '' : 'if (col < DV) {'} out[ob + col] = ${s.f16 ? `${vec(s.wv, 'f16')}(o[i * RV + c] * inv)` : 'o[i * RV + c] * inv'}; ${exact ? '' : '}'}
+        ${exact ? '' : 'if (col < DV) {'} out[ob + col] = ${narrow(s.f16, s.wv, 'o[i * RV + c] * inv')}; ${exact ? '' : '}'}
       }
       if (tx == 0u) { lse[row * P.heads + h] = select(P.negInf, m[i] + log(lt), lt > 0.0); }
     }

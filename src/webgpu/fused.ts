@@ -7,8 +7,8 @@ import { type AnalyticPlan, analyticPlan, zeroAnalytic } from './analytic.js';
 import { FUSED_UNIFORMS, type FusedSpec, blockingOf, fusedProgram, fusedWorkgroupBytes, threadsOf } from './fused-wgsl.js';
 import { buildGpuSchedule } from './schedule.js';
 import { permuteLaunch, permuteProgram } from './permute.js';
-import { type KernelOptions, type Launch, type TensorKernel, bindingsFit, gridFor, launchAttn, onDevice, onHost, rpbLayout, uniformBuffer } from './run.js';
-import { type GpuTensor, bindingBytes, createBuffer, dtypeOf, uploadBuffer, writeData } from './tensor.js';
+import { type KernelOptions, type Launch, type TensorKernel, bindingsFit, gridFor, ioBindingSizes, launchAttn, onDevice, onHost, rpbLayout, storesF16, uniformBuffer } from './run.js';
+import { type GpuDType, type GpuTensor, bindingBytes, createBuffer, dtypeOf, uploadBuffer, writeData } from './tensor.js';
 import { getPipeline } from './wgsl.js';
 
 /**
@@ -93,6 +93,14 @@ const largestDivisor = (n: number, cap: number): number => {
 
 const roundUp = (x: number, m: number): number => Math.ceil(x / m) * m;
 
+/** Whether the padded permuted copies of q, k and v (permute.ts) fit one storage binding each. */
+function permutedFit(p: AttnProblem, an: AnalyticPlan, limits: GpuLimits, f16: boolean): boolean {
+  const B = p.seqs.length;
+  const bytes = f16 ? 2 : 4;
+  const sizes = [B * an.qPad * p.heads * p.dim, B * an.kPad * p.kvHeads * Math.max(p.dim, p.dimV)].map((n, i) => [String(i), n * bytes] as const);
+  return bindingsFit(sizes, limits) === true;
+}
+
 export function planFused(problem: AttnProblem, limits: GpuLimits, tune: FusedTuning = tuningFor({ adapterClass: 'gpu' }), subgroupMinSize = 0, f16 = false): FusedPlan {
   const rank = problem.seqs.length > 0 ? new ItemSpace({ ...problem, seqs: problem.seqs.slice(0, 1) }).pattern(0).geometry.qShape.length : 1;
   const { dim, dimV } = problem;
@@ -131,7 +139,7 @@ export function planFused(problem: AttnProblem, limits: GpuLimits, tune: FusedTu
         f16,
         schedule: analytic ? 'analytic' : 'list',
         rank,
-        permute: tune.permute === true && analytic !== undefined && analytic.permutable,
+        permute: tune.permute === true && analytic !== undefined && analytic.permutable && permutedFit(problem, analytic, limits, f16),
       };
       if (fusedWorkgroupBytes(spec) <= budget && threadsOf(spec) <= maxThreads) return { spec, problem: tiled, rank, ...(analytic ? { analytic } : {}) };
     }
@@ -140,14 +148,11 @@ export function planFused(problem: AttnProblem, limits: GpuLimits, tune: FusedTu
 }
 
 /** Whether the fused kernel can run `problem` on a device with these limits: true, or the reason. */
-export function fusedCanRun(problem: AttnProblem, limits: GpuLimits): true | string {
-  const { heads: H, kvHeads: Hk, dim: D, dimV: DV, qRows, kRows } = problem;
+export function fusedCanRun(problem: AttnProblem, limits: GpuLimits, dtype: GpuDType = 'f32'): true | string {
+  const { dim: D, dimV: DV } = problem;
   const fit = bindingsFit(
     [
-      ['q', qRows * H * D * 4],
-      ['k', kRows * Hk * D * 4],
-      ['v', kRows * Hk * DV * 4],
-      ['out', qRows * H * DV * 4],
+      ...ioBindingSizes(problem, dtype),
       ['bias + rpb + RoPE table', 4 * ((problem.bias?.data.length ?? 0) + (problem.rpb?.data.length ?? 0) + (problem.rope?.table.length ?? 0))],
     ],
     limits,
@@ -178,10 +183,9 @@ export function runWebGPUFused(problem: AttnProblem, q: Float32Array, k: Float32
 
 const fusedKernel: TensorKernel = async (ctx, problem, q, k, v, opts) => {
   const { device, limits } = ctx;
-  const why = fusedCanRun(problem, limits);
+  const f16 = storesF16(ctx, q, 'q');
+  const why = fusedCanRun(problem, limits, dtypeOf(q));
   if (why !== true) throw new TilewiseError('webgpu', 'cannot run this problem', why);
-  const f16 = dtypeOf(q) === 'f16';
-  if (f16 && !ctx.features.has('shader-f16')) throw new TilewiseError('q', "f16 tensors need a device with the 'shader-f16' feature", ctx.description);
   const plan = planFused(problem, limits, tuningFor(ctx), ctx.subgroupMinSize, f16);
   const rpb = problem.rpb ? rpbLayout(problem.rpb.kernel) : undefined;
   const rope = problem.rope;
@@ -247,5 +251,5 @@ const fusedKernel: TensorKernel = async (ctx, problem, q, k, v, opts) => {
       entries.push(aux);
     }
     return [...pre, { pipeline, entries, groups }];
-  }, ['f32', 'f16']);
+  });
 };

@@ -1,5 +1,5 @@
 import { uniformLayout } from './uniforms.js';
-import { type Program, attnBindings, prologue, vecType as vec } from './wgsl.js';
+import { type Program, attnBindings, f16Directive, narrow, prologue, vecType as vec, widenLoads } from './wgsl.js';
 
 /**
  * The neighborhood template family: NATTEN's naive kernel and the unfused (GEMM-based) pipeline
@@ -7,6 +7,8 @@ import { type Program, attnBindings, prologue, vecType as vec } from './wgsl.js'
  * patterns/rules.ts `neighborhoodRule`) and the CPU's slot layout (cpu/na.ts): along an axis a
  * key's slot is its offset from the window base, the window start or, when causal, query - K + 1.
  * Coordinates are local to a dilation group; token = group + dilation * local, row-major over axes.
+ * With `f16`, q, k, v and out are stored as f16 (`shader-f16`) and widened on load: everything
+ * else (staging, scores, softmax, accumulators) is f32, as in the fused kernel.
  */
 
 const AXES = [0, 1, 2] as const;
@@ -107,12 +109,14 @@ export interface NaiveSpec {
   readonly softcap: boolean;
   readonly rpb: boolean;
   readonly threads: number;
+  /** q, k, v and out stored as f16. */
+  readonly f16: boolean;
 }
 
 export const naiveProgram: Program<NaiveSpec, typeof NA_UNIFORMS.decl> = {
   name: 'na-naive',
   uniforms: NA_UNIFORMS,
-  bindings: (s) => [...attnBindings(s.wq, s.wv), ...(s.rpb ? [{ name: 'rpb', kind: 'read' as const, type: 'array<f32>' }] : [])],
+  bindings: (s) => [...attnBindings(s.wq, s.wv, s.f16 ? 'f16' : 'f32'), ...(s.rpb ? [{ name: 'rpb', kind: 'read' as const, type: 'array<f32>' }] : [])],
   workgroupSize: (s) => s.threads,
   generate: generateNaive,
 };
@@ -126,11 +130,12 @@ function generateNaive(s: NaiveSpec): string {
   const QT = vec(s.wq);
   const VT = vec(s.wv);
   const axes = axesOf(s.rank);
-  const dot = s.wq === 4 ? 'dot(qr[c], k[kb + c])' : 'qr[c] * k[kb + c]';
+  const dot = s.wq === 4 ? 'dot(qr[c], ld_k(kb + c))' : 'qr[c] * ld_k(kb + c)';
   const open = axes.map((a) => `${'  '.repeat(a)}for (var k${a}: i32 = w${a}.x; k${a} <= w${a}.y; k${a}++) {`).join('\n    ');
   const close = axes.map((a) => `${'  '.repeat(s.rank - 1 - a)}}`).join('\n    ');
-  return `${prologue(naiveProgram, s, { DQ: s.dim / s.wq, DV: s.dimV / s.wv, THREADS: s.threads })}
+  return `${f16Directive(s.f16)}${prologue(naiveProgram, s, { DQ: s.dim / s.wq, DV: s.dimV / s.wv, THREADS: s.threads })}
 ${naCommon(axes)}
+${widenLoads(s.f16, [['q', s.wq], ['k', s.wq], ['v', s.wv]])}
 
 @compute @workgroup_size(THREADS)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -145,7 +150,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   ${s.rpb ? 'let rpbBase = i32(h * P.rpbVol) + P.rpbConst;' : ''}
 
   var qr: array<${QT}, DQ> = array<${QT}, DQ>();
-  for (var c: u32 = 0u; c < DQ; c++) { qr[c] = q[(row * P.heads + h) * DQ + c]; }
+  for (var c: u32 = 0u; c < DQ; c++) { qr[c] = ld_q((row * P.heads + h) * DQ + c); }
   var o: array<${VT}, DV> = array<${VT}, DV>();
   var m: f32 = -3.0e38;
   var l: f32 = 0.0;
@@ -162,10 +167,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       m = mn;
       l = l * alpha + p;
       let vb = (kr * P.kvHeads + kh) * DV;
-      for (var c: u32 = 0u; c < DV; c++) { o[c] = o[c] * alpha + p * v[vb + c]; }
+      for (var c: u32 = 0u; c < DV; c++) { o[c] = o[c] * alpha + p * ld_v(vb + c); }
     ${close}
   let ob = (row * P.heads + h) * DV;
-  for (var c: u32 = 0u; c < DV; c++) { out[ob + c] = o[c] / l; }
+  for (var c: u32 = 0u; c < DV; c++) { out[ob + c] = ${narrow(s.f16, s.wv, 'o[c] / l')}; }
   lse[row * P.heads + h] = m + log(l);
 }
 `;
@@ -197,6 +202,8 @@ export interface TiledSpec {
    * such as lavapipe compile unrolled code several times slower (fused.ts measured the same).
    */
   readonly unroll: boolean;
+  /** q, k (qk) or v, out (av) stored as f16; staged in workgroup memory as f32. */
+  readonly f16: boolean;
 }
 
 /** Micro-tile sizes of a tiled spec: keys (qk) and value vectors (av) per thread. */
@@ -213,21 +220,28 @@ export function tiledWorkgroupBytes(s: Pick<TiledSpec, 'kind' | 'rank' | 'dim' |
   return 4 * (staged + s.rows * (1 + 4 * s.rank));
 }
 
-const tiledBindings = (s: TiledSpec) =>
-  s.kind === 'qk'
+/**
+ * The scores (attn) stay f32 whatever q, k, v are stored as: a score x stored as f16 would be off
+ * by up to |x| 2^-11, which the softmax's exp turns into the weight's relative error (0.5% at
+ * |x| = 10), and the LSE is taken from them.
+ */
+const tiledBindings = (s: TiledSpec) => {
+  const rows = `array<${vec(s.w, s.f16 ? 'f16' : 'f32')}>`;
+  return s.kind === 'qk'
     ? [
         { name: 'P', kind: 'uniform' as const, type: 'Params' },
-        { name: 'q', kind: 'read' as const, type: `array<${vec(s.w)}>` },
-        { name: 'k', kind: 'read' as const, type: `array<${vec(s.w)}>` },
+        { name: 'q', kind: 'read' as const, type: rows },
+        { name: 'k', kind: 'read' as const, type: rows },
         { name: 'attn', kind: 'readwrite' as const, type: 'array<f32>' },
         ...(s.rpb ? [{ name: 'rpb', kind: 'read' as const, type: 'array<f32>' }] : []),
       ]
     : [
         { name: 'P', kind: 'uniform' as const, type: 'Params' },
         { name: 'attn', kind: 'read' as const, type: 'array<f32>' },
-        { name: 'v', kind: 'read' as const, type: `array<${vec(s.w)}>` },
-        { name: 'out', kind: 'readwrite' as const, type: `array<${vec(s.w)}>` },
+        { name: 'v', kind: 'read' as const, type: rows },
+        { name: 'out', kind: 'readwrite' as const, type: rows },
       ];
+};
 
 export const naQKProgram: Program<TiledSpec, typeof NA_UNIFORMS.decl> = {
   name: 'na-qk',
@@ -276,7 +290,7 @@ function generateTiled(s: TiledSpec): string {
   for (var e: u32 = lid; e < BQ * D; e += THREADS) {
     let i = e / D;
     var x: ${RT} = ${RT}(0.0);
-    if (qrow[i] != NONE) { x = q[(qrow[i] * P.heads + h) * D + (e - i * D)]; }
+    if (qrow[i] != NONE) { x = ld_q((qrow[i] * P.heads + h) * D + (e - i * D)); }
     qs[e] = x;
   }
   // slots without a key (causal windows near the start or cut by stride) hold -inf
@@ -292,7 +306,7 @@ function generateTiled(s: TiledSpec): string {
       stage: `for (var e: u32 = lid; e < nk * D; e += THREADS) {
       let jj = e / D;
       ${lines(boxKey('c0 + jj'), '      ')}
-      ks[e] = k[((${keyRow}) * P.kvHeads + kh) * D + (e - jj * D)];
+      ks[e] = ld_k(((${keyRow}) * P.kvHeads + kh) * D + (e - jj * D));
     }`,
       chunk: `// S = Q K^T on this thread's RM x RN micro-tile (rows r0.., keys tx, tx + TX, ..)
     for (var x: u32 = 0u; x < ${bRM} * ${bRN}; x++) { sc[x] = 0.0; }
@@ -329,7 +343,7 @@ function generateTiled(s: TiledSpec): string {
       stage: `for (var e: u32 = lid; e < nk * D; e += THREADS) {
       let jj = e / D;
       ${lines(boxKey('c0 + jj'), '      ')}
-      vs[e] = v[((${keyRow}) * P.kvHeads + kh) * D + (e - jj * D)];
+      vs[e] = ld_v(((${keyRow}) * P.kvHeads + kh) * D + (e - jj * D));
     }
     // each query's window weights, scattered onto the chunk's keys (0 outside the window)
     for (var e: u32 = lid; e < BQ * BK; e += THREADS) {
@@ -355,15 +369,16 @@ function generateTiled(s: TiledSpec): string {
     for (var c: u32 = 0u; c < ${bRV}; c++) {
       let col = tx + TX * c;
       ${exact ? '' : 'if (col >= D) { break; }'}
-      out[(row * P.heads + h) * D + col] = o[i * ${RV}u + c];
+      out[(row * P.heads + h) * D + col] = ${narrow(s.f16, s.w, `o[i * ${RV}u + c]`)};
     }
   }`,
     };
   };
   const p = s.kind === 'qk' ? qk() : av();
   const rev = [...axes].reverse();
-  return `${prologue(program, s, { D, BQ: s.rows, BK: s.keys, RM, TX, THREADS: tiledThreads(s), NONE: 0xffffffff })}
+  return `${f16Directive(s.f16)}${prologue(program, s, { D, BQ: s.rows, BK: s.keys, RM, TX, THREADS: tiledThreads(s), NONE: 0xffffffff })}
 ${naCommon(axes)}
+${widenLoads(s.f16, s.kind === 'qk' ? [['q', s.w], ['k', s.w]] : [['v', s.w]])}
 
 var<workgroup> qrow: array<u32, BQ>;
 /** Per tile query and axis: local coordinate, window start and end, slot base. */

@@ -15,16 +15,18 @@ import {
   type PassTimer,
   bindingsFit,
   gridFor,
+  ioBindingSizes,
   launch,
   launchAttn,
   onDevice,
   onHost,
   onHostArrays,
   rpbLayout,
+  storesF16,
   uniformBuffer,
   withDevice,
 } from './run.js';
-import { type GpuTensor, createBuffer, uploadBuffer } from './tensor.js';
+import { type GpuDType, type GpuTensor, createBuffer, dtypeOf, uploadBuffer } from './tensor.js';
 import { getPipeline } from './wgsl.js';
 
 /**
@@ -32,6 +34,8 @@ import { getPipeline } from './wgsl.js';
  * (na-wgsl.ts). NATTEN's naive kernel (one thread per query and head, online softmax) and the
  * unfused pipeline: naQK writes the scores [qRows, H, prod(kernelSize)] (-inf where a slot has no
  * key), a row softmax normalises them in place and gives the LSE, naAV multiplies them with V.
+ * q, k, v and out may be f16 GPU tensors (`shader-f16`): loads widen them to f32; the scores and
+ * lse stay f32 (na-wgsl.ts).
  */
 
 type NASpec = Extract<PatternSpec, { kind: 'neighborhood' }>;
@@ -62,21 +66,15 @@ function checkAttnFits(problem: AttnProblem, limits: GpuLimits): void {
     throw new TilewiseError('attn', "the scores [rows, heads, prod(kernelSize)] do not fit one GPU storage binding; use impl 'fused' or the CPU", `${fit} (maxStorageBufferBindingSize)`);
 }
 
-/** Whether the unfused pipeline runs `problem` on a device with these limits: true, or the reason. */
-export function unfusedCanRun(problem: AttnProblem, limits: GpuLimits): true | string {
+/**
+ * Whether the unfused pipeline runs `problem` on a device with these limits, q, k, v and out
+ * holding `dtype` elements: true, or the reason.
+ */
+export function unfusedCanRun(problem: AttnProblem, limits: GpuLimits, dtype: GpuDType = 'f32'): true | string {
   const why = naProblem(problem, 'unfused');
   if (why !== true) return why;
-  const { heads: H, kvHeads: Hk, dim: D, dimV: DV, qRows, kRows } = problem;
-  const fit = bindingsFit(
-    [
-      ['attn', attnCount(problem) * 4],
-      ['q', qRows * H * D * 4],
-      ['k', kRows * Hk * D * 4],
-      ['v', kRows * Hk * DV * 4],
-      ['out', qRows * H * DV * 4],
-    ],
-    limits,
-  );
+  const { dim: D, dimV: DV } = problem;
+  const fit = bindingsFit([['attn', attnCount(problem) * 4], ...ioBindingSizes(problem, dtype)], limits);
   if (fit !== true) return fit;
   if (tiledWorkgroupBytes({ kind: 'qk', rank: 1, dim: Math.max(D, DV), rows: 1, keys: 1 }) > limits.maxComputeWorkgroupStorageSize)
     return `head dims ${D}, ${DV} need more than the ${limits.maxComputeWorkgroupStorageSize} bytes of workgroup memory`;
@@ -127,6 +125,7 @@ const naiveKernel: TensorKernel = async (ctx: GpuContext, problem, q, k, v, opts
   if (why !== true) throw new TilewiseError('webgpu', 'cannot run this problem', why);
   const { device, limits } = ctx;
   const spec = {
+    f16: storesF16(ctx, q, 'q'),
     rank: (problem.pattern as NASpec).kernelSize.length,
     dim: problem.dim,
     dimV: problem.dimV,
@@ -197,7 +196,7 @@ const pow2ceil = (x: number): number => 2 ** Math.ceil(Math.log2(Math.max(1, x))
  * group, and chunks within the largest key box a tile can need (tile + K + stride - 2 per axis).
  * The tile's queries may fill fewer than `rows` rows; the rest idle.
  */
-export function planTiled(problem: AttnProblem, kind: 'qk' | 'av', limits: GpuLimits, tune: UnfusedTuning): { spec: TiledSpec; tile: number[] } {
+export function planTiled(problem: AttnProblem, kind: 'qk' | 'av', limits: GpuLimits, tune: UnfusedTuning, f16 = false): { spec: TiledSpec; tile: number[] } {
   const na = problem.pattern as NASpec;
   const grid = problem.seqs[0]!.qGrid;
   const rank = grid.length;
@@ -233,6 +232,7 @@ export function planTiled(problem: AttnProblem, kind: 'qk' | 'av', limits: GpuLi
         softcap: kind === 'qk' && problem.softcap > 0,
         rpb: kind === 'qk' && problem.rpb !== undefined,
         unroll: tune.unroll,
+        f16,
       };
       if (tiledWorkgroupBytes(spec) <= limits.maxComputeWorkgroupStorageSize && tiledThreads(spec) <= maxThreads) return { spec, tile };
     }
@@ -243,9 +243,9 @@ export function planTiled(problem: AttnProblem, kind: 'qk' | 'av', limits: GpuLi
 /** One dispatch of the pipeline, made synchronously from its bindings once the pipeline is compiled. */
 type Step<B> = (b: B, own: Own) => Launch;
 
-async function tiledStep(ctx: GpuContext, problem: AttnProblem, kind: 'qk' | 'av'): Promise<Step<readonly Bind[]>> {
+async function tiledStep(ctx: GpuContext, problem: AttnProblem, kind: 'qk' | 'av', f16: boolean): Promise<Step<readonly Bind[]>> {
   const { device, limits } = ctx;
-  const { spec, tile } = planTiled(problem, kind, limits, tuningFor(ctx.adapterClass));
+  const { spec, tile } = planTiled(problem, kind, limits, tuningFor(ctx.adapterClass), f16);
   const pipeline = await getPipeline(device, kind === 'qk' ? naQKProgram : naAVProgram, spec);
   const na = problem.pattern as NASpec;
   const grid = problem.seqs[0]!.qGrid;
@@ -258,15 +258,15 @@ async function tiledStep(ctx: GpuContext, problem: AttnProblem, kind: 'qk' | 'av
   };
 }
 
-/** naQK: q, k -> scores (attn). */
-const qkStep = async (ctx: GpuContext, problem: AttnProblem): Promise<Step<{ q: Bind; k: Bind; attn: Bind }>> => {
-  const step = await tiledStep(ctx, problem, 'qk');
+/** naQK: q, k (f16 storage when `f16`) -> scores (attn, f32). */
+const qkStep = async (ctx: GpuContext, problem: AttnProblem, f16: boolean): Promise<Step<{ q: Bind; k: Bind; attn: Bind }>> => {
+  const step = await tiledStep(ctx, problem, 'qk', f16);
   return (b, own) => step([b.q, b.k, b.attn], own);
 };
 
-/** naAV: attn, v -> out. */
-const avStep = async (ctx: GpuContext, problem: AttnProblem): Promise<Step<{ attn: Bind; v: Bind; out: Bind }>> => {
-  const step = await tiledStep(ctx, problem, 'av');
+/** naAV: attn (f32), v -> out (v's element type). */
+const avStep = async (ctx: GpuContext, problem: AttnProblem, f16: boolean): Promise<Step<{ attn: Bind; v: Bind; out: Bind }>> => {
+  const step = await tiledStep(ctx, problem, 'av', f16);
   return (b, own) => step([b.attn, b.v, b.out], own);
 };
 
@@ -282,18 +282,20 @@ async function softmaxStep(ctx: GpuContext, problem: AttnProblem, normalize: boo
   };
 }
 
-function checkUnfused(problem: AttnProblem, limits: GpuLimits): void {
+function checkUnfused(problem: AttnProblem, limits: GpuLimits, dtype: GpuDType): void {
   const why = naProblem(problem, 'unfused');
   if (why !== true) throw new TilewiseError('webgpu', 'cannot run this problem', why);
   checkAttnFits(problem, limits);
-  const fit = unfusedCanRun(problem, limits);
+  const fit = unfusedCanRun(problem, limits, dtype);
   if (fit !== true) throw new TilewiseError('webgpu', 'cannot run this problem', fit);
 }
 
 const unfusedKernel: TensorKernel = async (ctx, problem, q, k, v, opts) => {
-  checkUnfused(problem, ctx.limits);
-  const [qk, softmax, av] = await Promise.all([qkStep(ctx, problem), softmaxStep(ctx, problem, true), avStep(ctx, problem)]);
+  const f16 = storesF16(ctx, q, 'q');
+  checkUnfused(problem, ctx.limits, dtypeOf(q));
+  const [qk, softmax, av] = await Promise.all([qkStep(ctx, problem, f16), softmaxStep(ctx, problem, true), avStep(ctx, problem, f16)]);
   return launchAttn(ctx, problem, q, k, v, opts, 'unfused', (io, own) => {
+    // f32 whatever the storage (na-wgsl.ts tiledBindings)
     const attn = own(createBuffer(ctx.device, attnCount(problem) * 4, BufferUsage.STORAGE, 'tilewise attn'));
     return [qk({ q: io.q, k: io.k, attn }, own), softmax({ attn, lse: io.lse }, own), av({ attn, v: io.v, out: io.out }, own)];
   });
@@ -313,11 +315,12 @@ type QKOptions = { poison?: boolean; attn?: GpuTensor; lse?: GpuTensor; timer?: 
 type AVOptions = { poison?: boolean; out?: GpuTensor; timer?: PassTimer };
 
 async function naQKKernel(ctx: GpuContext, problem: AttnProblem, q: GpuTensor, k: GpuTensor, opts: QKOptions): Promise<{ attn: GpuTensor; lse: GpuTensor }> {
-  checkUnfused(problem, ctx.limits);
+  const f16 = storesF16(ctx, q, 'q');
+  checkUnfused(problem, ctx.limits, dtypeOf(q));
   const { heads: H, kvHeads: Hk, dim: D, qRows, kRows } = problem;
-  const qb = bindingOf(q, qRows * H * D, 'q');
-  const kb = bindingOf(k, kRows * Hk * D, 'k');
-  const [qk, softmax] = await Promise.all([qkStep(ctx, problem), softmaxStep(ctx, problem, false)]);
+  const qb = bindingOf(q, qRows * H * D, 'q', [dtypeOf(q)]);
+  const kb = bindingOf(k, kRows * Hk * D, 'k', [dtypeOf(q)]);
+  const [qk, softmax] = await Promise.all([qkStep(ctx, problem, f16), softmaxStep(ctx, problem, false)]);
   const outs = [
     { name: 'attn', shape: [qRows, H, windowVolume(problem)], empty: -Infinity, ...(opts.attn ? { given: opts.attn } : {}) },
     { name: 'lse', shape: [qRows, H], empty: -Infinity, ...(opts.lse ? { given: opts.lse } : {}) },
@@ -327,25 +330,27 @@ async function naQKKernel(ctx: GpuContext, problem: AttnProblem, q: GpuTensor, k
 }
 
 async function naAVKernel(ctx: GpuContext, problem: AttnProblem, attn: GpuTensor, v: GpuTensor, opts: AVOptions): Promise<{ out: GpuTensor }> {
-  checkUnfused(problem, ctx.limits);
+  const f16 = storesF16(ctx, v, 'v');
+  checkUnfused(problem, ctx.limits, dtypeOf(v));
   const { heads: H, kvHeads: Hk, dimV: DV, qRows, kRows } = problem;
   const ab = bindingOf(attn, attnCount(problem), 'attn');
-  const vb = bindingOf(v, kRows * Hk * DV, 'v');
-  const av = await avStep(ctx, problem);
-  const outs = [{ name: 'out', shape: [qRows, H, DV], empty: 0, ...(opts.out ? { given: opts.out } : {}) }];
+  const vb = bindingOf(v, kRows * Hk * DV, 'v', [dtypeOf(v)]);
+  const av = await avStep(ctx, problem, f16);
+  const outs = [{ name: 'out', shape: [qRows, H, DV], empty: 0, dtype: dtypeOf(v), ...(opts.out ? { given: opts.out } : {}) }];
   const [out] = await launch(ctx, 'naAV', outs, opts.poison ?? false, ([o], own) => av({ attn: ab, v: vb, out: o! }, own), opts.timer);
   return { out: out! };
 }
 
 /**
  * NATTEN's qk op on GPU tensors: scores attn [qRows, H, prod(kernelSize)] (-inf where a slot has
- * no key) and the LSE of each row [qRows, H]. `problem` comes from planNA (its v is not read).
+ * no key) and the LSE of each row [qRows, H], both f32 whether q and k are f32 or f16. `problem`
+ * comes from planNA (its v is not read).
  */
 export function runWebGPUNaQKTensors(problem: AttnProblem, q: GpuTensor, k: GpuTensor, opts: QKOptions = {}): Promise<{ attn: GpuTensor; lse: GpuTensor }> {
   return withDevice((ctx) => naQKKernel(ctx, problem, q, k, opts));
 }
 
-/** NATTEN's av op on GPU tensors: weights attn [qRows, H, prod(kernelSize)] times v, out [qRows, H, Dv]. */
+/** NATTEN's av op on GPU tensors: weights attn [qRows, H, prod(kernelSize)] (f32) times v, out [qRows, H, Dv] of v's element type. */
 export function runWebGPUNaAVTensors(problem: AttnProblem, attn: GpuTensor, v: GpuTensor, opts: AVOptions = {}): Promise<{ out: GpuTensor }> {
   return withDevice((ctx) => naAVKernel(ctx, problem, attn, v, opts));
 }

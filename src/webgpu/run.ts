@@ -48,11 +48,32 @@ export interface Launch {
 /** Binding of `count` elements of `t`; `dtypes` are the element types the kernel takes there. */
 export function bindingOf(t: GpuTensor, count: number, arg: string, dtypes: readonly GpuDType[] = ['f32']): GPUBufferBinding {
   const d = dtypeOf(t);
-  check(dtypes.includes(d), arg, `must hold ${dtypes.join(' or ')} elements for this kernel (f16 storage is the fused kernel's)`, d);
+  check(dtypes.includes(d), arg, `must hold ${dtypes.join(' or ')} elements for this kernel`, d);
   const bytes = bindingBytes(count, d);
   check(t.offset % 256 === 0, arg, 'offset must be a multiple of 256 bytes to bind it', String(t.offset));
   check(t.buffer.size >= t.offset + bytes, arg, 'buffer is too small', `${t.buffer.size} < ${t.offset + bytes}`);
   return { buffer: t.buffer, offset: t.offset, size: bytes };
+}
+
+/**
+ * Whether the attention kernels store `t` (and with it q, k, v, out) as f16; a typed error naming
+ * `arg` where the device lacks `shader-f16`.
+ */
+export function storesF16(ctx: GpuContext, t: GpuTensor, arg: string): boolean {
+  const f16 = dtypeOf(t) === 'f16';
+  if (f16 && !ctx.features.has('shader-f16')) throw new TilewiseError(arg, "f16 tensors need a device with the 'shader-f16' feature", ctx.description);
+  return f16;
+}
+
+/** (name, bytes) of the q, k, v and out bindings of `problem` with elements of type `d`, for `bindingsFit`. */
+export function ioBindingSizes(problem: AttnProblem, d: GpuDType = 'f32'): [string, number][] {
+  const { heads: H, kvHeads: Hk, dim: D, dimV: DV, qRows, kRows } = problem;
+  return [
+    ['q', bindingBytes(qRows * H * D, d)],
+    ['k', bindingBytes(kRows * Hk * D, d)],
+    ['v', bindingBytes(kRows * Hk * DV, d)],
+    ['out', bindingBytes(qRows * H * DV, d)],
+  ];
 }
 
 /** A 2-D grid holding `count` workgroups, and the x extent kernels decode the linear index with. */
@@ -167,7 +188,10 @@ export async function launch(
   return ts;
 }
 
-/** `launch` for the attention kernels: q, k, v in, out [qRows, H, Dv] and lse [qRows, H] out. */
+/**
+ * `launch` for the attention kernels: q, k, v in, out [qRows, H, Dv] and lse [qRows, H] out. q, k,
+ * v and out share one element type, f32 or f16 (the kernel's spec follows `storesF16`); lse is f32.
+ */
 export async function launchAttn(
   ctx: GpuContext,
   problem: AttnProblem,
@@ -177,13 +201,10 @@ export async function launchAttn(
   opts: KernelOptions,
   name: string,
   prepare: (io: AttnIO, own: (b: GPUBuffer) => GPUBuffer) => Launch | readonly Launch[],
-  dtypes: readonly GpuDType[] = ['f32'],
 ): Promise<{ out: GpuTensor; lse: GpuTensor }> {
   const { heads: H, kvHeads: Hk, dim: D, dimV: DV, qRows, kRows } = problem;
-  // q, k, v and out share one element type (f16 only where the kernel declares it); lse is f32
   const io = dtypeOf(q);
-  const allowed = dtypes.includes(io) ? [io] : dtypes;
-  const inputs = { q: bindingOf(q, qRows * H * D, 'q', allowed), k: bindingOf(k, kRows * Hk * D, 'k', allowed), v: bindingOf(v, kRows * Hk * DV, 'v', allowed) };
+  const inputs = { q: bindingOf(q, qRows * H * D, 'q', [io]), k: bindingOf(k, kRows * Hk * D, 'k', [io]), v: bindingOf(v, kRows * Hk * DV, 'v', [io]) };
   const outputs: OutputSpec[] = [
     { name: 'out', shape: [qRows, H, DV], empty: 0, dtype: io, ...(opts.out ? { given: opts.out } : {}) },
     { name: 'lse', shape: [qRows, H], empty: -Infinity, ...(opts.lse ? { given: opts.lse } : {}) },

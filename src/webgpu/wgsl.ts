@@ -39,6 +39,19 @@ export interface Binding {
 /** The WGSL type of rows read `w` elements at a time. */
 export const vecType = (w: 1 | 4, elem: 'f32' | 'f16' = 'f32'): string => (w === 4 ? `vec4<${elem}>` : elem);
 
+/**
+ * f16 storage with f32 arithmetic (design.md 4): the `enable f16;` directive a kernel starts with,
+ * `ld_<name>(i)` per buffer (row i widened to f32 rows of width w) and `narrow` for stores into f16.
+ * With f16 off, the loads read the f32 rows as they are and stores take values unchanged.
+ */
+export const f16Directive = (f16: boolean): string => (f16 ? 'enable f16;\n' : '');
+
+export function widenLoads(f16: boolean, bufs: readonly (readonly [name: string, w: 1 | 4])[]): string {
+  return bufs.map(([b, w]) => `fn ld_${b}(i: u32) -> ${vecType(w)} { return ${f16 ? `${vecType(w)}(${b}[i])` : `${b}[i]`}; }`).join('\n');
+}
+
+export const narrow = (f16: boolean, w: 1 | 4, x: string): string => (f16 ? `${vecType(w, 'f16')}(${x})` : x);
+
 /** Uniforms, q, k, v, out (of element type `io`) and lse (f32): the bindings every attention forward kernel starts with. */
 export function attnBindings(wq: 1 | 4, wv: 1 | 4, io: 'f32' | 'f16' = 'f32'): Binding[] {
   return [
