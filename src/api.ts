@@ -2,13 +2,14 @@ import { TilewiseError, check, checkPositiveInt } from './errors.js';
 import type { Align, PatternSpec } from './patterns/spec.js';
 import type { AttnProblem, SeqSpan } from './problem.js';
 import { type RopeOptions, checkRopeTiles, chunksOf, ropeSpec } from './rope.js';
-import { type Tensor, isGpuTensor, numel } from './tensor.js';
+import { type Tensor, dtypeOf, isGpuTensor, numel } from './tensor.js';
 import type { GpuTensor } from './webgpu/tensor.js';
 import {
   type QKVShapes,
   checkCuSeqlens,
   checkDest,
   checkFinite,
+  checkGpuTensor,
   checkQKV,
   checkScalar,
   checkTensor,
@@ -373,9 +374,12 @@ export interface NeighborhoodOptions extends CommonOptions {
   isCausal?: boolean | readonly boolean[];
   /** NATTEN relative positional bias [H, 2K0-1, ...]; not with causal axes. */
   rpb?: Tensor;
-  /** Extra keys/values [B, M, Hk, D|Dv] every query attends to, merged by LSE. */
-  additionalKeys?: Tensor;
-  additionalValues?: Tensor;
+  /**
+   * Extra keys/values [B, M, Hk, D|Dv] every query attends to, merged by LSE (host tensors, or GPU
+   * tensors of q's dtype with GPU q/k/v: merged on the device).
+   */
+  additionalKeys?: Tensor | GpuTensor;
+  additionalValues?: Tensor | GpuTensor;
   /** Kernel family: fused (default), naive (per-query gather) or unfused (naQK, softmax, naAV). */
   impl?: Impl;
 }
@@ -439,23 +443,48 @@ export async function neighborhoodAttention(q: Input, k: Input, v: Input, opts: 
   check(impl === 'fused' || impl === 'naive' || impl === 'unfused', 'impl', "must be 'fused', 'naive' or 'unfused'", String(impl));
   const extra = opts.additionalKeys !== undefined || opts.additionalValues !== undefined;
   if (extra) {
-    check(!isGpuTensor(q), 'additionalKeys', 'are not supported with GPU tensors yet (merge two calls with mergeAttentions on the host)');
-    q = q as Tensor;
-    checkTensor(opts.additionalKeys, 'additionalKeys');
-    checkTensor(opts.additionalValues, 'additionalValues');
-    const ak = opts.additionalKeys;
-    const av = opts.additionalValues;
-    check(ak.shape.length === 4, 'additionalKeys', 'must be [batch, tokens, kvHeads, headDim]');
-    check(ak.shape[0] === s.batch && ak.shape[2] === s.kvHeads && ak.shape[3] === s.dim, 'additionalKeys', 'batch, heads and head dim must match k', ak.shape.join('x'));
-    check(av.shape.length === 4 && av.shape[0] === s.batch && av.shape[1] === ak.shape[1] && av.shape[2] === s.kvHeads && av.shape[3] === s.dimV, 'additionalValues', 'must be [batch, tokens, kvHeads, dimV] matching additionalKeys and v', av.shape.join('x'));
+    // NATTEN's additional_keys: the neighborhood and a dense pass over the extra tokens, merged by LSE
+    const gpuIn = isGpuTensor(q);
+    const ak = opts.additionalKeys as unknown;
+    const av = opts.additionalValues as unknown;
+    if (gpuIn) {
+      checkGpuTensor(ak, 'additionalKeys');
+      checkGpuTensor(av, 'additionalValues');
+      check(dtypeOf(ak) === dtypeOf(q) && dtypeOf(av) === dtypeOf(q), 'additionalKeys', 'and additionalValues must have the dtype of q', `${dtypeOf(ak)}, ${dtypeOf(av)}`);
+    } else {
+      checkTensor(ak, 'additionalKeys');
+      checkTensor(av, 'additionalValues');
+    }
+    const [akS, avS] = [(ak as Input).shape, (av as Input).shape];
+    check(akS.length === 4, 'additionalKeys', 'must be [batch, tokens, kvHeads, headDim]');
+    check(akS[0] === s.batch && akS[2] === s.kvHeads && akS[3] === s.dim, 'additionalKeys', 'batch, heads and head dim must match k', akS.join('x'));
+    check(avS.length === 4 && avS[0] === s.batch && avS[1] === akS[1] && avS[2] === s.kvHeads && avS[3] === s.dimV, 'additionalValues', 'must be [batch, tokens, kvHeads, dimV] matching additionalKeys and v', avS.join('x'));
+    const { out: _o, lse: _l, additionalKeys: _k, additionalValues: _v, ...rest } = opts;
+    const qFlat = { ...q, shape: [s.batch, numel(s.qGrid), s.heads, s.dim] };
+    if (gpuIn) {
+      check(opts.backend !== 'cpu', 'backend', "GPU tensors run on 'webgpu' (or 'auto'/unset), not 'cpu'");
+      const gpu = await import('./webgpu/index.js');
+      const na = await neighborhoodAttention(q, k as GpuTensor, v as GpuTensor, rest as NeighborhoodOptions, rank);
+      try {
+        const cross = await attention(qFlat as GpuTensor, ak as GpuTensor, av as GpuTensor, { backend: opts.backend, scale: problem.scale, softcap: problem.softcap });
+        try {
+          const crossShaped = { out: { ...cross.out, shape: na.out.shape }, lse: { ...cross.lse, shape: na.lse.shape } };
+          return await gpu.mergeAttentionsGpu(na, crossShaped, { ...(opts.out ? { out: opts.out as GpuTensor } : {}), ...(opts.lse ? { lse: opts.lse as GpuTensor } : {}) });
+        } finally {
+          [cross.out, cross.lse].forEach(gpu.releaseTensor);
+        }
+      } finally {
+        [na.out, na.lse].forEach(gpu.releaseTensor);
+      }
+    }
     checkDest(opts.out, problem.qRows * s.heads * s.dimV, 'out');
     checkDest(opts.lse, problem.qRows * s.heads, 'lse');
-    checkInputsFinite(opts, [[ak, 'additionalKeys'], [av, 'additionalValues']]);
-    const { out: _o, lse: _l, ...rest } = opts;
-    const na = await neighborhoodAttention(q, k as Tensor, v as Tensor, { ...rest, additionalKeys: undefined, additionalValues: undefined } as NeighborhoodOptions, rank);
-    const nq = numel(s.qGrid);
-    const qFlat = { data: q.data, shape: [s.batch, nq, s.heads, s.dim] };
-    const cross = await attention(qFlat, ak, av, { backend: opts.backend, scale: problem.scale, softcap: problem.softcap });
+    checkInputsFinite(opts, [
+      [ak as Tensor, 'additionalKeys'],
+      [av as Tensor, 'additionalValues'],
+    ]);
+    const na = await neighborhoodAttention(q as Tensor, k as Tensor, v as Tensor, rest as NeighborhoodOptions, rank);
+    const cross = await attention(qFlat as Tensor, ak as Tensor, av as Tensor, { backend: opts.backend, scale: problem.scale, softcap: problem.softcap });
     return mergeAttentions([na, cross].map((r) => ({ out: { data: r.out.data, shape: na.out.shape }, lse: { data: r.lse.data, shape: na.lse.shape } })), opts);
   }
   return runOn(opts, problem, q, k, v, [s.batch, ...s.qGrid], impl);

@@ -28,6 +28,10 @@ test('checkTuning accepts complete in-range tunings and names what is wrong othe
   assert.match(String(checkTuning({ ...T, maxRows: '16' })), /^maxRows/);
   const { unroll: _u, ...noUnroll } = T;
   assert.match(String(checkTuning(noUnroll)), /^unroll must be a boolean/);
+  // optional path switches: kept when boolean, named when not
+  assert.deepEqual(checkTuning({ ...T, subgroups: false, analytic: true, permute: true }), { ...T, subgroups: false, analytic: true, permute: true });
+  assert.match(String(checkTuning({ ...T, permute: 'yes' })), /^permute must be a boolean when given/);
+  assert.match(String(checkTuning({ ...T, analytic: 1 })), /^analytic must be a boolean when given/);
 });
 
 test('parseTuningFile: good entries kept, bad ones warned about, a bad file means the table', () => {

@@ -16,6 +16,7 @@ import { UNFUSED_TUNING, naiveCanRun, planTiled, runWebGPUNaAV, runWebGPUNaQK, r
 import { naAVProgram, naQKProgram, naSoftmaxProgram, naiveProgram, tiledThreads, tiledWorkgroupBytes } from '../src/webgpu/na-wgsl.js';
 import { ITEM, VISIT, buildGpuSchedule } from '../src/webgpu/schedule.js';
 import { permuteProgram } from '../src/webgpu/permute.js';
+import { mergeAttentionsGpu } from '../src/webgpu/merge.js';
 import { bufferStats, fromGpu, releaseTensor, toGpu, wrapBuffer } from '../src/webgpu/tensor.js';
 import { roundF16 } from '../src/f16.js';
 import { uniformLayout } from '../src/webgpu/uniforms.js';
@@ -830,6 +831,96 @@ gpuTest('device loss: the next call throws a TilewiseError, the one after gets a
   assert.notEqual(await getDevice(), old);
   const ref = referenceAttention(problem, { q: q.data, k: k.data, v: v.data });
   assert.ok(relError(got.out, ref.out) < TOL);
+});
+
+gpuTest('LSE merge kernel: random parts (empty rows in one or both), f32 and f16, against the float64 merge', async () => {
+  const ctx = await getContext();
+  const r = rng(4400);
+  const start = bufferStats().live;
+  for (let i = 0; i < 6; i++) {
+    const f16 = i % 2 === 1 && ctx.features.has('shader-f16');
+    const dtype = f16 ? 'f16' : 'f32';
+    const [R, H, DV] = [int(r, 1, 40), int(r, 1, 4), pick(r, [4, 6, 8, 3])];
+    const round = (x: Float32Array) => (f16 ? Float32Array.from(x, roundF16) : x);
+    const outs = [1, 2].map((s) => round(randn([R * H * DV], 4410 + 2 * i + s).data));
+    // lse: finite spread over +-30, or -inf (an empty part) in either or both
+    const lses = [0, 1].map(() => Float32Array.from({ length: R * H }, () => (r() < 0.2 ? -Infinity : (r() - 0.5) * 60)));
+    const want = new Float64Array(R * H * DV);
+    const wantLse = new Float64Array(R * H);
+    for (let x = 0; x < R * H; x++) {
+      const [la, lb] = [lses[0]![x]!, lses[1]![x]!];
+      const mx = Math.max(la, lb);
+      if (mx === -Infinity) {
+        wantLse[x] = -Infinity;
+        continue;
+      }
+      const [wa, wb] = [Math.exp(la - mx), Math.exp(lb - mx)];
+      wantLse[x] = mx + Math.log(wa + wb);
+      for (let c = 0; c < DV; c++) want[x * DV + c] = (wa * outs[0]![x * DV + c]! + wb * outs[1]![x * DV + c]!) / (wa + wb);
+    }
+    const parts = await Promise.all(
+      [0, 1].map(async (p) => ({ out: await toGpu(outs[p]!, [R, H, DV], ctx, dtype), lse: await toGpu(lses[p]!, [R, H], ctx) })),
+    );
+    // a poisoned destination for out: an element the kernel skips stays NaN
+    const outBuf = uploadTensorBits(ctx, f16 ? new Uint16Array(Math.ceil((R * H * DV) / 2) * 2).fill(0x7e00) : new Float32Array(R * H * DV).fill(NaN));
+    const res = await mergeAttentionsGpu(parts[0]!, parts[1]!, { out: wrapBuffer(outBuf, [R, H, DV], 0, dtype) });
+    const got = await fromGpu(res.out, ctx);
+    const e = relError(got, want);
+    assert.ok(e < (f16 ? 2e-3 : TOL), `merge ${dtype} R${R} H${H} DV${DV}: relErr ${e}`);
+    compareLse(await fromGpu(res.lse, ctx), wantLse, `merge ${dtype}`);
+    parts.forEach((p) => [p.out, p.lse].forEach(releaseTensor));
+    releaseTensor(res.lse);
+    outBuf.destroy();
+  }
+  assert.equal(bufferStats().live, start, 'no GPU buffer left behind');
+  const a = { out: await toGpu(new Float32Array(8), [2, 1, 4], ctx), lse: await toGpu(new Float32Array(2), [2, 1], ctx) };
+  try {
+    await assert.rejects(mergeAttentionsGpu(a, { ...a, lse: { ...a.lse, shape: [1, 2] } }), (e: unknown) => e instanceof TilewiseError && e.arg === 'b');
+    await assert.rejects(mergeAttentionsGpu(a, a, { out: a.out }), (e: unknown) => e instanceof TilewiseError && e.arg === 'out');
+  } finally {
+    [a.out, a.lse].forEach(releaseTensor);
+  }
+});
+
+gpuTest('neighborhood additionalKeys on GPU tensors: merged on the device, equal to the checked host path', async () => {
+  const { neighborhoodAttention } = await import('../src/api.js');
+  const ctx = await getContext();
+  const r = rng(4450);
+  const start = bufferStats().live;
+  for (let i = 0; i < 4; i++) {
+    const rank = 1 + (i % 3);
+    const grid = Array.from({ length: rank }, () => int(r, 3, rank === 1 ? 30 : rank === 2 ? 9 : 5));
+    const nTok = grid.reduce((a, b) => a * b, 1);
+    const c = randomCfg(r, { nq: nTok, nk: nTok, dim: pick(r, [8, 12]) });
+    c.dimV = pick(r, [c.dim, 4, 6]);
+    const [q, k, v] = tensors(c, 4460 + i, grid, grid);
+    const M = int(r, 1, 6);
+    const ak = randn([c.batch, M, c.kvHeads, c.dim], 4470 + i);
+    const av = randn([c.batch, M, c.kvHeads, c.dimV], 4480 + i);
+    const opts: NeighborhoodOptions = { ...randomNA(r, grid, true), impl: pick(r, ['fused', 'naive', 'unfused'] as const) };
+    // the host path is checked against float64 over concatenated keys in property.test.ts
+    const want = await neighborhoodAttention(q, k, v, { ...opts, additionalKeys: ak, additionalValues: av, backend: 'cpu' });
+    const up = await Promise.all([q, k, v, ak, av].map((x) => toGpu(x.data, x.shape, ctx)));
+    const nOut = want.out.data.length;
+    const outBuf = uploadTensorBits(ctx, new Float32Array(nOut).fill(NaN));
+    const lseBuf = uploadTensorBits(ctx, new Float32Array(want.lse.data.length).fill(NaN));
+    const res = await neighborhoodAttention(up[0]!, up[1]!, up[2]!, { ...opts, additionalKeys: up[3]!, additionalValues: up[4]!, out: wrapBuffer(outBuf, [nOut]), lse: wrapBuffer(lseBuf, [want.lse.data.length]) });
+    assert.equal(res.out.buffer, outBuf, 'merged into the given buffer');
+    const what = `${grid} M${M} ${JSON.stringify(opts)} ${JSON.stringify(c)}`;
+    const e = relError(await fromGpu(res.out, ctx), Float64Array.from(want.out.data));
+    assert.ok(e < TOL, `${what}: out relErr ${e}`);
+    compareLse(await fromGpu(res.lse, ctx), Float64Array.from(want.lse.data), what);
+    up.forEach(releaseTensor);
+    outBuf.destroy();
+    lseBuf.destroy();
+  }
+  assert.equal(bufferStats().live, start, 'intermediate results released');
+  const gq = await toGpu(randn([9 * 4], 4490).data, [1, 3, 3, 1, 4], ctx);
+  try {
+    await assert.rejects(neighborhoodAttention(gq, gq, gq, { kernelSize: 3, additionalKeys: randn([1, 2, 1, 4], 1), additionalValues: randn([1, 2, 1, 4], 2) }), (e: unknown) => e instanceof TilewiseError && e.arg === 'additionalKeys');
+  } finally {
+    releaseTensor(gq);
+  }
 });
 
 gpuTest('public API on GPU tensors: f32 and f16 storage against the reference, results left on the device; bad inputs rejected', async (t) => {

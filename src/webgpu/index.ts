@@ -19,4 +19,5 @@ export {
 export { type KernelOptions } from './run.js';
 export { bufferStats, fromGpu, releaseTensor, resetPeakBytes, toGpu, wrapBuffer, type GpuDType, type GpuTensor } from './tensor.js';
 export { GpuTimer } from './timing.js';
+export { mergeAttentionsGpu } from './merge.js';
 export { setTuningFile, type TuningEntry } from './tuning.js';

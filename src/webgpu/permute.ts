@@ -3,7 +3,7 @@ import { AXES, type AnalyticPlan } from './analytic.js';
 import type { GpuLimits } from './device.js';
 import { type Launch, gridFor, uniformBuffer } from './run.js';
 import { uniformLayout } from './uniforms.js';
-import { type Program, prologue, vecType } from './wgsl.js';
+import { type Program, f16Directive, prologue, vecType } from './wgsl.js';
 
 /**
  * Token permutation for N-D neighborhoods (NATTEN's "token permute"): q (or k, v) is copied into a
@@ -54,7 +54,7 @@ export const permuteProgram: Program<PermuteSpec, typeof PERMUTE_UNIFORMS.decl> 
   generate: (s) => {
     // axes decoded last-first, as analytic.ts lays out groups, tiles and boxes
     const down = Array.from({ length: s.rank }, (_, a) => s.rank - 1 - a);
-    return `${s.f16 ? 'enable f16;\n' : ''}${prologue(permuteProgram, s, { THREADS })}
+    return `${f16Directive(s.f16)}${prologue(permuteProgram, s, { THREADS })}
 
 @compute @workgroup_size(THREADS)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {

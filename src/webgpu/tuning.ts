@@ -3,7 +3,8 @@ import type { FusedTuning } from './fused.js';
 /**
  * Fused-kernel tunings measured per adapter by `tilewise profile --tune`, kept in one JSON file:
  *
- *   { "version": 1, "adapters": { "<adapter description>": { "fused": { rm, tx, maxRows, maxKeys, unroll }, ...notes } } }
+ *   { "version": 1, "adapters": { "<adapter description>": { "fused": { rm, tx, maxRows, maxKeys, unroll,
+ *     subgroups?, analytic?, permute? }, ...notes } } }
  *
  * The backend reads the file when it acquires a device (Node only; browsers have no file to read)
  * and uses the entry whose key equals the adapter description in place of FUSED_TUNING. The file is
