@@ -12,8 +12,10 @@ import { type GpuDType, type GpuTensor, bindingBytes, createBuffer, dtypeOf, upl
 import { getPipeline } from './wgsl.js';
 
 /**
- * Fused attention forward on WebGPU: plans tiles from the device limits, builds the schedule on the
- * CPU (schedule.ts), and runs the one fused template (fused-wgsl.ts) over every work item.
+ * Fused attention forward on WebGPU: plans tiles from the device limits, then runs the one fused
+ * template (fused-wgsl.ts) over every work item, with its schedule computed in the kernel where the
+ * pattern is analytic (analytic.ts) or built on the CPU and uploaded (schedule.ts), optionally on
+ * token-permuted copies of q, k and v (permute.ts).
  */
 
 /** Tile shapes and kernel constants for a problem on a device, all from the device limits. */
@@ -223,7 +225,7 @@ const fusedKernel: TensorKernel = async (ctx, problem, q, k, v, opts) => {
       ...blockingOf(plan.spec),
     });
     const pre: Launch[] = [];
-    let [q, k, v] = [io.q, io.k, io.v];
+    let [qb, kb, vb] = [io.q, io.k, io.v];
     if (permute) {
       // q, k, v into their tile-contiguous, head-major layouts, in the same pass ahead of the kernel
       const B = problem.seqs.length;
@@ -236,9 +238,9 @@ const fusedKernel: TensorKernel = async (ctx, problem, q, k, v, opts) => {
         return dst;
       };
       const { wq, wv } = plan.spec;
-      [q, k, v] = [to(false, H, D, wq, permute.qk, io.q, 'q'), to(true, Hk, D, wq, permute.qk, io.k, 'k'), to(true, Hk, DV, wv, permute.v, io.v, 'v')];
+      [qb, kb, vb] = [to(false, H, D, wq, permute.qk, io.q, 'q'), to(true, Hk, D, wq, permute.qk, io.k, 'k'), to(true, Hk, DV, wv, permute.v, io.v, 'v')];
     }
-    const entries = [own(uniformBuffer(device, params)), q, k, v, io.out, io.lse];
+    const entries = [own(uniformBuffer(device, params)), qb, kb, vb, io.out, io.lse];
     if (sched) entries.push(own(uploadBuffer(device, sched.data, BufferUsage.STORAGE, 'tilewise schedule')));
     if (plan.spec.bias || plan.spec.rpb || plan.spec.rope) {
       // aux = bias | rpb | RoPE table (cos then sin), one binding
