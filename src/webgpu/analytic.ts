@@ -268,10 +268,13 @@ ${linFn('k_lin', 'a_klo', 'a_kext')}
 fn set_row(i: u32, r: u32) {
   ${walk('r', 'a_qlo', 'a_qext', (a) => `a_rlo[i * ${R}u + ${a}u] = rs${a}(c${a});\n  a_rhi[i * ${R}u + ${a}u] = re${a}(c${a});`)}
 }
+// key coordinates of the visit, decoded once per key (not per row and key: divisions are slow on CPUs)
+var<workgroup> a_kc: array<i32, BK * ${R}u>;
+fn set_kc(j: u32) {
+  ${walk('j', 'a_klo', 'a_kext', (a) => `a_kc[j * ${R}u + ${a}u] = c${a};`)}
+}
 fn allowed(i: u32, c: u32) -> bool {
-  var ok: bool = true;
-  ${walk('c', 'a_klo', 'a_kext', (a) => `ok = ok && c${a} >= a_rlo[i * ${R}u + ${a}u] && c${a} <= a_rhi[i * ${R}u + ${a}u];`)}
-  return ok;
+  return ${A.map((a) => `a_kc[c * ${R}u + ${a}u] >= a_rlo[i * ${R}u + ${a}u] && a_kc[c * ${R}u + ${a}u] <= a_rhi[i * ${R}u + ${a}u]`).join(' &&\n    ')};
 }
 /** Sets the key box of visit vi; returns (keys, 1 if every pair of the visit is allowed). */
 fn set_visit(vi: u32) -> vec2<u32> {
@@ -352,6 +355,7 @@ fn set_visit(vi: u32) -> vec2<u32> {
     for (var j: u32 = lid; j < nk; j += THREADS) {
       a_ktok[j] = k_tok(j);
       ${permute ? 'a_krow[j] = k_row(j);' : ''}
+      set_kc(j);
     }
     workgroupBarrier();
     ${rope ? 'let kShift = P.ropeKShift;' : ''}`,

@@ -65,10 +65,11 @@ export function blockingOf(s: FusedSpec): { dq: number; dv: number; rm: number; 
 }
 
 /** Workgroup memory the template declares for a spec, in bytes. */
-export function fusedWorkgroupBytes(s: Pick<FusedSpec, 'dim' | 'dimV' | 'rows' | 'keys' | 'tx' | 'subgroups'> & Partial<Pick<FusedSpec, 'schedule' | 'permute'>>): number {
+export function fusedWorkgroupBytes(s: Pick<FusedSpec, 'dim' | 'dimV' | 'rows' | 'keys' | 'tx' | 'subgroups'> & Partial<Pick<FusedSpec, 'schedule' | 'permute' | 'rank'>>): number {
   const exchange = s.subgroups ? 0 : s.rows * s.keys + s.rows * s.tx;
   // analytic schedules keep the decoded row and key tokens (and the uniform loop bounds)
-  const tokens = s.schedule === 'analytic' ? (s.permute ? 2 : 1) * (s.rows + s.keys) + 2 : 0;
+  // (plus their rows in permuted layouts, and each key's coordinates)
+  const tokens = s.schedule === 'analytic' ? (s.permute ? 2 : 1) * (s.rows + s.keys) + 2 + s.keys * (s.rank ?? 3) : 0;
   return 4 * (s.rows * s.dim + s.keys * (s.dim + s.dimV) + exchange + 2 * s.keys + tokens);
 }
 
