@@ -5,7 +5,7 @@ import type { KernelKind } from './cpu/kernels.js';
 import type { AttnProblem } from './problem.js';
 import { check } from './errors.js';
 import { type Tensor, dtypeOf, numel } from './tensor.js';
-import { checkDest, checkGpuTensor } from './validate.js';
+import { checkDest, checkGpuDest } from './validate.js';
 import type { GpuTensor } from './webgpu/tensor.js';
 
 /** Kernel families a neighborhood call may ask for. */
@@ -34,16 +34,8 @@ export interface GpuResult {
  * the caller's `out`/`lse` GPU tensors when given. Nothing is read back.
  */
 export async function runGpuTensors(problem: AttnProblem, q: GpuTensor, k: GpuTensor, v: GpuTensor, lead: number[], opts: CommonOptions, kind: GpuKind): Promise<GpuResult> {
-  const dest = (d: unknown, n: number, arg: string): GpuTensor | undefined => {
-    if (d === undefined) return undefined;
-    checkGpuTensor(d, arg);
-    check(numel(d.shape) === n, arg, `must have ${n} elements`, `got ${numel(d.shape)}`);
-    return d;
-  };
-  const out = dest(opts.out, problem.qRows * problem.heads * problem.dimV, 'out');
-  const lse = dest(opts.lse, problem.qRows * problem.heads, 'lse');
-  if (out) check(dtypeOf(out) === dtypeOf(q), 'out', 'must have the dtype of q', dtypeOf(out));
-  if (lse) check(dtypeOf(lse) === 'f32', 'lse', 'must be f32', dtypeOf(lse));
+  const out = checkGpuDest(opts.out, problem.qRows * problem.heads * problem.dimV, 'out', dtypeOf(q));
+  const lse = checkGpuDest(opts.lse, problem.qRows * problem.heads, 'lse', 'f32');
   const gpu = await import('./webgpu/index.js');
   const run = kind === 'fused' ? gpu.runWebGPUFusedTensors : kind === 'naive' ? gpu.runWebGPUNaiveTensors : gpu.runWebGPUUnfusedTensors;
   const r = await run(problem, q, k, v, { ...(out ? { out } : {}), ...(lse ? { lse } : {}) });

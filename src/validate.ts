@@ -1,5 +1,5 @@
 import { TilewiseError, check, checkPositiveInt } from './errors.js';
-import { type Tensor, bindingBytes, dtypeOf, isGpuTensor, numel } from './tensor.js';
+import { type GpuDType, type Tensor, bindingBytes, dtypeOf, isGpuTensor, numel } from './tensor.js';
 import type { GpuTensor } from './webgpu/tensor.js';
 
 /** Shape and value checks shared by every entry point; each names the argument and the rule. */
@@ -112,6 +112,15 @@ export function checkDest(d: unknown, n: number, arg: string): Float32Array | un
   if (d === undefined) return undefined;
   check(d instanceof Float32Array, arg, 'must be a Float32Array');
   check(d.length === n, arg, `must have ${n} elements`, `got ${d.length}`);
+  return d;
+}
+
+/** A GPU destination (out or lse) of `n` elements of `dtype`, or undefined when none was given. */
+export function checkGpuDest(d: unknown, n: number, arg: string, dtype: GpuDType): GpuTensor | undefined {
+  if (d === undefined) return undefined;
+  checkGpuTensor(d, arg);
+  check(numel(d.shape) === n, arg, `must have ${n} elements`, `got ${numel(d.shape)}`);
+  check(dtypeOf(d) === dtype, arg, `must hold ${dtype} elements`, dtypeOf(d));
   return d;
 }
 

@@ -1,5 +1,5 @@
 import { uniformLayout } from './uniforms.js';
-import { type Program, prologue } from './wgsl.js';
+import { FLAT_INVOCATION, type Program, prologue } from './wgsl.js';
 
 /**
  * LongHeads' small kernels around the fused one (webgpu/longheads.ts runs them): the mean-pool of
@@ -44,7 +44,7 @@ const elementwise = (name: string, bindings: Program<ElementwiseSpec, typeof LH_
 
 @compute @workgroup_size(THREADS)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let e = (wid.x + wid.y * P.groupsX) * THREADS + lid;
+  let e = ${FLAT_INVOCATION};
   if (e >= P.total) { return; }
   ${body}
 }

@@ -10,7 +10,7 @@ import { numel } from '../tensor.js';
 import { BufferUsage, type GpuContext, type GpuLimits, getContext } from './device.js';
 import { runWebGPUFusedTensors } from './fused.js';
 import { LH_UNIFORMS, type SelectSpec, lhPoolProgram, lhRopeProgram, lhSelectProgram, selectWorkgroupBytes } from './longheads-wgsl.js';
-import { bindingOf, gridFor, launch, uniformBuffer, withDevice } from './run.js';
+import { bindingOf, gridFor, launch, threadGrid, uniformBuffer, withDevice } from './run.js';
 import { type GpuTensor, createBuffer, readBuffers, releaseBuffer, releaseTensor, toGpu, uploadBuffer, writeData } from './tensor.js';
 import { getPipeline } from './wgsl.js';
 
@@ -70,8 +70,8 @@ export async function chunkRepsGpu(ctx: GpuContext, s: SeqView<GpuTensor>, full:
       const common = { heads: H, kvHeads: Hk, dim: D, chunkSize: C, ...ZERO };
       const poolN = full * H * D;
       const rotN = m * Hk * D;
-      const pg = gridFor(Math.ceil(poolN / THREADS), limits, 'q');
-      const rg = gridFor(Math.ceil(rotN / THREADS), limits, 'k');
+      const pg = threadGrid(poolN, THREADS, limits, 'q');
+      const rg = threadGrid(rotN, THREADS, limits, 'k');
       const table = own(uploadBuffer(device, rope.table, BufferUsage.STORAGE, 'tilewise rope table'));
       const ropeU = { ...common, total: rotN, groupsX: rg[0], kOff: s.kOff, ropeHalf: rope.dims / 2, ropeSin: rope.maxPos * (rope.dims / 2) };
       return [

@@ -1,11 +1,11 @@
 /// <reference types="@webgpu/types" />
 import { check } from '../errors.js';
 import { numel } from '../tensor.js';
-import { checkGpuTensor } from '../validate.js';
-import { bindingOf, gridFor, launch, storesF16, uniformBuffer, withDevice } from './run.js';
+import { checkGpuDest, checkGpuTensor } from '../validate.js';
+import { bindingOf, launch, threadGrid, storesF16, uniformBuffer, withDevice } from './run.js';
 import { type GpuTensor, dtypeOf } from './tensor.js';
 import { uniformLayout } from './uniforms.js';
-import { type Program, f16Directive, getPipeline, narrow, prologue, vecType, widenLoads } from './wgsl.js';
+import { FLAT_INVOCATION, type Program, f16Directive, getPipeline, narrow, prologue, vecType, widenLoads } from './wgsl.js';
 
 /**
  * Merging two attention results over disjoint key sets by their LSEs on the device (what NATTEN's
@@ -19,7 +19,7 @@ export interface MergeSpec {
   readonly w: 1 | 4;
 }
 
-export const MERGE_UNIFORMS = uniformLayout({ total: 'u32', itemsX: 'u32', width: 'u32', negInf: 'f32' });
+export const MERGE_UNIFORMS = uniformLayout({ total: 'u32', groupsX: 'u32', width: 'u32', negInf: 'f32' });
 
 const THREADS = 64;
 
@@ -47,7 +47,7 @@ ${widenLoads(s.f16, [
 
 @compute @workgroup_size(THREADS)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let e = (wid.x + wid.y * P.itemsX) * THREADS + lid;
+  let e = ${FLAT_INVOCATION};
   if (e >= P.total) { return; }
   let rh = e / P.width;
   let la = lseA[rh];
@@ -95,14 +95,8 @@ export async function mergeAttentionsGpu(a: Attn, b: Attn, opts: { out?: GpuTens
     [b.lse, 'b.lse'],
   ] as const)
     check(dtypeOf(t) === 'f32', n, 'must be f32', dtypeOf(t));
-  if (opts.out) {
-    checkGpuTensor(opts.out, 'out');
-    check(numel(opts.out.shape) === numel(shape) && dtypeOf(opts.out) === io, 'out', `must hold ${numel(shape)} ${io} elements`, `${numel(opts.out.shape)} ${dtypeOf(opts.out)}`);
-  }
-  if (opts.lse) {
-    checkGpuTensor(opts.lse, 'lse');
-    check(numel(opts.lse.shape) === numel(a.lse.shape) && dtypeOf(opts.lse) === 'f32', 'lse', `must hold ${numel(a.lse.shape)} f32 elements`, `${numel(opts.lse.shape)} ${dtypeOf(opts.lse)}`);
-  }
+  checkGpuDest(opts.out, numel(shape), 'out', io);
+  checkGpuDest(opts.lse, numel(a.lse.shape), 'lse', 'f32');
   for (const d of [opts.out, opts.lse]) check(!d || ![a.out, a.lse, b.out, b.lse].some((p) => p.buffer === d.buffer), d === opts.out ? 'out' : 'lse', 'must not share a buffer with the parts it merges');
   return withDevice(async (ctx) => {
     const f16 = storesF16(ctx, a.out, 'a.out');
@@ -119,8 +113,8 @@ export async function mergeAttentionsGpu(a: Attn, b: Attn, opts: { out?: GpuTens
       ],
       false,
       ([o, l], own) => {
-        const groups = gridFor(Math.ceil(total / THREADS), ctx.limits, 'out');
-        const params = MERGE_UNIFORMS.pack({ total, itemsX: groups[0], width: dv / w, negInf: -Infinity });
+        const groups = threadGrid(total, THREADS, ctx.limits, 'out');
+        const params = MERGE_UNIFORMS.pack({ total, groupsX: groups[0], width: dv / w, negInf: -Infinity });
         const n = numel(shape);
         return {
           pipeline,

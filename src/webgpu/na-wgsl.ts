@@ -1,5 +1,5 @@
 import { uniformLayout } from './uniforms.js';
-import { type Program, attnBindings, f16Directive, narrow, prologue, vecType as vec, widenLoads } from './wgsl.js';
+import { FLAT_INVOCATION, type Program, attnBindings, f16Directive, narrow, prologue, vecType as vec, widenLoads } from './wgsl.js';
 
 /**
  * The neighborhood template family: NATTEN's naive kernel and the unfused (GEMM-based) pipeline
@@ -139,7 +139,7 @@ ${widenLoads(s.f16, [['q', s.wq], ['k', s.wq], ['v', s.wv]])}
 
 @compute @workgroup_size(THREADS)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let gid = (wid.x + wid.y * P.groupsX) * THREADS + lid;
+  let gid = ${FLAT_INVOCATION};
   if (gid >= P.total) { return; }
   let row = gid / P.heads;
   let h = gid - row * P.heads;
@@ -458,7 +458,7 @@ const NEG: f32 = -3.0e38;
 
 @compute @workgroup_size(THREADS)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let r = (wid.x + wid.y * P.groupsX) * THREADS + lid;
+  let r = ${FLAT_INVOCATION};
   if (r >= P.total) { return; }
   let base = r * P.wv;
   var mx: f32 = NEG;

@@ -15,6 +15,7 @@ import {
   type PassTimer,
   bindingsFit,
   gridFor,
+  threadGrid,
   ioBindingSizes,
   launch,
   launchAttn,
@@ -138,7 +139,7 @@ const naiveKernel: TensorKernel = async (ctx: GpuContext, problem, q, k, v, opts
   const pipeline = await getPipeline(device, naiveProgram, spec);
   return launchAttn(ctx, problem, q, k, v, opts, 'naive', (io, own) => {
     const total = problem.qRows * problem.heads;
-    const groups = gridFor(Math.ceil(total / spec.threads), limits, 'q');
+    const groups = threadGrid(total, spec.threads, limits, 'q');
     const entries: Bind[] = [own(uniformBuffer(device, naParams(problem, total, groups[0]))), io.q, io.k, io.v, io.out, io.lse];
     if (problem.rpb) entries.push(own(uploadBuffer(device, problem.rpb.data, BufferUsage.STORAGE, 'tilewise rpb')));
     return { pipeline, entries, groups };
@@ -277,7 +278,7 @@ async function softmaxStep(ctx: GpuContext, problem: AttnProblem, normalize: boo
   const pipeline = await getPipeline(device, naSoftmaxProgram, spec);
   const total = problem.qRows * problem.heads;
   return (b, own) => {
-    const groups = gridFor(Math.ceil(total / spec.threads), limits, 'q');
+    const groups = threadGrid(total, spec.threads, limits, 'q');
     return { pipeline, entries: [own(uniformBuffer(device, naParams(problem, total, groups[0]))), b.attn, b.lse], groups };
   };
 }

@@ -1,9 +1,9 @@
 /// <reference types="@webgpu/types" />
 import { AXES, type AnalyticPlan } from './analytic.js';
 import type { GpuLimits } from './device.js';
-import { type Launch, gridFor, uniformBuffer } from './run.js';
+import { type Launch, threadGrid, uniformBuffer } from './run.js';
 import { uniformLayout } from './uniforms.js';
-import { type Program, f16Directive, prologue, vecType } from './wgsl.js';
+import { FLAT_INVOCATION, type Program, f16Directive, prologue, vecType } from './wgsl.js';
 
 /**
  * Token permutation for N-D neighborhoods (NATTEN's "token permute"): q (or k, v) is copied into a
@@ -28,7 +28,7 @@ const axisFields = (names: readonly string[]) => Object.fromEntries(Array.from({
 export const PERMUTE_UNIFORMS = uniformLayout({
   /** Destination vectors (batch * pad * width) and the x extent of the grid. */
   total: 'u32',
-  itemsX: 'u32',
+  groupsX: 'u32',
   /** Tokens per batch in the source, rows per batch and head in the destination, heads, vectors per head row. */
   nSeq: 'u32',
   pad: 'u32',
@@ -58,7 +58,7 @@ export const permuteProgram: Program<PermuteSpec, typeof PERMUTE_UNIFORMS.decl> 
 
 @compute @workgroup_size(THREADS)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let e = (wid.x + wid.y * P.itemsX) * THREADS + lid;
+  let e = ${FLAT_INVOCATION};
   if (e >= P.total) { return; }
   // destination [batch, heads, pad, width], source [batch * nSeq, heads, width]
   let col = e % P.width;
@@ -111,7 +111,7 @@ export function permuteLaunch(
   const v = plan.values;
   const pad = keys ? plan.kPad : plan.qPad;
   const total = batch * heads * pad * width;
-  const groups = gridFor(Math.ceil(total / THREADS), limits, keys ? 'k' : 'q');
+  const groups = threadGrid(total, THREADS, limits, keys ? 'k' : 'q');
   const axes: Record<string, number> = {};
   for (let a = 0; a < AXES; a++) {
     axes[`len${a}`] = v[keys ? `kLen${a}` : `qLen${a}`]!;
@@ -122,7 +122,7 @@ export function permuteLaunch(
   }
   const params = PERMUTE_UNIFORMS.pack({
     total,
-    itemsX: groups[0],
+    groupsX: groups[0],
     nSeq: v[keys ? 'nkSeq' : 'nqSeq']!,
     pad,
     heads,

@@ -84,6 +84,9 @@ export function gridFor(count: number, limits: GpuLimits, arg: string): [number,
   return [count === 0 ? 0 : x, y];
 }
 
+/** The grid for `count` invocations in workgroups of `threads` (kernels indexed by wgsl.ts FLAT_INVOCATION). */
+export const threadGrid = (count: number, threads: number, limits: GpuLimits, arg: string): [number, number] => gridFor(Math.ceil(count / threads), limits, arg);
+
 /**
  * NATTEN rpb [H, 2K0-1, ...] flattened: index = h * volume + base + sum_a (key_a - query_a) * strides_a
  * (group-local coordinates), as both kernels compute it.

@@ -52,6 +52,12 @@ export function widenLoads(f16: boolean, bufs: readonly (readonly [name: string,
 
 export const narrow = (f16: boolean, w: 1 | 4, x: string): string => (f16 ? `${vecType(w, 'f16')}(${x})` : x);
 
+/**
+ * The linear index of this invocation in a 2-D grid of THREADS-wide workgroups (`run.ts threadGrid`;
+ * the x extent travels in the uniform `P.groupsX`), for kernels with one thread per element or row.
+ */
+export const FLAT_INVOCATION = '(wid.x + wid.y * P.groupsX) * THREADS + lid';
+
 /** Uniforms, q, k, v, out (of element type `io`) and lse (f32): the bindings every attention forward kernel starts with. */
 export function attnBindings(wq: 1 | 4, wv: 1 | 4, io: 'f32' | 'f16' = 'f32'): Binding[] {
   return [
