@@ -115,12 +115,12 @@ export function checkDest(d: unknown, n: number, arg: string): Float32Array | un
   return d;
 }
 
-/** A GPU destination (out or lse) of `n` elements of `dtype`, or undefined when none was given. */
+/** A GPU destination (out or lse) of `n` elements of `dtype` (out: its inputs' dtype; lse: f32), or undefined when none was given. */
 export function checkGpuDest(d: unknown, n: number, arg: string, dtype: GpuDType): GpuTensor | undefined {
   if (d === undefined) return undefined;
   checkGpuTensor(d, arg);
   check(numel(d.shape) === n, arg, `must have ${n} elements`, `got ${numel(d.shape)}`);
-  check(dtypeOf(d) === dtype, arg, `must hold ${dtype} elements`, dtypeOf(d));
+  check(dtypeOf(d) === dtype, arg, `must have dtype ${dtype}`, dtypeOf(d));
   return d;
 }
 
