@@ -1,7 +1,7 @@
 import type { CommonOptions, Result } from './api.js';
-import { naSoftmax, windowVolume } from './cpu/na.js';
-import { runKernel, shared, sharedZeros } from './cpu/pool.js';
-import type { KernelKind } from './cpu/kernels.js';
+import { windowVolume } from './cpu/na.js';
+import { type MainStep, runJob } from './cpu/pool.js';
+import type { KernelKind } from './cpu/layout.js';
 import type { AttnProblem } from './problem.js';
 import { check } from './errors.js';
 import { type Tensor, dtypeOf, numel } from './tensor.js';
@@ -60,15 +60,30 @@ export async function runProblemWebGPU(problem: AttnProblem, q: Tensor, k: Tenso
   return finish(problem, out, lse, lead, opts);
 }
 
-/** Runs one kernel family on the CPU backend; inputs are shared with worker threads, outputs fresh. */
+/** Runs one kernel family on the CPU backend: a job of the engine's scheduler, outputs fresh. */
 export async function runProblem(problem: AttnProblem, q: Tensor, k: Tensor, v: Tensor, lead: number[], opts: CommonOptions, kind: KernelKind): Promise<Result> {
   checkDest(opts.out, problem.qRows * problem.heads * problem.dimV, 'out');
   checkDest(opts.lse, problem.qRows * problem.heads, 'lse');
-  const out = sharedZeros(problem.qRows * problem.heads * problem.dimV);
-  const lse = sharedZeros(problem.qRows * problem.heads).fill(-Infinity);
-  await runKernel(kind, problem, { q: shared(q.data), k: shared(k.data), v: shared(v.data), out, lse }, roughFlops(problem));
-  return finish(problem, out, lse, lead, opts);
+  const r = await runJob({ problem, phases: [kind], inputs: { q: q.data, k: k.data, v: v.data }, outputs: ['out', 'lse'], flops: roughFlops(problem) });
+  return finish(problem, r.out!, r.lse!, lead, opts);
 }
+
+/** The unfused pipeline's middle step, on the calling thread: softmax over each window, lse = m + log l. */
+const softmaxStep =
+  (rows: number, wv: number, normalize: boolean): MainStep =>
+  (K, f32, lay) => {
+    // row max and sum go in thread 0's scratch (idle between phases), as many rows at a time as fit
+    const m = lay.scratch;
+    const chunk = Math.max(1, Math.floor(lay.scratchBytes / 8));
+    for (let r0 = 0; r0 < rows; r0 += chunk) {
+      const n = Math.min(chunk, rows - r0);
+      K.softmaxRows(lay.slots.attn + r0 * wv * 4, n, wv, m, m + n * 4, normalize ? 1 : 0);
+      for (let r = 0; r < n; r++) {
+        const l = f32[(m >> 2) + n + r]!;
+        f32[(lay.slots.lse >> 2) + r0 + r] = l > 0 ? f32[(m >> 2) + r]! + Math.log(l) : -Infinity;
+      }
+    }
+  };
 
 /** NATTEN's unfused pipeline: naQK (GEMM over each tile's key box), softmax, naAV (GEMM again). */
 export async function runUnfused(problem: AttnProblem, q: Tensor, k: Tensor, v: Tensor, lead: number[], opts: CommonOptions, backend: Backend): Promise<Result> {
@@ -76,14 +91,17 @@ export async function runUnfused(problem: AttnProblem, q: Tensor, k: Tensor, v: 
   checkDest(opts.out, problem.qRows * problem.heads * problem.dimV, 'out');
   checkDest(opts.lse, problem.qRows * problem.heads, 'lse');
   const wv = windowVolume(problem);
-  const attn = sharedZeros(problem.qRows * problem.heads * wv);
-  const out = sharedZeros(problem.qRows * problem.heads * problem.dimV);
-  const lse = sharedZeros(problem.qRows * problem.heads);
-  const bufs = { q: shared(q.data), k: shared(k.data), v: shared(v.data), out, lse, attn };
-  await runKernel('naQK', problem, bufs, roughFlops(problem));
-  naSoftmax(attn, problem.qRows * problem.heads, wv, lse);
-  await runKernel('naAV', problem, bufs, roughFlops(problem));
-  return finish(problem, out, lse, lead, opts);
+  const rows = problem.qRows * problem.heads;
+  const r = await runJob({
+    problem,
+    phases: ['naQK', softmaxStep(rows, wv, true), 'naAV'],
+    inputs: { q: q.data, k: k.data, v: v.data },
+    outputs: ['out', 'lse'],
+    temps: ['attn'],
+    windowVolume: wv,
+    flops: roughFlops(problem),
+  });
+  return finish(problem, r.out!, r.lse!, lead, opts);
 }
 
 /** NATTEN's qk op: scores [rows, H, prod(kernelSize)] (-inf where a slot has no key) and each row's LSE. */
@@ -98,17 +116,9 @@ export async function naQKOnly(problem: AttnProblem, q: Tensor, k: Tensor, lead:
     const gpu = await import('./webgpu/index.js');
     ({ attn, lse } = await gpu.runWebGPUNaQK(problem, q.data, k.data));
   } else {
-    attn = sharedZeros(n * wv);
-    const empty = sharedZeros(0);
-    await runKernel('naQK', problem, { q: shared(q.data), k: shared(k.data), v: empty, out: empty, lse: empty, attn }, roughFlops(problem));
-    lse = new Float32Array(n);
-    for (let r = 0; r < n; r++) {
-      let mx = -Infinity;
-      for (let j = 0; j < wv; j++) mx = Math.max(mx, attn[r * wv + j]!);
-      let s = 0;
-      for (let j = 0; j < wv; j++) s += Math.exp(attn[r * wv + j]! - mx);
-      lse[r] = mx + Math.log(s);
-    }
+    const r = await runJob({ problem, phases: ['naQK', softmaxStep(n, wv, false)], inputs: { q: q.data, k: k.data }, outputs: ['attn', 'lse'], windowVolume: wv, flops: roughFlops(problem) });
+    attn = r.attn!;
+    lse = r.lse!;
   }
   const dOut = checkDest(opts.out, n * wv, 'out');
   const dLse = checkDest(opts.lse, n, 'lse');
@@ -126,9 +136,8 @@ export async function naAVOnly(problem: AttnProblem, attn: Tensor, v: Tensor, le
     const gpu = await import('./webgpu/index.js');
     out = await gpu.runWebGPUNaAV(problem, attn.data, v.data);
   } else {
-    out = sharedZeros(n * problem.dimV);
-    const empty = sharedZeros(0);
-    await runKernel('naAV', problem, { q: empty, k: empty, v: shared(v.data), out, lse: empty, attn: shared(attn.data) }, roughFlops(problem));
+    const wv = windowVolume(problem);
+    out = (await runJob({ problem, phases: ['naAV'], inputs: { v: v.data, attn: attn.data }, outputs: ['out'], windowVolume: wv, flops: roughFlops(problem) })).out!;
   }
   const dOut = checkDest(opts.out, out.length, 'out');
   if (dOut) dOut.set(out);

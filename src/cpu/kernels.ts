@@ -1,38 +1,55 @@
-import type { AttnBuffers, AttnProblem, ItemSpace } from '../problem.js';
-import { tileFor } from '../problem.js';
-import { FusedScratch, prod, runFused } from './fused.js';
-import { type NAExtra, runNAAV, runNAQK, runNaive } from './na.js';
+import { ItemSpace } from '../problem.js';
+import type { AttnProblem } from '../problem.js';
+import { runFused } from './fused.js';
+import { type JobLayout, type KernelKind, scratchPlan } from './layout.js';
+import { runNAAV, runNAQK, runNaive } from './na.js';
+import type { TileKernels } from './tile-kernels.js';
+import { TileCtx } from './tile-step.js';
 
-/** Kernels a CPU thread can run over a range of work items; the same table on the main thread and in workers. */
-export type KernelKind = 'fused' | 'naive' | 'naQK' | 'naAV';
-export type KernelBuffers = AttnBuffers & Partial<NAExtra>;
+export type { KernelKind } from './layout.js';
 
-/** Largest key box one item loads: the kv tile for the fused walk, the whole union box for unfused. */
-function maxKeys(kind: KernelKind, problem: AttnProblem, rank: number): number {
-  if (kind === 'fused' || kind === 'naive') return prod(tileFor(problem.kvTile, rank));
-  const p = problem.pattern;
-  if (p.kind !== 'neighborhood') throw new Error('unfused kernels need a neighborhood pattern');
-  const qt = tileFor(problem.qTile, rank);
-  return prod(qt.map((t, a) => t + p.kernelSize[a]! + p.stride[a]!));
+/** Work items of one phase handed out this many at a time through the job's shared counter. */
+export const CHUNK = 2;
+
+/** What a thread needs to run its share of one phase: the same message on the main thread and in workers. */
+export interface PhaseMsg {
+  readonly id: number;
+  readonly kind: KernelKind;
+  readonly problem: AttnProblem;
+  readonly layout: JobLayout;
 }
 
 export function scratchBytes(kind: KernelKind, problem: AttnProblem, rank: number): number {
-  return FusedScratch.bytes(prod(tileFor(problem.qTile, rank)), maxKeys(kind, problem, rank), problem.dim, problem.dimV, rank);
+  return scratchPlan(kind, problem, rank).bytes;
 }
 
-export function makeScratch(kind: KernelKind, problem: AttnProblem, rank: number): FusedScratch {
-  return new FusedScratch(prod(tileFor(problem.qTile, rank)), maxKeys(kind, problem, rank), problem.dim, problem.dimV, rank);
+export const rankOf = (space: ItemSpace): number => (space.total > 0 ? space.pattern(0).geometry.qShape.length : 1);
+
+/** A thread's context for one phase (its own scratch area `thread` of the layout). */
+export function phaseContext(K: TileKernels, memory: WebAssembly.Memory, msg: PhaseMsg, thread: number, space = new ItemSpace(msg.problem)): { ctx: TileCtx; space: ItemSpace } {
+  const rank = rankOf(space);
+  return { ctx: new TileCtx(K, memory, msg.problem, msg.layout, scratchPlan(msg.kind, msg.problem, rank), thread, rank), space };
 }
 
-export function runRange(kind: KernelKind, problem: AttnProblem, bufs: KernelBuffers, space: ItemSpace, start: number, end: number, sc: FusedScratch): void {
+export function runRange(kind: KernelKind, ctx: TileCtx, space: ItemSpace, start: number, end: number): void {
   switch (kind) {
     case 'fused':
-      return runFused(problem, bufs, space, start, end, sc);
+      return runFused(ctx, space, start, end);
     case 'naive':
-      return runNaive(problem, bufs, space, start, end, sc);
+      return runNaive(ctx, space, start, end);
     case 'naQK':
-      return runNAQK(problem, bufs as AttnBuffers & NAExtra, space, start, end, sc);
+      return runNAQK(ctx, space, start, end);
     case 'naAV':
-      return runNAAV(problem, bufs as AttnBuffers & NAExtra, space, start, end, sc);
+      return runNAAV(ctx, space, start, end);
+  }
+}
+
+/** Claims chunks of the phase's items through the counter in shared memory until none are left. */
+export function claimLoop(memory: WebAssembly.Memory, msg: PhaseMsg, ctx: TileCtx, space: ItemSpace): void {
+  const counter = new Int32Array(memory.buffer, msg.layout.counter, 1);
+  for (;;) {
+    const start = Atomics.add(counter, 0, CHUNK);
+    if (start >= space.total) return;
+    runRange(msg.kind, ctx, space, start, Math.min(space.total, start + CHUNK));
   }
 }

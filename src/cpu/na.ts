@@ -1,19 +1,18 @@
-import { boxTokens } from '../patterns/geometry.js';
+import { type Box, boxCoords, boxTokens, prod } from '../patterns/geometry.js';
+import type { AxisRule } from '../patterns/rules.js';
 import type { PatternSpec } from '../patterns/spec.js';
-import type { AttnBuffers, AttnProblem, ItemSpace } from '../problem.js';
+import type { AttnProblem, ItemSpace } from '../problem.js';
 import { tileFor } from '../problem.js';
 import { tileBox } from '../schedule.js';
-import { type FusedScratch, boxCoords, gatherRows, prod, rpbIndex } from './fused.js';
-import { gemmABt, gemmAccPV } from './microkernels.js';
+import type { TileCtx } from './tile-step.js';
 
 /**
- * Neighborhood-only kernels: NATTEN's naive kernel and the unfused (GEMM-based) qk -> softmax -> av
- * pipeline. Scores are laid out [rows, H, windowVolume]; along each axis a key's slot is its offset
- * from the window base (the clamped window start, or query - K + 1 when causal), so RPB and slots
- * agree. Slots without an allowed key hold -inf.
+ * Neighborhood-only kernels on the shared tile step: NATTEN's naive kernel (each query alone
+ * against its own window) and the unfused (GEMM-based) qk -> softmax -> av pipeline. Scores are
+ * laid out [rows, H, windowVolume]; along each axis a key's slot is its offset from the window base
+ * (the clamped window start, or query - K + 1 when causal), so RPB and slots agree. Slots without
+ * an allowed key hold -inf.
  */
-export type NAExtra = { attn: Float32Array };
-
 type NASpec = Extract<PatternSpec, { kind: 'neighborhood' }>;
 
 function naSpec(problem: AttnProblem): NASpec {
@@ -24,80 +23,44 @@ function naSpec(problem: AttnProblem): NASpec {
 
 export const windowVolume = (p: AttnProblem): number => prod(naSpec(p).kernelSize);
 
-/** Window base per axis for local query coordinate xq. */
-function windowBase(spec: NASpec, rules: ReturnType<NonNullable<ReturnType<ItemSpace['pattern']>['boxRules']>>, a: number, xq: number): number {
-  return spec.isCausal[a] ? xq - spec.kernelSize[a]! + 1 : rules[a]!.start(xq);
+/** One query's window as a box (per axis [start, end] of its local coordinate). */
+function windowBox(rules: readonly AxisRule[], qCrd: Int32Array, i: number, rank: number): Box {
+  const lo: number[] = [];
+  const hi: number[] = [];
+  for (let a = 0; a < rank; a++) {
+    const xq = qCrd[i * rank + a]!;
+    lo.push(rules[a]!.start(xq));
+    hi.push(rules[a]!.end(xq) + 1);
+  }
+  return { lo, hi };
 }
 
-/** Naive: each query walks its own window, reading K and V straight from the strided inputs. */
-export function runNaive(problem: AttnProblem, bufs: AttnBuffers, space: ItemSpace, start: number, end: number, sc: FusedScratch): void {
-  const spec = naSpec(problem);
-  const { heads: H, kvHeads, dim: D, dimV: DV, scale, softcap, rpb } = problem;
-  const K = spec.kernelSize;
-  const wv = prod(K);
-  const scores = new Float64Array(wv);
-  const keys = new Int32Array(wv);
-  const kc = new Int32Array(K.length);
+/** Naive: every query is a tile of one row whose single, full visit is its own window. */
+export function runNaive(c: TileCtx, space: ItemSpace, start: number, end: number): void {
+  const P = c.problem;
+  const qc = new Int32Array(c.rank);
   for (let item = start; item < end; item++) {
     const { seq, h, g, tile } = space.decode(item);
     const p = space.pattern(seq);
-    const span = problem.seqs[seq]!;
+    const span = P.seqs[seq]!;
     const geo = p.geometry;
-    const rank = geo.qShape.length;
     const grp = p.groups[g]!;
     const rules = p.boxRules!(g);
-    const qBox = tileBox(grp.qLen, tileFor(problem.qTile, rank), tile);
-    const tq = boxTokens(geo.qShape, geo.dilation, grp, qBox, sc.qTok);
-    boxCoords(qBox, sc.qCrd);
-    const kh = Math.floor(h / (H / kvHeads));
-    for (let i = 0; i < tq; i++) {
-      const row = span.qOff + sc.qTok[i]!;
-      const qb = (row * H + h) * D;
-      let n = 0;
-      let mx = -Infinity;
-      // enumerate the window: per axis [start, end] of the query's local coordinate
-      const lo = [];
-      const hi = [];
-      for (let a = 0; a < rank; a++) {
-        const xq = sc.qCrd[i * rank + a]!;
-        lo.push(rules[a]!.start(xq));
-        hi.push(rules[a]!.end(xq));
-      }
-      for (let a = 0; a < rank; a++) kc[a] = lo[a]!;
-      for (;;) {
-        let flat = 0;
-        let stride = 1;
-        for (let a = rank - 1; a >= 0; a--) {
-          flat += (grp.offset[a]! + geo.dilation[a]! * kc[a]!) * stride;
-          stride *= geo.kShape[a]!;
-        }
-        const kb = ((span.kOff + flat) * kvHeads + kh) * D;
-        let s = 0;
-        for (let x = 0; x < D; x++) s += bufs.q[qb + x]! * bufs.k[kb + x]!;
-        s *= scale;
-        if (softcap > 0) s = softcap * Math.tanh(s / softcap);
-        if (rpb) {
-          let idx = h;
-          for (let a = 0; a < rank; a++) idx = idx * (2 * K[a]! - 1) + kc[a]! - sc.qCrd[i * rank + a]! + K[a]! - 1;
-          s += rpb.data[idx]!;
-        }
-        scores[n] = s;
-        keys[n++] = flat;
-        if (s > mx) mx = s;
-        let a = rank - 1;
-        while (a >= 0 && ++kc[a]! > hi[a]!) kc[a] = lo[a--]!;
-        if (a < 0) break;
-      }
-      let sum = 0;
-      for (let j = 0; j < n; j++) sum += scores[j] = Math.exp(scores[j]! - mx);
-      const ob = (row * H + h) * DV;
-      for (let c = 0; c < DV; c++) bufs.out[ob + c] = 0;
-      for (let j = 0; j < n; j++) {
-        const w = scores[j]! / sum;
-        const vb = ((span.kOff + keys[j]!) * kvHeads + kh) * DV;
-        for (let c = 0; c < DV; c++) bufs.out[ob + c]! += w * bufs.v[vb + c]!;
-      }
-      bufs.lse[row * H + h] = mx + Math.log(sum);
+    const qBox = tileBox(grp.qLen, tileFor(P.qTile, c.rank), tile);
+    const tokens = new Int32Array(prod(qBox.hi.map((x, a) => x - qBox.lo[a]!)));
+    const coords = new Int32Array(tokens.length * c.rank);
+    const n = boxTokens(geo.qShape, geo.dilation, grp, qBox, tokens);
+    boxCoords(qBox, coords);
+    for (let i = 0; i < n; i++) {
+      c.qTok[0] = tokens[i]!;
+      for (let a = 0; a < c.rank; a++) c.qCrd[a] = qc[a] = coords[i * c.rank + a]!;
+      c.beginQueries(span, h, 1);
+      const win = windowBox(rules, qc, 0, c.rank);
+      const tk = boxTokens(geo.kShape, geo.dilation, grp, win, c.kTok);
+      c.keyRows(tk, true);
+      c.score(tk, win, true, p, undefined);
+      c.accumulate(tk);
+      c.finish();
     }
   }
 }
@@ -106,27 +69,18 @@ export function runNaive(problem: AttnProblem, bufs: AttnBuffers, space: ItemSpa
  * Walks the slots of every query of a tile against the tile's union key box, calling `fn` with
  * (query index in tile, slot, key index in union box) for slots holding an allowed key.
  */
-function forEachSlot(
-  spec: NASpec,
-  rules: ReturnType<NonNullable<ReturnType<ItemSpace['pattern']>['boxRules']>>,
-  rank: number,
-  tq: number,
-  qCrd: Int32Array,
-  uLo: number[],
-  uHi: number[],
-  fn: (i: number, slot: number, u: number) => void,
-): void {
+function forEachSlot(spec: NASpec, rules: readonly AxisRule[], rank: number, tq: number, qCrd: Int32Array, union: Box, fn: (i: number, slot: number, u: number) => void): void {
   const K = spec.kernelSize;
   const kc = new Array<number>(rank);
   const base = new Array<number>(rank);
+  const lo = new Array<number>(rank);
+  const hi = new Array<number>(rank);
   for (let i = 0; i < tq; i++) {
-    const lo: number[] = [];
-    const hi: number[] = [];
     for (let a = 0; a < rank; a++) {
       const xq = qCrd[i * rank + a]!;
-      lo.push(rules[a]!.start(xq));
-      hi.push(rules[a]!.end(xq));
-      base[a] = windowBase(spec, rules, a, xq);
+      lo[a] = rules[a]!.start(xq);
+      hi[a] = rules[a]!.end(xq);
+      base[a] = spec.isCausal[a] ? xq - K[a]! + 1 : lo[a]!;
       kc[a] = lo[a]!;
     }
     for (;;) {
@@ -134,7 +88,7 @@ function forEachSlot(
       let u = 0;
       for (let a = 0; a < rank; a++) {
         slot = slot * K[a]! + kc[a]! - base[a]!;
-        u = u * (uHi[a]! - uLo[a]!) + kc[a]! - uLo[a]!;
+        u = u * (union.hi[a]! - union.lo[a]!) + kc[a]! - union.lo[a]!;
       }
       fn(i, slot, u);
       let a = rank - 1;
@@ -144,84 +98,60 @@ function forEachSlot(
   }
 }
 
-/** Unfused step 1 (naQK): S = Q K^T over the tile's union box as a GEMM, then each query keeps its window. */
-export function runNAQK(problem: AttnProblem, bufs: AttnBuffers & NAExtra, space: ItemSpace, start: number, end: number, sc: FusedScratch): void {
-  const spec = naSpec(problem);
-  const { heads: H, kvHeads, dim: D, scale, softcap, rpb } = problem;
+/** Starts an unfused item: its query tile and the union box of its windows (tokens in kTok). */
+function unfusedItem(c: TileCtx, space: ItemSpace, item: number, loadQ: boolean) {
+  const P = c.problem;
+  const { seq, h, g, tile } = space.decode(item);
+  const p = space.pattern(seq);
+  const span = P.seqs[seq]!;
+  const geo = p.geometry;
+  const grp = p.groups[g]!;
+  const qBox = tileBox(grp.qLen, tileFor(P.qTile, c.rank), tile);
+  const tq = boxTokens(geo.qShape, geo.dilation, grp, qBox, c.qTok);
+  boxCoords(qBox, c.qCrd);
+  c.beginQueries(span, h, tq, loadQ);
+  const union = p.bounds(span.b, h, g, qBox)!;
+  const tk = boxTokens(geo.kShape, geo.dilation, grp, union, c.kTok);
+  c.keyRows(tk, !loadQ);
+  return { p, rules: p.boxRules!(g), union, tq, tk, h, span };
+}
+
+/** Unfused step 1 (naQK): S = Q K^T (+ softcap, rpb) over the tile's union box, then each query keeps its window's slots. */
+export function runNAQK(c: TileCtx, space: ItemSpace, start: number, end: number): void {
+  const P = c.problem;
+  const spec = naSpec(P);
   const wv = prod(spec.kernelSize);
+  const attn = c.lay.slots.attn >> 2;
+  const s = c.at.s >> 2;
   for (let item = start; item < end; item++) {
-    const { seq, h, g, tile } = space.decode(item);
-    const p = space.pattern(seq);
-    const span = problem.seqs[seq]!;
-    const geo = p.geometry;
-    const rank = geo.qShape.length;
-    const grp = p.groups[g]!;
-    const rules = p.boxRules!(g);
-    const qBox = tileBox(grp.qLen, tileFor(problem.qTile, rank), tile);
-    const tq = boxTokens(geo.qShape, geo.dilation, grp, qBox, sc.qTok);
-    boxCoords(qBox, sc.qCrd);
-    const kh = Math.floor(h / (H / kvHeads));
-    const union = p.bounds(span.b, h, g, qBox)!;
-    const tk = boxTokens(geo.kShape, geo.dilation, grp, union, sc.kTok);
-    boxCoords(union, sc.kCrd);
-    gatherRows(bufs.q, span.qOff, sc.qTok, tq, H, h, D, sc.qt);
-    gatherRows(bufs.k, span.kOff, sc.kTok, tk, kvHeads, kh, D, sc.kt);
-    gemmABt(sc.qt, tq, sc.kt, tk, D, sc.s);
+    const { p, rules, union, tq, tk, h, span } = unfusedItem(c, space, item, true);
+    c.score(tk, union, true, p, undefined);
     for (let i = 0; i < tq; i++) {
-      const ab = ((span.qOff + sc.qTok[i]!) * H + h) * wv;
-      bufs.attn.fill(-Infinity, ab, ab + wv);
+      const ab = attn + ((span.qOff + c.qTok[i]!) * P.heads + h) * wv;
+      c.f32.fill(-Infinity, ab, ab + wv);
     }
-    forEachSlot(spec, rules, rank, tq, sc.qCrd, union.lo, union.hi, (i, slot, u) => {
-      let s = sc.s[i * tk + u]! * scale;
-      if (softcap > 0) s = softcap * Math.tanh(s / softcap);
-      if (rpb) s += rpb.data[rpbIndex(rpb.kernel, h, sc.qCrd, i, sc.kCrd, u)]!;
-      bufs.attn[((span.qOff + sc.qTok[i]!) * H + h) * wv + slot] = s;
+    forEachSlot(spec, rules, c.rank, tq, c.qCrd, union, (i, slot, u) => {
+      c.f32[attn + ((span.qOff + c.qTok[i]!) * P.heads + h) * wv + slot] = c.f32[s + u * c.tqPad + i]!;
     });
   }
 }
 
-/** Unfused step 2: softmax over each window in place, returning LSE (rows x heads). */
-export function naSoftmax(attn: Float32Array, rowsTimesHeads: number, wv: number, lse: Float32Array): void {
-  for (let r = 0; r < rowsTimesHeads; r++) {
-    const b = r * wv;
-    let mx = -Infinity;
-    for (let j = 0; j < wv; j++) if (attn[b + j]! > mx) mx = attn[b + j]!;
-    let sum = 0;
-    for (let j = 0; j < wv; j++) sum += attn[b + j] = Math.exp(attn[b + j]! - mx);
-    for (let j = 0; j < wv; j++) attn[b + j]! /= sum;
-    lse[r] = mx + Math.log(sum);
-  }
-}
-
-/** Unfused step 3 (naAV): scatter each query's window weights over the union box, then O = P V as a GEMM. */
-export function runNAAV(problem: AttnProblem, bufs: AttnBuffers & NAExtra, space: ItemSpace, start: number, end: number, sc: FusedScratch): void {
-  const spec = naSpec(problem);
-  const { heads: H, kvHeads, dimV: DV } = problem;
+/** Unfused step 3 (naAV): scatter each query's window weights over the union box, then O = P V on the tile step. */
+export function runNAAV(c: TileCtx, space: ItemSpace, start: number, end: number): void {
+  const P = c.problem;
+  const spec = naSpec(P);
   const wv = prod(spec.kernelSize);
+  const attn = c.lay.slots.attn >> 2;
+  const { s, alpha, l } = c.at;
   for (let item = start; item < end; item++) {
-    const { seq, h, g, tile } = space.decode(item);
-    const p = space.pattern(seq);
-    const span = problem.seqs[seq]!;
-    const geo = p.geometry;
-    const rank = geo.qShape.length;
-    const grp = p.groups[g]!;
-    const rules = p.boxRules!(g);
-    const qBox = tileBox(grp.qLen, tileFor(problem.qTile, rank), tile);
-    const tq = boxTokens(geo.qShape, geo.dilation, grp, qBox, sc.qTok);
-    boxCoords(qBox, sc.qCrd);
-    const kh = Math.floor(h / (H / kvHeads));
-    const union = p.bounds(span.b, h, g, qBox)!;
-    const tk = boxTokens(geo.kShape, geo.dilation, grp, union, sc.kTok);
-    gatherRows(bufs.v, span.kOff, sc.kTok, tk, kvHeads, kh, DV, sc.vt);
-    sc.s.fill(0, 0, tq * tk);
-    forEachSlot(spec, rules, rank, tq, sc.qCrd, union.lo, union.hi, (i, slot, u) => {
-      sc.s[i * tk + u] = bufs.attn[((span.qOff + sc.qTok[i]!) * H + h) * wv + slot]!;
+    const { rules, union, tq, tk, h, span } = unfusedItem(c, space, item, false);
+    c.f32.fill(0, s >> 2, (s >> 2) + tk * c.tqPad);
+    forEachSlot(spec, rules, c.rank, tq, c.qCrd, union, (i, slot, u) => {
+      c.f32[(s >> 2) + u * c.tqPad + i] = c.f32[attn + ((span.qOff + c.qTok[i]!) * P.heads + h) * wv + slot]!;
     });
-    sc.o.fill(0, 0, tq * DV);
-    gemmAccPV(sc.s, tq, tk, sc.vt, DV, sc.o);
-    for (let i = 0; i < tq; i++) {
-      const ob = ((span.qOff + sc.qTok[i]!) * H + h) * DV;
-      bufs.out.set(sc.o.subarray(i * DV, (i + 1) * DV), ob);
-    }
+    c.f32.fill(1, alpha >> 2, (alpha >> 2) + c.tqPad);
+    c.K.pvAcc(c.at.o, P.dimV, s, c.tqPad, tk, c.at.vRows, alpha);
+    c.f32.fill(1, l >> 2, (l >> 2) + c.tqPad);
+    c.finish(false); // the softmax pass wrote lse
   }
 }

@@ -1,105 +1,219 @@
-import type { Worker } from 'node:worker_threads';
+import { TilewiseError, check } from '../errors.js';
 import { serializable } from '../patterns/spec.js';
 import { type AttnProblem, ItemSpace } from '../problem.js';
-import { type KernelBuffers, type KernelKind, makeScratch, runRange } from './kernels.js';
-
-export const CHUNK = 4;
-
-export interface Job {
-  kind: KernelKind;
-  problem: AttnProblem;
-  bufs: KernelBuffers;
-  counter: SharedArrayBuffer;
-}
+import { type PhaseMsg, phaseContext, rankOf, runRange } from './kernels.js';
+import { type JobLayout, type KernelKind, type Slot, layJob, scratchPlan, slotSizes } from './layout.js';
+import { type KernelVariant, type TileKernels, bestVariant, kernelsOn, moduleOf, variantAvailable } from './tile-kernels.js';
+import { type WorkerPort, spawnWorker } from './worker-port.js';
 
 /**
- * The worker pool is Node's (worker_threads); in a browser everything runs on the calling thread.
- * Node builtins are therefore loaded lazily, never by a top-level import, so that this module (and
- * the whole library) imports as plain ESM in a browser.
+ * The CPU engine's scheduler. Jobs (one attention call each) run one at a time in submission
+ * order, any number of callers at once; a job copies its inputs into one shared
+ * WebAssembly.Memory, every thread (the pool's workers, or the calling thread for small or
+ * unshareable problems) claims work items through a counter in that memory, and the job's
+ * promise resolves only after every thread has reported that job id done and the outputs are
+ * copied out. Thread-count and kernel changes are applied between jobs. The memory grows to the
+ * largest job and is reused, so repeated calls hold steady.
  */
+
 const inNode = typeof process !== 'undefined' && typeof process.versions?.node === 'string';
 
-/** Every core (at most 16): sync through process.getBuiltinModule (Node >= 20.16), else on first run. */
-let cores: number | undefined = inNode ? (process.getBuiltinModule?.('node:os') as typeof import('node:os') | undefined)?.availableParallelism() : 1;
-const coresNow = async (): Promise<number> => (cores ??= (await import('node:os')).availableParallelism());
-
-let workers: Worker[] | undefined;
-let threadsSet: number | undefined;
-
-/** Threads the CPU backend uses (default: every core). 1 runs everything on the calling thread. */
-export function setCpuThreads(n: number): void {
-  threadsSet = Math.max(1, Math.floor(n));
-  if (workers) void Promise.all(workers.map((w) => w.terminate()));
-  workers = undefined;
-}
-
-/** The threads the next call uses; always 1 in a browser, which has no pool. */
-export const cpuThreads = (): number => (inNode ? (threadsSet ?? Math.max(1, Math.min(cores ?? 1, 16))) : 1);
-
-async function pool(): Promise<Worker[]> {
-  if (!workers) {
-    const { Worker } = await import('node:worker_threads');
-    workers ??= Array.from({ length: cpuThreads() }, () => {
-      const w = new Worker(new URL('./worker.js', import.meta.url));
-      w.unref(); // an idle pool never keeps the process alive
-      return w;
-    });
+/** Hardware threads: Node's availableParallelism (sync via getBuiltinModule where present), else navigator. */
+function hardwareThreads(): number {
+  if (inNode) {
+    const os = process.getBuiltinModule?.('node:os') as typeof import('node:os') | undefined;
+    return os?.availableParallelism() ?? 1;
   }
-  return workers;
+  return Math.max(1, (globalThis as { navigator?: { hardwareConcurrency?: number } }).navigator?.hardwareConcurrency ?? 1);
 }
+let cores: number | undefined;
+const coresNow = async (): Promise<number> => (cores ??= inNode && !process.getBuiltinModule ? (await import('node:os')).availableParallelism() : hardwareThreads());
 
-/** A Float32Array that worker threads can see: the caller's own if already shared, else a copy. */
-export function shared(a: Float32Array): Float32Array {
-  // no pool to share with in a browser (where SharedArrayBuffer may not even exist): no copy
-  if (!inNode || a.buffer instanceof SharedArrayBuffer) return a;
-  const s = new Float32Array(new SharedArrayBuffer(a.byteLength));
-  s.set(a);
-  return s;
-}
+/** Workers need shared memory: always in Node, in a browser only when the page is cross-origin isolated. */
+const canPool = (): boolean => inNode || (globalThis as { crossOriginIsolated?: boolean }).crossOriginIsolated === true;
 
-export const sharedZeros = (n: number): Float32Array => (inNode ? new Float32Array(new SharedArrayBuffer(n * 4)) : new Float32Array(n));
-
-/** Problems smaller than this run on the calling thread: a worker round trip costs more. */
-const INLINE_FLOPS = 2e6;
+let threadsSet: number | undefined;
+let variantSet: KernelVariant | undefined;
 
 /**
- * Runs `kind` over every work item of `problem`, across the pool when it pays and the pattern can
- * cross threads (user mask functions cannot), else inline. Buffers must be SharedArrayBuffer-backed
- * for the pool path (see `shared`).
+ * Threads the CPU backend uses (default: every core, at most 16). 1 runs everything on the
+ * calling thread. More threads than cores only add memory and contention, so the count is capped
+ * at the core count. Applied from the next call on; calls in flight finish as they started.
  */
-export async function runKernel(kind: KernelKind, problem: AttnProblem, bufs: KernelBuffers, flops: number): Promise<void> {
+export function setCpuThreads(n: number): void {
+  check(typeof n === 'number' && Number.isInteger(n) && n >= 1, 'threads', 'must be a positive integer', String(n));
+  threadsSet = n;
+}
+
+/** The threads the next call uses (1 where no pool can run: a page that is not cross-origin isolated). */
+export function cpuThreads(): number {
+  const hw = cores ?? hardwareThreads();
+  if (!canPool()) return 1;
+  return Math.max(1, Math.min(threadsSet ?? 16, hw, 16));
+}
+
+/** Forces a kernel variant (tests, benches); undefined returns to the best the engine validates. */
+export function setCpuKernels(variant: KernelVariant | undefined): void {
+  check(variant === undefined || variant === 'relaxed-simd' || variant === 'simd' || variant === 'scalar', 'kernels', "must be 'relaxed-simd', 'simd' or 'scalar'", String(variant));
+  check(variant === undefined || variantAvailable(variant), 'kernels', 'does not validate on this engine', String(variant));
+  variantSet = variant;
+}
+
+export interface CpuInfo {
+  /** Threads the next call uses. */
+  threads: number;
+  /** 'workers': worker threads (Node) or Web Workers over shared memory; 'main-thread': one thread, yielding to the page. */
+  mode: 'workers' | 'main-thread';
+  kernels: KernelVariant;
+}
+
+/** What the CPU engine runs on here: thread count, where, and which tile kernels. */
+export function cpuInfo(): CpuInfo {
+  const threads = cpuThreads();
+  return { threads, mode: canPool() && threads > 1 ? 'workers' : 'main-thread', kernels: variantSet ?? bestVariant() };
+}
+
+/** Everything below BASE stays free for the wasm module's own statics. */
+const BASE = 65536;
+const PAGE = 65536;
+const MAX_PAGES = 65536;
+
+interface Engine {
+  readonly variant: KernelVariant;
+  readonly memory: WebAssembly.Memory;
+  readonly main: TileKernels;
+  workers: WorkerPort[];
+}
+let engine: Engine | undefined;
+let nextId = 1;
+
+/** Engine for the next job: created on first use, rebuilt when the kernel variant or thread count changed. */
+async function engineFor(threads: number): Promise<Engine> {
+  const variant = variantSet ?? bestVariant();
+  if (engine && engine.variant !== variant) {
+    engine.workers.forEach((w) => w.terminate());
+    engine = undefined;
+  }
+  if (!engine) {
+    const memory = new WebAssembly.Memory({ initial: 2, maximum: MAX_PAGES, shared: true });
+    engine = { variant, memory, main: kernelsOn(variant, memory), workers: [] };
+  }
+  const e = engine;
+  const want = threads > 1 ? threads : 0;
+  if (e.workers.some((w) => w.dead)) {
+    e.workers.forEach((w) => w.terminate());
+    e.workers = [];
+  }
+  while (e.workers.length > want) e.workers.pop()!.terminate();
+  while (e.workers.length < want) e.workers.push(await spawnWorker({ type: 'init', variant, module: moduleOf(variant), memory: e.memory, thread: e.workers.length }));
+  return e;
+}
+
+function grow(memory: WebAssembly.Memory, bytes: number): void {
+  const have = memory.buffer.byteLength;
+  if (bytes <= have) return;
+  const pages = Math.ceil((bytes - have) / PAGE);
+  try {
+    memory.grow(pages);
+  } catch {
+    throw new TilewiseError('problem', 'too large for the CPU engine', `needs ${Math.ceil(bytes / 2 ** 20)} MiB of tensors and scratch; the limit is ${(MAX_PAGES * PAGE) / 2 ** 30} GiB`);
+  }
+}
+
+/** A main-thread step between phases (the unfused softmax), on the job's layout. */
+export type MainStep = (K: TileKernels, f32: Float32Array, layout: JobLayout) => void;
+
+export interface CpuJob {
+  readonly problem: AttnProblem;
+  readonly phases: readonly (KernelKind | MainStep)[];
+  /** Host tensors copied in before the first phase. */
+  readonly inputs: Partial<Record<Slot, Float32Array>>;
+  /** Tensors copied out after the last phase (fresh arrays). */
+  readonly outputs: readonly Slot[];
+  /** Tensors that live only in the shared memory during the job (the unfused scores). */
+  readonly temps?: readonly Slot[];
+  /** Window volume for the 'attn' slot (unfused neighborhoods). */
+  readonly windowVolume?: number;
+  /** Rough FLOPs: small jobs run on the calling thread, where a worker round trip would cost more. */
+  readonly flops: number;
+}
+
+const INLINE_FLOPS = 2e6;
+let tail: Promise<unknown> = Promise.resolve();
+
+/** Queues a job; resolves with its outputs once every thread has finished writing them. */
+export function runJob(job: CpuJob): Promise<Partial<Record<Slot, Float32Array>>> {
+  const run = tail.then(() => execute(job));
+  tail = run.catch(() => undefined);
+  return run;
+}
+
+async function execute(job: CpuJob): Promise<Partial<Record<Slot, Float32Array>>> {
+  const { problem } = job;
+  await coresNow();
   const space = new ItemSpace(problem);
-  const rank = space.total > 0 ? space.pattern(0).geometry.qShape.length : 1;
-  const all = [bufs.q, bufs.k, bufs.v, bufs.out, bufs.lse, ...(bufs.attn ? [bufs.attn] : [])];
-  if (inNode && cores === undefined) await coresNow();
-  const canShare = inNode && all.every((a) => a.buffer instanceof SharedArrayBuffer);
-  if (!canShare || cpuThreads() === 1 || flops < INLINE_FLOPS || !serializable(problem.pattern) || space.total < 2) {
-    runRange(kind, problem, bufs, space, 0, space.total, makeScratch(kind, problem, rank));
+  const rank = rankOf(space);
+  const pooled = canPool() && cpuThreads() > 1 && job.flops >= INLINE_FLOPS && serializable(problem.pattern) && space.total > 1;
+  const e = await engineFor(pooled ? cpuThreads() : 1);
+  const threads = pooled ? e.workers.length : 1;
+  const kinds = job.phases.filter((p): p is KernelKind => typeof p === 'string');
+  const scratch = Math.max(0, ...kinds.map((k) => scratchPlan(k, problem, rank).bytes));
+  const needs = new Set<Slot>([...(Object.keys(job.inputs) as Slot[]), ...job.outputs, ...(job.temps ?? [])]);
+  if (problem.bias) needs.add('bias');
+  if (problem.rpb) needs.add('rpb');
+  const sizes = slotSizes(problem, needs, job.windowVolume ?? 0);
+  const layout = layJob(BASE, threads, scratch, sizes);
+  grow(e.memory, layout.end);
+  let f32 = new Float32Array(e.memory.buffer);
+  const put = (slot: Slot, data: Float32Array | undefined) => {
+    if (data && sizes[slot] > 0) f32.set(data.subarray(0, sizes[slot]), layout.slots[slot] >> 2);
+  };
+  for (const s of Object.keys(job.inputs) as Slot[]) put(s, job.inputs[s]);
+  put('bias', problem.bias?.data);
+  put('rpb', problem.rpb?.data);
+  for (const s of job.outputs)
+    if (!(s in job.inputs)) f32.fill(s === 'lse' ? -Infinity : 0, layout.slots[s] >> 2, (layout.slots[s] >> 2) + sizes[s]);
+  // workers get the problem without its big arrays: bias and rpb are read from the shared memory
+  const wire: AttnProblem = {
+    ...problem,
+    ...(problem.bias ? { bias: { ...problem.bias, data: new Float32Array(0) } } : {}),
+    ...(problem.rpb ? { rpb: { ...problem.rpb, data: new Float32Array(0) } } : {}),
+  };
+  for (const phase of job.phases) {
+    if (typeof phase === 'function') {
+      phase(e.main, new Float32Array(e.memory.buffer), layout);
+      continue;
+    }
+    const msg: PhaseMsg = { id: nextId++, kind: phase, problem: wire, layout };
+    new Int32Array(e.memory.buffer, layout.counter, 1)[0] = 0;
+    if (pooled) await runOnWorkers(e.workers, msg);
+    else await runInline(e, msg, space);
+  }
+  f32 = new Float32Array(e.memory.buffer);
+  const out: Partial<Record<Slot, Float32Array>> = {};
+  for (const s of job.outputs) out[s] = f32.slice(layout.slots[s] >> 2, (layout.slots[s] >> 2) + sizes[s]);
+  return out;
+}
+
+/** Runs a phase on the calling thread; in a browser in slices, yielding so a long call never freezes the page. */
+async function runInline(e: Engine, msg: PhaseMsg, space: ItemSpace): Promise<void> {
+  const { ctx } = phaseContext(e.main, e.memory, msg, 0, space);
+  if (inNode) {
+    runRange(msg.kind, ctx, space, 0, space.total);
     return;
   }
-  const counter = new SharedArrayBuffer(4);
-  const job: Job = { kind, problem, bufs, counter };
-  const ws = await pool();
-  await Promise.all(
-    ws.map(
-      (w) =>
-        new Promise<void>((resolve, reject) => {
-          w.ref();
-          const onMsg = (m: { ok: boolean; error?: string }) => {
-            w.off('error', onErr);
-            w.unref();
-            if (m.ok) resolve();
-            else reject(new Error(`cpu worker failed: ${m.error}`));
-          };
-          const onErr = (e: Error) => {
-            w.off('message', onMsg);
-            workers = undefined;
-            reject(e);
-          };
-          w.once('message', onMsg);
-          w.once('error', onErr);
-          w.postMessage(job);
-        }),
-    ),
-  );
+  let t = performance.now();
+  for (let i = 0; i < space.total; i++) {
+    runRange(msg.kind, ctx, space, i, i + 1);
+    if (performance.now() - t > 12) {
+      await new Promise((r) => setTimeout(r, 0));
+      t = performance.now();
+    }
+  }
 }
+
+/** Posts a phase to every worker and settles when each has answered for this id (or one failed). */
+function runOnWorkers(workers: WorkerPort[], msg: PhaseMsg): Promise<void> {
+  return Promise.all(workers.map((w) => w.run(msg))).then(() => undefined);
+}
+

@@ -1,22 +1,40 @@
-import { parentPort } from 'node:worker_threads';
-import { ItemSpace } from '../problem.js';
-import { type Job, CHUNK } from './pool.js';
-import { makeScratch, runRange } from './kernels.js';
+import { type PhaseMsg, claimLoop, phaseContext } from './kernels.js';
+import type { TileKernels } from './tile-kernels.js';
+import { kernelsOn } from './tile-kernels.js';
+import type { DoneMsg, InitMsg } from './worker-port.js';
 
-/** A pool thread: claims chunks of work items through a shared atomic counter until none are left. */
-parentPort!.on('message', (job: Job) => {
-  try {
-    const space = new ItemSpace(job.problem);
-    const rank = space.pattern(0).geometry.qShape.length;
-    const sc = makeScratch(job.kind, job.problem, rank);
-    const counter = new Int32Array(job.counter);
-    for (;;) {
-      const start = Atomics.add(counter, 0, CHUNK);
-      if (start >= space.total) break;
-      runRange(job.kind, job.problem, job.bufs, space, start, Math.min(space.total, start + CHUNK), sc);
-    }
-    parentPort!.postMessage({ ok: true });
-  } catch (e) {
-    parentPort!.postMessage({ ok: false, error: e instanceof Error ? `${e.message}\n${e.stack}` : String(e) });
+/**
+ * A pool thread (Node worker_threads or a browser module Worker): instantiates the tile kernels
+ * over the shared memory once, then for every phase claims work items through the job's counter
+ * and answers with the phase id after its last write.
+ */
+const inNode = typeof process !== 'undefined' && typeof process.versions?.node === 'string';
+
+let memory: WebAssembly.Memory | undefined;
+let kernels: TileKernels | undefined;
+let thread = 0;
+
+function handle(m: InitMsg | ({ type: 'phase' } & PhaseMsg), reply: (d: DoneMsg) => void): void {
+  if (m.type === 'init') {
+    memory = m.memory;
+    thread = m.thread;
+    kernels = kernelsOn(m.variant, m.memory, m.module);
+    return;
   }
-});
+  try {
+    if (!kernels || !memory) throw new Error('worker used before init');
+    const { ctx, space } = phaseContext(kernels, memory, m, thread);
+    claimLoop(memory, m, ctx, space);
+    reply({ type: 'done', id: m.id });
+  } catch (e) {
+    reply({ type: 'done', id: m.id, error: e instanceof Error ? `${e.message}\n${e.stack}` : String(e) });
+  }
+}
+
+if (inNode) {
+  const { parentPort } = await import('node:worker_threads');
+  parentPort!.on('message', (m: InitMsg | ({ type: 'phase' } & PhaseMsg)) => handle(m, (d) => parentPort!.postMessage(d)));
+} else {
+  const scope = globalThis as unknown as { onmessage: (ev: MessageEvent) => void; postMessage: (m: unknown) => void };
+  scope.onmessage = (ev) => handle(ev.data, (d) => scope.postMessage(d));
+}

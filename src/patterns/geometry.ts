@@ -81,3 +81,19 @@ export function boxTokens(
     if (i < 0) return n;
   }
 }
+
+export const prod = (t: readonly number[]): number => t.reduce((a, b) => a * b, 1);
+
+/** Local coordinates of every point of a box, row-major, `rank` entries per point. */
+export function boxCoords(box: Box, out: Int32Array): void {
+  const rank = box.lo.length;
+  const x = [...box.lo];
+  let n = 0;
+  if (x.some((v, a) => v >= box.hi[a]!)) return;
+  for (;;) {
+    for (let a = 0; a < rank; a++) out[n++] = x[a]!;
+    let a = rank - 1;
+    while (a >= 0 && ++x[a]! === box.hi[a]!) x[a] = box.lo[a--]!;
+    if (a < 0) return;
+  }
+}

@@ -1,5 +1,4 @@
-import { prod } from '../cpu/fused.js';
-import { stridesOf } from '../patterns/geometry.js';
+import { prod, stridesOf } from '../patterns/geometry.js';
 import type { PatternSpec } from '../patterns/spec.js';
 import type { AttnProblem } from '../problem.js';
 import { rpbLayout } from './run.js';

@@ -1,5 +1,5 @@
 /// <reference types="@webgpu/types" />
-import { prod } from '../cpu/fused.js';
+import { prod } from '../patterns/geometry.js';
 import { TilewiseError } from '../errors.js';
 import { type AttnProblem, ItemSpace, tileFor } from '../problem.js';
 import { BufferUsage, type GpuContext, type GpuLimits } from './device.js';

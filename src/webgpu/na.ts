@@ -1,5 +1,5 @@
 /// <reference types="@webgpu/types" />
-import { prod } from '../cpu/fused.js';
+import { prod } from '../patterns/geometry.js';
 import { TilewiseError } from '../errors.js';
 import type { PatternSpec } from '../patterns/spec.js';
 import type { AttnProblem } from '../problem.js';

@@ -1,7 +1,6 @@
-import { boxCoords, prod } from '../cpu/fused.js';
 import { TilewiseError } from '../errors.js';
 import type { CompiledPattern } from '../patterns/compile.js';
-import { type Box, boxTokens, boxVolume } from '../patterns/geometry.js';
+import { type Box, boxCoords, boxTokens, boxVolume, prod } from '../patterns/geometry.js';
 import { type AttnProblem, type ItemSpace, tileFor } from '../problem.js';
 import { type Visit, kvSchedule, tileBox } from '../schedule.js';
 import { SelectedPositions, chunksOf } from '../rope.js';

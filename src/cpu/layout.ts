@@ -1,0 +1,111 @@
+import { prod } from '../patterns/geometry.js';
+import type { AttnProblem } from '../problem.js';
+import { tileFor } from '../problem.js';
+
+/** Kernels a CPU thread can run over a range of work items; the same table on the main thread and in workers. */
+export type KernelKind = 'fused' | 'naive' | 'naQK' | 'naAV';
+
+/** Tensors a job keeps in the shared memory. */
+export type Slot = 'q' | 'k' | 'v' | 'out' | 'lse' | 'attn' | 'bias' | 'rpb';
+
+/** Where one job lives in the shared memory: byte offsets (-1 = absent), one scratch area per thread. */
+export interface JobLayout {
+  readonly counter: number;
+  readonly scratch: number;
+  readonly scratchBytes: number;
+  readonly slots: Readonly<Record<Slot, number>>;
+  readonly end: number;
+}
+
+const align = (x: number, a = 64): number => Math.ceil(x / a) * a;
+
+/** The multiple of 8 query rows the kernels run (pad rows are zero and never written out). */
+export const padRows = (n: number): number => align(Math.max(1, n), 8);
+
+/**
+ * Per-thread scratch of one kernel kind, as offsets from the thread's base: everything O(tile),
+ * never O(N). Query tiles are padded to 8 rows; key lists hold the largest visit of the kind.
+ */
+export interface ScratchPlan {
+  readonly maxQ: number;
+  readonly tqPad: number;
+  readonly maxK: number;
+  readonly off: Readonly<Record<'qt' | 's' | 'o' | 'm' | 'l' | 'alpha' | 'qRows' | 'kRows' | 'vRows' | 'outRows' | 'kCrd' | 'lo' | 'hi' | 'rowIdx' | 'colIdx' | 'ropeQ' | 'ropeK', number>>;
+  readonly bytes: number;
+}
+
+/** Largest key box one item visits: a kv tile (fused), a window (naive), the tile's whole union box (unfused). */
+function maxKeys(kind: KernelKind, problem: AttnProblem, rank: number): number {
+  if (kind === 'fused') return prod(tileFor(problem.kvTile, rank));
+  const p = problem.pattern;
+  if (p.kind !== 'neighborhood') throw new Error('neighborhood kernels need a neighborhood pattern');
+  if (kind === 'naive') return prod(p.kernelSize);
+  const qt = tileFor(problem.qTile, rank);
+  return prod(qt.map((t, a) => t + p.kernelSize[a]! + p.stride[a]!));
+}
+
+export function scratchPlan(kind: KernelKind, problem: AttnProblem, rank: number): ScratchPlan {
+  const maxQ = kind === 'naive' ? 1 : prod(tileFor(problem.qTile, rank));
+  const tqPad = padRows(maxQ);
+  const maxK = maxKeys(kind, problem, rank);
+  const { dim: D, dimV: DV } = problem;
+  const rope = problem.rope !== undefined;
+  const sizes = {
+    qt: D * tqPad,
+    s: maxK * tqPad,
+    o: tqPad * DV,
+    m: tqPad,
+    l: tqPad,
+    alpha: tqPad,
+    qRows: tqPad,
+    kRows: maxK,
+    vRows: maxK,
+    outRows: tqPad,
+    kCrd: maxK * rank,
+    lo: rank * tqPad,
+    hi: rank * tqPad,
+    rowIdx: tqPad,
+    colIdx: maxK,
+    ropeQ: rope ? tqPad * D : 0,
+    ropeK: rope ? maxK * D : 0,
+  };
+  let at = 0;
+  const off = {} as Record<keyof typeof sizes, number>;
+  for (const [name, n] of Object.entries(sizes) as [keyof typeof sizes, number][]) {
+    off[name] = at;
+    at += align(4 * n);
+  }
+  return { maxQ, tqPad, maxK, off, bytes: at };
+}
+
+/** Element counts of every tensor a job needs (0 = absent). */
+export function slotSizes(problem: AttnProblem, needs: ReadonlySet<Slot>, windowVolume: number): Record<Slot, number> {
+  const { qRows, kRows, heads: H, kvHeads: Hk, dim: D, dimV: DV } = problem;
+  const full: Record<Slot, number> = {
+    q: qRows * H * D,
+    k: kRows * Hk * D,
+    v: kRows * Hk * DV,
+    out: qRows * H * DV,
+    lse: qRows * H,
+    attn: qRows * H * windowVolume,
+    bias: problem.bias?.data.length ?? 0,
+    rpb: problem.rpb?.data.length ?? 0,
+  };
+  for (const s of Object.keys(full) as Slot[]) if (!needs.has(s)) full[s] = 0;
+  return full;
+}
+
+/** Lays a job out from `base`: a counter, `threads` scratch areas, then each present tensor. */
+export function layJob(base: number, threads: number, scratchBytes: number, sizes: Record<Slot, number>): JobLayout {
+  let at = align(base);
+  const counter = at;
+  at += 64;
+  const scratch = at;
+  at += threads * align(scratchBytes);
+  const slots = {} as Record<Slot, number>;
+  for (const s of Object.keys(sizes) as Slot[]) {
+    slots[s] = sizes[s] > 0 ? at : -1;
+    at += align(4 * sizes[s]);
+  }
+  return { counter, scratch, scratchBytes: align(scratchBytes), slots, end: at };
+}

@@ -1,0 +1,118 @@
+import type { TileKernels } from './tile-kernels.js';
+
+/**
+ * Scalar TypeScript twin of wasm/tile.ts, for engines without WebAssembly SIMD: the same functions
+ * over the same byte offsets and layouts, Math.exp instead of the vector polynomial.
+ */
+export function scalarKernels(memory: WebAssembly.Memory): TileKernels {
+  let f = new Float32Array(memory.buffer);
+  let n = new Int32Array(memory.buffer);
+  // views follow the memory when it grows between jobs
+  const sync = () => {
+    if (f.buffer.byteLength !== memory.buffer.byteLength) {
+      f = new Float32Array(memory.buffer);
+      n = new Int32Array(memory.buffer);
+    }
+  };
+  return {
+    loadQT(qt, rows, tq, tqPad, d, scale) {
+      sync();
+      for (let i = 0; i < tqPad; i++) {
+        const src = i < tq ? n[(rows >> 2) + i]! >> 2 : -1;
+        for (let x = 0; x < d; x++) f[(qt >> 2) + x * tqPad + i] = src < 0 ? 0 : f[src + x]! * scale;
+      }
+    },
+    scoresT(s, qt, tqPad, kRows, tk, d) {
+      sync();
+      for (let j = 0; j < tk; j++) {
+        const k = n[(kRows >> 2) + j]! >> 2;
+        for (let i = 0; i < tqPad; i++) {
+          let acc = 0;
+          for (let x = 0; x < d; x++) acc += f[k + x]! * f[(qt >> 2) + x * tqPad + i]!;
+          f[(s >> 2) + j * tqPad + i] = acc;
+        }
+      }
+    },
+    softcap(s, cnt, cap) {
+      sync();
+      for (let x = 0; x < cnt; x++) f[(s >> 2) + x] = cap * Math.tanh(f[(s >> 2) + x]! / cap);
+    },
+    addGathered(s, tqPad, tq, tk, table, rowIdx, colIdx) {
+      sync();
+      for (let j = 0; j < tk; j++)
+        for (let i = 0; i < tq; i++) f[(s >> 2) + j * tqPad + i]! += f[(table >> 2) + n[(rowIdx >> 2) + i]! + n[(colIdx >> 2) + j]!]!;
+    },
+    maskBox(s, tqPad, tk, rank, kCrd, lo, hi) {
+      sync();
+      for (let j = 0; j < tk; j++)
+        for (let i = 0; i < tqPad; i++)
+          for (let a = 0; a < rank; a++) {
+            const kc = n[(kCrd >> 2) + j * rank + a]!;
+            if (kc < n[(lo >> 2) + a * tqPad + i]! || kc > n[(hi >> 2) + a * tqPad + i]!) {
+              f[(s >> 2) + j * tqPad + i] = -Infinity;
+              break;
+            }
+          }
+    },
+    softmaxStep(s, tqPad, tk, m, l, alpha) {
+      sync();
+      for (let i = 0; i < tqPad; i++) {
+        let mx = -Infinity;
+        for (let j = 0; j < tk; j++) mx = Math.max(mx, f[(s >> 2) + j * tqPad + i]!);
+        const mOld = f[(m >> 2) + i]!;
+        const mNew = Math.max(mOld, mx);
+        const mSafe = mNew === -Infinity ? 0 : mNew;
+        const a = Math.exp(mOld - mSafe);
+        let sum = 0;
+        for (let j = 0; j < tk; j++) {
+          const e = Math.exp(f[(s >> 2) + j * tqPad + i]! - mSafe);
+          f[(s >> 2) + j * tqPad + i] = e;
+          sum += e;
+        }
+        f[(m >> 2) + i] = mNew;
+        f[(l >> 2) + i] = f[(l >> 2) + i]! * a + sum;
+        f[(alpha >> 2) + i] = a;
+      }
+    },
+    pvAcc(o, dv, p, tqPad, tk, vRows, alpha) {
+      sync();
+      for (let i = 0; i < tqPad; i++) {
+        const a = f[(alpha >> 2) + i]!;
+        const row = (o >> 2) + i * dv;
+        for (let c = 0; c < dv; c++) f[row + c]! *= a;
+        for (let j = 0; j < tk; j++) {
+          const w = f[(p >> 2) + j * tqPad + i]!;
+          const v = n[(vRows >> 2) + j]! >> 2;
+          for (let c = 0; c < dv; c++) f[row + c]! += w * f[v + c]!;
+        }
+      }
+    },
+    finishRows(o, dv, tq, l, outRows) {
+      sync();
+      for (let i = 0; i < tq; i++) {
+        const li = f[(l >> 2) + i]!;
+        const inv = li > 0 ? 1 / li : 0;
+        const dst = n[(outRows >> 2) + i]! >> 2;
+        for (let c = 0; c < dv; c++) f[dst + c] = f[(o >> 2) + i * dv + c]! * inv;
+      }
+    },
+    softmaxRows(a, rows, w, m, l, normalize) {
+      sync();
+      for (let r = 0; r < rows; r++) {
+        const b = (a >> 2) + r * w;
+        let mx = -Infinity;
+        for (let j = 0; j < w; j++) mx = Math.max(mx, f[b + j]!);
+        const mSafe = mx === -Infinity ? 0 : mx;
+        let sum = 0;
+        for (let j = 0; j < w; j++) {
+          const e = Math.exp(f[b + j]! - mSafe);
+          if (normalize) f[b + j] = e;
+          sum += e;
+        }
+        f[(m >> 2) + r] = mx;
+        f[(l >> 2) + r] = sum;
+        if (normalize && sum > 0) for (let j = 0; j < w; j++) f[b + j]! /= sum;
+      }
+    },
+  };
+}

@@ -1,0 +1,197 @@
+import { type Box, boxCoords, prod } from '../patterns/geometry.js';
+import type { AxisRule } from '../patterns/rules.js';
+import type { CompiledPattern } from '../patterns/compile.js';
+import type { AttnProblem, SeqSpan } from '../problem.js';
+import { rotateRows, ropePositions } from '../rope.js';
+import type { JobLayout, ScratchPlan } from './layout.js';
+import type { TileKernels } from './tile-kernels.js';
+
+/**
+ * One thread's view of a job: the tile kernels, the shared memory, the job's tensors and this
+ * thread's scratch. The steps below are the CPU tile step every kernel family shares (design.md
+ * 4): load a query tile, score a key visit (Q.K^T, softcap, bias, rpb, mask), accumulate it
+ * (online softmax, P.V) and write the tile out. Only index lists are built in TypeScript.
+ */
+export class TileCtx {
+  readonly f32: Float32Array;
+  readonly i32: Int32Array;
+  /** Absolute byte offsets of this thread's scratch areas. */
+  readonly at: Record<keyof ScratchPlan['off'], number>;
+  /** Sequence-local token indices and local coordinates of the current query tile and visit. */
+  readonly qTok: Int32Array;
+  readonly kTok: Int32Array;
+  readonly qCrd: Int32Array;
+  /** The visit's key coordinates, written straight into the shared memory for maskBox. */
+  readonly kCrd: Int32Array;
+  readonly pos: Int32Array;
+  readonly tqPad: number;
+  private readonly rpbStrides: number[];
+  private readonly rpbHead: number;
+  tq = 0;
+  h = 0;
+  span!: SeqSpan;
+
+  constructor(
+    readonly K: TileKernels,
+    memory: WebAssembly.Memory,
+    readonly problem: AttnProblem,
+    readonly lay: JobLayout,
+    readonly plan: ScratchPlan,
+    thread: number,
+    readonly rank: number,
+  ) {
+    this.f32 = new Float32Array(memory.buffer);
+    this.i32 = new Int32Array(memory.buffer);
+    const base = lay.scratch + thread * lay.scratchBytes;
+    this.at = {} as TileCtx['at'];
+    for (const [k, v] of Object.entries(plan.off)) this.at[k as keyof TileCtx['at']] = base + v;
+    this.tqPad = plan.tqPad;
+    this.qTok = new Int32Array(plan.tqPad);
+    this.kTok = new Int32Array(plan.maxK);
+    this.qCrd = new Int32Array(plan.tqPad * rank);
+    this.kCrd = this.i32.subarray(this.at.kCrd >> 2, (this.at.kCrd >> 2) + plan.maxK * rank);
+    this.pos = new Int32Array(Math.max(plan.tqPad, plan.maxK));
+    // rpb [H, 2K0-1, 2K1-1, ...] at key - query + K - 1 per axis: separable into a row part and a key part
+    const kern = problem.rpb?.kernel ?? [];
+    this.rpbStrides = kern.map((_, a) => prod(kern.slice(a + 1).map((k) => 2 * k - 1)));
+    this.rpbHead = prod(kern.map((k) => 2 * k - 1));
+  }
+
+  private rowOf(slot: number, row: number, heads: number, head: number, width: number): number {
+    return slot + ((row * heads + head) * width) * 4;
+  }
+
+  /**
+   * Starts a query tile of `tq` rows (tokens in qTok, coordinates in qCrd) for head h: row
+   * pointers (RoPE-rotated copies when the problem has RoPE), the scaled transposed Q tile, and
+   * fresh running max, sum and output. `load` false skips Q (naAV needs only the output side).
+   */
+  beginQueries(span: SeqSpan, h: number, tq: number, load = true): void {
+    const { problem: P, at, f32, i32, tqPad } = this;
+    this.span = span;
+    this.h = h;
+    this.tq = tq;
+    f32.fill(-Infinity, at.m >> 2, (at.m >> 2) + tqPad);
+    f32.fill(0, at.l >> 2, (at.l >> 2) + tqPad);
+    f32.fill(0, at.o >> 2, (at.o >> 2) + tqPad * P.dimV);
+    if (!load) return;
+    const q = this.lay.slots.q;
+    for (let i = 0; i < tq; i++) i32[(at.qRows >> 2) + i] = this.rowOf(q, span.qOff + this.qTok[i]!, P.heads, h, P.dim);
+    if (P.rope) this.rotated(at.qRows, at.ropeQ, tq, true);
+    this.K.loadQT(at.qt, at.qRows, tq, tqPad, P.dim, P.scale);
+  }
+
+  /** Copies `n` rows listed at `rows` into `dst`, rotates them to their RoPE positions, and points the list there. */
+  private rotated(rows: number, dst: number, n: number, isQuery: boolean): void {
+    const { problem: P, f32, i32, span } = this;
+    const D = P.dim;
+    for (let i = 0; i < n; i++) {
+      const src = i32[(rows >> 2) + i]! >> 2;
+      f32.copyWithin((dst >> 2) + i * D, src, src + D);
+      i32[(rows >> 2) + i] = dst + i * D * 4;
+    }
+    const tok = isQuery ? this.qTok : this.kTok;
+    ropePositions(P.rope!, P.pattern, this.h, prod(span.qGrid), prod(span.kGrid), tok, n, isQuery, this.qTok[0]!, this.pos);
+    rotateRows(P.rope!, f32.subarray(dst >> 2, (dst >> 2) + n * D), n, D, this.pos);
+  }
+
+  /** Each query row's key interval per axis ([rank][tqPad]; pad rows get an empty one). */
+  setIntervals(rules: readonly AxisRule[]): void {
+    const { i32, at, tqPad, rank, qCrd } = this;
+    for (let a = 0; a < rank; a++) {
+      const lo = (at.lo >> 2) + a * tqPad;
+      const hi = (at.hi >> 2) + a * tqPad;
+      for (let i = 0; i < tqPad; i++) {
+        if (i < this.tq) {
+          const xq = qCrd[i * rank + a]!;
+          i32[lo + i] = rules[a]!.start(xq);
+          i32[hi + i] = rules[a]!.end(xq);
+        } else {
+          i32[lo + i] = 1;
+          i32[hi + i] = 0;
+        }
+      }
+    }
+  }
+
+  /** Key and value row pointers of the visit's `tk` keys (tokens in kTok). */
+  keyRows(tk: number, values: boolean): void {
+    const { problem: P, i32, at, span } = this;
+    const kh = Math.floor(this.h / (P.heads / P.kvHeads));
+    const k = this.lay.slots.k;
+    const v = this.lay.slots.v;
+    for (let j = 0; j < tk; j++) {
+      const row = span.kOff + this.kTok[j]!;
+      if (k >= 0) i32[(at.kRows >> 2) + j] = this.rowOf(k, row, P.kvHeads, kh, P.dim);
+      if (values) i32[(at.vRows >> 2) + j] = this.rowOf(v, row, P.kvHeads, kh, P.dimV);
+    }
+  }
+
+  /**
+   * Scores of the current tile against the visit's `tk` keys into S [tk][tqPad]: Q.K^T, softcap,
+   * bias, rpb (needs the visit box's coordinates in kCrd), then the mask of a partial visit:
+   * interval rules in wasm when the pattern has them, else the exact predicate here.
+   */
+  score(tk: number, box: Box | null, full: boolean, p: CompiledPattern, rules: readonly AxisRule[] | undefined): void {
+    const { problem: P, K, at, tqPad, tq, i32, f32, span, h } = this;
+    if (P.rope) this.rotated(at.kRows, at.ropeK, tk, false);
+    K.scoresT(at.s, at.qt, tqPad, at.kRows, tk, P.dim);
+    if (P.softcap > 0) K.softcap(at.s, tk * tqPad, P.softcap);
+    if (P.bias) {
+      const nq = prod(span.qGrid);
+      const nk = prod(span.kGrid);
+      const base = ((P.bias.batch === 1 ? 0 : span.b) * P.bias.heads + (P.bias.heads === 1 ? 0 : h)) * nq * nk;
+      for (let i = 0; i < tq; i++) i32[(at.rowIdx >> 2) + i] = base + this.qTok[i]! * nk;
+      i32.set(this.kTok.subarray(0, tk), at.colIdx >> 2);
+      K.addGathered(at.s, tqPad, tq, tk, this.lay.slots.bias, at.rowIdx, at.colIdx);
+    }
+    const needCrd = box !== null && (P.rpb !== undefined || (!full && rules !== undefined));
+    if (needCrd) boxCoords(box, this.kCrd);
+    if (P.rpb) {
+      const { rank, qCrd, kCrd, rpbStrides: st } = this;
+      const kern = P.rpb.kernel;
+      for (let i = 0; i < tq; i++) {
+        let r = h * this.rpbHead;
+        for (let a = 0; a < rank; a++) r += (kern[a]! - 1 - qCrd[i * rank + a]!) * st[a]!;
+        i32[(at.rowIdx >> 2) + i] = r;
+      }
+      for (let j = 0; j < tk; j++) {
+        let c = 0;
+        for (let a = 0; a < rank; a++) c += kCrd[j * rank + a]! * st[a]!;
+        i32[(at.colIdx >> 2) + j] = c;
+      }
+      K.addGathered(at.s, tqPad, tq, tk, this.lay.slots.rpb, at.rowIdx, at.colIdx);
+    }
+    if (full) return;
+    if (rules) {
+      K.maskBox(at.s, tqPad, tk, this.rank, at.kCrd, at.lo, at.hi);
+      return;
+    }
+    const s = at.s >> 2;
+    for (let j = 0; j < tk; j++)
+      for (let i = 0; i < tq; i++) if (!p.allows(span.b, h, this.qTok[i]!, this.kTok[j]!)) f32[s + j * tqPad + i] = -Infinity;
+  }
+
+  /** Online softmax over the scored visit, then O = alpha * O + P V. */
+  accumulate(tk: number): void {
+    const { K, at, tqPad, problem: P } = this;
+    K.softmaxStep(at.s, tqPad, tk, at.m, at.l, at.alpha);
+    K.pvAcc(at.o, P.dimV, at.s, tqPad, tk, at.vRows, at.alpha);
+  }
+
+  /** Writes out = O / l and (unless `lse` is false) lse = m + log l for the tile's rows (l = 0: out 0, lse -inf). */
+  finish(writeLse = true): void {
+    const { problem: P, K, at, i32, f32, span, h, tq } = this;
+    const out = this.lay.slots.out;
+    const lse = writeLse ? this.lay.slots.lse >> 2 : -1;
+    for (let i = 0; i < tq; i++) {
+      const row = span.qOff + this.qTok[i]!;
+      i32[(at.outRows >> 2) + i] = this.rowOf(out, row, P.heads, h, P.dimV);
+      if (lse >= 0) {
+        const l = f32[(at.l >> 2) + i]!;
+        f32[lse + row * P.heads + h] = l > 0 ? f32[(at.m >> 2) + i]! + Math.log(l) : -Infinity;
+      }
+    }
+    K.finishRows(at.o, P.dimV, tq, at.l, at.outRows);
+  }
+}

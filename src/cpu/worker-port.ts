@@ -1,0 +1,97 @@
+import type { PhaseMsg } from './kernels.js';
+import type { KernelVariant } from './tile-kernels.js';
+
+/** The first message a worker gets: the kernels to instantiate over the shared memory, and its scratch slot. */
+export interface InitMsg {
+  readonly type: 'init';
+  readonly variant: KernelVariant;
+  readonly module: WebAssembly.Module | null;
+  readonly memory: WebAssembly.Memory;
+  readonly thread: number;
+}
+
+/** A worker's answer to one phase, tied to the phase by id. */
+export interface DoneMsg {
+  readonly type: 'done';
+  readonly id: number;
+  readonly error?: string;
+}
+
+type Pending = { resolve: () => void; reject: (e: Error) => void };
+
+/**
+ * The main side of one pool thread: Node's worker_threads or a browser's module Web Worker.
+ * Each phase posted gets its own promise keyed by the phase id, settled by that id's answer only;
+ * a worker that dies rejects whatever it still owed and is replaced before the next job.
+ */
+export class WorkerPort {
+  dead = false;
+  private readonly pending = new Map<number, Pending>();
+  constructor(
+    private readonly post: (m: unknown) => void,
+    private readonly kill: () => void,
+    private readonly hold: (on: boolean) => void,
+  ) {}
+
+  run(msg: PhaseMsg): Promise<void> {
+    if (this.dead) return Promise.reject(new Error('cpu worker is gone'));
+    return new Promise<void>((resolve, reject) => {
+      if (this.pending.size === 0) this.hold(true); // keep the process alive while a phase is owed
+      this.pending.set(msg.id, { resolve, reject });
+      this.post({ type: 'phase', ...msg });
+    });
+  }
+
+  answer(m: DoneMsg): void {
+    const p = this.pending.get(m.id);
+    if (!p) return;
+    this.pending.delete(m.id);
+    if (this.pending.size === 0) this.hold(false);
+    if (m.error) p.reject(new Error(`cpu worker failed: ${m.error}`));
+    else p.resolve();
+  }
+
+  fail(e: unknown): void {
+    this.dead = true;
+    const err = e instanceof Error ? e : new Error(`cpu worker died: ${String(e)}`);
+    for (const p of this.pending.values()) p.reject(err);
+    this.pending.clear();
+    this.hold(false);
+  }
+
+  terminate(): void {
+    this.fail(new Error('cpu worker terminated'));
+    this.kill();
+  }
+}
+
+const inNode = typeof process !== 'undefined' && typeof process.versions?.node === 'string';
+
+export async function spawnWorker(init: InitMsg): Promise<WorkerPort> {
+  const url = new URL('./worker.js', import.meta.url);
+  if (inNode) {
+    const { Worker } = await import('node:worker_threads');
+    const w = new Worker(url);
+    w.unref(); // an idle pool never keeps the process alive
+    const port = new WorkerPort(
+      (m) => w.postMessage(m),
+      () => void w.terminate(),
+      (on) => (on ? w.ref() : w.unref()),
+    );
+    w.on('message', (m: DoneMsg) => port.answer(m));
+    w.on('error', (e) => port.fail(e));
+    w.on('exit', (code) => port.fail(new Error(`cpu worker exited (${code})`)));
+    w.postMessage(init);
+    return port;
+  }
+  const w = new Worker(url, { type: 'module' });
+  const port = new WorkerPort(
+    (m) => w.postMessage(m),
+    () => w.terminate(),
+    () => undefined,
+  );
+  w.onmessage = (ev: MessageEvent<DoneMsg>) => port.answer(ev.data);
+  w.onerror = (ev) => port.fail(new Error(`cpu worker error: ${ev.message}`));
+  w.postMessage(init);
+  return port;
+}

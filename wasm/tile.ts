@@ -1,0 +1,321 @@
+// The CPU tile step in WebAssembly SIMD (AssemblyScript). One source, two builds: plain SIMD, and
+// relaxed SIMD where `f32x4.relaxed_madd` fuses multiply-add (ASC_FEATURE_RELAXED_SIMD folds at
+// compile time). Everything works on byte offsets into the imported shared memory; nothing here
+// allocates, so workers can share one memory and instantiate freely.
+//
+// Layouts (the TypeScript side, src/cpu/tile-kernels.ts, holds the same contract):
+// - QT [d][tqPad]: the query tile transposed and pre-scaled; tqPad is a multiple of 8, pad rows 0.
+// - S  [tk][tqPad]: scores transposed (key-major), so the softmax over keys runs 4 queries a lane.
+// - key/value rows are reached through lists of byte offsets (i32), so contiguous inputs, gathered
+//   N-D boxes and RoPE-rotated copies all look the same to the kernels.
+
+// @ts-ignore: decorator
+@inline function fma(a: v128, b: v128, c: v128): v128 {
+  if (ASC_FEATURE_RELAXED_SIMD) return f32x4.relaxed_madd(a, b, c);
+  return f32x4.add(f32x4.mul(a, b), c);
+}
+
+// exp(x) on 4 lanes: Cephes' expf (range reduction by ln 2 in two parts, degree-6 polynomial),
+// relative error ~2e-7 on [-87, 88]; lanes below -87 (masked -inf included) give exactly 0.
+// @ts-ignore: decorator
+@inline function vexp(x: v128): v128 {
+  const keep = f32x4.ge(x, f32x4.splat(-87.0));
+  let y = f32x4.min(f32x4.max(x, f32x4.splat(-87.0)), f32x4.splat(88.0));
+  const n = f32x4.nearest(f32x4.mul(y, f32x4.splat(1.44269504088896341)));
+  y = fma(n, f32x4.splat(-0.693359375), y);
+  y = fma(n, f32x4.splat(2.12194440e-4), y);
+  let p = f32x4.splat(1.9875691500e-4);
+  p = fma(p, y, f32x4.splat(1.3981999507e-3));
+  p = fma(p, y, f32x4.splat(8.3334519073e-3));
+  p = fma(p, y, f32x4.splat(4.1665795894e-2));
+  p = fma(p, y, f32x4.splat(1.6666665459e-1));
+  p = fma(p, y, f32x4.splat(5.0000001201e-1));
+  p = fma(p, f32x4.mul(y, y), f32x4.add(y, f32x4.splat(1.0)));
+  const pow2 = i32x4.shl(i32x4.add(i32x4.trunc_sat_f32x4_s(n), i32x4.splat(127)), 23);
+  return v128.and(f32x4.mul(p, pow2), keep);
+}
+
+/** exp on 4 lanes, exported for tests of the approximation. */
+export function expTest(src: usize, dst: usize, n: i32): void {
+  for (let i = 0; i < n; i += 4) v128.store(dst + (<usize>i << 2), vexp(v128.load(src + (<usize>i << 2))));
+}
+
+/** QT[x][i] = scale * Q_i[x] for i < tq (rows at byte offsets rows[i]); pad rows i in [tq, tqPad) are 0. */
+export function loadQT(qt: usize, rows: usize, tq: i32, tqPad: i32, d: i32, scale: f32): void {
+  const ld = <usize>tqPad << 2;
+  for (let i = 0; i < tq; i++) {
+    const src = <usize>load<i32>(rows + (<usize>i << 2));
+    let dst = qt + (<usize>i << 2);
+    for (let x = 0; x < d; x++) {
+      store<f32>(dst, load<f32>(src + (<usize>x << 2)) * scale);
+      dst += ld;
+    }
+  }
+  if (tq < tqPad) for (let x = 0; x < d; x++) memory.fill(qt + <usize>x * ld + (<usize>tq << 2), 0, <usize>(tqPad - tq) << 2);
+}
+
+/** S[j][i] = sum_x K_j[x] * QT[x][i] for j < tk, i < tqPad (key rows at byte offsets kRows[j]). */
+export function scoresT(s: usize, qt: usize, tqPad: i32, kRows: usize, tk: i32, d: i32): void {
+  const ld = <usize>tqPad << 2;
+  let j = 0;
+  for (; j + 4 <= tk; j += 4) {
+    const k0 = <usize>load<i32>(kRows + (<usize>j << 2));
+    const k1 = <usize>load<i32>(kRows + (<usize>j << 2), 4);
+    const k2 = <usize>load<i32>(kRows + (<usize>j << 2), 8);
+    const k3 = <usize>load<i32>(kRows + (<usize>j << 2), 12);
+    for (let i = 0; i < tqPad; i += 8) {
+      let a00 = f32x4.splat(0), a01 = f32x4.splat(0), a10 = f32x4.splat(0), a11 = f32x4.splat(0);
+      let a20 = f32x4.splat(0), a21 = f32x4.splat(0), a30 = f32x4.splat(0), a31 = f32x4.splat(0);
+      let q = qt + (<usize>i << 2);
+      for (let x = 0; x < d; x++) {
+        const q0 = v128.load(q);
+        const q1 = v128.load(q, 16);
+        const o = <usize>x << 2;
+        const b0 = v128.load32_splat(k0 + o);
+        a00 = fma(b0, q0, a00);
+        a01 = fma(b0, q1, a01);
+        const b1 = v128.load32_splat(k1 + o);
+        a10 = fma(b1, q0, a10);
+        a11 = fma(b1, q1, a11);
+        const b2 = v128.load32_splat(k2 + o);
+        a20 = fma(b2, q0, a20);
+        a21 = fma(b2, q1, a21);
+        const b3 = v128.load32_splat(k3 + o);
+        a30 = fma(b3, q0, a30);
+        a31 = fma(b3, q1, a31);
+        q += ld;
+      }
+      const o = s + <usize>j * ld + (<usize>i << 2);
+      v128.store(o, a00);
+      v128.store(o, a01, 16);
+      v128.store(o + ld, a10);
+      v128.store(o + ld, a11, 16);
+      v128.store(o + 2 * ld, a20);
+      v128.store(o + 2 * ld, a21, 16);
+      v128.store(o + 3 * ld, a30);
+      v128.store(o + 3 * ld, a31, 16);
+    }
+  }
+  for (; j < tk; j++) {
+    const k0 = <usize>load<i32>(kRows + (<usize>j << 2));
+    for (let i = 0; i < tqPad; i += 8) {
+      let a0 = f32x4.splat(0), a1 = f32x4.splat(0);
+      let q = qt + (<usize>i << 2);
+      for (let x = 0; x < d; x++) {
+        const b = v128.load32_splat(k0 + (<usize>x << 2));
+        a0 = fma(b, v128.load(q), a0);
+        a1 = fma(b, v128.load(q, 16), a1);
+        q += ld;
+      }
+      const o = s + <usize>j * ld + (<usize>i << 2);
+      v128.store(o, a0);
+      v128.store(o, a1, 16);
+    }
+  }
+}
+
+/** Score hook: s = cap * tanh(s / cap) over n (a multiple of 4) contiguous scores. */
+export function softcap(s: usize, n: i32, cap: f32): void {
+  const inv = f32x4.splat(2.0 / cap);
+  const c = f32x4.splat(cap);
+  const one = f32x4.splat(1.0);
+  const two = f32x4.splat(2.0);
+  for (let x = 0; x < n; x += 4) {
+    const p = s + (<usize>x << 2);
+    const v = v128.load(p);
+    // tanh|t| = 1 - 2 / (exp(2|t|) + 1), sign restored after
+    const e = vexp(f32x4.mul(f32x4.abs(v), inv));
+    const t = f32x4.sub(one, f32x4.div(two, f32x4.add(e, one)));
+    const signed = v128.or(t, v128.and(v, i32x4.splat(0x80000000)));
+    v128.store(p, f32x4.mul(c, signed));
+  }
+}
+
+/** Score hook: S[j][i] += table[rowIdx[i] + colIdx[j]] (additive bias, NATTEN's rpb); float indices into f32 table. */
+export function addGathered(s: usize, tqPad: i32, tq: i32, tk: i32, table: usize, rowIdx: usize, colIdx: usize): void {
+  for (let j = 0; j < tk; j++) {
+    const c = load<i32>(colIdx + (<usize>j << 2));
+    const row = s + <usize>j * (<usize>tqPad << 2);
+    for (let i = 0; i < tq; i++) {
+      const p = row + (<usize>i << 2);
+      const t = table + (<usize>(load<i32>(rowIdx + (<usize>i << 2)) + c) << 2);
+      store<f32>(p, load<f32>(p) + load<f32>(t));
+    }
+  }
+}
+
+/**
+ * Mask of a partial visit for box patterns: S[j][i] = -inf unless, on every axis a, the key's
+ * coordinate kCrd[j * rank + a] lies in the query's interval [lo[a][i], hi[a][i]] (lo, hi are
+ * [rank][tqPad] i32). Four queries a lane.
+ */
+export function maskBox(s: usize, tqPad: i32, tk: i32, rank: i32, kCrd: usize, lo: usize, hi: usize): void {
+  const ninf = f32x4.splat(-Infinity);
+  const ld = <usize>tqPad << 2;
+  for (let j = 0; j < tk; j++) {
+    const row = s + <usize>j * ld;
+    for (let i = 0; i < tqPad; i += 4) {
+      let out = i32x4.splat(0);
+      for (let a = 0; a < rank; a++) {
+        const kc = i32x4.splat(load<i32>(kCrd + (<usize>(j * rank + a) << 2)));
+        const o = <usize>a * ld + (<usize>i << 2);
+        out = v128.or(out, v128.or(i32x4.lt_s(kc, v128.load(lo + o)), i32x4.gt_s(kc, v128.load(hi + o))));
+      }
+      const p = row + (<usize>i << 2);
+      v128.store(p, v128.bitselect(ninf, v128.load(p), out));
+    }
+  }
+}
+
+/**
+ * Online softmax over one visit, four query rows a lane: per row the visit's max, the new running
+ * max m, alpha = exp(m_old - m_new) written to `alpha`, S replaced by exp(S - m_new) and
+ * l = l * alpha + rowsum. Rows with no allowed key so far keep m = -inf, l = 0, alpha = 0.
+ */
+export function softmaxStep(s: usize, tqPad: i32, tk: i32, m: usize, l: usize, alpha: usize): void {
+  const ld = <usize>tqPad << 2;
+  const ninf = f32x4.splat(-Infinity);
+  for (let i = 0; i < tqPad; i += 4) {
+    const col = s + (<usize>i << 2);
+    let mx = ninf;
+    let p = col;
+    for (let j = 0; j < tk; j++) {
+      mx = f32x4.max(mx, v128.load(p));
+      p += ld;
+    }
+    const mOld = v128.load(m + (<usize>i << 2));
+    const mNew = f32x4.max(mOld, mx);
+    // an all -inf row subtracts 0 instead of -inf, so its exps are exp(-inf) = 0, never NaN
+    const empty = f32x4.eq(mNew, ninf);
+    const mSafe = v128.andnot(mNew, empty);
+    const a = vexp(f32x4.sub(mOld, mSafe));
+    let sum = f32x4.splat(0);
+    p = col;
+    for (let j = 0; j < tk; j++) {
+      const e = vexp(f32x4.sub(v128.load(p), mSafe));
+      v128.store(p, e);
+      sum = f32x4.add(sum, e);
+      p += ld;
+    }
+    v128.store(m + (<usize>i << 2), mNew);
+    v128.store(l + (<usize>i << 2), fma(v128.load(l + (<usize>i << 2)), a, sum));
+    v128.store(alpha + (<usize>i << 2), a);
+  }
+}
+
+/**
+ * O[i][c] = alpha[i] * O[i][c] + sum_j P[j][i] * V_j[c] for i < tqPad, c < dv (O is [tqPad][dv];
+ * value rows at byte offsets vRows[j]). Blocks of 4 rows x 8 columns stay in registers over all keys.
+ */
+export function pvAcc(o: usize, dv: i32, p: usize, tqPad: i32, tk: i32, vRows: usize, alpha: usize): void {
+  const ld = <usize>tqPad << 2;
+  const ldo = <usize>dv << 2;
+  const dv8 = dv & ~7;
+  for (let i = 0; i < tqPad; i += 4) {
+    const al = alpha + (<usize>i << 2);
+    const s0 = f32x4.splat(load<f32>(al)), s1 = f32x4.splat(load<f32>(al, 4));
+    const s2 = f32x4.splat(load<f32>(al, 8)), s3 = f32x4.splat(load<f32>(al, 12));
+    const r0 = o + <usize>i * ldo;
+    const r1 = r0 + ldo, r2 = r1 + ldo, r3 = r2 + ldo;
+    let c = 0;
+    for (; c < dv8; c += 8) {
+      const oc = <usize>c << 2;
+      let a00 = f32x4.mul(v128.load(r0 + oc), s0), a01 = f32x4.mul(v128.load(r0 + oc, 16), s0);
+      let a10 = f32x4.mul(v128.load(r1 + oc), s1), a11 = f32x4.mul(v128.load(r1 + oc, 16), s1);
+      let a20 = f32x4.mul(v128.load(r2 + oc), s2), a21 = f32x4.mul(v128.load(r2 + oc, 16), s2);
+      let a30 = f32x4.mul(v128.load(r3 + oc), s3), a31 = f32x4.mul(v128.load(r3 + oc, 16), s3);
+      let pp = p + (<usize>i << 2);
+      for (let j = 0; j < tk; j++) {
+        const vr = <usize>load<i32>(vRows + (<usize>j << 2)) + oc;
+        const v0 = v128.load(vr);
+        const v1 = v128.load(vr, 16);
+        let b = v128.load32_splat(pp);
+        a00 = fma(b, v0, a00);
+        a01 = fma(b, v1, a01);
+        b = v128.load32_splat(pp, 4);
+        a10 = fma(b, v0, a10);
+        a11 = fma(b, v1, a11);
+        b = v128.load32_splat(pp, 8);
+        a20 = fma(b, v0, a20);
+        a21 = fma(b, v1, a21);
+        b = v128.load32_splat(pp, 12);
+        a30 = fma(b, v0, a30);
+        a31 = fma(b, v1, a31);
+        pp += ld;
+      }
+      v128.store(r0 + oc, a00);
+      v128.store(r0 + oc, a01, 16);
+      v128.store(r1 + oc, a10);
+      v128.store(r1 + oc, a11, 16);
+      v128.store(r2 + oc, a20);
+      v128.store(r2 + oc, a21, 16);
+      v128.store(r3 + oc, a30);
+      v128.store(r3 + oc, a31, 16);
+    }
+    // columns past the last multiple of 8: one at a time (head dims that are not multiples of 8)
+    for (; c < dv; c++) {
+      const oc = <usize>c << 2;
+      for (let r = 0; r < 4; r++) {
+        const dst = r0 + <usize>r * ldo + oc;
+        let acc = load<f32>(dst) * load<f32>(al + (<usize>r << 2));
+        let pp = p + (<usize>(i + r) << 2);
+        for (let j = 0; j < tk; j++) {
+          acc += load<f32>(pp) * load<f32>(<usize>load<i32>(vRows + (<usize>j << 2)) + oc);
+          pp += ld;
+        }
+        store<f32>(dst, acc);
+      }
+    }
+  }
+}
+
+/** out_i = O[i] / l[i] (0 where l = 0), written to the row at byte offset outRows[i], for i < tq. */
+export function finishRows(o: usize, dv: i32, tq: i32, l: usize, outRows: usize): void {
+  const ldo = <usize>dv << 2;
+  const dv4 = dv & ~3;
+  for (let i = 0; i < tq; i++) {
+    const li = load<f32>(l + (<usize>i << 2));
+    const inv: f32 = li > 0 ? 1.0 / li : 0.0;
+    const sv = f32x4.splat(inv);
+    const src = o + <usize>i * ldo;
+    const dst = <usize>load<i32>(outRows + (<usize>i << 2));
+    let c = 0;
+    for (; c < dv4; c += 4) v128.store(dst + (<usize>c << 2), f32x4.mul(v128.load(src + (<usize>c << 2)), sv));
+    for (; c < dv; c++) store<f32>(dst + (<usize>c << 2), load<f32>(src + (<usize>c << 2)) * inv);
+  }
+}
+
+/**
+ * Softmax in place over `rows` rows of `w` contiguous scores each (-inf slots give 0), the row max
+ * and sum written to m and l (the caller forms lse = m + log l). `normalize` 0 leaves the scores.
+ */
+export function softmaxRows(a: usize, rows: i32, w: i32, m: usize, l: usize, normalize: i32): void {
+  const w4 = w & ~3;
+  for (let r = 0; r < rows; r++) {
+    const row = a + <usize>r * (<usize>w << 2);
+    let mx: f32 = -Infinity;
+    for (let j = 0; j < w; j++) mx = max(mx, load<f32>(row + (<usize>j << 2)));
+    const mSafe: f32 = mx == -Infinity ? 0 : mx;
+    const ms = f32x4.splat(mSafe);
+    let sv = f32x4.splat(0);
+    let j = 0;
+    for (; j < w4; j += 4) {
+      const e = vexp(f32x4.sub(v128.load(row + (<usize>j << 2)), ms));
+      if (normalize) v128.store(row + (<usize>j << 2), e);
+      sv = f32x4.add(sv, e);
+    }
+    let sum: f32 = f32x4.extract_lane(sv, 0) + f32x4.extract_lane(sv, 1) + f32x4.extract_lane(sv, 2) + f32x4.extract_lane(sv, 3);
+    for (; j < w; j++) {
+      const e = f32x4.extract_lane(vexp(f32x4.splat(load<f32>(row + (<usize>j << 2)) - mSafe)), 0);
+      if (normalize) store<f32>(row + (<usize>j << 2), e);
+      sum += e;
+    }
+    store<f32>(m + (<usize>r << 2), mx);
+    store<f32>(l + (<usize>r << 2), sum);
+    if (normalize && sum > 0) {
+      const inv = f32x4.splat(1.0 / sum);
+      for (j = 0; j < w4; j += 4) v128.store(row + (<usize>j << 2), f32x4.mul(v128.load(row + (<usize>j << 2)), inv));
+      for (; j < w; j++) store<f32>(row + (<usize>j << 2), load<f32>(row + (<usize>j << 2)) / sum);
+    }
+  }
+}
