@@ -64,13 +64,14 @@ export interface CpuInfo {
   threads: number;
   /** 'workers': worker threads (Node) or Web Workers over shared memory; 'main-thread': one thread, yielding to the page. */
   mode: 'workers' | 'main-thread';
+  /** The tile kernels of the last call (else of the next). */
   kernels: KernelVariant;
 }
 
 /** What the CPU engine runs on here: thread count, where, and which tile kernels. */
 export function cpuInfo(): CpuInfo {
   const threads = cpuThreads();
-  return { threads, mode: canPool() && threads > 1 ? 'workers' : 'main-thread', kernels: variantSet ?? bestVariant() };
+  return { threads, mode: canPool() && threads > 1 ? 'workers' : 'main-thread', kernels: engine?.variant ?? variantSet ?? bestVariant() };
 }
 
 /** Everything below BASE stays free for the wasm module's own statics. */
@@ -138,7 +139,11 @@ export interface CpuJob {
   readonly flops: number;
 }
 
-const INLINE_FLOPS = 2e6;
+let inlineFlops = 2e6;
+/** Jobs under this many FLOPs run on the calling thread (tests set 0 to send everything through the pool). */
+export function setInlineFlops(flops: number): void {
+  inlineFlops = flops;
+}
 let tail: Promise<unknown> = Promise.resolve();
 
 /** Queues a job; resolves with its outputs once every thread has finished writing them. */
@@ -153,7 +158,7 @@ async function execute(job: CpuJob): Promise<Partial<Record<Slot, Float32Array>>
   await coresNow();
   const space = new ItemSpace(problem);
   const rank = rankOf(space);
-  const pooled = canPool() && cpuThreads() > 1 && job.flops >= INLINE_FLOPS && serializable(problem.pattern) && space.total > 1;
+  const pooled = canPool() && cpuThreads() > 1 && job.flops >= inlineFlops && serializable(problem.pattern) && space.total > 1;
   const e = await engineFor(pooled ? cpuThreads() : 1);
   const threads = pooled ? e.workers.length : 1;
   const kinds = job.phases.filter((p): p is KernelKind => typeof p === 'string');

@@ -1,0 +1,249 @@
+/**
+ * The CPU engine: its scheduler (concurrent callers, settling only after every write, steady
+ * memory, thread-count changes between jobs) and its tile kernels in every variant (relaxed SIMD,
+ * plain SIMD, scalar), on the calling thread and on the pool, against the float64 reference.
+ */
+import v8 from 'node:v8';
+import vm from 'node:vm';
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  TilewiseError,
+  attention,
+  cpuInfo,
+  cpuThreads,
+  na1d,
+  na2d,
+  na3d,
+  neighborhoodAttention,
+  patterns,
+  randn,
+  referenceAttention,
+  setCpuKernels,
+  setCpuThreads,
+  type AttentionOptions,
+  type KernelVariant,
+  type NeighborhoodOptions,
+  type Result,
+  type Tensor,
+} from '../src/index.js';
+import { planAttention, planNA } from '../src/api.js';
+import { setInlineFlops } from '../src/cpu/pool.js';
+import { moduleOf } from '../src/cpu/tile-kernels.js';
+import { Failures, Rng, compareResult, describe, poisoned, randTensor, randomNA, randomPattern, snapshot, sameBytes } from './helpers.js';
+
+// Node 20 validates relaxed SIMD only behind this V8 flag (newer engines by default); set before
+// the first module is compiled, so both wasm variants can be tested here.
+v8.setFlagsFromString('--experimental-wasm-relaxed-simd');
+v8.setFlagsFromString('--expose-gc');
+const gc = vm.runInNewContext('gc') as () => void;
+
+const bufs = (q: Tensor, k: Tensor, v: Tensor) => ({ q: q.data, k: k.data, v: v.data });
+
+test('the default CPU path is WebAssembly SIMD (the property suites run through it)', async () => {
+  const q = randn([1, 64, 2, 16], 1);
+  await attention(q, q, q);
+  assert.notEqual(cpuInfo().kernels, 'scalar');
+  assert.ok(moduleOf('simd'), 'plain SIMD validates on Node 20');
+});
+
+test('concurrent calls equal sequential ones bit for bit and never change after resolving', async () => {
+  const rng = new Rng(31);
+  const calls: (() => Promise<Result>)[] = [];
+  for (let i = 0; i < 20; i++) {
+    const N = rng.int(200, 700);
+    const H = rng.pick([2, 4]);
+    const D = rng.pick([16, 32, 48]);
+    const q = randTensor(rng, [1, N, H, D]);
+    const k = randTensor(rng, [1, N, H, D]);
+    const v = randTensor(rng, [1, N, H, D]);
+    const g = rng.int(8, 24);
+    const kind = i % 4;
+    if (kind === 0) calls.push(() => attention(q, k, v));
+    else if (kind === 1) calls.push(() => attention(q, k, v, { causal: true }));
+    else if (kind === 2) calls.push(() => attention(q, k, v, { window: [64, 0], softcap: 20 }));
+    else {
+      const x = randTensor(rng, [1, g, g, H, D]);
+      const impl = rng.pick(['fused', 'unfused', 'naive'] as const);
+      calls.push(() => na2d(x, x, x, { kernelSize: 5, impl }));
+    }
+  }
+  const sequential: Result[] = [];
+  for (const c of calls) sequential.push(await c());
+  const concurrent = await Promise.all(calls.map((c) => c()));
+  const snaps = concurrent.map((r) => [snapshot(r.out.data), snapshot(r.lse.data)] as const);
+  for (let i = 0; i < calls.length; i++) {
+    assert.ok(sameBytes(concurrent[i]!.out.data, snapshot(sequential[i]!.out.data)), `call ${i}: out differs from the sequential run`);
+    assert.ok(sameBytes(concurrent[i]!.lse.data, snapshot(sequential[i]!.lse.data)), `call ${i}: lse differs from the sequential run`);
+  }
+  // nothing may still be writing into resolved results
+  await calls[0]!();
+  await new Promise((r) => setTimeout(r, 50));
+  for (let i = 0; i < calls.length; i++) {
+    assert.ok(sameBytes(concurrent[i]!.out.data, snaps[i]![0]), `call ${i}: out changed after resolving`);
+    assert.ok(sameBytes(concurrent[i]!.lse.data, snaps[i]![1]), `call ${i}: lse changed after resolving`);
+  }
+});
+
+test('a thread-count change during a call settles that call, correctly; counts are checked and capped', async () => {
+  const before = cpuThreads();
+  try {
+    const q = randn([1, 2048, 4, 32], 1);
+    const k = randn([1, 2048, 4, 32], 2);
+    const v = randn([1, 2048, 4, 32], 3);
+    const running = attention(q, k, v, { causal: true });
+    setCpuThreads(1);
+    const next = attention(q, k, v, { causal: true });
+    setCpuThreads(2);
+    const timeout = new Promise<never>((_, rej) => setTimeout(() => rej(new Error('call never settled')), 60000));
+    const [a, b] = await Promise.race([Promise.all([running, next]), timeout]);
+    const rows = [0, 1, 777, 2047];
+    const ref = referenceAttention(planAttention(q, k, v, { causal: true }).problem, bufs(q, k, v), new Set(rows));
+    const flat = rows.flatMap((r) => [0, 1, 2, 3].map((h) => r * 4 + h));
+    for (const r of [a, b]) assert.equal(compareResult(r.out.data, r.lse.data, ref, 32, { rows: flat }), null);
+    assert.ok(sameBytes(a.out.data, snapshot(b.out.data)), 'same result on 2 threads and on 1');
+    setCpuThreads(64);
+    assert.ok(cpuThreads() <= Math.max(1, (await import('node:os')).availableParallelism()), 'capped at the core count');
+    assert.throws(() => setCpuThreads(0), TilewiseError);
+    assert.throws(() => setCpuThreads(1.5), TilewiseError);
+  } finally {
+    setCpuThreads(before);
+  }
+});
+
+test('memory holds steady over repeated calls (RSS within 25% from call 25 to call 150)', async () => {
+  const q = randn([1, 8192, 4, 64], 1);
+  const k = randn([1, 8192, 4, 64], 2);
+  const v = randn([1, 8192, 4, 64], 3);
+  let at25 = 0;
+  for (let i = 1; i <= 150; i++) {
+    await attention(q, k, v, { window: [32, 0] });
+    gc();
+    if (i === 25) at25 = process.memoryUsage.rss();
+  }
+  const at150 = process.memoryUsage.rss();
+  assert.ok(at150 < at25 * 1.25, `RSS ${(at25 / 2 ** 20).toFixed(0)} MiB at call 25, ${(at150 / 2 ** 20).toFixed(0)} MiB at call 150`);
+});
+
+// ---------------------------------------------------------------------------------------------
+// Every kernel variant, inline and on the pool, on random configurations.
+
+type Case = { name: string; run: () => Promise<void> };
+
+async function intoPoison(problemLen: { out: number; lse: number }, call: (d: { out: Float32Array; lse: Float32Array }) => Promise<Result>) {
+  const out = poisoned(problemLen.out);
+  const lse = poisoned(problemLen.lse);
+  await call({ out, lse });
+  return { out, lse };
+}
+
+function attentionCase(rng: Rng, i: number): Case {
+  const B = rng.int(1, 2);
+  const H = rng.pick([1, 2, 4]);
+  const Hk = rng.pick([1, H]);
+  const D = rng.int(1, 40);
+  const Dv = rng.bool(0.3) ? rng.int(1, 40) : D;
+  const nq = rng.int(1, 150);
+  const nk = rng.bool(0.5) ? nq : rng.int(1, 150);
+  const q = randTensor(rng, [B, nq, H, D]);
+  const k = randTensor(rng, [B, nk, Hk, D]);
+  const v = randTensor(rng, [B, nk, Hk, Dv]);
+  const opts: AttentionOptions = {};
+  const r = rng.int(0, 5);
+  if (r === 0) opts.causal = rng.pick([true, 'bottom-right'] as const);
+  if (r === 1) opts.window = [rng.int(-1, 30), rng.int(-1, 30)];
+  if (r === 2) opts.pattern = randomPattern(rng, nq, nk, H);
+  if (r === 3) opts.pattern = patterns.maskFn((b, h, qi, kj) => (qi * 7 + kj * 3 + h + b) % 5 !== 0);
+  if (rng.bool(0.3)) opts.softcap = rng.pick([5, 30]);
+  if (rng.bool(0.25)) opts.bias = randTensor(rng, [H, nq, nk]);
+  if (rng.bool(0.2) && D % 2 === 0 && opts.pattern === undefined) opts.rope = { base: 10000 };
+  return {
+    name: `attention #${i} ${describe({ B, H, Hk, D, Dv, nq, nk, ...opts, bias: opts.bias?.shape })}`,
+    run: async () => {
+      const { problem } = planAttention(q, k, v, opts);
+      const ref = referenceAttention(problem, bufs(q, k, v));
+      const got = await intoPoison({ out: ref.out.length, lse: ref.lse.length }, (d) => attention(q, k, v, { ...opts, ...d }));
+      const msg = compareResult(got.out, got.lse, ref, Dv);
+      if (msg) throw new Error(msg);
+    },
+  };
+}
+
+function naCase(rng: Rng, i: number): Case {
+  const rank = rng.int(1, 3);
+  const c = randomNA(rng, rank);
+  const H = rng.pick([1, 2]);
+  const D = rng.int(1, 24);
+  const shape = [rng.int(1, 2), ...c.grid, H, D];
+  const q = randTensor(rng, shape);
+  const k = randTensor(rng, shape);
+  const v = randTensor(rng, shape);
+  const impl = rng.pick(['fused', 'naive', 'unfused'] as const);
+  const opts: NeighborhoodOptions = { kernelSize: c.kernel, dilation: c.dilation, stride: c.stride, isCausal: c.causal, impl };
+  if (rng.bool(0.3) && impl !== 'naive') opts.softcap = 10;
+  if (rng.bool(0.3) && c.causal.every((x) => !x)) opts.rpb = randTensor(rng, [H, ...c.kernel.map((x) => 2 * x - 1)]);
+  return {
+    name: `NA #${i} ${describe({ shape, ...opts, rpb: opts.rpb?.shape })}`,
+    run: async () => {
+      const { problem } = planNA(q, k, v, opts);
+      const ref = referenceAttention(problem, bufs(q, k, v));
+      const got = await intoPoison({ out: ref.out.length, lse: ref.lse.length }, (d) => neighborhoodAttention(q, k, v, { ...opts, ...d }));
+      const msg = compareResult(got.out, got.lse, ref, D);
+      if (msg) throw new Error(msg);
+    },
+  };
+}
+
+for (const variant of ['relaxed-simd', 'simd', 'scalar'] as KernelVariant[]) {
+  for (const where of ['calling thread', 'pool'] as const) {
+    test(`tile kernels '${variant}' on the ${where}: random configurations against float64`, async () => {
+      assert.ok(variant === 'scalar' || moduleOf(variant), `${variant} must validate here`);
+      setCpuKernels(variant);
+      const threads = cpuThreads();
+      if (where === 'pool') setInlineFlops(0);
+      else setCpuThreads(1);
+      try {
+        const f = new Failures();
+        const rng = new Rng(variant.length * 100 + (where === 'pool' ? 7 : 3));
+        for (let i = 0; i < 24; i++) {
+          const c = i % 2 === 0 ? attentionCase(rng, i) : naCase(rng, i);
+          await f.run(c.name, c.run);
+        }
+        f.done(`${variant} on the ${where}`);
+        assert.equal(cpuInfo().kernels, variant, 'the variant asked for is the one that ran');
+      } finally {
+        setCpuKernels(undefined);
+        setInlineFlops(2e6);
+        setCpuThreads(threads);
+      }
+    });
+  }
+}
+
+test('larger problems on every variant: dense, causal and N-D neighborhoods on the pool', async () => {
+  const rng = new Rng(5);
+  for (const variant of ['relaxed-simd', 'simd', 'scalar'] as KernelVariant[]) {
+    setCpuKernels(variant);
+    try {
+      const x = randTensor(rng, [1, 20, 24, 2, 32]);
+      const y = randTensor(rng, [1, 6, 7, 8, 2, 24]);
+      const s = randTensor(rng, [1, 700, 2, 64]);
+      const cases: [string, () => Promise<Result>, () => ReturnType<typeof planNA>['problem']][] = [
+        ['dense', () => attention(s, s, s), () => planAttention(s, s, s, {}).problem],
+        ['causal', () => attention(s, s, s, { causal: true }), () => planAttention(s, s, s, { causal: true }).problem],
+        ['na1d', () => na1d(s, s, s, { kernelSize: 33, dilation: 3 }), () => planNA(s, s, s, { kernelSize: 33, dilation: 3 }).problem],
+        ['na2d', () => na2d(x, x, x, { kernelSize: [7, 5] }), () => planNA(x, x, x, { kernelSize: [7, 5] }).problem],
+        ['na3d', () => na3d(y, y, y, { kernelSize: 3, isCausal: [true, false, false] }), () => planNA(y, y, y, { kernelSize: 3, isCausal: [true, false, false] }).problem],
+      ];
+      for (const [name, run, plan] of cases) {
+        const problem = plan();
+        const t = name.startsWith('na2d') ? x : name === 'na3d' ? y : s;
+        const ref = referenceAttention(problem, bufs(t, t, t));
+        const r = await run();
+        assert.equal(compareResult(r.out.data, r.lse.data, ref, problem.dimV), null, `${variant} ${name}`);
+      }
+    } finally {
+      setCpuKernels(undefined);
+    }
+  }
+});
