@@ -1,0 +1,217 @@
+/**
+ * tilewise's CPU backend against ONNX Runtime on the same inputs, in one run: onnxruntime-node
+ * (native CPU EP) and onnxruntime-web (its wasm backend in Node), both through the contrib op
+ * com.microsoft.MultiHeadAttention, which is what an ONNX Runtime user has for attention.
+ *
+ *   npm run build && node dist/bench/cpu-peers.js [--quick] [--cases dense2048,causal4096,na2d,na3d] [--repeat N] [--json]
+ *
+ * Patterns reach the peers the way a user would give them: causal as MHA's `unidirectional = 1`,
+ * neighborhoods as an additive attention_bias (0 / -1e9) built from the exact NATTEN window. Each
+ * peer's output is compared with tilewise's fused output (relative L2 error) so the table only
+ * compares like with like. Useful FLOPs count only allowed (query, key) pairs: 2 (D + Dv) pairs H B.
+ */
+import os from 'node:os';
+import { parseArgs } from 'node:util';
+import { attention, na2d, na3d, randn, relError, setCpuThreads, type Result, type Tensor } from '../src/index.js';
+import { mhaModel } from './onnx-mha.js';
+
+const THREADS = 2; // tilewise's default on the 2-core reference machine; peers get the same
+// Masked bias entries: ORT adds attention_bias to the scaled scores as is (mask_filter_value only
+// applies to key_padding_mask). -inf and -FLT_MAX give the same outputs in 1.30 (checked); a large
+// finite value is the safe habit, since a row block with every key masked can't give -inf - -inf = NaN.
+const MASKED = -1e9;
+
+const { values: args } = parseArgs({
+  options: {
+    cases: { type: 'string' },
+    repeat: { type: 'string' },
+    quick: { type: 'boolean', default: false },
+    json: { type: 'boolean', default: false },
+  },
+});
+
+interface Case {
+  id: string;
+  kind: 'dense' | 'causal' | 'na';
+  grid: number[]; // token grid (one axis for dense/causal)
+  heads: number;
+  dim: number;
+  kernel?: number[];
+}
+const full: Case[] = [
+  { id: 'dense2048', kind: 'dense', grid: [2048], heads: 8, dim: 64 },
+  { id: 'dense4096', kind: 'dense', grid: [4096], heads: 8, dim: 64 },
+  { id: 'causal4096', kind: 'causal', grid: [4096], heads: 8, dim: 64 },
+  { id: 'na2d', kind: 'na', grid: [64, 64], heads: 4, dim: 32, kernel: [7, 7] },
+  { id: 'na3d', kind: 'na', grid: [16, 16, 16], heads: 4, dim: 32, kernel: [5, 5, 5] },
+];
+// --quick: same ids and kernels, smaller grids, so a smoke run takes about a minute
+const quickGrid: Record<string, number[]> = { dense2048: [512], dense4096: [1024], causal4096: [1024], na2d: [32, 32], na3d: [8, 8, 8] };
+let cases = args.quick ? full.map((c) => ({ ...c, grid: quickGrid[c.id]! })) : full;
+if (args.cases) {
+  const want = args.cases.split(',').map((s) => s.trim());
+  const unknown = want.filter((w) => !full.some((c) => c.id === w));
+  if (unknown.length) throw new Error(`unknown case(s) ${unknown.join(', ')}; known: ${full.map((c) => c.id).join(', ')}`);
+  cases = cases.filter((c) => want.includes(c.id));
+}
+const fixedRepeat = args.repeat === undefined ? undefined : Math.max(1, Number(args.repeat) | 0);
+const TARGET_MS = args.quick ? 300 : 2000; // calibrated repeats aim each timed loop at ~2 s (at least 3 runs)
+
+const tokens = (c: Case) => c.grid.reduce((a, b) => a * b, 1);
+
+/** NATTEN window on one axis: a query near a border keeps a full window, shifted inward. */
+const windowStart = (i: number, k: number, len: number) => Math.min(Math.max(i - Math.floor(k / 2), 0), len - k);
+
+/** Additive [N, N] bias for the case's pattern: 0 where query i may see key j, MASKED elsewhere. */
+function patternBias(c: Case): Float32Array | undefined {
+  if (c.kind !== 'na') return undefined;
+  const n = tokens(c);
+  const bias = new Float32Array(n * n).fill(MASKED);
+  const qc = new Array<number>(c.grid.length);
+  for (let i = 0; i < n; i++) {
+    // row-major coordinates of query i, then every key in its window product
+    for (let a = c.grid.length - 1, r = i; a >= 0; a--) (qc[a] = r % c.grid[a]!), (r = Math.floor(r / c.grid[a]!));
+    const starts = c.grid.map((len, a) => windowStart(qc[a]!, c.kernel![a]!, len));
+    const visit = (a: number, base: number): void => {
+      if (a === c.grid.length) return void (bias[i * n + base] = 0);
+      for (let t = 0; t < c.kernel![a]!; t++) visit(a + 1, base * c.grid[a]! + starts[a]! + t);
+    };
+    visit(0, 0);
+  }
+  return bias;
+}
+
+/** Allowed (query, key) pairs, counted exactly from the pattern. */
+function allowedPairs(c: Case): number {
+  const n = tokens(c);
+  if (c.kind === 'dense') return n * n;
+  if (c.kind === 'causal') return (n * (n + 1)) / 2;
+  return n * c.kernel!.reduce((a, b) => a * b, 1);
+}
+
+/** Runs fn once to warm up (worker start, JIT, session init), then `repeats` times; median ms. */
+async function timeIt(fn: () => Promise<Float32Array>): Promise<{ ms: number; out: Float32Array; runs: number }> {
+  let t = performance.now();
+  const out = await fn();
+  const first = performance.now() - t;
+  const runs = fixedRepeat ?? Math.min(50, Math.max(3, Math.ceil(TARGET_MS / first)));
+  const times: number[] = [];
+  for (let r = 0; r < runs; r++) {
+    t = performance.now();
+    await fn();
+    times.push(performance.now() - t);
+  }
+  times.sort((a, b) => a - b);
+  return { ms: times[runs >> 1]!, out, runs };
+}
+
+// Both peers re-export onnxruntime-common's API. They are loaded lazily so that a peer that
+// cannot load (no native binding for this platform, wasm not found) is one error row, not a crash.
+type Ort = typeof import('onnxruntime-node');
+interface Peer {
+  name: string;
+  load: () => Promise<{ ort: Ort; opts: import('onnxruntime-node').InferenceSession.SessionOptions }>;
+}
+const peers: Peer[] = [
+  {
+    name: 'ort-node (cpu EP)',
+    load: async () => ({
+      ort: await import('onnxruntime-node'),
+      opts: { executionProviders: ['cpu'], intraOpNumThreads: THREADS, interOpNumThreads: 1, executionMode: 'sequential' },
+    }),
+  },
+  {
+    name: 'ort-web (wasm)',
+    load: async () => {
+      const ort = (await import('onnxruntime-web')) as unknown as Ort;
+      ort.env.wasm.numThreads = THREADS; // Node worker_threads back the wasm threads
+      ort.env.wasm.simd = true;
+      return { ort, opts: { executionProviders: ['wasm'] } };
+    },
+  },
+];
+
+async function runPeer(p: Peer, c: Case, q: Tensor, k: Tensor, v: Tensor) {
+  const { ort, opts } = await p.load();
+  const n = tokens(c);
+  const model = mhaModel({ batch: 1, seq: n, heads: c.heads, headDim: c.dim, unidirectional: c.kind === 'causal', bias: patternBias(c) });
+  const session = await ort.InferenceSession.create(model, opts);
+  try {
+    const shape = [1, n, c.heads * c.dim];
+    const feeds = { query: new ort.Tensor('float32', q.data, shape), key: new ort.Tensor('float32', k.data, shape), value: new ort.Tensor('float32', v.data, shape) };
+    return await timeIt(async () => {
+      const res = await session.run(feeds);
+      return res.output!.data as Float32Array;
+    });
+  } finally {
+    await session.release();
+  }
+}
+
+async function runTilewise(impl: 'fused' | 'unfused' | 'naive', c: Case, q: Tensor, k: Tensor, v: Tensor) {
+  const call = (): Promise<Result> => {
+    if (c.kind !== 'na') return attention(q, k, v, { causal: c.kind === 'causal' });
+    const o = { kernelSize: c.kernel!, impl };
+    return c.grid.length === 2 ? na2d(q, k, v, o) : na3d(q, k, v, o);
+  };
+  return timeIt(async () => (await call()).out.data);
+}
+
+interface Row {
+  case: string;
+  shape: string;
+  impl: string;
+  ms?: number;
+  runs?: number;
+  gflops?: number;
+  /** this row's time / tilewise fused time: how many times faster tilewise fused is */
+  fusedSpeedup?: number;
+  relErr?: number;
+  error?: string;
+}
+
+setCpuThreads(THREADS);
+const say = (s: string) => (args.json ? process.stderr : process.stdout).write(s + '\n');
+say(`# tilewise CPU vs ONNX Runtime (MultiHeadAttention)\n`);
+say(`machine: ${os.cpus()[0]?.model ?? 'unknown'}, ${os.cpus().length} cores; node ${process.version}; ${os.platform()} ${os.arch()}; threads ${THREADS}${args.quick ? '; --quick sizes' : ''}\n`);
+
+const rows: Row[] = [];
+for (const c of cases) {
+  const shape = [1, ...c.grid, c.heads, c.dim];
+  const label = `B1 ${c.grid.join('x')} H${c.heads} D${c.dim}${c.kernel ? ` k${c.kernel.join('x')}` : ''}`;
+  const [q, k, v] = [randn(shape, 1), randn(shape, 2), randn(shape, 3)];
+  const flops = 2 * (c.dim + c.dim) * allowedPairs(c) * c.heads;
+  const impls: Array<{ name: string; run: () => ReturnType<typeof timeIt> }> = [];
+  for (const impl of c.kind === 'na' ? (['fused', 'unfused', 'naive'] as const) : (['fused'] as const))
+    impls.push({ name: `tilewise ${impl}`, run: () => runTilewise(impl, c, q, k, v) });
+  for (const p of peers) impls.push({ name: p.name, run: () => runPeer(p, c, q, k, v) });
+
+  let fused: { ms: number; out: Float32Array } | undefined;
+  for (const im of impls) {
+    process.stderr.write(`  ${c.id} ${label}: ${im.name} ...\n`); // progress: stderr, so stdout is the report
+    const row: Row = { case: c.id, shape: label, impl: im.name };
+    try {
+      const r = await im.run();
+      if (im.name === 'tilewise fused') fused = r; // runs first: the reference for time and output
+      Object.assign(row, { ms: r.ms, runs: r.runs, gflops: flops / (r.ms * 1e6) });
+      if (fused) {
+        Object.assign(row, { fusedSpeedup: r.ms / fused.ms, relErr: relError(r.out, fused.out) });
+        if (!(row.relErr! < 1e-4)) row.error = `outputs disagree (rel err ${row.relErr!.toExponential(1)})`;
+      }
+    } catch (e) {
+      // ORT errors carry the build machine's source path: keep the message after it
+      const msg = (e instanceof Error ? e.message : String(e)).replace(/\S*\/onnxruntime\/core\//g, '').replace(/failed to call OrtRun\(\)\. ERROR_CODE: \d+, ERROR_MESSAGE: /, 'OrtRun: ').replace(/\s+/g, ' ').trim();
+      row.error = (/out of memory|\boom\b|bad_alloc|allocation failed/i.test(msg) ? 'out of memory: ' : 'error: ') + msg.slice(0, 200);
+    }
+    rows.push(row);
+  }
+}
+
+if (args.json) console.log(JSON.stringify({ machine: os.cpus()[0]?.model, cores: os.cpus().length, node: process.version, threads: THREADS, quick: args.quick, rows }, null, 1));
+else {
+  const f = (x: number | undefined, d: number) => (x === undefined ? '—' : x.toFixed(d));
+  console.log('| case | shape | impl | ms (median) | runs | useful GFLOP/s | speedup of tilewise fused (row ms / fused ms) | rel err vs tilewise fused | note |');
+  console.log('|---|---|---|---:|---:|---:|---:|---:|---|');
+  for (const r of rows)
+    console.log(`| ${r.case} | ${r.shape} | ${r.impl} | ${f(r.ms, 1)} | ${r.runs ?? '—'} | ${f(r.gflops, 2)} | ${f(r.fusedSpeedup, 2)} | ${r.relErr === undefined ? '—' : r.relErr.toExponential(1)} | ${r.error ?? ''} |`);
+}
