@@ -17,11 +17,15 @@
 
 // exp(x) on 4 lanes: Cephes' expf (range reduction by ln 2 in two parts, degree-6 polynomial),
 // relative error ~2e-7 on [-87, 88]; lanes below -87 (masked -inf included) give exactly 0.
+// Rounding and 2^n come from the 1.5 * 2^23 trick (one add puts round(t) in the low mantissa
+// bits) and clamps use pmin/pmax: x86 has no single instruction for wasm's f32x4.nearest,
+// trunc_sat or NaN-exact min/max, and V8 expands each into several.
 // @ts-ignore: decorator
 @inline function vexp(x: v128): v128 {
   const keep = f32x4.ge(x, f32x4.splat(-87.0));
-  let y = f32x4.min(f32x4.max(x, f32x4.splat(-87.0)), f32x4.splat(88.0));
-  const n = f32x4.nearest(f32x4.mul(y, f32x4.splat(1.44269504088896341)));
+  let y = f32x4.pmin(f32x4.pmax(x, f32x4.splat(-87.0)), f32x4.splat(88.0));
+  const r = f32x4.add(f32x4.mul(y, f32x4.splat(1.44269504088896341)), f32x4.splat(12582912.0));
+  const n = f32x4.sub(r, f32x4.splat(12582912.0));
   y = fma(n, f32x4.splat(-0.693359375), y);
   y = fma(n, f32x4.splat(2.12194440e-4), y);
   let p = f32x4.splat(1.9875691500e-4);
@@ -31,7 +35,8 @@
   p = fma(p, y, f32x4.splat(1.6666665459e-1));
   p = fma(p, y, f32x4.splat(5.0000001201e-1));
   p = fma(p, f32x4.mul(y, y), f32x4.add(y, f32x4.splat(1.0)));
-  const pow2 = i32x4.shl(i32x4.add(i32x4.trunc_sat_f32x4_s(n), i32x4.splat(127)), 23);
+  // bits(r) = bits(1.5 * 2^23) + round(t); the constant's low 9 bits are 0, so it shifts out
+  const pow2 = i32x4.shl(i32x4.add(r, i32x4.splat(127)), 23);
   return v128.and(f32x4.mul(p, pow2), keep);
 }
 
@@ -54,74 +59,96 @@ export function loadQT(qt: usize, rows: usize, tq: i32, tqPad: i32, d: i32, scal
   if (tq < tqPad) for (let x = 0; x < d; x++) memory.fill(qt + <usize>x * ld + (<usize>tq << 2), 0, <usize>(tqPad - tq) << 2);
 }
 
-/** S[j][i] = sum_x K_j[x] * QT[x][i] for j < tk, i < tqPad (key rows at byte offsets kRows[j]). */
-export function scoresT(s: usize, qt: usize, tqPad: i32, kRows: usize, tk: i32, d: i32): void {
-  const ld = <usize>tqPad << 2;
+// @ts-ignore: decorator
+@inline function scores4(s: usize, qt: usize, ld: usize, i: i32, j: i32, k0: usize, k1: usize, k2: usize, k3: usize, d: i32): void {
+  let a00 = f32x4.splat(0), a01 = f32x4.splat(0), a10 = f32x4.splat(0), a11 = f32x4.splat(0);
+  let a20 = f32x4.splat(0), a21 = f32x4.splat(0), a30 = f32x4.splat(0), a31 = f32x4.splat(0);
+  let q = qt + (<usize>i << 2);
+  for (let x = 0; x < d; x++) {
+    const q0 = v128.load(q);
+    const q1 = v128.load(q, 16);
+    const o = <usize>x << 2;
+    const b0 = v128.load32_splat(k0 + o);
+    a00 = fma(b0, q0, a00);
+    a01 = fma(b0, q1, a01);
+    const b1 = v128.load32_splat(k1 + o);
+    a10 = fma(b1, q0, a10);
+    a11 = fma(b1, q1, a11);
+    const b2 = v128.load32_splat(k2 + o);
+    a20 = fma(b2, q0, a20);
+    a21 = fma(b2, q1, a21);
+    const b3 = v128.load32_splat(k3 + o);
+    a30 = fma(b3, q0, a30);
+    a31 = fma(b3, q1, a31);
+    q += ld;
+  }
+  const o = s + <usize>j * ld + (<usize>i << 2);
+  v128.store(o, a00);
+  v128.store(o, a01, 16);
+  v128.store(o + ld, a10);
+  v128.store(o + ld, a11, 16);
+  v128.store(o + 2 * ld, a20);
+  v128.store(o + 2 * ld, a21, 16);
+  v128.store(o + 3 * ld, a30);
+  v128.store(o + 3 * ld, a31, 16);
+}
+
+/**
+ * S[j][i] = sum_x K_j[x] * QT[x][i] for j < tk and the ni lanes i < ni (a multiple of 4; rows of S
+ * and QT are ld bytes apart, so a caller may start both at any lane); key rows at byte offsets
+ * kRows[j]. Blocks of 4 keys x 8 lanes keep 8 accumulators in registers over the head dim.
+ */
+export function scoresT(s: usize, qt: usize, ldLanes: i32, ni: i32, kRows: usize, tk: i32, d: i32): void {
+  const ld = <usize>ldLanes << 2;
+  const ni8 = ni & ~7;
   let j = 0;
   for (; j + 4 <= tk; j += 4) {
     const k0 = <usize>load<i32>(kRows + (<usize>j << 2));
     const k1 = <usize>load<i32>(kRows + (<usize>j << 2), 4);
     const k2 = <usize>load<i32>(kRows + (<usize>j << 2), 8);
     const k3 = <usize>load<i32>(kRows + (<usize>j << 2), 12);
-    for (let i = 0; i < tqPad; i += 8) {
-      let a00 = f32x4.splat(0), a01 = f32x4.splat(0), a10 = f32x4.splat(0), a11 = f32x4.splat(0);
-      let a20 = f32x4.splat(0), a21 = f32x4.splat(0), a30 = f32x4.splat(0), a31 = f32x4.splat(0);
-      let q = qt + (<usize>i << 2);
+    for (let i = 0; i < ni8; i += 8) scores4(s, qt, ld, i, j, k0, k1, k2, k3, d);
+    if (ni8 < ni) {
+      let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
+      let q = qt + (<usize>ni8 << 2);
       for (let x = 0; x < d; x++) {
         const q0 = v128.load(q);
-        const q1 = v128.load(q, 16);
         const o = <usize>x << 2;
-        const b0 = v128.load32_splat(k0 + o);
-        a00 = fma(b0, q0, a00);
-        a01 = fma(b0, q1, a01);
-        const b1 = v128.load32_splat(k1 + o);
-        a10 = fma(b1, q0, a10);
-        a11 = fma(b1, q1, a11);
-        const b2 = v128.load32_splat(k2 + o);
-        a20 = fma(b2, q0, a20);
-        a21 = fma(b2, q1, a21);
-        const b3 = v128.load32_splat(k3 + o);
-        a30 = fma(b3, q0, a30);
-        a31 = fma(b3, q1, a31);
+        a0 = fma(v128.load32_splat(k0 + o), q0, a0);
+        a1 = fma(v128.load32_splat(k1 + o), q0, a1);
+        a2 = fma(v128.load32_splat(k2 + o), q0, a2);
+        a3 = fma(v128.load32_splat(k3 + o), q0, a3);
         q += ld;
       }
-      const o = s + <usize>j * ld + (<usize>i << 2);
-      v128.store(o, a00);
-      v128.store(o, a01, 16);
-      v128.store(o + ld, a10);
-      v128.store(o + ld, a11, 16);
-      v128.store(o + 2 * ld, a20);
-      v128.store(o + 2 * ld, a21, 16);
-      v128.store(o + 3 * ld, a30);
-      v128.store(o + 3 * ld, a31, 16);
+      const o = s + <usize>j * ld + (<usize>ni8 << 2);
+      v128.store(o, a0);
+      v128.store(o + ld, a1);
+      v128.store(o + 2 * ld, a2);
+      v128.store(o + 3 * ld, a3);
     }
   }
   for (; j < tk; j++) {
     const k0 = <usize>load<i32>(kRows + (<usize>j << 2));
-    for (let i = 0; i < tqPad; i += 8) {
-      let a0 = f32x4.splat(0), a1 = f32x4.splat(0);
+    for (let i = 0; i < ni; i += 4) {
+      let a0 = f32x4.splat(0);
       let q = qt + (<usize>i << 2);
       for (let x = 0; x < d; x++) {
-        const b = v128.load32_splat(k0 + (<usize>x << 2));
-        a0 = fma(b, v128.load(q), a0);
-        a1 = fma(b, v128.load(q, 16), a1);
+        a0 = fma(v128.load32_splat(k0 + (<usize>x << 2)), v128.load(q), a0);
         q += ld;
       }
-      const o = s + <usize>j * ld + (<usize>i << 2);
-      v128.store(o, a0);
-      v128.store(o, a1, 16);
+      v128.store(s + <usize>j * ld + (<usize>i << 2), a0);
     }
   }
 }
 
-/** Score hook: s = cap * tanh(s / cap) over n (a multiple of 4) contiguous scores. */
-export function softcap(s: usize, n: i32, cap: f32): void {
+/** Score hook: s = cap * tanh(s / cap) over the ni lanes (a multiple of 4) of tk score rows. */
+export function softcap(s: usize, ldLanes: i32, ni: i32, tk: i32, cap: f32): void {
   const inv = f32x4.splat(2.0 / cap);
   const c = f32x4.splat(cap);
   const one = f32x4.splat(1.0);
   const two = f32x4.splat(2.0);
-  for (let x = 0; x < n; x += 4) {
-    const p = s + (<usize>x << 2);
+  for (let x = 0; x < tk * ni; x += 4) {
+    const p = s + (<usize>((x / ni) * ldLanes + (x % ni)) << 2);
     const v = v128.load(p);
     // tanh|t| = 1 - 2 / (exp(2|t|) + 1), sign restored after
     const e = vexp(f32x4.mul(f32x4.abs(v), inv));
@@ -131,12 +158,12 @@ export function softcap(s: usize, n: i32, cap: f32): void {
   }
 }
 
-/** Score hook: S[j][i] += table[rowIdx[i] + colIdx[j]] (additive bias, NATTEN's rpb); float indices into f32 table. */
-export function addGathered(s: usize, tqPad: i32, tq: i32, tk: i32, table: usize, rowIdx: usize, colIdx: usize): void {
+/** Score hook: S[j][i] += table[rowIdx[i] + colIdx[j]] for i < n real rows (additive bias, NATTEN's rpb); float indices. */
+export function addGathered(s: usize, ldLanes: i32, n: i32, tk: i32, table: usize, rowIdx: usize, colIdx: usize): void {
   for (let j = 0; j < tk; j++) {
     const c = load<i32>(colIdx + (<usize>j << 2));
-    const row = s + <usize>j * (<usize>tqPad << 2);
-    for (let i = 0; i < tq; i++) {
+    const row = s + <usize>j * (<usize>ldLanes << 2);
+    for (let i = 0; i < n; i++) {
       const p = row + (<usize>i << 2);
       const t = table + (<usize>(load<i32>(rowIdx + (<usize>i << 2)) + c) << 2);
       store<f32>(p, load<f32>(p) + load<f32>(t));
@@ -147,14 +174,14 @@ export function addGathered(s: usize, tqPad: i32, tq: i32, tk: i32, table: usize
 /**
  * Mask of a partial visit for box patterns: S[j][i] = -inf unless, on every axis a, the key's
  * coordinate kCrd[j * rank + a] lies in the query's interval [lo[a][i], hi[a][i]] (lo, hi are
- * [rank][tqPad] i32). Four queries a lane.
+ * [rank][ldLanes] i32), for the ni lanes from where s, lo and hi point. Four queries at a time.
  */
-export function maskBox(s: usize, tqPad: i32, tk: i32, rank: i32, kCrd: usize, lo: usize, hi: usize): void {
+export function maskBox(s: usize, ldLanes: i32, ni: i32, tk: i32, rank: i32, kCrd: usize, lo: usize, hi: usize): void {
   const ninf = f32x4.splat(-Infinity);
-  const ld = <usize>tqPad << 2;
+  const ld = <usize>ldLanes << 2;
   for (let j = 0; j < tk; j++) {
     const row = s + <usize>j * ld;
-    for (let i = 0; i < tqPad; i += 4) {
+    for (let i = 0; i < ni; i += 4) {
       let out = i32x4.splat(0);
       for (let a = 0; a < rank; a++) {
         const kc = i32x4.splat(load<i32>(kCrd + (<usize>(j * rank + a) << 2)));
@@ -168,23 +195,23 @@ export function maskBox(s: usize, tqPad: i32, tk: i32, rank: i32, kCrd: usize, l
 }
 
 /**
- * Online softmax over one visit, four query rows a lane: per row the visit's max, the new running
+ * Online softmax over one visit, four query rows at a time over ni lanes (rows of S ldLanes apart): per row the visit's max, the new running
  * max m, alpha = exp(m_old - m_new) written to `alpha`, S replaced by exp(S - m_new) and
  * l = l * alpha + rowsum. Rows with no allowed key so far keep m = -inf, l = 0, alpha = 0.
  */
-export function softmaxStep(s: usize, tqPad: i32, tk: i32, m: usize, l: usize, alpha: usize): void {
-  const ld = <usize>tqPad << 2;
+export function softmaxStep(s: usize, ldLanes: i32, ni: i32, tk: i32, m: usize, l: usize, alpha: usize): void {
+  const ld = <usize>ldLanes << 2;
   const ninf = f32x4.splat(-Infinity);
-  for (let i = 0; i < tqPad; i += 4) {
+  for (let i = 0; i < ni; i += 4) {
     const col = s + (<usize>i << 2);
     let mx = ninf;
     let p = col;
     for (let j = 0; j < tk; j++) {
-      mx = f32x4.max(mx, v128.load(p));
+      mx = f32x4.pmax(mx, v128.load(p));
       p += ld;
     }
     const mOld = v128.load(m + (<usize>i << 2));
-    const mNew = f32x4.max(mOld, mx);
+    const mNew = f32x4.pmax(mOld, mx);
     // an all -inf row subtracts 0 instead of -inf, so its exps are exp(-inf) = 0, never NaN
     const empty = f32x4.eq(mNew, ninf);
     const mSafe = v128.andnot(mNew, empty);
@@ -204,14 +231,14 @@ export function softmaxStep(s: usize, tqPad: i32, tk: i32, m: usize, l: usize, a
 }
 
 /**
- * O[i][c] = alpha[i] * O[i][c] + sum_j P[j][i] * V_j[c] for i < tqPad, c < dv (O is [tqPad][dv];
+ * O[i][c] = alpha[i] * O[i][c] + sum_j P[j][i] * V_j[c] for the ni lanes i < ni, c < dv (O rows dv apart;
  * value rows at byte offsets vRows[j]). Blocks of 4 rows x 8 columns stay in registers over all keys.
  */
-export function pvAcc(o: usize, dv: i32, p: usize, tqPad: i32, tk: i32, vRows: usize, alpha: usize): void {
-  const ld = <usize>tqPad << 2;
+export function pvAcc(o: usize, dv: i32, p: usize, ldLanes: i32, ni: i32, tk: i32, vRows: usize, alpha: usize): void {
+  const ld = <usize>ldLanes << 2;
   const ldo = <usize>dv << 2;
   const dv8 = dv & ~7;
-  for (let i = 0; i < tqPad; i += 4) {
+  for (let i = 0; i < ni; i += 4) {
     const al = alpha + (<usize>i << 2);
     const s0 = f32x4.splat(load<f32>(al)), s1 = f32x4.splat(load<f32>(al, 4));
     const s2 = f32x4.splat(load<f32>(al, 8)), s3 = f32x4.splat(load<f32>(al, 12));

@@ -34,14 +34,17 @@ export interface ScratchPlan {
   readonly bytes: number;
 }
 
-/** Largest key box one item visits: a kv tile (fused), a window (naive), the tile's whole union box (unfused). */
+/**
+ * Largest key list one item builds: a kv tile (fused), a window (naive), the tile's whole union
+ * box (unfused, and fused neighborhoods, which slice the union directly).
+ */
 function maxKeys(kind: KernelKind, problem: AttnProblem, rank: number): number {
-  if (kind === 'fused') return prod(tileFor(problem.kvTile, rank));
   const p = problem.pattern;
+  const union = () => (p.kind === 'neighborhood' ? prod(tileFor(problem.qTile, rank).map((t, a) => t + p.kernelSize[a]! + p.stride[a]!)) : 0);
+  if (kind === 'fused') return Math.max(prod(tileFor(problem.kvTile, rank)), union());
   if (p.kind !== 'neighborhood') throw new Error('neighborhood kernels need a neighborhood pattern');
   if (kind === 'naive') return prod(p.kernelSize);
-  const qt = tileFor(problem.qTile, rank);
-  return prod(qt.map((t, a) => t + p.kernelSize[a]! + p.stride[a]!));
+  return union();
 }
 
 export function scratchPlan(kind: KernelKind, problem: AttnProblem, rank: number): ScratchPlan {

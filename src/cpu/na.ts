@@ -55,10 +55,8 @@ export function runNaive(c: TileCtx, space: ItemSpace, start: number, end: numbe
       c.qTok[0] = tokens[i]!;
       for (let a = 0; a < c.rank; a++) c.qCrd[a] = qc[a] = coords[i * c.rank + a]!;
       c.beginQueries(span, h, 1);
-      const win = windowBox(rules, qc, 0, c.rank);
-      const tk = boxTokens(geo.kShape, geo.dilation, grp, win, c.kTok);
-      c.keyRows(tk, true);
-      c.score(tk, win, true, p, undefined);
+      const tk = c.keyList(windowBox(rules, qc, 0, c.rank), geo, grp, true);
+      c.score(tk, true, p, undefined);
       c.accumulate(tk);
       c.finish();
     }
@@ -111,8 +109,7 @@ function unfusedItem(c: TileCtx, space: ItemSpace, item: number, loadQ: boolean)
   boxCoords(qBox, c.qCrd);
   c.beginQueries(span, h, tq, loadQ);
   const union = p.bounds(span.b, h, g, qBox)!;
-  const tk = boxTokens(geo.kShape, geo.dilation, grp, union, c.kTok);
-  c.keyRows(tk, !loadQ);
+  const tk = c.keyList(union, geo, grp, !loadQ);
   return { p, rules: p.boxRules!(g), union, tq, tk, h, span };
 }
 
@@ -125,7 +122,7 @@ export function runNAQK(c: TileCtx, space: ItemSpace, start: number, end: number
   const s = c.at.s >> 2;
   for (let item = start; item < end; item++) {
     const { p, rules, union, tq, tk, h, span } = unfusedItem(c, space, item, true);
-    c.score(tk, union, true, p, undefined);
+    c.score(tk, true, p, undefined);
     for (let i = 0; i < tq; i++) {
       const ab = attn + ((span.qOff + c.qTok[i]!) * P.heads + h) * wv;
       c.f32.fill(-Infinity, ab, ab + wv);
@@ -150,7 +147,7 @@ export function runNAAV(c: TileCtx, space: ItemSpace, start: number, end: number
       c.f32[(s >> 2) + u * c.tqPad + i] = c.f32[attn + ((span.qOff + c.qTok[i]!) * P.heads + h) * wv + slot]!;
     });
     c.f32.fill(1, alpha >> 2, (alpha >> 2) + c.tqPad);
-    c.K.pvAcc(c.at.o, P.dimV, s, c.tqPad, tk, c.at.vRows, alpha);
+    c.K.pvAcc(c.at.o, P.dimV, s, c.tqPad, c.tqPad, tk, c.at.vRows, alpha);
     c.f32.fill(1, l >> 2, (l >> 2) + c.tqPad);
     c.finish(false); // the softmax pass wrote lse
   }

@@ -5,16 +5,18 @@ import { scalarKernels } from './tile-scalar.js';
  * The tile-kernel interface of the CPU engine: the arithmetic of one visit (Q.K^T, score hooks,
  * mask, online softmax, P.V) over byte offsets into one shared memory. Implemented by the
  * WebAssembly build of wasm/tile.ts (relaxed SIMD or plain SIMD) and, for engines without SIMD,
- * by a scalar TypeScript twin (tile-scalar.ts) with the same contract. Layouts: wasm/tile.ts.
+ * by a scalar TypeScript twin (tile-scalar.ts) with the same contract. Layouts: wasm/tile.ts. Score
+ * rows hold `ld` lanes (query rows); a call works on `ni` of them (a multiple of 4) from where its
+ * pointers start, so a visit can be restricted to the query rows that need its keys.
  */
 export interface TileKernels {
   loadQT(qt: number, rows: number, tq: number, tqPad: number, d: number, scale: number): void;
-  scoresT(s: number, qt: number, tqPad: number, kRows: number, tk: number, d: number): void;
-  softcap(s: number, n: number, cap: number): void;
-  addGathered(s: number, tqPad: number, tq: number, tk: number, table: number, rowIdx: number, colIdx: number): void;
-  maskBox(s: number, tqPad: number, tk: number, rank: number, kCrd: number, lo: number, hi: number): void;
-  softmaxStep(s: number, tqPad: number, tk: number, m: number, l: number, alpha: number): void;
-  pvAcc(o: number, dv: number, p: number, tqPad: number, tk: number, vRows: number, alpha: number): void;
+  scoresT(s: number, qt: number, ld: number, ni: number, kRows: number, tk: number, d: number): void;
+  softcap(s: number, ld: number, ni: number, tk: number, cap: number): void;
+  addGathered(s: number, ld: number, n: number, tk: number, table: number, rowIdx: number, colIdx: number): void;
+  maskBox(s: number, ld: number, ni: number, tk: number, rank: number, kCrd: number, lo: number, hi: number): void;
+  softmaxStep(s: number, ld: number, ni: number, tk: number, m: number, l: number, alpha: number): void;
+  pvAcc(o: number, dv: number, p: number, ld: number, ni: number, tk: number, vRows: number, alpha: number): void;
   finishRows(o: number, dv: number, tq: number, l: number, outRows: number): void;
   softmaxRows(a: number, rows: number, w: number, m: number, l: number, normalize: number): void;
 }

@@ -22,30 +22,34 @@ export function scalarKernels(memory: WebAssembly.Memory): TileKernels {
         for (let x = 0; x < d; x++) f[(qt >> 2) + x * tqPad + i] = src < 0 ? 0 : f[src + x]! * scale;
       }
     },
-    scoresT(s, qt, tqPad, kRows, tk, d) {
+    scoresT(s, qt, tqPad, ni, kRows, tk, d) {
       sync();
       for (let j = 0; j < tk; j++) {
         const k = n[(kRows >> 2) + j]! >> 2;
-        for (let i = 0; i < tqPad; i++) {
+        for (let i = 0; i < ni; i++) {
           let acc = 0;
           for (let x = 0; x < d; x++) acc += f[k + x]! * f[(qt >> 2) + x * tqPad + i]!;
           f[(s >> 2) + j * tqPad + i] = acc;
         }
       }
     },
-    softcap(s, cnt, cap) {
+    softcap(s, tqPad, ni, tk, cap) {
       sync();
-      for (let x = 0; x < cnt; x++) f[(s >> 2) + x] = cap * Math.tanh(f[(s >> 2) + x]! / cap);
+      for (let j = 0; j < tk; j++)
+        for (let i = 0; i < ni; i++) {
+          const x = (s >> 2) + j * tqPad + i;
+          f[x] = cap * Math.tanh(f[x]! / cap);
+        }
     },
     addGathered(s, tqPad, tq, tk, table, rowIdx, colIdx) {
       sync();
       for (let j = 0; j < tk; j++)
         for (let i = 0; i < tq; i++) f[(s >> 2) + j * tqPad + i]! += f[(table >> 2) + n[(rowIdx >> 2) + i]! + n[(colIdx >> 2) + j]!]!;
     },
-    maskBox(s, tqPad, tk, rank, kCrd, lo, hi) {
+    maskBox(s, tqPad, ni, tk, rank, kCrd, lo, hi) {
       sync();
       for (let j = 0; j < tk; j++)
-        for (let i = 0; i < tqPad; i++)
+        for (let i = 0; i < ni; i++)
           for (let a = 0; a < rank; a++) {
             const kc = n[(kCrd >> 2) + j * rank + a]!;
             if (kc < n[(lo >> 2) + a * tqPad + i]! || kc > n[(hi >> 2) + a * tqPad + i]!) {
@@ -54,9 +58,9 @@ export function scalarKernels(memory: WebAssembly.Memory): TileKernels {
             }
           }
     },
-    softmaxStep(s, tqPad, tk, m, l, alpha) {
+    softmaxStep(s, tqPad, ni, tk, m, l, alpha) {
       sync();
-      for (let i = 0; i < tqPad; i++) {
+      for (let i = 0; i < ni; i++) {
         let mx = -Infinity;
         for (let j = 0; j < tk; j++) mx = Math.max(mx, f[(s >> 2) + j * tqPad + i]!);
         const mOld = f[(m >> 2) + i]!;
@@ -74,9 +78,9 @@ export function scalarKernels(memory: WebAssembly.Memory): TileKernels {
         f[(alpha >> 2) + i] = a;
       }
     },
-    pvAcc(o, dv, p, tqPad, tk, vRows, alpha) {
+    pvAcc(o, dv, p, tqPad, ni, tk, vRows, alpha) {
       sync();
-      for (let i = 0; i < tqPad; i++) {
+      for (let i = 0; i < ni; i++) {
         const a = f[(alpha >> 2) + i]!;
         const row = (o >> 2) + i * dv;
         for (let c = 0; c < dv; c++) f[row + c]! *= a;

@@ -1,4 +1,4 @@
-import { type Box, boxCoords, prod } from '../patterns/geometry.js';
+import { type Box, type Geometry, type Group, prod } from '../patterns/geometry.js';
 import type { AxisRule } from '../patterns/rules.js';
 import type { CompiledPattern } from '../patterns/compile.js';
 import type { AttnProblem, SeqSpan } from '../problem.js';
@@ -21,14 +21,17 @@ export class TileCtx {
   readonly qTok: Int32Array;
   readonly kTok: Int32Array;
   readonly qCrd: Int32Array;
-  /** The visit's key coordinates, written straight into the shared memory for maskBox. */
-  readonly kCrd: Int32Array;
   readonly pos: Int32Array;
   readonly tqPad: number;
   private readonly rpbStrides: number[];
+  private readonly order: Int32Array;
+  private readonly odo: Int32Array;
+  private readonly kStride: Int32Array;
   private readonly rpbHead: number;
   tq = 0;
   h = 0;
+  /** Dilation group of the current tile. */
+  groupIndex = 0;
   span!: SeqSpan;
 
   constructor(
@@ -49,7 +52,9 @@ export class TileCtx {
     this.qTok = new Int32Array(plan.tqPad);
     this.kTok = new Int32Array(plan.maxK);
     this.qCrd = new Int32Array(plan.tqPad * rank);
-    this.kCrd = this.i32.subarray(this.at.kCrd >> 2, (this.at.kCrd >> 2) + plan.maxK * rank);
+    this.order = new Int32Array(rank);
+    this.odo = new Int32Array(rank);
+    this.kStride = new Int32Array(rank);
     this.pos = new Int32Array(Math.max(plan.tqPad, plan.maxK));
     // rpb [H, 2K0-1, 2K1-1, ...] at key - query + K - 1 per axis: separable into a row part and a key part
     const kern = problem.rpb?.kernel ?? [];
@@ -82,7 +87,7 @@ export class TileCtx {
   }
 
   /** Copies `n` rows listed at `rows` into `dst`, rotates them to their RoPE positions, and points the list there. */
-  private rotated(rows: number, dst: number, n: number, isQuery: boolean): void {
+  private rotated(rows: number, dst: number, n: number, isQuery: boolean, tok0 = 0): void {
     const { problem: P, f32, i32, span } = this;
     const D = P.dim;
     for (let i = 0; i < n; i++) {
@@ -90,7 +95,7 @@ export class TileCtx {
       f32.copyWithin((dst >> 2) + i * D, src, src + D);
       i32[(rows >> 2) + i] = dst + i * D * 4;
     }
-    const tok = isQuery ? this.qTok : this.kTok;
+    const tok = isQuery ? this.qTok : this.kTok.subarray(tok0);
     ropePositions(P.rope!, P.pattern, this.h, prod(span.qGrid), prod(span.kGrid), tok, n, isQuery, this.qTok[0]!, this.pos);
     rotateRows(P.rope!, f32.subarray(dst >> 2, (dst >> 2) + n * D), n, D, this.pos);
   }
@@ -114,69 +119,108 @@ export class TileCtx {
     }
   }
 
-  /** Key and value row pointers of the visit's `tk` keys (tokens in kTok). */
-  keyRows(tk: number, values: boolean): void {
-    const { problem: P, i32, at, span } = this;
+  /**
+   * The keys of `box` (group-local, in the tile's dilation group) as lists the kernels read: token
+   * (kTok), coordinates (kCrd), K and V row pointers. Axis `first` runs outermost, the others
+   * row-major, so every fixed coordinate on `first` is one contiguous run. Returns the count.
+   */
+  keyList(box: Box, geo: Geometry, grp: Group, values: boolean, first = 0): number {
+    const { problem: P, i32, at, span, rank } = this;
     const kh = Math.floor(this.h / (P.heads / P.kvHeads));
-    const k = this.lay.slots.k;
-    const v = this.lay.slots.v;
-    for (let j = 0; j < tk; j++) {
-      const row = span.kOff + this.kTok[j]!;
-      if (k >= 0) i32[(at.kRows >> 2) + j] = this.rowOf(k, row, P.kvHeads, kh, P.dim);
-      if (values) i32[(at.vRows >> 2) + j] = this.rowOf(v, row, P.kvHeads, kh, P.dimV);
+    const kSlot = this.lay.slots.k;
+    const vSlot = this.lay.slots.v;
+    const order = this.order;
+    order[0] = first;
+    for (let a = 0, n = 1; a < rank; a++) if (a !== first) order[n++] = a;
+    const x = this.odo;
+    for (let a = 0; a < rank; a++) {
+      if (box.hi[a]! <= box.lo[a]!) return 0;
+      x[a] = box.lo[a]!;
+    }
+    // flat token = sum over axes of (group offset + dilation * x) * row-major stride of the key grid
+    let st = 1;
+    for (let a = rank - 1; a >= 0; a--) {
+      this.kStride[a] = st;
+      st *= geo.kShape[a]!;
+    }
+    const kc = at.kCrd >> 2;
+    let n = 0;
+    for (;;) {
+      let flat = 0;
+      for (let a = 0; a < rank; a++) {
+        flat += (grp.offset[a]! + geo.dilation[a]! * x[a]!) * this.kStride[a]!;
+        i32[kc + n * rank + a] = x[a]!;
+      }
+      this.kTok[n] = flat;
+      const row = span.kOff + flat;
+      if (kSlot >= 0) i32[(at.kRows >> 2) + n] = this.rowOf(kSlot, row, P.kvHeads, kh, P.dim);
+      if (values) i32[(at.vRows >> 2) + n] = this.rowOf(vSlot, row, P.kvHeads, kh, P.dimV);
+      n++;
+      let o = rank - 1;
+      while (o >= 0) {
+        const a = order[o]!;
+        if (++x[a]! < box.hi[a]!) break;
+        x[a] = box.lo[a]!;
+        o--;
+      }
+      if (o < 0) return n;
     }
   }
 
   /**
-   * Scores of the current tile against the visit's `tk` keys into S [tk][tqPad]: Q.K^T, softcap,
-   * bias, rpb (needs the visit box's coordinates in kCrd), then the mask of a partial visit:
-   * interval rules in wasm when the pattern has them, else the exact predicate here.
+   * Scores of the current tile's lanes [i0, i0 + ni) (ni a multiple of 4) against the visit's `tk`
+   * keys into S [tk][tqPad]: Q.K^T, softcap, bias, rpb (needs the visit box's coordinates in kCrd),
+   * then the mask of a partial visit: interval rules in wasm when the pattern has them, else the
+   * exact predicate here.
    */
-  score(tk: number, box: Box | null, full: boolean, p: CompiledPattern, rules: readonly AxisRule[] | undefined): void {
-    const { problem: P, K, at, tqPad, tq, i32, f32, span, h } = this;
-    if (P.rope) this.rotated(at.kRows, at.ropeK, tk, false);
-    K.scoresT(at.s, at.qt, tqPad, at.kRows, tk, P.dim);
-    if (P.softcap > 0) K.softcap(at.s, tk * tqPad, P.softcap);
+  score(tk: number, full: boolean, p: CompiledPattern, rules: readonly AxisRule[] | undefined, i0 = 0, ni = this.tqPad, k0 = 0): void {
+    const { problem: P, K, at, tqPad, i32, f32, span, h } = this;
+    const s0 = at.s + 4 * i0;
+    const real = Math.max(0, Math.min(ni, this.tq - i0)); // lanes holding a query row
+    const kRows = at.kRows + 4 * k0;
+    const kCrd = at.kCrd + 4 * k0 * this.rank;
+    if (P.rope) this.rotated(kRows, at.ropeK, tk, false, k0);
+    K.scoresT(s0, at.qt + 4 * i0, tqPad, ni, kRows, tk, P.dim);
+    if (P.softcap > 0) K.softcap(s0, tqPad, ni, tk, P.softcap);
     if (P.bias) {
       const nq = prod(span.qGrid);
       const nk = prod(span.kGrid);
       const base = ((P.bias.batch === 1 ? 0 : span.b) * P.bias.heads + (P.bias.heads === 1 ? 0 : h)) * nq * nk;
-      for (let i = 0; i < tq; i++) i32[(at.rowIdx >> 2) + i] = base + this.qTok[i]! * nk;
-      i32.set(this.kTok.subarray(0, tk), at.colIdx >> 2);
-      K.addGathered(at.s, tqPad, tq, tk, this.lay.slots.bias, at.rowIdx, at.colIdx);
+      for (let i = 0; i < real; i++) i32[(at.rowIdx >> 2) + i] = base + this.qTok[i0 + i]! * nk;
+      i32.set(this.kTok.subarray(k0, k0 + tk), at.colIdx >> 2);
+      K.addGathered(s0, tqPad, real, tk, this.lay.slots.bias, at.rowIdx, at.colIdx);
     }
-    const needCrd = box !== null && (P.rpb !== undefined || (!full && rules !== undefined));
-    if (needCrd) boxCoords(box, this.kCrd);
     if (P.rpb) {
-      const { rank, qCrd, kCrd, rpbStrides: st } = this;
+      const { rank, qCrd, rpbStrides: st } = this;
       const kern = P.rpb.kernel;
-      for (let i = 0; i < tq; i++) {
+      for (let i = 0; i < real; i++) {
         let r = h * this.rpbHead;
-        for (let a = 0; a < rank; a++) r += (kern[a]! - 1 - qCrd[i * rank + a]!) * st[a]!;
+        for (let a = 0; a < rank; a++) r += (kern[a]! - 1 - qCrd[(i0 + i) * rank + a]!) * st[a]!;
         i32[(at.rowIdx >> 2) + i] = r;
       }
       for (let j = 0; j < tk; j++) {
         let c = 0;
-        for (let a = 0; a < rank; a++) c += kCrd[j * rank + a]! * st[a]!;
+        for (let a = 0; a < rank; a++) c += i32[(kCrd >> 2) + j * rank + a]! * st[a]!;
         i32[(at.colIdx >> 2) + j] = c;
       }
-      K.addGathered(at.s, tqPad, tq, tk, this.lay.slots.rpb, at.rowIdx, at.colIdx);
+      K.addGathered(s0, tqPad, real, tk, this.lay.slots.rpb, at.rowIdx, at.colIdx);
     }
     if (full) return;
     if (rules) {
-      K.maskBox(at.s, tqPad, tk, this.rank, at.kCrd, at.lo, at.hi);
+      K.maskBox(s0, tqPad, ni, tk, this.rank, kCrd, at.lo + 4 * i0, at.hi + 4 * i0);
       return;
     }
     const s = at.s >> 2;
     for (let j = 0; j < tk; j++)
-      for (let i = 0; i < tq; i++) if (!p.allows(span.b, h, this.qTok[i]!, this.kTok[j]!)) f32[s + j * tqPad + i] = -Infinity;
+      for (let i = i0; i < i0 + real; i++) if (!p.allows(span.b, h, this.qTok[i]!, this.kTok[k0 + j]!)) f32[s + j * tqPad + i] = -Infinity;
   }
 
-  /** Online softmax over the scored visit, then O = alpha * O + P V. */
-  accumulate(tk: number): void {
+  /** Online softmax over the scored lanes [i0, i0 + ni), then O = alpha * O + P V on them (keys from list entry k0). */
+  accumulate(tk: number, i0 = 0, ni = this.tqPad, k0 = 0): void {
     const { K, at, tqPad, problem: P } = this;
-    K.softmaxStep(at.s, tqPad, tk, at.m, at.l, at.alpha);
-    K.pvAcc(at.o, P.dimV, at.s, tqPad, tk, at.vRows, at.alpha);
+    const l4 = 4 * i0;
+    K.softmaxStep(at.s + l4, tqPad, ni, tk, at.m + l4, at.l + l4, at.alpha + l4);
+    K.pvAcc(at.o + l4 * P.dimV, P.dimV, at.s + l4, tqPad, ni, tk, at.vRows + 4 * k0, at.alpha + l4);
   }
 
   /** Writes out = O / l and (unless `lse` is false) lse = m + log l for the tile's rows (l = 0: out 0, lse -inf). */
