@@ -1,7 +1,7 @@
 import type { CommonOptions, Result } from './api.js';
 import { windowVolume } from './cpu/na.js';
 import { type MainStep, runJob } from './cpu/pool.js';
-import type { KernelKind } from './cpu/layout.js';
+import { type KernelKind, cpuFusedTiles } from './cpu/layout.js';
 import type { AttnProblem } from './problem.js';
 import { check } from './errors.js';
 import { type Tensor, dtypeOf, numel } from './tensor.js';
@@ -64,7 +64,8 @@ export async function runProblemWebGPU(problem: AttnProblem, q: Tensor, k: Tenso
 export async function runProblem(problem: AttnProblem, q: Tensor, k: Tensor, v: Tensor, lead: number[], opts: CommonOptions, kind: KernelKind): Promise<Result> {
   checkDest(opts.out, problem.qRows * problem.heads * problem.dimV, 'out');
   checkDest(opts.lse, problem.qRows * problem.heads, 'lse');
-  const r = await runJob({ problem, phases: [kind], inputs: { q: q.data, k: k.data, v: v.data }, outputs: ['out', 'lse'], flops: roughFlops(problem) });
+  const tuned = kind === 'fused' && opts.tile === undefined ? cpuFusedTiles(problem) : problem;
+  const r = await runJob({ problem: tuned, phases: [kind], inputs: { q: q.data, k: k.data, v: v.data }, outputs: ['out', 'lse'], flops: roughFlops(problem) });
   return finish(problem, r.out!, r.lse!, lead, opts);
 }
 

@@ -45,10 +45,45 @@ export function expTest(src: usize, dst: usize, n: i32): void {
   for (let i = 0; i < n; i += 4) v128.store(dst + (<usize>i << 2), vexp(v128.load(src + (<usize>i << 2))));
 }
 
-/** QT[x][i] = scale * Q_i[x] for i < tq (rows at byte offsets rows[i]); pad rows i in [tq, tqPad) are 0. */
+/**
+ * QT[x][i] = scale * Q_i[x] for i < tq (rows at byte offsets rows[i]); pad rows i in [tq, tqPad)
+ * are 0. Four rows by four dims at a time: four loads, a 4x4 transpose in shuffles, four stores.
+ */
 export function loadQT(qt: usize, rows: usize, tq: i32, tqPad: i32, d: i32, scale: f32): void {
   const ld = <usize>tqPad << 2;
-  for (let i = 0; i < tq; i++) {
+  const sv = f32x4.splat(scale);
+  const d4 = d & ~3;
+  let i = 0;
+  for (; i + 4 <= tq; i += 4) {
+    const p0 = <usize>load<i32>(rows + (<usize>i << 2));
+    const p1 = <usize>load<i32>(rows + (<usize>i << 2), 4);
+    const p2 = <usize>load<i32>(rows + (<usize>i << 2), 8);
+    const p3 = <usize>load<i32>(rows + (<usize>i << 2), 12);
+    let dst = qt + (<usize>i << 2);
+    let x = 0;
+    for (; x < d4; x += 4) {
+      const o = <usize>x << 2;
+      const r0 = v128.load(p0 + o), r1 = v128.load(p1 + o), r2 = v128.load(p2 + o), r3 = v128.load(p3 + o);
+      const t0 = v128.shuffle<f32>(r0, r1, 0, 4, 1, 5);
+      const t1 = v128.shuffle<f32>(r2, r3, 0, 4, 1, 5);
+      const t2 = v128.shuffle<f32>(r0, r1, 2, 6, 3, 7);
+      const t3 = v128.shuffle<f32>(r2, r3, 2, 6, 3, 7);
+      v128.store(dst, f32x4.mul(v128.shuffle<f32>(t0, t1, 0, 1, 4, 5), sv));
+      v128.store(dst + ld, f32x4.mul(v128.shuffle<f32>(t0, t1, 2, 3, 6, 7), sv));
+      v128.store(dst + 2 * ld, f32x4.mul(v128.shuffle<f32>(t2, t3, 0, 1, 4, 5), sv));
+      v128.store(dst + 3 * ld, f32x4.mul(v128.shuffle<f32>(t2, t3, 2, 3, 6, 7), sv));
+      dst += 4 * ld;
+    }
+    for (; x < d; x++) {
+      const o = <usize>x << 2;
+      store<f32>(dst, load<f32>(p0 + o) * scale);
+      store<f32>(dst, load<f32>(p1 + o) * scale, 4);
+      store<f32>(dst, load<f32>(p2 + o) * scale, 8);
+      store<f32>(dst, load<f32>(p3 + o) * scale, 12);
+      dst += ld;
+    }
+  }
+  for (; i < tq; i++) {
     const src = <usize>load<i32>(rows + (<usize>i << 2));
     let dst = qt + (<usize>i << 2);
     for (let x = 0; x < d; x++) {

@@ -112,3 +112,17 @@ export function layJob(base: number, threads: number, scratchBytes: number, size
   }
   return { counter, scratch, scratchBytes: align(scratchBytes), slots, end: at };
 }
+
+/**
+ * Query tiles of the CPU's fused neighborhood kernel when the caller set none: one token wide on
+ * every axis but the last two, 16 x 4 on those. Sliced visits then cost only the last axis's
+ * union over its window ((4 + K - 1) / K), where the shared default's cubes paid every axis's
+ * (measured on 64x64 k=7 and 16^3 k=5: fastest of the shapes tried, BENCHMARKS.md).
+ */
+export function cpuFusedTiles(problem: AttnProblem): AttnProblem {
+  const p = problem.pattern;
+  if (p.kind !== 'neighborhood' || p.kernelSize.length < 2) return problem;
+  const rank = p.kernelSize.length;
+  const qTile = p.kernelSize.map((_, a) => (a === rank - 1 ? 4 : a === rank - 2 ? 16 : 1));
+  return { ...problem, qTile };
+}
