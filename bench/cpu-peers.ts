@@ -4,6 +4,7 @@
  * com.microsoft.MultiHeadAttention, which is what an ONNX Runtime user has for attention.
  *
  *   npm run build && node dist/bench/cpu-peers.js [--quick] [--cases dense2048,causal4096,na2d,na3d] [--repeat N] [--json]
+ *                                                 [--kernels relaxed-simd|simd|scalar]
  *
  * Patterns reach the peers the way a user would give them: causal as MHA's `unidirectional = 1`,
  * neighborhoods as an additive attention_bias (0 / -1e9) built from the exact NATTEN window. Each
@@ -12,8 +13,11 @@
  */
 import os from 'node:os';
 import { parseArgs } from 'node:util';
-import { attention, na2d, na3d, randn, relError, setCpuThreads, type Result, type Tensor } from '../src/index.js';
+import { attention, cpuInfo, na2d, na3d, randn, relError, setCpuKernels, setCpuThreads, type KernelVariant, type Result, type Tensor } from '../src/index.js';
+import { enableRelaxedSimd } from '../src/cli/relaxed.js';
 import { mhaModel } from './onnx-mha.js';
+
+enableRelaxedSimd(); // Node 20 keeps relaxed SIMD behind a flag; --kernels simd measures without it
 
 const THREADS = 2; // tilewise's default on the 2-core reference machine; peers get the same
 // Masked bias entries: ORT adds attention_bias to the scaled scores as is (mask_filter_value only
@@ -27,8 +31,10 @@ const { values: args } = parseArgs({
     repeat: { type: 'string' },
     quick: { type: 'boolean', default: false },
     json: { type: 'boolean', default: false },
+    kernels: { type: 'string' },
   },
 });
+if (args.kernels) setCpuKernels(args.kernels as KernelVariant);
 
 interface Case {
   id: string;
@@ -173,7 +179,7 @@ interface Row {
 setCpuThreads(THREADS);
 const say = (s: string) => (args.json ? process.stderr : process.stdout).write(s + '\n');
 say(`# tilewise CPU vs ONNX Runtime (MultiHeadAttention)\n`);
-say(`machine: ${os.cpus()[0]?.model ?? 'unknown'}, ${os.cpus().length} cores; node ${process.version}; ${os.platform()} ${os.arch()}; threads ${THREADS}${args.quick ? '; --quick sizes' : ''}\n`);
+say(`machine: ${os.cpus()[0]?.model ?? 'unknown'}, ${os.cpus().length} cores; node ${process.version}; ${os.platform()} ${os.arch()}; threads ${THREADS}; tilewise kernels ${cpuInfo().kernels}${args.quick ? '; --quick sizes' : ''}\n`);
 
 const rows: Row[] = [];
 for (const c of cases) {

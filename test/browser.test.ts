@@ -55,14 +55,19 @@ interface GpuInfo {
 }
 interface PageResult {
   sharedArrayBuffer: boolean;
+  crossOriginIsolated: boolean;
+  hardwareConcurrency: number;
   cpuThreads: number;
+  cpuInfo: { threads: number; mode: string; kernels: string };
+  /** a long CPU call: its time and how often a 4 ms page timer fired meanwhile (0 = the page froze) */
+  longCall: { ms: number; ticks: number };
   cpu: Record<string, Numbers>;
   gpu: { skip: string } | { info: GpuInfo; results: Record<string, Numbers> };
   ms: Record<string, number>;
 }
 
 /** Runs in the page (serialised by playwright): must not touch anything from this module's scope. */
-async function inPage(arg: { url: string; cases: Record<string, Case> }): Promise<PageResult> {
+async function inPage(arg: { url: string; cases: Record<string, Case>; gpu: boolean }): Promise<PageResult> {
   const t0 = performance.now();
   const ms: Record<string, number> = {};
   // Count adapter requests before the library loads, to prove it goes through navigator.gpu.
@@ -94,8 +99,17 @@ async function inPage(arg: { url: string; cases: Record<string, Case> }): Promis
   for (const [name, c] of Object.entries(arg.cases)) cpu[name] = numbers(await run(c, 'cpu'));
   ms.cpu = performance.now() - t;
 
+  // a long CPU call (about 0.5 GFLOP) must leave the page's event loop running
+  let ticks = 0;
+  const timer = setInterval(() => ticks++, 4);
+  t = performance.now();
+  const big = lib.randn([1, 1024, 4, 64], 7);
+  await lib.attention(big, big, big, { backend: 'cpu' });
+  const longCall = { ms: performance.now() - t, ticks };
+  clearInterval(timer);
+
   let gpu: PageResult['gpu'];
-  const avail = await lib.webgpu.webgpuAvailable();
+  const avail = arg.gpu ? await lib.webgpu.webgpuAvailable() : 'not asked for on this page';
   if (avail !== true) gpu = { skip: avail };
   else {
     const ctx = await lib.webgpu.getContext();
@@ -115,7 +129,11 @@ async function inPage(arg: { url: string; cases: Record<string, Case> }): Promis
   }
   return {
     sharedArrayBuffer: typeof SharedArrayBuffer !== 'undefined',
+    crossOriginIsolated: globalThis.crossOriginIsolated === true,
+    hardwareConcurrency: navigator.hardwareConcurrency,
     cpuThreads: lib.cpuThreads(),
+    cpuInfo: lib.cpuInfo(),
+    longCall,
     cpu,
     gpu,
     ms,
@@ -128,19 +146,26 @@ interface Served {
   close(): Promise<void>;
 }
 
-/** A static server for dist/ on 127.0.0.1 (a secure context, which navigator.gpu requires). */
+/**
+ * A static server for dist/ on 127.0.0.1 (a secure context, which navigator.gpu requires). Under
+ * /isolated/ the same files come with COOP/COEP headers, so that page is cross-origin isolated
+ * and may share memory with Web Workers.
+ */
 async function serveDist(): Promise<Served> {
   const types: Record<string, string> = { '.js': 'text/javascript; charset=utf-8', '.map': 'application/json' };
   const log: Served['log'] = [];
   const server = createServer((req, res) => {
     const path = decodeURIComponent(new URL(req.url ?? '/', 'http://x').pathname);
+    const isolated = path.startsWith('/isolated/');
+    const rel = isolated ? path.slice('/isolated'.length) : path;
     const send = (status: number, type: string, body: string | Buffer) => {
       log.push({ path, status });
-      res.writeHead(status, { 'content-type': type, 'cache-control': 'no-store' }).end(body);
+      const coi = isolated ? { 'cross-origin-opener-policy': 'same-origin', 'cross-origin-embedder-policy': 'require-corp' } : {};
+      res.writeHead(status, { 'content-type': type, 'cache-control': 'no-store', ...coi }).end(body);
     };
     // data: icon so the browser asks for nothing but the page and the modules
-    if (path === '/') return send(200, 'text/html', '<!doctype html><link rel="icon" href="data:,"><title>tilewise</title>');
-    const file = normalize(join(DIST, path));
+    if (rel === '/') return send(200, 'text/html', '<!doctype html><link rel="icon" href="data:,"><title>tilewise</title>');
+    const file = normalize(join(DIST, rel));
     const type = types[extname(file)];
     if (!file.startsWith(DIST + sep) || !type) return send(404, 'text/plain', 'not found');
     readFile(file).then(
@@ -214,14 +239,15 @@ test('browser: the built library in headless Chromium, WebGPU via navigator.gpu 
   page.on('requestfailed', (r) => problems.push(`requestfailed: ${r.url()} ${r.failure()?.errorText}`));
   await page.goto(`${served.origin}/`);
   // the browser's own reason (e.g. an unresolvable 'node:' specifier) goes to the console, not the rejection
-  const res = await page.evaluate(inPage, { url: '/src/index.js', cases: CASES }).catch((e: Error) => {
+  const res = await page.evaluate(inPage, { url: '/src/index.js', cases: CASES, gpu: true }).catch((e: Error) => {
     throw new Error(`${e.message}\n${problems.join('\n')}`);
   });
   const ms = Date.now() - started;
 
+  const plainLog = [...served.log];
   await t.test('imports from dist/ without Node modules; the CPU backend runs inline and matches Node', async () => {
     assert.deepEqual(problems, []);
-    const paths = served.log.map((r) => r.path);
+    const paths = plainLog.map((r) => r.path);
     assert.deepEqual(
       served.log.filter((r) => r.status !== 200),
       [],
@@ -229,9 +255,13 @@ test('browser: the built library in headless Chromium, WebGPU via navigator.gpu 
     );
     // only the library's own modules: no 'webgpu' package, no node_modules, no worker thread
     for (const p of paths.filter((x) => x !== '/')) assert.match(p, /^\/src\/[\w/-]+\.js$/, `unexpected request ${p}`);
-    assert.ok(!paths.includes('/src/cpu/worker.js'), 'the page must not load the Node worker');
+    assert.ok(!paths.includes('/src/cpu/worker.js'), 'a page without cross-origin isolation starts no worker');
     for (const m of ['/src/index.js', '/src/cpu/pool.js', '/src/webgpu/device.js']) assert.ok(paths.includes(m), `${m} was loaded`);
-    assert.equal(res.cpuThreads, 1, 'a browser runs the CPU backend on the calling thread');
+    assert.equal(res.crossOriginIsolated, false);
+    assert.equal(res.cpuThreads, 1, 'without cross-origin isolation the CPU backend runs on the calling thread');
+    assert.equal(res.cpuInfo.mode, 'main-thread');
+    assert.notEqual(res.cpuInfo.kernels, 'scalar', 'Chromium runs the WebAssembly SIMD kernels');
+    assert.ok(res.longCall.ticks >= 2, `the page kept running during a ${res.longCall.ms.toFixed(0)} ms call (timer fired ${res.longCall.ticks} times)`);
     for (const [name, c] of Object.entries(CASES)) {
       const want = await cpuRef(c);
       const got = res.cpu[name]!;
@@ -264,6 +294,29 @@ test('browser: the built library in headless Chromium, WebGPU via navigator.gpu 
       const el = relError(g.lse, c.lse);
       assert.ok(eo < TOL && el < TOL, `${name}: WebGPU vs CPU relErr out ${eo}, lse ${el}`); // NaN fails too
     }
+  });
+  await t.test('a cross-origin isolated page runs the CPU backend on Web Workers over shared memory', async () => {
+    const isoPage = await browser.newPage();
+    const before = served.log.length;
+    const iso = await isoPage.evaluate(inPage, { url: '/isolated/src/index.js', cases: CASES, gpu: false });
+    const paths = served.log.slice(before).map((r) => r.path);
+    assert.equal(iso.crossOriginIsolated, true);
+    assert.equal(iso.sharedArrayBuffer, true);
+    t.diagnostic(`isolated page: ${JSON.stringify(iso.cpuInfo)}, hardwareConcurrency ${iso.hardwareConcurrency}, long call ${iso.longCall.ms.toFixed(0)} ms, ${iso.longCall.ticks} timer ticks`);
+    if (iso.hardwareConcurrency > 1) {
+      assert.equal(iso.cpuInfo.mode, 'workers');
+      assert.equal(iso.cpuThreads, Math.min(16, iso.hardwareConcurrency));
+      assert.ok(paths.includes('/isolated/src/cpu/worker.js'), 'the pool loaded its module worker');
+    }
+    assert.ok(iso.longCall.ticks >= 2, 'the page kept running during the long call');
+    for (const [name, c] of Object.entries(CASES)) {
+      const want = await cpuRef(c);
+      const got = iso.cpu[name]!;
+      const eo = relError(got.out, want.out.data);
+      const el = relError(got.lse, want.lse.data);
+      assert.ok(eo < 1e-6 && el < 1e-6, `${name}: workers in the page vs Node CPU relErr out ${eo}, lse ${el}`);
+    }
+    await isoPage.close();
   });
   t.diagnostic(`browser test: ${ms} ms in all (page: import ${res.ms.import?.toFixed(0)} ms, cpu ${res.ms.cpu?.toFixed(0)} ms, gpu ${res.ms.gpu?.toFixed(0) ?? '-'} ms)`);
 });

@@ -91,12 +91,14 @@ test('a thread-count change during a call settles that call, correctly; counts a
     const q = randn([1, 2048, 4, 32], 1);
     const k = randn([1, 2048, 4, 32], 2);
     const v = randn([1, 2048, 4, 32], 3);
-    const running = attention(q, k, v, { causal: true });
-    setCpuThreads(1);
-    const next = attention(q, k, v, { causal: true });
     setCpuThreads(2);
-    const timeout = new Promise<never>((_, rej) => setTimeout(() => rej(new Error('call never settled')), 60000));
-    const [a, b] = await Promise.race([Promise.all([running, next]), timeout]);
+    const running = attention(q, k, v, { causal: true });
+    await new Promise((r) => setTimeout(r, 20)); // the call is on the pool's two workers now
+    setCpuThreads(1);
+    const next = attention(q, k, v, { causal: true }); // runs on the calling thread, after `running`
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timeout = new Promise<never>((_, rej) => (timer = setTimeout(() => rej(new Error('call never settled')), 60000)));
+    const [a, b] = await Promise.race([Promise.all([running, next]), timeout]).finally(() => clearTimeout(timer));
     const rows = [0, 1, 777, 2047];
     const ref = referenceAttention(planAttention(q, k, v, { causal: true }).problem, bufs(q, k, v), new Set(rows));
     const flat = rows.flatMap((r) => [0, 1, 2, 3].map((h) => r * 4 + h));

@@ -381,3 +381,33 @@ export function softmaxRows(a: usize, rows: i32, w: i32, m: usize, l: usize, nor
     }
   }
 }
+
+/**
+ * Moves scores between the unfused kernels' two layouts: S [u][lane] over a tile's union box and
+ * attn [row][slot] over each query's window. Per lane i < tq, win holds 9 i32: (lo, hi, base) of
+ * the window per axis, rank padded to 3 with leading unit axes; slot = window offset from base in
+ * a k0 x k1 x k2 window, u = offset from the union's lo in a union of extents u0 x u1 x u2.
+ * toS 0: S -> attn (naQK); 1: attn -> S (naAV). attnRows: byte offset of each lane's attn row.
+ */
+export function windowSlots(s: usize, ldLanes: i32, tq: i32, win: usize, k1: i32, k2: i32, ulo0: i32, ulo1: i32, ulo2: i32, u1: i32, u2: i32, attnRows: usize, toS: i32): void {
+  const ld = <usize>ldLanes << 2;
+  for (let i = 0; i < tq; i++) {
+    const w = win + <usize>i * 36;
+    const lo0 = load<i32>(w), hi0 = load<i32>(w, 4), b0 = load<i32>(w, 8);
+    const lo1 = load<i32>(w, 12), hi1 = load<i32>(w, 16), b1 = load<i32>(w, 20);
+    const lo2 = load<i32>(w, 24), hi2 = load<i32>(w, 28), b2 = load<i32>(w, 32);
+    const row = <usize>load<i32>(attnRows + (<usize>i << 2));
+    const lane = s + (<usize>i << 2);
+    for (let c0 = lo0; c0 <= hi0; c0++)
+      for (let c1 = lo1; c1 <= hi1; c1++) {
+        const slot = ((c0 - b0) * k1 + (c1 - b1)) * k2 - b2;
+        const u = ((c0 - ulo0) * u1 + (c1 - ulo1)) * u2 - ulo2;
+        for (let c2 = lo2; c2 <= hi2; c2++) {
+          const ap = row + (<usize>(slot + c2) << 2);
+          const sp = lane + <usize>(u + c2) * ld;
+          if (toS) store<f32>(sp, load<f32>(ap));
+          else store<f32>(ap, load<f32>(sp));
+        }
+      }
+  }
+}

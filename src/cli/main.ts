@@ -4,6 +4,7 @@ import { cpuThreads, setCpuThreads } from '../cpu/pool.js';
 import { type ProfileArgs, parseProfileArgs } from './args.js';
 import { formatEvalRow, parseEvalArgs, runEval } from './longheads-eval.js';
 import { type ProfileReport, QUICK_SUITE, caseSteps, footer, formatComparison, formatTable, profileCase, progressBar } from './profile.js';
+import { enableRelaxedSimd } from './relaxed.js';
 import { type Target, resolveTargets } from './targets.js';
 
 const USAGE = `usage: tilewise profile [--backend cpu|webgpu|auto|cpu,webgpu] [--pattern dense|causal|window|na|blocksparse]
@@ -75,6 +76,7 @@ async function longHeadsEval(argv: string[]): Promise<void> {
 }
 
 async function main(): Promise<void> {
+  enableRelaxedSimd();
   const [cmd, ...rest] = process.argv.slice(2);
   if (cmd === 'profile') return profile(rest);
   if (cmd === 'longheads-eval') return longHeadsEval(rest);

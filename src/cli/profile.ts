@@ -1,7 +1,7 @@
 import cliProgress from 'cli-progress';
 import { type Result, attention, blockSparseAttention, neighborhoodAttention, planAttention, planNA } from '../api.js';
 import { scratchBytes } from '../cpu/kernels.js';
-import { cpuThreads, setCpuThreads } from '../cpu/pool.js';
+import { cpuInfo, cpuThreads, setCpuThreads } from '../cpu/pool.js';
 import { windowVolume } from '../cpu/na.js';
 import { TilewiseError } from '../errors.js';
 import { type CompiledPattern, compilePattern } from '../patterns/compile.js';
@@ -305,7 +305,10 @@ export function footer(targets: readonly Target[], reports: readonly ProfileRepo
 }
 
 function describeTarget(t: Target): string {
-  if (t.name === 'cpu') return `cpu: ${t.threads} worker threads.`;
+  if (t.name === 'cpu') {
+    const i = cpuInfo();
+    return `cpu: ${t.threads} ${i.mode === 'workers' ? 'worker threads' : 'thread (the calling one)'}, ${i.kernels} WebAssembly tile kernels.`;
+  }
   const info = targetInfo(t);
   const tuned = t.ctx.tuning ? `; stored fused tuning ${JSON.stringify(t.ctx.tuning)}` : '';
   return `webgpu: ${info['adapter']} (adapter class ${info['adapterClass']}; features: ${(info['features'] as string[]).join(', ') || 'none'}${tuned}).`;

@@ -64,36 +64,34 @@ export function runNaive(c: TileCtx, space: ItemSpace, start: number, end: numbe
 }
 
 /**
- * Walks the slots of every query of a tile against the tile's union key box, calling `fn` with
- * (query index in tile, slot, key index in union box) for slots holding an allowed key.
+ * Each query's window (lo, hi, base per axis, padded to 3 axes) and attn row, for windowSlots,
+ * which moves its scores between the union-box tile and the [row, slot] layout.
  */
-function forEachSlot(spec: NASpec, rules: readonly AxisRule[], rank: number, tq: number, qCrd: Int32Array, union: Box, fn: (i: number, slot: number, u: number) => void): void {
+function windowTable(c: TileCtx, spec: NASpec, rules: readonly AxisRule[], tq: number, union: Box, toS: boolean): void {
+  const { i32, at, rank, qCrd, problem: P } = c;
   const K = spec.kernelSize;
-  const kc = new Array<number>(rank);
-  const base = new Array<number>(rank);
-  const lo = new Array<number>(rank);
-  const hi = new Array<number>(rank);
+  const pad = 3 - rank;
+  const wv = prod(K);
   for (let i = 0; i < tq; i++) {
-    for (let a = 0; a < rank; a++) {
-      const xq = qCrd[i * rank + a]!;
-      lo[a] = rules[a]!.start(xq);
-      hi[a] = rules[a]!.end(xq);
-      base[a] = spec.isCausal[a] ? xq - K[a]! + 1 : lo[a]!;
-      kc[a] = lo[a]!;
-    }
-    for (;;) {
-      let slot = 0;
-      let u = 0;
-      for (let a = 0; a < rank; a++) {
-        slot = slot * K[a]! + kc[a]! - base[a]!;
-        u = u * (union.hi[a]! - union.lo[a]!) + kc[a]! - union.lo[a]!;
+    const w = (at.win >> 2) + i * 9;
+    for (let a = 0; a < 3; a++) {
+      if (a < pad) {
+        i32.fill(0, w + 3 * a, w + 3 * a + 3);
+        continue;
       }
-      fn(i, slot, u);
-      let a = rank - 1;
-      while (a >= 0 && ++kc[a]! > hi[a]!) kc[a] = lo[a--]!;
-      if (a < 0) break;
+      const ax = a - pad;
+      const xq = qCrd[i * rank + ax]!;
+      const lo = rules[ax]!.start(xq);
+      i32[w + 3 * a] = lo;
+      i32[w + 3 * a + 1] = rules[ax]!.end(xq);
+      i32[w + 3 * a + 2] = spec.isCausal[ax] ? xq - K[ax]! + 1 : lo;
     }
+    i32[(at.rowIdx >> 2) + i] = c.lay.slots.attn + ((c.span.qOff + c.qTok[i]!) * P.heads + c.h) * wv * 4;
   }
+  const k = (a: number) => (a < pad ? 1 : K[a - pad]!);
+  const ulo = (a: number) => (a < pad ? 0 : union.lo[a - pad]!);
+  const ext = (a: number) => (a < pad ? 1 : union.hi[a - pad]! - union.lo[a - pad]!);
+  c.K.windowSlots(at.s, c.tqPad, tq, at.win, k(1), k(2), ulo(0), ulo(1), ulo(2), ext(1), ext(2), at.rowIdx, toS ? 1 : 0);
 }
 
 /** Starts an unfused item: its query tile and the union box of its windows (tokens in kTok). */
@@ -127,9 +125,7 @@ export function runNAQK(c: TileCtx, space: ItemSpace, start: number, end: number
       const ab = attn + ((span.qOff + c.qTok[i]!) * P.heads + h) * wv;
       c.f32.fill(-Infinity, ab, ab + wv);
     }
-    forEachSlot(spec, rules, c.rank, tq, c.qCrd, union, (i, slot, u) => {
-      c.f32[attn + ((span.qOff + c.qTok[i]!) * P.heads + h) * wv + slot] = c.f32[s + u * c.tqPad + i]!;
-    });
+    windowTable(c, spec, rules, tq, union, false);
   }
 }
 
@@ -143,9 +139,7 @@ export function runNAAV(c: TileCtx, space: ItemSpace, start: number, end: number
   for (let item = start; item < end; item++) {
     const { rules, union, tq, tk, h, span } = unfusedItem(c, space, item, false);
     c.f32.fill(0, s >> 2, (s >> 2) + tk * c.tqPad);
-    forEachSlot(spec, rules, c.rank, tq, c.qCrd, union, (i, slot, u) => {
-      c.f32[(s >> 2) + u * c.tqPad + i] = c.f32[attn + ((span.qOff + c.qTok[i]!) * P.heads + h) * wv + slot]!;
-    });
+    windowTable(c, spec, rules, tq, union, true);
     c.f32.fill(1, alpha >> 2, (alpha >> 2) + c.tqPad);
     c.K.pvAcc(c.at.o, P.dimV, s, c.tqPad, c.tqPad, tk, c.at.vRows, alpha);
     c.f32.fill(1, l >> 2, (l >> 2) + c.tqPad);

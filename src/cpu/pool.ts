@@ -96,7 +96,8 @@ async function engineFor(threads: number): Promise<Engine> {
     engine = undefined;
   }
   if (!engine) {
-    const memory = new WebAssembly.Memory({ initial: 2, maximum: MAX_PAGES, shared: true });
+    // unshared where no pool can run: a page without cross-origin isolation cannot make a shared memory
+    const memory = new WebAssembly.Memory({ initial: 2, maximum: MAX_PAGES, shared: canPool() });
     engine = { variant, memory, main: kernelsOn(variant, memory), workers: [] };
   }
   const e = engine;
@@ -106,7 +107,7 @@ async function engineFor(threads: number): Promise<Engine> {
     e.workers = [];
   }
   while (e.workers.length > want) e.workers.pop()!.terminate();
-  while (e.workers.length < want) e.workers.push(await spawnWorker({ type: 'init', variant, module: moduleOf(variant), memory: e.memory, thread: e.workers.length }));
+  while (e.workers.length < want) e.workers.push(await spawnWorker({ type: 'init', variant, module: moduleOf(variant, true), memory: e.memory, thread: e.workers.length }));
   return e;
 }
 

@@ -1,4 +1,4 @@
-import { RELAXED_WASM, SIMD_WASM } from './wasm-modules.generated.js';
+import { RELAXED_LOCAL, RELAXED_SHARED, SIMD_LOCAL, SIMD_SHARED } from './wasm-modules.generated.js';
 import { scalarKernels } from './tile-scalar.js';
 
 /**
@@ -19,35 +19,44 @@ export interface TileKernels {
   pvAcc(o: number, dv: number, p: number, ld: number, ni: number, tk: number, vRows: number, alpha: number): void;
   finishRows(o: number, dv: number, tq: number, l: number, outRows: number): void;
   softmaxRows(a: number, rows: number, w: number, m: number, l: number, normalize: number): void;
+  windowSlots(s: number, ld: number, tq: number, win: number, k1: number, k2: number, ulo0: number, ulo1: number, ulo2: number, u1: number, u2: number, attnRows: number, toS: number): void;
 }
 
 export type KernelVariant = 'relaxed-simd' | 'simd' | 'scalar';
 
 const bytesOf = (b64: string): Uint8Array<ArrayBuffer> => Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
 
-const modules = new Map<KernelVariant, WebAssembly.Module | null>();
+const modules = new Map<string, WebAssembly.Module | null>();
 
-/** The compiled module of a variant, or null where this engine does not validate it (scalar: always null). */
-export function moduleOf(variant: KernelVariant): WebAssembly.Module | null {
+/**
+ * The compiled module of a variant for a shared (worker pool) or unshared (one thread) memory, or
+ * null where this engine does not validate it (scalar: always null).
+ */
+export function moduleOf(variant: KernelVariant, shared = true): WebAssembly.Module | null {
   if (variant === 'scalar') return null;
-  let m = modules.get(variant);
+  const key = `${variant}|${shared}`;
+  let m = modules.get(key);
   if (m === undefined) {
-    const bytes = bytesOf(variant === 'relaxed-simd' ? RELAXED_WASM : SIMD_WASM);
+    const relaxed = variant === 'relaxed-simd';
+    const bytes = bytesOf(shared ? (relaxed ? RELAXED_SHARED : SIMD_SHARED) : relaxed ? RELAXED_LOCAL : SIMD_LOCAL);
     m = WebAssembly.validate(bytes) ? new WebAssembly.Module(bytes) : null;
-    modules.set(variant, m);
+    modules.set(key, m);
   }
   return m;
 }
 
 /** Best variant this engine validates: relaxed-SIMD FMA, else plain SIMD, else scalar. */
-export const bestVariant = (): KernelVariant => (moduleOf('relaxed-simd') ? 'relaxed-simd' : moduleOf('simd') ? 'simd' : 'scalar');
+export const bestVariant = (): KernelVariant => (moduleOf('relaxed-simd', false) ? 'relaxed-simd' : moduleOf('simd', false) ? 'simd' : 'scalar');
 
-export const variantAvailable = (v: KernelVariant): boolean => v === 'scalar' || moduleOf(v) !== null;
+export const variantAvailable = (v: KernelVariant): boolean => v === 'scalar' || moduleOf(v, false) !== null;
+
+/** Whether a memory is shared (a SharedArrayBuffer underneath), which picks the module build. */
+const isShared = (memory: WebAssembly.Memory): boolean => typeof SharedArrayBuffer !== 'undefined' && memory.buffer instanceof SharedArrayBuffer;
 
 /** Kernels of `variant` bound to `memory` (a module compiled elsewhere may be passed, e.g. to a worker). */
 export function kernelsOn(variant: KernelVariant, memory: WebAssembly.Memory, module?: WebAssembly.Module | null): TileKernels {
   if (variant === 'scalar') return scalarKernels(memory);
-  const m = module ?? moduleOf(variant);
+  const m = module ?? moduleOf(variant, isShared(memory));
   if (!m) throw new Error(`wasm kernels '${variant}' do not validate on this engine`);
   return new WebAssembly.Instance(m, { env: { memory } }).exports as unknown as TileKernels;
 }

@@ -118,5 +118,20 @@ export function scalarKernels(memory: WebAssembly.Memory): TileKernels {
         if (normalize && sum > 0) for (let j = 0; j < w; j++) f[b + j]! /= sum;
       }
     },
+    windowSlots(s, ld, tq, win, k1, k2, ulo0, ulo1, ulo2, u1, u2, attnRows, toS) {
+      sync();
+      for (let i = 0; i < tq; i++) {
+        const w = (win >> 2) + i * 9;
+        const row = n[(attnRows >> 2) + i]! >> 2;
+        for (let c0 = n[w]!; c0 <= n[w + 1]!; c0++)
+          for (let c1 = n[w + 3]!; c1 <= n[w + 4]!; c1++)
+            for (let c2 = n[w + 6]!; c2 <= n[w + 7]!; c2++) {
+              const a = row + ((c0 - n[w + 2]!) * k1 + (c1 - n[w + 5]!)) * k2 + (c2 - n[w + 8]!);
+              const sp = (s >> 2) + (((c0 - ulo0) * u1 + (c1 - ulo1)) * u2 + (c2 - ulo2)) * ld + i;
+              if (toS) f[sp] = f[a]!;
+              else f[a] = f[sp]!;
+            }
+      }
+    },
   };
 }
