@@ -254,7 +254,7 @@ test('browser: the built library in headless Chromium, WebGPU via navigator.gpu 
       'every request is served',
     );
     // only the library's own modules: no 'webgpu' package, no node_modules, no worker thread
-    for (const p of paths.filter((x) => x !== '/')) assert.match(p, /^\/src\/[\w/-]+\.js$/, `unexpected request ${p}`);
+    for (const p of paths.filter((x) => x !== '/')) assert.match(p, /^\/src\/[\w/.-]+\.js$/, `unexpected request ${p}`);
     assert.ok(!paths.includes('/src/cpu/worker.js'), 'a page without cross-origin isolation starts no worker');
     for (const m of ['/src/index.js', '/src/cpu/pool.js', '/src/webgpu/device.js']) assert.ok(paths.includes(m), `${m} was loaded`);
     assert.equal(res.crossOriginIsolated, false);
@@ -298,6 +298,7 @@ test('browser: the built library in headless Chromium, WebGPU via navigator.gpu 
   await t.test('a cross-origin isolated page runs the CPU backend on Web Workers over shared memory', async () => {
     const isoPage = await browser.newPage();
     const before = served.log.length;
+    await isoPage.goto(`${served.origin}/isolated/`);
     const iso = await isoPage.evaluate(inPage, { url: '/isolated/src/index.js', cases: CASES, gpu: false });
     const paths = served.log.slice(before).map((r) => r.path);
     assert.equal(iso.crossOriginIsolated, true);
