@@ -15,29 +15,35 @@
   return f32x4.add(f32x4.mul(a, b), c);
 }
 
-// exp(x) on 4 lanes: Cephes' expf (range reduction by ln 2 in two parts, degree-6 polynomial),
-// relative error ~2e-7 on [-87, 88]; lanes below -87 (masked -inf included) give exactly 0.
-// Rounding and 2^n come from the 1.5 * 2^23 trick (one add puts round(t) in the low mantissa
-// bits) and clamps use pmin/pmax: x86 has no single instruction for wasm's f32x4.nearest,
-// trunc_sat or NaN-exact min/max, and V8 expands each into several.
+// exp(x) for x <= 0 on 4 lanes (every softmax argument is a score minus a max): 2^t with
+// t = x log2 e split as n + f (the 1.5 * 2^23 trick puts round(t) in the low mantissa bits, so no
+// f32x4.nearest or trunc_sat, which x86 lacks and V8 expands), 2^f by a degree-6 polynomial on
+// [-1/2, 1/2], then 2^n from the exponent bits. Relative error ~1e-6 for x > -87; lanes at or below
+// -87 (masked -inf included) give exactly 0, so no clamp is needed: their bits are masked away.
 // @ts-ignore: decorator
-@inline function vexp(x: v128): v128 {
-  const keep = f32x4.ge(x, f32x4.splat(-87.0));
-  let y = f32x4.pmin(f32x4.pmax(x, f32x4.splat(-87.0)), f32x4.splat(88.0));
-  const r = f32x4.add(f32x4.mul(y, f32x4.splat(1.44269504088896341)), f32x4.splat(12582912.0));
-  const n = f32x4.sub(r, f32x4.splat(12582912.0));
-  y = fma(n, f32x4.splat(-0.693359375), y);
-  y = fma(n, f32x4.splat(2.12194440e-4), y);
-  let p = f32x4.splat(1.9875691500e-4);
-  p = fma(p, y, f32x4.splat(1.3981999507e-3));
-  p = fma(p, y, f32x4.splat(8.3334519073e-3));
-  p = fma(p, y, f32x4.splat(4.1665795894e-2));
-  p = fma(p, y, f32x4.splat(1.6666665459e-1));
-  p = fma(p, y, f32x4.splat(5.0000001201e-1));
-  p = fma(p, f32x4.mul(y, y), f32x4.add(y, f32x4.splat(1.0)));
+@inline function vexpNeg(x: v128): v128 {
+  const keep = f32x4.gt(x, f32x4.splat(-87.0));
+  const t = f32x4.mul(x, f32x4.splat(1.44269504088896341));
+  const r = f32x4.add(t, f32x4.splat(12582912.0));
+  const f = f32x4.sub(t, f32x4.sub(r, f32x4.splat(12582912.0)));
+  // Taylor coefficients of 2^f = e^(f ln 2): (ln 2)^k / k!
+  let p = f32x4.splat(1.5403530393381606e-4);
+  p = fma(p, f, f32x4.splat(1.3333558146428443e-3));
+  p = fma(p, f, f32x4.splat(9.618129107628477e-3));
+  p = fma(p, f, f32x4.splat(5.550410866482158e-2));
+  p = fma(p, f, f32x4.splat(2.402265069591007e-1));
+  p = fma(p, f, f32x4.splat(6.931471805599453e-1));
+  p = fma(p, f, f32x4.splat(1.0));
   // bits(r) = bits(1.5 * 2^23) + round(t); the constant's low 9 bits are 0, so it shifts out
   const pow2 = i32x4.shl(i32x4.add(r, i32x4.splat(127)), 23);
   return v128.and(f32x4.mul(p, pow2), keep);
+}
+
+// exp(x) for any x (softcap's tanh takes positive arguments): the same, clamped at 88 first so
+// 2^n stays a finite f32.
+// @ts-ignore: decorator
+@inline function vexp(x: v128): v128 {
+  return vexpNeg(f32x4.pmin(x, f32x4.splat(88.0)));
 }
 
 /** exp on 4 lanes, exported for tests of the approximation. */
@@ -250,11 +256,11 @@ export function softmaxStep(s: usize, ldLanes: i32, ni: i32, tk: i32, m: usize, 
     // an all -inf row subtracts 0 instead of -inf, so its exps are exp(-inf) = 0, never NaN
     const empty = f32x4.eq(mNew, ninf);
     const mSafe = v128.andnot(mNew, empty);
-    const a = vexp(f32x4.sub(mOld, mSafe));
+    const a = vexpNeg(f32x4.sub(mOld, mSafe));
     let sum = f32x4.splat(0);
     p = col;
     for (let j = 0; j < tk; j++) {
-      const e = vexp(f32x4.sub(v128.load(p), mSafe));
+      const e = vexpNeg(f32x4.sub(v128.load(p), mSafe));
       v128.store(p, e);
       sum = f32x4.add(sum, e);
       p += ld;
@@ -362,13 +368,13 @@ export function softmaxRows(a: usize, rows: i32, w: i32, m: usize, l: usize, nor
     let sv = f32x4.splat(0);
     let j = 0;
     for (; j < w4; j += 4) {
-      const e = vexp(f32x4.sub(v128.load(row + (<usize>j << 2)), ms));
+      const e = vexpNeg(f32x4.sub(v128.load(row + (<usize>j << 2)), ms));
       if (normalize) v128.store(row + (<usize>j << 2), e);
       sv = f32x4.add(sv, e);
     }
     let sum: f32 = f32x4.extract_lane(sv, 0) + f32x4.extract_lane(sv, 1) + f32x4.extract_lane(sv, 2) + f32x4.extract_lane(sv, 3);
     for (; j < w; j++) {
-      const e = f32x4.extract_lane(vexp(f32x4.splat(load<f32>(row + (<usize>j << 2)) - mSafe)), 0);
+      const e = f32x4.extract_lane(vexpNeg(f32x4.splat(load<f32>(row + (<usize>j << 2)) - mSafe)), 0);
       if (normalize) store<f32>(row + (<usize>j << 2), e);
       sum += e;
     }
