@@ -168,17 +168,37 @@ export function scoresT(s: usize, qt: usize, ldLanes: i32, ni: i32, kRows: usize
       v128.store(o + 3 * ld, a3);
     }
   }
-  for (; j < tk; j++) {
+  // leftover keys two, then one, at a time, still 8 lanes a block where the lanes allow (more
+  // independent accumulators than one key by four lanes, whose single chain waits on each FMA)
+  for (; j < tk; ) {
+    const two = j + 2 <= tk;
     const k0 = <usize>load<i32>(kRows + (<usize>j << 2));
-    for (let i = 0; i < ni; i += 4) {
-      let a0 = f32x4.splat(0);
+    const k1 = two ? <usize>load<i32>(kRows + (<usize>j << 2), 4) : k0;
+    for (let i = 0; i < ni; i += 8) {
+      const wide = i + 8 <= ni;
+      let a0 = f32x4.splat(0), a1 = f32x4.splat(0), b0 = f32x4.splat(0), b1 = f32x4.splat(0);
       let q = qt + (<usize>i << 2);
       for (let x = 0; x < d; x++) {
-        a0 = fma(v128.load32_splat(k0 + (<usize>x << 2)), v128.load(q), a0);
+        const o = <usize>x << 2;
+        const q0 = v128.load(q);
+        const q1 = wide ? v128.load(q, 16) : q0;
+        const c0 = v128.load32_splat(k0 + o);
+        const c1 = v128.load32_splat(k1 + o);
+        a0 = fma(c0, q0, a0);
+        a1 = fma(c0, q1, a1);
+        b0 = fma(c1, q0, b0);
+        b1 = fma(c1, q1, b1);
         q += ld;
       }
-      v128.store(s + <usize>j * ld + (<usize>i << 2), a0);
+      const o = s + <usize>j * ld + (<usize>i << 2);
+      v128.store(o, a0);
+      if (wide) v128.store(o, a1, 16);
+      if (two) {
+        v128.store(o + ld, b0);
+        if (wide) v128.store(o + ld, b1, 16);
+      }
     }
+    j += two ? 2 : 1;
   }
 }
 
@@ -415,5 +435,29 @@ export function windowSlots(s: usize, ldLanes: i32, tq: i32, win: usize, k1: i32
           else store<f32>(ap, load<f32>(sp));
         }
       }
+  }
+}
+
+/**
+ * A sliced visit in one call: for each slice x < n, ranges[x] = (i0, ni, k0, tk) says which lanes
+ * [i0, i0 + ni) and which keys [k0, k0 + tk) of the key lists it pairs; every slice is scored
+ * (Q.K^T, softcap when cap > 0), masked by the interval rules, and accumulated (online softmax,
+ * P.V). The TypeScript walker only lays out the ranges, so a neighborhood tile costs one call.
+ */
+export function slicedVisit(
+  s: usize, qt: usize, ldLanes: i32, d: i32, dv: i32, kRows: usize, vRows: usize, kCrd: usize, rank: i32,
+  lo: usize, hi: usize, ranges: usize, n: i32, cap: f32, m: usize, l: usize, alpha: usize, o: usize,
+): void {
+  for (let x = 0; x < n; x++) {
+    const r = ranges + <usize>x * 16;
+    const i0 = load<i32>(r), ni = load<i32>(r, 4), k0 = load<i32>(r, 8), tk = load<i32>(r, 12);
+    if (ni <= 0 || tk <= 0) continue;
+    const l4 = <usize>i0 << 2;
+    const sp = s + l4;
+    scoresT(sp, qt + l4, ldLanes, ni, kRows + (<usize>k0 << 2), tk, d);
+    if (cap > 0) softcap(sp, ldLanes, ni, tk, cap);
+    maskBox(sp, ldLanes, ni, tk, rank, kCrd + (<usize>(k0 * rank) << 2), lo + l4, hi + l4);
+    softmaxStep(sp, ldLanes, ni, tk, m + l4, l + l4, alpha + l4);
+    pvAcc(o + l4 * <usize>dv, dv, sp, ldLanes, ni, tk, vRows + (<usize>k0 << 2), alpha + l4);
   }
 }

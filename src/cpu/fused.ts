@@ -31,7 +31,7 @@ export function runFused(c: TileCtx, space: ItemSpace, start: number, end: numbe
     boxCoords(qBox, c.qCrd);
     c.beginQueries(span, h, tq);
     const rules = p.boxRules?.(g);
-    if (rules) c.setIntervals(rules);
+    if (rules) c.setIntervals(rules, qBox);
     if (neighborhood && rules) {
       // a neighborhood tile's union box is small (tile + kernel per axis): slice it whole
       const union = p.bounds(span.b, h, g, qBox);
@@ -70,6 +70,10 @@ function sliced(c: TileCtx, p: CompiledPattern, rules: readonly AxisRule[], qBox
   const run = tk / (box.hi[s]! - box.lo[s]!); // keys per coordinate on s
   const rule = rules[s]!;
   const width = rank === 1 ? SLICE_1D : 1;
+  // (lanes, keys) of every slice, laid out for one slicedVisit call
+  const { i32, at } = c;
+  const ranges = at.ranges >> 2;
+  let n = 0;
   let qa = qBox.lo[s]!;
   for (let k0 = box.lo[s]!; k0 < box.hi[s]!; k0 += width) {
     const k1 = Math.min(k0 + width, box.hi[s]!) - 1;
@@ -79,10 +83,21 @@ function sliced(c: TileCtx, p: CompiledPattern, rules: readonly AxisRule[], qBox
     while (qb + 1 < qBox.hi[s]! && rule.start(qb + 1) <= k1) qb++;
     if (qb < qa) continue;
     const i0 = ((qa - qBox.lo[s]!) * inner) & ~3;
-    const ni = Math.min(c.tqPad, ((qb - qBox.lo[s]! + 1) * inner + 3) & ~3) - i0;
-    const first = (k0 - box.lo[s]!) * run;
-    const count = (k1 - k0 + 1) * run;
-    c.score(count, false, p, rules, i0, ni, first);
-    c.accumulate(count, i0, ni, first);
+    const r = ranges + 4 * n++;
+    i32[r] = i0;
+    i32[r + 1] = Math.min(c.tqPad, ((qb - qBox.lo[s]! + 1) * inner + 3) & ~3) - i0;
+    i32[r + 2] = (k0 - box.lo[s]!) * run;
+    i32[r + 3] = (k1 - k0 + 1) * run;
+  }
+  const P = c.problem;
+  if (!P.bias && !P.rpb && !P.rope) {
+    c.K.slicedVisit(at.s, at.qt, c.tqPad, P.dim, P.dimV, at.kRows, at.vRows, at.kCrd, rank, at.lo, at.hi, at.ranges, n, P.softcap, at.m, at.l, at.alpha, at.o);
+    return;
+  }
+  // hooks that read tokens or coordinates per slice run through the TypeScript step
+  for (let x = 0; x < n; x++) {
+    const r = ranges + 4 * x;
+    c.score(i32[r + 3]!, false, p, rules, i32[r]!, i32[r + 1]!, i32[r + 2]!);
+    c.accumulate(i32[r + 3]!, i32[r]!, i32[r + 1]!, i32[r + 2]!);
   }
 }

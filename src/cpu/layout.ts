@@ -30,7 +30,7 @@ export interface ScratchPlan {
   readonly maxQ: number;
   readonly tqPad: number;
   readonly maxK: number;
-  readonly off: Readonly<Record<'qt' | 's' | 'o' | 'm' | 'l' | 'alpha' | 'qRows' | 'kRows' | 'vRows' | 'outRows' | 'kCrd' | 'lo' | 'hi' | 'rowIdx' | 'colIdx' | 'ropeQ' | 'ropeK' | 'win', number>>;
+  readonly off: Readonly<Record<'qt' | 's' | 'o' | 'm' | 'l' | 'alpha' | 'qRows' | 'kRows' | 'vRows' | 'outRows' | 'kCrd' | 'lo' | 'hi' | 'rowIdx' | 'colIdx' | 'ropeQ' | 'ropeK' | 'win' | 'ranges', number>>;
   readonly bytes: number;
 }
 
@@ -72,6 +72,7 @@ export function scratchPlan(kind: KernelKind, problem: AttnProblem, rank: number
     ropeQ: rope ? tqPad * D : 0,
     ropeK: rope ? maxK * D : 0,
     win: kind === 'naQK' || kind === 'naAV' ? 9 * tqPad : 0,
+    ranges: kind === 'fused' ? 4 * maxK : 0,
   };
   let at = 0;
   const off = {} as Record<keyof typeof sizes, number>;

@@ -19,6 +19,7 @@ export interface TileKernels {
   pvAcc(o: number, dv: number, p: number, ld: number, ni: number, tk: number, vRows: number, alpha: number): void;
   finishRows(o: number, dv: number, tq: number, l: number, outRows: number): void;
   softmaxRows(a: number, rows: number, w: number, m: number, l: number, normalize: number): void;
+  slicedVisit(s: number, qt: number, ld: number, d: number, dv: number, kRows: number, vRows: number, kCrd: number, rank: number, lo: number, hi: number, ranges: number, n: number, cap: number, m: number, l: number, alpha: number, o: number): void;
   windowSlots(s: number, ld: number, tq: number, win: number, k1: number, k2: number, ulo0: number, ulo1: number, ulo2: number, u1: number, u2: number, attnRows: number, toS: number): void;
 }
 

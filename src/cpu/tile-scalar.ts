@@ -5,6 +5,11 @@ import type { TileKernels } from './tile-kernels.js';
  * over the same byte offsets and layouts, Math.exp instead of the vector polynomial.
  */
 export function scalarKernels(memory: WebAssembly.Memory): TileKernels {
+  const k: TileKernels = scalarParts(memory);
+  return k;
+}
+
+function scalarParts(memory: WebAssembly.Memory): TileKernels {
   let f = new Float32Array(memory.buffer);
   let n = new Int32Array(memory.buffer);
   // views follow the memory when it grows between jobs
@@ -116,6 +121,19 @@ export function scalarKernels(memory: WebAssembly.Memory): TileKernels {
         f[(m >> 2) + r] = mx;
         f[(l >> 2) + r] = sum;
         if (normalize && sum > 0) for (let j = 0; j < w; j++) f[b + j]! /= sum;
+      }
+    },
+    slicedVisit(s, qt, ld, d, dv, kRows, vRows, kCrd, rank, lo, hi, ranges, cnt, cap, m, l, alpha, o) {
+      for (let x = 0; x < cnt; x++) {
+        const r = (ranges >> 2) + 4 * x;
+        const [i0, ni, k0, tk] = [n[r]!, n[r + 1]!, n[r + 2]!, n[r + 3]!];
+        if (ni <= 0 || tk <= 0) continue;
+        const sp = s + 4 * i0;
+        this.scoresT(sp, qt + 4 * i0, ld, ni, kRows + 4 * k0, tk, d);
+        if (cap > 0) this.softcap(sp, ld, ni, tk, cap);
+        this.maskBox(sp, ld, ni, tk, rank, kCrd + 4 * k0 * rank, lo + 4 * i0, hi + 4 * i0);
+        this.softmaxStep(sp, ld, ni, tk, m + 4 * i0, l + 4 * i0, alpha + 4 * i0);
+        this.pvAcc(o + 4 * i0 * dv, dv, sp, ld, ni, tk, vRows + 4 * k0, alpha + 4 * i0);
       }
     },
     windowSlots(s, ld, tq, win, k1, k2, ulo0, ulo1, ulo2, u1, u2, attnRows, toS) {

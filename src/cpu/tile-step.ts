@@ -25,6 +25,7 @@ export class TileCtx {
   readonly tqPad: number;
   private readonly rpbStrides: number[];
   private readonly order: Int32Array;
+  private readonly ends: Int32Array;
   private readonly odo: Int32Array;
   private readonly kStride: Int32Array;
   private readonly rpbHead: number;
@@ -52,7 +53,8 @@ export class TileCtx {
     this.qTok = new Int32Array(plan.tqPad);
     this.kTok = new Int32Array(plan.maxK);
     this.qCrd = new Int32Array(plan.tqPad * rank);
-    this.order = new Int32Array(rank);
+    this.order = new Int32Array(3);
+    this.ends = new Int32Array(2 * plan.tqPad);
     this.odo = new Int32Array(rank);
     this.kStride = new Int32Array(rank);
     this.pos = new Int32Array(Math.max(plan.tqPad, plan.maxK));
@@ -100,22 +102,25 @@ export class TileCtx {
     rotateRows(P.rope!, f32.subarray(dst >> 2, (dst >> 2) + n * D), n, D, this.pos);
   }
 
-  /** Each query row's key interval per axis ([rank][tqPad]; pad rows get an empty one). */
-  setIntervals(rules: readonly AxisRule[]): void {
+  /** Each query row's key interval per axis ([rank][tqPad]; pad rows get an empty one), one rule call per distinct coordinate. */
+  setIntervals(rules: readonly AxisRule[], qBox: Box): void {
     const { i32, at, tqPad, rank, qCrd } = this;
+    const ends = this.ends;
     for (let a = 0; a < rank; a++) {
       const lo = (at.lo >> 2) + a * tqPad;
       const hi = (at.hi >> 2) + a * tqPad;
-      for (let i = 0; i < tqPad; i++) {
-        if (i < this.tq) {
-          const xq = qCrd[i * rank + a]!;
-          i32[lo + i] = rules[a]!.start(xq);
-          i32[hi + i] = rules[a]!.end(xq);
-        } else {
-          i32[lo + i] = 1;
-          i32[hi + i] = 0;
-        }
+      const x0 = qBox.lo[a]!;
+      for (let x = x0; x < qBox.hi[a]!; x++) {
+        ends[2 * (x - x0)] = rules[a]!.start(x);
+        ends[2 * (x - x0) + 1] = rules[a]!.end(x);
       }
+      for (let i = 0; i < this.tq; i++) {
+        const e = 2 * (qCrd[i * rank + a]! - x0);
+        i32[lo + i] = ends[e]!;
+        i32[hi + i] = ends[e + 1]!;
+      }
+      i32.fill(1, lo + this.tq, lo + tqPad);
+      i32.fill(0, hi + this.tq, hi + tqPad);
     }
   }
 
@@ -129,42 +134,51 @@ export class TileCtx {
     const kh = Math.floor(this.h / (P.heads / P.kvHeads));
     const kSlot = this.lay.slots.k;
     const vSlot = this.lay.slots.v;
-    const order = this.order;
-    order[0] = first;
-    for (let a = 0, n = 1; a < rank; a++) if (a !== first) order[n++] = a;
-    const x = this.odo;
-    for (let a = 0; a < rank; a++) {
-      if (box.hi[a]! <= box.lo[a]!) return 0;
-      x[a] = box.lo[a]!;
-    }
-    // flat token = sum over axes of (group offset + dilation * x) * row-major stride of the key grid
+    // three nested loops (rank padded with unit axes), outermost `first`: the token index and both
+    // row pointers advance by constant steps, so the inner loop only adds
+    const ax = this.order; // axes outer to inner, -1 = padding
+    ax.fill(-1);
+    let j = 3 - rank;
+    ax[j++] = first;
+    for (let a = 0; a < rank; a++) if (a !== first) ax[j++] = a;
     let st = 1;
+    let flat0 = 0;
     for (let a = rank - 1; a >= 0; a--) {
-      this.kStride[a] = st;
+      if (box.hi[a]! <= box.lo[a]!) return 0;
+      this.kStride[a] = geo.dilation[a]! * st; // token step per coordinate step
+      flat0 += (grp.offset[a]! + geo.dilation[a]! * box.lo[a]!) * st;
       st *= geo.kShape[a]!;
     }
+    const lo = (o: number) => (ax[o]! < 0 ? 0 : box.lo[ax[o]!]!);
+    const len = (o: number) => (ax[o]! < 0 ? 1 : box.hi[ax[o]!]! - box.lo[ax[o]!]!);
+    const step = (o: number) => (ax[o]! < 0 ? 0 : this.kStride[ax[o]!]!);
+    const [n0, n1, n2] = [len(0), len(1), len(2)];
+    const [s0, s1, s2] = [step(0), step(1), step(2)];
+    const [a0, a1, a2] = [ax[0]!, ax[1]!, ax[2]!];
+    const [l0, l1, l2] = [lo(0), lo(1), lo(2)];
+    const kRow = P.kvHeads * P.dim * 4;
+    const vRow = P.kvHeads * P.dimV * 4;
+    const kBase = kSlot + ((span.kOff * P.kvHeads + kh) * P.dim) * 4;
+    const vBase = vSlot + ((span.kOff * P.kvHeads + kh) * P.dimV) * 4;
     const kc = at.kCrd >> 2;
+    const kr = at.kRows >> 2;
+    const vr = at.vRows >> 2;
+    const tok = this.kTok;
     let n = 0;
-    for (;;) {
-      let flat = 0;
-      for (let a = 0; a < rank; a++) {
-        flat += (grp.offset[a]! + geo.dilation[a]! * x[a]!) * this.kStride[a]!;
-        i32[kc + n * rank + a] = x[a]!;
+    for (let x0 = 0; x0 < n0; x0++)
+      for (let x1 = 0; x1 < n1; x1++) {
+        let f = flat0 + x0 * s0 + x1 * s1;
+        for (let x2 = 0; x2 < n2; x2++, n++, f += s2) {
+          tok[n] = f;
+          if (kSlot >= 0) i32[kr + n] = kBase + f * kRow;
+          if (values) i32[vr + n] = vBase + f * vRow;
+          const c = kc + n * rank;
+          if (a0 >= 0) i32[c + a0] = l0 + x0;
+          if (a1 >= 0) i32[c + a1] = l1 + x1;
+          i32[c + a2] = l2 + x2;
+        }
       }
-      this.kTok[n] = flat;
-      const row = span.kOff + flat;
-      if (kSlot >= 0) i32[(at.kRows >> 2) + n] = this.rowOf(kSlot, row, P.kvHeads, kh, P.dim);
-      if (values) i32[(at.vRows >> 2) + n] = this.rowOf(vSlot, row, P.kvHeads, kh, P.dimV);
-      n++;
-      let o = rank - 1;
-      while (o >= 0) {
-        const a = order[o]!;
-        if (++x[a]! < box.hi[a]!) break;
-        x[a] = box.lo[a]!;
-        o--;
-      }
-      if (o < 0) return n;
-    }
+    return n;
   }
 
   /**
