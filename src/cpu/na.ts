@@ -111,13 +111,12 @@ function unfusedItem(c: TileCtx, space: ItemSpace, item: number, loadQ: boolean)
   return { p, rules: p.boxRules!(g), union, tq, tk, h, span };
 }
 
-/** Unfused step 1 (naQK): S = Q K^T (+ softcap, rpb) over the tile's union box, then each query keeps its window's slots. */
+/** Unfused step 1 (naQK): S = Q K^T (+ softcap, rpb) over the tile's union box, then each query keeps its window's slots (-inf elsewhere). */
 export function runNAQK(c: TileCtx, space: ItemSpace, start: number, end: number): void {
   const P = c.problem;
   const spec = naSpec(P);
   const wv = prod(spec.kernelSize);
   const attn = c.lay.slots.attn >> 2;
-  const s = c.at.s >> 2;
   for (let item = start; item < end; item++) {
     const { p, rules, union, tq, tk, h, span } = unfusedItem(c, space, item, true);
     c.score(tk, true, p, undefined);
@@ -129,15 +128,13 @@ export function runNAQK(c: TileCtx, space: ItemSpace, start: number, end: number
   }
 }
 
-/** Unfused step 3 (naAV): scatter each query's window weights over the union box, then O = P V on the tile step. */
+/** Unfused step 3 (naAV): each query's window weights back over the union box, then O = P V on the tile step. */
 export function runNAAV(c: TileCtx, space: ItemSpace, start: number, end: number): void {
   const P = c.problem;
   const spec = naSpec(P);
-  const wv = prod(spec.kernelSize);
-  const attn = c.lay.slots.attn >> 2;
   const { s, alpha, l } = c.at;
   for (let item = start; item < end; item++) {
-    const { rules, union, tq, tk, h, span } = unfusedItem(c, space, item, false);
+    const { rules, union, tq, tk } = unfusedItem(c, space, item, false);
     c.f32.fill(0, s >> 2, (s >> 2) + tk * c.tqPad);
     windowTable(c, spec, rules, tq, union, true);
     c.f32.fill(1, alpha >> 2, (alpha >> 2) + c.tqPad);

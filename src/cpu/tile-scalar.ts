@@ -5,11 +5,6 @@ import type { TileKernels } from './tile-kernels.js';
  * over the same byte offsets and layouts, Math.exp instead of the vector polynomial.
  */
 export function scalarKernels(memory: WebAssembly.Memory): TileKernels {
-  const k: TileKernels = scalarParts(memory);
-  return k;
-}
-
-function scalarParts(memory: WebAssembly.Memory): TileKernels {
   let f = new Float32Array(memory.buffer);
   let n = new Int32Array(memory.buffer);
   // views follow the memory when it grows between jobs

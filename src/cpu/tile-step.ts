@@ -26,7 +26,6 @@ export class TileCtx {
   private readonly rpbStrides: number[];
   private readonly order: Int32Array;
   private readonly ends: Int32Array;
-  private readonly odo: Int32Array;
   private readonly kStride: Int32Array;
   private readonly rpbHead: number;
   tq = 0;
@@ -55,7 +54,6 @@ export class TileCtx {
     this.qCrd = new Int32Array(plan.tqPad * rank);
     this.order = new Int32Array(3);
     this.ends = new Int32Array(2 * plan.tqPad);
-    this.odo = new Int32Array(rank);
     this.kStride = new Int32Array(rank);
     this.pos = new Int32Array(Math.max(plan.tqPad, plan.maxK));
     // rpb [H, 2K0-1, 2K1-1, ...] at key - query + K - 1 per axis: separable into a row part and a key part
