@@ -347,6 +347,11 @@ export interface BlockSparseOptions extends Omit<AttentionOptions, 'pattern'> {
 export async function blockSparseAttention(q: Tensor, k: Tensor, v: Tensor, opts: BlockSparseOptions): Promise<Result>;
 export async function blockSparseAttention(q: GpuTensor, k: GpuTensor, v: GpuTensor, opts: BlockSparseOptions): Promise<GpuResult>;
 export async function blockSparseAttention(q: Input, k: Input, v: Input, opts: BlockSparseOptions): Promise<Result | GpuResult> {
+  return attention(q as Tensor, k as Tensor, v as Tensor, blockSparseAsAttention(opts)); // either kind: the overloads share one body
+}
+
+/** A block-sparse call as attention options: the block mask as a pattern, tiles on the blocks. */
+export function blockSparseAsAttention(opts: BlockSparseOptions): AttentionOptions {
   check(opts && typeof opts === 'object', 'opts', 'must be an object');
   const m = opts.blockMask;
   check(m && typeof m === 'object' && m.data && Array.isArray(m.shape), 'blockMask', 'must be { data, shape }');
@@ -364,7 +369,7 @@ export async function blockSparseAttention(q: Input, k: Input, v: Input, opts: B
   }
   const pattern: PatternSpec = { kind: 'blockSparse', blockQ, blockK, mask, maskHeads: shape[0]!, numQBlocks: shape[1]!, numKBlocks: shape[2]! };
   const tile = opts.tile ?? { q: blockQ <= 128 ? blockQ : 64, kv: blockK <= 128 ? blockK : 64 };
-  return attention(q as Tensor, k as Tensor, v as Tensor, { ...opts, pattern, tile }); // either kind: the overloads share one body
+  return { ...opts, pattern, tile };
 }
 
 export interface NeighborhoodOptions extends CommonOptions {

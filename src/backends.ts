@@ -1,7 +1,8 @@
 import type { CommonOptions, Result } from './api.js';
 import { windowVolume } from './cpu/na.js';
 import { type MainStep, runJob } from './cpu/pool.js';
-import { type KernelKind, cpuFusedTiles } from './cpu/layout.js';
+import { type KernelKind, type Slot, cpuFusedTiles } from './cpu/layout.js';
+import { unrotateRows } from './rope.js';
 import type { AttnProblem } from './problem.js';
 import { check } from './errors.js';
 import { type Tensor, dtypeOf, numel } from './tensor.js';
@@ -126,6 +127,52 @@ export async function naQKOnly(problem: AttnProblem, q: Tensor, k: Tensor, lead:
   if (dOut) dOut.set(attn);
   if (dLse) dLse.set(lse);
   return { out: { data: dOut ?? attn, shape: [...lead, problem.heads, wv] }, lse: { data: dLse ?? lse, shape: [...lead, problem.heads] } };
+}
+
+/** Gradients of one attention call, flat like their tensors. */
+export interface HostGrads {
+  dq: Float32Array;
+  dk: Float32Array;
+  dv: Float32Array;
+  drpb?: Float32Array;
+}
+
+/**
+ * The backward on the CPU backend: one pass over query tiles (dQ per tile, dK, dV and drpb into
+ * per-thread partials), then the partials summed in thread order and dK rotated back when the
+ * problem has RoPE. Inputs: q, k, v, the forward's out and lse, and dOut.
+ */
+export async function runBackwardCpu(problem: AttnProblem, t: { q: Float32Array; k: Float32Array; v: Float32Array; out: Float32Array; lse: Float32Array; dout: Float32Array }, opts: CommonOptions): Promise<HostGrads> {
+  const tuned = opts.tile === undefined ? cpuFusedTiles(problem) : problem;
+  const { kRows, kvHeads: Hk, dim: D, dimV: DV } = problem;
+  const rpbLen = problem.rpb?.data.length ?? 0;
+  const reduce: MainStep = (K, f32, lay) => {
+    const pairs: [Slot, Slot, number][] = [['dkp', 'dk', kRows * Hk * D], ['dvp', 'dv', kRows * Hk * DV], ['drpbp', 'drpb', rpbLen]];
+    for (const [part, dst, n] of pairs) {
+      if (lay.slots[dst] < 0 || n === 0) continue;
+      f32.fill(0, lay.slots[dst] >> 2, (lay.slots[dst] >> 2) + n);
+      for (let th = 0; th < lay.threads; th++) K.addInto(lay.slots[dst], lay.slots[part] + th * lay.partialBytes[part]!, n);
+    }
+    if (problem.rope) {
+      // dK was summed in the rotated frame of each key's position: turn it back
+      for (const span of problem.seqs) {
+        const nq = span.qGrid.reduce((a, b) => a * b, 1);
+        const nk = span.kGrid.reduce((a, b) => a * b, 1);
+        const pos = Int32Array.from({ length: nk * Hk }, (_, i) => Math.floor(i / Hk) + Math.max(0, nq - nk));
+        const base = (lay.slots.dk >> 2) + span.kOff * Hk * D;
+        unrotateRows(problem.rope, f32.subarray(base, base + nk * Hk * D), nk * Hk, D, pos);
+      }
+    }
+  };
+  const r = await runJob({
+    problem: tuned,
+    phases: ['backward', reduce],
+    inputs: { q: t.q, k: t.k, v: t.v, out: t.out, lse: t.lse, dout: t.dout },
+    outputs: ['dq', 'dk', 'dv', ...(rpbLen ? (['drpb'] as const) : [])],
+    temps: ['dkp', 'dvp', ...(rpbLen ? (['drpbp'] as const) : [])],
+    flops: 2.5 * roughFlops(problem),
+  });
+  return { dq: r.dq!, dk: r.dk!, dv: r.dv!, ...(r.drpb ? { drpb: r.drpb } : {}) };
 }
 
 /** NATTEN's av op: weights [rows, H, prod(kernelSize)] times V over each window. */

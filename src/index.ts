@@ -17,6 +17,15 @@ export {
   type Input,
   type BackendName,
 } from './api.js';
+export {
+  attentionBackward,
+  blockSparseAttentionBackward,
+  neighborhoodAttentionBackward,
+  na1dBackward,
+  na2dBackward,
+  na3dBackward,
+  type Grads,
+} from './backward.js';
 export { TilewiseError } from './errors.js';
 export { type Tensor, tensor, zeros, randn, relError, isGpuTensor } from './tensor.js';
 export * as patterns from './patterns/spec.js';

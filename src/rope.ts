@@ -73,6 +73,18 @@ function ropeTable(base: number, dims: number, maxPos: number): Float32Array {
 
 /** Rotates `n` rows of a dense [n, d] tile in place, row i at position pos[i]. */
 export function rotateRows(rope: RopeSpec, tile: Float32Array, n: number, d: number, pos: Int32Array): void {
+  turnRows(rope, tile, n, d, pos, 1);
+}
+
+/**
+ * The transpose (inverse) of rotateRows: takes a gradient with respect to rotated rows back to
+ * the un-rotated inputs (the backward's dQ and dK).
+ */
+export function unrotateRows(rope: RopeSpec, tile: Float32Array, n: number, d: number, pos: Int32Array): void {
+  turnRows(rope, tile, n, d, pos, -1);
+}
+
+function turnRows(rope: RopeSpec, tile: Float32Array, n: number, d: number, pos: Int32Array, sign: 1 | -1): void {
   const half = rope.dims / 2;
   const { table, maxPos } = rope;
   for (let i = 0; i < n; i++) {
@@ -85,7 +97,7 @@ export function rotateRows(rope: RopeSpec, tile: Float32Array, n: number, d: num
       const x = tile[r + j]!;
       const y = tile[r + j + half]!;
       const c = table[c0 + j]!;
-      const s = table[s0 + j]!;
+      const s = sign * table[s0 + j]!;
       tile[r + j] = x * c - y * s;
       tile[r + j + half] = y * c + x * s;
     }

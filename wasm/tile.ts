@@ -461,3 +461,162 @@ export function slicedVisit(
     pvAcc(o + l4 * <usize>dv, dv, sp, ldLanes, ni, tk, vRows + (<usize>k0 << 2), alpha + l4);
   }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Backward (FlashAttention-2 recomputation from the forward's LSE). Q.K^T and dP = dO V^T are
+// scoresT, dQ += dS K is pvAcc (alpha 1); what is new: the probabilities from the LSE, dS, and
+// accumulation into key rows (dK += dS^T Q, dV += P^T dO).
+
+/** P[j][i] = exp(S[j][i] - lse[i]) over ni lanes (lanes with lse = -inf, rows with no key, give 0). */
+export function probsT(s: usize, ldLanes: i32, ni: i32, tk: i32, lse: usize): void {
+  const ld = <usize>ldLanes << 2;
+  const ninf = f32x4.splat(-Infinity);
+  for (let i = 0; i < ni; i += 4) {
+    let L = v128.load(lse + (<usize>i << 2));
+    L = v128.bitselect(f32x4.splat(Infinity), L, f32x4.eq(L, ninf));
+    let p = s + (<usize>i << 2);
+    for (let j = 0; j < tk; j++) {
+      v128.store(p, vexpNeg(f32x4.sub(v128.load(p), L)));
+      p += ld;
+    }
+  }
+}
+
+/**
+ * dS = P * (dP - delta[i]) over ni lanes, written over dP; with a softcap, also times the
+ * derivative 1 - (c / cap)^2 of the capped score c (kept at `sc` before bias and rpb were added).
+ */
+export function dsT(p: usize, dp: usize, ldLanes: i32, ni: i32, tk: i32, delta: usize, sc: usize, cap: f32): void {
+  const ld = <usize>ldLanes << 2;
+  const one = f32x4.splat(1.0);
+  const inv = f32x4.splat(cap > 0 ? 1.0 / cap : 0.0);
+  for (let i = 0; i < ni; i += 4) {
+    const dl = v128.load(delta + (<usize>i << 2));
+    for (let j = 0; j < tk; j++) {
+      const o = <usize>j * ld + (<usize>i << 2);
+      let v = f32x4.mul(v128.load(p + o), f32x4.sub(v128.load(dp + o), dl));
+      if (cap > 0) {
+        const t = f32x4.mul(v128.load(sc + o), inv);
+        v = f32x4.mul(v, f32x4.sub(one, f32x4.mul(t, t)));
+      }
+      v128.store(dp + o, v);
+    }
+  }
+}
+
+/**
+ * dst_j[c] += coef * sum_i P[j][i] * src_i[c] for keys j < tk, c < width, over the ni lanes (key
+ * rows at byte offsets dstRows[j], lane rows at srcRows[i]): dV += P^T dO and dK += dS^T Q. Blocks
+ * of 4 keys x 8 columns stay in registers over the lanes.
+ */
+export function keyAcc(dstRows: usize, width: i32, p: usize, ldLanes: i32, ni: i32, tk: i32, srcRows: usize, coef: f32): void {
+  const ld = <usize>ldLanes << 2;
+  const cv = f32x4.splat(coef);
+  const w8 = width & ~7;
+  let j = 0;
+  for (; j + 4 <= tk; j += 4) {
+    const d0 = <usize>load<i32>(dstRows + (<usize>j << 2));
+    const d1 = <usize>load<i32>(dstRows + (<usize>j << 2), 4);
+    const d2 = <usize>load<i32>(dstRows + (<usize>j << 2), 8);
+    const d3 = <usize>load<i32>(dstRows + (<usize>j << 2), 12);
+    const p0 = p + <usize>j * ld;
+    let c = 0;
+    for (; c < w8; c += 8) {
+      const oc = <usize>c << 2;
+      let a00 = f32x4.splat(0), a01 = f32x4.splat(0), a10 = f32x4.splat(0), a11 = f32x4.splat(0);
+      let a20 = f32x4.splat(0), a21 = f32x4.splat(0), a30 = f32x4.splat(0), a31 = f32x4.splat(0);
+      let pp = p0;
+      for (let i = 0; i < ni; i++) {
+        const sr = <usize>load<i32>(srcRows + (<usize>i << 2)) + oc;
+        const s0 = v128.load(sr);
+        const s1 = v128.load(sr, 16);
+        let b = v128.load32_splat(pp);
+        a00 = fma(b, s0, a00);
+        a01 = fma(b, s1, a01);
+        b = v128.load32_splat(pp + ld);
+        a10 = fma(b, s0, a10);
+        a11 = fma(b, s1, a11);
+        b = v128.load32_splat(pp + 2 * ld);
+        a20 = fma(b, s0, a20);
+        a21 = fma(b, s1, a21);
+        b = v128.load32_splat(pp + 3 * ld);
+        a30 = fma(b, s0, a30);
+        a31 = fma(b, s1, a31);
+        pp += 4;
+      }
+      v128.store(d0 + oc, fma(a00, cv, v128.load(d0 + oc)));
+      v128.store(d0 + oc, fma(a01, cv, v128.load(d0 + oc, 16)), 16);
+      v128.store(d1 + oc, fma(a10, cv, v128.load(d1 + oc)));
+      v128.store(d1 + oc, fma(a11, cv, v128.load(d1 + oc, 16)), 16);
+      v128.store(d2 + oc, fma(a20, cv, v128.load(d2 + oc)));
+      v128.store(d2 + oc, fma(a21, cv, v128.load(d2 + oc, 16)), 16);
+      v128.store(d3 + oc, fma(a30, cv, v128.load(d3 + oc)));
+      v128.store(d3 + oc, fma(a31, cv, v128.load(d3 + oc, 16)), 16);
+    }
+    for (; c < width; c++) keyAccColumn(dstRows, j, 4, c, p, ld, ni, srcRows, coef);
+  }
+  for (; j < tk; j++) {
+    const d0 = <usize>load<i32>(dstRows + (<usize>j << 2));
+    const p0 = p + <usize>j * ld;
+    let c = 0;
+    for (; c < w8; c += 8) {
+      const oc = <usize>c << 2;
+      let a0 = f32x4.splat(0), a1 = f32x4.splat(0);
+      for (let i = 0; i < ni; i++) {
+        const sr = <usize>load<i32>(srcRows + (<usize>i << 2)) + oc;
+        const b = v128.load32_splat(p0 + (<usize>i << 2));
+        a0 = fma(b, v128.load(sr), a0);
+        a1 = fma(b, v128.load(sr, 16), a1);
+      }
+      v128.store(d0 + oc, fma(a0, cv, v128.load(d0 + oc)));
+      v128.store(d0 + oc, fma(a1, cv, v128.load(d0 + oc, 16)), 16);
+    }
+    for (; c < width; c++) keyAccColumn(dstRows, j, 1, c, p, ld, ni, srcRows, coef);
+  }
+}
+
+// one column c of keys [j, j + n) (head dims that are not multiples of 8)
+function keyAccColumn(dstRows: usize, j: i32, n: i32, c: i32, p: usize, ld: usize, ni: i32, srcRows: usize, coef: f32): void {
+  for (let r = 0; r < n; r++) {
+    const dst = <usize>load<i32>(dstRows + (<usize>(j + r) << 2)) + (<usize>c << 2);
+    const pr = p + <usize>(j + r) * ld;
+    let acc: f32 = 0;
+    for (let i = 0; i < ni; i++) acc += load<f32>(pr + (<usize>i << 2)) * load<f32>(<usize>load<i32>(srcRows + (<usize>i << 2)) + (<usize>c << 2));
+    store<f32>(dst, load<f32>(dst) + coef * acc);
+  }
+}
+
+/** table[rowIdx[i] + colIdx[j]] += S[j][i] for i < n real lanes (drpb: the gradient of addGathered). */
+export function scatterAdd(s: usize, ldLanes: i32, n: i32, tk: i32, table: usize, rowIdx: usize, colIdx: usize): void {
+  for (let j = 0; j < tk; j++) {
+    const c = load<i32>(colIdx + (<usize>j << 2));
+    const row = s + <usize>j * (<usize>ldLanes << 2);
+    for (let i = 0; i < n; i++) {
+      const t = table + (<usize>(load<i32>(rowIdx + (<usize>i << 2)) + c) << 2);
+      store<f32>(t, load<f32>(t) + load<f32>(row + (<usize>i << 2)));
+    }
+  }
+}
+
+/** dst[i] = sum_c a_i[c] * b_i[c] for i < n (rows at byte offsets aRows[i], bRows[i]): delta = rowsum(dO * O). */
+export function rowDots(dst: usize, aRows: usize, bRows: usize, n: i32, width: i32): void {
+  const w4 = width & ~3;
+  for (let i = 0; i < n; i++) {
+    const a = <usize>load<i32>(aRows + (<usize>i << 2));
+    const b = <usize>load<i32>(bRows + (<usize>i << 2));
+    let acc = f32x4.splat(0);
+    let c = 0;
+    for (; c < w4; c += 4) acc = fma(v128.load(a + (<usize>c << 2)), v128.load(b + (<usize>c << 2)), acc);
+    let sum: f32 = f32x4.extract_lane(acc, 0) + f32x4.extract_lane(acc, 1) + f32x4.extract_lane(acc, 2) + f32x4.extract_lane(acc, 3);
+    for (; c < width; c++) sum += load<f32>(a + (<usize>c << 2)) * load<f32>(b + (<usize>c << 2));
+    store<f32>(dst + (<usize>i << 2), sum);
+  }
+}
+
+/** dst[x] += src[x] for x < n (summing the threads' partial dK, dV, drpb in a fixed order). */
+export function addInto(dst: usize, src: usize, n: i32): void {
+  const n4 = n & ~3;
+  let x = 0;
+  for (; x < n4; x += 4) v128.store(dst + (<usize>x << 2), f32x4.add(v128.load(dst + (<usize>x << 2)), v128.load(src + (<usize>x << 2))));
+  for (; x < n; x++) store<f32>(dst + (<usize>x << 2), load<f32>(dst + (<usize>x << 2)) + load<f32>(src + (<usize>x << 2)));
+}

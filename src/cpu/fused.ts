@@ -1,7 +1,7 @@
 import { type Box, type Geometry, type Group, boxCoords, boxTokens } from '../patterns/geometry.js';
 import type { AxisRule } from '../patterns/rules.js';
 import type { CompiledPattern } from '../patterns/compile.js';
-import type { ItemSpace } from '../problem.js';
+import type { ItemSpace, SeqSpan } from '../problem.js';
 import { tileFor } from '../problem.js';
 import { kvSchedule, tileBox } from '../schedule.js';
 import type { TileCtx } from './tile-step.js';
@@ -9,45 +9,87 @@ import type { TileCtx } from './tile-step.js';
 /** Keys per slice of a partial 1-D visit (N-D visits are sliced one key coordinate at a time). */
 const SLICE_1D = 8;
 
+/** One visit of a query tile: keys [k0, k0 + tk) of the key list against lanes [i0, i0 + ni). */
+export type VisitStep = (tk: number, full: boolean, i0: number, ni: number, k0: number) => void;
+
+/** A query tile being walked: its pattern, rules, box and where it sits. */
+export interface TileWalk {
+  readonly p: CompiledPattern;
+  readonly rules: readonly AxisRule[] | undefined;
+  readonly qBox: Box;
+  readonly geo: Geometry;
+  readonly grp: Group;
+  readonly span: SeqSpan;
+  readonly h: number;
+  readonly g: number;
+}
+
+/**
+ * Decodes work item `item` into its query tile, loads it (tokens, coordinates, Q, intervals) and
+ * returns where it sits; the forward and the backward share it.
+ */
+export function startTile(c: TileCtx, space: ItemSpace, item: number): TileWalk {
+  const P = c.problem;
+  const { seq, h, g, tile } = space.decode(item);
+  const p = space.pattern(seq);
+  const span = P.seqs[seq]!;
+  const geo = p.geometry;
+  const grp = p.groups[g]!;
+  const qBox = tileBox(grp.qLen, tileFor(P.qTile, c.rank), tile);
+  const tq = boxTokens(geo.qShape, geo.dilation, grp, qBox, c.qTok);
+  boxCoords(qBox, c.qCrd);
+  c.beginQueries(span, h, tq);
+  c.groupIndex = g;
+  const rules = p.boxRules?.(g);
+  if (rules) c.setIntervals(rules, qBox);
+  return { p, rules, qBox, geo, grp, span, h, g };
+}
+
+/**
+ * Walks a query tile's schedule, calling `step` per visit. Full visits skip the mask. Partial
+ * visits of interval patterns (neighborhoods, windows, causal) are cut into key slices, each run
+ * only on the query rows whose windows reach it: on a neighborhood most of a visit's pairs are
+ * outside the windows, and this keeps the arithmetic near the allowed pairs. A neighborhood
+ * tile's union box is small (tile + kernel per axis), so it is sliced whole. `fast`, when given,
+ * runs a whole sliced box in one call instead of a step per slice (the forward's slicedVisit).
+ */
+export function walkTile(c: TileCtx, t: TileWalk, step: VisitStep, fast?: () => void): void {
+  const { p, rules, qBox, geo, grp, span, h, g } = t;
+  const P = c.problem;
+  if (P.pattern.kind === 'neighborhood' && rules) {
+    const union = p.bounds(span.b, h, g, qBox);
+    if (union) sliced(c, rules, qBox, union, geo, grp, step, fast);
+    return;
+  }
+  for (const visit of kvSchedule(p, span.b, h, g, qBox, tileFor(P.kvTile, c.rank))) {
+    if (!visit.full && rules) {
+      sliced(c, rules, qBox, visit.box, geo, grp, step, fast);
+      continue;
+    }
+    const tk = c.keyList(visit.box, geo, grp, true);
+    step(tk, visit.full, 0, c.tqPad, 0);
+  }
+}
+
 /**
  * Fused forward over work items [start, end): for each query tile, walk its schedule with an
- * online softmax and write O and LSE. Full visits skip the mask. Partial visits of interval
- * patterns (neighborhoods, windows, causal) are cut into key slices, each run only on the query
- * rows whose windows reach it: on a neighborhood most of a visit's (query, key) pairs are outside
- * the windows, and this keeps the arithmetic near the allowed pairs. The walk is TypeScript;
- * every visit's arithmetic is the shared tile step (wasm).
+ * online softmax and write O and LSE. The walk is TypeScript; every visit's arithmetic is the
+ * shared tile step (wasm).
  */
 export function runFused(c: TileCtx, space: ItemSpace, start: number, end: number): void {
   const P = c.problem;
-  const neighborhood = P.pattern.kind === 'neighborhood';
+  const fast = !P.bias && !P.rpb && !P.rope ? () => c.slicedVisit() : undefined;
   for (let item = start; item < end; item++) {
-    const { seq, h, g, tile } = space.decode(item);
-    const p = space.pattern(seq);
-    const span = P.seqs[seq]!;
-    const geo = p.geometry;
-    const grp = p.groups[g]!;
-    const qBox = tileBox(grp.qLen, tileFor(P.qTile, c.rank), tile);
-    const tq = boxTokens(geo.qShape, geo.dilation, grp, qBox, c.qTok);
-    boxCoords(qBox, c.qCrd);
-    c.beginQueries(span, h, tq);
-    const rules = p.boxRules?.(g);
-    if (rules) c.setIntervals(rules, qBox);
-    if (neighborhood && rules) {
-      // a neighborhood tile's union box is small (tile + kernel per axis): slice it whole
-      const union = p.bounds(span.b, h, g, qBox);
-      if (union) sliced(c, p, rules, qBox, union, geo, grp);
-      c.finish();
-      continue;
-    }
-    for (const visit of kvSchedule(p, span.b, h, g, qBox, tileFor(P.kvTile, c.rank))) {
-      if (!visit.full && rules) {
-        sliced(c, p, rules, qBox, visit.box, geo, grp);
-        continue;
-      }
-      const tk = c.keyList(visit.box, geo, grp, true);
-      c.score(tk, visit.full, p, rules);
-      c.accumulate(tk);
-    }
+    const t = startTile(c, space, item);
+    walkTile(
+      c,
+      t,
+      (tk, full, i0, ni, k0) => {
+        c.score(tk, full, t.p, t.rules, i0, ni, k0);
+        c.accumulate(tk, i0, ni, k0);
+      },
+      fast,
+    );
     c.finish();
   }
 }
@@ -57,9 +99,9 @@ export function runFused(c: TileCtx, space: ItemSpace, start: number, end: numbe
  * query tile is wider than one token: the tile's rows are row-major, so the query rows whose
  * intervals on s reach a slice are one contiguous run of lanes (rounded out to 4; the mask
  * removes the extra pairs exactly). The key list is built once with s outermost, so each slice
- * is a contiguous run of it.
+ * is a contiguous run of it; the slices' (lanes, keys) go to the ranges scratch.
  */
-function sliced(c: TileCtx, p: CompiledPattern, rules: readonly AxisRule[], qBox: Box, box: Box, geo: Geometry, grp: Group): void {
+function sliced(c: TileCtx, rules: readonly AxisRule[], qBox: Box, box: Box, geo: Geometry, grp: Group, step: VisitStep, fast?: () => void): void {
   const rank = c.rank;
   let s = 0;
   while (s < rank - 1 && qBox.hi[s]! - qBox.lo[s]! === 1) s++;
@@ -70,7 +112,6 @@ function sliced(c: TileCtx, p: CompiledPattern, rules: readonly AxisRule[], qBox
   const run = tk / (box.hi[s]! - box.lo[s]!); // keys per coordinate on s
   const rule = rules[s]!;
   const width = rank === 1 ? SLICE_1D : 1;
-  // (lanes, keys) of every slice, laid out for one slicedVisit call
   const { i32, at } = c;
   const ranges = at.ranges >> 2;
   let n = 0;
@@ -89,15 +130,10 @@ function sliced(c: TileCtx, p: CompiledPattern, rules: readonly AxisRule[], qBox
     i32[r + 2] = (k0 - box.lo[s]!) * run;
     i32[r + 3] = (k1 - k0 + 1) * run;
   }
-  const P = c.problem;
-  if (!P.bias && !P.rpb && !P.rope) {
-    c.K.slicedVisit(at.s, at.qt, c.tqPad, P.dim, P.dimV, at.kRows, at.vRows, at.kCrd, rank, at.lo, at.hi, at.ranges, n, P.softcap, at.m, at.l, at.alpha, at.o);
-    return;
-  }
-  // hooks that read tokens or coordinates per slice run through the TypeScript step
+  c.slices = n;
+  if (fast) return fast();
   for (let x = 0; x < n; x++) {
     const r = ranges + 4 * x;
-    c.score(i32[r + 3]!, false, p, rules, i32[r]!, i32[r + 1]!, i32[r + 2]!);
-    c.accumulate(i32[r + 3]!, i32[r]!, i32[r + 1]!, i32[r + 2]!);
+    step(i32[r + 3]!, false, i32[r]!, i32[r + 1]!, i32[r + 2]!);
   }
 }

@@ -1,5 +1,6 @@
 import { ItemSpace } from '../problem.js';
 import type { AttnProblem } from '../problem.js';
+import { runBackward } from './backward.js';
 import { runFused } from './fused.js';
 import { type JobLayout, type KernelKind, scratchPlan } from './layout.js';
 import { runNAAV, runNAQK, runNaive } from './na.js';
@@ -41,11 +42,21 @@ export function runRange(kind: KernelKind, ctx: TileCtx, space: ItemSpace, start
       return runNAQK(ctx, space, start, end);
     case 'naAV':
       return runNAAV(ctx, space, start, end);
+    case 'backward':
+      return runBackward(ctx, space, start, end);
   }
 }
 
-/** Claims chunks of the phase's items through the counter in shared memory until none are left. */
+/**
+ * Claims chunks of the phase's items through the counter in shared memory until none are left;
+ * the backward instead takes every threads-th chunk from its own index, so which thread sums which
+ * items into its partials, and so the result, does not depend on timing.
+ */
 export function claimLoop(memory: WebAssembly.Memory, msg: PhaseMsg, ctx: TileCtx, space: ItemSpace): void {
+  if (msg.kind === 'backward') {
+    for (let ch = ctx.thread; ch * CHUNK < space.total; ch += msg.layout.threads) runRange(msg.kind, ctx, space, ch * CHUNK, Math.min(space.total, (ch + 1) * CHUNK));
+    return;
+  }
   const counter = new Int32Array(memory.buffer, msg.layout.counter, 1);
   for (;;) {
     const start = Atomics.add(counter, 0, CHUNK);

@@ -3,17 +3,24 @@ import type { AttnProblem } from '../problem.js';
 import { tileFor } from '../problem.js';
 
 /** Kernels a CPU thread can run over a range of work items; the same table on the main thread and in workers. */
-export type KernelKind = 'fused' | 'naive' | 'naQK' | 'naAV';
+export type KernelKind = 'fused' | 'naive' | 'naQK' | 'naAV' | 'backward';
 
-/** Tensors a job keeps in the shared memory. */
-export type Slot = 'q' | 'k' | 'v' | 'out' | 'lse' | 'attn' | 'bias' | 'rpb';
+/**
+ * Tensors a job keeps in the shared memory. Backward: dout in; dq out; dkp, dvp, drpbp one
+ * partial per thread (summed in thread order into dk, dv, drpb, so results do not depend on timing).
+ */
+export type Slot = 'q' | 'k' | 'v' | 'out' | 'lse' | 'attn' | 'bias' | 'rpb' | 'dout' | 'dq' | 'dk' | 'dv' | 'drpb' | 'dkp' | 'dvp' | 'drpbp';
 
 /** Where one job lives in the shared memory: byte offsets (-1 = absent), one scratch area per thread. */
 export interface JobLayout {
+  /** Threads sharing the job (scratch areas and per-thread partials). */
+  readonly threads: number;
   readonly counter: number;
   readonly scratch: number;
   readonly scratchBytes: number;
   readonly slots: Readonly<Record<Slot, number>>;
+  /** Bytes between one thread's partial and the next (per-thread slots). */
+  readonly partialBytes: Readonly<Partial<Record<Slot, number>>>;
   readonly end: number;
 }
 
@@ -22,15 +29,22 @@ const align = (x: number, a = 64): number => Math.ceil(x / a) * a;
 /** The multiple of 8 query rows the kernels run (pad rows are zero and never written out). */
 export const padRows = (n: number): number => align(Math.max(1, n), 8);
 
+type ScratchArea =
+  | 'qt' | 's' | 'o' | 'm' | 'l' | 'alpha' | 'qRows' | 'kRows' | 'vRows' | 'outRows' | 'kCrd' | 'lo' | 'hi' | 'rowIdx' | 'colIdx'
+  | 'ropeQ' | 'ropeK' | 'win' | 'ranges'
+  // backward: dO transposed and its rows, the LSE and delta per lane, dP / dS, softcapped scores, the dQ tile, ones, gradient rows of keys
+  | 'doT' | 'doRows' | 'lseLanes' | 'delta' | 'dp' | 'sc' | 'dq' | 'ones' | 'dkRows' | 'dvRows';
+
 /**
  * Per-thread scratch of one kernel kind, as offsets from the thread's base: everything O(tile),
  * never O(N). Query tiles are padded to 8 rows; key lists hold the largest visit of the kind.
  */
 export interface ScratchPlan {
+  readonly backward: boolean;
   readonly maxQ: number;
   readonly tqPad: number;
   readonly maxK: number;
-  readonly off: Readonly<Record<'qt' | 's' | 'o' | 'm' | 'l' | 'alpha' | 'qRows' | 'kRows' | 'vRows' | 'outRows' | 'kCrd' | 'lo' | 'hi' | 'rowIdx' | 'colIdx' | 'ropeQ' | 'ropeK' | 'win' | 'ranges', number>>;
+  readonly off: Readonly<Record<ScratchArea, number>>;
   readonly bytes: number;
 }
 
@@ -41,7 +55,7 @@ export interface ScratchPlan {
 function maxKeys(kind: KernelKind, problem: AttnProblem, rank: number): number {
   const p = problem.pattern;
   const union = () => (p.kind === 'neighborhood' ? prod(tileFor(problem.qTile, rank).map((t, a) => t + p.kernelSize[a]! + p.stride[a]!)) : 0);
-  if (kind === 'fused') return Math.max(prod(tileFor(problem.kvTile, rank)), union());
+  if (kind === 'fused' || kind === 'backward') return Math.max(prod(tileFor(problem.kvTile, rank)), union());
   if (p.kind !== 'neighborhood') throw new Error('neighborhood kernels need a neighborhood pattern');
   if (kind === 'naive') return prod(p.kernelSize);
   return union();
@@ -72,7 +86,8 @@ export function scratchPlan(kind: KernelKind, problem: AttnProblem, rank: number
     ropeQ: rope ? tqPad * D : 0,
     ropeK: rope ? maxK * D : 0,
     win: kind === 'naQK' || kind === 'naAV' ? 9 * tqPad : 0,
-    ranges: kind === 'fused' ? 4 * maxK : 0,
+    ranges: kind === 'fused' || kind === 'backward' ? 4 * maxK : 0,
+    ...backwardAreas(kind === 'backward', problem, tqPad, maxK),
   };
   let at = 0;
   const off = {} as Record<keyof typeof sizes, number>;
@@ -80,10 +95,26 @@ export function scratchPlan(kind: KernelKind, problem: AttnProblem, rank: number
     off[name] = at;
     at += align(4 * n);
   }
-  return { maxQ, tqPad, maxK, off, bytes: at };
+  return { backward: kind === 'backward', maxQ, tqPad, maxK, off, bytes: at };
 }
 
-/** Element counts of every tensor a job needs (0 = absent). */
+function backwardAreas(on: boolean, problem: AttnProblem, tqPad: number, maxK: number): Record<Extract<ScratchArea, 'doT' | 'doRows' | 'lseLanes' | 'delta' | 'dp' | 'sc' | 'dq' | 'ones' | 'dkRows' | 'dvRows'>, number> {
+  const n = on ? 1 : 0;
+  return {
+    doT: n * problem.dimV * tqPad,
+    doRows: n * tqPad,
+    lseLanes: n * tqPad,
+    delta: n * tqPad,
+    dp: n * maxK * tqPad,
+    sc: problem.softcap > 0 ? n * maxK * tqPad : 0,
+    dq: n * tqPad * problem.dim,
+    ones: n * tqPad,
+    dkRows: n * maxK,
+    dvRows: n * maxK,
+  };
+}
+
+/** Element counts of every tensor a job needs (0 = absent); per-thread partials count once. */
 export function slotSizes(problem: AttnProblem, needs: ReadonlySet<Slot>, windowVolume: number): Record<Slot, number> {
   const { qRows, kRows, heads: H, kvHeads: Hk, dim: D, dimV: DV } = problem;
   const full: Record<Slot, number> = {
@@ -95,12 +126,23 @@ export function slotSizes(problem: AttnProblem, needs: ReadonlySet<Slot>, window
     attn: qRows * H * windowVolume,
     bias: problem.bias?.data.length ?? 0,
     rpb: problem.rpb?.data.length ?? 0,
+    dout: qRows * H * DV,
+    dq: qRows * H * D,
+    dk: kRows * Hk * D,
+    dv: kRows * Hk * DV,
+    drpb: problem.rpb?.data.length ?? 0,
+    dkp: kRows * Hk * D,
+    dvp: kRows * Hk * DV,
+    drpbp: problem.rpb?.data.length ?? 0,
   };
   for (const s of Object.keys(full) as Slot[]) if (!needs.has(s)) full[s] = 0;
   return full;
 }
 
-/** Lays a job out from `base`: a counter, `threads` scratch areas, then each present tensor. */
+/** Slots holding one partial per thread. */
+export const PER_THREAD: ReadonlySet<Slot> = new Set<Slot>(['dkp', 'dvp', 'drpbp']);
+
+/** Lays a job out from `base`: a counter, `threads` scratch areas, then each present tensor (partials once per thread). */
 export function layJob(base: number, threads: number, scratchBytes: number, sizes: Record<Slot, number>): JobLayout {
   let at = align(base);
   const counter = at;
@@ -108,11 +150,13 @@ export function layJob(base: number, threads: number, scratchBytes: number, size
   const scratch = at;
   at += threads * align(scratchBytes);
   const slots = {} as Record<Slot, number>;
+  const partialBytes: Partial<Record<Slot, number>> = {};
   for (const s of Object.keys(sizes) as Slot[]) {
     slots[s] = sizes[s] > 0 ? at : -1;
-    at += align(4 * sizes[s]);
+    if (PER_THREAD.has(s)) partialBytes[s] = align(4 * sizes[s]);
+    at += (PER_THREAD.has(s) ? threads : 1) * align(4 * sizes[s]);
   }
-  return { counter, scratch, scratchBytes: align(scratchBytes), slots, end: at };
+  return { threads, counter, scratch, scratchBytes: align(scratchBytes), slots, partialBytes, end: at };
 }
 
 /**

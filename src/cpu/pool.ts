@@ -2,7 +2,7 @@ import { TilewiseError, check } from '../errors.js';
 import { serializable } from '../patterns/spec.js';
 import { type AttnProblem, ItemSpace } from '../problem.js';
 import { type PhaseMsg, phaseContext, rankOf, runRange } from './kernels.js';
-import { type JobLayout, type KernelKind, type Slot, layJob, scratchPlan, slotSizes } from './layout.js';
+import { type JobLayout, type KernelKind, PER_THREAD, type Slot, layJob, scratchPlan, slotSizes } from './layout.js';
 import { type KernelVariant, type TileKernels, bestVariant, kernelsOn, moduleOf, variantAvailable } from './tile-kernels.js';
 import { type WorkerPort, spawnWorker } from './worker-port.js';
 
@@ -179,6 +179,10 @@ async function execute(job: CpuJob): Promise<Partial<Record<Slot, Float32Array>>
   put('rpb', problem.rpb?.data);
   for (const s of job.outputs)
     if (!(s in job.inputs)) f32.fill(s === 'lse' ? -Infinity : 0, layout.slots[s] >> 2, (layout.slots[s] >> 2) + sizes[s]);
+  for (const s of job.temps ?? []) {
+    const bytes = PER_THREAD.has(s) ? layout.partialBytes[s]! * threads : 4 * sizes[s];
+    if (sizes[s] > 0) f32.fill(0, layout.slots[s] >> 2, (layout.slots[s] + bytes) >> 2);
+  }
   // workers get the problem without its big arrays: bias and rpb are read from the shared memory
   const wire: AttnProblem = {
     ...problem,

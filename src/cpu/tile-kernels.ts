@@ -20,6 +20,12 @@ export interface TileKernels {
   finishRows(o: number, dv: number, tq: number, l: number, outRows: number): void;
   softmaxRows(a: number, rows: number, w: number, m: number, l: number, normalize: number): void;
   slicedVisit(s: number, qt: number, ld: number, d: number, dv: number, kRows: number, vRows: number, kCrd: number, rank: number, lo: number, hi: number, ranges: number, n: number, cap: number, m: number, l: number, alpha: number, o: number): void;
+  probsT(s: number, ld: number, ni: number, tk: number, lse: number): void;
+  dsT(p: number, dp: number, ld: number, ni: number, tk: number, delta: number, sc: number, cap: number): void;
+  keyAcc(dstRows: number, width: number, p: number, ld: number, ni: number, tk: number, srcRows: number, coef: number): void;
+  scatterAdd(s: number, ld: number, n: number, tk: number, table: number, rowIdx: number, colIdx: number): void;
+  rowDots(dst: number, aRows: number, bRows: number, n: number, width: number): void;
+  addInto(dst: number, src: number, n: number): void;
   windowSlots(s: number, ld: number, tq: number, win: number, k1: number, k2: number, ulo0: number, ulo1: number, ulo2: number, u1: number, u2: number, attnRows: number, toS: number): void;
 }
 

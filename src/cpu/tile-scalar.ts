@@ -131,6 +131,56 @@ export function scalarKernels(memory: WebAssembly.Memory): TileKernels {
         this.pvAcc(o + 4 * i0 * dv, dv, sp, ld, ni, tk, vRows + 4 * k0, alpha + 4 * i0);
       }
     },
+    probsT(s, ld, ni, tk, lse) {
+      sync();
+      for (let i = 0; i < ni; i++) {
+        const L = f[(lse >> 2) + i]!;
+        for (let j = 0; j < tk; j++) {
+          const x = (s >> 2) + j * ld + i;
+          f[x] = L === -Infinity ? 0 : Math.exp(f[x]! - L);
+        }
+      }
+    },
+    dsT(p, dp, ld, ni, tk, delta, sc, cap) {
+      sync();
+      for (let i = 0; i < ni; i++)
+        for (let j = 0; j < tk; j++) {
+          const o = j * ld + i;
+          let v = f[(p >> 2) + o]! * (f[(dp >> 2) + o]! - f[(delta >> 2) + i]!);
+          if (cap > 0) v *= 1 - (f[(sc >> 2) + o]! / cap) ** 2;
+          f[(dp >> 2) + o] = v;
+        }
+    },
+    keyAcc(dstRows, width, p, ld, ni, tk, srcRows, coef) {
+      sync();
+      for (let j = 0; j < tk; j++) {
+        const d = n[(dstRows >> 2) + j]! >> 2;
+        for (let c = 0; c < width; c++) {
+          let acc = 0;
+          for (let i = 0; i < ni; i++) acc += f[(p >> 2) + j * ld + i]! * f[(n[(srcRows >> 2) + i]! >> 2) + c]!;
+          f[d + c]! += coef * acc;
+        }
+      }
+    },
+    scatterAdd(s, ld, cnt, tk, table, rowIdx, colIdx) {
+      sync();
+      for (let j = 0; j < tk; j++)
+        for (let i = 0; i < cnt; i++) f[(table >> 2) + n[(rowIdx >> 2) + i]! + n[(colIdx >> 2) + j]!]! += f[(s >> 2) + j * ld + i]!;
+    },
+    rowDots(dst, aRows, bRows, cnt, width) {
+      sync();
+      for (let i = 0; i < cnt; i++) {
+        const a = n[(aRows >> 2) + i]! >> 2;
+        const b = n[(bRows >> 2) + i]! >> 2;
+        let acc = 0;
+        for (let c = 0; c < width; c++) acc += f[a + c]! * f[b + c]!;
+        f[(dst >> 2) + i] = acc;
+      }
+    },
+    addInto(dst, src, cnt) {
+      sync();
+      for (let x = 0; x < cnt; x++) f[(dst >> 2) + x]! += f[(src >> 2) + x]!;
+    },
     windowSlots(s, ld, tq, win, k1, k2, ulo0, ulo1, ulo2, u1, u2, attnRows, toS) {
       sync();
       for (let i = 0; i < tq; i++) {

@@ -32,6 +32,8 @@ export class TileCtx {
   h = 0;
   /** Dilation group of the current tile. */
   groupIndex = 0;
+  /** Slices laid out in the ranges scratch by the last sliced visit. */
+  slices = 0;
   span!: SeqSpan;
 
   constructor(
@@ -40,7 +42,7 @@ export class TileCtx {
     readonly problem: AttnProblem,
     readonly lay: JobLayout,
     readonly plan: ScratchPlan,
-    thread: number,
+    readonly thread: number,
     readonly rank: number,
   ) {
     this.f32 = new Float32Array(memory.buffer);
@@ -161,6 +163,12 @@ export class TileCtx {
     const kc = at.kCrd >> 2;
     const kr = at.kRows >> 2;
     const vr = at.vRows >> 2;
+    // backward: the same keys' rows in this thread's dK and dV partials
+    const grads = this.plan.backward;
+    const dkBase = grads ? this.lay.slots.dkp + this.thread * this.lay.partialBytes.dkp! + (kBase - kSlot) : 0;
+    const dvBase = grads ? this.lay.slots.dvp + this.thread * this.lay.partialBytes.dvp! + (vBase - vSlot) : 0;
+    const dkr = at.dkRows >> 2;
+    const dvr = at.dvRows >> 2;
     const tok = this.kTok;
     let n = 0;
     for (let x0 = 0; x0 < n0; x0++)
@@ -170,6 +178,10 @@ export class TileCtx {
           tok[n] = f;
           if (kSlot >= 0) i32[kr + n] = kBase + f * kRow;
           if (values) i32[vr + n] = vBase + f * vRow;
+          if (grads) {
+            i32[dkr + n] = dkBase + f * kRow;
+            i32[dvr + n] = dvBase + f * vRow;
+          }
           const c = kc + n * rank;
           if (a0 >= 0) i32[c + a0] = l0 + x0;
           if (a1 >= 0) i32[c + a1] = l1 + x1;
@@ -193,7 +205,11 @@ export class TileCtx {
     const kCrd = at.kCrd + 4 * k0 * this.rank;
     if (P.rope) this.rotated(kRows, at.ropeK, tk, false, k0);
     K.scoresT(s0, at.qt + 4 * i0, tqPad, ni, kRows, tk, P.dim);
-    if (P.softcap > 0) K.softcap(s0, tqPad, ni, tk, P.softcap);
+    if (P.softcap > 0) {
+      K.softcap(s0, tqPad, ni, tk, P.softcap);
+      // the backward needs the capped scores for the softcap's derivative (bias and rpb come after)
+      if (this.plan.backward) f32.copyWithin(at.sc >> 2, at.s >> 2, (at.s >> 2) + tk * tqPad);
+    }
     if (P.bias) {
       const nq = prod(span.qGrid);
       const nk = prod(span.kGrid);
@@ -225,6 +241,12 @@ export class TileCtx {
     const s = at.s >> 2;
     for (let j = 0; j < tk; j++)
       for (let i = i0; i < i0 + real; i++) if (!p.allows(span.b, h, this.qTok[i]!, this.kTok[k0 + j]!)) f32[s + j * tqPad + i] = -Infinity;
+  }
+
+  /** Every slice in the ranges scratch in one call: scores, softcap, mask, online softmax, P.V. */
+  slicedVisit(): void {
+    const { K, at, problem: P } = this;
+    K.slicedVisit(at.s, at.qt, this.tqPad, P.dim, P.dimV, at.kRows, at.vRows, at.kCrd, this.rank, at.lo, at.hi, at.ranges, this.slices, P.softcap, at.m, at.l, at.alpha, at.o);
   }
 
   /** Online softmax over the scored lanes [i0, i0 + ni), then O = alpha * O + P V on them (keys from list entry k0). */

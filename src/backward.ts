@@ -1,0 +1,71 @@
+import { type AttentionOptions, type BlockSparseOptions, type NeighborhoodOptions, blockSparseAsAttention, planAttention, planNA } from './api.js';
+import { runBackwardCpu } from './backends.js';
+import { check } from './errors.js';
+import type { AttnProblem } from './problem.js';
+import { type Tensor, isGpuTensor } from './tensor.js';
+
+/** Gradients of an attention call, shaped like q, k, v (and rpb when the call had one). */
+export interface Grads {
+  dq: Tensor;
+  dk: Tensor;
+  dv: Tensor;
+  drpb?: Tensor;
+}
+
+/**
+ * Checks the backward's extra inputs against the forward's problem: out and dOut [..., H, Dv],
+ * lse [..., H], host tensors on the CPU backend (the WebGPU backward is not written yet).
+ */
+function checkBackward(problem: AttnProblem, q: Tensor, out: Tensor, lse: Tensor, dOut: Tensor, backend: string | undefined): void {
+  check(backend === undefined || backend === 'cpu' || backend === 'auto', 'backend', "the backward runs on the CPU backend only so far ('cpu' or 'auto')", String(backend));
+  for (const [t, n] of [[q, 'q'], [out, 'out'], [lse, 'lse'], [dOut, 'dOut']] as const)
+    check(t !== null && typeof t === 'object' && !isGpuTensor(t) && t.data instanceof Float32Array, n, 'must be a host tensor { data: Float32Array, shape } (GPU tensors: not yet)');
+  const lead = q.shape.slice(0, -1);
+  const want = [...lead, problem.dimV];
+  for (const [t, n] of [[out, 'out'], [dOut, 'dOut']] as const) {
+    check(t.shape.join() === want.join(), n, `must have the forward output's shape [${want.join(', ')}]`, `got [${t.shape.join(', ')}]`);
+    check(t.data.length === problem.qRows * problem.heads * problem.dimV, n, 'data length must match its shape');
+  }
+  check(lse.shape.join() === lead.join(), 'lse', `must have shape [${lead.join(', ')}]`, `got [${lse.shape.join(', ')}]`);
+  check(lse.data.length === problem.qRows * problem.heads, 'lse', 'data length must match its shape');
+  check(problem.rope?.positions !== 'selected', 'ropePositions', "'selected' (LongHeads) has no backward");
+}
+
+async function backward(problem: AttnProblem, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dOut: Tensor, opts: AttentionOptions | NeighborhoodOptions, rpbShape?: readonly number[]): Promise<Grads> {
+  checkBackward(problem, q, out, lse, dOut, opts.backend);
+  const g = await runBackwardCpu(problem, { q: q.data, k: k.data, v: v.data, out: out.data, lse: lse.data, dout: dOut.data }, opts);
+  return {
+    dq: { data: g.dq, shape: [...q.shape] },
+    dk: { data: g.dk, shape: [...k.shape] },
+    dv: { data: g.dv, shape: [...v.shape] },
+    ...(g.drpb && rpbShape ? { drpb: { data: g.drpb, shape: [...rpbShape] } } : {}),
+  };
+}
+
+/**
+ * Gradients of `attention(q, k, v, opts)` given its `out`, `lse` and the gradient `dOut` of a loss
+ * with respect to out, recomputed from the LSE (FlashAttention-2): every pattern and option of the
+ * forward; GQA's dK and dV are summed over each group's query heads; rows with no allowed key get
+ * zero gradients; RoPE gradients are with respect to the un-rotated inputs.
+ */
+export async function attentionBackward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dOut: Tensor, opts: AttentionOptions = {}): Promise<Grads> {
+  const { problem } = planAttention(q, k, v, opts);
+  return backward(problem, q, k, v, out, lse, dOut, opts);
+}
+
+/** Gradients of `blockSparseAttention(q, k, v, opts)`. */
+export async function blockSparseAttentionBackward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dOut: Tensor, opts: BlockSparseOptions): Promise<Grads> {
+  return attentionBackward(q, k, v, out, lse, dOut, blockSparseAsAttention(opts));
+}
+
+/** Gradients of `neighborhoodAttention(q, k, v, opts)`, with `drpb` when opts.rpb is given. */
+export async function neighborhoodAttentionBackward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dOut: Tensor, opts: NeighborhoodOptions, rank?: number): Promise<Grads> {
+  check(opts?.additionalKeys === undefined && opts?.additionalValues === undefined, 'additionalKeys', 'has no backward yet');
+  check(opts?.impl === undefined || opts.impl === 'fused', 'impl', "the backward is fused only (the forward's impl does not change the gradients)");
+  const { problem } = planNA(q, k, v, opts, rank);
+  return backward(problem, q, k, v, out, lse, dOut, opts, opts.rpb?.shape);
+}
+
+export const na1dBackward = (q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dOut: Tensor, opts: NeighborhoodOptions): Promise<Grads> => neighborhoodAttentionBackward(q, k, v, out, lse, dOut, opts, 1);
+export const na2dBackward = (q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dOut: Tensor, opts: NeighborhoodOptions): Promise<Grads> => neighborhoodAttentionBackward(q, k, v, out, lse, dOut, opts, 2);
+export const na3dBackward = (q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dOut: Tensor, opts: NeighborhoodOptions): Promise<Grads> => neighborhoodAttentionBackward(q, k, v, out, lse, dOut, opts, 3);
