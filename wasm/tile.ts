@@ -620,3 +620,16 @@ export function addInto(dst: usize, src: usize, n: i32): void {
   for (; x < n4; x += 4) v128.store(dst + (<usize>x << 2), f32x4.add(v128.load(dst + (<usize>x << 2)), v128.load(src + (<usize>x << 2))));
   for (; x < n; x++) store<f32>(dst + (<usize>x << 2), load<f32>(dst + (<usize>x << 2)) + load<f32>(src + (<usize>x << 2)));
 }
+
+/** dS *= 1 - (c / cap)^2 over ni lanes, c the capped score kept at sc (after drpb took dS itself). */
+export function softcapGrad(dp: usize, sc: usize, ldLanes: i32, ni: i32, tk: i32, cap: f32): void {
+  const ld = <usize>ldLanes << 2;
+  const one = f32x4.splat(1.0);
+  const inv = f32x4.splat(1.0 / cap);
+  for (let j = 0; j < tk; j++)
+    for (let i = 0; i < ni; i += 4) {
+      const o = <usize>j * ld + (<usize>i << 2);
+      const t = f32x4.mul(v128.load(sc + o), inv);
+      v128.store(dp + o, f32x4.mul(v128.load(dp + o), f32x4.sub(one, f32x4.mul(t, t))));
+    }
+}

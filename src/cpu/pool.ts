@@ -177,8 +177,9 @@ async function execute(job: CpuJob): Promise<Partial<Record<Slot, Float32Array>>
   for (const s of Object.keys(job.inputs) as Slot[]) put(s, job.inputs[s]);
   put('bias', problem.bias?.data);
   put('rpb', problem.rpb?.data);
-  for (const s of job.outputs)
-    if (!(s in job.inputs)) f32.fill(s === 'lse' ? -Infinity : 0, layout.slots[s] >> 2, (layout.slots[s] >> 2) + sizes[s]);
+  // dq is written row by row by the tiles: poisoned, so a row a kernel missed shows as NaN
+  const fillOf = (s: Slot) => (s === 'lse' ? -Infinity : s === 'dq' ? NaN : 0);
+  for (const s of job.outputs) if (!(s in job.inputs)) f32.fill(fillOf(s), layout.slots[s] >> 2, (layout.slots[s] >> 2) + sizes[s]);
   for (const s of job.temps ?? []) {
     const bytes = PER_THREAD.has(s) ? layout.partialBytes[s]! * threads : 4 * sizes[s];
     if (sizes[s] > 0) f32.fill(0, layout.slots[s] >> 2, (layout.slots[s] + bytes) >> 2);

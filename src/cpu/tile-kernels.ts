@@ -22,6 +22,7 @@ export interface TileKernels {
   slicedVisit(s: number, qt: number, ld: number, d: number, dv: number, kRows: number, vRows: number, kCrd: number, rank: number, lo: number, hi: number, ranges: number, n: number, cap: number, m: number, l: number, alpha: number, o: number): void;
   probsT(s: number, ld: number, ni: number, tk: number, lse: number): void;
   dsT(p: number, dp: number, ld: number, ni: number, tk: number, delta: number, sc: number, cap: number): void;
+  softcapGrad(dp: number, sc: number, ld: number, ni: number, tk: number, cap: number): void;
   keyAcc(dstRows: number, width: number, p: number, ld: number, ni: number, tk: number, srcRows: number, coef: number): void;
   scatterAdd(s: number, ld: number, n: number, tk: number, table: number, rowIdx: number, colIdx: number): void;
   rowDots(dst: number, aRows: number, bRows: number, n: number, width: number): void;

@@ -151,6 +151,14 @@ export function scalarKernels(memory: WebAssembly.Memory): TileKernels {
           f[(dp >> 2) + o] = v;
         }
     },
+    softcapGrad(dp, sc, ld, ni, tk, cap) {
+      sync();
+      for (let j = 0; j < tk; j++)
+        for (let i = 0; i < ni; i++) {
+          const o = j * ld + i;
+          f[(dp >> 2) + o]! *= 1 - (f[(sc >> 2) + o]! / cap) ** 2;
+        }
+    },
     keyAcc(dstRows, width, p, ld, ni, tk, srcRows, coef) {
       sync();
       for (let j = 0; j < tk; j++) {

@@ -1,0 +1,307 @@
+/**
+ * The backward pass on the CPU engine against an independent float64 reference backward
+ * (src/reference-backward.ts, itself checked here by finite differences of the float64 forward),
+ * on random configurations of every pattern and option, inline and on the pool; determinism,
+ * bad input, and memory linear in N.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  TilewiseError,
+  attention,
+  attentionBackward,
+  blockSparseAttention,
+  blockSparseAttentionBackward,
+  neighborhoodAttention,
+  neighborhoodAttentionBackward,
+  patterns,
+  referenceAttention,
+  type AttentionOptions,
+  type Grads,
+  type NeighborhoodOptions,
+  type Tensor,
+} from '../src/index.js';
+import { planAttention, planNA } from '../src/api.js';
+import { setInlineFlops } from '../src/cpu/pool.js';
+import type { AttnProblem } from '../src/problem.js';
+import { referenceBackward } from '../src/reference-backward.js';
+import { Failures, Rng, describe, randTensor, randomNA, randomPattern, relErr, snapshot, sameBytes } from './helpers.js';
+
+const TOL = 1e-4;
+
+/**
+ * relErr under TOL with no NaN, for every gradient the reference has. A gradient that is exactly
+ * zero in float64 (one key per row: dS = P (dP - dP) = 0) is float32 round-off here, so it must
+ * only be small against the call's other gradients.
+ */
+function compareGrads(g: Grads, ref: ReturnType<typeof referenceBackward>): string | null {
+  let scale = 1;
+  for (const r of [ref.dq, ref.dk, ref.dv]) for (const x of r) scale = Math.max(scale, Math.abs(x));
+  const pairs: [string, Float32Array | undefined, Float64Array | undefined][] = [
+    ['dq', g.dq.data, ref.dq],
+    ['dk', g.dk.data, ref.dk],
+    ['dv', g.dv.data, ref.dv],
+    ['drpb', g.drpb?.data, ref.drpb],
+  ];
+  for (const [n, got, want] of pairs) {
+    if (!want) continue;
+    if (!got) return `${n} missing`;
+    if (got.length !== want.length) return `${n} length ${got.length} != ${want.length}`;
+    const e = relErr(got, want);
+    const zero = want.every((x) => x === 0);
+    if (zero ? !got.every((x) => Math.abs(x) <= 1e-5 * scale) : !(e < TOL)) return `${n} relErr ${e}`;
+  }
+  return null;
+}
+
+async function attentionCase(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOptions, rng: Rng): Promise<string | null> {
+  const f = await attention(q, k, v, opts);
+  const dOut = randTensor(rng, f.out.shape);
+  const g = await attentionBackward(q, k, v, f.out, f.lse, dOut, opts);
+  return compareGrads(g, referenceBackward(planAttention(q, k, v, opts).problem, { q: q.data, k: k.data, v: v.data }, dOut.data));
+}
+
+async function naCase(q: Tensor, k: Tensor, v: Tensor, opts: NeighborhoodOptions, rng: Rng): Promise<string | null> {
+  const f = await neighborhoodAttention(q, k, v, opts);
+  const dOut = randTensor(rng, f.out.shape);
+  const g = await neighborhoodAttentionBackward(q, k, v, f.out, f.lse, dOut, opts);
+  return compareGrads(g, referenceBackward(planNA(q, k, v, opts).problem, { q: q.data, k: k.data, v: v.data }, dOut.data));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The reference backward against finite differences of the float64 forward.
+
+/** loss = sum(out * G) in float64 through the reference forward. */
+function loss(problem: AttnProblem, q: Float32Array, k: Float32Array, v: Float32Array, G: Float32Array): number {
+  const { out } = referenceAttention(problem, { q, k, v });
+  let s = 0;
+  for (let i = 0; i < out.length; i++) s += out[i]! * G[i]!;
+  return s;
+}
+
+/** Central differences over every element of x (perturbed in place; the actual f32 step is used). */
+function numericGrad(x: Float32Array, f: () => number): Float64Array {
+  const g = new Float64Array(x.length);
+  for (let i = 0; i < x.length; i++) {
+    const x0 = x[i]!;
+    x[i] = x0 + 2 ** -8;
+    const up = x[i]!;
+    const fu = f();
+    x[i] = x0 - 2 ** -8;
+    const dn = x[i]!;
+    const fd = f();
+    x[i] = x0;
+    g[i] = (fu - fd) / (up - dn);
+  }
+  return g;
+}
+
+test('reference backward equals finite differences of the float64 forward (softcap, bias, RoPE, GQA, rpb, dilation)', () => {
+  const rng = new Rng(404);
+  const cases: { name: string; plan: () => AttnProblem; q: Tensor; k: Tensor; v: Tensor }[] = [];
+  {
+    const q = randTensor(rng, [1, 6, 2, 4]);
+    const k = randTensor(rng, [1, 7, 1, 4]);
+    const v = randTensor(rng, [1, 7, 1, 3]);
+    const opts: AttentionOptions = { causal: 'bottom-right', softcap: 2, bias: randTensor(rng, [2, 6, 7]), rope: { base: 100 } };
+    cases.push({ name: 'attention', plan: () => planAttention(q, k, v, opts).problem, q, k, v });
+  }
+  {
+    const q = randTensor(rng, [1, 5, 4, 2, 3]);
+    const k = randTensor(rng, [1, 5, 4, 2, 3]);
+    const v = randTensor(rng, [1, 5, 4, 2, 3]);
+    const opts: NeighborhoodOptions = { kernelSize: [2, 3], dilation: [2, 1], rpb: randTensor(rng, [2, 3, 5]), softcap: 3 };
+    cases.push({ name: 'na2d', plan: () => planNA(q, k, v, opts).problem, q, k, v });
+  }
+  for (const c of cases) {
+    const problem = c.plan();
+    const G = randTensor(rng, [problem.qRows * problem.heads * problem.dimV]).data;
+    const ref = referenceBackward(problem, { q: c.q.data, k: c.k.data, v: c.v.data }, G);
+    const f = () => loss(problem, c.q.data, c.k.data, c.v.data, G);
+    const checks: [string, Float64Array, Float32Array][] = [
+      ['dq', ref.dq, c.q.data],
+      ['dk', ref.dk, c.k.data],
+      ['dv', ref.dv, c.v.data],
+    ];
+    if (problem.rpb) checks.push(['drpb', ref.drpb!, problem.rpb.data]);
+    for (const [n, analytic, x] of checks) {
+      const e = relErr(analytic, numericGrad(x, f));
+      assert.ok(e < 1e-3, `${c.name} ${n}: reference vs finite differences relErr ${e}`);
+    }
+  }
+});
+
+// ---------------------------------------------------------------------------------------------
+// The kernels against the reference.
+
+function randomAttention(rng: Rng): { q: Tensor; k: Tensor; v: Tensor; opts: AttentionOptions; name: string } {
+  const B = rng.int(1, 2);
+  const H = rng.pick([1, 2, 4]);
+  const Hk = rng.pick([1, H]);
+  const D = rng.int(1, 40);
+  const Dv = rng.bool(0.3) ? rng.int(1, 40) : D;
+  const nq = rng.int(1, 120);
+  const nk = rng.bool(0.5) ? nq : rng.int(1, 120);
+  const opts: AttentionOptions = {};
+  const r = rng.int(0, 5);
+  if (r === 0) opts.causal = rng.pick([true, 'bottom-right'] as const);
+  if (r === 1) opts.window = [rng.int(-1, 30), rng.int(-1, 30)];
+  if (r === 2) opts.pattern = randomPattern(rng, nq, nk, H);
+  if (r === 3) opts.pattern = patterns.maskFn((b, h, qi, kj) => (qi * 7 + kj * 3 + h + b) % 5 !== 0);
+  if (rng.bool(0.3)) opts.softcap = rng.pick([3, 30]);
+  if (rng.bool(0.25)) opts.bias = randTensor(rng, [H, nq, nk]);
+  if (rng.bool(0.25) && D % 2 === 0 && opts.pattern === undefined) opts.rope = { base: 10000 };
+  const q = randTensor(rng, [B, nq, H, D]);
+  const k = randTensor(rng, [B, nk, Hk, D]);
+  const v = randTensor(rng, [B, nk, Hk, Dv]);
+  return { q, k, v, opts, name: describe({ B, H, Hk, D, Dv, nq, nk, ...opts, bias: opts.bias?.shape }) };
+}
+
+for (const where of ['calling thread', 'pool'] as const) {
+  test(`backward on the ${where}: random attention configurations against the float64 reference`, async () => {
+    if (where === 'pool') setInlineFlops(0);
+    try {
+      const f = new Failures();
+      const rng = new Rng(where === 'pool' ? 71 : 17);
+      for (let i = 0; i < 30; i++) {
+        const c = randomAttention(rng);
+        await f.run(`#${i} ${c.name}`, async () => {
+          const msg = await attentionCase(c.q, c.k, c.v, c.opts, rng);
+          if (msg) throw new Error(msg);
+        });
+      }
+      f.done(`attention backward (${where})`);
+    } finally {
+      setInlineFlops(2e6);
+    }
+  });
+
+  test(`backward on the ${where}: random 1-3-D neighborhoods (dilation, stride, causal axes, even kernels, rpb, softcap)`, async () => {
+    if (where === 'pool') setInlineFlops(0);
+    try {
+      const f = new Failures();
+      const rng = new Rng(where === 'pool' ? 83 : 38);
+      for (let i = 0; i < 30; i++) {
+        const c = randomNA(rng, rng.int(1, 3));
+        const H = rng.pick([1, 2, 4]);
+        const Hk = rng.pick([1, H]);
+        const D = rng.int(1, 24);
+        const B = rng.int(1, 2);
+        const opts: NeighborhoodOptions = { kernelSize: c.kernel, dilation: c.dilation, stride: c.stride, isCausal: c.causal };
+        if (rng.bool(0.3) && c.causal.every((x) => !x)) opts.rpb = randTensor(rng, [H, ...c.kernel.map((x) => 2 * x - 1)]);
+        if (rng.bool(0.25)) opts.softcap = 5;
+        const q = randTensor(rng, [B, ...c.grid, H, D]);
+        const k = randTensor(rng, [B, ...c.grid, Hk, D]);
+        const v = randTensor(rng, [B, ...c.grid, Hk, D]);
+        await f.run(`#${i} ${describe({ B, grid: c.grid, H, Hk, D, ...opts, rpb: opts.rpb?.shape })}`, async () => {
+          const msg = await naCase(q, k, v, opts, rng);
+          if (msg) throw new Error(msg);
+        });
+      }
+      f.done(`neighborhood backward (${where})`);
+    } finally {
+      setInlineFlops(2e6);
+    }
+  });
+}
+
+test('backward: varlen packs and block-sparse masks', async () => {
+  const rng = new Rng(5);
+  const f = new Failures();
+  for (let i = 0; i < 8; i++) {
+    const lens = Array.from({ length: rng.int(1, 4) }, () => rng.int(0, 60));
+    const cu = new Int32Array([0, ...lens.map((_, j) => lens.slice(0, j + 1).reduce((a, b) => a + b, 0))]);
+    const n = cu[cu.length - 1]!;
+    if (n === 0) continue;
+    const q = randTensor(rng, [1, n, 2, 16]);
+    const k = randTensor(rng, [1, n, 2, 16]);
+    const v = randTensor(rng, [1, n, 2, 16]);
+    const opts: AttentionOptions = { cuSeqlensQ: cu, cuSeqlensK: cu, causal: rng.bool(), ...(rng.bool() ? { window: [8, 0] as const } : {}) };
+    await f.run(`varlen #${i} ${describe({ cu, ...opts })}`, async () => {
+      const msg = await attentionCase(q, k, v, opts, rng);
+      if (msg) throw new Error(msg);
+    });
+  }
+  for (let i = 0; i < 6; i++) {
+    const n = rng.int(16, 130);
+    const bs = rng.pick([8, 16, 32]);
+    const nb = Math.ceil(n / bs);
+    const heads = rng.pick([1, 2]);
+    const mask = Array.from({ length: heads * nb * nb }, () => (rng.bool(0.4) ? 1 : 0));
+    const q = randTensor(rng, [1, n, 2, 24]);
+    const k = randTensor(rng, [1, n, 2, 24]);
+    const v = randTensor(rng, [1, n, 2, 24]);
+    const opts = { blockMask: { data: mask, shape: heads === 1 ? [nb, nb] : [heads, nb, nb] }, blockSize: bs };
+    await f.run(`block-sparse #${i} n=${n} bs=${bs}`, async () => {
+      const fw = await blockSparseAttention(q, k, v, opts);
+      const dOut = randTensor(rng, fw.out.shape);
+      const g = await blockSparseAttentionBackward(q, k, v, fw.out, fw.lse, dOut, opts);
+      const { problem } = planAttention(q, k, v, { pattern: { kind: 'blockSparse', blockQ: bs, blockK: bs, mask: Uint8Array.from(mask), maskHeads: heads, numQBlocks: nb, numKBlocks: nb } });
+      const msg = compareGrads(g, referenceBackward(problem, { q: q.data, k: k.data, v: v.data }, dOut.data));
+      if (msg) throw new Error(msg);
+    });
+  }
+  f.done('varlen / block-sparse backward');
+});
+
+test('backward: rows with no allowed key get zero gradients; results repeat bit for bit on the pool', async () => {
+  const rng = new Rng(9);
+  const q = randTensor(rng, [1, 300, 2, 32]);
+  const k = randTensor(rng, [1, 300, 2, 32]);
+  const v = randTensor(rng, [1, 300, 2, 32]);
+  // query rows 0-9 see no key at all
+  const opts: AttentionOptions = { pattern: patterns.maskFn((_b, _h, qi, kj) => qi >= 10 && (qi + kj) % 3 !== 0) };
+  const f = await attention(q, k, v, opts);
+  const dOut = randTensor(rng, f.out.shape);
+  const g = await attentionBackward(q, k, v, f.out, f.lse, dOut, opts);
+  for (let x = 0; x < 10 * 2 * 32; x++) assert.equal(g.dq.data[x], 0, 'dq of an empty row');
+  const big: AttentionOptions = { causal: true };
+  const q2 = randTensor(rng, [1, 1500, 4, 32]);
+  const f2 = await attention(q2, q2, q2, big);
+  const d2 = randTensor(rng, f2.out.shape);
+  const a = await attentionBackward(q2, q2, q2, f2.out, f2.lse, d2, big);
+  const b = await attentionBackward(q2, q2, q2, f2.out, f2.lse, d2, big);
+  for (const n of ['dq', 'dk', 'dv'] as const) assert.ok(sameBytes(a[n].data, snapshot(b[n].data)), `${n} differs between two runs`);
+});
+
+test('backward: bad input is a TilewiseError naming the argument', async () => {
+  const rng = new Rng(3);
+  const q = randTensor(rng, [1, 8, 2, 4]);
+  const f = await attention(q, q, q);
+  const dOut = randTensor(rng, f.out.shape);
+  const bad: [string, () => Promise<unknown>][] = [
+    ['dOut', () => attentionBackward(q, q, q, f.out, f.lse, randTensor(rng, [1, 8, 2, 5]))],
+    ['lse', () => attentionBackward(q, q, q, f.out, { data: f.lse.data, shape: [1, 8] }, dOut)],
+    ['out', () => attentionBackward(q, q, q, { data: f.out.data.subarray(1), shape: f.out.shape }, f.lse, dOut)],
+    ['backend', () => attentionBackward(q, q, q, f.out, f.lse, dOut, { backend: 'webgpu' })],
+    ['additionalKeys', () => neighborhoodAttentionBackward(q, q, q, f.out, f.lse, dOut, { kernelSize: 3, additionalKeys: q, additionalValues: q })],
+  ];
+  for (const [arg, call] of bad) {
+    await assert.rejects(call, (e: unknown) => e instanceof TilewiseError && e.arg === arg, `expected a TilewiseError on '${arg}'`);
+  }
+});
+
+test('backward of a 1-D window of 256 at N = 65536 allocates nothing quadratic', async () => {
+  const N = 65536;
+  const rng = new Rng(12);
+  const q = randTensor(rng, [1, N, 1, 16]);
+  const k = randTensor(rng, [1, N, 1, 16]);
+  const v = randTensor(rng, [1, N, 1, 16]);
+  const opts: AttentionOptions = { window: [256, 0] };
+  const f = await attention(q, k, v, opts);
+  const dOut = randTensor(rng, f.out.shape);
+  const before = process.memoryUsage.rss();
+  let peak = before;
+  const timer = setInterval(() => (peak = Math.max(peak, process.memoryUsage.rss())), 2);
+  const g = await attentionBackward(q, k, v, f.out, f.lse, dOut, opts);
+  clearInterval(timer);
+  peak = Math.max(peak, process.memoryUsage.rss());
+  // q, k, v, out, lse, dOut, dq, dk, dv and two threads' dK/dV partials: about 60 MiB; N*N*4 would be 16 GiB
+  assert.ok(peak - before < 256 * 2 ** 20, `RSS grew ${((peak - before) / 2 ** 20).toFixed(0)} MiB`);
+  // spot-check a few rows against the reference on a short prefix (the window makes rows local)
+  const M = 1024;
+  const cut = (t: Tensor) => ({ data: t.data.subarray(0, M * 16), shape: [1, M, 1, 16] });
+  const ref = referenceBackward(planAttention(cut(q), cut(k), cut(v), opts).problem, { q: cut(q).data, k: cut(k).data, v: cut(v).data }, cut(dOut).data);
+  // dq of rows below M depends only on keys below M
+  assert.ok(relErr(g.dq.data.subarray(0, M * 16), ref.dq) < TOL, 'dq prefix');
+});
