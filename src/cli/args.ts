@@ -27,6 +27,8 @@ export interface ProfileArgs {
   tuningFile?: string;
   /** WebGPU timing: GPU timestamps when the device has them ('auto'), or always wall-clock ('wall', end to end). */
   gpuTiming: 'auto' | 'wall';
+  /** Also time the fused backward (CPU) and its ratio to the fused forward. */
+  backward: boolean;
 }
 
 const dims = (s: string, name: string): number[] => {
@@ -62,6 +64,7 @@ export function parseProfileArgs(argv: string[]): { args: ProfileArgs; quick: bo
       'tune-rounds': { type: 'string', default: '3' },
       'tuning-file': { type: 'string' },
       'gpu-timing': { type: 'string', default: 'auto' },
+      backward: { type: 'boolean', default: false },
     },
     strict: true,
   });
@@ -107,6 +110,7 @@ export function parseProfileArgs(argv: string[]): { args: ProfileArgs; quick: bo
       tune: values.tune!,
       tuneRounds: int(values['tune-rounds'], 'tune-rounds'),
       gpuTiming,
+      backward: values.backward!,
       ...(values.threads ? { threads: int(values.threads, 'threads') } : {}),
       ...(values['tuning-file'] ? { tuningFile: values['tuning-file'] } : {}),
     },

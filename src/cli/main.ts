@@ -3,17 +3,18 @@ import { TilewiseError } from '../errors.js';
 import { cpuThreads, setCpuThreads } from '../cpu/pool.js';
 import { type ProfileArgs, parseProfileArgs } from './args.js';
 import { formatEvalRow, parseEvalArgs, runEval } from './longheads-eval.js';
-import { type ProfileReport, QUICK_SUITE, caseSteps, footer, formatComparison, formatTable, profileCase, progressBar } from './profile.js';
+import { type ProfileReport, QUICK_SUITE, backwardRatio, caseSteps, footer, formatComparison, formatTable, profileCase, progressBar } from './profile.js';
 import { enableRelaxedSimd } from './relaxed.js';
 import { type Target, resolveTargets } from './targets.js';
 
 const USAGE = `usage: tilewise profile [--backend cpu|webgpu|auto|cpu,webgpu] [--pattern dense|causal|window|na|blocksparse]
                         [--shape 32x32] [--batch 1] [--heads 4] [--dim 32] [--kernel 7|7x5]
                         [--dilation 1] [--stride 1] [--causal] [--window l,r] [--density 0.25]
-                        [--repeat 3] [--threads N] [--json] [--gpu-timing auto|wall]
+                        [--repeat 3] [--threads N] [--json] [--gpu-timing auto|wall] [--backward]
                         [--tune [--tune-rounds 3]] [--tuning-file PATH]
 Without a problem flag it runs a quick suite (under a minute on 2 cores, CPU).
 A backend list profiles every case on each backend (same inputs) and prints their time ratios.
+--backward also times the fused backward (CPU) and prints backward / forward.
 --tune (WebGPU) searches the fused kernel's blocking on the given problem and stores the winner for
 the adapter in the tuning file (--tuning-file, else $TILEWISE_TUNING, else ~/.cache/tilewise/tuning.json),
 which the WebGPU backend reads whenever it acquires a device.
@@ -48,7 +49,10 @@ async function profile(argv: string[]): Promise<void> {
     return;
   }
   for (const rs of perCase) {
-    for (const r of rs) console.log(`${formatTable(`${r.label} [${r.backend}]`, r.results)}\n`);
+    for (const r of rs) {
+      const ratio = backwardRatio(r);
+      console.log(`${formatTable(`${r.label} [${r.backend}]`, r.results)}${ratio ? `\nbackward / forward: ${ratio.toFixed(2)}x` : ''}\n`);
+    }
     if (rs.length > 1) console.log(`${formatComparison(rs)}\n`);
   }
   console.log(footer(targets, reports, notes));

@@ -1,5 +1,6 @@
 import cliProgress from 'cli-progress';
 import { type Result, attention, blockSparseAttention, neighborhoodAttention, planAttention, planNA } from '../api.js';
+import { type Grads, attentionBackward, blockSparseAttentionBackward, neighborhoodAttentionBackward } from '../backward.js';
 import { scratchBytes } from '../cpu/kernels.js';
 import { cpuInfo, cpuThreads, setCpuThreads } from '../cpu/pool.js';
 import { windowVolume } from '../cpu/na.js';
@@ -11,8 +12,8 @@ import { type Tensor, randn, rng } from '../tensor.js';
 import type { ProfileArgs } from './args.js';
 import { type GpuIO, type Runner, type Target, type Timing, apiRunner, targetInfo, tensorRunner, uploadCase } from './targets.js';
 
-export type ImplName = 'reference' | 'naive' | 'unfused' | 'fused' | 'dense-fused';
-type KernelImpl = Exclude<ImplName, 'reference'>;
+export type ImplName = 'reference' | 'naive' | 'unfused' | 'fused' | 'dense-fused' | 'fused-backward';
+type KernelImpl = Exclude<ImplName, 'reference' | 'fused-backward'>;
 
 export interface ProfileRow {
   impl: ImplName;
@@ -64,6 +65,8 @@ export interface Case {
   dense: AttnProblem;
   impls: KernelImpl[];
   api(impl: KernelImpl, backend: 'cpu' | 'webgpu'): Promise<Result>;
+  /** The fused backward on the CPU for a fixed dOut (the forward it needs is run once, untimed). */
+  backward(): Promise<() => Promise<Grads>>;
   useful: number;
   denseUseful: number;
   inputs: { q: Tensor; k: Tensor; v: Tensor };
@@ -84,11 +87,13 @@ export function buildCase(a: ProfileArgs): Case {
   let problem: AttnProblem;
   let impls: KernelImpl[];
   let run: (impl: KernelImpl, backend: 'cpu' | 'webgpu') => Promise<Result>;
+  let grads: (out: Result, dOut: Tensor) => Promise<Grads>;
   if (na) {
     const opts = { kernelSize: a.kernel, dilation: a.dilation, stride: a.stride, isCausal: a.causal } as const;
     problem = planNA(q, k, v, opts).problem;
     impls = ['naive', 'unfused', 'fused'];
     run = (impl, backend) => neighborhoodAttention(q, k, v, { ...opts, impl: impl as 'naive' | 'unfused' | 'fused', backend });
+    grads = (f, dOut) => neighborhoodAttentionBackward(q, k, v, f.out, f.lse, dOut, opts);
   } else if (a.pattern === 'blocksparse') {
     const bs = 64;
     const nb = Math.ceil(N / bs);
@@ -97,11 +102,13 @@ export function buildCase(a: ProfileArgs): Case {
     const opts = { blockMask: { data, shape: [nb, nb] }, blockSize: bs } as const;
     impls = ['fused'];
     run = (_impl, backend) => blockSparseAttention(q, k, v, { ...opts, backend });
+    grads = (f, dOut) => blockSparseAttentionBackward(q, k, v, f.out, f.lse, dOut, opts);
     problem = planAttention(q, k, v, { pattern: { kind: 'blockSparse', blockQ: bs, blockK: bs, mask: data, maskHeads: 1, numQBlocks: nb, numKBlocks: nb }, tile: { q: bs, kv: bs } }).problem;
   } else {
     const opts = a.pattern === 'causal' ? { causal: true } : a.pattern === 'window' ? { window: a.window as [number, number] } : {};
     impls = ['fused'];
     run = (_impl, backend) => attention(q, k, v, { ...opts, backend });
+    grads = (f, dOut) => attentionBackward(q, k, v, f.out, f.lse, dOut, opts);
     problem = planAttention(q, k, v, opts).problem;
   }
   const cp = compilePattern(problem.pattern, { qGrid: problem.seqs[0]!.qGrid, kGrid: problem.seqs[0]!.kGrid, heads: H });
@@ -115,6 +122,11 @@ export function buildCase(a: ProfileArgs): Case {
     dense,
     impls: [...impls, 'dense-fused'],
     api: (impl, backend) => (impl === 'dense-fused' ? attention(flat(q), flat(k), flat(v), { backend }) : run(impl, backend)),
+    backward: async () => {
+      const f = await run('fused', 'cpu');
+      const dOut = randn(f.out.shape, 14);
+      return () => grads(f, dOut);
+    },
     useful,
     denseUseful: N * N * B * H,
     inputs: { q, k, v },
@@ -218,6 +230,32 @@ export async function measure(runner: () => Runner, impl: ImplName, pairs: numbe
   }
 }
 
+/**
+ * The fused backward (FlashAttention-2 counts its work as 2.5 forwards, so useful TFLOP/s uses 2.5x
+ * the forward's pairs); the WebGPU backward is not written yet, so that row is n/a there.
+ */
+async function measureBackward(t: Target, c: Case, repeat: number): Promise<ProfileRow> {
+  const row: ProfileRow = { impl: 'fused-backward', ms: null, usefulTflops: null, relErr: null, peakBytes: null, timing: 'wall' };
+  if (t.name !== 'cpu') return { ...row, unavailable: 'the backward runs on the CPU backend only so far' };
+  const call = await c.backward();
+  await call();
+  const times: number[] = [];
+  for (let i = 0; i < repeat; i++) {
+    const s = performance.now();
+    await call();
+    times.push(performance.now() - s);
+  }
+  const ms = median(times);
+  return { ...row, ms, usefulTflops: tflops(2.5 * c.useful, c.problem, ms) };
+}
+
+/** backward ms / fused forward ms of a report, when it has both. */
+export function backwardRatio(r: ProfileReport): number | undefined {
+  const f = r.results.find((x) => x.impl === 'fused')?.ms;
+  const b = r.results.find((x) => x.impl === 'fused-backward')?.ms;
+  return f && b ? b / f : undefined;
+}
+
 /** Profiles one case on every target, same inputs, one reference. */
 export async function profileCase(a: ProfileArgs, targets: readonly Target[], onStep: (what: string) => void): Promise<ProfileReport[]> {
   if (a.threads) setCpuThreads(a.threads);
@@ -235,17 +273,21 @@ export async function profileCase(a: ProfileArgs, targets: readonly Target[], on
         const dense = impl === 'dense-fused';
         results.push(await measure(() => runnerFor(t, c, impl, io, a.gpuTiming === 'wall'), impl, dense ? c.denseUseful : c.useful, p, a.repeat, dense ? undefined : ref));
       }
+      if (a.backward) {
+        onStep(`${t.name} backward`);
+        results.push(await measureBackward(t, c, a.repeat));
+      }
     } finally {
       io?.release();
     }
-    const { tune: _t, tuneRounds: _r, backends: _b, json: _j, gpuTiming: _g, ...problem } = a;
+    const { tune: _t, tuneRounds: _r, backends: _b, json: _j, gpuTiming: _g, backward: _w, ...problem } = a;
     reports.push({ backend: t.name, device: targetInfo(t), label: c.label, problem: { ...problem, label: c.label }, results });
   }
   return reports;
 }
 
 /** Progress steps of one case on `targets` (the reference, then each implementation per target). */
-export const caseSteps = (a: ProfileArgs, targets: number): number => 1 + targets * (a.pattern === 'na' ? 4 : 2);
+export const caseSteps = (a: ProfileArgs, targets: number): number => 1 + targets * ((a.pattern === 'na' ? 4 : 2) + (a.backward ? 1 : 0));
 
 export const QUICK_SUITE: Partial<ProfileArgs>[] = [
   { pattern: 'na', shape: [32, 32], kernel: [7, 7], dilation: [1, 1], stride: [1, 1], heads: 4, dim: 32 },
