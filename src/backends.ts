@@ -1,11 +1,10 @@
-import type { CommonOptions, Result } from './api.js';
+import type { CommonOptions, Result } from './options.js';
 import { windowVolume } from './cpu/na.js';
 import { type MainStep, runJob } from './cpu/pool.js';
 import { type KernelKind, type Slot, cpuFusedTiles } from './cpu/layout.js';
 import { unrotateRows } from './rope.js';
 import type { AttnProblem } from './problem.js';
-import { check } from './errors.js';
-import { type Tensor, dtypeOf, numel } from './tensor.js';
+import { type Tensor, dtypeOf } from './tensor.js';
 import { checkDest, checkGpuDest } from './validate.js';
 import type { GpuTensor } from './webgpu/tensor.js';
 

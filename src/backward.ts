@@ -1,4 +1,5 @@
-import { type AttentionOptions, type BlockSparseOptions, type NeighborhoodOptions, blockSparseAsAttention, planAttention, planNA } from './api.js';
+import type { AttentionOptions, BlockSparseOptions, NeighborhoodOptions } from './options.js';
+import { blockSparseAsAttention, planAttention, planNA } from './plan.js';
 import { runBackwardCpu } from './backends.js';
 import { check } from './errors.js';
 import type { AttnProblem } from './problem.js';

@@ -1,4 +1,4 @@
-import type { Result } from '../api.js';
+import type { Result } from '../options.js';
 import type { AttnProblem } from '../problem.js';
 import type { Tensor } from '../tensor.js';
 import type { BackendChoice } from './args.js';

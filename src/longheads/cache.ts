@@ -1,4 +1,4 @@
-import type { Result } from '../api.js';
+import type { Result } from '../options.js';
 import { check, checkPositiveInt } from '../errors.js';
 import type { Tensor } from '../tensor.js';
 import { checkTensor } from '../validate.js';

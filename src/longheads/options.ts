@@ -1,5 +1,5 @@
 import { check, checkPositiveInt } from '../errors.js';
-import type { BackendName } from '../api.js';
+import type { BackendName } from '../options.js';
 import type { RopeOptions } from '../rope.js';
 
 /** Options of LongHeads attention (arXiv 2402.10685), prefill and decode. */

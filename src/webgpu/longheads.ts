@@ -1,5 +1,6 @@
 /// <reference types="@webgpu/types" />
-import { type AttentionOptions, type Result, planShapes } from '../api.js';
+import type { AttentionOptions, Result } from '../options.js';
+import { planShapes } from '../plan.js';
 import { TilewiseError } from '../errors.js';
 import type { LongHeadsConfig } from '../longheads/options.js';
 import type { LongHeadsOps, LongHeadsRun, RowStore, SeqView } from '../longheads/ops.js';
