@@ -95,3 +95,16 @@ test('GPU: profileCase on CPU and WebGPU in one run (NA, block-sparse): no crash
   checkRows(wall!);
   assert.ok(wall!.results.filter((r) => r.ms !== null && ['naive', 'fused', 'dense-fused'].includes(r.impl)).every((r) => r.timing === 'wall-gpu'));
 });
+
+test('tilewise profile --help and -h print the usage and exit 0; --backward adds the backward row and its ratio', async () => {
+  const { spawnSync } = await import('node:child_process');
+  const main = new URL('../src/cli/main.js', import.meta.url).pathname;
+  for (const flag of ['--help', '-h']) {
+    const r = spawnSync(process.execPath, [main, 'profile', flag], { encoding: 'utf8', timeout: 20000 });
+    assert.equal(r.status, 0, `profile ${flag} exits 0 (stderr: ${r.stderr})`);
+    assert.match(r.stdout, /usage: tilewise profile/);
+  }
+  const rep = await profileCase(base({ ...tinyNA, backward: true, backends: ['cpu'] }), [{ name: 'cpu', threads: cpuThreads() } as Target], quiet);
+  const row = rep[0]!.results.find((x) => x.impl === 'fused-backward');
+  assert.ok(row && row.ms !== null && row.ms > 0, 'a timed fused-backward row');
+});

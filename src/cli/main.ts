@@ -82,6 +82,10 @@ async function longHeadsEval(argv: string[]): Promise<void> {
 async function main(): Promise<void> {
   enableRelaxedSimd();
   const [cmd, ...rest] = process.argv.slice(2);
+  if (rest.includes('--help') || rest.includes('-h') || cmd === '-h') {
+    console.log(USAGE);
+    return;
+  }
   if (cmd === 'profile') return profile(rest);
   if (cmd === 'longheads-eval') return longHeadsEval(rest);
   console.log(USAGE);
