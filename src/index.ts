@@ -1,3 +1,5 @@
+/// <reference types="@webgpu/types" preserve="true" />
+// Consumers get the WebGPU types the public declarations use (GPUDevice, GPUBuffer, ...).
 export {
   attention,
   blockSparseAttention,
