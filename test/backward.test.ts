@@ -25,7 +25,7 @@ import { planAttention, planNA } from '../src/api.js';
 import { setInlineFlops } from '../src/cpu/pool.js';
 import type { AttnProblem } from '../src/problem.js';
 import { referenceBackward } from '../src/reference-backward.js';
-import { Failures, Rng, describe, randTensor, randomNA, randomPattern, relErr, snapshot, sameBytes } from './helpers.js';
+import { Failures, Rng, describe, randTensor, randomAttention, randomNA, relErr, snapshot, sameBytes } from './helpers.js';
 
 const TOL = 1e-4;
 
@@ -134,29 +134,6 @@ test('reference backward equals finite differences of the float64 forward (softc
 // ---------------------------------------------------------------------------------------------
 // The kernels against the reference.
 
-function randomAttention(rng: Rng): { q: Tensor; k: Tensor; v: Tensor; opts: AttentionOptions; name: string } {
-  const B = rng.int(1, 2);
-  const H = rng.pick([1, 2, 4]);
-  const Hk = rng.pick([1, H]);
-  const D = rng.int(1, 40);
-  const Dv = rng.bool(0.3) ? rng.int(1, 40) : D;
-  const nq = rng.int(1, 120);
-  const nk = rng.bool(0.5) ? nq : rng.int(1, 120);
-  const opts: AttentionOptions = {};
-  const r = rng.int(0, 5);
-  if (r === 0) opts.causal = rng.pick([true, 'bottom-right'] as const);
-  if (r === 1) opts.window = [rng.int(-1, 30), rng.int(-1, 30)];
-  if (r === 2) opts.pattern = randomPattern(rng, nq, nk, H);
-  if (r === 3) opts.pattern = patterns.maskFn((b, h, qi, kj) => (qi * 7 + kj * 3 + h + b) % 5 !== 0);
-  if (rng.bool(0.3)) opts.softcap = rng.pick([3, 30]);
-  if (rng.bool(0.25)) opts.bias = randTensor(rng, [H, nq, nk]);
-  if (rng.bool(0.25) && D % 2 === 0 && opts.pattern === undefined) opts.rope = { base: 10000 };
-  const q = randTensor(rng, [B, nq, H, D]);
-  const k = randTensor(rng, [B, nk, Hk, D]);
-  const v = randTensor(rng, [B, nk, Hk, Dv]);
-  return { q, k, v, opts, name: describe({ B, H, Hk, D, Dv, nq, nk, ...opts, bias: opts.bias?.shape }) };
-}
-
 for (const where of ['calling thread', 'pool'] as const) {
   test(`backward on the ${where}: random attention configurations against the float64 reference`, async () => {
     if (where === 'pool') setInlineFlops(0);
@@ -164,7 +141,7 @@ for (const where of ['calling thread', 'pool'] as const) {
       const f = new Failures();
       const rng = new Rng(where === 'pool' ? 71 : 17);
       for (let i = 0; i < 30; i++) {
-        const c = randomAttention(rng);
+        const c = randomAttention(rng, 120);
         await f.run(`#${i} ${c.name}`, async () => {
           const msg = await attentionCase(c.q, c.k, c.v, c.opts, rng);
           if (msg) throw new Error(msg);

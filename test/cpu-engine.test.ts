@@ -16,12 +16,10 @@ import {
   na2d,
   na3d,
   neighborhoodAttention,
-  patterns,
   randn,
   referenceAttention,
   setCpuKernels,
   setCpuThreads,
-  type AttentionOptions,
   type KernelVariant,
   type NeighborhoodOptions,
   type Result,
@@ -30,7 +28,7 @@ import {
 import { planAttention, planNA } from '../src/api.js';
 import { setInlineFlops } from '../src/cpu/pool.js';
 import { moduleOf } from '../src/cpu/tile-kernels.js';
-import { Failures, Rng, compareResult, describe, poisoned, randTensor, randomNA, randomPattern, snapshot, sameBytes } from './helpers.js';
+import { Failures, Rng, compareResult, describe, poisoned, randTensor, randomAttention, randomNA, snapshot, sameBytes } from './helpers.js';
 
 // Node 20 validates relaxed SIMD only behind this V8 flag (newer engines by default); set before
 // the first module is compiled, so both wasm variants can be tested here.
@@ -140,32 +138,14 @@ async function intoPoison(problemLen: { out: number; lse: number }, call: (d: { 
 }
 
 function attentionCase(rng: Rng, i: number): Case {
-  const B = rng.int(1, 2);
-  const H = rng.pick([1, 2, 4]);
-  const Hk = rng.pick([1, H]);
-  const D = rng.int(1, 40);
-  const Dv = rng.bool(0.3) ? rng.int(1, 40) : D;
-  const nq = rng.int(1, 150);
-  const nk = rng.bool(0.5) ? nq : rng.int(1, 150);
-  const q = randTensor(rng, [B, nq, H, D]);
-  const k = randTensor(rng, [B, nk, Hk, D]);
-  const v = randTensor(rng, [B, nk, Hk, Dv]);
-  const opts: AttentionOptions = {};
-  const r = rng.int(0, 5);
-  if (r === 0) opts.causal = rng.pick([true, 'bottom-right'] as const);
-  if (r === 1) opts.window = [rng.int(-1, 30), rng.int(-1, 30)];
-  if (r === 2) opts.pattern = randomPattern(rng, nq, nk, H);
-  if (r === 3) opts.pattern = patterns.maskFn((b, h, qi, kj) => (qi * 7 + kj * 3 + h + b) % 5 !== 0);
-  if (rng.bool(0.3)) opts.softcap = rng.pick([5, 30]);
-  if (rng.bool(0.25)) opts.bias = randTensor(rng, [H, nq, nk]);
-  if (rng.bool(0.2) && D % 2 === 0 && opts.pattern === undefined) opts.rope = { base: 10000 };
+  const { q, k, v, opts, name } = randomAttention(rng, 150);
   return {
-    name: `attention #${i} ${describe({ B, H, Hk, D, Dv, nq, nk, ...opts, bias: opts.bias?.shape })}`,
+    name: `attention #${i} ${name}`,
     run: async () => {
       const { problem } = planAttention(q, k, v, opts);
       const ref = referenceAttention(problem, bufs(q, k, v));
       const got = await intoPoison({ out: ref.out.length, lse: ref.lse.length }, (d) => attention(q, k, v, { ...opts, ...d }));
-      const msg = compareResult(got.out, got.lse, ref, Dv);
+      const msg = compareResult(got.out, got.lse, ref, problem.dimV);
       if (msg) throw new Error(msg);
     },
   };

@@ -3,6 +3,7 @@
  * poisoned destinations, and the comparison rule of design.md section 6.
  */
 import assert from 'node:assert/strict';
+import type { AttentionOptions } from '../src/api.js';
 import type { Tensor } from '../src/tensor.js';
 import * as patterns from '../src/patterns/spec.js';
 import type { MaskFn, PatternSpec } from '../src/patterns/spec.js';
@@ -332,3 +333,30 @@ export const SMALL_LIMITS = {
   maxBufferSize: 1 << 28,
   maxStorageBuffersPerShaderStage: 8,
 } as const;
+
+/**
+ * A random attention call: batch, GQA heads, head dims (Dv may differ), lengths, and one of causal
+ * (either alignment), a window, a random pattern or a mask function; softcap, bias and RoPE at random.
+ */
+export function randomAttention(rng: Rng, maxN: number): { q: Tensor; k: Tensor; v: Tensor; opts: AttentionOptions; name: string } {
+  const B = rng.int(1, 2);
+  const H = rng.pick([1, 2, 4]);
+  const Hk = rng.pick([1, H]);
+  const D = rng.int(1, 40);
+  const Dv = rng.bool(0.3) ? rng.int(1, 40) : D;
+  const nq = rng.int(1, maxN);
+  const nk = rng.bool(0.5) ? nq : rng.int(1, maxN);
+  const q = randTensor(rng, [B, nq, H, D]);
+  const k = randTensor(rng, [B, nk, Hk, D]);
+  const v = randTensor(rng, [B, nk, Hk, Dv]);
+  const opts: AttentionOptions = {};
+  const r = rng.int(0, 5);
+  if (r === 0) opts.causal = rng.pick([true, 'bottom-right'] as const);
+  if (r === 1) opts.window = [rng.int(-1, 30), rng.int(-1, 30)];
+  if (r === 2) opts.pattern = randomPattern(rng, nq, nk, H);
+  if (r === 3) opts.pattern = patterns.maskFn((b, h, qi, kj) => (qi * 7 + kj * 3 + h + b) % 5 !== 0);
+  if (rng.bool(0.3)) opts.softcap = rng.pick([3, 30]);
+  if (rng.bool(0.25)) opts.bias = randTensor(rng, [H, nq, nk]);
+  if (rng.bool(0.25) && D % 2 === 0 && opts.pattern === undefined) opts.rope = { base: 10000 };
+  return { q, k, v, opts, name: describe({ B, H, Hk, D, Dv, nq, nk, ...opts, bias: opts.bias?.shape }) };
+}

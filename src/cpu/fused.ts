@@ -25,10 +25,10 @@ export interface TileWalk {
 }
 
 /**
- * Decodes work item `item` into its query tile, loads it (tokens, coordinates, Q, intervals) and
- * returns where it sits; the forward and the backward share it.
+ * Decodes work item `item` into its query tile, loads it (tokens, coordinates, Q unless `loadQ`
+ * is false, intervals) and returns where it sits; every kernel family's walk starts here.
  */
-export function startTile(c: TileCtx, space: ItemSpace, item: number): TileWalk {
+export function startTile(c: TileCtx, space: ItemSpace, item: number, loadQ = true): TileWalk {
   const P = c.problem;
   const { seq, h, g, tile } = space.decode(item);
   const p = space.pattern(seq);
@@ -38,7 +38,7 @@ export function startTile(c: TileCtx, space: ItemSpace, item: number): TileWalk 
   const qBox = tileBox(grp.qLen, tileFor(P.qTile, c.rank), tile);
   const tq = boxTokens(geo.qShape, geo.dilation, grp, qBox, c.qTok);
   boxCoords(qBox, c.qCrd);
-  c.beginQueries(span, h, tq);
+  c.beginQueries(span, h, tq, loadQ);
   c.groupIndex = g;
   const rules = p.boxRules?.(g);
   if (rules) c.setIntervals(rules, qBox);

@@ -4,6 +4,7 @@ import type { PatternSpec } from '../patterns/spec.js';
 import type { AttnProblem, ItemSpace } from '../problem.js';
 import { tileFor } from '../problem.js';
 import { tileBox } from '../schedule.js';
+import { startTile } from './fused.js';
 import type { TileCtx } from './tile-step.js';
 
 /**
@@ -94,21 +95,12 @@ function windowTable(c: TileCtx, spec: NASpec, rules: readonly AxisRule[], tq: n
   c.K.windowSlots(at.s, c.tqPad, tq, at.win, k(1), k(2), ulo(0), ulo(1), ulo(2), ext(1), ext(2), at.rowIdx, toS ? 1 : 0);
 }
 
-/** Starts an unfused item: its query tile and the union box of its windows (tokens in kTok). */
+/** Starts an unfused item: its query tile and the union box of its windows (keys listed row-major). */
 function unfusedItem(c: TileCtx, space: ItemSpace, item: number, loadQ: boolean) {
-  const P = c.problem;
-  const { seq, h, g, tile } = space.decode(item);
-  const p = space.pattern(seq);
-  const span = P.seqs[seq]!;
-  const geo = p.geometry;
-  const grp = p.groups[g]!;
-  const qBox = tileBox(grp.qLen, tileFor(P.qTile, c.rank), tile);
-  const tq = boxTokens(geo.qShape, geo.dilation, grp, qBox, c.qTok);
-  boxCoords(qBox, c.qCrd);
-  c.beginQueries(span, h, tq, loadQ);
-  const union = p.bounds(span.b, h, g, qBox)!;
-  const tk = c.keyList(union, geo, grp, !loadQ);
-  return { p, rules: p.boxRules!(g), union, tq, tk, h, span };
+  const t = startTile(c, space, item, loadQ);
+  const union = t.p.bounds(t.span.b, t.h, t.g, t.qBox)!;
+  const tk = c.keyList(union, t.geo, t.grp, !loadQ);
+  return { p: t.p, rules: t.p.boxRules!(t.g), union, tq: c.tq, tk, h: t.h, span: t.span };
 }
 
 /** Unfused step 1 (naQK): S = Q K^T (+ softcap, rpb) over the tile's union box, then each query keeps its window's slots (-inf elsewhere). */
