@@ -3,7 +3,7 @@
  * tiles, scale, RoPE), shared by the forward and backward entry points. Reads no tensor data but
  * the bias and rpb, so backends never import the API.
  */
-import { check, checkPositiveInt } from './errors.js';
+import { TilewiseError, check, checkPositiveInt } from './errors.js';
 import type { AttentionOptions, BlockSparseOptions, CommonOptions, Input, NeighborhoodOptions } from './options.js';
 import type { PatternSpec } from './patterns/spec.js';
 import type { AttnProblem, SeqSpan } from './problem.js';
@@ -116,8 +116,16 @@ export function checkPattern(p: PatternSpec, heads: number, nq: number, nk: numb
       check(p.parts.length > 0, 'pattern', `'${p.kind}' needs at least one part`);
       p.parts.forEach((x) => checkPattern(x, heads, nq, nk, grid));
       return;
-    default:
+    case 'dense':
+    case 'causal':
+    case 'window':
+    case 'neighborhood':
+    case 'blockSparse':
+    case 'chunks':
+    case 'mask':
       return;
+    default:
+      throw new TilewiseError('pattern', "kind must be one of dense, causal, window, neighborhood, blockSparse, chunks, mask, and, or", String((p as { kind?: unknown }).kind));
   }
 }
 

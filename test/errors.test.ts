@@ -115,3 +115,19 @@ test('merge rules', async () => {
   await rejects('parts[1].out', () => mergeAttentions([a, { out: t([1, 8, 4, 5]), lse: t([1, 8, 4]) }]));
   await rejects('parts[0].lse', () => mergeAttentions([{ out: a.out, lse: t([1, 8, 5]) }]));
 });
+
+test('unknown pattern kinds and a device that is not a GPUDevice are TilewiseErrors', async () => {
+  await rejects('pattern', (d) => attention(q, k, v, { ...d, pattern: { kind: 'groups' } as never }));
+  await rejects('pattern', (d) => attention(q, k, v, { ...d, pattern: { kind: 'and', parts: [{ kind: 'dense' }, { kind: 'nope' } as never] } }));
+  const { webgpu } = await import('../src/index.js');
+  for (const bad of ['foo', 42, {}, null])
+    assert.throws(() => webgpu.setDevice(bad as never), (e: unknown) => e instanceof TilewiseError && e.arg === 'device');
+});
+
+test('a problem whose tensors cannot fit the CPU engine is a TilewiseError before any work', async () => {
+  // 1 GiB per tensor, never touched: q, k, v, out and lse need more than the engine's 4 GiB
+  const big: Tensor = { data: new Float32Array(2 ** 28), shape: [1, 2 ** 22, 1, 64] };
+  const t0 = performance.now();
+  await assert.rejects(attention(big, big, big, { window: [4, 0] }), (e: unknown) => e instanceof TilewiseError && e.arg === 'problem' && /too large/.test(e.message));
+  assert.ok(performance.now() - t0 < 5000, 'refused up front, not after computing');
+});

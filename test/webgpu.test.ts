@@ -791,6 +791,8 @@ gpuTest('GPU tensors: inputs stay on the device, outputs come back as buffers', 
   assert.ok(relError(out, ref.out) < TOL);
   for (const t of [qg!, kg!, vg!, res.out, res.lse]) releaseTensor(t);
   assert.equal(bufferStats().live, before);
+  // a released tensor cannot be read back (it used to come back as zeros)
+  await assert.rejects(fromGpu(res.out), (e: unknown) => e instanceof TilewiseError && e.arg === 'tensor');
 });
 
 gpuTest('shared-memory inputs and concurrent calls', async () => {

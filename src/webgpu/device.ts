@@ -1,5 +1,5 @@
 /// <reference types="@webgpu/types" />
-import { TilewiseError } from '../errors.js';
+import { TilewiseError, check } from '../errors.js';
 import type { FusedTuning } from './fused.js';
 import { cachedTuningFor, storedTuningFor } from './tuning.js';
 
@@ -181,6 +181,8 @@ export function setDevice(device: GPUDevice | undefined): void {
     held = undefined;
     return;
   }
+  const d = device as unknown as Partial<GPUDevice> | null;
+  check(typeof d === 'object' && d !== null && typeof d.createBuffer === 'function' && typeof d.queue === 'object' && d.features !== undefined, 'device', 'must be a GPUDevice (or undefined to drop it)', typeof device);
   const features = new Set<string>([...device.features].map(String));
   const description = describe(device.adapterInfo);
   // synchronous: a tuning file already loaded by an earlier acquisition applies, none is read here

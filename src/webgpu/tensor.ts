@@ -23,6 +23,8 @@ export function resetPeakBytes(): void {
 }
 
 const owned = new WeakSet<GPUBuffer>();
+/** Buffers this module destroyed: reading one back is an error, not a silent array of zeros. */
+const released = new WeakSet<GPUBuffer>();
 
 export function createBuffer(device: GPUDevice, size: number, usage: number, label?: string): GPUBuffer {
   const b = device.createBuffer({ size: Math.max(4, Math.ceil(size / 4) * 4), usage, ...(label ? { label } : {}) });
@@ -38,6 +40,7 @@ export function createBuffer(device: GPUDevice, size: number, usage: number, lab
 export function releaseBuffer(b: GPUBuffer | undefined): void {
   if (!b || !owned.has(b)) return;
   owned.delete(b);
+  released.add(b);
   live--;
   liveBytes -= b.size;
   b.destroy();
@@ -131,6 +134,7 @@ export async function toGpu(data: Float32Array, shape: readonly number[], ctx?: 
 
 /** Reads a GPU tensor back into a new Float32Array (f16 widened exactly). */
 export async function fromGpu(t: GpuTensor, ctx?: GpuContext): Promise<Float32Array> {
+  check(!released.has(t.buffer), 'tensor', 'was released (its buffer is destroyed)');
   const c = ctx ?? (await getContext());
   const d = dtypeOf(t);
   const [bytes] = await readBuffers(c.device, [{ buffer: t.buffer, bytes: numel(t.shape) * elementBytes(d), offset: t.offset }]);
