@@ -229,3 +229,28 @@ test('larger problems on every variant: dense, causal and N-D neighborhoods on t
     }
   }
 });
+
+test('a call refused after the pool started leaves nothing that keeps the process alive', async () => {
+  // run in a child: a worker whose port stayed referenced would hang it (it did once)
+  const { spawnSync } = await import('node:child_process');
+  const { mkdtempSync, rmSync, writeFileSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const dir = mkdtempSync(join(tmpdir(), 'tilewise-exit-'));
+  const file = join(dir, 'exit.mjs');
+  writeFileSync(
+    file,
+    `import { attention, randn } from ${JSON.stringify(new URL('../src/index.js', import.meta.url).href)};
+     const big = { data: new Float32Array(2 ** 28), shape: [1, 2 ** 22, 1, 64] };
+     await attention(big, big, big, { window: [4, 0] }).catch((e) => console.log('refused', e.arg));
+     const q = randn([1, 512, 2, 32]);
+     await attention(q, q, q);
+     console.log('done');`,
+  );
+  const env = { ...process.env };
+  delete env.NODE_TEST_CONTEXT;
+  const r = spawnSync(process.execPath, [file], { encoding: 'utf8', timeout: 30000, env });
+  rmSync(dir, { recursive: true, force: true });
+  assert.equal(r.status, 0, `child did not exit by itself (signal ${r.signal}) ${r.stderr.slice(0, 300)}`);
+  assert.match(r.stdout, /refused problem[\s\S]*done/);
+});

@@ -72,7 +72,6 @@ export async function spawnWorker(init: InitMsg): Promise<WorkerPort> {
   if (inNode) {
     const { Worker } = await import('node:worker_threads');
     const w = new Worker(url);
-    w.unref(); // an idle pool never keeps the process alive
     const port = new WorkerPort(
       (m) => w.postMessage(m),
       () => void w.terminate(),
@@ -81,6 +80,8 @@ export async function spawnWorker(init: InitMsg): Promise<WorkerPort> {
     w.on('message', (m: DoneMsg) => port.answer(m));
     w.on('error', (e) => port.fail(e));
     w.on('exit', (code) => port.fail(new Error(`cpu worker exited (${code})`)));
+    // after the listeners: attaching a 'message' listener refs the worker's port again
+    w.unref(); // an idle pool never keeps the process alive
     w.postMessage(init);
     return port;
   }
