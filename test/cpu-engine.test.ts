@@ -242,10 +242,10 @@ test('a call refused after the pool started leaves nothing that keeps the proces
     file,
     `import { attention, randn } from ${JSON.stringify(new URL('../src/index.js', import.meta.url).href)};
      const big = { data: new Float32Array(2 ** 28), shape: [1, 2 ** 22, 1, 64] };
-     // the first call starts the pool, then is refused before any phase runs
+     // the call starts the pool, then is refused before any phase runs; nothing else may follow,
+     // since any later call would resize or use the pool and so unreference it again
      await attention(big, big, big, { window: [4, 0] }).catch((e) => console.log('refused', e.arg));
-     const ok = randn([1, 8, 1, 4]);
-     if ((await attention(ok, ok, ok)).out.data.length === 32) console.log('done'); // inline: no phase on the pool`,
+     console.log('done', typeof randn);`,
   );
   const env = { ...process.env };
   delete env.NODE_TEST_CONTEXT;
