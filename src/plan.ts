@@ -118,11 +118,6 @@ export function checkPattern(p: PatternSpec, heads: number, nq: number, nk: numb
       return;
     case 'dense':
     case 'causal':
-    case 'window':
-    case 'neighborhood':
-    case 'blockSparse':
-    case 'chunks':
-    case 'mask':
       return;
     default:
       throw new TilewiseError('pattern', "kind must be one of dense, causal, window, neighborhood, blockSparse, chunks, mask, and, or", String((p as { kind?: unknown }).kind));

@@ -1,4 +1,5 @@
 import { TilewiseError, check } from '../errors.js';
+import { nodeBuiltin } from '../node-builtin.js';
 import { serializable } from '../patterns/spec.js';
 import { type AttnProblem, ItemSpace } from '../problem.js';
 import { type PhaseMsg, phaseContext, rankOf, runRange } from './kernels.js';
@@ -27,7 +28,7 @@ function hardwareThreads(): number {
   return Math.max(1, (globalThis as { navigator?: { hardwareConcurrency?: number } }).navigator?.hardwareConcurrency ?? 1);
 }
 let cores: number | undefined;
-const coresNow = async (): Promise<number> => (cores ??= inNode && !process.getBuiltinModule ? (await import('node:os')).availableParallelism() : hardwareThreads());
+const coresNow = async (): Promise<number> => (cores ??= inNode ? (await nodeBuiltin<typeof import('node:os')>('os')).availableParallelism() : hardwareThreads());
 
 /** Workers need shared memory: always in Node, in a browser only when the page is cross-origin isolated. */
 const canPool = (): boolean => inNode || (globalThis as { crossOriginIsolated?: boolean }).crossOriginIsolated === true;

@@ -1,3 +1,4 @@
+import { nodeBuiltin } from '../node-builtin.js';
 import type { PhaseMsg } from './kernels.js';
 import type { KernelVariant } from './tile-kernels.js';
 
@@ -68,10 +69,9 @@ export class WorkerPort {
 const inNode = typeof process !== 'undefined' && typeof process.versions?.node === 'string';
 
 export async function spawnWorker(init: InitMsg): Promise<WorkerPort> {
-  const url = new URL('./worker.js', import.meta.url);
   if (inNode) {
-    const { Worker } = await import('node:worker_threads');
-    const w = new Worker(url);
+    const { Worker } = await nodeBuiltin<typeof import('node:worker_threads')>('worker_threads');
+    const w = new Worker(new URL('./worker.js', import.meta.url));
     const port = new WorkerPort(
       (m) => w.postMessage(m),
       () => void w.terminate(),
@@ -85,7 +85,8 @@ export async function spawnWorker(init: InitMsg): Promise<WorkerPort> {
     w.postMessage(init);
     return port;
   }
-  const w = new Worker(url, { type: 'module' });
+  // this exact form is what bundlers (Vite, webpack) recognise and emit the worker for
+  const w = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
   const port = new WorkerPort(
     (m) => w.postMessage(m),
     () => w.terminate(),

@@ -1,3 +1,4 @@
+import { nodeBuiltin } from '../node-builtin.js';
 import { type PhaseMsg, claimLoop, phaseContext } from './kernels.js';
 import type { TileKernels } from './tile-kernels.js';
 import { kernelsOn } from './tile-kernels.js';
@@ -32,7 +33,7 @@ function handle(m: InitMsg | ({ type: 'phase' } & PhaseMsg), reply: (d: DoneMsg)
 }
 
 if (inNode) {
-  const { parentPort } = await import('node:worker_threads');
+  const { parentPort } = await nodeBuiltin<typeof import('node:worker_threads')>('worker_threads');
   parentPort!.on('message', (m: InitMsg | ({ type: 'phase' } & PhaseMsg)) => handle(m, (d) => parentPort!.postMessage(d)));
 } else {
   const scope = globalThis as unknown as { onmessage: (ev: MessageEvent) => void; postMessage: (m: unknown) => void };

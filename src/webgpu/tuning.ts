@@ -1,4 +1,5 @@
 import type { FusedTuning } from './fused.js';
+import { nodeBuiltin } from '../node-builtin.js';
 
 /**
  * Fused-kernel tunings measured per adapter by `tilewise profile --tune`, kept in one JSON file:
@@ -114,20 +115,16 @@ export function setTuningFile(path: string | undefined): void {
   explicitPath = path;
 }
 
-// module names in variables, so bundlers for the browser do not try to resolve them
-const FS = 'node:fs/promises';
-const OS = 'node:os';
-const PATH = 'node:path';
 
 /** The tuning file's path in this process. */
 export async function currentTuningPath(): Promise<string> {
-  const os = (await import(OS)) as typeof import('node:os');
+  const os = await nodeBuiltin<typeof import('node:os')>('os');
   return tuningPath(explicitPath, process.env, os.homedir());
 }
 
 /** Reads the tuning file (a missing file is no tuning and no warning). */
 export async function readTuningFile(path: string): Promise<ParsedTunings> {
-  const fs = (await import(FS)) as typeof import('node:fs/promises');
+  const fs = await nodeBuiltin<typeof import('node:fs/promises')>('fs/promises');
   let text: string;
   try {
     text = await fs.readFile(path, 'utf8');
@@ -158,8 +155,8 @@ export function cachedTuningFor(description: string): FusedTuning | undefined {
  * A malformed existing file is moved aside to `<path>.bad` rather than overwritten.
  */
 export async function saveTuning(description: string, entry: TuningEntry, path?: string): Promise<string> {
-  const fs = (await import(FS)) as typeof import('node:fs/promises');
-  const { dirname } = (await import(PATH)) as typeof import('node:path');
+  const fs = await nodeBuiltin<typeof import('node:fs/promises')>('fs/promises');
+  const { dirname } = await nodeBuiltin<typeof import('node:path')>('path');
   const file = path ?? (await currentTuningPath());
   let existing: string | undefined;
   try {
