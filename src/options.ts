@@ -35,10 +35,22 @@ export type Input = Tensor | GpuTensor;
 export type { GpuResult };
 
 export interface AttentionOptions extends CommonOptions {
-  /** true = top-left alignment (FlashAttention's default when lengths match). */
+  /**
+   * true = top-left alignment (PyTorch SDPA's is_causal: key j <= query i); 'bottom-right' aligns
+   * the diagonal to the end when Nq != Nk (flash-attn >= 2.1: j <= i + Nk - Nq). Equal when Nq = Nk.
+   */
   causal?: boolean | Align;
-  /** Sliding window (left, right); -1 = unbounded. Combined with `causal` when both are given. */
+  /**
+   * Sliding window (left, right): key j in [i + off - left, i + off + right], -1 (or any side >= Nk)
+   * = unbounded on that side. Combined with `causal` when both are given.
+   */
   window?: readonly [number, number];
+  /**
+   * Where the window is centred when Nq != Nk: off = 0 ('top-left') or Nk - Nq ('bottom-right',
+   * flash-attn's window_size, e.g. one decoding query against a KV cache). Default: the causal
+   * alignment when `causal` names one, else 'top-left'.
+   */
+  windowAlign?: Align;
   /** Any pattern (block-sparse, chunks, mask function, compositions); AND-ed with causal/window. */
   pattern?: PatternSpec;
   /** Additive bias [Nq, Nk], [Hb, Nq, Nk] or [Bb, Hb, Nq, Nk] with Hb in {1, H}, Bb in {1, B}. */

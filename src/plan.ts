@@ -152,9 +152,10 @@ export function planShapes(s: QKVShapes, opts: AttentionOptions = {}): AttnProbl
   }
   if (opts.window !== undefined) {
     check(Array.isArray(opts.window) && opts.window.length === 2, 'window', 'must be [left, right]');
-    const align = opts.causal === 'bottom-right' ? 'bottom-right' : 'top-left';
+    const align = opts.windowAlign ?? (opts.causal === 'bottom-right' ? 'bottom-right' : 'top-left');
+    check(align === 'top-left' || align === 'bottom-right', 'windowAlign', "must be 'top-left' or 'bottom-right'", String(opts.windowAlign));
     parts.push({ kind: 'window', left: opts.window[0], right: opts.window[1], align });
-  }
+  } else check(opts.windowAlign === undefined, 'windowAlign', 'needs a window');
   if (opts.pattern !== undefined) {
     check(typeof opts.pattern === 'object' && opts.pattern !== null && 'kind' in opts.pattern, 'pattern', 'must be a pattern spec');
     parts.push(opts.pattern);
