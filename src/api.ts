@@ -126,7 +126,13 @@ export const na3d = (q: Tensor, k: Tensor, v: Tensor, opts: NeighborhoodOptions)
  * NATTEN's `qk` op: scores of each query against its window, [B, ...tokens, H, prod(kernelSize)]
  * (slots without a key hold -inf), plus the LSE of each row.
  */
+/** naQK and naAV are the windows alone: extra tokens are neighborhoodAttention's (merged by LSE). */
+function noExtraTokens(opts: NeighborhoodOptions): void {
+  check(opts?.additionalKeys === undefined && opts?.additionalValues === undefined, 'additionalKeys', 'is not taken by naQK/naAV (neighborhoodAttention merges extra tokens)');
+}
+
 export async function naQK(q: Tensor, k: Tensor, opts: NeighborhoodOptions): Promise<Result> {
+  noExtraTokens(opts);
   checkTensor(k, 'k');
   const vShape = [...k.shape];
   const fakeV = { data: new Float32Array(numel(vShape.slice(0, -1))), shape: [...vShape.slice(0, -1), 1] };
@@ -136,6 +142,7 @@ export async function naQK(q: Tensor, k: Tensor, opts: NeighborhoodOptions): Pro
 
 /** NATTEN's `av` op: attention weights [B, ...tokens, H, prod(kernelSize)] times v over each window. */
 export async function naAV(attn: Tensor, v: Tensor, opts: NeighborhoodOptions): Promise<{ out: Tensor }> {
+  noExtraTokens(opts);
   checkTensor(attn, 'attn');
   checkTensor(v, 'v');
   // q and k only carry shapes here: q's heads come from attn (GQA), k's from v

@@ -131,3 +131,11 @@ test('a problem whose tensors cannot fit the CPU engine is a TilewiseError befor
   await assert.rejects(attention(big, big, big, { window: [4, 0] }), (e: unknown) => e instanceof TilewiseError && e.arg === 'problem' && /too large/.test(e.message));
   assert.ok(performance.now() - t0 < 5000, 'refused up front, not after computing');
 });
+
+test('naQK and naAV refuse additional keys and values instead of ignoring them', async () => {
+  const x = t([1, 6, 6, 2, 4]);
+  const extra = t([1, 3, 2, 4]);
+  await assert.rejects(naQK(x, x, { kernelSize: 3, additionalKeys: extra, additionalValues: extra }), (e: unknown) => e instanceof TilewiseError && e.arg === 'additionalKeys');
+  const { out: w } = await naQK(x, x, { kernelSize: 3 });
+  await assert.rejects(naAV(w, x, { kernelSize: 3, additionalKeys: extra, additionalValues: extra }), (e: unknown) => e instanceof TilewiseError && e.arg === 'additionalKeys');
+});
