@@ -1,8 +1,9 @@
 /**
- * The package bundled for the browser by esbuild (no extra flags: platform 'browser', ESM) runs in
- * headless Chromium: the bundle resolves without Node builtins, the WebAssembly kernels come inside
- * it (the page fetches nothing else), and the CPU backend's results equal Node's. Skipped with the
- * reason where Chromium or playwright-core is missing.
+ * The package bundled for the browser, with no extra flags, by esbuild (platform 'browser', ESM)
+ * and by Vite (its default build), runs in headless Chromium: the bundles resolve without Node
+ * builtins, the WebAssembly kernels come inside them, Vite emits the pool's Web Worker, and the CPU
+ * backend's results equal Node's, on one thread in a plain page and on Web Workers in a
+ * cross-origin isolated one. Skipped with the reason where Chromium or a dev dependency is missing.
  */
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
@@ -21,6 +22,7 @@ async function skipReason(): Promise<string | false> {
   try {
     await import('playwright-core');
     await import('esbuild');
+    await import('vite');
   } catch (e) {
     return `missing dev dependency: ${(e as Error).message}`;
   }
@@ -74,5 +76,68 @@ test('esbuild --bundle --platform=browser: the bundle runs in Chromium and match
   } finally {
     await browser.close();
     await new Promise((r) => server.close(r));
+  }
+});
+
+/** Serves a folder's files; `isolated` adds the COOP/COEP headers (cross-origin isolation). */
+async function serveDir(dir: string, isolated: boolean): Promise<{ url: string; close: () => Promise<unknown> }> {
+  const { readFile } = await import('node:fs/promises');
+  const types: Record<string, string> = { '.html': 'text/html', '.js': 'text/javascript' };
+  const server = createServer((req, res) => {
+    const path = req.url === '/' ? '/index.html' : (req.url ?? '/');
+    const coi = isolated ? { 'cross-origin-opener-policy': 'same-origin', 'cross-origin-embedder-policy': 'require-corp' } : {};
+    readFile(join(dir, path)).then(
+      (body) => res.writeHead(200, { 'content-type': types[path.slice(path.lastIndexOf('.'))] ?? 'application/octet-stream', ...coi }).end(body),
+      () => res.writeHead(404).end(),
+    );
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/`, close: () => new Promise((r) => server.close(r)) };
+}
+
+test('vite build: the bundle and its emitted worker run in Chromium, on one thread and on Web Workers', { skip: await skipReason(), timeout: 180_000 }, async () => {
+  const { mkdtempSync, writeFileSync, mkdirSync, rmSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const root = mkdtempSync(join(tmpdir(), 'tilewise-vite-'));
+  try {
+    mkdirSync(join(root, 'src'));
+    writeFileSync(join(root, 'index.html'), '<!doctype html><html><head><link rel="icon" href="data:,"></head><body><script type="module" src="/src/main.js"></script></body></html>');
+    writeFileSync(
+      join(root, 'src', 'main.js'),
+      ENTRY.replace(
+        "return { na:",
+        "const big = randn([1, 1024, 4, 64], 7); await attention(big, big, big, { backend: 'cpu' }); return { na:",
+      ),
+    );
+    const vite = await import('vite');
+    await vite.build({ root, logLevel: 'silent', configFile: false, build: { outDir: join(root, 'dist') } });
+    const { chromium } = await import('playwright-core');
+    const browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox', '--disable-gpu-sandbox', '--disable-background-networking', '--no-first-run'] });
+    const x = randn([1, 12, 12, 2, 16], 21);
+    const na = await na2d(x, x, x, { kernelSize: 5 });
+    try {
+      for (const isolated of [false, true]) {
+        const served = await serveDir(join(root, 'dist'), isolated);
+        try {
+          const page = await browser.newPage();
+          const errors: string[] = [];
+          page.on('pageerror', (e) => errors.push(e.message));
+          await page.goto(served.url);
+          await page.waitForFunction(() => typeof (globalThis as { runCases?: unknown }).runCases === 'function');
+          const got = await page.evaluate(() => (globalThis as unknown as { runCases: () => Promise<{ na: number[]; info: { mode: string; threads: number } }> }).runCases());
+          assert.deepEqual(errors, [], `page errors (isolated ${isolated})`);
+          const hw = await page.evaluate(() => navigator.hardwareConcurrency);
+          assert.equal(got.info.mode, isolated && hw > 1 ? 'workers' : 'main-thread', `mode (isolated ${isolated})`);
+          assert.ok(relError(Float32Array.from(got.na), na.out.data) < 1e-6, `na2d in the Vite bundle vs Node (isolated ${isolated})`);
+          await page.close();
+        } finally {
+          await served.close();
+        }
+      }
+    } finally {
+      await browser.close();
+    }
+  } finally {
+    rmSync(root, { recursive: true, force: true });
   }
 });

@@ -32,9 +32,12 @@ function handle(m: InitMsg | ({ type: 'phase' } & PhaseMsg), reply: (d: DoneMsg)
   }
 }
 
+// no top-level await: bundlers emit browser workers in formats without it (Vite: iife); messages
+// that arrive before the port has its listener wait in the port's queue
 if (inNode) {
-  const { parentPort } = await nodeBuiltin<typeof import('node:worker_threads')>('worker_threads');
-  parentPort!.on('message', (m: InitMsg | ({ type: 'phase' } & PhaseMsg)) => handle(m, (d) => parentPort!.postMessage(d)));
+  void nodeBuiltin<typeof import('node:worker_threads')>('worker_threads').then(({ parentPort }) =>
+    parentPort!.on('message', (m: InitMsg | ({ type: 'phase' } & PhaseMsg)) => handle(m, (d) => parentPort!.postMessage(d))),
+  );
 } else {
   const scope = globalThis as unknown as { onmessage: (ev: MessageEvent) => void; postMessage: (m: unknown) => void };
   scope.onmessage = (ev) => handle(ev.data, (d) => scope.postMessage(d));
