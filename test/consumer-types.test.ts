@@ -46,3 +46,14 @@ export const shapes = [g.dq.shape, buffer.size];
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('published source maps carry their sources (src/ is not in the package)', async () => {
+  const { readdirSync, readFileSync } = await import('node:fs');
+  const dir = join(ROOT, 'dist', 'src');
+  const maps = (readdirSync(dir, { recursive: true }) as string[]).filter((f) => f.endsWith('.js.map'));
+  assert.ok(maps.length > 20);
+  for (const f of maps) {
+    const m = JSON.parse(readFileSync(join(dir, f), 'utf8')) as { sources: string[]; sourcesContent?: (string | null)[] };
+    assert.ok(m.sourcesContent && m.sourcesContent.length === m.sources.length && m.sourcesContent.every((s) => typeof s === 'string' && s.length > 0), `${f} lacks its sources`);
+  }
+});
