@@ -108,3 +108,21 @@ test('tilewise profile --help and -h print the usage and exit 0; --backward adds
   const row = rep[0]!.results.find((x) => x.impl === 'fused-backward');
   assert.ok(row && row.ms !== null && row.ms > 0, 'a timed fused-backward row');
 });
+
+test('profile: repeats calibrate themselves, --impl selects implementations, ratio tables name mixed timings', async () => {
+  const { timeRuns } = await import('../src/cli/profile.js');
+  assert.equal(parseProfileArgs([]).args.repeat, 0, 'calibrated by default');
+  assert.equal((await timeRuns(async () => 100, 0)).length, 3, 'slow rows: at least 3 runs');
+  assert.equal((await timeRuns(async () => 0.5, 0)).length, 200, 'fast rows: many runs (capped)');
+  assert.equal((await timeRuns(async () => 0.5, 5)).length, 5, 'an explicit --repeat wins');
+  assert.deepEqual(parseProfileArgs(['--impl', 'fused,reference']).args.impls, ['fused', 'reference']);
+  assert.throws(() => parseProfileArgs(['--impl', 'fast']), (e: unknown) => e instanceof TilewiseError && e.arg === '--impl');
+  const rep = await profileCase(base({ ...tinyNA, impls: ['fused'] }), [{ name: 'cpu', threads: cpuThreads() } as Target], quiet);
+  assert.deepEqual(rep[0]!.results.map((r) => r.impl), ['fused']);
+  const row = (timing: 'wall' | 'gpu-ts') => ({ impl: 'fused' as const, ms: 1, usefulTflops: 1, relErr: null, peakBytes: null, timing });
+  const mixed = formatComparison([
+    { backend: 'cpu', device: {}, label: 'x', problem: {}, results: [row('wall')] },
+    { backend: 'webgpu', device: {}, label: 'x', problem: {}, results: [row('gpu-ts')] },
+  ]);
+  assert.match(mixed, /ratios divide cpu wall by webgpu gpu-ts/);
+});

@@ -2,6 +2,8 @@ import { parseArgs } from 'node:util';
 import { TilewiseError } from '../errors.js';
 
 export type BackendChoice = 'cpu' | 'webgpu' | 'auto';
+export type ImplChoice = 'reference' | 'naive' | 'unfused' | 'fused' | 'dense-fused';
+const IMPLS: readonly ImplChoice[] = ['reference', 'naive', 'unfused', 'fused', 'dense-fused'];
 
 export interface ProfileArgs {
   /** One or more backends (`--backend webgpu,cpu`): every case is profiled on each, same inputs. */
@@ -17,7 +19,10 @@ export interface ProfileArgs {
   causal: boolean;
   window: [number, number];
   density: number;
+  /** Timed runs per row; 0 = calibrated (enough runs for ~0.3 s per row, 3 to 200). */
   repeat: number;
+  /** Implementations to run (all that apply when absent); 'reference' off leaves relErr empty. */
+  impls?: ImplChoice[];
   json: boolean;
   threads?: number;
   /** Tune the WebGPU fused kernel's blocking on this problem and store the winner. */
@@ -36,6 +41,12 @@ const dims = (s: string, name: string): number[] => {
   if (v.some((x) => !Number.isInteger(x) || x <= 0)) throw new TilewiseError(`--${name}`, 'must be positive integers joined by x', s);
   return v;
 };
+
+function implList(s: string): ImplChoice[] {
+  const v = [...new Set(s.split(',').map((x) => x.trim()))];
+  for (const x of v) if (!IMPLS.includes(x as ImplChoice)) throw new TilewiseError('--impl', `must be a comma list of ${IMPLS.join(', ')}`, x);
+  return v as ImplChoice[];
+}
 
 /** Flags that define the problem: without any of them (and without --tune) the quick suite runs. */
 const PROBLEM_FLAGS = ['pattern', 'shape', 'batch', 'heads', 'dim', 'kernel', 'dilation', 'stride', 'causal', 'window', 'density'] as const;
@@ -57,7 +68,8 @@ export function parseProfileArgs(argv: string[]): { args: ProfileArgs; quick: bo
       causal: { type: 'boolean' },
       window: { type: 'string' },
       density: { type: 'string' },
-      repeat: { type: 'string', default: '3' },
+      repeat: { type: 'string', default: 'auto' },
+      impl: { type: 'string' },
       threads: { type: 'string' },
       json: { type: 'boolean', default: false },
       tune: { type: 'boolean', default: false },
@@ -105,7 +117,8 @@ export function parseProfileArgs(argv: string[]): { args: ProfileArgs; quick: bo
       causal: values.causal ?? false,
       window: [win[0]!, win[1]!],
       density,
-      repeat: int(values.repeat, 'repeat'),
+      repeat: values.repeat === 'auto' ? 0 : int(values.repeat, 'repeat'),
+      ...(values.impl ? { impls: implList(values.impl) } : {}),
       json: values.json!,
       tune: values.tune!,
       tuneRounds: int(values['tune-rounds'], 'tune-rounds'),

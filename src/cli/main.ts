@@ -10,7 +10,8 @@ import { type Target, resolveTargets } from './targets.js';
 const USAGE = `usage: tilewise profile [--backend cpu|webgpu|auto|cpu,webgpu] [--pattern dense|causal|window|na|blocksparse]
                         [--shape 32x32] [--batch 1] [--heads 4] [--dim 32] [--kernel 7|7x5]
                         [--dilation 1] [--stride 1] [--causal] [--window l,r] [--density 0.25]
-                        [--repeat 3] [--threads N] [--json] [--gpu-timing auto|wall] [--backward]
+                        [--repeat N|auto] [--impl fused,unfused,...] [--threads N] [--json]
+                        [--gpu-timing auto|wall] [--backward]
                         [--tune [--tune-rounds 3]] [--tuning-file PATH]
 Without a problem flag it runs a quick suite (under a minute on 2 cores, CPU).
 A backend list profiles every case on each backend (same inputs) and prints their time ratios.

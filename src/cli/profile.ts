@@ -205,15 +205,24 @@ export function sampledReference(c: Case): { rows: number[]; out: Float64Array; 
 
 const tflops = (pairs: number, p: AttnProblem, ms: number): number => (pairs * 2 * (p.dim + p.dimV)) / (ms * 1e9);
 
-/** Times one runner: the checked run (warm-up), then `repeat` timed runs; a TilewiseError makes the row n/a. */
+/** Timed runs per row when calibrating: enough for about this long, 3 to 200 runs. */
+const CALIBRATE_MS = 300;
+
+/** `repeat` timed runs, or (0) as many as fit CALIBRATE_MS judging by the first (small cases need many to rank). */
+export async function timeRuns(time: () => Promise<number>, repeat: number): Promise<number[]> {
+  const times = [await time()];
+  const n = repeat > 0 ? repeat : Math.min(200, Math.max(3, Math.ceil(CALIBRATE_MS / Math.max(times[0]!, 0.01))));
+  while (times.length < n) times.push(await time());
+  return times;
+}
+
+/** Times one runner: the checked run (warm-up), then the timed runs; a TilewiseError makes the row n/a. */
 export async function measure(runner: () => Runner, impl: ImplName, pairs: number, p: AttnProblem, repeat: number, ref?: { rows: number[]; out: Float64Array }): Promise<ProfileRow> {
   let r: Runner | undefined;
   try {
     r = runner();
     const out = await r.check();
-    const times: number[] = [];
-    for (let i = 0; i < repeat; i++) times.push(await r.time());
-    const ms = median(times);
+    const ms = median(await timeRuns(() => r!.time(), repeat));
     return {
       impl,
       ms,
@@ -239,13 +248,13 @@ async function measureBackward(t: Target, c: Case, repeat: number): Promise<Prof
   if (t.name !== 'cpu') return { ...row, unavailable: 'the backward runs on the CPU backend only so far' };
   const call = await c.backward();
   await call();
-  const times: number[] = [];
-  for (let i = 0; i < repeat; i++) {
-    const s = performance.now();
-    await call();
-    times.push(performance.now() - s);
-  }
-  const ms = median(times);
+  const ms = median(
+    await timeRuns(async () => {
+      const s = performance.now();
+      await call();
+      return performance.now() - s;
+    }, repeat),
+  );
   return { ...row, ms, usefulTflops: tflops(2.5 * c.useful, c.problem, ms) };
 }
 
@@ -261,14 +270,15 @@ export async function profileCase(a: ProfileArgs, targets: readonly Target[], on
   if (a.threads) setCpuThreads(a.threads);
   const c = buildCase(a);
   const p = c.problem;
+  const want = (i: ImplName) => !a.impls || a.impls.includes(i as never);
   onStep('reference');
-  const ref = sampledReference(c);
+  const ref = want('reference') ? sampledReference(c) : undefined;
   const reports: ProfileReport[] = [];
   for (const t of targets) {
     const io = t.name === 'webgpu' ? await uploadCase(t, p, c.inputs) : undefined;
-    const results: ProfileRow[] = [ref.row];
+    const results: ProfileRow[] = ref ? [ref.row] : [];
     try {
-      for (const impl of c.impls) {
+      for (const impl of c.impls.filter(want)) {
         onStep(`${t.name} ${impl}`);
         const dense = impl === 'dense-fused';
         results.push(await measure(() => runnerFor(t, c, impl, io, a.gpuTiming === 'wall'), impl, dense ? c.denseUseful : c.useful, p, a.repeat, dense ? undefined : ref));
@@ -334,7 +344,10 @@ export function formatComparison(reports: readonly ProfileReport[]): string {
       const fmt = (x: number | null) => (x === null ? 'n/a' : x.toFixed(x < 10 ? 2 : 1));
       return [row.impl, ...ms.map(fmt), ...ms.slice(1).map((x) => (x === null || ms[0] === null ? '-' : `${(ms[0]! / x).toFixed(2)}x`))];
     });
-  return [`${first!.label}: ${names.join(' vs ')}, same inputs, this run`, ...grid(head, body)].join('\n');
+  // a ratio of two timing kinds is worth saying: wall-clock on one side, GPU timestamps on the other
+  const kinds = reports.map((r) => [...new Set(r.results.filter((x) => x.impl !== 'reference' && x.ms !== null).map((x) => x.timing))].join('/'));
+  const note = new Set(kinds).size > 1 ? [`ratios divide ${names.map((n, i) => `${n} ${kinds[i]}`).join(' by ')} times (see the timing legend)`] : [];
+  return [`${first!.label}: ${names.join(' vs ')}, same inputs, this run`, ...grid(head, body), ...note].join('\n');
 }
 
 export function fmtBytes(b: number): string {
