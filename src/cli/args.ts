@@ -34,6 +34,8 @@ export interface ProfileArgs {
   gpuTiming: 'auto' | 'wall';
   /** Also time the fused backward (CPU) and its ratio to the fused forward. */
   backward: boolean;
+  /** Also write a self-contained HTML report (plots and tile schedules) to this path. */
+  html?: string;
 }
 
 const dims = (s: string, name: string): number[] => {
@@ -77,6 +79,7 @@ export function parseProfileArgs(argv: string[]): { args: ProfileArgs; quick: bo
       'tuning-file': { type: 'string' },
       'gpu-timing': { type: 'string', default: 'auto' },
       backward: { type: 'boolean', default: false },
+      html: { type: 'string' },
     },
     strict: true,
   });
@@ -124,6 +127,7 @@ export function parseProfileArgs(argv: string[]): { args: ProfileArgs; quick: bo
       tuneRounds: int(values['tune-rounds'], 'tune-rounds'),
       gpuTiming,
       backward: values.backward!,
+      ...(values.html ? { html: values.html } : {}),
       ...(values.threads ? { threads: int(values.threads, 'threads') } : {}),
       ...(values['tuning-file'] ? { tuningFile: values['tuning-file'] } : {}),
     },

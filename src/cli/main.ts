@@ -11,7 +11,7 @@ const USAGE = `usage: tilewise profile [--backend cpu|webgpu|auto|cpu,webgpu] [-
                         [--shape 32x32] [--batch 1] [--heads 4] [--dim 32] [--kernel 7|7x5]
                         [--dilation 1] [--stride 1] [--causal] [--window l,r] [--density 0.25]
                         [--repeat N|auto] [--impl fused,unfused,...] [--threads N] [--json]
-                        [--gpu-timing auto|wall] [--backward]
+                        [--gpu-timing auto|wall] [--backward] [--html report.html]
                         [--tune [--tune-rounds 3]] [--tuning-file PATH]
 Without a problem flag it runs a quick suite (under a minute on 2 cores, CPU).
 A backend list profiles every case on each backend (same inputs) and prints their time ratios.
@@ -44,6 +44,11 @@ async function profile(argv: string[]): Promise<void> {
     bar.stop();
   }
   const reports = perCase.flat();
+  if (args.html) {
+    const { writeFile } = await import('node:fs/promises');
+    const { htmlReport } = await import('./report-html.js');
+    await writeFile(args.html, htmlReport(perCase, footer(targets, reports, notes)));
+  }
   if (args.json) {
     for (const n of notes) console.error(`tilewise: ${n}`);
     console.log(JSON.stringify(reports.length === 1 ? reports[0] : reports, null, 1));
@@ -57,6 +62,7 @@ async function profile(argv: string[]): Promise<void> {
     if (rs.length > 1) console.log(`${formatComparison(rs)}\n`);
   }
   console.log(footer(targets, reports, notes));
+  if (args.html) console.log(`report: ${args.html}`);
 }
 
 async function tuneCommand(args: ProfileArgs, target: Target): Promise<void> {

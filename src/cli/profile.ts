@@ -1,5 +1,6 @@
 import cliProgress from 'cli-progress';
 import { type Result, attention, blockSparseAttention, neighborhoodAttention, planAttention, planNA } from '../api.js';
+import { type SchedulePicture, schedulePicture } from './schedule-picture.js';
 import { type Grads, attentionBackward, blockSparseAttentionBackward, neighborhoodAttentionBackward } from '../backward.js';
 import { scratchBytes } from '../cpu/kernels.js';
 import { cpuInfo, cpuThreads, setCpuThreads } from '../cpu/pool.js';
@@ -33,6 +34,8 @@ export interface ProfileReport {
   label: string;
   problem: Record<string, unknown>;
   results: ProfileRow[];
+  /** The pattern's tile schedule (for the HTML report). */
+  schedule?: SchedulePicture;
 }
 
 const prod = (t: readonly number[]) => t.reduce((a, b) => a * b, 1);
@@ -290,8 +293,8 @@ export async function profileCase(a: ProfileArgs, targets: readonly Target[], on
     } finally {
       io?.release();
     }
-    const { tune: _t, tuneRounds: _r, backends: _b, json: _j, gpuTiming: _g, backward: _w, ...problem } = a;
-    reports.push({ backend: t.name, device: targetInfo(t), label: c.label, problem: { ...problem, label: c.label }, results });
+    const { tune: _t, tuneRounds: _r, backends: _b, json: _j, gpuTiming: _g, backward: _w, html: _h, impls: _i, ...problem } = a;
+    reports.push({ backend: t.name, device: targetInfo(t), label: c.label, problem: { ...problem, label: c.label }, results, ...(a.html ? { schedule: schedulePicture(p) } : {}) });
   }
   return reports;
 }
