@@ -3,6 +3,7 @@ import { windowVolume } from './cpu/na.js';
 import { type MainStep, runJob } from './cpu/pool.js';
 import { type KernelKind, type Slot, cpuFusedTiles } from './cpu/layout.js';
 import { unrotateRows } from './rope.js';
+import { type NonFinite, poisonRows, screenInputs, screenProblemBias } from './nonfinite.js';
 import type { AttnProblem } from './problem.js';
 import { type Tensor, dtypeOf } from './tensor.js';
 import { checkDest, checkGpuDest } from './validate.js';
@@ -56,16 +57,27 @@ export async function runProblemWebGPU(problem: AttnProblem, q: Tensor, k: Tenso
   checkDest(opts.lse, problem.qRows * problem.heads, 'lse');
   const gpu = await import('./webgpu/index.js');
   const run = kind === 'fused' ? gpu.runWebGPUFused : kind === 'naive' ? gpu.runWebGPUNaive : gpu.runWebGPUUnfused;
-  const { out, lse } = await run(problem, q.data, k.data, v.data);
+  // the same non-finite policy as the CPU: screened inputs in, rows that read them NaN out
+  const s = screenInputs(problem, q.data, k.data, v.data);
+  const { out, lse } = await run(s.problem, s.q, s.k, s.v);
+  if (s.bad) applyPolicy(problem, s.bad, out, lse);
   return finish(problem, out, lse, lead, opts);
+}
+
+/** Applies the non-finite policy to host results when anything was flagged. */
+function applyPolicy(problem: AttnProblem, bad: NonFinite, out: Float32Array, lse: Float32Array): void {
+  if (bad.q || bad.k || bad.v || bad.bias) poisonRows(problem, bad, out, lse);
 }
 
 /** Runs one kernel family on the CPU backend: a job of the engine's scheduler, outputs fresh. */
 export async function runProblem(problem: AttnProblem, q: Tensor, k: Tensor, v: Tensor, lead: number[], opts: CommonOptions, kind: KernelKind): Promise<Result> {
   checkDest(opts.out, problem.qRows * problem.heads * problem.dimV, 'out');
   checkDest(opts.lse, problem.qRows * problem.heads, 'lse');
-  const tuned = kind === 'fused' && opts.tile === undefined ? cpuFusedTiles(problem) : problem;
-  const r = await runJob({ problem: tuned, phases: [kind], inputs: { q: q.data, k: k.data, v: v.data }, outputs: ['out', 'lse'], flops: roughFlops(problem) });
+  const bad: NonFinite = {};
+  const screened = screenProblemBias(problem, bad);
+  const tuned = kind === 'fused' && opts.tile === undefined ? cpuFusedTiles(screened) : screened;
+  const r = await runJob({ problem: tuned, phases: [kind], inputs: { q: q.data, k: k.data, v: v.data }, outputs: ['out', 'lse'], flops: roughFlops(problem), screen: true });
+  applyPolicy(problem, { ...bad, ...r.nonFinite }, r.out!, r.lse!);
   return finish(problem, r.out!, r.lse!, lead, opts);
 }
 
@@ -81,7 +93,7 @@ const softmaxStep =
       K.softmaxRows(lay.slots.attn + r0 * wv * 4, n, wv, m, m + n * 4, normalize ? 1 : 0);
       for (let r = 0; r < n; r++) {
         const l = f32[(m >> 2) + n + r]!;
-        f32[(lay.slots.lse >> 2) + r0 + r] = l > 0 ? f32[(m >> 2) + r]! + Math.log(l) : -Infinity;
+        f32[(lay.slots.lse >> 2) + r0 + r] = l > 0 ? f32[(m >> 2) + r]! + Math.log(l) : l === 0 ? -Infinity : NaN;
       }
     }
   };
@@ -101,7 +113,9 @@ export async function runUnfused(problem: AttnProblem, q: Tensor, k: Tensor, v: 
     temps: ['attn'],
     windowVolume: wv,
     flops: roughFlops(problem),
+    screen: true,
   });
+  applyPolicy(problem, r.nonFinite ?? {}, r.out!, r.lse!);
   return finish(problem, r.out!, r.lse!, lead, opts);
 }
 

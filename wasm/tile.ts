@@ -19,10 +19,12 @@
 // t = x log2 e split as n + f (the 1.5 * 2^23 trick puts round(t) in the low mantissa bits, so no
 // f32x4.nearest or trunc_sat, which x86 lacks and V8 expands), 2^f by a degree-6 polynomial on
 // [-1/2, 1/2], then 2^n from the exponent bits. Relative error ~1e-6 for x > -87; lanes at or below
-// -87 (masked -inf included) give exactly 0, so no clamp is needed: their bits are masked away.
+// -87 (masked -inf included) give exactly 0, so no clamp is needed: their bits are masked away;
+// NaN lanes give NaN.
 // @ts-ignore: decorator
 @inline function vexpNeg(x: v128): v128 {
-  const keep = f32x4.gt(x, f32x4.splat(-87.0));
+  // not (x <= -87): a NaN lane is kept and stays NaN, so a non-finite score poisons its row
+  const keep = v128.not(f32x4.le(x, f32x4.splat(-87.0)));
   const t = f32x4.mul(x, f32x4.splat(1.44269504088896341));
   const r = f32x4.add(t, f32x4.splat(12582912.0));
   const f = f32x4.sub(t, f32x4.sub(r, f32x4.splat(12582912.0)));
@@ -632,4 +634,40 @@ export function softcapGrad(dp: usize, sc: usize, ldLanes: i32, ni: i32, tk: i32
       const t = f32x4.mul(v128.load(sc + o), inv);
       v128.store(dp + o, f32x4.mul(v128.load(dp + o), f32x4.sub(one, f32x4.mul(t, t))));
     }
+}
+
+/**
+ * The non-finite policy's input pass: for each of `rows` rows of `width` floats, flags[r] = 1 (u8)
+ * when the row holds a NaN or an infinity, and those values become 0, so the kernels compute the
+ * other rows exactly (a masked key's NaN would otherwise reach its tile-mates through 0 * NaN);
+ * the caller then makes NaN every output row that read a flagged row. Returns the flagged count.
+ */
+export function sanitize(ptr: usize, rows: i32, width: i32, flags: usize): i32 {
+  let bad = 0;
+  const w4 = width & ~3;
+  const zero = f32x4.splat(0);
+  for (let r = 0; r < rows; r++) {
+    const row = ptr + <usize>r * (<usize>width << 2);
+    let any = i32x4.splat(0);
+    let c = 0;
+    for (; c < w4; c += 4) {
+      const x = v128.load(row + (<usize>c << 2));
+      // x - x is 0 for a finite x and NaN for NaN and both infinities
+      any = v128.or(any, f32x4.ne(f32x4.sub(x, x), zero));
+    }
+    let hit = v128.any_true(any);
+    for (; c < width; c++) {
+      const x = load<f32>(row + (<usize>c << 2));
+      if (x - x != 0) hit = true;
+    }
+    store<u8>(flags + <usize>r, hit ? 1 : 0);
+    if (!hit) continue;
+    bad++;
+    for (c = 0; c < width; c++) {
+      const p = row + (<usize>c << 2);
+      const x = load<f32>(p);
+      if (x - x != 0) store<f32>(p, 0);
+    }
+  }
+  return bad;
 }

@@ -6,6 +6,7 @@ import { type PhaseMsg, phaseContext, rankOf, runRange } from './kernels.js';
 import { type JobLayout, type KernelKind, PER_THREAD, type Slot, layJob, scratchPlan, slotSizes } from './layout.js';
 import { type KernelVariant, type TileKernels, bestVariant, kernelsOn, moduleOf, variantAvailable } from './tile-kernels.js';
 import { type WorkerPort, spawnWorker } from './worker-port.js';
+import type { NonFinite } from '../nonfinite.js';
 
 /**
  * The CPU engine's scheduler. Jobs (one attention call each) run one at a time in submission
@@ -139,7 +140,12 @@ export interface CpuJob {
   readonly windowVolume?: number;
   /** Rough FLOPs: small jobs run on the calling thread, where a worker round trip would cost more. */
   readonly flops: number;
+  /** Zero non-finite q, k, v values in the shared copies and report their rows (nonfinite.ts). */
+  readonly screen?: boolean;
 }
+
+/** A job's outputs, and the rows of q, k, v that held NaN or infinities when the job screened them. */
+export type JobOutputs = Partial<Record<Slot, Float32Array>> & { nonFinite?: NonFinite };
 
 let inlineFlops = 2e6;
 /** Jobs under this many FLOPs run on the calling thread (tests set 0 to send everything through the pool). */
@@ -149,13 +155,13 @@ export function setInlineFlops(flops: number): void {
 let tail: Promise<unknown> = Promise.resolve();
 
 /** Queues a job; resolves with its outputs once every thread has finished writing them. */
-export function runJob(job: CpuJob): Promise<Partial<Record<Slot, Float32Array>>> {
+export function runJob(job: CpuJob): Promise<JobOutputs> {
   const run = tail.then(() => execute(job));
   tail = run.catch(() => undefined);
   return run;
 }
 
-async function execute(job: CpuJob): Promise<Partial<Record<Slot, Float32Array>>> {
+async function execute(job: CpuJob): Promise<JobOutputs> {
   const { problem } = job;
   await coresNow();
   const space = new ItemSpace(problem);
@@ -185,6 +191,7 @@ async function execute(job: CpuJob): Promise<Partial<Record<Slot, Float32Array>>
     const bytes = PER_THREAD.has(s) ? layout.partialBytes[s]! * threads : 4 * sizes[s];
     if (sizes[s] > 0) f32.fill(0, layout.slots[s] >> 2, (layout.slots[s] + bytes) >> 2);
   }
+  const nonFinite = job.screen ? screen(e, layout, problem) : undefined;
   // workers get the problem without its big arrays: bias and rpb are read from the shared memory
   const wire: AttnProblem = {
     ...problem,
@@ -202,9 +209,26 @@ async function execute(job: CpuJob): Promise<Partial<Record<Slot, Float32Array>>
     else await runInline(e, msg, space);
   }
   f32 = new Float32Array(e.memory.buffer);
-  const out: Partial<Record<Slot, Float32Array>> = {};
+  const out: JobOutputs = nonFinite ? { nonFinite } : {};
   for (const s of job.outputs) out[s] = f32.slice(layout.slots[s] >> 2, (layout.slots[s] >> 2) + sizes[s]);
   return out;
+}
+
+/** The wasm input screen over the job's q, k, v copies: flags past the layout's end, copied out only when set. */
+function screen(e: Engine, layout: JobLayout, problem: AttnProblem): NonFinite | undefined {
+  const parts: ['q' | 'k' | 'v', number, number][] = [
+    ['q', problem.qRows * problem.heads, problem.dim],
+    ['k', problem.kRows * problem.kvHeads, problem.dim],
+    ['v', problem.kRows * problem.kvHeads, problem.dimV],
+  ];
+  const base = Math.ceil(layout.end / 64) * 64;
+  grow(e.memory, base + Math.max(...parts.map(([, rows]) => rows)));
+  let found: NonFinite | undefined;
+  for (const [slot, rows, width] of parts) {
+    if (layout.slots[slot] < 0) continue;
+    if (e.main.sanitize(layout.slots[slot], rows, width, base) > 0) (found ??= {})[slot] = new Uint8Array(e.memory.buffer, base, rows).slice();
+  }
+  return found;
 }
 
 /** Runs a phase on the calling thread; in a browser in slices, yielding so a long call never freezes the page. */

@@ -189,6 +189,23 @@ export function scalarKernels(memory: WebAssembly.Memory): TileKernels {
       sync();
       for (let x = 0; x < cnt; x++) f[(dst >> 2) + x]! += f[(src >> 2) + x]!;
     },
+    sanitize(ptr, rows, width, flags) {
+      sync();
+      const u8 = new Uint8Array(memory.buffer);
+      let bad = 0;
+      for (let r = 0; r < rows; r++) {
+        const row = (ptr >> 2) + r * width;
+        let hit = false;
+        for (let c = 0; c < width; c++)
+          if (!Number.isFinite(f[row + c]!)) {
+            hit = true;
+            f[row + c] = 0;
+          }
+        u8[flags + r] = hit ? 1 : 0;
+        if (hit) bad++;
+      }
+      return bad;
+    },
     windowSlots(s, ld, tq, win, k1, k2, ulo0, ulo1, ulo2, u1, u2, attnRows, toS) {
       sync();
       for (let i = 0; i < tq; i++) {

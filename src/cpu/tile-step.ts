@@ -267,7 +267,8 @@ export class TileCtx {
       i32[(at.outRows >> 2) + i] = this.rowOf(out, row, P.heads, h, P.dimV);
       if (lse >= 0) {
         const l = f32[(at.l >> 2) + i]!;
-        f32[lse + row * P.heads + h] = l > 0 ? f32[(at.m >> 2) + i]! + Math.log(l) : -Infinity;
+        // l = 0: no allowed key (-inf, an empty row); l NaN: a non-finite score reached the row
+        f32[lse + row * P.heads + h] = l > 0 ? f32[(at.m >> 2) + i]! + Math.log(l) : l === 0 ? -Infinity : NaN;
       }
     }
     K.finishRows(at.o, P.dimV, tq, at.l, at.outRows);

@@ -1,0 +1,128 @@
+/**
+ * The non-finite policy (PyTorch SDPA's), the same on both backends: a NaN or an infinity in q, k,
+ * v (or a NaN / +inf bias entry) makes NaN exactly the output rows, and their lse, that read it;
+ * every other row is exact (float64 reference on the inputs with those values zeroed), including
+ * tile-mates of a masked key that holds a NaN. Never an empty-looking row.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { attention, compilePattern, neighborhoodAttention, referenceAttention, type AttentionOptions, type NeighborhoodOptions, type Result, type Tensor } from '../src/index.js';
+import { planAttention, planNA } from '../src/api.js';
+import type { AttnProblem } from '../src/problem.js';
+import { webgpuAvailable } from '../src/webgpu/device.js';
+import { Failures, Rng, compareResult, randTensor } from './helpers.js';
+
+const gpu = (await webgpuAvailable()) === true;
+const BACKENDS: ('cpu' | 'webgpu')[] = ['cpu', ...(gpu ? (['webgpu'] as const) : [])];
+
+interface Injected {
+  q: [number, number][]; // (token row, head)
+  kv: [number, number][]; // (token row, kv head)
+}
+
+/** Puts a non-finite value (NaN, +inf or -inf) somewhere in `n` random rows of a tensor [.., heads, width]. */
+function inject(rng: Rng, t: Tensor, n: number, heads: number): { t: Tensor; rows: [number, number][] } {
+  const width = t.shape[t.shape.length - 1]!;
+  const data = t.data.slice();
+  const rows: [number, number][] = [];
+  for (let i = 0; i < n; i++) {
+    const r = rng.int(0, data.length / (heads * width) - 1);
+    const h = rng.int(0, heads - 1);
+    data[(r * heads + h) * width + rng.int(0, width - 1)] = rng.pick([NaN, Infinity, -Infinity]);
+    rows.push([r, h]);
+  }
+  return { t: { data, shape: t.shape }, rows };
+}
+
+/** The rows the policy poisons, from the pattern's own predicate (batch rows are b * n + token). */
+function expected(problem: AttnProblem, inj: Injected): Set<number> {
+  const H = problem.heads;
+  const group = H / problem.kvHeads;
+  const bad = new Set<number>(inj.q.map(([r, h]) => r * H + h));
+  for (const span of problem.seqs) {
+    const p = compilePattern(problem.pattern, { qGrid: span.qGrid, kGrid: span.kGrid, heads: H });
+    const nq = span.qGrid.reduce((a, b) => a * b, 1);
+    const nk = span.kGrid.reduce((a, b) => a * b, 1);
+    for (const [kr, kh] of inj.kv) {
+      const kt = kr - span.kOff;
+      if (kt < 0 || kt >= nk) continue;
+      for (let h = kh * group; h < (kh + 1) * group; h++) for (let qt = 0; qt < nq; qt++) if (p.allows(span.b, h, qt, kt)) bad.add((span.qOff + qt) * H + h);
+    }
+  }
+  return bad;
+}
+
+const zeroed = (t: Tensor): Float32Array => t.data.map((x) => (Number.isFinite(x) ? x : 0));
+
+function check(problem: AttnProblem, r: Result, bad: Set<number>, q: Tensor, k: Tensor, v: Tensor): string | null {
+  const H = problem.heads;
+  const DV = problem.dimV;
+  const ref = referenceAttention(problem, { q: zeroed(q), k: zeroed(k), v: zeroed(v) });
+  const rows: number[] = [];
+  for (let x = 0; x < problem.qRows * H; x++) {
+    const isNaN = Number.isNaN(r.lse.data[x]!);
+    const outNaN = r.out.data.subarray(x * DV, (x + 1) * DV).every((y) => Number.isNaN(y));
+    if (bad.has(x)) {
+      if (!isNaN || !outNaN) return `row ${x} read a non-finite input but is not NaN (lse ${r.lse.data[x]})`;
+    } else {
+      if (isNaN || r.out.data.subarray(x * DV, (x + 1) * DV).some((y) => Number.isNaN(y))) return `row ${x} read nothing non-finite but has NaN`;
+      rows.push(x);
+    }
+  }
+  return rows.length ? compareResult(r.out.data, r.lse.data, ref, DV, { rows }) : null;
+}
+
+for (const backend of BACKENDS) {
+  test(`non-finite policy on ${backend}: exactly the rows that read a NaN or infinity are NaN, the rest exact`, async () => {
+    const f = new Failures();
+    const rng = new Rng(backend === 'cpu' ? 1 : 2);
+    for (let i = 0; i < 16; i++) {
+      const H = rng.pick([2, 4]);
+      const Hk = rng.pick([1, H]);
+      const n = rng.int(20, 90);
+      const na = i % 2 === 1;
+      const grid = na ? [rng.int(5, 9), rng.int(5, 9)] : [n];
+      let q = randTensor(rng, [1, ...grid, H, 8]);
+      let k = randTensor(rng, [1, ...grid, Hk, 8]);
+      let v = randTensor(rng, [1, ...grid, Hk, 8]);
+      const iq = inject(rng, q, rng.int(0, 2), H);
+      const ik = inject(rng, k, rng.int(0, 2), Hk);
+      const iv = inject(rng, v, rng.int(0, 2), Hk);
+      [q, k, v] = [iq.t, ik.t, iv.t];
+      const inj: Injected = { q: iq.rows, kv: [...ik.rows, ...iv.rows] };
+      await f.run(`#${i} ${na ? 'na2d' : 'attention'} ${grid.join('x')} H${H}/${Hk}`, async () => {
+        if (na) {
+          const opts: NeighborhoodOptions = { kernelSize: 3, impl: rng.pick(['fused', 'naive', 'unfused'] as const), backend };
+          const { problem } = planNA(q, k, v, opts);
+          const msg = check(problem, await neighborhoodAttention(q, k, v, opts), expected(problem, inj), q, k, v);
+          if (msg) throw new Error(`${opts.impl}: ${msg}`);
+        } else {
+          const opts: AttentionOptions = rng.pick([{ causal: true }, { window: [4, 2] }, {}] as AttentionOptions[]);
+          const { problem } = planAttention(q, k, v, opts);
+          const msg = check(problem, await attention(q, k, v, { ...opts, backend }), expected(problem, inj), q, k, v);
+          if (msg) throw new Error(`${JSON.stringify(opts)}: ${msg}`);
+        }
+      });
+    }
+    f.done(`non-finite policy (${backend})`);
+  });
+}
+
+test('a NaN or +inf bias entry poisons its own row when the pair is allowed; -inf stays a mask (both backends alike)', async () => {
+  const rng = new Rng(7);
+  const q = randTensor(rng, [1, 16, 2, 8]);
+  const k = randTensor(rng, [1, 16, 2, 8]);
+  const v = randTensor(rng, [1, 16, 2, 8]);
+  const bias = randTensor(rng, [2, 16, 16]);
+  bias.data[(0 * 16 + 3) * 16 + 2] = NaN; // head 0, query 3, key 2: allowed under causal
+  bias.data[(1 * 16 + 4) * 16 + 9] = Infinity; // head 1, query 4, key 9: masked under causal, so no effect
+  bias.data[(1 * 16 + 6) * 16 + 1] = -Infinity; // a mask
+  const results: Float32Array[] = [];
+  for (const backend of BACKENDS) {
+    const r = await attention(q, k, v, { causal: true, bias, backend });
+    const nanRows = Array.from(r.lse.data.keys()).filter((x) => Number.isNaN(r.lse.data[x]!));
+    assert.deepEqual(nanRows, [3 * 2 + 0], `${backend}: only query 3 of head 0 is NaN`);
+    results.push(r.lse.data);
+  }
+  if (results.length === 2) for (let x = 0; x < results[0]!.length; x++) if (!Number.isNaN(results[0]![x]!)) assert.ok(Math.abs(results[0]![x]! - results[1]![x]!) < 1e-4);
+});
