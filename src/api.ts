@@ -8,7 +8,7 @@ import { blockSparseAsAttention, checkInputsFinite, planAttention, planNA } from
 import type { AttnProblem } from './problem.js';
 import { type Tensor, dtypeOf, isGpuTensor, numel } from './tensor.js';
 import type { GpuTensor } from './webgpu/tensor.js';
-import { checkDest, checkGpuTensor, checkTensor } from './validate.js';
+import { checkDest, checkFinite, checkGpuTensor, checkTensor } from './validate.js';
 import { type GpuKind, type GpuResult, naAVOnly, naQKOnly, runGpuTensors, runProblem, runProblemWebGPU, runUnfused } from './backends.js';
 
 export type { AttentionOptions, BackendName, BlockSparseOptions, CommonOptions, GpuResult, Input, NeighborhoodOptions, Result };
@@ -31,10 +31,18 @@ async function resolveBackend(b: BackendName | undefined, problem: AttnProblem, 
   return (await getContext()).adapterClass === 'gpu' ? 'webgpu' : 'cpu';
 }
 
+/** checkFinite on GPU tensors: one read-back each (opt-in: it costs the transfer). */
+async function checkGpuFinite(ts: GpuTensor[]): Promise<void> {
+  const { fromGpu } = await import('./webgpu/index.js');
+  const names = ['q', 'k', 'v'];
+  for (let i = 0; i < ts.length; i++) checkFinite({ data: await fromGpu(ts[i]!), shape: ts[i]!.shape }, names[i]!);
+}
+
 /** Runs a kernel family on the resolved backend (GPU tensors: on WebGPU, results left there). */
 async function runOn(opts: CommonOptions, problem: AttnProblem, q: Input, k: Input, v: Input, lead: number[], kind: GpuKind): Promise<Result | GpuResult> {
   if (isGpuTensor(q)) {
     check(opts.backend !== 'cpu', 'backend', "GPU tensors run on 'webgpu' (or 'auto'/unset), not 'cpu'");
+    if (opts.checkFinite) await checkGpuFinite([q, k as GpuTensor, v as GpuTensor]);
     return runGpuTensors(problem, q, k as GpuTensor, v as GpuTensor, lead, opts, kind);
   }
   k = k as Tensor;

@@ -125,7 +125,7 @@ export function checkPattern(p: PatternSpec, heads: number, nq: number, nk: numb
 }
 
 export function checkInputsFinite(opts: CommonOptions, ts: [Input, string][]): void {
-  // GPU tensors stay on the device: the kernels are not slowed down by a scan there
+  // GPU tensors are checked by the entry point (a read-back, which is asynchronous)
   if (opts.checkFinite) for (const [t, n] of ts) if (!isGpuTensor(t)) checkFinite(t, n);
 }
 

@@ -126,3 +126,23 @@ test('a NaN or +inf bias entry poisons its own row when the pair is allowed; -in
   }
   if (results.length === 2) for (let x = 0; x < results[0]!.length; x++) if (!Number.isNaN(results[0]![x]!)) assert.ok(Math.abs(results[0]![x]! - results[1]![x]!) < 1e-4);
 });
+
+test('checkFinite also covers LongHeadsCache.append/decode and GPU tensors', async () => {
+  const { LongHeadsCache, TilewiseError, randn, webgpu } = await import('../src/index.js');
+  const bad = (shape: number[]) => {
+    const t = randn(shape, 5);
+    t.data[3] = NaN;
+    return t;
+  };
+  const cache = new LongHeadsCache(2, 1, 8, { chunkSize: 16, budget: 32, checkFinite: true });
+  await assert.rejects(cache.append(bad([20, 2, 8]), randn([20, 1, 8], 1), randn([20, 1, 8], 2)), (e: unknown) => e instanceof TilewiseError && e.arg === 'q');
+  await assert.rejects(cache.append(randn([20, 2, 8], 3), randn([20, 1, 8], 1), bad([20, 1, 8])), (e: unknown) => e instanceof TilewiseError && e.arg === 'v');
+  await cache.append(randn([20, 2, 8], 3), randn([20, 1, 8], 1), randn([20, 1, 8], 2));
+  cache.dispose();
+  if (!gpu) return;
+  const q = bad([1, 8, 2, 8]);
+  const k = randn([1, 8, 2, 8], 6);
+  const [gq, gk, gv] = await Promise.all([q, k, k].map((t) => webgpu.toGpu(t.data, t.shape)));
+  await assert.rejects(attention(gq!, gk!, gv!, { checkFinite: true }), (e: unknown) => e instanceof TilewiseError && e.arg === 'q');
+  for (const t of [gq!, gk!, gv!]) webgpu.releaseTensor(t);
+});

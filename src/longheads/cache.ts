@@ -1,7 +1,7 @@
 import type { Result } from '../options.js';
 import { check, checkPositiveInt } from '../errors.js';
 import type { Tensor } from '../tensor.js';
-import { checkTensor } from '../validate.js';
+import { checkFinite, checkTensor } from '../validate.js';
 import { selectedOptions } from './attention.js';
 import { type LongHeadsConfig, type LongHeadsOptions, longHeadsConfig } from './options.js';
 import { type LongHeadsOps, type LongHeadsRun, type RowStore, Rows, opsFor } from './ops.js';
@@ -146,6 +146,7 @@ export class LongHeadsCache {
     check(q.shape.length === 3 && q.shape[1] === this.heads && q.shape[2] === this.dim, 'q', `must be [tokens, ${this.heads}, ${this.dim}]`, q.shape.join('x'));
     check(k.shape.length === 3 && k.shape[0] === T && k.shape[1] === this.kvHeads && k.shape[2] === this.dim, 'k', `must be [${T}, ${this.kvHeads}, ${this.dim}]`, k.shape.join('x'));
     check(v.shape.length === 3 && v.shape[0] === T && v.shape[1] === this.kvHeads && v.shape[2] === this.dim, 'v', `must be [${T}, ${this.kvHeads}, ${this.dim}]`, v.shape.join('x'));
+    if (this.cfg.checkFinite) for (const [t, n] of [[q, 'q'], [k, 'k'], [v, 'v']] as const) checkFinite(t, n);
     return T;
   }
 }

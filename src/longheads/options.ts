@@ -21,6 +21,8 @@ export interface LongHeadsOptions {
    * O(N^2 / chunkSize) scoring cost). Must divide chunkSize.
    */
   selectTile?: number;
+  /** Reject NaN or infinite q, k, v in `append` and `decode` (one scan of each call's tokens). */
+  checkFinite?: boolean;
 }
 
 export interface LongHeadsConfig {
@@ -32,6 +34,7 @@ export interface LongHeadsConfig {
   readonly rope: RopeOptions;
   readonly backend: BackendName;
   readonly scale: number | undefined;
+  readonly checkFinite: boolean;
 }
 
 export function longHeadsConfig(opts: LongHeadsOptions | undefined): LongHeadsConfig {
@@ -47,5 +50,5 @@ export function longHeadsConfig(opts: LongHeadsOptions | undefined): LongHeadsCo
   check(chunkSize % selectTile === 0, 'selectTile', `must divide chunkSize ${chunkSize}`, String(selectTile));
   check(o.causal === undefined || o.causal === true, 'causal', 'LongHeads is defined for causal attention only (true)', String(o.causal));
   check(o.rope === undefined || (typeof o.rope === 'object' && o.rope !== null), 'rope', 'must be an object { base?, dims? }');
-  return { chunkSize, budget, slots: budget / chunkSize, selectTile, rope: o.rope ?? {}, backend: o.backend ?? 'cpu', scale: o.scale };
+  return { chunkSize, budget, slots: budget / chunkSize, selectTile, rope: o.rope ?? {}, backend: o.backend ?? 'cpu', scale: o.scale, checkFinite: o.checkFinite === true };
 }
