@@ -3,7 +3,7 @@ import { blockSparseAsAttention, planAttention, planNA } from './plan.js';
 import { runBackwardCpu } from './backends.js';
 import { check } from './errors.js';
 import type { AttnProblem } from './problem.js';
-import { type Tensor, isGpuTensor } from './tensor.js';
+import { type Tensor, isGpuTensor, numel } from './tensor.js';
 
 /** Gradients of an attention call, shaped like q, k, v (and rpb when the call had one). */
 export interface Grads {
@@ -11,6 +11,9 @@ export interface Grads {
   dk: Tensor;
   dv: Tensor;
   drpb?: Tensor;
+  /** With a neighborhood call's additionalKeys / additionalValues: their gradients. */
+  dAdditionalKeys?: Tensor;
+  dAdditionalValues?: Tensor;
 }
 
 /**
@@ -61,10 +64,23 @@ export async function blockSparseAttentionBackward(q: Tensor, k: Tensor, v: Tens
 
 /** Gradients of `neighborhoodAttention(q, k, v, opts)`, with `drpb` when opts.rpb is given. */
 export async function neighborhoodAttentionBackward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dOut: Tensor, opts: NeighborhoodOptions, rank?: number): Promise<Grads> {
-  check(opts?.additionalKeys === undefined && opts?.additionalValues === undefined, 'additionalKeys', 'has no backward yet');
   check(opts?.impl === undefined || opts.impl === 'fused', 'impl', "the backward is fused only (the forward's impl does not change the gradients)");
-  const { problem } = planNA(q, k, v, opts, rank);
-  return backward(problem, q, k, v, out, lse, dOut, opts, opts.rpb?.shape);
+  const { additionalKeys: ak, additionalValues: av, ...rest } = opts;
+  const { s, problem } = planNA(q, k, v, rest, rank);
+  if (ak === undefined && av === undefined) return backward(problem, q, k, v, out, lse, dOut, rest, opts.rpb?.shape);
+  // additional tokens: the forward merged a neighborhood pass and a dense pass over them by LSE.
+  // Each part's gradients follow from the merged out and lse (P = exp(s - lse) over the union of
+  // the key sets, delta = rowsum(dO * out)), so both run the ordinary backward on those, and dq sums.
+  check(ak !== undefined && av !== undefined && !isGpuTensor(ak) && !isGpuTensor(av), 'additionalKeys', 'and additionalValues must both be host tensors');
+  const na = await backward(problem, q, k, v, out, lse, dOut, rest, opts.rpb?.shape);
+  const flat = (t: Tensor, width: number) => ({ data: t.data, shape: [s.batch, numel(s.qGrid), ...(width ? [s.heads, width] : [s.heads])] });
+  const qFlat = flat(q, s.dim);
+  const crossOpts = { backend: opts.backend, scale: problem.scale, softcap: problem.softcap };
+  const cross = planAttention(qFlat, ak as Tensor, av as Tensor, crossOpts).problem;
+  const c = await backward(cross, qFlat, ak as Tensor, av as Tensor, flat(out, s.dimV), flat(lse, 0), flat(dOut, s.dimV), crossOpts);
+  const dq = na.dq.data;
+  for (let i = 0; i < dq.length; i++) dq[i]! += c.dq.data[i]!;
+  return { ...na, dAdditionalKeys: c.dk, dAdditionalValues: c.dv };
 }
 
 export const na1dBackward = (q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dOut: Tensor, opts: NeighborhoodOptions): Promise<Grads> => neighborhoodAttentionBackward(q, k, v, out, lse, dOut, opts, 1);

@@ -251,7 +251,7 @@ test('backward: bad input is a TilewiseError naming the argument', async () => {
     ['lse', () => attentionBackward(q, q, q, f.out, { data: f.lse.data, shape: [1, 8] }, dOut)],
     ['out', () => attentionBackward(q, q, q, { data: f.out.data.subarray(1), shape: f.out.shape }, f.lse, dOut)],
     ['backend', () => attentionBackward(q, q, q, f.out, f.lse, dOut, { backend: 'webgpu' })],
-    ['additionalKeys', () => neighborhoodAttentionBackward(q, q, q, f.out, f.lse, dOut, { kernelSize: 3, additionalKeys: q, additionalValues: q })],
+    ['impl', () => neighborhoodAttentionBackward(q, q, q, f.out, f.lse, dOut, { kernelSize: 3, impl: 'unfused' })],
   ];
   for (const [arg, call] of bad) {
     await assert.rejects(call, (e: unknown) => e instanceof TilewiseError && e.arg === arg, `expected a TilewiseError on '${arg}'`);
@@ -281,4 +281,45 @@ test('backward of a 1-D window of 256 at N = 65536 allocates nothing quadratic',
   const ref = referenceBackward(planAttention(cut(q), cut(k), cut(v), opts).problem, { q: cut(q).data, k: cut(k).data, v: cut(v).data }, cut(dOut).data);
   // dq of rows below M depends only on keys below M
   assert.ok(relErr(g.dq.data.subarray(0, M * 16), ref.dq) < TOL, 'dq prefix');
+});
+
+test('backward with additional keys/values: equal to one attention over the concatenated keys', async () => {
+  const rng = new Rng(77);
+  const f = new Failures();
+  for (let i = 0; i < 6; i++) {
+    const N = rng.int(8, 40);
+    const M = rng.int(1, 12);
+    const H = rng.pick([2, 4]);
+    const Hk = rng.pick([1, H]);
+    const D = rng.int(4, 20);
+    const K = rng.int(2, Math.min(9, N));
+    const causal = rng.bool(0.3);
+    const q = randTensor(rng, [1, N, H, D]);
+    const k = randTensor(rng, [1, N, Hk, D]);
+    const v = randTensor(rng, [1, N, Hk, D]);
+    const ak = randTensor(rng, [1, M, Hk, D]);
+    const av = randTensor(rng, [1, M, Hk, D]);
+    const opts: NeighborhoodOptions = { kernelSize: K, isCausal: causal, additionalKeys: ak, additionalValues: av, ...(rng.bool() ? { softcap: 4 } : {}) };
+    await f.run(`#${i} N=${N} M=${M} H=${H}/${Hk} D=${D} K=${K} causal=${causal}`, async () => {
+      const fw = await neighborhoodAttention(q, k, v, opts);
+      const dOut = randTensor(rng, fw.out.shape);
+      const g = await neighborhoodAttentionBackward(q, k, v, fw.out, fw.lse, dOut, opts);
+      // the same call as one attention over [k; ak]: the neighborhood rule on the first N keys, all of the rest
+      const cat = (a: Tensor, b: Tensor) => ({ data: Float32Array.from([...a.data, ...b.data]), shape: [1, N + M, Hk, D] });
+      const na = planNA(q, k, v, { kernelSize: K, isCausal: causal }).problem;
+      const { compilePattern } = await import('../src/index.js');
+      const p = compilePattern(na.pattern, { qGrid: [N], kGrid: [N], heads: H });
+      const pattern = patterns.maskFn((b, h, qi, kj) => kj >= N || p.allows(b, h, qi, kj));
+      const both = planAttention(q, cat(k, ak), cat(v, av), { pattern, ...(opts.softcap ? { softcap: opts.softcap } : {}) }).problem;
+      const ref = referenceBackward(both, { q: q.data, k: cat(k, ak).data, v: cat(v, av).data }, dOut.data);
+      const split = (x: Float64Array, width: number) => [x.subarray(0, N * Hk * width), x.subarray(N * Hk * width)];
+      const [dk, dak] = split(ref.dk, D);
+      const [dv, dav] = split(ref.dv, D);
+      for (const [n, got, want] of [['dq', g.dq.data, ref.dq], ['dk', g.dk.data, dk], ['dv', g.dv.data, dv], ['dAdditionalKeys', g.dAdditionalKeys!.data, dak], ['dAdditionalValues', g.dAdditionalValues!.data, dav]] as const) {
+        const e = relErr(got, want!);
+        if (!(e < TOL)) throw new Error(`${n} relErr ${e}`);
+      }
+    });
+  }
+  f.done('additional KV backward');
 });
