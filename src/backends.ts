@@ -148,6 +148,7 @@ export interface HostGrads {
   dk: Float32Array;
   dv: Float32Array;
   drpb?: Float32Array;
+  dbias?: Float32Array;
 }
 
 /**
@@ -155,12 +156,13 @@ export interface HostGrads {
  * per-thread partials), then the partials summed in thread order and dK rotated back when the
  * problem has RoPE. Inputs: q, k, v, the forward's out and lse, and dOut.
  */
-export async function runBackwardCpu(problem: AttnProblem, t: { q: Float32Array; k: Float32Array; v: Float32Array; out: Float32Array; lse: Float32Array; dout: Float32Array }, opts: CommonOptions): Promise<HostGrads> {
+export async function runBackwardCpu(problem: AttnProblem, t: { q: Float32Array; k: Float32Array; v: Float32Array; out: Float32Array; lse: Float32Array; dout: Float32Array }, opts: CommonOptions, dbias = false): Promise<HostGrads> {
   const tuned = opts.tile === undefined ? cpuFusedTiles(problem) : problem;
   const { kRows, kvHeads: Hk, dim: D, dimV: DV } = problem;
   const rpbLen = problem.rpb?.data.length ?? 0;
+  const biasLen = dbias ? (problem.bias?.data.length ?? 0) : 0;
   const reduce: MainStep = (K, f32, lay) => {
-    const pairs: [Slot, Slot, number][] = [['dkp', 'dk', kRows * Hk * D], ['dvp', 'dv', kRows * Hk * DV], ['drpbp', 'drpb', rpbLen]];
+    const pairs: [Slot, Slot, number][] = [['dkp', 'dk', kRows * Hk * D], ['dvp', 'dv', kRows * Hk * DV], ['drpbp', 'drpb', rpbLen], ['dbiasp', 'dbias', biasLen]];
     for (const [part, dst, n] of pairs) {
       if (lay.slots[dst] < 0 || n === 0) continue;
       f32.fill(0, lay.slots[dst] >> 2, (lay.slots[dst] >> 2) + n);
@@ -181,11 +183,11 @@ export async function runBackwardCpu(problem: AttnProblem, t: { q: Float32Array;
     problem: tuned,
     phases: ['backward', reduce],
     inputs: { q: t.q, k: t.k, v: t.v, out: t.out, lse: t.lse, dout: t.dout },
-    outputs: ['dq', 'dk', 'dv', ...(rpbLen ? (['drpb'] as const) : [])],
-    temps: ['dkp', 'dvp', ...(rpbLen ? (['drpbp'] as const) : [])],
+    outputs: ['dq', 'dk', 'dv', ...(rpbLen ? (['drpb'] as const) : []), ...(biasLen ? (['dbias'] as const) : [])],
+    temps: ['dkp', 'dvp', ...(rpbLen ? (['drpbp'] as const) : []), ...(biasLen ? (['dbiasp'] as const) : [])],
     flops: 2.5 * roughFlops(problem),
   });
-  return { dq: r.dq!, dk: r.dk!, dv: r.dv!, ...(r.drpb ? { drpb: r.drpb } : {}) };
+  return { dq: r.dq!, dk: r.dk!, dv: r.dv!, ...(r.drpb ? { drpb: r.drpb } : {}), ...(r.dbias ? { dbias: r.dbias } : {}) };
 }
 
 /** NATTEN's av op: weights [rows, H, prod(kernelSize)] times V over each window. */

@@ -11,6 +11,8 @@ export interface Grads {
   dk: Tensor;
   dv: Tensor;
   drpb?: Tensor;
+  /** With `dbias: true` and a bias: its gradient, shaped like the bias (summed over broadcast axes). */
+  dbias?: Tensor;
   /** With a neighborhood call's additionalKeys / additionalValues: their gradients. */
   dAdditionalKeys?: Tensor;
   dAdditionalValues?: Tensor;
@@ -35,14 +37,24 @@ function checkBackward(problem: AttnProblem, q: Tensor, out: Tensor, lse: Tensor
   check(problem.rope?.positions !== 'selected', 'ropePositions', "'selected' (LongHeads) has no backward");
 }
 
-async function backward(problem: AttnProblem, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dOut: Tensor, opts: AttentionOptions | NeighborhoodOptions, rpbShape?: readonly number[]): Promise<Grads> {
+/** What the backward takes beyond the forward's options. */
+export interface BackwardOptions {
+  /** Also return dbias (the bias's gradient; as large as the bias, one partial per thread while it runs). */
+  dbias?: boolean;
+}
+
+async function backward(problem: AttnProblem, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dOut: Tensor, opts: (AttentionOptions | NeighborhoodOptions) & BackwardOptions, rpbShape?: readonly number[]): Promise<Grads> {
   checkBackward(problem, q, out, lse, dOut, opts.backend);
-  const g = await runBackwardCpu(problem, { q: q.data, k: k.data, v: v.data, out: out.data, lse: lse.data, dout: dOut.data }, opts);
+  const biasShape = 'bias' in opts && opts.bias ? opts.bias.shape : undefined;
+  check(opts.dbias === undefined || typeof opts.dbias === 'boolean', 'dbias', 'must be a boolean');
+  check(!opts.dbias || biasShape !== undefined, 'dbias', 'needs a bias');
+  const g = await runBackwardCpu(problem, { q: q.data, k: k.data, v: v.data, out: out.data, lse: lse.data, dout: dOut.data }, opts, opts.dbias === true);
   return {
     dq: { data: g.dq, shape: [...q.shape] },
     dk: { data: g.dk, shape: [...k.shape] },
     dv: { data: g.dv, shape: [...v.shape] },
     ...(g.drpb && rpbShape ? { drpb: { data: g.drpb, shape: [...rpbShape] } } : {}),
+    ...(g.dbias && biasShape ? { dbias: { data: g.dbias, shape: [...biasShape] } } : {}),
   };
 }
 
@@ -50,16 +62,16 @@ async function backward(problem: AttnProblem, q: Tensor, k: Tensor, v: Tensor, o
  * Gradients of `attention(q, k, v, opts)` given its `out`, `lse` and the gradient `dOut` of a loss
  * with respect to out, recomputed from the LSE (FlashAttention-2): every pattern and option of the
  * forward; GQA's dK and dV are summed over each group's query heads; rows with no allowed key get
- * zero gradients; RoPE gradients are with respect to the un-rotated inputs.
+ * zero gradients; RoPE gradients are with respect to the un-rotated inputs; `dbias: true` adds dbias.
  */
-export async function attentionBackward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dOut: Tensor, opts: AttentionOptions = {}): Promise<Grads> {
+export async function attentionBackward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dOut: Tensor, opts: AttentionOptions & BackwardOptions = {}): Promise<Grads> {
   const { problem } = planAttention(q, k, v, opts);
   return backward(problem, q, k, v, out, lse, dOut, opts);
 }
 
 /** Gradients of `blockSparseAttention(q, k, v, opts)`. */
-export async function blockSparseAttentionBackward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dOut: Tensor, opts: BlockSparseOptions): Promise<Grads> {
-  return attentionBackward(q, k, v, out, lse, dOut, blockSparseAsAttention(opts));
+export async function blockSparseAttentionBackward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dOut: Tensor, opts: BlockSparseOptions & BackwardOptions): Promise<Grads> {
+  return attentionBackward(q, k, v, out, lse, dOut, { ...blockSparseAsAttention(opts), ...(opts.dbias !== undefined ? { dbias: opts.dbias } : {}) });
 }
 
 /** Gradients of `neighborhoodAttention(q, k, v, opts)`, with `drpb` when opts.rpb is given. */

@@ -27,6 +27,7 @@ export {
   na2dBackward,
   na3dBackward,
   type Grads,
+  type BackwardOptions,
 } from './backward.js';
 export { TilewiseError } from './errors.js';
 export { type Tensor, tensor, zeros, randn, relError, isGpuTensor } from './tensor.js';

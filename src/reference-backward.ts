@@ -15,7 +15,7 @@ export function referenceBackward(
   problem: AttnProblem,
   bufs: Pick<AttnBuffers, 'q' | 'k' | 'v'>,
   dOut: Float32Array,
-): { dq: Float64Array; dk: Float64Array; dv: Float64Array; drpb?: Float64Array } {
+): { dq: Float64Array; dk: Float64Array; dv: Float64Array; drpb?: Float64Array; dbias?: Float64Array } {
   const { heads: H, kvHeads, dim: D, dimV: DV, scale, softcap, bias, rpb, rope } = problem;
   if (rope?.positions === 'selected') throw new Error("reference backward: 'selected' RoPE has no backward");
   const freq = rope ? invFreq(rope.base, rope.dims) : undefined;
@@ -35,6 +35,7 @@ export function referenceBackward(
   const dk = new Float64Array(problem.kRows * kvHeads * D);
   const dv = new Float64Array(problem.kRows * kvHeads * DV);
   const drpb = rpb ? new Float64Array(rpb.data.length) : undefined;
+  const dbias = bias ? new Float64Array(bias.data.length) : undefined;
   for (const span of problem.seqs) {
     const p = compilePattern(problem.pattern, { qGrid: span.qGrid, kGrid: span.kGrid, heads: H });
     const nq = prod(span.qGrid);
@@ -63,6 +64,7 @@ export function referenceBackward(
     const sc = new Float64Array(nk); // final scores
     const pr = new Float64Array(nk);
     const ridx = new Int32Array(nk);
+    const bidx = new Int32Array(nk);
     for (let h = 0; h < H; h++) {
       const kh = Math.floor(h / (H / kvHeads));
       for (let qi = 0; qi < nq; qi++) {
@@ -81,7 +83,10 @@ export function referenceBackward(
           for (let c = 0; c < D; c++) d += qr[c]! * kr[c]!;
           x[ki] = d * scale;
           let s = softcap > 0 ? softcap * Math.tanh(x[ki]! / softcap) : x[ki]!;
-          if (bias) s += bias.data[(((bias.batch === 1 ? 0 : span.b) * bias.heads + (bias.heads === 1 ? 0 : h)) * nq + qi) * nk + ki]!;
+          if (bias) {
+            bidx[ki] = (((bias.batch === 1 ? 0 : span.b) * bias.heads + (bias.heads === 1 ? 0 : h)) * nq + qi) * nk + ki;
+            s += bias.data[bidx[ki]!]!;
+          }
           if (rpb) {
             const cq = coords(qi);
             const ck = coords(ki);
@@ -117,6 +122,7 @@ export function referenceBackward(
           for (let c = 0; c < DV; c++) dv[vb + c]! += P * dO[c]!;
           const dS = P * (dP[ki]! - delta);
           if (drpb) drpb[ridx[ki]!]! += dS;
+          if (dbias) dbias[bidx[ki]!]! += dS;
           const t = softcap > 0 ? Math.tanh(x[ki]! / softcap) : 0;
           const dX = softcap > 0 ? dS * (1 - t * t) : dS;
           const kr = kRot[kh * nk + ki]!;
@@ -137,5 +143,5 @@ export function referenceBackward(
         dk.set(g, ((span.kOff + ki) * kvHeads + kh) * D);
       }
   }
-  return { dq, dk, dv, ...(drpb ? { drpb } : {}) };
+  return { dq, dk, dv, ...(drpb ? { drpb } : {}), ...(dbias ? { dbias } : {}) };
 }

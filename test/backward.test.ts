@@ -42,6 +42,7 @@ function compareGrads(g: Grads, ref: ReturnType<typeof referenceBackward>): stri
     ['dk', g.dk.data, ref.dk],
     ['dv', g.dv.data, ref.dv],
     ['drpb', g.drpb?.data, ref.drpb],
+    ['dbias', g.dbias?.data, g.dbias ? ref.dbias : undefined],
   ];
   for (const [n, got, want] of pairs) {
     if (!want) continue;
@@ -57,7 +58,8 @@ function compareGrads(g: Grads, ref: ReturnType<typeof referenceBackward>): stri
 async function attentionCase(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOptions, rng: Rng): Promise<string | null> {
   const f = await attention(q, k, v, opts);
   const dOut = randTensor(rng, f.out.shape);
-  const g = await attentionBackward(q, k, v, f.out, f.lse, dOut, opts);
+  const g = await attentionBackward(q, k, v, f.out, f.lse, dOut, { ...opts, ...(opts.bias ? { dbias: true } : {}) });
+  if (opts.bias && !g.dbias) return 'dbias missing';
   return compareGrads(g, referenceBackward(planAttention(q, k, v, opts).problem, { q: q.data, k: k.data, v: v.data }, dOut.data));
 }
 
@@ -124,6 +126,7 @@ test('reference backward equals finite differences of the float64 forward (softc
       ['dv', ref.dv, c.v.data],
     ];
     if (problem.rpb) checks.push(['drpb', ref.drpb!, problem.rpb.data]);
+    if (problem.bias) checks.push(['dbias', ref.dbias!, problem.bias.data]);
     for (const [n, analytic, x] of checks) {
       const e = relErr(analytic, numericGrad(x, f));
       assert.ok(e < 1e-3, `${c.name} ${n}: reference vs finite differences relErr ${e}`);

@@ -56,12 +56,13 @@ function step(c: TileCtx, tk: number, i0: number, ni: number, k0: number): void 
   K.probsT(at.s + l4, ld, ni, tk, at.lseLanes + l4);
   K.keyAcc(at.dvRows + k4, P.dimV, at.s + l4, ld, ni, tk, at.doRows + l4, 1);
   K.scoresT(at.dp + l4, at.doT + l4, ld, ni, at.vRows + k4, tk, P.dimV);
-  if (P.rpb) {
-    // drpb takes dS itself (rpb is added after the softcap), then dS goes through the softcap
+  // drpb and dbias take dS itself (rpb and bias are added after the softcap), then dS goes on through the softcap
+  const table = P.rpb ? 'drpbp' : P.bias && c.lay.slots.dbiasp >= 0 ? 'dbiasp' : undefined;
+  if (table) {
     K.dsT(at.s + l4, at.dp + l4, ld, ni, tk, at.delta + l4, at.sc + l4, 0);
-    // score() left the rpb row and key indices in rowIdx / colIdx for these lanes and keys
+    // score() left the rpb (or bias) row and key indices in rowIdx / colIdx for these lanes and keys
     const real = Math.max(0, Math.min(ni, c.tq - i0));
-    K.scatterAdd(at.dp + l4, ld, real, tk, c.lay.slots.drpbp + c.thread * c.lay.partialBytes.drpbp!, at.rowIdx, at.colIdx);
+    K.scatterAdd(at.dp + l4, ld, real, tk, c.lay.slots[table] + c.thread * c.lay.partialBytes[table]!, at.rowIdx, at.colIdx);
     if (P.softcap > 0) K.softcapGrad(at.dp + l4, at.sc + l4, ld, ni, tk, P.softcap);
   } else K.dsT(at.s + l4, at.dp + l4, ld, ni, tk, at.delta + l4, at.sc + l4, P.softcap);
   K.pvAcc(at.dq + l4 * P.dim, P.dim, at.dp + l4, ld, ni, tk, at.kRows + k4, at.ones + l4);

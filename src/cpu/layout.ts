@@ -9,7 +9,7 @@ export type KernelKind = 'fused' | 'naive' | 'naQK' | 'naAV' | 'backward';
  * Tensors a job keeps in the shared memory. Backward: dout in; dq out; dkp, dvp, drpbp one
  * partial per thread (summed in thread order into dk, dv, drpb, so results do not depend on timing).
  */
-export type Slot = 'q' | 'k' | 'v' | 'out' | 'lse' | 'attn' | 'bias' | 'rpb' | 'dout' | 'dq' | 'dk' | 'dv' | 'drpb' | 'dkp' | 'dvp' | 'drpbp';
+export type Slot = 'q' | 'k' | 'v' | 'out' | 'lse' | 'attn' | 'bias' | 'rpb' | 'dout' | 'dq' | 'dk' | 'dv' | 'drpb' | 'dbias' | 'dkp' | 'dvp' | 'drpbp' | 'dbiasp';
 
 /** Where one job lives in the shared memory: byte offsets (-1 = absent), one scratch area per thread. */
 export interface JobLayout {
@@ -131,16 +131,18 @@ export function slotSizes(problem: AttnProblem, needs: ReadonlySet<Slot>, window
     dk: kRows * Hk * D,
     dv: kRows * Hk * DV,
     drpb: problem.rpb?.data.length ?? 0,
+    dbias: problem.bias?.data.length ?? 0,
     dkp: kRows * Hk * D,
     dvp: kRows * Hk * DV,
     drpbp: problem.rpb?.data.length ?? 0,
+    dbiasp: problem.bias?.data.length ?? 0,
   };
   for (const s of Object.keys(full) as Slot[]) if (!needs.has(s)) full[s] = 0;
   return full;
 }
 
 /** Slots holding one partial per thread. */
-export const PER_THREAD: ReadonlySet<Slot> = new Set<Slot>(['dkp', 'dvp', 'drpbp']);
+export const PER_THREAD: ReadonlySet<Slot> = new Set<Slot>(['dkp', 'dvp', 'drpbp', 'dbiasp']);
 
 /** Lays a job out from `base`: a counter, `threads` scratch areas, then each present tensor (partials once per thread). */
 export function layJob(base: number, threads: number, scratchBytes: number, sizes: Record<Slot, number>): JobLayout {
