@@ -9,27 +9,10 @@ import type { AttnProblem } from './problem.js';
 import { type Tensor, dtypeOf, isGpuTensor, numel } from './tensor.js';
 import type { GpuTensor } from './webgpu/tensor.js';
 import { checkDest, checkFinite, checkGpuTensor, checkTensor } from './validate.js';
-import { type GpuKind, type GpuResult, naAVOnly, naQKOnly, runGpuTensors, runProblem, runProblemWebGPU, runUnfused } from './backends.js';
+import { type GpuKind, type GpuResult, chooseBackend, naAVOnly, naQKOnly, runGpuTensors } from './backends.js';
 
 export type { AttentionOptions, BackendName, BlockSparseOptions, CommonOptions, GpuResult, Input, NeighborhoodOptions, Result };
 export { blockSparseAsAttention, checkPattern, planAttention, planNA, planShapes } from './plan.js';
-
-/** Whether the WebGPU kernel of `kind` runs `problem` on the shared device: true or the reason. */
-async function gpuCanRun(problem: AttnProblem, kind: GpuKind): Promise<true | string> {
-  const gpu = await import('./webgpu/index.js');
-  const avail = await gpu.webgpuAvailable();
-  if (avail !== true) return avail;
-  const ctx = await gpu.getContext();
-  return kind === 'fused' ? gpu.fusedCanRun(problem, ctx.limits) : kind === 'naive' ? gpu.naiveCanRun(problem) : gpu.unfusedCanRun(problem, ctx.limits);
-}
-
-/** The backend a call runs on: explicit choices are kept (WebGPU's kernels report what they cannot do). */
-async function resolveBackend(b: BackendName | undefined, problem: AttnProblem, kind: GpuKind): Promise<'cpu' | 'webgpu'> {
-  if (b !== 'auto') return b ?? 'cpu';
-  if ((await gpuCanRun(problem, kind)) !== true) return 'cpu';
-  const { getContext } = await import('./webgpu/index.js');
-  return (await getContext()).adapterClass === 'gpu' ? 'webgpu' : 'cpu';
-}
 
 /** checkFinite on GPU tensors: one read-back each (opt-in: it costs the transfer). */
 async function checkGpuFinite(ts: GpuTensor[]): Promise<void> {
@@ -45,11 +28,8 @@ async function runOn(opts: CommonOptions, problem: AttnProblem, q: Input, k: Inp
     if (opts.checkFinite) await checkGpuFinite([q, k as GpuTensor, v as GpuTensor]);
     return runGpuTensors(problem, q, k as GpuTensor, v as GpuTensor, lead, opts, kind);
   }
-  k = k as Tensor;
-  v = v as Tensor;
-  const backend = await resolveBackend(opts.backend, problem, kind);
-  if (kind === 'unfused') return runUnfused(problem, q, k, v, lead, opts, backend);
-  return backend === 'webgpu' ? runProblemWebGPU(problem, q, k, v, lead, opts, kind) : runProblem(problem, q, k, v, lead, opts, kind);
+  const { backend } = await chooseBackend(opts.backend, problem, kind);
+  return backend.run(kind, problem, q, k as Tensor, v as Tensor, lead, opts);
 }
 
 /**
@@ -145,7 +125,7 @@ export async function naQK(q: Tensor, k: Tensor, opts: NeighborhoodOptions): Pro
   const vShape = [...k.shape];
   const fakeV = { data: new Float32Array(numel(vShape.slice(0, -1))), shape: [...vShape.slice(0, -1), 1] };
   const { s, problem } = planNA(q, k, fakeV, opts);
-  return naQKOnly(problem, q, k, [s.batch, ...s.qGrid], opts, await resolveBackend(opts.backend, problem, 'unfused'));
+  return naQKOnly(problem, q, k, [s.batch, ...s.qGrid], opts, (await chooseBackend(opts.backend, problem, 'unfused')).backend.name);
 }
 
 /** NATTEN's `av` op: attention weights [B, ...tokens, H, prod(kernelSize)] times v over each window. */
@@ -161,7 +141,7 @@ export async function naAV(attn: Tensor, v: Tensor, opts: NeighborhoodOptions): 
   const { s, problem } = planNA(fakeQ, fakeK, v, opts);
   const wv = numel(problem.pattern.kind === 'neighborhood' ? problem.pattern.kernelSize : []);
   check(attn.shape.join() === [s.batch, ...s.qGrid, s.heads, wv].join(), 'attn', 'shape must be [B, ...tokens, H, prod(kernelSize)]', attn.shape.join('x'));
-  return naAVOnly(problem, attn, v, [s.batch, ...s.qGrid], opts, await resolveBackend(opts.backend, problem, 'unfused'));
+  return naAVOnly(problem, attn, v, [s.batch, ...s.qGrid], opts, (await chooseBackend(opts.backend, problem, 'unfused')).backend.name);
 }
 
 /**

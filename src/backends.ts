@@ -98,9 +98,8 @@ const softmaxStep =
     }
   };
 
-/** NATTEN's unfused pipeline: naQK (GEMM over each tile's key box), softmax, naAV (GEMM again). */
-export async function runUnfused(problem: AttnProblem, q: Tensor, k: Tensor, v: Tensor, lead: number[], opts: CommonOptions, backend: Backend): Promise<Result> {
-  if (backend === 'webgpu') return runProblemWebGPU(problem, q, k, v, lead, opts, 'unfused');
+/** NATTEN's unfused pipeline on the CPU: naQK (GEMM over each tile's key box), softmax, naAV (GEMM again). */
+export async function runUnfused(problem: AttnProblem, q: Tensor, k: Tensor, v: Tensor, lead: number[], opts: CommonOptions): Promise<Result> {
   checkDest(opts.out, problem.qRows * problem.heads * problem.dimV, 'out');
   checkDest(opts.lse, problem.qRows * problem.heads, 'lse');
   const wv = windowVolume(problem);
@@ -205,4 +204,60 @@ export async function naAVOnly(problem: AttnProblem, attn: Tensor, v: Tensor, le
   const dOut = checkDest(opts.out, out.length, 'out');
   if (dOut) dOut.set(out);
   return { out: { data: dOut ?? out, shape: [...lead, problem.heads, problem.dimV] } };
+}
+
+// ---------------------------------------------------------------------------------------------
+// One backend interface and one chooser (design.md 9; NATTEN's choose_backend).
+
+/** A backend as the API sees it: whether it runs a kernel family on a problem here, and the run. */
+export interface AttentionBackend {
+  readonly name: Backend;
+  /** true, or the reason this backend cannot run `kind` on `problem` here. */
+  canRun(problem: AttnProblem, kind: Impl): Promise<true | string>;
+  /** Why 'auto' should pass over it even though it can run (WebGPU on a software adapter), or undefined. */
+  passOver(): Promise<string | undefined>;
+  run(kind: Impl, problem: AttnProblem, q: Tensor, k: Tensor, v: Tensor, lead: number[], opts: CommonOptions): Promise<Result>;
+}
+
+export const cpuBackend: AttentionBackend = {
+  name: 'cpu',
+  canRun: async () => true,
+  passOver: async () => undefined,
+  run: (kind, problem, q, k, v, lead, opts) => (kind === 'unfused' ? runUnfused(problem, q, k, v, lead, opts) : runProblem(problem, q, k, v, lead, opts, kind)),
+};
+
+export const webgpuBackend: AttentionBackend = {
+  name: 'webgpu',
+  async canRun(problem, kind) {
+    const gpu = await import('./webgpu/index.js');
+    const avail = await gpu.webgpuAvailable();
+    if (avail !== true) return avail;
+    const ctx = await gpu.getContext();
+    return kind === 'fused' ? gpu.fusedCanRun(problem, ctx.limits) : kind === 'naive' ? gpu.naiveCanRun(problem) : gpu.unfusedCanRun(problem, ctx.limits);
+  },
+  async passOver() {
+    const { getContext } = await import('./webgpu/index.js');
+    const ctx = await getContext();
+    return ctx.adapterClass === 'gpu' ? undefined : `the adapter is a software one (${ctx.description})`;
+  },
+  run: (kind, problem, q, k, v, lead, opts) => runProblemWebGPU(problem, q, k, v, lead, opts, kind),
+};
+
+/** 'auto' tries these in order. */
+const PRIORITY: readonly AttentionBackend[] = [webgpuBackend, cpuBackend];
+
+/**
+ * The backend a call runs on, and why 'auto' skipped the ones before it. An explicit choice is
+ * kept (its kernels then report what they cannot do); unset is the CPU.
+ */
+export async function chooseBackend(pref: Backend | 'auto' | undefined, problem: AttnProblem, kind: Impl): Promise<{ backend: AttentionBackend; skipped: { name: Backend; reason: string }[] }> {
+  if (pref !== 'auto') return { backend: pref === 'webgpu' ? webgpuBackend : cpuBackend, skipped: [] };
+  const skipped: { name: Backend; reason: string }[] = [];
+  for (const b of PRIORITY) {
+    const can = await b.canRun(problem, kind);
+    const reason = can === true ? await b.passOver() : can;
+    if (reason === undefined) return { backend: b, skipped };
+    skipped.push({ name: b.name, reason });
+  }
+  return { backend: cpuBackend, skipped };
 }
