@@ -1,6 +1,6 @@
 /**
- * The package bundled for the browser, with no extra flags, by esbuild (platform 'browser', ESM)
- * and by Vite (its default build), runs in headless Chromium: the bundles resolve without Node
+ * The package bundled for the browser, with no extra flags, by esbuild (platform 'browser', ESM),
+ * by Vite (its default build) and by webpack 5 (production, target web), runs in headless Chromium: the bundles resolve without Node
  * builtins, the WebAssembly kernels come inside them, Vite emits the pool's Web Worker, and the CPU
  * backend's results equal Node's, on one thread in a plain page and on Web Workers in a
  * cross-origin isolated one. Skipped with the reason where Chromium or a dev dependency is missing.
@@ -23,6 +23,7 @@ async function skipReason(): Promise<string | false> {
     await import('playwright-core');
     await import('esbuild');
     await import('vite');
+    await import('webpack');
   } catch (e) {
     return `missing dev dependency: ${(e as Error).message}`;
   }
@@ -129,6 +130,50 @@ test('vite build: the bundle and its emitted worker run in Chromium, on one thre
           const hw = await page.evaluate(() => navigator.hardwareConcurrency);
           assert.equal(got.info.mode, isolated && hw > 1 ? 'workers' : 'main-thread', `mode (isolated ${isolated})`);
           assert.ok(relError(Float32Array.from(got.na), na.out.data) < 1e-6, `na2d in the Vite bundle vs Node (isolated ${isolated})`);
+          await page.close();
+        } finally {
+          await served.close();
+        }
+      }
+    } finally {
+      await browser.close();
+    }
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test('webpack 5: the bundle and its emitted worker run in Chromium, on one thread and on Web Workers', { skip: await skipReason(), timeout: 180_000 }, async () => {
+  const { mkdtempSync, writeFileSync, rmSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const root = mkdtempSync(join(tmpdir(), 'tilewise-webpack-'));
+  try {
+    writeFileSync(join(root, 'entry.mjs'), ENTRY.replace("return { na:", "const big = randn([1, 1024, 4, 64], 7); await attention(big, big, big, { backend: 'cpu' }); return { na:"));
+    writeFileSync(join(root, 'index.html'), '<!doctype html><html><head><link rel="icon" href="data:,"></head><body><script src="/bundle.js"></script></body></html>');
+    const { default: webpack } = await import('webpack');
+    const stats = await new Promise<import('webpack').Stats>((resolve, reject) =>
+      webpack({ mode: 'production', context: root, entry: './entry.mjs', output: { path: root, filename: 'bundle.js' }, target: 'web', infrastructureLogging: { level: 'none' } }, (err, st) => (err || !st ? reject(err) : resolve(st))),
+    );
+    assert.ok(!stats.hasErrors(), stats.toString('errors-only'));
+    assert.ok(!stats.hasWarnings(), stats.toString('errors-warnings'));
+    const { chromium } = await import('playwright-core');
+    const browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox', '--disable-gpu-sandbox', '--disable-background-networking', '--no-first-run'] });
+    const x = randn([1, 12, 12, 2, 16], 21);
+    const na = await na2d(x, x, x, { kernelSize: 5 });
+    try {
+      for (const isolated of [false, true]) {
+        const served = await serveDir(root, isolated);
+        try {
+          const page = await browser.newPage();
+          const errors: string[] = [];
+          page.on('pageerror', (e) => errors.push(e.message));
+          await page.goto(served.url);
+          await page.waitForFunction(() => typeof (globalThis as { runCases?: unknown }).runCases === 'function');
+          const got = await page.evaluate(() => (globalThis as unknown as { runCases: () => Promise<{ na: number[]; info: { mode: string } }> }).runCases());
+          assert.deepEqual(errors, [], `page errors (isolated ${isolated})`);
+          const hw = await page.evaluate(() => navigator.hardwareConcurrency);
+          assert.equal(got.info.mode, isolated && hw > 1 ? 'workers' : 'main-thread', `mode (isolated ${isolated})`);
+          assert.ok(relError(Float32Array.from(got.na), na.out.data) < 1e-6, `na2d in the webpack bundle vs Node (isolated ${isolated})`);
           await page.close();
         } finally {
           await served.close();

@@ -86,7 +86,7 @@ async function gpuEntry(): Promise<GPU> {
   const name = 'webgpu'; // a variable, so bundlers and tsc do not require the optional package
   let mod: { create(opts: string[]): GPU; globals: Record<string, unknown> };
   try {
-    mod = (await import(name)) as typeof mod;
+    mod = (await import(/* @vite-ignore */ /* webpackIgnore: true */ name)) as typeof mod;
   } catch (e) {
     throw new TilewiseError('webgpu', "needs the npm package 'webgpu' (Dawn for Node)", (e as Error).message);
   }
