@@ -671,3 +671,41 @@ export function sanitize(ptr: usize, rows: i32, width: i32, flags: usize): i32 {
   }
   return bad;
 }
+
+/**
+ * RoPE (rotate half) of n rows into dst ([n][d]): row i from byte offset rows[i] at position
+ * pos[i] (i32), dims j < half paired with j + half, cos and sin from table ([maxPos][half] cos,
+ * then the same for sin); dims past 2 * half are copied. rows[i] is pointed at its copy.
+ */
+export function ropeRows(dst: usize, rows: usize, n: i32, d: i32, half: i32, table: usize, maxPos: i32, pos: usize): void {
+  const half4 = half & ~3;
+  const hb = <usize>half << 2;
+  for (let i = 0; i < n; i++) {
+    const src = <usize>load<i32>(rows + (<usize>i << 2));
+    const out = dst + <usize>i * (<usize>d << 2);
+    const p = load<i32>(pos + (<usize>i << 2));
+    const c0 = table + <usize>p * hb;
+    const s0 = table + <usize>(maxPos + p) * hb;
+    let j = 0;
+    for (; j < half4; j += 4) {
+      const o = <usize>j << 2;
+      const x = v128.load(src + o);
+      const y = v128.load(src + o + hb);
+      const c = v128.load(c0 + o);
+      const s = v128.load(s0 + o);
+      v128.store(out + o, f32x4.sub(f32x4.mul(x, c), f32x4.mul(y, s)));
+      v128.store(out + o + hb, f32x4.add(f32x4.mul(y, c), f32x4.mul(x, s)));
+    }
+    for (; j < half; j++) {
+      const o = <usize>j << 2;
+      const x = load<f32>(src + o);
+      const y = load<f32>(src + o + hb);
+      const c = load<f32>(c0 + o);
+      const s = load<f32>(s0 + o);
+      store<f32>(out + o, x * c - y * s);
+      store<f32>(out + o + hb, y * c + x * s);
+    }
+    for (j = 2 * half; j < d; j++) store<f32>(out + (<usize>j << 2), load<f32>(src + (<usize>j << 2)));
+    store<i32>(rows + (<usize>i << 2), <i32>out);
+  }
+}

@@ -41,8 +41,10 @@ export function runBackward(c: TileCtx, space: ItemSpace, start: number, end: nu
     const dq = f32.subarray(at.dq >> 2, (at.dq >> 2) + tq * D);
     for (let x = 0; x < tq * D; x++) dq[x]! *= P.scale;
     if (P.rope) {
-      ropePositions(P.rope, P.pattern, h, span.qGrid.reduce((a, b) => a * b, 1), span.kGrid.reduce((a, b) => a * b, 1), c.qTok, tq, true, c.qTok[0]!, c.pos);
-      unrotateRows(P.rope, dq, tq, D, c.pos);
+      // workers get the problem without its RoPE table: it is read from the shared memory
+      const rope = { ...P.rope, table: f32.subarray(slots.rope >> 2, (slots.rope >> 2) + P.rope.maxPos * P.rope.dims) };
+      ropePositions(rope, P.pattern, h, span.qGrid.reduce((a, b) => a * b, 1), span.kGrid.reduce((a, b) => a * b, 1), c.qTok, tq, true, c.qTok[0]!, c.pos);
+      unrotateRows(rope, dq, tq, D, c.pos);
     }
     for (let i = 0; i < tq; i++) f32.set(dq.subarray(i * D, (i + 1) * D), (slots.dq >> 2) + ((span.qOff + c.qTok[i]!) * H + h) * D);
   }

@@ -9,7 +9,7 @@ export type KernelKind = 'fused' | 'naive' | 'naQK' | 'naAV' | 'backward';
  * Tensors a job keeps in the shared memory. Backward: dout in; dq out; dkp, dvp, drpbp one
  * partial per thread (summed in thread order into dk, dv, drpb, so results do not depend on timing).
  */
-export type Slot = 'q' | 'k' | 'v' | 'out' | 'lse' | 'attn' | 'bias' | 'rpb' | 'dout' | 'dq' | 'dk' | 'dv' | 'drpb' | 'dbias' | 'dkp' | 'dvp' | 'drpbp' | 'dbiasp';
+export type Slot = 'q' | 'k' | 'v' | 'out' | 'lse' | 'attn' | 'bias' | 'rpb' | 'rope' | 'dout' | 'dq' | 'dk' | 'dv' | 'drpb' | 'dbias' | 'dkp' | 'dvp' | 'drpbp' | 'dbiasp';
 
 /** Where one job lives in the shared memory: byte offsets (-1 = absent), one scratch area per thread. */
 export interface JobLayout {
@@ -31,7 +31,7 @@ export const padRows = (n: number): number => align(Math.max(1, n), 8);
 
 type ScratchArea =
   | 'qt' | 's' | 'o' | 'm' | 'l' | 'alpha' | 'qRows' | 'kRows' | 'vRows' | 'outRows' | 'kCrd' | 'lo' | 'hi' | 'rowIdx' | 'colIdx'
-  | 'ropeQ' | 'ropeK' | 'win' | 'ranges'
+  | 'ropeQ' | 'ropeK' | 'ropePos' | 'win' | 'ranges'
   // backward: dO transposed and its rows, the LSE and delta per lane, dP / dS, softcapped scores, the dQ tile, ones, gradient rows of keys
   | 'doT' | 'doRows' | 'lseLanes' | 'delta' | 'dp' | 'sc' | 'dq' | 'ones' | 'dkRows' | 'dvRows';
 
@@ -85,6 +85,7 @@ export function scratchPlan(kind: KernelKind, problem: AttnProblem, rank: number
     colIdx: maxK,
     ropeQ: rope ? tqPad * D : 0,
     ropeK: rope ? maxK * D : 0,
+    ropePos: rope ? Math.max(tqPad, maxK) : 0,
     win: kind === 'naQK' || kind === 'naAV' ? 9 * tqPad : 0,
     ranges: kind === 'fused' || kind === 'backward' ? 4 * maxK : 0,
     ...backwardAreas(kind === 'backward', problem, tqPad, maxK),
@@ -126,6 +127,7 @@ export function slotSizes(problem: AttnProblem, needs: ReadonlySet<Slot>, window
     attn: qRows * H * windowVolume,
     bias: problem.bias?.data.length ?? 0,
     rpb: problem.rpb?.data.length ?? 0,
+    rope: problem.rope?.table.length ?? 0,
     dout: qRows * H * DV,
     dq: qRows * H * D,
     dk: kRows * Hk * D,

@@ -174,6 +174,7 @@ async function execute(job: CpuJob): Promise<JobOutputs> {
   const needs = new Set<Slot>([...(Object.keys(job.inputs) as Slot[]), ...job.outputs, ...(job.temps ?? [])]);
   if (problem.bias) needs.add('bias');
   if (problem.rpb) needs.add('rpb');
+  if (problem.rope) needs.add('rope');
   const sizes = slotSizes(problem, needs, job.windowVolume ?? 0);
   const layout = layJob(BASE, threads, scratch, sizes);
   grow(e.memory, layout.end);
@@ -184,6 +185,7 @@ async function execute(job: CpuJob): Promise<JobOutputs> {
   for (const s of Object.keys(job.inputs) as Slot[]) put(s, job.inputs[s]);
   put('bias', problem.bias?.data);
   put('rpb', problem.rpb?.data);
+  put('rope', problem.rope?.table);
   // dq is written row by row by the tiles: poisoned, so a row a kernel missed shows as NaN
   const fillOf = (s: Slot) => (s === 'lse' ? -Infinity : s === 'dq' ? NaN : 0);
   for (const s of job.outputs) if (!(s in job.inputs)) f32.fill(fillOf(s), layout.slots[s] >> 2, (layout.slots[s] >> 2) + sizes[s]);
@@ -197,6 +199,7 @@ async function execute(job: CpuJob): Promise<JobOutputs> {
     ...problem,
     ...(problem.bias ? { bias: { ...problem.bias, data: new Float32Array(0) } } : {}),
     ...(problem.rpb ? { rpb: { ...problem.rpb, data: new Float32Array(0) } } : {}),
+    ...(problem.rope ? { rope: { ...problem.rope, table: new Float32Array(0) } } : {}),
   };
   for (const phase of job.phases) {
     if (typeof phase === 'function') {

@@ -27,6 +27,7 @@ export interface TileKernels {
   scatterAdd(s: number, ld: number, n: number, tk: number, table: number, rowIdx: number, colIdx: number): void;
   rowDots(dst: number, aRows: number, bRows: number, n: number, width: number): void;
   addInto(dst: number, src: number, n: number): void;
+  ropeRows(dst: number, rows: number, n: number, d: number, half: number, table: number, maxPos: number, pos: number): void;
   sanitize(ptr: number, rows: number, width: number, flags: number): number;
   windowSlots(s: number, ld: number, tq: number, win: number, k1: number, k2: number, ulo0: number, ulo1: number, ulo2: number, u1: number, u2: number, attnRows: number, toS: number): void;
 }

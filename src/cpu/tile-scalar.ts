@@ -189,6 +189,24 @@ export function scalarKernels(memory: WebAssembly.Memory): TileKernels {
       sync();
       for (let x = 0; x < cnt; x++) f[(dst >> 2) + x]! += f[(src >> 2) + x]!;
     },
+    ropeRows(dst, rows, cnt, d, half, table, maxPos, pos) {
+      sync();
+      for (let i = 0; i < cnt; i++) {
+        const src = n[(rows >> 2) + i]! >> 2;
+        const out = (dst >> 2) + i * d;
+        const p = n[(pos >> 2) + i]!;
+        for (let j = 0; j < half; j++) {
+          const x = f[src + j]!;
+          const y = f[src + j + half]!;
+          const c = f[(table >> 2) + p * half + j]!;
+          const s = f[(table >> 2) + (maxPos + p) * half + j]!;
+          f[out + j] = x * c - y * s;
+          f[out + j + half] = y * c + x * s;
+        }
+        for (let j = 2 * half; j < d; j++) f[out + j] = f[src + j]!;
+        n[(rows >> 2) + i] = out * 4;
+      }
+    },
     sanitize(ptr, rows, width, flags) {
       sync();
       const u8 = new Uint8Array(memory.buffer);

@@ -2,7 +2,7 @@ import { type Box, type Geometry, type Group, prod } from '../patterns/geometry.
 import type { AxisRule } from '../patterns/rules.js';
 import type { CompiledPattern } from '../patterns/compile.js';
 import type { AttnProblem, SeqSpan } from '../problem.js';
-import { rotateRows, ropePositions } from '../rope.js';
+import { ropePositions } from '../rope.js';
 import type { JobLayout, ScratchPlan } from './layout.js';
 import type { TileKernels } from './tile-kernels.js';
 
@@ -88,18 +88,21 @@ export class TileCtx {
     this.K.loadQT(at.qt, at.qRows, tq, tqPad, P.dim, P.scale);
   }
 
-  /** Copies `n` rows listed at `rows` into `dst`, rotates them to their RoPE positions, and points the list there. */
+  /**
+   * Rotates the `n` rows listed at `rows` to their RoPE positions into `dst` (wasm, with the cos/sin
+   * table in the shared memory) and points the list there.
+   */
   private rotated(rows: number, dst: number, n: number, isQuery: boolean, tok0 = 0): void {
-    const { problem: P, f32, i32, span } = this;
-    const D = P.dim;
-    for (let i = 0; i < n; i++) {
-      const src = i32[(rows >> 2) + i]! >> 2;
-      f32.copyWithin((dst >> 2) + i * D, src, src + D);
-      i32[(rows >> 2) + i] = dst + i * D * 4;
-    }
+    const { problem: P, i32, span, at } = this;
+    const rope = P.rope!;
     const tok = isQuery ? this.qTok : this.kTok.subarray(tok0);
-    ropePositions(P.rope!, P.pattern, this.h, prod(span.qGrid), prod(span.kGrid), tok, n, isQuery, this.qTok[0]!, this.pos);
-    rotateRows(P.rope!, f32.subarray(dst >> 2, (dst >> 2) + n * D), n, D, this.pos);
+    ropePositions(rope, P.pattern, this.h, prod(span.qGrid), prod(span.kGrid), tok, n, isQuery, this.qTok[0]!, this.pos);
+    for (let i = 0; i < n; i++) {
+      const p = this.pos[i]!;
+      if (p < 0 || p >= rope.maxPos) throw new Error(`rope position ${p} outside the table (${rope.maxPos})`);
+    }
+    i32.set(this.pos.subarray(0, n), at.ropePos >> 2);
+    this.K.ropeRows(dst, rows, n, P.dim, rope.dims / 2, this.lay.slots.rope, rope.maxPos, at.ropePos);
   }
 
   /** Each query row's key interval per axis ([rank][tqPad]; pad rows get an empty one), one rule call per distinct coordinate. */
