@@ -1,4 +1,5 @@
 import { TilewiseError, check } from '../errors.js';
+import type { NonFinite } from '../nonfinite.js';
 import { nodeBuiltin } from '../node-builtin.js';
 import { serializable } from '../patterns/spec.js';
 import { type AttnProblem, ItemSpace } from '../problem.js';
@@ -6,13 +7,13 @@ import { type PhaseMsg, phaseContext, rankOf, runRange } from './kernels.js';
 import { type JobLayout, type KernelKind, PER_THREAD, type Slot, layJob, scratchPlan, slotSizes } from './layout.js';
 import { type KernelVariant, type TileKernels, bestVariant, kernelsOn, moduleOf, variantAvailable } from './tile-kernels.js';
 import { type WorkerPort, spawnWorker } from './worker-port.js';
-import type { NonFinite } from '../nonfinite.js';
 
 /**
  * The CPU engine's scheduler. Jobs (one attention call each) run one at a time in submission
  * order, any number of callers at once; a job copies its inputs into one shared
  * WebAssembly.Memory, every thread (the pool's workers, or the calling thread for small or
- * unshareable problems) claims work items through a counter in that memory, and the job's
+ * unshareable problems) claims work items through a counter in that memory (the backward: a
+ * fixed split, so its per-thread partials do not depend on timing), and the job's
  * promise resolves only after every thread has reported that job id done and the outputs are
  * copied out. Thread-count and kernel changes are applied between jobs. The memory grows to the
  * largest job and is reused, so repeated calls hold steady.
