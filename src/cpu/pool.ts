@@ -91,8 +91,13 @@ interface Engine {
 let engine: Engine | undefined;
 let nextId = 1;
 
-/** Engine for the next job: created on first use, rebuilt when the kernel variant or thread count changed. */
-async function engineFor(threads: number): Promise<Engine> {
+/**
+ * Engine for the next job: created on first use, rebuilt when the kernel variant changed. The
+ * pool follows the thread setting (shrunk as soon as it drops) but is only grown for a job that
+ * uses it: a small job that runs on the calling thread leaves the workers alone, since starting
+ * them again costs tens of milliseconds (LongHeads mixes small and large calls).
+ */
+async function engineFor(pooled: boolean): Promise<Engine> {
   const variant = variantSet ?? bestVariant();
   if (engine && engine.variant !== variant) {
     engine.workers.forEach((w) => w.terminate());
@@ -104,13 +109,13 @@ async function engineFor(threads: number): Promise<Engine> {
     engine = { variant, memory, main: kernelsOn(variant, memory), workers: [] };
   }
   const e = engine;
-  const want = threads > 1 ? threads : 0;
+  const want = canPool() && cpuThreads() > 1 ? cpuThreads() : 0;
   if (e.workers.some((w) => w.dead)) {
     e.workers.forEach((w) => w.terminate());
     e.workers = [];
   }
   while (e.workers.length > want) e.workers.pop()!.terminate();
-  while (e.workers.length < want) e.workers.push(await spawnWorker({ type: 'init', variant, module: moduleOf(variant, true), memory: e.memory, thread: e.workers.length }));
+  while (pooled && e.workers.length < want) e.workers.push(await spawnWorker({ type: 'init', variant, module: moduleOf(variant, true), memory: e.memory, thread: e.workers.length }));
   return e;
 }
 
@@ -168,7 +173,7 @@ async function execute(job: CpuJob): Promise<JobOutputs> {
   const space = new ItemSpace(problem);
   const rank = rankOf(space);
   const pooled = canPool() && cpuThreads() > 1 && job.flops >= inlineFlops && serializable(problem.pattern) && space.total > 1;
-  const e = await engineFor(pooled ? cpuThreads() : 1);
+  const e = await engineFor(pooled);
   const threads = pooled ? e.workers.length : 1;
   const kinds = job.phases.filter((p): p is KernelKind => typeof p === 'string');
   const scratch = Math.max(0, ...kinds.map((k) => scratchPlan(k, problem, rank).bytes));
