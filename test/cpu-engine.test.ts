@@ -254,3 +254,17 @@ test('a call refused after the pool started leaves nothing that keeps the proces
   assert.equal(r.status, 0, `child did not exit by itself (signal ${r.signal}) ${r.stderr.slice(0, 300)}`);
   assert.match(r.stdout, /refused problem[\s\S]*done/);
 });
+
+test('a small call on the calling thread leaves the worker pool running (no restart between large calls)', async () => {
+  const { poolStats } = await import('../src/cpu/pool.js');
+  const big = randn([1, 600, 2, 32], 1);
+  const small = randn([1, 8, 1, 4], 2);
+  await attention(big, big, big);
+  const before = poolStats();
+  assert.ok(before.workers >= (cpuThreads() > 1 ? 2 : 0));
+  for (let i = 0; i < 3; i++) {
+    await attention(small, small, small); // inline
+    await attention(big, big, big); // pooled
+  }
+  assert.equal(poolStats().spawned, before.spawned, 'no worker was started again');
+});

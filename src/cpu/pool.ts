@@ -90,6 +90,10 @@ interface Engine {
 }
 let engine: Engine | undefined;
 let nextId = 1;
+let spawned = 0;
+
+/** Workers alive and started so far (tests: a small call must not restart the pool). */
+export const poolStats = (): { workers: number; spawned: number } => ({ workers: engine?.workers.length ?? 0, spawned });
 
 /**
  * Engine for the next job: created on first use, rebuilt when the kernel variant changed. The
@@ -115,7 +119,10 @@ async function engineFor(pooled: boolean): Promise<Engine> {
     e.workers = [];
   }
   while (e.workers.length > want) e.workers.pop()!.terminate();
-  while (pooled && e.workers.length < want) e.workers.push(await spawnWorker({ type: 'init', variant, module: moduleOf(variant, true), memory: e.memory, thread: e.workers.length }));
+  while (pooled && e.workers.length < want) {
+    spawned++;
+    e.workers.push(await spawnWorker({ type: 'init', variant, module: moduleOf(variant, true), memory: e.memory, thread: e.workers.length }));
+  }
   return e;
 }
 
