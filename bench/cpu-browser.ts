@@ -15,16 +15,14 @@
  * Chromium binary: $TILEWISE_CHROMIUM, else Debian's /usr/lib/chromium/chromium.
  */
 import { existsSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
-import { createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import os from 'node:os';
-import { dirname, extname, join, normalize, sep } from 'node:path';
+import { dirname, join, normalize } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import type { Browser, Page } from 'playwright-core';
 import { cpuInfo, na2d, randn, relError, type CpuInfo } from '../src/index.js';
 import { enableRelaxedSimd } from '../src/cli/relaxed.js';
+import { serveStatic } from '../test/static-server.js';
 
 // Node 20 keeps relaxed SIMD behind a flag; Chromium has it by default. With it on, the Node
 // reference runs the same tile kernels as the pages.
@@ -151,31 +149,6 @@ const fromB64 = (s: string) => {
   return new Float32Array(new Uint8Array(b).buffer); // a copy: Buffer's offset need not be 4-aligned
 };
 
-/** Static server for dist/ on 127.0.0.1; under /isolated/ the same files come with COOP/COEP headers. */
-async function serveDist(): Promise<{ origin: string; close(): Promise<void> }> {
-  const types: Record<string, string> = { '.js': 'text/javascript; charset=utf-8', '.map': 'application/json' };
-  const server = createServer((req, res) => {
-    const path = decodeURIComponent(new URL(req.url ?? '/', 'http://x').pathname);
-    const isolated = path.startsWith('/isolated/');
-    const rel = isolated ? path.slice('/isolated'.length) : path;
-    const send = (status: number, type: string, body: string | Buffer) => {
-      const coi = isolated ? { 'cross-origin-opener-policy': 'same-origin', 'cross-origin-embedder-policy': 'require-corp' } : {};
-      res.writeHead(status, { 'content-type': type, 'cache-control': 'no-store', ...coi }).end(body);
-    };
-    if (rel === '/') return send(200, 'text/html', '<!doctype html><link rel="icon" href="data:,"><title>tilewise cpu bench</title>');
-    const file = normalize(join(DIST, rel));
-    const type = types[extname(file)];
-    if (!file.startsWith(DIST + sep) || !type) return send(404, 'text/plain', 'not found');
-    readFile(file).then(
-      (body) => send(200, type, body),
-      () => send(404, 'text/plain', 'not found'),
-    );
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as AddressInfo;
-  return { origin: `http://127.0.0.1:${port}`, close: () => new Promise((r) => server.close(() => r())) };
-}
-
 const progress = (s: string) => process.stderr.write(s + '\n');
 function die(msg: string): never {
   process.stderr.write(`cpu-browser: ${msg}\n`);
@@ -210,7 +183,7 @@ interface PageReport {
   error?: string;
 }
 
-const served = await serveDist();
+const served = await serveStatic(DIST, '<!doctype html><link rel="icon" href="data:,"><title>tilewise cpu bench</title>');
 let browser: Browser;
 try {
   browser = await chromium.launch({

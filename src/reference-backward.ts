@@ -1,6 +1,6 @@
 import { compilePattern } from './patterns/compile.js';
 import type { AttnBuffers, AttnProblem } from './problem.js';
-import { invFreq } from './rope.js';
+import { rpbIndex64, ropeTurn64 } from './reference.js';
 
 const prod = (t: readonly number[]) => t.reduce((a, b) => a * b, 1);
 
@@ -18,19 +18,7 @@ export function referenceBackward(
 ): { dq: Float64Array; dk: Float64Array; dv: Float64Array; drpb?: Float64Array; dbias?: Float64Array } {
   const { heads: H, kvHeads, dim: D, dimV: DV, scale, softcap, bias, rpb, rope } = problem;
   if (rope?.positions === 'selected') throw new Error("reference backward: 'selected' RoPE has no backward");
-  const freq = rope ? invFreq(rope.base, rope.dims) : undefined;
-  const half = rope ? rope.dims / 2 : 0;
-  /** Rotates x (length D) to position p in place; sign -1 rotates back. */
-  const turn = (x: Float64Array, p: number, sign: number) => {
-    for (let j = 0; j < half; j++) {
-      const c = Math.cos(p * freq![j]!);
-      const sn = sign * Math.sin(p * freq![j]!);
-      const a = x[j]!;
-      const b = x[j + half]!;
-      x[j] = a * c - b * sn;
-      x[j + half] = b * c + a * sn;
-    }
-  };
+  const turn = ropeTurn64(rope);
   const dq = new Float64Array(problem.qRows * H * D);
   const dk = new Float64Array(problem.kRows * kvHeads * D);
   const dv = new Float64Array(problem.kRows * kvHeads * DV);
@@ -42,14 +30,6 @@ export function referenceBackward(
     const nk = prod(span.kGrid);
     const grid = p.geometry.qShape;
     const dil = p.geometry.dilation;
-    const coords = (t: number) => {
-      const c: number[] = [];
-      for (let a = grid.length - 1; a >= 0; a--) {
-        c.unshift(t % grid[a]!);
-        t = Math.floor(t / grid[a]!);
-      }
-      return c;
-    };
     // keys rotated once per kv head; their gradients accumulate in the rotated frame
     const kRot: Float64Array[] = [];
     const dkRot: Float64Array[] = [];
@@ -88,12 +68,8 @@ export function referenceBackward(
             s += bias.data[bidx[ki]!]!;
           }
           if (rpb) {
-            const cq = coords(qi);
-            const ck = coords(ki);
-            let idx = h;
-            for (let a = 0; a < rpb.kernel.length; a++) idx = idx * (2 * rpb.kernel[a]! - 1) + Math.floor(ck[a]! / dil[a]!) - Math.floor(cq[a]! / dil[a]!) + rpb.kernel[a]! - 1;
-            ridx[ki] = idx;
-            s += rpb.data[idx]!;
+            ridx[ki] = rpbIndex64(rpb.kernel, grid, dil, h, qi, ki);
+            s += rpb.data[ridx[ki]!]!;
           }
           sc[ki] = s;
           mx = Math.max(mx, s);

@@ -1,6 +1,6 @@
 import { compilePattern } from './patterns/compile.js';
 import type { AttnBuffers, AttnProblem } from './problem.js';
-import { SelectedPositions, chunksOf, invFreq } from './rope.js';
+import { type RopeSpec, SelectedPositions, chunksOf, invFreq } from './rope.js';
 
 const prod = (t: readonly number[]) => t.reduce((a, b) => a * b, 1);
 
@@ -9,27 +9,55 @@ const prod = (t: readonly number[]) => t.reduce((a, b) => a * b, 1);
  * materialised row by row. For tests and for spot checks in the profiler, never for speed.
  * `rows`, when given, restricts the work to those flat query rows (a subsample).
  */
+/** Rotates x (its first rope.dims entries) in place to RoPE position p in float64; sign -1 rotates back. */
+export function ropeTurn64(rope: RopeSpec | undefined): (x: Float64Array, p: number, sign: number) => void {
+  const freq = rope ? invFreq(rope.base, rope.dims) : undefined;
+  const half = rope ? rope.dims / 2 : 0;
+  return (x, p, sign) => {
+    for (let j = 0; j < half; j++) {
+      const c = Math.cos(p * freq![j]!);
+      const sn = sign * Math.sin(p * freq![j]!);
+      const a = x[j]!;
+      const b = x[j + half]!;
+      x[j] = a * c - b * sn;
+      x[j + half] = b * c + a * sn;
+    }
+  };
+}
+
+/**
+ * Index into rpb [H, 2K0-1, ...] of the pair (query qi, key ki) on a token grid: the key's offset
+ * from the query per axis, in steps of the axis's dilation.
+ */
+export function rpbIndex64(kernel: readonly number[], grid: readonly number[], dil: readonly number[], h: number, qi: number, ki: number): number {
+  const coords = (t: number) => {
+    const c: number[] = [];
+    for (let a = grid.length - 1; a >= 0; a--) {
+      c.unshift(t % grid[a]!);
+      t = Math.floor(t / grid[a]!);
+    }
+    return c;
+  };
+  const cq = coords(qi);
+  const ck = coords(ki);
+  let idx = h;
+  for (let a = 0; a < kernel.length; a++) idx = idx * (2 * kernel[a]! - 1) + Math.floor(ck[a]! / dil[a]!) - Math.floor(cq[a]! / dil[a]!) + kernel[a]! - 1;
+  return idx;
+}
+
 export function referenceAttention(
   problem: AttnProblem,
   bufs: Pick<AttnBuffers, 'q' | 'k' | 'v'>,
   rows?: ReadonlySet<number>,
 ): { out: Float64Array; lse: Float64Array } {
   const { heads: H, kvHeads, dim: D, dimV: DV, scale, softcap, bias, rpb, rope } = problem;
-  const freq = rope ? invFreq(rope.base, rope.dims) : undefined;
-  const half = rope ? rope.dims / 2 : 0;
+  const turn = ropeTurn64(rope);
   const qr = new Float64Array(D);
   const kr = new Float64Array(D);
   /** Row `src[base..base+D)` rotated to position p in float64 (copied as is without RoPE). */
   const load = (dst: Float64Array, src: Float32Array, base: number, p: number) => {
     for (let x = 0; x < D; x++) dst[x] = src[base + x]!;
-    for (let j = 0; j < half; j++) {
-      const c = Math.cos(p * freq![j]!);
-      const sn = Math.sin(p * freq![j]!);
-      const a = dst[j]!;
-      const b = dst[j + half]!;
-      dst[j] = a * c - b * sn;
-      dst[j + half] = b * c + a * sn;
-    }
+    turn(dst, p, 1);
   };
   const out = new Float64Array(problem.qRows * H * DV);
   const lse = new Float64Array(problem.qRows * H).fill(-Infinity);
@@ -39,14 +67,6 @@ export function referenceAttention(
     const nk = prod(span.kGrid);
     const grid = p.geometry.qShape;
     const dil = p.geometry.dilation;
-    const coords = (t: number) => {
-      const c: number[] = [];
-      for (let a = grid.length - 1; a >= 0; a--) {
-        c.unshift(t % grid[a]!);
-        t = Math.floor(t / grid[a]!);
-      }
-      return c;
-    };
     const scores = new Float64Array(nk);
     for (let h = 0; h < H; h++) {
       const kh = Math.floor(h / (H / kvHeads));
@@ -73,16 +93,7 @@ export function referenceAttention(
             const bh = bias.heads === 1 ? 0 : h;
             s += bias.data[((bb * bias.heads + bh) * nq + qi) * nk + ki]!;
           }
-          if (rpb) {
-            const cq = coords(qi);
-            const ck = coords(ki);
-            let idx = h;
-            for (let a = 0; a < rpb.kernel.length; a++) {
-              const off = Math.floor(ck[a]! / dil[a]!) - Math.floor(cq[a]! / dil[a]!);
-              idx = idx * (2 * rpb.kernel[a]! - 1) + off + rpb.kernel[a]! - 1;
-            }
-            s += rpb.data[idx]!;
-          }
+          if (rpb) s += rpb.data[rpbIndex64(rpb.kernel, grid, dil, h, qi, ki)]!;
           scores[ki] = s;
           if (s > mx) mx = s;
         }

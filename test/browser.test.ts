@@ -10,14 +10,12 @@
  */
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
-import { createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
-import { dirname, extname, join, normalize, sep } from 'node:path';
+import { dirname, join, normalize } from 'node:path';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import type { Browser } from 'playwright-core';
 import { attention, na2d, randn, relError, type Result, type Tensor } from '../src/index.js';
+import { serveStatic } from './static-server.js';
 
 type Lib = typeof import('../src/index.js');
 
@@ -141,44 +139,6 @@ async function inPage(arg: { url: string; cases: Record<string, Case>; gpu: bool
   };
 }
 
-interface Served {
-  origin: string;
-  log: { path: string; status: number }[];
-  close(): Promise<void>;
-}
-
-/**
- * A static server for dist/ on 127.0.0.1 (a secure context, which navigator.gpu requires). Under
- * /isolated/ the same files come with COOP/COEP headers, so that page is cross-origin isolated
- * and may share memory with Web Workers.
- */
-async function serveDist(): Promise<Served> {
-  const types: Record<string, string> = { '.js': 'text/javascript; charset=utf-8', '.map': 'application/json' };
-  const log: Served['log'] = [];
-  const server = createServer((req, res) => {
-    const path = decodeURIComponent(new URL(req.url ?? '/', 'http://x').pathname);
-    const isolated = path.startsWith('/isolated/');
-    const rel = isolated ? path.slice('/isolated'.length) : path;
-    const send = (status: number, type: string, body: string | Buffer) => {
-      log.push({ path, status });
-      const coi = isolated ? { 'cross-origin-opener-policy': 'same-origin', 'cross-origin-embedder-policy': 'require-corp' } : {};
-      res.writeHead(status, { 'content-type': type, 'cache-control': 'no-store', ...coi }).end(body);
-    };
-    // data: icon so the browser asks for nothing but the page and the modules
-    if (rel === '/') return send(200, 'text/html', '<!doctype html><link rel="icon" href="data:,"><title>tilewise</title>');
-    const file = normalize(join(DIST, rel));
-    const type = types[extname(file)];
-    if (!file.startsWith(DIST + sep) || !type) return send(404, 'text/plain', 'not found');
-    readFile(file).then(
-      (body) => send(200, type, body),
-      () => send(404, 'text/plain', 'not found'),
-    );
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as AddressInfo;
-  return { origin: `http://127.0.0.1:${port}`, log, close: () => new Promise((r) => server.close(() => r())) };
-}
-
 async function prerequisites(): Promise<string | false> {
   if (!existsSync(CHROMIUM)) return `no Chromium at ${CHROMIUM} (apt-get install chromium, or set TILEWISE_CHROMIUM)`;
   try {
@@ -200,7 +160,7 @@ const cpuRef = (c: Case): Promise<Result> => {
 test('browser: the built library in headless Chromium, WebGPU via navigator.gpu against the CPU backend', { skip: await prerequisites(), timeout: 60_000 }, async (t) => {
   const started = Date.now();
   const { chromium } = await import('playwright-core');
-  const served = await serveDist();
+  const served = await serveStatic(DIST, '<!doctype html><link rel="icon" href="data:,"><title>tilewise</title>');
   let browser: Browser;
   try {
     browser = await chromium.launch({

@@ -13,6 +13,7 @@ import { dirname, join } from 'node:path';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { attention, na2d, randn, relError } from '../src/index.js';
+import { serveStatic } from './static-server.js';
 
 const CHROMIUM = process.env.TILEWISE_CHROMIUM ?? '/usr/lib/chromium/chromium';
 const DIST = join(dirname(fileURLToPath(import.meta.url)), '..');
@@ -80,21 +81,42 @@ test('esbuild --bundle --platform=browser: the bundle runs in Chromium and match
   }
 });
 
-/** Serves a folder's files; `isolated` adds the COOP/COEP headers (cross-origin isolation). */
-async function serveDir(dir: string, isolated: boolean): Promise<{ url: string; close: () => Promise<unknown> }> {
-  const { readFile } = await import('node:fs/promises');
-  const types: Record<string, string> = { '.html': 'text/html', '.js': 'text/javascript' };
-  const server = createServer((req, res) => {
-    const path = req.url === '/' ? '/index.html' : (req.url ?? '/');
-    const coi = isolated ? { 'cross-origin-opener-policy': 'same-origin', 'cross-origin-embedder-policy': 'require-corp' } : {};
-    readFile(join(dir, path)).then(
-      (body) => res.writeHead(200, { 'content-type': types[path.slice(path.lastIndexOf('.'))] ?? 'application/octet-stream', ...coi }).end(body),
-      () => res.writeHead(404).end(),
-    );
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/`, close: () => new Promise((r) => server.close(r)) };
+/**
+ * Loads a built page (`dir` holds index.html and the bundle) in Chromium, plain and cross-origin
+ * isolated, runs its `runCases` and checks the mode the CPU engine chose and the na2d output
+ * against Node's.
+ */
+async function checkBuiltPage(dir: string, bundler: string): Promise<void> {
+  const { chromium } = await import('playwright-core');
+  const browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox', '--disable-gpu-sandbox', '--disable-background-networking', '--no-first-run'] });
+  const x = randn([1, 12, 12, 2, 16], 21);
+  const na = await na2d(x, x, x, { kernelSize: 5 });
+  try {
+    for (const isolated of [false, true]) {
+      const served = await serveStatic(dir, undefined, isolated);
+      try {
+        const page = await browser.newPage();
+        const errors: string[] = [];
+        page.on('pageerror', (e) => errors.push(e.message));
+        await page.goto(`${served.origin}/`);
+        await page.waitForFunction(() => typeof (globalThis as { runCases?: unknown }).runCases === 'function');
+        const got = await page.evaluate(() => (globalThis as unknown as { runCases: () => Promise<{ na: number[]; info: { mode: string } }> }).runCases());
+        assert.deepEqual(errors, [], `page errors (isolated ${isolated})`);
+        const hw = await page.evaluate(() => navigator.hardwareConcurrency);
+        assert.equal(got.info.mode, isolated && hw > 1 ? 'workers' : 'main-thread', `mode (isolated ${isolated})`);
+        assert.ok(relError(Float32Array.from(got.na), na.out.data) < 1e-6, `na2d in the ${bundler} bundle vs Node (isolated ${isolated})`);
+        await page.close();
+      } finally {
+        await served.close();
+      }
+    }
+  } finally {
+    await browser.close();
+  }
 }
+
+/** The page's entry with a long call added, so the isolated page's pool really runs the emitted worker. */
+const LONG_ENTRY = ENTRY.replace("return { na:", "const big = randn([1, 1024, 4, 64], 7); await attention(big, big, big, { backend: 'cpu' }); return { na:");
 
 test('vite build: the bundle and its emitted worker run in Chromium, on one thread and on Web Workers', { skip: await skipReason(), timeout: 180_000 }, async () => {
   const { mkdtempSync, writeFileSync, mkdirSync, rmSync } = await import('node:fs');
@@ -103,41 +125,10 @@ test('vite build: the bundle and its emitted worker run in Chromium, on one thre
   try {
     mkdirSync(join(root, 'src'));
     writeFileSync(join(root, 'index.html'), '<!doctype html><html><head><link rel="icon" href="data:,"></head><body><script type="module" src="/src/main.js"></script></body></html>');
-    writeFileSync(
-      join(root, 'src', 'main.js'),
-      ENTRY.replace(
-        "return { na:",
-        "const big = randn([1, 1024, 4, 64], 7); await attention(big, big, big, { backend: 'cpu' }); return { na:",
-      ),
-    );
+    writeFileSync(join(root, 'src', 'main.js'), LONG_ENTRY);
     const vite = await import('vite');
     await vite.build({ root, logLevel: 'silent', configFile: false, build: { outDir: join(root, 'dist') } });
-    const { chromium } = await import('playwright-core');
-    const browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox', '--disable-gpu-sandbox', '--disable-background-networking', '--no-first-run'] });
-    const x = randn([1, 12, 12, 2, 16], 21);
-    const na = await na2d(x, x, x, { kernelSize: 5 });
-    try {
-      for (const isolated of [false, true]) {
-        const served = await serveDir(join(root, 'dist'), isolated);
-        try {
-          const page = await browser.newPage();
-          const errors: string[] = [];
-          page.on('pageerror', (e) => errors.push(e.message));
-          await page.goto(served.url);
-          await page.waitForFunction(() => typeof (globalThis as { runCases?: unknown }).runCases === 'function');
-          const got = await page.evaluate(() => (globalThis as unknown as { runCases: () => Promise<{ na: number[]; info: { mode: string; threads: number } }> }).runCases());
-          assert.deepEqual(errors, [], `page errors (isolated ${isolated})`);
-          const hw = await page.evaluate(() => navigator.hardwareConcurrency);
-          assert.equal(got.info.mode, isolated && hw > 1 ? 'workers' : 'main-thread', `mode (isolated ${isolated})`);
-          assert.ok(relError(Float32Array.from(got.na), na.out.data) < 1e-6, `na2d in the Vite bundle vs Node (isolated ${isolated})`);
-          await page.close();
-        } finally {
-          await served.close();
-        }
-      }
-    } finally {
-      await browser.close();
-    }
+    await checkBuiltPage(join(root, 'dist'), 'Vite');
   } finally {
     rmSync(root, { recursive: true, force: true });
   }
@@ -148,7 +139,7 @@ test('webpack 5: the bundle and its emitted worker run in Chromium, on one threa
   const { tmpdir } = await import('node:os');
   const root = mkdtempSync(join(tmpdir(), 'tilewise-webpack-'));
   try {
-    writeFileSync(join(root, 'entry.mjs'), ENTRY.replace("return { na:", "const big = randn([1, 1024, 4, 64], 7); await attention(big, big, big, { backend: 'cpu' }); return { na:"));
+    writeFileSync(join(root, 'entry.mjs'), LONG_ENTRY);
     writeFileSync(join(root, 'index.html'), '<!doctype html><html><head><link rel="icon" href="data:,"></head><body><script src="/bundle.js"></script></body></html>');
     const { default: webpack } = await import('webpack');
     const stats = await new Promise<import('webpack').Stats>((resolve, reject) =>
@@ -156,32 +147,7 @@ test('webpack 5: the bundle and its emitted worker run in Chromium, on one threa
     );
     assert.ok(!stats.hasErrors(), stats.toString('errors-only'));
     assert.ok(!stats.hasWarnings(), stats.toString('errors-warnings'));
-    const { chromium } = await import('playwright-core');
-    const browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox', '--disable-gpu-sandbox', '--disable-background-networking', '--no-first-run'] });
-    const x = randn([1, 12, 12, 2, 16], 21);
-    const na = await na2d(x, x, x, { kernelSize: 5 });
-    try {
-      for (const isolated of [false, true]) {
-        const served = await serveDir(root, isolated);
-        try {
-          const page = await browser.newPage();
-          const errors: string[] = [];
-          page.on('pageerror', (e) => errors.push(e.message));
-          await page.goto(served.url);
-          await page.waitForFunction(() => typeof (globalThis as { runCases?: unknown }).runCases === 'function');
-          const got = await page.evaluate(() => (globalThis as unknown as { runCases: () => Promise<{ na: number[]; info: { mode: string } }> }).runCases());
-          assert.deepEqual(errors, [], `page errors (isolated ${isolated})`);
-          const hw = await page.evaluate(() => navigator.hardwareConcurrency);
-          assert.equal(got.info.mode, isolated && hw > 1 ? 'workers' : 'main-thread', `mode (isolated ${isolated})`);
-          assert.ok(relError(Float32Array.from(got.na), na.out.data) < 1e-6, `na2d in the webpack bundle vs Node (isolated ${isolated})`);
-          await page.close();
-        } finally {
-          await served.close();
-        }
-      }
-    } finally {
-      await browser.close();
-    }
+    await checkBuiltPage(root, 'webpack');
   } finally {
     rmSync(root, { recursive: true, force: true });
   }
