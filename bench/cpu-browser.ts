@@ -22,7 +22,7 @@ import { parseArgs } from 'node:util';
 import type { Browser, Page } from 'playwright-core';
 import { cpuInfo, na2d, randn, relError, type CpuInfo } from '../src/index.js';
 import { enableRelaxedSimd } from '../src/cli/relaxed.js';
-import { serveStatic } from '../test/static-server.js';
+import { CHROMIUM, CHROMIUM_ARGS, serveStatic } from '../test/browser-harness.js';
 
 // Node 20 keeps relaxed SIMD behind a flag; Chromium has it by default. With it on, the Node
 // reference runs the same tile kernels as the pages.
@@ -30,7 +30,6 @@ enableRelaxedSimd();
 
 type Lib = typeof import('../src/index.js');
 
-const CHROMIUM = process.env.TILEWISE_CHROMIUM ?? '/usr/lib/chromium/chromium';
 /** This file runs from dist/bench/, so dist/ is one up: the pages import dist/src/index.js from there. */
 const DIST = normalize(join(dirname(fileURLToPath(import.meta.url)), '..'));
 
@@ -189,19 +188,7 @@ try {
   browser = await chromium.launch({
     executablePath: CHROMIUM,
     timeout: 30_000,
-    args: [
-      '--enable-unsafe-webgpu',
-      '--no-sandbox',
-      '--disable-gpu-sandbox',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-      '--no-first-run',
-      // a benchmark page must not be throttled as a background tab
-      '--disable-background-timer-throttling',
-      '--disable-renderer-backgrounding',
-      '--disable-backgrounding-occluded-windows',
-    ],
+    args: [...CHROMIUM_ARGS],
   });
 } catch (e) {
   await served.close();

@@ -15,11 +15,10 @@ import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import type { Browser } from 'playwright-core';
 import { attention, na2d, randn, relError, type Result, type Tensor } from '../src/index.js';
-import { serveStatic } from './static-server.js';
+import { CHROMIUM, CHROMIUM_ARGS, serveStatic } from './browser-harness.js';
 
 type Lib = typeof import('../src/index.js');
 
-const CHROMIUM = process.env.TILEWISE_CHROMIUM ?? '/usr/lib/chromium/chromium';
 /** This file runs from dist/test/, so dist/ is one up: the page imports dist/src/index.js from there. */
 const DIST = normalize(join(dirname(fileURLToPath(import.meta.url)), '..'));
 const TOL = 1e-4;
@@ -166,17 +165,7 @@ test('browser: the built library in headless Chromium, WebGPU via navigator.gpu 
     browser = await chromium.launch({
       executablePath: CHROMIUM,
       timeout: 20_000,
-      // SwiftShader (Chromium's software Vulkan) serves as the adapter where there is no GPU;
-      // WebGPU is still behind a flag on Linux.
-      args: [
-        '--enable-unsafe-webgpu',
-        '--no-sandbox',
-        '--disable-gpu-sandbox',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--disable-sync',
-        '--no-first-run',
-      ],
+      args: [...CHROMIUM_ARGS],
     });
   } catch (e) {
     await served.close();

@@ -13,9 +13,8 @@ import { dirname, join } from 'node:path';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { attention, na2d, randn, relError } from '../src/index.js';
-import { serveStatic } from './static-server.js';
+import { CHROMIUM, CHROMIUM_ARGS, serveStatic } from './browser-harness.js';
 
-const CHROMIUM = process.env.TILEWISE_CHROMIUM ?? '/usr/lib/chromium/chromium';
 const DIST = join(dirname(fileURLToPath(import.meta.url)), '..');
 
 async function skipReason(): Promise<string | false> {
@@ -57,7 +56,7 @@ test('esbuild --bundle --platform=browser: the bundle runs in Chromium and match
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   const { chromium } = await import('playwright-core');
-  const browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox', '--disable-gpu-sandbox', '--disable-background-networking', '--no-first-run'] });
+  const browser = await chromium.launch({ executablePath: CHROMIUM, args: [...CHROMIUM_ARGS] });
   try {
     const page = await browser.newPage();
     const errors: string[] = [];
@@ -88,7 +87,7 @@ test('esbuild --bundle --platform=browser: the bundle runs in Chromium and match
  */
 async function checkBuiltPage(dir: string, bundler: string): Promise<void> {
   const { chromium } = await import('playwright-core');
-  const browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox', '--disable-gpu-sandbox', '--disable-background-networking', '--no-first-run'] });
+  const browser = await chromium.launch({ executablePath: CHROMIUM, args: [...CHROMIUM_ARGS] });
   const x = randn([1, 12, 12, 2, 16], 21);
   const na = await na2d(x, x, x, { kernelSize: 5 });
   try {

@@ -10,13 +10,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { startDemoServer } from '../demo/server.js';
+import { CHROMIUM, CHROMIUM_ARGS } from './browser-harness.js';
 
-const CHROMIUM = process.env.TILEWISE_CHROMIUM ?? '/usr/lib/chromium/chromium';
 
 test('demo page: patterns, a clicked query and its keys, the schedule, and a run on WebGPU and the CPU', { skip: existsSync(CHROMIUM) ? false : `no Chromium at ${CHROMIUM}`, timeout: 180_000 }, async (t) => {
   const server = await startDemoServer(0);
   const { chromium } = await import('playwright-core');
-  const browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--enable-unsafe-webgpu', '--no-sandbox', '--disable-gpu-sandbox', '--no-first-run'] });
+  const browser = await chromium.launch({ executablePath: CHROMIUM, args: [...CHROMIUM_ARGS] });
   const dir = mkdtempSync(join(tmpdir(), 'tilewise-demo-'));
   try {
     const page = await browser.newPage({ viewport: { width: 1200, height: 800 } });

@@ -9,8 +9,8 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
+import { CHROMIUM, CHROMIUM_ARGS } from './browser-harness.js';
 
-const CHROMIUM = process.env.TILEWISE_CHROMIUM ?? '/usr/lib/chromium/chromium';
 
 test('profile --html writes a self-contained report whose plots and schedule render in Chromium', { timeout: 120_000 }, async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'tilewise-html-'));
@@ -27,7 +27,7 @@ test('profile --html writes a self-contained report whose plots and schedule ren
       return;
     }
     const { chromium } = await import('playwright-core');
-    const browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox', '--disable-gpu-sandbox', '--no-first-run'] });
+    const browser = await chromium.launch({ executablePath: CHROMIUM, args: [...CHROMIUM_ARGS] });
     try {
       const page = await browser.newPage({ viewport: { width: 1100, height: 900 } });
       const requests: string[] = [];

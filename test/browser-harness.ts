@@ -1,5 +1,6 @@
 /**
- * A static server on 127.0.0.1 (a secure context, which navigator.gpu requires) for the browser
+ * What the browser tests and the Chromium bench share: the Chromium binary and its flags, and a
+ * static server on 127.0.0.1 (a secure context, which navigator.gpu requires) for the browser
  * tests and benches: files under `root`, '/' answered with a bare page (or root's index.html),
  * and every path also under /isolated/, served there with COOP/COEP so that page is cross-origin
  * isolated and may share memory with Web Workers (or COOP/COEP everywhere). Requests are logged.
@@ -48,3 +49,23 @@ export async function serveStatic(root: string, page?: string, isolateAll = fals
   const { port } = server.address() as AddressInfo;
   return { origin: `http://127.0.0.1:${port}`, log, close: () => new Promise((r) => server.close(() => r())) };
 }
+
+/** Debian's Chromium unless $TILEWISE_CHROMIUM names another binary. */
+export const CHROMIUM = process.env.TILEWISE_CHROMIUM ?? '/usr/lib/chromium/chromium';
+
+/**
+ * Launch flags for headless Chromium here: WebGPU (behind a flag on Linux; SwiftShader serves as
+ * the adapter without a GPU), no sandbox (root), no background traffic or throttling.
+ */
+export const CHROMIUM_ARGS: readonly string[] = [
+  '--enable-unsafe-webgpu',
+  '--no-sandbox',
+  '--disable-gpu-sandbox',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--no-first-run',
+  '--disable-background-timer-throttling',
+  '--disable-renderer-backgrounding',
+  '--disable-backgrounding-occluded-windows',
+];
