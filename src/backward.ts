@@ -1,6 +1,7 @@
 import type { AttentionOptions, BlockSparseOptions, NeighborhoodOptions } from './options.js';
 import { blockSparseAsAttention, planAttention, planNA } from './plan.js';
-import { runBackwardCpu } from './backends.js';
+import { chooseBackend, runBackwardCpu } from './backends.js';
+import type { GpuTensor } from './webgpu/tensor.js';
 import { check } from './errors.js';
 import type { AttnProblem } from './problem.js';
 import { type Tensor, isGpuTensor, numel } from './tensor.js';
@@ -20,21 +21,28 @@ export interface Grads {
 
 /**
  * Checks the backward's extra inputs against the forward's problem: out and dOut [..., H, Dv],
- * lse [..., H], host tensors on the CPU backend (the WebGPU backward is not written yet).
+ * lse [..., H]; all six tensors on the host, or all on the GPU (WebGPU backend).
  */
-function checkBackward(problem: AttnProblem, q: Tensor, out: Tensor, lse: Tensor, dOut: Tensor, backend: string | undefined): void {
-  check(backend === undefined || backend === 'cpu' || backend === 'auto', 'backend', "the backward runs on the CPU backend only so far ('cpu' or 'auto')", String(backend));
-  for (const [t, n] of [[q, 'q'], [out, 'out'], [lse, 'lse'], [dOut, 'dOut']] as const)
-    check(t !== null && typeof t === 'object' && !isGpuTensor(t) && t.data instanceof Float32Array, n, 'must be a host tensor { data: Float32Array, shape } (GPU tensors: not yet)');
-  const lead = q.shape.slice(0, -1);
-  const want = [...lead, problem.dimV];
-  for (const [t, n] of [[out, 'out'], [dOut, 'dOut']] as const) {
-    check(t.shape.join() === want.join(), n, `must have the forward output's shape [${want.join(', ')}]`, `got [${t.shape.join(', ')}]`);
-    check(t.data.length === problem.qRows * problem.heads * problem.dimV, n, 'data length must match its shape');
+function checkBackward(problem: AttnProblem, t: Record<'q' | 'k' | 'v' | 'out' | 'lse' | 'dOut', Tensor | GpuTensor>, backend: string | undefined): boolean {
+  check(backend === undefined || backend === 'cpu' || backend === 'webgpu' || backend === 'auto', 'backend', "must be 'cpu', 'webgpu' or 'auto'", String(backend));
+  const onGpu = isGpuTensor(t.q);
+  for (const [n, x] of Object.entries(t)) {
+    check(x !== null && typeof x === 'object', n, 'must be a tensor');
+    if (onGpu) check(isGpuTensor(x), n, 'must be a GPU tensor like q (all six on the GPU, or all on the host)');
+    else check(!isGpuTensor(x) && (x as Tensor).data instanceof Float32Array, n, 'must be a host tensor { data: Float32Array, shape } like q (all six on the host, or all on the GPU)');
   }
-  check(lse.shape.join() === lead.join(), 'lse', `must have shape [${lead.join(', ')}]`, `got [${lse.shape.join(', ')}]`);
-  check(lse.data.length === problem.qRows * problem.heads, 'lse', 'data length must match its shape');
+  check(!onGpu || backend === 'webgpu', 'backend', "GPU tensors need backend: 'webgpu'", String(backend));
+  const lead = t.q.shape.slice(0, -1);
+  const want = [...lead, problem.dimV];
+  const len = (x: Tensor | GpuTensor) => (isGpuTensor(x) ? numel(x.shape) : x.data.length);
+  for (const n of ['out', 'dOut'] as const) {
+    check(t[n].shape.join() === want.join(), n, `must have the forward output's shape [${want.join(', ')}]`, `got [${t[n].shape.join(', ')}]`);
+    check(len(t[n]) === problem.qRows * problem.heads * problem.dimV, n, 'data length must match its shape');
+  }
+  check(t.lse.shape.join() === lead.join(), 'lse', `must have shape [${lead.join(', ')}]`, `got [${t.lse.shape.join(', ')}]`);
+  check(len(t.lse) === problem.qRows * problem.heads, 'lse', 'data length must match its shape');
   check(problem.rope?.positions !== 'selected', 'ropePositions', "'selected' (LongHeads) has no backward");
+  return onGpu;
 }
 
 /** What the backward takes beyond the forward's options. */
@@ -44,18 +52,33 @@ export interface BackwardOptions {
 }
 
 async function backward(problem: AttnProblem, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dOut: Tensor, opts: (AttentionOptions | NeighborhoodOptions) & BackwardOptions, rpbShape?: readonly number[]): Promise<Grads> {
-  checkBackward(problem, q, out, lse, dOut, opts.backend);
+  const onGpu = checkBackward(problem, { q, k, v, out, lse, dOut }, opts.backend);
   const biasShape = 'bias' in opts && opts.bias ? opts.bias.shape : undefined;
   check(opts.dbias === undefined || typeof opts.dbias === 'boolean', 'dbias', 'must be a boolean');
   check(!opts.dbias || biasShape !== undefined, 'dbias', 'needs a bias');
-  const g = await runBackwardCpu(problem, { q: q.data, k: k.data, v: v.data, out: out.data, lse: lse.data, dout: dOut.data }, opts, opts.dbias === true);
-  return {
-    dq: { data: g.dq, shape: [...q.shape] },
-    dk: { data: g.dk, shape: [...k.shape] },
-    dv: { data: g.dv, shape: [...v.shape] },
-    ...(g.drpb && rpbShape ? { drpb: { data: g.drpb, shape: [...rpbShape] } } : {}),
-    ...(g.dbias && biasShape ? { dbias: { data: g.dbias, shape: [...biasShape] } } : {}),
-  };
+  const wantBias = opts.dbias === true;
+  const shaped = <T,>(g: { dq: T; dk: T; dv: T; drpb?: T; dbias?: T }, re: (x: T, shape: number[]) => Tensor): Grads => ({
+    dq: re(g.dq, [...q.shape]),
+    dk: re(g.dk, [...k.shape]),
+    dv: re(g.dv, [...v.shape]),
+    ...(g.drpb && rpbShape ? { drpb: re(g.drpb, [...rpbShape]) } : {}),
+    ...(g.dbias && biasShape ? { dbias: re(g.dbias, [...biasShape]) } : {}),
+  });
+  if (onGpu) {
+    const gpu = await import('./webgpu/index.js');
+    const [qg, kg, vg, og, lg, dg] = [q, k, v, out, lse, dOut] as unknown as GpuTensor[];
+    const g = await gpu.runWebGPUBackwardTensors(problem, { q: qg!, k: kg!, v: vg!, out: og!, lse: lg!, dout: dg! }, { dbias: wantBias });
+    return shaped(g, (x, shape) => ({ ...x, shape }) as unknown as Tensor);
+  }
+  const host = { q: q.data, k: k.data, v: v.data, out: out.data, lse: lse.data, dout: dOut.data };
+  const { backend } = await chooseBackend(opts.backend, problem, 'fused');
+  if (backend.name === 'webgpu') {
+    const gpu = await import('./webgpu/index.js');
+    const g = await gpu.runWebGPUBackward(problem, host, { dbias: wantBias });
+    return shaped(g, (data, shape) => ({ data, shape }));
+  }
+  const g = await runBackwardCpu(problem, host, opts, wantBias);
+  return shaped(g, (data, shape) => ({ data, shape }));
 }
 
 /**

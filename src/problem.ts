@@ -49,7 +49,8 @@ export interface AttnBuffers {
 
 /**
  * Work items (sequence, head, group, query tile) numbered densely, so worker threads can claim
- * ranges of them. Compiled patterns are cached per distinct sequence shape.
+ * ranges of them. Compiled patterns are cached per distinct sequence shape. `side` 'k' numbers key
+ * tiles instead (the transposed walk of the WebGPU backward's dK/dV pass).
  */
 export class ItemSpace {
   readonly total: number;
@@ -57,7 +58,10 @@ export class ItemSpace {
   private readonly compiled: CompiledPattern[] = [];
   private readonly groupStarts: number[][] = [];
 
-  constructor(readonly problem: AttnProblem) {
+  constructor(
+    readonly problem: AttnProblem,
+    readonly side: 'q' | 'k' = 'q',
+  ) {
     const cache = new Map<string, CompiledPattern>();
     let total = 0;
     for (const s of problem.seqs) {
@@ -72,7 +76,7 @@ export class ItemSpace {
       let perHead = 0;
       for (const grp of p.groups) {
         gs.push(perHead);
-        perHead += tileCount(grp.qLen, tileFor(problem.qTile, grp.qLen.length));
+        perHead += side === 'q' ? tileCount(grp.qLen, tileFor(problem.qTile, grp.qLen.length)) : tileCount(grp.kLen, tileFor(problem.kvTile, grp.kLen.length));
       }
       gs.push(perHead);
       this.groupStarts.push(gs);

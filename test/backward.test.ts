@@ -55,18 +55,19 @@ function compareGrads(g: Grads, ref: ReturnType<typeof referenceBackward>): stri
   return null;
 }
 
-async function attentionCase(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOptions, rng: Rng): Promise<string | null> {
+/** backend: where the backward runs (the forward always runs on the CPU). */
+async function attentionCase(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOptions, rng: Rng, backend: 'cpu' | 'webgpu' = 'cpu'): Promise<string | null> {
   const f = await attention(q, k, v, opts);
   const dOut = randTensor(rng, f.out.shape);
-  const g = await attentionBackward(q, k, v, f.out, f.lse, dOut, { ...opts, ...(opts.bias ? { dbias: true } : {}) });
+  const g = await attentionBackward(q, k, v, f.out, f.lse, dOut, { ...opts, backend, ...(opts.bias ? { dbias: true } : {}) });
   if (opts.bias && !g.dbias) return 'dbias missing';
   return compareGrads(g, referenceBackward(planAttention(q, k, v, opts).problem, { q: q.data, k: k.data, v: v.data }, dOut.data));
 }
 
-async function naCase(q: Tensor, k: Tensor, v: Tensor, opts: NeighborhoodOptions, rng: Rng): Promise<string | null> {
+async function naCase(q: Tensor, k: Tensor, v: Tensor, opts: NeighborhoodOptions, rng: Rng, backend: 'cpu' | 'webgpu' = 'cpu'): Promise<string | null> {
   const f = await neighborhoodAttention(q, k, v, opts);
   const dOut = randTensor(rng, f.out.shape);
-  const g = await neighborhoodAttentionBackward(q, k, v, f.out, f.lse, dOut, opts);
+  const g = await neighborhoodAttentionBackward(q, k, v, f.out, f.lse, dOut, { ...opts, backend });
   return compareGrads(g, referenceBackward(planNA(q, k, v, opts).problem, { q: q.data, k: k.data, v: v.data }, dOut.data));
 }
 
@@ -253,7 +254,7 @@ test('backward: bad input is a TilewiseError naming the argument', async () => {
     ['dOut', () => attentionBackward(q, q, q, f.out, f.lse, randTensor(rng, [1, 8, 2, 5]))],
     ['lse', () => attentionBackward(q, q, q, f.out, { data: f.lse.data, shape: [1, 8] }, dOut)],
     ['out', () => attentionBackward(q, q, q, { data: f.out.data.subarray(1), shape: f.out.shape }, f.lse, dOut)],
-    ['backend', () => attentionBackward(q, q, q, f.out, f.lse, dOut, { backend: 'webgpu' })],
+    ['backend', () => attentionBackward(q, q, q, f.out, f.lse, dOut, { backend: 'gpu' as 'webgpu' })],
     ['impl', () => neighborhoodAttentionBackward(q, q, q, f.out, f.lse, dOut, { kernelSize: 3, impl: 'unfused' })],
   ];
   for (const [arg, call] of bad) {

@@ -130,7 +130,7 @@ function scoreHooks(s: FusedSpec): string[] {
  * (cached) instead of the staged tile, which would cost a barrier and a race on shared vectors.
  * Positions index the host's float64-built table: f32 sin/cos of large arguments would be poor.
  */
-function ropeFns(s: FusedSpec): string {
+export function ropeFns(s: Pick<FusedSpec, 'wq'>, aux: (i: string) => string = (i) => `aux[${i}]`): string {
   const T = vec(s.wq);
   // lane x at dim j: x cos - y sin below half, x cos + y sin above, y the partner lane
   const body = (x: string, j: string, partner: string) => `let j = ${j};
@@ -140,7 +140,7 @@ function ropeFns(s: FusedSpec): string {
       let pj = select(j - P.ropeHalf, j + P.ropeHalf, lo);
       let y = ${partner};
       let t = P.ropeOff + p * P.ropeHalf + f;
-      ${x} = ${x} * aux[t] + select(y, -y, lo) * aux[t + P.ropeSin];
+      ${x} = ${x} * ${aux('t')} + select(y, -y, lo) * ${aux('t + P.ropeSin')};
     }`;
   const rot = (buf: string) => `fn rope_${buf}(base: u32, c: u32, p: u32) -> ${T} {
   var x: ${T} = ld_${buf}(base + c);

@@ -21,3 +21,4 @@ export { bufferStats, fromGpu, releaseTensor, resetPeakBytes, toGpu, wrapBuffer,
 export { GpuTimer } from './timing.js';
 export { mergeAttentionsGpu } from './merge.js';
 export { setTuningFile, type TuningEntry } from './tuning.js';
+export { BACKWARD_TUNING, runWebGPUBackward, runWebGPUBackwardTensors, setBackwardTuning, type BackwardTuning, type GpuGrads } from './backward.js';

@@ -2,7 +2,7 @@ import { TilewiseError } from '../errors.js';
 import type { CompiledPattern } from '../patterns/compile.js';
 import { type Box, boxCoords, boxTokens, boxVolume, prod } from '../patterns/geometry.js';
 import { type AttnProblem, type ItemSpace, tileFor } from '../problem.js';
-import { type Visit, kvSchedule, tileBox } from '../schedule.js';
+import { type Visit, kvSchedule, qSchedule, tileBox } from '../schedule.js';
 import { SelectedPositions, chunksOf } from '../rope.js';
 
 /**
@@ -161,12 +161,21 @@ export interface ScheduleOptions {
   readonly lin?: readonly number[];
   /** Largest schedule the device can bind, in u32 words. */
   readonly maxWords: number;
+  /**
+   * The transposed schedule (the backward's dK/dV pass): items are key tiles (`space` built with
+   * side 'k'), their records list key tokens where a forward item lists query tokens, visits are
+   * query boxes (qSchedule), and mask bit (i * nq + j) says key i is seen by query j. RoPE shifts
+   * trade places the same way: the item's is the keys', each visit's the queries'.
+   */
+  readonly transposed?: boolean;
 }
 
 /** Builds the flattened schedule of every work item of `space` (whose problem carries the tile shapes). */
 export function buildGpuSchedule(problem: AttnProblem, space: ItemSpace, opts: ScheduleOptions): GpuSchedule {
   const heap = new Heap(space.total * ITEM.size, opts.maxWords);
   const lin = opts.lin;
+  const tr = opts.transposed === true;
+  if (tr && problem.rope?.positions === 'selected') throw new TilewiseError('ropePositions', "'selected' (LongHeads) has no transposed schedule");
   const patIds = new Map<CompiledPattern, number>();
   const entries = new Map<string, Entry>();
   const keyLists = new Map<string, number>();
@@ -215,58 +224,79 @@ export function buildGpuSchedule(problem: AttnProblem, space: ItemSpace, opts: S
       const geo = p.geometry;
       const rank = geo.qShape.length;
       const grp = p.groups[g]!;
-      const qBox = tileBox(grp.qLen, tileFor(problem.qTile, rank), tile);
-      const nq = boxTokens(geo.qShape, geo.dilation, grp, qBox, qTok);
-      const qOff = putTokens(qTok, nq, qBox, qCrd);
       const rules = p.boxRules?.(g);
-      if (rules) {
+      const qTileR = tileFor(problem.qTile, rank);
+      const kTileR = tileFor(problem.kvTile, rank);
+      // each query's key interval per axis (box patterns), for the n queries of qBox
+      const ruleBounds = (qBox: Box, n: number) => {
+        if (!rules) return;
         boxCoords(qBox, qCrd);
-        for (let i = 0; i < nq; i++)
+        for (let i = 0; i < n; i++)
           for (let a = 0; a < rank; a++) {
             lo[i * rank + a] = rules[a]!.start(qCrd[i * rank + a]!);
             hi[i * rank + a] = rules[a]!.end(qCrd[i * rank + a]!);
           }
+      };
+      // query i of qTok may see key j of kTok (kCrd holds the keys' coordinates when rules are used)
+      const allowed = (i: number, j: number): boolean => {
+        if (!rules) return p.allows(span.b, h, qTok[i]!, kTok[j]!);
+        for (let a = 0; a < rank; a++) {
+          const x = kCrd[j * rank + a]!;
+          if (x < lo[i * rank + a]! || x > hi[i * rank + a]!) return false;
+        }
+        return true;
+      };
+      // this item's own tokens: a query tile, or (transposed) a key tile
+      const ownBox = tileBox(tr ? grp.kLen : grp.qLen, tr ? kTileR : qTileR, tile);
+      const ownTok = tr ? kTok : qTok;
+      const nOwn = boxTokens(tr ? geo.kShape : geo.qShape, geo.dilation, grp, ownBox, ownTok);
+      const ownOff = putTokens(ownTok, nOwn, ownBox, tr ? kCrd : qCrd);
+      if (!tr) ruleBounds(ownBox, nOwn);
+      else if (rules) boxCoords(ownBox, kCrd);
+      const otherTokens = (box: Box) => (boxTokens(geo.kShape, geo.dilation, grp, box, kTok), kTok);
+      let vs: ShiftedVisit[];
+      let ownShift: number;
+      if (tr) {
+        const rope = problem.rope !== undefined;
+        ownShift = rope ? Math.max(0, nqSeq - nkSeq) : 0;
+        const visitShift = rope ? Math.max(0, nkSeq - nqSeq) : 0;
+        vs = qSchedule(p, span.b, h, g, ownBox, qTileR).map((v) => ({ ...v, kPosShift: visitShift }));
+      } else {
+        const shifted = ropeShifts(problem, h, nqSeq, nkSeq, qTok, nOwn, kvSchedule(p, span.b, h, g, ownBox, kTileR), otherTokens);
+        vs = shifted.visits;
+        ownShift = shifted.qPosShift;
       }
-      const keyTokens = (box: Box) => (boxTokens(geo.kShape, geo.dilation, grp, box, kTok), kTok);
-      const shifted = ropeShifts(problem, h, nqSeq, nkSeq, qTok, nq, kvSchedule(p, span.b, h, g, qBox, tileFor(problem.kvTile, rank)), keyTokens);
-      const vs = shifted.visits;
       const vOff = heap.alloc(vs.length * VISIT.size);
       vs.forEach((vis, vi) => {
-        const nk = boxVolume(vis.box);
+        const nOther = boxVolume(vis.box);
         const boxKey = `${pid}|${g}|${vis.box.lo.join(',')}|${vis.box.hi.join(',')}`;
-        let kOff = keyLists.get(boxKey);
-        const needTokens = kOff === undefined || !vis.full;
-        if (needTokens) boxTokens(geo.kShape, geo.dilation, grp, vis.box, kTok);
-        if (kOff === undefined) keyLists.set(boxKey, (kOff = putTokens(kTok, nk, vis.box, kCrd)));
+        let otherOff = keyLists.get(boxKey);
+        const otherTok = tr ? qTok : kTok;
+        const otherCrd = tr ? qCrd : kCrd;
+        if (otherOff === undefined || !vis.full) boxTokens(tr ? geo.qShape : geo.kShape, geo.dilation, grp, vis.box, otherTok);
+        if (otherOff === undefined) keyLists.set(boxKey, (otherOff = putTokens(otherTok, nOther, vis.box, otherCrd)));
         let mask = NO_MASK;
         if (!vis.full) {
           partialVisits++;
-          mask = heap.alloc(Math.ceil((nq * nk) / 32));
+          mask = heap.alloc(Math.ceil((nOwn * nOther) / 32));
           const d = heap.data;
-          if (rules) boxCoords(vis.box, kCrd);
-          for (let i = 0; i < nq; i++)
-            for (let j = 0; j < nk; j++) {
-              let ok = true;
-              if (rules) {
-                for (let a = 0; a < rank && ok; a++) {
-                  const x = kCrd[j * rank + a]!;
-                  ok = x >= lo[i * rank + a]! && x <= hi[i * rank + a]!;
-                }
-              } else ok = p.allows(span.b, h, qTok[i]!, kTok[j]!);
-              if (ok) {
-                const bit = i * nk + j;
+          if (tr) ruleBounds(vis.box, nOther);
+          else if (rules) boxCoords(vis.box, kCrd);
+          for (let i = 0; i < nOwn; i++)
+            for (let j = 0; j < nOther; j++)
+              if (tr ? allowed(j, i) : allowed(i, j)) {
+                const bit = i * nOther + j;
                 d[mask + (bit >>> 5)]! |= 1 << (bit & 31);
               }
-            }
         }
         const r = vOff + vi * VISIT.size;
-        heap.data[r + VISIT.at.kTok] = kOff;
-        heap.data[r + VISIT.at.nk] = nk;
+        heap.data[r + VISIT.at.kTok] = otherOff;
+        heap.data[r + VISIT.at.nk] = nOther;
         heap.data[r + VISIT.at.mask] = mask;
         heap.data[r + VISIT.at.kPosShift] = vis.kPosShift >>> 0;
       });
       visits += vs.length;
-      e = { qTok: qOff, nq, visit: vOff, nVisit: vs.length, qPosShift: shifted.qPosShift };
+      e = { qTok: ownOff, nq: nOwn, visit: vOff, nVisit: vs.length, qPosShift: ownShift };
       entries.set(key, e);
     }
     const b = problem.bias;

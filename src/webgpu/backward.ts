@@ -1,0 +1,262 @@
+/// <reference types="@webgpu/types" />
+import { TilewiseError, check } from '../errors.js';
+import { prod } from '../patterns/geometry.js';
+import { type AttnProblem, ItemSpace, tileFor } from '../problem.js';
+import { BufferUsage, type GpuContext, type GpuLimits } from './device.js';
+import { BACKWARD_UNIFORMS, type BackwardSpec, REDUCE_UNIFORMS, STATS_THREADS, STATS_UNIFORMS, backwardProgram, backwardWorkgroupBytes, reduceProgram, statsProgram } from './backward-wgsl.js';
+import { fitTile } from './fused.js';
+import { type Launch, type OutputSpec, bindingOf, bindingsFit, gridFor, launch, onHostArrays, rpbLayout, threadGrid, uniformBuffer, withDevice } from './run.js';
+import { buildGpuSchedule } from './schedule.js';
+import { type GpuTensor, createBuffer, dtypeOf, writeData } from './tensor.js';
+import { getPipeline } from './wgsl.js';
+
+/**
+ * The backward on WebGPU (backward-wgsl.ts): the stats pre-pass, the dQ pass over the forward's
+ * schedule, the dK/dV pass over the transposed one, then fixed-order reductions where one output
+ * element gathers several writers' values (GQA groups, drpb rows, broadcast bias axes). Schedules
+ * are uploaded (schedule.ts), so every pattern the forward takes runs here.
+ */
+
+/** Blocking caps: own rows per work item (threads) and other-side rows staged per visit. */
+export interface BackwardTuning {
+  readonly maxRows: number;
+  readonly maxKeys: number;
+}
+
+export const BACKWARD_TUNING: BackwardTuning = { maxRows: 64, maxKeys: 32 };
+let override: BackwardTuning | undefined;
+
+/** Overrides the blocking caps (tests, benchmarks); undefined restores the default. */
+export function setBackwardTuning(t: BackwardTuning | undefined): void {
+  override = t;
+}
+
+export interface GpuGrads {
+  dq: GpuTensor;
+  dk: GpuTensor;
+  dv: GpuTensor;
+  drpb?: GpuTensor;
+  dbias?: GpuTensor;
+}
+
+export interface BackwardGpuOptions {
+  /** Also compute dbias (the problem must have a bias). */
+  readonly dbias?: boolean;
+  /** Fill the gradients with NaN first, so an element no kernel writes cannot pass a test. */
+  readonly poison?: boolean;
+}
+
+/** The two passes' tile shapes and kernel specs for a problem on a device. */
+export function planBackward(problem: AttnProblem, limits: GpuLimits, tune: BackwardTuning = override ?? BACKWARD_TUNING, hookGrad: BackwardSpec['hookGrad'] = 'none'): { q: { spec: BackwardSpec; problem: AttnProblem }; k: { spec: BackwardSpec; problem: AttnProblem } } {
+  const rank = problem.seqs.length > 0 ? new ItemSpace({ ...problem, seqs: problem.seqs.slice(0, 1) }).pattern(0).geometry.qShape.length : 1;
+  const maxThreads = Math.min(limits.maxComputeInvocationsPerWorkgroup, limits.maxComputeWorkgroupSizeX);
+  const side = (which: 'q' | 'k') => {
+    const ownTile = tileFor(which === 'q' ? problem.qTile : problem.kvTile, rank);
+    const otherTile = tileFor(which === 'q' ? problem.kvTile : problem.qTile, rank);
+    const own = fitTile(ownTile, Math.min(tune.maxRows, maxThreads));
+    for (let cap = tune.maxKeys; cap >= 1; cap = Math.floor(cap / 2)) {
+      const other = fitTile(otherTile, cap);
+      const spec: BackwardSpec = {
+        side: which,
+        dim: problem.dim,
+        dimV: problem.dimV,
+        wq: problem.dim % 4 === 0 ? 4 : 1,
+        wv: problem.dimV % 4 === 0 ? 4 : 1,
+        rows: prod(own),
+        keys: prod(other),
+        softcap: problem.softcap > 0,
+        bias: problem.bias !== undefined,
+        rpb: problem.rpb !== undefined,
+        rope: problem.rope !== undefined,
+        hookGrad: which === 'q' ? hookGrad : 'none',
+        perQueryHead: which === 'k' && problem.heads !== problem.kvHeads,
+      };
+      if (backwardWorkgroupBytes(spec) <= limits.maxComputeWorkgroupStorageSize)
+        return { spec, problem: which === 'q' ? { ...problem, qTile: own, kvTile: other } : { ...problem, qTile: other, kvTile: own } };
+    }
+    throw new TilewiseError('dim', 'head dims are too large for this device’s workgroup memory (backward)', `${problem.dim}+${problem.dimV} with ${limits.maxComputeWorkgroupStorageSize} bytes`);
+  };
+  return { q: side('q'), k: side('k') };
+}
+
+/** A bias expanded to [batch, heads, Nq, Nk] (dbias is written per (batch, head), then summed over the broadcast axes). */
+function expandBias(problem: AttnProblem): AttnProblem {
+  const b = problem.bias!;
+  const B = problem.seqs.length;
+  const H = problem.heads;
+  if (b.batch === B && b.heads === H) return problem;
+  const s0 = problem.seqs[0]!;
+  const n = prod(s0.qGrid) * prod(s0.kGrid);
+  const data = new Float32Array(B * H * n);
+  for (let bi = 0; bi < B; bi++)
+    for (let h = 0; h < H; h++) data.set(b.data.subarray(((b.batch === 1 ? 0 : bi) * b.heads + (b.heads === 1 ? 0 : h)) * n, ((b.batch === 1 ? 0 : bi) * b.heads + (b.heads === 1 ? 0 : h) + 1) * n), (bi * H + h) * n);
+  return { ...problem, bias: { data, batch: B, heads: H } };
+}
+
+const align = (words: number, to: number): number => Math.ceil(words / to) * to;
+
+/**
+ * Gradients on GPU tensors (f32): q, k, v, the forward's out and lse, and dOut in; dq [qRows, H, D],
+ * dk [kRows, Hk, D], dv [kRows, Hk, Dv], drpb [H, vol] with rpb, dbias (the bias's shape) when asked.
+ * Nothing is read back.
+ */
+export function runWebGPUBackwardTensors(problem: AttnProblem, t: { q: GpuTensor; k: GpuTensor; v: GpuTensor; out: GpuTensor; lse: GpuTensor; dout: GpuTensor }, opts: BackwardGpuOptions = {}): Promise<GpuGrads> {
+  return withDevice((ctx) => backwardKernel(ctx, problem, t, opts));
+}
+
+/** The same on host arrays: uploads, runs, reads the gradients back. */
+export async function runWebGPUBackward(
+  problem: AttnProblem,
+  t: { q: Float32Array; k: Float32Array; v: Float32Array; out: Float32Array; lse: Float32Array; dout: Float32Array },
+  opts: BackwardGpuOptions = {},
+): Promise<{ dq: Float32Array; dk: Float32Array; dv: Float32Array; drpb?: Float32Array; dbias?: Float32Array }> {
+  const { heads: H, kvHeads: Hk, dim: D, dimV: DV, qRows, kRows } = problem;
+  let names: string[] = [];
+  const res = await onHostArrays(
+    [
+      { name: 'q', data: t.q, shape: [qRows, H, D] },
+      { name: 'k', data: t.k, shape: [kRows, Hk, D] },
+      { name: 'v', data: t.v, shape: [kRows, Hk, DV] },
+      { name: 'out', data: t.out, shape: [qRows, H, DV] },
+      { name: 'lse', data: t.lse, shape: [qRows, H] },
+      { name: 'dOut', data: t.dout, shape: [qRows, H, DV] },
+    ],
+    async (ctx, [q, k, v, out, lse, dout]) => {
+      const g = await backwardKernel(ctx, problem, { q: q!, k: k!, v: v!, out: out!, lse: lse!, dout: dout! }, opts);
+      names = Object.keys(g);
+      return Object.values(g);
+    },
+  );
+  return Object.fromEntries(names.map((n, i) => [n, res[i]!])) as { dq: Float32Array; dk: Float32Array; dv: Float32Array };
+}
+
+async function backwardKernel(ctx: GpuContext, problem0: AttnProblem, t: { q: GpuTensor; k: GpuTensor; v: GpuTensor; out: GpuTensor; lse: GpuTensor; dout: GpuTensor }, opts: BackwardGpuOptions): Promise<GpuGrads> {
+  const { device, limits } = ctx;
+  for (const [n, x] of Object.entries(t)) check(dtypeOf(x) === 'f32', n === 'dout' ? 'dOut' : n, 'must hold f32 elements (the WebGPU backward is f32)', dtypeOf(x));
+  check(problem0.rope?.positions !== 'selected', 'ropePositions', "'selected' (LongHeads) has no backward");
+  const dbias = opts.dbias === true && problem0.bias !== undefined;
+  const problem = dbias ? expandBias(problem0) : problem0;
+  const { heads: H, kvHeads: Hk, dim: D, dimV: DV, qRows, kRows } = problem;
+  const rpb = problem.rpb ? rpbLayout(problem.rpb.kernel) : undefined;
+  const hookGrad: BackwardSpec['hookGrad'] = rpb ? 'rpb' : dbias ? 'bias' : 'none';
+  const biasLen = problem.bias?.data.length ?? 0;
+  const auxLen = biasLen + (problem.rpb?.data.length ?? 0) + (problem.rope?.table.length ?? 0);
+  const temps: [string, number][] = [
+    ['stats', qRows * H * 8],
+    ...(Hk !== H ? ([['dK per query head', kRows * H * D * 4]] as [string, number][]) : []),
+    ...(rpb ? ([['drpb row partials', qRows * H * rpb.volume * 4]] as [string, number][]) : []),
+    ...(dbias ? ([['dbias per (batch, head)', biasLen * 4]] as [string, number][]) : []),
+  ];
+  const fit = bindingsFit(temps, limits);
+  if (fit !== true) throw new TilewiseError('webgpu', 'cannot run this backward on this device', fit);
+  const plan = planBackward(problem, limits, undefined, hookGrad);
+  const maxWords = Math.floor(Math.min(limits.maxStorageBufferBindingSize, limits.maxBufferSize) / 4);
+  const lin = rpb ? { lin: rpb.strides } : {};
+  const qSched = buildGpuSchedule(plan.q.problem, new ItemSpace(plan.q.problem), { ...lin, maxWords });
+  const kSched = buildGpuSchedule(plan.k.problem, new ItemSpace(plan.k.problem, 'k'), { ...lin, maxWords, transposed: true });
+  // one u32 buffer: q schedule | k schedule (at a 256-byte boundary) | aux (bias | rpb | RoPE cos, sin)
+  const kAt = align(qSched.data.length, 64);
+  const auxAt = align(kAt + kSched.data.length, 64);
+  const meta = new Uint32Array(auxAt + auxLen);
+  meta.set(qSched.data);
+  meta.set(kSched.data, kAt);
+  const auxF = new Float32Array(meta.buffer, auxAt * 4, auxLen);
+  if (problem.bias) auxF.set(problem.bias.data);
+  if (problem.rpb) auxF.set(problem.rpb.data, biasLen);
+  if (problem.rope) auxF.set(problem.rope.table, biasLen + (problem.rpb?.data.length ?? 0));
+  const metaFit = bindingsFit([['the backward schedules and aux table', meta.byteLength]], limits);
+  if (metaFit !== true) throw new TilewiseError('webgpu', 'cannot run this backward on this device', metaFit);
+
+  const [qPipe, kPipe, statsPipe, reducePipe] = await Promise.all([
+    getPipeline(device, backwardProgram, plan.q.spec),
+    getPipeline(device, backwardProgram, plan.k.spec),
+    getPipeline(device, statsProgram, { dimV: DV, wv: plan.q.spec.wv }),
+    getPipeline(device, reduceProgram, {}),
+  ]);
+  const outputs: OutputSpec[] = [
+    { name: 'dq', shape: [qRows, H, D], empty: 0 },
+    { name: 'dk', shape: [kRows, Hk, D], empty: 0 },
+    { name: 'dv', shape: [kRows, Hk, DV], empty: 0 },
+    ...(rpb ? [{ name: 'drpb', shape: [H * rpb.volume], empty: 0 }] : []),
+    ...(dbias ? [{ name: 'dbias', shape: [problem0.bias!.data.length], empty: 0 }] : []),
+  ];
+  const inputs = {
+    q: bindingOf(t.q, qRows * H * D, 'q'),
+    k: bindingOf(t.k, kRows * Hk * D, 'k'),
+    v: bindingOf(t.v, kRows * Hk * DV, 'v'),
+    out: bindingOf(t.out, qRows * H * DV, 'out'),
+    lse: bindingOf(t.lse, qRows * H, 'lse'),
+    dout: bindingOf(t.dout, qRows * H * DV, 'dOut'),
+  };
+  const s0 = problem.seqs[0];
+  const nSeq = s0 ? prod(s0.qGrid) * prod(s0.kGrid) : 0;
+  const res = await launch(ctx, 'backward', outputs, opts.poison ?? false, (outs, own) => {
+    const [dq, dk, dv] = outs as [GPUBufferBinding, GPUBufferBinding, GPUBufferBinding];
+    const temp = (words: number, name: string): GPUBufferBinding => {
+      const size = Math.max(4, words * 4);
+      return { buffer: own(createBuffer(device, size, BufferUsage.STORAGE, `tilewise ${name}`)), offset: 0, size };
+    };
+    const metaBuf = own(createBuffer(device, meta.byteLength, BufferUsage.STORAGE | BufferUsage.COPY_DST, 'tilewise backward schedules'));
+    writeData(device, metaBuf, 0, meta);
+    const stats = temp(qRows * H * 2, 'backward stats');
+    const launches: Launch[] = [];
+    const sg = threadGrid(qRows * H, STATS_THREADS, limits, 'lse');
+    launches.push({ pipeline: statsPipe, entries: [own(uniformBuffer(device, STATS_UNIFORMS.pack({ count: qRows * H, groupsX: sg[0] }))), inputs.out, inputs.dout, inputs.lse, stats], groups: sg });
+    const common = {
+      heads: H,
+      kvHeads: Hk,
+      group: H / Hk,
+      scale: problem.scale,
+      softcap: problem.softcap,
+      rpbOff: biasLen,
+      rpbVol: rpb?.volume ?? 0,
+      rpbConst: rpb?.base ?? 0,
+      ropeOff: biasLen + (problem.rpb?.data.length ?? 0),
+      ropeHalf: problem.rope ? problem.rope.dims / 2 : 0,
+      ropeSin: problem.rope ? problem.rope.maxPos * (problem.rope.dims / 2) : 0,
+      ropeMax: problem.rope?.maxPos ?? 0,
+    };
+    const pass = (pipe: typeof qPipe, items: number, at: number, outsOf: (GPUBufferBinding | GPUBuffer)[]) => {
+      const groups = gridFor(items, limits, 'q');
+      const params = BACKWARD_UNIFORMS.pack({ ...common, total: items, itemsX: groups[0], auxOff: auxAt - at });
+      const sched = { buffer: metaBuf, offset: at * 4, size: (meta.length - at) * 4 };
+      launches.push({ pipeline: pipe, entries: [own(uniformBuffer(device, params)), inputs.q, inputs.k, inputs.v, inputs.dout, stats, sched, ...outsOf], groups });
+    };
+    const reduce = (src: GPUBufferBinding, dst: GPUBufferBinding, u: { count: number; M: number; N: number; J: number; sA: number; sM: number; sJ: number }) => {
+      const g = threadGrid(u.count, STATS_THREADS, limits, 'dst');
+      launches.push({ pipeline: reducePipe, entries: [own(uniformBuffer(device, REDUCE_UNIFORMS.pack({ ...u, groupsX: g[0] }))), src, dst], groups: g });
+    };
+    // dQ (and the hook gradient's partials)
+    const hg = rpb ? temp(qRows * H * rpb.volume, 'drpb partials') : dbias ? temp(biasLen, 'dbias per head') : undefined;
+    pass(qPipe, qSched.items, 0, [dq, ...(hg ? [hg] : [])]);
+    // dK, dV: straight into the outputs, or per query head and summed over each group
+    const G = H / Hk;
+    if (G === 1) pass(kPipe, kSched.items, kAt, [dk, dv]);
+    else {
+      const dkh = temp(kRows * H * D, 'dK per query head');
+      const dvh = temp(kRows * H * DV, 'dV per query head');
+      pass(kPipe, kSched.items, kAt, [dkh, dvh]);
+      reduce(dkh, dk, { count: kRows * Hk * D, M: Hk, N: D, J: G, sA: H * D, sM: G * D, sJ: D });
+      reduce(dvh, dv, { count: kRows * Hk * DV, M: Hk, N: DV, J: G, sA: H * DV, sM: G * DV, sJ: DV });
+    }
+    if (rpb && hg) reduce(hg, outs[3]!, { count: H * rpb.volume, M: H, N: rpb.volume, J: qRows, sA: 0, sM: rpb.volume, sJ: H * rpb.volume });
+    if (dbias && hg) {
+      // dbias per (batch, head) [B, H, n] summed over the bias's broadcast axes
+      const b = problem0.bias!;
+      const B = problem.seqs.length;
+      const dst = outs[outs.length - 1]!;
+      const u =
+        b.batch === 1 && b.heads === 1
+          ? { M: 1, N: nSeq, J: B * H, sA: 0, sM: 0, sJ: nSeq }
+          : b.heads === 1
+            ? { M: 1, N: nSeq, J: H, sA: H * nSeq, sM: 0, sJ: nSeq }
+            : b.batch === 1
+              ? { M: H, N: nSeq, J: B, sA: 0, sM: nSeq, sJ: H * nSeq }
+              : { M: 1, N: nSeq, J: 1, sA: nSeq, sM: 0, sJ: 0 };
+      reduce(hg, dst, { count: b.data.length, ...u });
+    }
+    return launches;
+  });
+  const [dq, dk, dv] = res as [GpuTensor, GpuTensor, GpuTensor];
+  return { dq, dk, dv, ...(rpb ? { drpb: res[3]! } : {}), ...(dbias ? { dbias: res[res.length - 1]! } : {}) };
+}

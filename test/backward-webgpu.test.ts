@@ -1,0 +1,191 @@
+/**
+ * The WebGPU backward (src/webgpu/backward.ts) against the float64 reference backward on random
+ * configurations of every pattern and option, poisoned gradients (an element no kernel writes is
+ * NaN and fails), GPU tensors in and out, determinism and bad input. Skipped, with the reason,
+ * where no WebGPU adapter exists (CI installs lavapipe, so it runs there).
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  TilewiseError,
+  attention,
+  attentionBackward,
+  blockSparseAttention,
+  blockSparseAttentionBackward,
+  neighborhoodAttention,
+  neighborhoodAttentionBackward,
+  patterns,
+  type AttentionOptions,
+  type Grads,
+  type NeighborhoodOptions,
+  type Tensor,
+} from '../src/index.js';
+import { planAttention, planNA } from '../src/api.js';
+import { referenceBackward } from '../src/reference-backward.js';
+import { webgpuAvailable } from '../src/webgpu/device.js';
+import { type GpuTensor, fromGpu, releaseTensor, runWebGPUBackward, setBackwardTuning, toGpu } from '../src/webgpu/index.js';
+import { Failures, Rng, describe, randTensor, randomAttention, randomNA, relErr, sameBytes, snapshot } from './helpers.js';
+
+const available = await webgpuAvailable();
+const skip: string | false = available === true ? false : `no WebGPU device: ${available}`;
+const TOL = 1e-4;
+
+/** relErr under TOL, no NaN, for every gradient the reference has (exact zeros: round-off only). */
+function compare(g: Record<string, Float32Array | undefined>, ref: ReturnType<typeof referenceBackward>, withBias: boolean): string | null {
+  let scale = 1;
+  for (const r of [ref.dq, ref.dk, ref.dv]) for (const x of r) scale = Math.max(scale, Math.abs(x));
+  const want: Record<string, Float64Array | undefined> = { dq: ref.dq, dk: ref.dk, dv: ref.dv, drpb: ref.drpb, dbias: withBias ? ref.dbias : undefined };
+  for (const [n, w] of Object.entries(want)) {
+    if (!w) continue;
+    const got = g[n];
+    if (!got) return `${n} missing`;
+    if (got.length !== w.length) return `${n} length ${got.length} != ${w.length}`;
+    const zero = w.every((x) => x === 0);
+    const e = relErr(got, w);
+    if (zero ? !got.every((x) => Math.abs(x) <= 1e-5 * scale) : !(e < TOL)) return `${n} relErr ${e}`;
+  }
+  return null;
+}
+
+const hostGrads = (g: Grads): Record<string, Float32Array | undefined> => ({ dq: g.dq.data, dk: g.dk.data, dv: g.dv.data, drpb: g.drpb?.data, dbias: g.dbias?.data });
+
+test('WebGPU backward: random attention configurations against the float64 reference (GQA, Dv != D, causal, windows, masks, softcap, bias, RoPE)', { skip }, async () => {
+  const f = new Failures();
+  const rng = new Rng(171);
+  for (let i = 0; i < 16; i++) {
+    const c = randomAttention(rng, 90);
+    await f.run(`#${i} ${c.name}`, async () => {
+      const fw = await attention(c.q, c.k, c.v, c.opts);
+      const dOut = randTensor(rng, fw.out.shape);
+      const problem = planAttention(c.q, c.k, c.v, c.opts).problem;
+      // the kernel entry with poisoned gradients: an element no pass writes stays NaN
+      const g = await runWebGPUBackward(problem, { q: c.q.data, k: c.k.data, v: c.v.data, out: fw.out.data, lse: fw.lse.data, dout: dOut.data }, { poison: true, dbias: c.opts.bias !== undefined });
+      const msg = compare(g, referenceBackward(problem, { q: c.q.data, k: c.k.data, v: c.v.data }, dOut.data), c.opts.bias !== undefined);
+      if (msg) throw new Error(msg);
+    });
+  }
+  f.done('WebGPU attention backward');
+});
+
+test('WebGPU backward: random 1-3-D neighborhoods (dilation, stride, causal axes, even kernels, rpb, softcap, GQA)', { skip }, async () => {
+  const f = new Failures();
+  const rng = new Rng(238);
+  for (let i = 0; i < 14; i++) {
+    const c = randomNA(rng, rng.int(1, 3));
+    const H = rng.pick([1, 2, 4]);
+    const Hk = rng.pick([1, H]);
+    const D = rng.int(1, 24);
+    const B = rng.int(1, 2);
+    const opts: NeighborhoodOptions = { kernelSize: c.kernel, dilation: c.dilation, stride: c.stride, isCausal: c.causal, backend: 'webgpu' };
+    if (rng.bool(0.4) && c.causal.every((x) => !x)) opts.rpb = randTensor(rng, [H, ...c.kernel.map((x) => 2 * x - 1)]);
+    if (rng.bool(0.25)) opts.softcap = 5;
+    const q = randTensor(rng, [B, ...c.grid, H, D]);
+    const k = randTensor(rng, [B, ...c.grid, Hk, D]);
+    const v = randTensor(rng, [B, ...c.grid, Hk, D]);
+    await f.run(`#${i} ${describe({ B, grid: c.grid, H, Hk, D, ...opts, rpb: opts.rpb?.shape })}`, async () => {
+      const fw = await neighborhoodAttention(q, k, v, { ...opts, backend: 'cpu' });
+      const dOut = randTensor(rng, fw.out.shape);
+      const g = await neighborhoodAttentionBackward(q, k, v, fw.out, fw.lse, dOut, opts);
+      const msg = compare(hostGrads(g), referenceBackward(planNA(q, k, v, opts).problem, { q: q.data, k: k.data, v: v.data }, dOut.data), false);
+      if (msg) throw new Error(msg);
+    });
+  }
+  f.done('WebGPU neighborhood backward');
+});
+
+test('WebGPU backward: varlen packs, block-sparse masks, rows with no key (zero gradients), small tiles', { skip }, async () => {
+  const rng = new Rng(505);
+  const f = new Failures();
+  for (let i = 0; i < 4; i++) {
+    const lens = Array.from({ length: rng.int(1, 4) }, () => rng.int(0, 50));
+    const cu = new Int32Array([0, ...lens.map((_, j) => lens.slice(0, j + 1).reduce((a, b) => a + b, 0))]);
+    const n = cu[cu.length - 1]!;
+    if (n === 0) continue;
+    const [q, k, v] = [0, 1, 2].map(() => randTensor(rng, [1, n, 2, 16])) as [Tensor, Tensor, Tensor];
+    const opts: AttentionOptions = { cuSeqlensQ: cu, cuSeqlensK: cu, causal: rng.bool(), ...(rng.bool() ? { window: [8, 0] as const } : {}) };
+    await f.run(`varlen #${i} ${describe({ cu, ...opts })}`, async () => {
+      const fw = await attention(q, k, v, opts);
+      const dOut = randTensor(rng, fw.out.shape);
+      const g = await attentionBackward(q, k, v, fw.out, fw.lse, dOut, { ...opts, backend: 'webgpu' });
+      const msg = compare(hostGrads(g), referenceBackward(planAttention(q, k, v, opts).problem, { q: q.data, k: k.data, v: v.data }, dOut.data), false);
+      if (msg) throw new Error(msg);
+    });
+  }
+  for (let i = 0; i < 3; i++) {
+    const n = rng.int(16, 100);
+    const bs = rng.pick([8, 16]);
+    const nb = Math.ceil(n / bs);
+    const mask = Array.from({ length: 2 * nb * nb }, () => (rng.bool(0.4) ? 1 : 0));
+    const [q, k, v] = [0, 1, 2].map(() => randTensor(rng, [1, n, 2, 12])) as [Tensor, Tensor, Tensor];
+    const opts = { blockMask: { data: mask, shape: [2, nb, nb] }, blockSize: bs };
+    await f.run(`block-sparse #${i} n=${n} bs=${bs}`, async () => {
+      const fw = await blockSparseAttention(q, k, v, opts);
+      const dOut = randTensor(rng, fw.out.shape);
+      const g = await blockSparseAttentionBackward(q, k, v, fw.out, fw.lse, dOut, { ...opts, backend: 'webgpu' });
+      const { problem } = planAttention(q, k, v, { pattern: { kind: 'blockSparse', blockQ: bs, blockK: bs, mask: Uint8Array.from(mask), maskHeads: 2, numQBlocks: nb, numKBlocks: nb } });
+      const msg = compare(hostGrads(g), referenceBackward(problem, { q: q.data, k: k.data, v: v.data }, dOut.data), false);
+      if (msg) throw new Error(msg);
+    });
+  }
+  await f.run('empty rows, tiles of 5 x 3', async () => {
+    const [q, k, v] = [0, 1, 2].map(() => randTensor(rng, [1, 70, 2, 8])) as [Tensor, Tensor, Tensor];
+    const opts: AttentionOptions = { pattern: patterns.maskFn((_b, _h, qi, kj) => qi >= 10 && (qi + kj) % 3 !== 0) };
+    const fw = await attention(q, k, v, opts);
+    const dOut = randTensor(rng, fw.out.shape);
+    setBackwardTuning({ maxRows: 5, maxKeys: 3 });
+    try {
+      const g = await attentionBackward(q, k, v, fw.out, fw.lse, dOut, { ...opts, backend: 'webgpu' });
+      for (let x = 0; x < 10 * 2 * 8; x++) assert.equal(g.dq.data[x], 0, 'dq of an empty row');
+      const msg = compare(hostGrads(g), referenceBackward(planAttention(q, k, v, opts).problem, { q: q.data, k: k.data, v: v.data }, dOut.data), false);
+      if (msg) throw new Error(msg);
+    } finally {
+      setBackwardTuning(undefined);
+    }
+  });
+  f.done('WebGPU varlen / block-sparse / empty-row backward');
+});
+
+test('WebGPU backward: GPU tensors in and out (results stay on the device), equal to the CPU backward, bit for bit across runs', { skip }, async () => {
+  const rng = new Rng(66);
+  const [B, N, H, Hk, D] = [2, 48, 4, 2, 16];
+  const q = randTensor(rng, [B, N, H, D]);
+  const k = randTensor(rng, [B, N, Hk, D]);
+  const v = randTensor(rng, [B, N, Hk, D]);
+  const opts: AttentionOptions = { causal: true, softcap: 20 };
+  const fw = await attention(q, k, v, opts);
+  const dOut = randTensor(rng, fw.out.shape);
+  const cpu = await attentionBackward(q, k, v, fw.out, fw.lse, dOut, opts);
+  const up = async (t: Tensor) => ({ ...(await toGpu(t.data, t.shape)), shape: [...t.shape] });
+  const ins = await Promise.all([q, k, v, fw.out, fw.lse, dOut].map(up));
+  const [gq, gk, gv, go, gl, gd] = ins as unknown as [GpuTensor, GpuTensor, GpuTensor, GpuTensor, GpuTensor, GpuTensor];
+  const runs: Float32Array[][] = [];
+  for (let r = 0; r < 2; r++) {
+    const g = await attentionBackward(gq as unknown as Tensor, gk as unknown as Tensor, gv as unknown as Tensor, go as unknown as Tensor, gl as unknown as Tensor, gd as unknown as Tensor, { ...opts, backend: 'webgpu' });
+    const ts = [g.dq, g.dk, g.dv] as unknown as GpuTensor[];
+    for (const [t, want] of ts.map((t, i) => [t, [q, k, v][i]!.shape] as const)) assert.deepEqual(t.shape, want, 'gradient shapes follow q, k, v');
+    runs.push(await Promise.all(ts.map((t) => fromGpu(t))));
+    ts.forEach(releaseTensor);
+  }
+  ins.forEach(releaseTensor);
+  ['dq', 'dk', 'dv'].forEach((n, i) => {
+    const want = [cpu.dq, cpu.dk, cpu.dv][i]!.data;
+    assert.ok(relErr(runs[0]![i]!, Float64Array.from(want)) < TOL, `${n} against the CPU backward`);
+    assert.ok(sameBytes(runs[0]![i]!, snapshot(runs[1]![i]!)), `${n} differs between two runs`);
+  });
+});
+
+test('WebGPU backward: bad input is a TilewiseError naming the argument', { skip }, async () => {
+  const rng = new Rng(4);
+  const q = randTensor(rng, [1, 8, 2, 4]);
+  const fw = await attention(q, q, q);
+  const dOut = randTensor(rng, fw.out.shape);
+  const gq = { ...(await toGpu(q.data, q.shape)), shape: [...q.shape] } as unknown as Tensor;
+  const bad: [string, () => Promise<unknown>][] = [
+    // GPU q with host out: all six on one side
+    ['k', () => attentionBackward(gq, q, q, fw.out, fw.lse, dOut, { backend: 'webgpu' })],
+    ['backend', () => attentionBackward(gq, gq, gq, gq, gq, gq, { backend: 'cpu' })],
+    ['dOut', () => attentionBackward(q, q, q, fw.out, fw.lse, randTensor(rng, [1, 8, 2, 5]), { backend: 'webgpu' })],
+  ];
+  for (const [arg, call] of bad) await assert.rejects(call, (e: unknown) => e instanceof TilewiseError && e.arg === arg, `expected a TilewiseError on '${arg}'`);
+  releaseTensor(gq as unknown as GpuTensor);
+});
