@@ -11,7 +11,12 @@
  * Every kernel of ours is checked against the float64 reference on sampled rows (relErr).
  * Prints TFLOP/s tables and ratios, writes everything to <out>/gpu-bench.json.
  *
- * Usage: node dist/bench/gpu.js [--out DIR] [--repeat N] [--python python3] [--smoke]
+ * --backward adds forward+backward (issue 11): our fused forward and the WebGPU backward on GPU
+ * tensors against PyTorch SDPA forward+backward (dense, causal) and FlexAttention forward+backward
+ * with NA block masks (2-D 128x128 k=13 H=16, 3-D 32^3 k=7 H=8, D 64), after checking the backward
+ * against the float64 reference on small problems of each kind on the same device.
+ *
+ * Usage: node dist/bench/gpu.js [--out DIR] [--repeat N] [--python python3] [--smoke] [--backward]
  *   --smoke: tiny sizes, any adapter (lavapipe here), python skipped when torch is absent; it checks
  *   that the script works, its numbers mean nothing.
  */
@@ -25,8 +30,9 @@ import { allowedPairs, median } from '../src/cli/profile.js';
 import { compilePattern } from '../src/patterns/compile.js';
 import type { AttnProblem } from '../src/problem.js';
 import { referenceAttention } from '../src/reference.js';
+import { referenceBackward } from '../src/reference-backward.js';
 import { randn, rng } from '../src/tensor.js';
-import { GpuTimer, type GpuTensor, fromGpu, getContext, releaseTensor, runWebGPUFusedTensors, runWebGPUNaiveTensors, setFusedTuning, toGpu } from '../src/webgpu/index.js';
+import { GpuTimer, type GpuTensor, fromGpu, getContext, releaseTensor, runWebGPUBackward, runWebGPUBackwardTensors, runWebGPUFused, runWebGPUFusedTensors, runWebGPUNaiveTensors, setFusedTuning, toGpu } from '../src/webgpu/index.js';
 
 const { values: opt } = parseArgs({
   options: {
@@ -34,6 +40,7 @@ const { values: opt } = parseArgs({
     repeat: { type: 'string' },
     python: { type: 'string', default: 'python3' },
     smoke: { type: 'boolean', default: false },
+    backward: { type: 'boolean', default: false },
   },
 });
 const smoke = opt.smoke!;
@@ -146,12 +153,121 @@ for (const K of SIZES.naKernels) {
   naOurs.push({ kernel: K, pairs, fused, permuted, naive });
   console.error(`ours NA k=${K}: fused ${fused.ms.toFixed(2)} ms, permuted ${permuted.ms.toFixed(2)} ms, naive ${naive.ms.toFixed(2)} ms`);
 }
+
+// ---- forward + backward (--backward) ------------------------------------------------------------
+interface BwdCase {
+  name: string;
+  kind: 'dense' | 'na';
+  problem: AttnProblem;
+  pairs: number;
+  spec: Record<string, unknown>;
+}
+interface BwdOurs {
+  fwdMs: number;
+  bwdMs: number;
+  bwdWallMs: number;
+  timing: 'gpu-ts' | 'wall-gpu';
+}
+const BWD = smoke
+  ? { dense: { B: 1, N: 256, H: 2, D: 32 }, na: [{ grid: [16, 16], heads: 2, dim: 16, kernel: 5 }, { grid: [6, 6, 6], heads: 2, dim: 16, kernel: 3 }] }
+  : { dense: { B: 4, N: 4096, H: 32, D: 64 }, na: [{ grid: [128, 128], heads: 16, dim: 64, kernel: 13 }, { grid: [32, 32, 32], heads: 8, dim: 64, kernel: 7 }] };
+const bwdCases: BwdCase[] = [];
+const bwdChecks: { name: string; relErr: number }[] = [];
+const bwdOurs: (BwdOurs & { name: string })[] = [];
+if (opt.backward) {
+  const shaped = (shape: number[], seed: number) => randn(shape, seed);
+  // 1. the backward against float64 on small problems of each kind, on this device
+  const small: [string, () => { problem: AttnProblem; q: Float32Array; k: Float32Array; v: Float32Array }][] = [
+    ['causal N=200 H=4 D=64', () => {
+      const [q, k, v] = [1, 2, 3].map((i) => shaped([1, 200, 4, 64], i));
+      return { problem: planAttention(q!, k!, v!, { causal: true }).problem, q: q!.data, k: k!.data, v: v!.data };
+    }],
+    ['2-D NA 20x20 k=7 H=2 D=64', () => {
+      const [q, k, v] = [1, 2, 3].map((i) => shaped([1, 20, 20, 2, 64], i));
+      return { problem: planNA(q!, k!, v!, { kernelSize: 7 }).problem, q: q!.data, k: k!.data, v: v!.data };
+    }],
+    ['3-D NA 8x8x8 k=3 H=2 D=64', () => {
+      const [q, k, v] = [1, 2, 3].map((i) => shaped([1, 8, 8, 8, 2, 64], i));
+      return { problem: planNA(q!, k!, v!, { kernelSize: 3 }).problem, q: q!.data, k: k!.data, v: v!.data };
+    }],
+  ];
+  for (const [name, make] of small) {
+    const { problem, q, k, v } = make();
+    const f = await runWebGPUFused(problem, q, k, v);
+    const dout = randn([f.out.length], 9).data;
+    const g = await runWebGPUBackward(problem, { q, k, v, out: f.out, lse: f.lse, dout }, { poison: true });
+    const ref = referenceBackward(problem, { q, k, v }, dout);
+    let num = 0;
+    let den = 0;
+    for (const [a, b] of [[g.dq, ref.dq], [g.dk, ref.dk], [g.dv, ref.dv]] as const)
+      for (let i = 0; i < a.length; i++) {
+        num += (a[i]! - b[i]!) ** 2;
+        den += b[i]! ** 2;
+      }
+    bwdChecks.push({ name, relErr: Math.sqrt(num / (den || 1)) });
+    console.error(`backward check ${name}: relErr ${Math.sqrt(num / (den || 1)).toExponential(1)}`);
+  }
+  // 2. the timed cases
+  const { B, N, H, D } = BWD.dense;
+  for (const causal of [false, true]) {
+    const shape = [B, N, H, D];
+    const { problem } = planAttention(hostView(host.q, shape), hostView(host.k, shape), hostView(host.v, shape), { causal });
+    bwdCases.push({ name: `${causal ? 'causal' : 'dense'} B=${B} N=${N} H=${H} D=${D}`, kind: 'dense', problem, pairs: B * H * (causal ? (N * (N + 1)) / 2 : N * N), spec: { B, N, H, D, causal } });
+  }
+  for (const c of BWD.na) {
+    const shape = [1, ...c.grid, c.heads, c.dim];
+    const { problem } = planNA(hostView(host.q, shape), hostView(host.k, shape), hostView(host.v, shape), { kernelSize: c.kernel });
+    const cp = compilePattern(problem.pattern, { qGrid: problem.seqs[0]!.qGrid, kGrid: problem.seqs[0]!.kGrid, heads: problem.heads });
+    bwdCases.push({ name: `${c.grid.length}-D NA ${c.grid.join('x')} k=${c.kernel} H=${c.heads} D=${c.dim}`, kind: 'na', problem, pairs: allowedPairs(cp) * c.heads, spec: c });
+  }
+  for (const c of bwdCases) {
+    const p = c.problem;
+    const view = (t: GpuTensor, shape: number[]): GpuTensor => ({ ...t, shape });
+    const io = { q: view(gpu.q, [p.qRows, p.heads, p.dim]), k: view(gpu.k, [p.kRows, p.kvHeads, p.dim]), v: view(gpu.v, [p.kRows, p.kvHeads, p.dimV]) };
+    const dest = { out: view(out, [p.qRows, p.heads, p.dimV]), lse: view(lse, [p.qRows, p.heads]) };
+    const dout = await toGpu(randn([p.qRows * p.heads * p.dimV], 21).data, [p.qRows, p.heads, p.dimV]);
+    const t = { ...io, ...dest, dout };
+    await runWebGPUFusedTensors(p, io.q, io.k, io.v, dest);
+    const bwd = async (timed: boolean): Promise<[number, number]> => {
+      const s = performance.now();
+      const g = await runWebGPUBackwardTensors(p, t, timed && timer ? { timer } : {});
+      await ctx.device.queue.onSubmittedWorkDone();
+      const wall = performance.now() - s;
+      const ts = timed && timer ? await timer.read() : wall;
+      for (const x of Object.values(g)) releaseTensor(x);
+      return [ts, wall];
+    };
+    await bwd(false);
+    const fw: number[] = [];
+    const bw: number[] = [];
+    const bwWall: number[] = [];
+    for (let i = 0; i < repeat; i++) {
+      if (timer) {
+        await runWebGPUFusedTensors(p, io.q, io.k, io.v, { ...dest, timer });
+        fw.push(await timer.read());
+      } else {
+        const s = performance.now();
+        await runWebGPUFusedTensors(p, io.q, io.k, io.v, dest);
+        await ctx.device.queue.onSubmittedWorkDone();
+        fw.push(performance.now() - s);
+      }
+      const [a, b] = await bwd(true);
+      bw.push(a);
+      bwWall.push(b);
+    }
+    releaseTensor(dout);
+    const r = { name: c.name, fwdMs: median(fw), bwdMs: median(bw), bwdWallMs: median(bwWall), timing: timer ? ('gpu-ts' as const) : ('wall-gpu' as const) };
+    bwdOurs.push(r);
+    console.error(`ours ${c.name}: forward ${r.fwdMs.toFixed(2)} ms, backward ${r.bwdMs.toFixed(2)} ms (wall with schedule build ${r.bwdWallMs.toFixed(2)} ms)`);
+  }
+}
+
 for (const t of [gpu.q, gpu.k, gpu.v, out, lse]) releaseTensor(t);
 timer?.destroy();
 
 // ---- PyTorch on the same GPU (child process, after our buffers are released) ------------------
 interface TorchRow {
-  kind: 'sdpa' | 'flex-na';
+  kind: 'sdpa' | 'flex-na' | 'sdpa-fwd-bwd' | 'flex-na-fwd-bwd';
   ms?: number;
   unavailable?: string;
   [k: string]: unknown;
@@ -169,6 +285,8 @@ async function runTorch(): Promise<TorchOut> {
     repeat,
     dense: denseCases,
     na: SIZES.naKernels.map((kernel) => ({ grid: SIZES.naGrid, heads: SIZES.naHeads, dim: SIZES.naDim, kernel })),
+    denseBwd: bwdCases.filter((c) => c.kind === 'dense').map((c) => c.spec),
+    naBwd: bwdCases.filter((c) => c.kind === 'na').map((c) => c.spec),
   };
   return new Promise((resolve) => {
     const child = spawn(opt.python!, [script], { stdio: ['pipe', 'pipe', 'inherit'] });
@@ -254,6 +372,32 @@ console.log(
 console.log('ratios are time ratios (>1: ours fused is faster), except ours/SDPA, a TFLOP/s ratio (>1: ours is faster).');
 for (const note of new Set([...denseRows.map((x) => x.torchNote), ...naRows.map((x) => x.flexNote)].filter((x) => x))) console.log(`PyTorch rows unavailable: ${note}`);
 
+const bwdRows = bwdOurs.map((o, i) => {
+  const c = bwdCases[i]!;
+  const kind = c.kind === 'dense' ? 'sdpa-fwd-bwd' : 'flex-na-fwd-bwd';
+  // torch answers the cases of each kind in the order they were sent
+  const t = torchRows.filter((r) => r.kind === kind)[bwdCases.slice(0, i).filter((x) => x.kind === c.kind).length];
+  const theirs = t?.['allowedPairs'] as number | undefined;
+  const heads = c.problem.heads;
+  const mismatch = theirs !== undefined && theirs * heads !== c.pairs ? `Flex mask allows ${theirs} pairs per head, tilewise ${c.pairs / heads}` : undefined;
+  const both = o.fwdMs + o.bwdMs;
+  // FlashAttention's count: forward 4 D per pair, backward 2.5x that
+  const fl = (ms: number) => (3.5 * c.pairs * 4 * c.problem.dim) / (ms * 1e9);
+  return { ...o, pairs: c.pairs, torchMs: mismatch ? undefined : t?.ms, torchFwdMs: mismatch ? undefined : (t?.['fwdMs'] as number | undefined), oursTflops: fl(both), torchTflops: t?.ms && !mismatch ? fl(t.ms) : undefined, torchNote: mismatch ?? t?.unavailable ?? (t ? undefined : torch.unavailable) };
+});
+if (opt.backward) {
+  console.log('\nForward + backward, fp32 (useful TFLOP/s count the backward as 2.5 forwards; ours: GPU timestamps of the kernels, wall: the backward call with its host-built schedules)');
+  console.log(
+    table(
+      ['case', 'ours fwd ms', 'ours bwd ms', 'bwd/fwd', 'ours bwd wall ms', 'ours fwd+bwd ms', 'ours TFLOP/s', 'torch fwd+bwd ms', 'torch fwd ms', 'torch TFLOP/s', 'torch/ours'],
+      bwdRows.map((r) => [r.name, f(r.fwdMs), f(r.bwdMs), `${(r.bwdMs / r.fwdMs).toFixed(2)}x`, f(r.bwdWallMs), f(r.fwdMs + r.bwdMs), f(r.oursTflops), f(r.torchMs), f(r.torchFwdMs), f(r.torchTflops), r.torchMs ? `${(r.torchMs / (r.fwdMs + r.bwdMs)).toFixed(2)}x` : '-']),
+    ),
+  );
+  console.log('torch: SDPA for dense and causal, FlexAttention (torch.compile) with an NA block mask for neighborhoods; torch/ours > 1: ours is faster.');
+  for (const c of bwdChecks) console.log(`backward check on this device, ${c.name}: relErr ${c.relErr.toExponential(1)} against float64`);
+  for (const note of new Set(bwdRows.map((x) => x.torchNote).filter((x) => x))) console.log(`PyTorch rows unavailable: ${note}`);
+}
+
 await mkdir(opt.out!, { recursive: true });
 const file = join(opt.out!, 'gpu-bench.json');
 await writeFile(
@@ -272,6 +416,7 @@ await writeFile(
       torch: { version: torch.torch ?? null, device: torch.device ?? null, unavailable: torch.unavailable ?? null, results: torchRows },
       dense: denseRows,
       na: { grid: SIZES.naGrid, heads: SIZES.naHeads, dim: SIZES.naDim, denseFused: naDense, rows: naRows },
+      ...(opt.backward ? { backward: { checks: bwdChecks, rows: bwdRows } } : {}),
     },
     null,
     1,

@@ -4,10 +4,13 @@
 Reads a JSON spec on stdin:
   {"smoke": bool, "repeat": int,
    "dense": [{"B", "N", "H", "D", "causal"}],
-   "na": [{"grid": [X, Y], "heads", "dim", "kernel"}]}
+   "na": [{"grid": [X, Y], "heads", "dim", "kernel"}],
+   "denseBwd": [{"B", "N", "H", "D", "causal"}], "naBwd": [{"grid": [X, Y(, Z)], "heads", "dim", "kernel"}]}
 and prints one JSON object on stdout: {"torch", "device", "tf32", "results": [...]} or
 {"unavailable": reason}. Each result echoes its case with "kind" ("sdpa" | "flex-na") and "ms"
-(median over "repeat" runs after a warm-up, CUDA events) or "unavailable".
+(median over "repeat" runs after a warm-up, CUDA events) or "unavailable". The *-fwd-bwd kinds
+("sdpa-fwd-bwd", "flex-na-fwd-bwd") time a forward and its backward together ("ms") and the
+forward alone ("fwdMs").
 
 Inputs are heads-last like tilewise's, [B, N, H, D], viewed as [B, H, N, D] (no copy), float32,
 TF32 off: the comparison is fp32 against fp32. Without CUDA the script only runs with "smoke"
@@ -117,6 +120,73 @@ def main() -> int:
                 row["ms"] = timed(lambda: flex(q, k, v, block_mask=mask))
             row["maskSparsity"] = float(mask.sparsity())
             del q, k, v
+        except Exception as e:
+            row["unavailable"] = f"{type(e).__name__}: {e}"[:300]
+        out["results"].append(row)
+        release()
+
+    # forward + backward (issue 11): SDPA and Flex with gradients, timed together
+    for c in spec.get("denseBwd", []):
+        row = {**c, "kind": "sdpa-fwd-bwd"}
+        try:
+            q, k, v = [x.detach().requires_grad_(True) for x in inputs(c["B"], c["N"], c["H"], c["D"])]
+            g = torch.randn_like(q)
+
+            def step():
+                o = F.scaled_dot_product_attention(q, k, v, is_causal=c["causal"])
+                o.backward(g)
+
+            row["ms"] = timed(step)
+            with torch.no_grad():
+                row["fwdMs"] = timed(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=c["causal"]))
+            del q, k, v, g
+        except Exception as e:
+            row["unavailable"] = f"{type(e).__name__}: {e}"[:300]
+        out["results"].append(row)
+        release()
+
+    for c in spec.get("naBwd", []):
+        row = {**c, "kind": "flex-na-fwd-bwd"}
+        if flex is None:
+            row["unavailable"] = flex_missing
+            out["results"].append(row)
+            continue
+        grid, K, H, D = c["grid"], c["kernel"], c["heads"], c["dim"]
+        n = 1
+        for x in grid:
+            n *= x
+
+        def coords(i):
+            cs = []
+            for x in reversed(grid):
+                cs.append(i % x)
+                i = i // x
+            return list(reversed(cs))
+
+        # NATTEN semantics on every axis (odd kernel, dilation 1, not causal): windows shifted inward at borders
+        def na_nd(b, h, qi, ki):
+            ok = None
+            for qa, ka, L in zip(coords(qi), coords(ki), grid):
+                s0 = (qa - K // 2).clamp(0, L - K)
+                t = (ka >= s0) & (ka < s0 + K)
+                ok = t if ok is None else ok & t
+            return ok
+
+        try:
+            idx = torch.arange(n, device=dev)
+            row["allowedPairs"] = int(sum(na_nd(0, 0, idx[i : i + 512, None], idx[None, :]).sum().item() for i in range(0, n, 512)))
+            mask = create_block_mask(na_nd, None, None, n, n, device=dev)
+            q, k, v = [x.detach().requires_grad_(True) for x in inputs(1, n, H, D)]
+            g = torch.randn_like(q)
+
+            def step():
+                o = flex(q, k, v, block_mask=mask)
+                o.backward(g)
+
+            row["ms"] = timed(step)
+            with torch.no_grad():
+                row["fwdMs"] = timed(lambda: flex(q, k, v, block_mask=mask))
+            del q, k, v, g
         except Exception as e:
             row["unavailable"] = f"{type(e).__name__}: {e}"[:300]
         out["results"].append(row)

@@ -74,7 +74,7 @@ async function backward(problem: AttnProblem, q: Tensor, k: Tensor, v: Tensor, o
   const { backend } = await chooseBackend(opts.backend, problem, 'fused');
   if (backend.name === 'webgpu') {
     const gpu = await import('./webgpu/index.js');
-    const g = await gpu.runWebGPUBackward(problem, host, { dbias: wantBias });
+    const g = await gpu.runWebGPUBackward(problem, host, { dbias: wantBias, poison: true });
     return shaped(g, (data, shape) => ({ data, shape }));
   }
   const g = await runBackwardCpu(problem, host, opts, wantBias);

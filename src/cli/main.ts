@@ -15,7 +15,7 @@ const USAGE = `usage: tilewise profile [--backend cpu|webgpu|auto|cpu,webgpu] [-
                         [--tune [--tune-rounds 3]] [--tuning-file PATH]
 Without a problem flag it runs a quick suite (under a minute on 2 cores, CPU).
 A backend list profiles every case on each backend (same inputs) and prints their time ratios.
---backward also times the fused backward (CPU) and prints backward / forward.
+--backward also times the fused backward (CPU and WebGPU) and prints backward / forward.
 --tune (WebGPU) searches the fused kernel's blocking on the given problem and stores the winner for
 the adapter in the tuning file (--tuning-file, else $TILEWISE_TUNING, else ~/.cache/tilewise/tuning.json),
 which the WebGPU backend reads whenever it acquires a device.

@@ -68,8 +68,8 @@ export interface Case {
   dense: AttnProblem;
   impls: KernelImpl[];
   api(impl: KernelImpl, backend: 'cpu' | 'webgpu'): Promise<Result>;
-  /** The fused backward on the CPU for a fixed dOut (the forward it needs is run once, untimed). */
-  backward(): Promise<() => Promise<Grads>>;
+  /** The fused backward for a fixed dOut through the API (the forward it needs is run once on the CPU, untimed), and its inputs. */
+  backward(): Promise<{ call: () => Promise<Grads>; out: Tensor; lse: Tensor; dOut: Tensor }>;
   useful: number;
   denseUseful: number;
   inputs: { q: Tensor; k: Tensor; v: Tensor };
@@ -128,7 +128,7 @@ export function buildCase(a: ProfileArgs): Case {
     backward: async () => {
       const f = await run('fused', 'cpu');
       const dOut = randn(f.out.shape, 14);
-      return () => grads(f, dOut);
+      return { call: () => grads(f, dOut), out: f.out, lse: f.lse, dOut };
     },
     useful,
     denseUseful: N * N * B * H,
@@ -244,21 +244,51 @@ export async function measure(runner: () => Runner, impl: ImplName, pairs: numbe
 
 /**
  * The fused backward (FlashAttention-2 counts its work as 2.5 forwards, so useful TFLOP/s uses 2.5x
- * the forward's pairs); the WebGPU backward is not written yet, so that row is n/a there.
+ * the forward's pairs). CPU: the API call. WebGPU: the kernels on the case's GPU tensors, timed like
+ * the forward rows (GPU timestamps where the device has them and `wall` is not asked for); the
+ * host builds its two uploaded schedules inside each call, which timestamps do not see.
  */
-async function measureBackward(t: Target, c: Case, repeat: number): Promise<ProfileRow> {
+async function measureBackward(t: Target, c: Case, repeat: number, wall: boolean, io?: GpuIO): Promise<ProfileRow> {
   const row: ProfileRow = { impl: 'fused-backward', ms: null, usefulTflops: null, relErr: null, peakBytes: null, timing: 'wall' };
-  if (t.name !== 'cpu') return { ...row, unavailable: 'the backward runs on the CPU backend only so far' };
-  const call = await c.backward();
-  await call();
-  const ms = median(
-    await timeRuns(async () => {
+  const b = await c.backward();
+  let time: () => Promise<number>;
+  let done = () => {};
+  if (t.name === 'cpu') {
+    await b.call();
+    time = async () => {
       const s = performance.now();
-      await call();
+      await b.call();
       return performance.now() - s;
-    }, repeat),
-  );
-  return { ...row, ms, usefulTflops: tflops(2.5 * c.useful, c.problem, ms) };
+    };
+  } else {
+    const { gpu, ctx } = t;
+    const p = c.problem;
+    const up = (x: Tensor, shape: number[]) => gpu.toGpu(x.data, shape, ctx);
+    const extra = [await up(b.out, [p.qRows, p.heads, p.dimV]), await up(b.lse, [p.qRows, p.heads]), await up(b.dOut, [p.qRows, p.heads, p.dimV])];
+    const ts = { q: io!.q, k: io!.k, v: io!.v, out: extra[0]!, lse: extra[1]!, dout: extra[2]! };
+    const timer = !wall && gpu.GpuTimer.supported(ctx) ? new gpu.GpuTimer(ctx) : undefined;
+    const once = async (timed: boolean): Promise<number> => {
+      const s = performance.now();
+      const g = await gpu.runWebGPUBackwardTensors(p, ts, timed && timer ? { timer } : {});
+      await ctx.device.queue.onSubmittedWorkDone();
+      const ms = timed && timer ? await timer.read() : performance.now() - s;
+      for (const x of Object.values(g)) gpu.releaseTensor(x);
+      return ms;
+    };
+    await once(false);
+    time = () => once(true);
+    row.timing = timer ? 'gpu-ts' : 'wall-gpu';
+    done = () => {
+      timer?.destroy();
+      extra.forEach(gpu.releaseTensor);
+    };
+  }
+  try {
+    const ms = median(await timeRuns(time, repeat));
+    return { ...row, ms, usefulTflops: tflops(2.5 * c.useful, c.problem, ms) };
+  } finally {
+    done();
+  }
 }
 
 /** backward ms / fused forward ms of a report, when it has both. */
@@ -288,7 +318,7 @@ export async function profileCase(a: ProfileArgs, targets: readonly Target[], on
       }
       if (a.backward) {
         onStep(`${t.name} backward`);
-        results.push(await measureBackward(t, c, a.repeat));
+        results.push(await measureBackward(t, c, a.repeat, a.gpuTiming === 'wall', io));
       }
     } finally {
       io?.release();

@@ -5,7 +5,7 @@ import { type AttnProblem, ItemSpace, tileFor } from '../problem.js';
 import { BufferUsage, type GpuContext, type GpuLimits } from './device.js';
 import { BACKWARD_UNIFORMS, type BackwardSpec, REDUCE_UNIFORMS, STATS_THREADS, STATS_UNIFORMS, backwardProgram, backwardWorkgroupBytes, reduceProgram, statsProgram } from './backward-wgsl.js';
 import { fitTile } from './fused.js';
-import { type Launch, type OutputSpec, bindingOf, bindingsFit, gridFor, launch, onHostArrays, rpbLayout, threadGrid, uniformBuffer, withDevice } from './run.js';
+import { type Launch, type OutputSpec, type PassTimer, bindingOf, bindingsFit, gridFor, launch, onHostArrays, rpbLayout, threadGrid, uniformBuffer, withDevice } from './run.js';
 import { buildGpuSchedule } from './schedule.js';
 import { type GpuTensor, createBuffer, dtypeOf, writeData } from './tensor.js';
 import { getPipeline } from './wgsl.js';
@@ -44,6 +44,8 @@ export interface BackwardGpuOptions {
   readonly dbias?: boolean;
   /** Fill the gradients with NaN first, so an element no kernel writes cannot pass a test. */
   readonly poison?: boolean;
+  /** GPU timestamps around the one compute pass (the profiler's timer). */
+  readonly timer?: PassTimer;
 }
 
 /** The two passes' tile shapes and kernel specs for a problem on a device. */
@@ -256,7 +258,7 @@ async function backwardKernel(ctx: GpuContext, problem0: AttnProblem, t: { q: Gp
       reduce(hg, dst, { count: b.data.length, ...u });
     }
     return launches;
-  });
+  }, opts.timer);
   const [dq, dk, dv] = res as [GpuTensor, GpuTensor, GpuTensor];
   return { dq, dk, dv, ...(rpb ? { drpb: res[3]! } : {}), ...(dbias ? { dbias: res[res.length - 1]! } : {}) };
 }
