@@ -24,16 +24,19 @@ import { FLAT_INVOCATION, type Program, prologue, vecType as vec } from './wgsl.
 
 /** Compile-time constants of one backward pipeline. */
 export interface BackwardSpec {
-  /** 'q': one thread per query row, dQ; 'k': one thread per key row, dK and dV. */
+  /** 'q': work items are query tiles, dQ; 'k': work items are key tiles, dK and dV. */
   readonly side: 'q' | 'k';
   readonly dim: number;
   readonly dimV: number;
   readonly wq: 1 | 4;
   readonly wv: 1 | 4;
-  /** Own rows per work item (= threads). */
+  /** Own rows per work item (a multiple of rm). */
   readonly rows: number;
-  /** Rows of the other side staged per visit. */
+  /** Rows of the other side staged per visit (a multiple of tx). */
   readonly keys: number;
+  /** Register blocking, as in the forward: thread (ty, tx) owns rows ty*rm.. and columns tx, tx+TX, .. of each tile. */
+  readonly rm: number;
+  readonly tx: number;
   readonly softcap: boolean;
   readonly bias: boolean;
   readonly rpb: boolean;
@@ -42,7 +45,14 @@ export interface BackwardSpec {
   readonly hookGrad: 'none' | 'rpb' | 'bias';
   /** Side 'k': write dK, dV per query head ([kRows, H, ...]), summed over each group afterwards. */
   readonly perQueryHead: boolean;
+  /**
+   * Constant loop bounds (the driver unrolls them) or bounds read from the uniforms: CPU drivers
+   * such as llvmpipe compile unrolled code many times slower (fused-wgsl.ts FusedSpec.unroll).
+   */
+  readonly unroll: boolean;
 }
+
+export const backwardThreads = (s: Pick<BackwardSpec, 'rows' | 'rm' | 'tx'>): number => (s.rows / s.rm) * s.tx;
 
 export const BACKWARD_UNIFORMS = uniformLayout({
   heads: 'u32',
@@ -60,11 +70,17 @@ export const BACKWARD_UNIFORMS = uniformLayout({
   ropeHalf: 'u32',
   ropeSin: 'u32',
   ropeMax: 'i32',
+  // the blocking constants again, as loop bounds for specs that do not unroll
+  nDQ: 'u32',
+  nDV: 'u32',
+  nRM: 'u32',
+  nRN: 'u32',
 });
 
-/** Workgroup memory of a spec, in bytes. */
-export function backwardWorkgroupBytes(s: Pick<BackwardSpec, 'dim' | 'dimV' | 'keys' | 'side'>): number {
-  return 4 * s.keys * (s.dim + s.dimV + 2 + (s.side === 'k' ? 2 : 0));
+/** Workgroup memory of a spec, in bytes: own rows, staged rows, the P/dS tiles, staged tokens (and stats). */
+export function backwardWorkgroupBytes(s: Pick<BackwardSpec, 'dim' | 'dimV' | 'rows' | 'keys' | 'side'>): number {
+  const k = s.side === 'k';
+  return 4 * ((s.rows + s.keys) * (s.dim + s.dimV) + (k ? 2 : 1) * s.rows * s.keys + s.keys * (k ? 4 : 2));
 }
 
 export const backwardProgram: Program<BackwardSpec, typeof BACKWARD_UNIFORMS.decl> = {
@@ -85,111 +101,169 @@ export const backwardProgram: Program<BackwardSpec, typeof BACKWARD_UNIFORMS.dec
           { name: 'dv', kind: 'readwrite' as const, type: `array<${vec(s.wv)}>` },
         ]),
   ],
-  workgroupSize: (s) => s.rows,
+  workgroupSize: backwardThreads,
   generate: generateBackward,
 };
 
 const dot = (w: 1 | 4, a: string, b: string): string => (w === 4 ? `dot(${a}, ${b})` : `${a} * ${b}`);
+const range = (n: number): number[] => Array.from({ length: n }, (_, i) => i);
 
-/** Element j of a private row array of vectors of width w. */
-const elem = (w: 1 | 4, arr: string, j: string): string => (w === 4 ? `${arr}[${j} / 4u][${j} % 4u]` : `${arr}[${j}]`);
-
+/**
+ * One template, both passes. Per work item the own rows (q and dO, or k and v) are staged once;
+ * per visit the other side's rows are staged, thread (ty, tx) computes its RM x RN micro-tiles of
+ * S and dP (the forward's blocking), turns them into P and dS in workgroup memory, and adds its
+ * RM x (columns tx, tx + TX, ..) share of dS K (side 'q'), or of P^T dO and dS^T Q (side 'k').
+ * The epilogue goes through workgroup memory, where RoPE's transpose pairs dims held by different threads.
+ */
 function generateBackward(s: BackwardSpec): string {
   const QT = vec(s.wq);
   const VT = vec(s.wv);
   const DQ = s.dim / s.wq;
   const DV = s.dimV / s.wv;
+  const RM = s.rm;
+  const TX = s.tx;
+  const RN = s.keys / TX;
+  const RQ = Math.ceil(DQ / TX);
+  const RV = Math.ceil(DV / TX);
+  const T = backwardThreads(s);
   const qSide = s.side === 'q';
-  // score hooks after x = q.k * scale; sg is the softcap's derivative; (qTok, kTok), (qLin, kLin) of the pair
-  const [qTok, kTok] = qSide ? ['tok', 'otok[j]'] : ['otok[j]', 'tok'];
-  const [qLin, kLin] = qSide ? ['lin', 'olin[j]'] : ['olin[j]', 'lin'];
+  const I = range(RM);
+  const K = range(RN);
+  const lines = (xs: string[], indent: string) => xs.join(`\n${indent}`);
+  // loop bounds: constants to unroll, uniforms to keep loops
+  const [bDQ, bDV, bRM, bRN] = s.unroll ? [`${DQ}u`, `${DV}u`, 'RM', 'RN'] : ['P.nDQ', 'P.nDV', 'P.nRM', 'P.nRN'];
+  // columns of thread tx: tx + TX * c (clamped reads where TX does not divide the width; never written)
+  const col = (c: number, width: number, n: number) => (n * TX === width ? `tx + ${TX * c}u` : `min(tx + ${TX * c}u, ${width - 1}u)`);
+  // score hooks on x = q.k * scale for own row slot i and staged column c; sg = the softcap's derivative
+  const [qTok, kTok] = qSide ? ['otk[i]', 'otok[c]'] : ['otok[c]', 'otk[i]'];
+  const [qLin, kLin] = qSide ? ['oln[i]', 'olin[c]'] : ['olin[c]', 'oln[i]'];
   const hooks = [
-    s.softcap ? 'let t = tanh(clamp(x / P.softcap, -15.0, 15.0)); x = P.softcap * t; sg = 1.0 - t * t;' : '',
+    s.softcap ? 'let th = tanh(clamp(x / P.softcap, -15.0, 15.0)); x = P.softcap * th; sg = 1.0 - th * th;' : '',
     s.bias ? `x += auxf(biasBase + ${qTok} * biasStride + ${kTok});` : '',
     s.rpb ? `x += auxf(P.rpbOff + h * P.rpbVol + u32(P.rpbConst + ${kLin} - ${qLin}));` : '',
   ].filter((x) => x);
-  // the gradient wrt the un-rotated row: the rotation's transpose (sin negated), in place on g
-  const unrope = (g: string, pos: string) =>
-    s.rope
-      ? `for (var f: u32 = 0u; f < P.ropeHalf; f++) {
-      let t = P.ropeOff + ${pos} * P.ropeHalf + f;
-      let cs = auxf(t);
-      let sn = auxf(t + P.ropeSin);
-      let x = ${elem(s.wq, g, 'f')};
-      let y = ${elem(s.wq, g, '(f + P.ropeHalf)')};
-      ${elem(s.wq, g, 'f')} = x * cs + y * sn;
-      ${elem(s.wq, g, '(f + P.ropeHalf)')} = y * cs - x * sn;
-    }`
-      : '';
-  // own row and staged rows: q-side owns q and dO and stages k and v; k-side owns k and v and stages q, dO and stats
-  const own = qSide
-    ? `let row = qOff + tok;
-  let at = (row * P.heads + h) * DQ;
-  var a: array<${QT}, DQ> = array<${QT}, DQ>();
-  for (var c: u32 = 0u; c < DQ; c++) { a[c] = ${s.rope ? 'rope_q(at, c, ropePos(tok, ownShift))' : 'q[at + c]'}; }
-  var b: array<${VT}, DV> = array<${VT}, DV>();
-  for (var c: u32 = 0u; c < DV; c++) { b[c] = dout[(row * P.heads + h) * DV + c]; }
-  let st = stats[row * P.heads + h];
-  var g: array<${QT}, DQ> = array<${QT}, DQ>();`
-    : `let row = kOff + tok;
-  let at = (row * P.kvHeads + kh) * DQ;
-  var a: array<${QT}, DQ> = array<${QT}, DQ>();
-  for (var c: u32 = 0u; c < DQ; c++) { a[c] = ${s.rope ? 'rope_k(at, c, ropePos(tok, ownShift))' : 'k[at + c]'}; }
-  var b: array<${VT}, DV> = array<${VT}, DV>();
-  for (var c: u32 = 0u; c < DV; c++) { b[c] = v[(row * P.kvHeads + kh) * DV + c]; }
-  var g: array<${QT}, DQ> = array<${QT}, DQ>();
-  var gv: array<${VT}, DV> = array<${VT}, DV>();`;
-  const stage = qSide
-    ? `for (var e: u32 = lid; e < nk * DQ; e += THREADS) {
+  // own rows: q (rotated) and dO, or k (rotated) and v
+  const [ownX, ownHeads, ownHead, ownBuf, rot] = qSide ? ['qOff', 'P.heads', 'h', 'dout', 'rope_q'] : ['kOff', 'P.kvHeads', 'kh', 'v', 'rope_k'];
+  const stageOwn = `for (var e: u32 = lid; e < ROWS * DQ; e += THREADS) {
+    let r = e / DQ;
+    var x: ${QT} = ${QT}();
+    if (r < nOwn) {
+      let t = sched[ownList + r];
+      let at = ((${ownX} + t) * ${ownHeads} + ${ownHead}) * DQ;
+      x = ${s.rope ? `${rot}(at, e - r * DQ, ropePos(t, ownShift))` : `${qSide ? 'q' : 'k'}[at + e - r * DQ]`};
+    }
+    ow[e] = x;
+  }
+  for (var e: u32 = lid; e < ROWS * DV; e += THREADS) {
+    let r = e / DV;
+    var x: ${VT} = ${VT}();
+    if (r < nOwn) { x = ${ownBuf}[((${ownX} + sched[ownList + r]) * ${ownHeads} + ${ownHead}) * DV + e - r * DV]; }
+    ou[e] = x;
+  }`;
+  // staged rows of a visit: k (rotated) and v, or q (rotated), dO and their stats
+  const [othX, othHeads, othHead, othBuf, orot] = qSide ? ['kOff', 'P.kvHeads', 'kh', 'v', 'rope_k'] : ['qOff', 'P.heads', 'h', 'dout', 'rope_q'];
+  const stageOther = `for (var e: u32 = lid; e < nk * DQ; e += THREADS) {
       let j = e / DQ;
       let t = sched[oTok + j];
-      let at = ((kOff + t) * P.kvHeads + kh) * DQ;
-      os[e] = ${s.rope ? 'rope_k(at, e - j * DQ, ropePos(t, oShift))' : 'k[at + e - j * DQ]'};
+      let at = ((${othX} + t) * ${othHeads} + ${othHead}) * DQ;
+      sw[e] = ${s.rope ? `${orot}(at, e - j * DQ, ropePos(t, oShift))` : `${qSide ? 'k' : 'q'}[at + e - j * DQ]`};
     }
     for (var e: u32 = lid; e < nk * DV; e += THREADS) {
       let j = e / DV;
-      ov[e] = v[((kOff + sched[oTok + j]) * P.kvHeads + kh) * DV + e - j * DV];
+      su[e] = ${othBuf}[((${othX} + sched[oTok + j]) * ${othHeads} + ${othHead}) * DV + e - j * DV];
+    }
+    for (var j: u32 = lid; j < nk; j += THREADS) {
+      otok[j] = sched[oTok + j];
+      ${s.rpb ? 'olin[j] = bitcast<i32>(sched[oTok + nk + j]);' : ''}
+      ${qSide ? '' : 'sst[j] = stats[(qOff + sched[oTok + j]) * P.heads + h];'}
+    }`;
+  // a micro-tile product over `n` vectors: acc[i * RN + k] += own row (r0 + i) . staged row (tx + TX k)
+  const product = (acc: string, own: string, oth: string, n: number, w: 1 | 4) => `for (var d: u32 = 0u; d < ${n === DQ ? bDQ : bDV}; d++) {
+      ${lines(I.map((i) => `let a${i} = ${own}[(r0 + ${i}u) * ${n}u + d];`), '      ')}
+      ${lines(K.map((k) => `let b${k} = ${oth}[(tx + ${TX * k}u) * ${n}u + d];`), '      ')}
+      ${lines(I.flatMap((i) => K.map((k) => `${acc}[${i * RN + k}] += ${dot(w, `a${i}`, `b${k}`)};`)), '      ')}
+    }`;
+  const hookGrad =
+    s.hookGrad === 'rpb'
+      ? 'if (ok) { hg[(qOff + otk[i]) * P.heads * P.rpbVol + h * P.rpbVol + u32(P.rpbConst + olin[c] - oln[i])] += ds; }'
+      : s.hookGrad === 'bias'
+        ? 'if (ok) { hg[biasBase + otk[i] * biasStride + otok[c]] = ds; }'
+        : '';
+  // P and dS of the micro-tile into workgroup memory (zero where the pair is not allowed)
+  const toTiles = `for (var i: u32 = 0u; i < ${bRM}; i++) {
+      let r = r0 + i;
+      for (var kk: u32 = 0u; kk < ${bRN}; kk++) {
+        let c = tx + TX * kk;
+        var ok: bool = r < nOwn && c < nk;
+        if (ok && mask != NO_MASK) {
+          let bit = r * nk + c;
+          ok = ((sched[mask + (bit >> 5u)] >> (bit & 31u)) & 1u) != 0u;
+        }
+        var x: f32 = sc[i * RN + kk] * P.scale;
+        var sg: f32 = 1.0;
+        ${lines(hooks, '        ')}
+        let st = ${qSide ? 'ost[i]' : 'sst[c]'};
+        let p = select(0.0, exp(x - st.x), ok);
+        let ds = select(0.0, p * (dp[i * RN + kk] - st.y), ok);
+        ${hookGrad}
+        ${qSide ? 't1[r * BK + c] = ds * sg;' : 't1[r * BK + c] = p;\n        t2[r * BK + c] = ds * sg;'}
+      }
+    }`;
+  // the accumulations: dQ += dS K, or dV += P^T dO and dK += dS^T Q (RM rows x columns tx + TX c)
+  const RQs = range(RQ);
+  const RVs = range(RV);
+  const accumulate = qSide
+    ? `for (var j: u32 = 0u; j < nk; j++) {
+      ${lines(RQs.map((c) => `let w${c} = sw[j * DQ + ${col(c, DQ, RQ)}];`), '      ')}
+      ${lines(I.map((i) => `let p${i} = t1[(r0 + ${i}u) * BK + j];`), '      ')}
+      ${lines(I.flatMap((i) => RQs.map((c) => `acc[${i * RQ + c}] += p${i} * w${c};`)), '      ')}
     }`
-    : `for (var e: u32 = lid; e < nk * DQ; e += THREADS) {
-      let j = e / DQ;
-      let t = sched[oTok + j];
-      let at = ((qOff + t) * P.heads + h) * DQ;
-      os[e] = ${s.rope ? 'rope_q(at, e - j * DQ, ropePos(t, oShift))' : 'q[at + e - j * DQ]'};
+    : `for (var j: u32 = 0u; j < nk; j++) {
+      ${lines(RVs.map((c) => `let u${c} = su[j * DV + ${col(c, DV, RV)}];`), '      ')}
+      ${lines(RQs.map((c) => `let w${c} = sw[j * DQ + ${col(c, DQ, RQ)}];`), '      ')}
+      ${lines(I.map((i) => `let p${i} = t1[(r0 + ${i}u) * BK + j];\n      let d${i} = t2[(r0 + ${i}u) * BK + j];`), '      ')}
+      ${lines(I.flatMap((i) => RVs.map((c) => `accv[${i * RV + c}] += p${i} * u${c};`)), '      ')}
+      ${lines(I.flatMap((i) => RQs.map((c) => `acc[${i * RQ + c}] += d${i} * w${c};`)), '      ')}
+    }`;
+  // epilogue: the scaled dQ / dK rows in `ow`, then written out (RoPE's transpose reads the partner dims there)
+  const dOut = qSide ? '(qOff + t) * P.heads + h' : s.perQueryHead ? '(kOff + t) * P.heads + h' : '(kOff + t) * P.kvHeads + kh';
+  const epilogue = `workgroupBarrier();
+  for (var i: u32 = 0u; i < ${bRM}; i++) {
+    let r = r0 + i;
+    ${lines(RQs.map((c) => `${RQ * TX === DQ ? '' : `if (tx + ${TX * c}u < DQ) `}{ ow[r * DQ + tx + ${TX * c}u] = acc[i * ${RQ}u + ${c}u] * P.scale; }`), '    ')}
+    ${
+      qSide
+        ? ''
+        : `if (r < nOwn) {
+      let t = sched[ownList + r];
+      ${lines(RVs.map((c) => `${RV * TX === DV ? '' : `if (tx + ${TX * c}u < DV) `}{ dv[(${dOut}) * DV + tx + ${TX * c}u] = accv[i * ${RV}u + ${c}u]; }`), '      ')}
+    }`
     }
-    for (var e: u32 = lid; e < nk * DV; e += THREADS) {
-      let j = e / DV;
-      ov[e] = dout[((qOff + sched[oTok + j]) * P.heads + h) * DV + e - j * DV];
+  }
+  workgroupBarrier();
+  for (var e: u32 = lid; e < nOwn * DQ; e += THREADS) {
+    let r = e / DQ;
+    let t = sched[ownList + r];
+    ${qSide ? 'dq' : 'dk'}[(${dOut}) * DQ + e - r * DQ] = ${s.rope ? 'unrope_ow(r * DQ, e - r * DQ, ropePos(t, ownShift))' : 'ow[e]'};
+  }`;
+  const unropeFn = s.rope
+    ? `// the transpose of the rotation (sin negated) on row \`base\` of ow, vector c, position p
+fn unrope_ow(base: u32, c: u32, p: u32) -> ${QT} {
+  var x: ${QT} = ow[base + c];
+  ${s.wq === 4 ? 'for (var l: u32 = 0u; l < 4u; l++) {\n    let j = c * 4u + l;' : '{\n    let j = c;'}
+    if (j < 2u * P.ropeHalf) {
+      let lo = j < P.ropeHalf;
+      let f = select(j - P.ropeHalf, j, lo);
+      let pj = select(j - P.ropeHalf, j + P.ropeHalf, lo);
+      let y = ${s.wq === 4 ? 'ow[base + pj / 4u][pj % 4u]' : 'ow[base + pj]'};
+      let t = P.ropeOff + p * P.ropeHalf + f;
+      ${s.wq === 4 ? 'x[l]' : 'x'} = ${s.wq === 4 ? 'x[l]' : 'x'} * auxf(t) + select(-y, y, lo) * auxf(t + P.ropeSin);
     }
-    for (var j: u32 = lid; j < nk; j += THREADS) { ost[j] = stats[(qOff + sched[oTok + j]) * P.heads + h]; }`;
-  // per allowed pair: x, p, dS; the q side adds dS K to dQ, the k side P dO to dV and dS Q to dK
-  const pair = qSide
-    ? `let p = exp(x - st.x);
-          var dp: f32 = 0.0;
-          for (var c: u32 = 0u; c < DV; c++) { dp += ${dot(s.wv, 'b[c]', 'ov[j * DV + c]')}; }
-          var ds = p * (dp - st.y);
-          ${s.hookGrad === 'rpb' ? 'hg[(row * P.heads + h) * P.rpbVol + u32(P.rpbConst + olin[j] - lin)] += ds;' : s.hookGrad === 'bias' ? 'hg[biasBase + tok * biasStride + otok[j]] = ds;' : ''}
-          ds *= sg;
-          for (var c: u32 = 0u; c < DQ; c++) { g[c] += ds * os[j * DQ + c]; }`
-    : `let st = ost[j];
-          let p = exp(x - st.x);
-          var dp: f32 = 0.0;
-          for (var c: u32 = 0u; c < DV; c++) {
-            let d = ov[j * DV + c];
-            gv[c] += p * d;
-            dp += ${dot(s.wv, 'd', 'b[c]')};
-          }
-          let ds = p * (dp - st.y) * sg;
-          for (var c: u32 = 0u; c < DQ; c++) { g[c] += ds * os[j * DQ + c]; }`;
-  const write = qSide
-    ? `for (var c: u32 = 0u; c < DQ; c++) { g[c] *= P.scale; }
-    ${unrope('g', 'ropePos(tok, ownShift)')}
-    for (var c: u32 = 0u; c < DQ; c++) { dq[(row * P.heads + h) * DQ + c] = g[c]; }`
-    : `for (var c: u32 = 0u; c < DQ; c++) { g[c] *= P.scale; }
-    ${unrope('g', 'ropePos(tok, ownShift)')}
-    let dh = ${s.perQueryHead ? '(row * P.heads + h)' : '(row * P.kvHeads + kh)'};
-    for (var c: u32 = 0u; c < DQ; c++) { dk[dh * DQ + c] = g[c]; }
-    for (var c: u32 = 0u; c < DV; c++) { dv[dh * DV + c] = gv[c]; }`;
-  return `${prologue(backwardProgram, s, { DQ, DV, BK: s.keys, THREADS: s.rows })}
+  }
+  return x;
+}`
+    : '';
+  return `${prologue(backwardProgram, s, { DQ, DV, ROWS: s.rows, BK: s.keys, RM, RN, TX, THREADS: T })}
 const NO_MASK: u32 = ${NO_MASK}u;
 ${ITEM.wgsl('I_')}
 ${VISIT.wgsl('V_')}
@@ -200,11 +274,15 @@ fn ld_q(i: u32) -> ${QT} { return q[i]; }
 fn ld_k(i: u32) -> ${QT} { return k[i]; }
 ${s.rope ? ropeFns(s, (i) => `auxf(${i})`) : ''}
 
-var<workgroup> os: array<${QT}, ${s.keys * DQ}>;
-var<workgroup> ov: array<${VT}, ${s.keys * DV}>;
+var<workgroup> ow: array<${QT}, ${s.rows * DQ}>;
+var<workgroup> ou: array<${VT}, ${s.rows * DV}>;
+var<workgroup> sw: array<${QT}, ${s.keys * DQ}>;
+var<workgroup> su: array<${VT}, ${s.keys * DV}>;
+var<workgroup> t1: array<f32, ${s.rows * s.keys}>;
+${qSide ? '' : `var<workgroup> t2: array<f32, ${s.rows * s.keys}>;\nvar<workgroup> sst: array<vec2<f32>, BK>;`}
 var<workgroup> otok: array<u32, BK>;
 var<workgroup> olin: array<i32, BK>;
-${qSide ? '' : 'var<workgroup> ost: array<vec2<f32>, BK>;'}
+${unropeFn}
 
 @compute @workgroup_size(THREADS)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -222,11 +300,23 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let biasBase = sched[ib + I_biasBase];
   let biasStride = sched[ib + I_biasStride];
   let ownShift = bitcast<i32>(sched[ib + I_qPosShift]);
-  let live = lid < nOwn;
-  let r = min(lid, nOwn - 1u);
-  let tok = sched[ownList + r];
-  ${s.rpb ? 'let lin = bitcast<i32>(sched[ownList + nOwn + r]);' : ''}
-  ${own}
+  let tx = lid % TX;
+  let r0 = (lid / TX) * RM;
+  ${stageOwn}
+  // this thread's own rows: tokens, linear coordinates${qSide ? ', (lse, delta)' : ''}
+  var otk: array<u32, RM> = array<u32, RM>();
+  var oln: array<i32, RM> = array<i32, RM>();
+  ${qSide ? 'var ost: array<vec2<f32>, RM> = array<vec2<f32>, RM>();' : ''}
+  for (var i: u32 = 0u; i < ${bRM}; i++) {
+    let r = min(r0 + i, nOwn - 1u);
+    otk[i] = sched[ownList + r];
+    ${s.rpb ? 'oln[i] = bitcast<i32>(sched[ownList + nOwn + r]);' : ''}
+    ${qSide ? 'ost[i] = stats[(qOff + otk[i]) * P.heads + h];' : ''}
+  }
+  var sc: array<f32, ${RM * RN}> = array<f32, ${RM * RN}>();
+  var dp: array<f32, ${RM * RN}> = array<f32, ${RM * RN}>();
+  var acc: array<${QT}, ${RM * RQ}> = array<${QT}, ${RM * RQ}>();
+  ${qSide ? '' : `var accv: array<${VT}, ${RM * RV}> = array<${VT}, ${RM * RV}>();`}
 
   for (var vi: u32 = 0u; vi < nVisit; vi++) {
     let vb = visit + vi * VISIT_SIZE;
@@ -234,34 +324,17 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let nk = sched[vb + V_nk];
     let mask = sched[vb + V_mask];
     let oShift = bitcast<i32>(sched[vb + V_kPosShift]);
-    workgroupBarrier(); // the previous visit's rows are consumed
-    ${stage}
-    for (var j: u32 = lid; j < nk; j += THREADS) {
-      otok[j] = sched[oTok + j];
-      ${s.rpb ? 'olin[j] = bitcast<i32>(sched[oTok + nk + j]);' : ''}
-    }
+    workgroupBarrier(); // the previous visit's tiles are consumed (and, at the first, the own rows staged)
+    ${stageOther}
     workgroupBarrier();
-    if (live) {
-      for (var j: u32 = 0u; j < nk; j++) {
-        var ok: bool = true;
-        if (mask != NO_MASK) {
-          let bit = r * nk + j;
-          ok = ((sched[mask + (bit >> 5u)] >> (bit & 31u)) & 1u) != 0u;
-        }
-        if (ok) {
-          var s: f32 = 0.0;
-          for (var c: u32 = 0u; c < DQ; c++) { s += ${dot(s.wq, 'a[c]', 'os[j * DQ + c]')}; }
-          var x: f32 = s * P.scale;
-          var sg: f32 = 1.0;
-          ${hooks.join('\n          ')}
-          ${pair}
-        }
-      }
-    }
+    for (var x: u32 = 0u; x < ${bRM} * ${bRN}; x++) { sc[x] = 0.0; dp[x] = 0.0; }
+    ${product('sc', 'ow', 'sw', DQ, s.wq)}
+    ${product('dp', 'ou', 'su', DV, s.wv)}
+    ${toTiles}
+    workgroupBarrier();
+    ${accumulate}
   }
-  if (live) {
-    ${write}
-  }
+  ${epilogue}
 }
 `;
 }

@@ -3,7 +3,7 @@ import { TilewiseError, check } from '../errors.js';
 import { prod } from '../patterns/geometry.js';
 import { type AttnProblem, ItemSpace, tileFor } from '../problem.js';
 import { BufferUsage, type GpuContext, type GpuLimits } from './device.js';
-import { BACKWARD_UNIFORMS, type BackwardSpec, REDUCE_UNIFORMS, STATS_THREADS, STATS_UNIFORMS, backwardProgram, backwardWorkgroupBytes, reduceProgram, statsProgram } from './backward-wgsl.js';
+import { BACKWARD_UNIFORMS, type BackwardSpec, REDUCE_UNIFORMS, STATS_THREADS, STATS_UNIFORMS, backwardProgram, backwardThreads, backwardWorkgroupBytes, reduceProgram, statsProgram } from './backward-wgsl.js';
 import { fitTile } from './fused.js';
 import { type Launch, type OutputSpec, type PassTimer, bindingOf, bindingsFit, gridFor, launch, onHostArrays, rpbLayout, threadGrid, uniformBuffer, withDevice } from './run.js';
 import { buildGpuSchedule } from './schedule.js';
@@ -17,19 +17,31 @@ import { getPipeline } from './wgsl.js';
  * are uploaded (schedule.ts), so every pattern the forward takes runs here.
  */
 
-/** Blocking caps: own rows per work item (threads) and other-side rows staged per visit. */
+/**
+ * Blocking knobs of the two passes, as the forward's (fused.ts FusedTuning): rows per thread, threads
+ * sharing a row, and caps on the own rows of a work item and the rows staged per visit (both cut
+ * further until the tiles fit the device's workgroup memory). Data per adapter class.
+ */
 export interface BackwardTuning {
+  readonly rm: number;
+  readonly tx: number;
   readonly maxRows: number;
   readonly maxKeys: number;
+  readonly unroll: boolean;
 }
 
-export const BACKWARD_TUNING: BackwardTuning = { maxRows: 64, maxKeys: 32 };
-let override: BackwardTuning | undefined;
+export const BACKWARD_TUNING: Readonly<Record<'cpu' | 'gpu', BackwardTuning>> = {
+  gpu: { rm: 4, tx: 4, maxRows: 64, maxKeys: 32, unroll: true },
+  cpu: { rm: 8, tx: 2, maxRows: 32, maxKeys: 16, unroll: false },
+};
+let override: Partial<BackwardTuning> | undefined;
 
-/** Overrides the blocking caps (tests, benchmarks); undefined restores the default. */
-export function setBackwardTuning(t: BackwardTuning | undefined): void {
+/** Overrides the blocking (tests, benchmarks); undefined restores the table. */
+export function setBackwardTuning(t: Partial<BackwardTuning> | undefined): void {
   override = t;
 }
+
+export const backwardTuningFor = (ctx: Pick<GpuContext, 'adapterClass'>): BackwardTuning => ({ ...BACKWARD_TUNING[ctx.adapterClass], ...(override ?? {}) });
 
 export interface GpuGrads {
   dq: GpuTensor;
@@ -48,33 +60,43 @@ export interface BackwardGpuOptions {
   readonly timer?: PassTimer;
 }
 
+const roundUp = (x: number, m: number): number => Math.ceil(x / m) * m;
+
 /** The two passes' tile shapes and kernel specs for a problem on a device. */
-export function planBackward(problem: AttnProblem, limits: GpuLimits, tune: BackwardTuning = override ?? BACKWARD_TUNING, hookGrad: BackwardSpec['hookGrad'] = 'none'): { q: { spec: BackwardSpec; problem: AttnProblem }; k: { spec: BackwardSpec; problem: AttnProblem } } {
+export function planBackward(problem: AttnProblem, limits: GpuLimits, tune: BackwardTuning = { ...BACKWARD_TUNING.gpu, ...(override ?? {}) }, hookGrad: BackwardSpec['hookGrad'] = 'none'): { q: { spec: BackwardSpec; problem: AttnProblem }; k: { spec: BackwardSpec; problem: AttnProblem } } {
   const rank = problem.seqs.length > 0 ? new ItemSpace({ ...problem, seqs: problem.seqs.slice(0, 1) }).pattern(0).geometry.qShape.length : 1;
   const maxThreads = Math.min(limits.maxComputeInvocationsPerWorkgroup, limits.maxComputeWorkgroupSizeX);
   const side = (which: 'q' | 'k') => {
     const ownTile = tileFor(which === 'q' ? problem.qTile : problem.kvTile, rank);
     const otherTile = tileFor(which === 'q' ? problem.kvTile : problem.qTile, rank);
-    const own = fitTile(ownTile, Math.min(tune.maxRows, maxThreads));
-    for (let cap = tune.maxKeys; cap >= 1; cap = Math.floor(cap / 2)) {
-      const other = fitTile(otherTile, cap);
-      const spec: BackwardSpec = {
-        side: which,
-        dim: problem.dim,
-        dimV: problem.dimV,
-        wq: problem.dim % 4 === 0 ? 4 : 1,
-        wv: problem.dimV % 4 === 0 ? 4 : 1,
-        rows: prod(own),
-        keys: prod(other),
-        softcap: problem.softcap > 0,
-        bias: problem.bias !== undefined,
-        rpb: problem.rpb !== undefined,
-        rope: problem.rope !== undefined,
-        hookGrad: which === 'q' ? hookGrad : 'none',
-        perQueryHead: which === 'k' && problem.heads !== problem.kvHeads,
-      };
-      if (backwardWorkgroupBytes(spec) <= limits.maxComputeWorkgroupStorageSize)
-        return { spec, problem: which === 'q' ? { ...problem, qTile: own, kvTile: other } : { ...problem, qTile: other, kvTile: own } };
+    for (let rowCap = tune.maxRows; rowCap >= 1; rowCap = Math.floor(rowCap / 2)) {
+      const own = fitTile(ownTile, rowCap);
+      const rm = Math.min(tune.rm, prod(own));
+      const rows = roundUp(prod(own), rm);
+      for (let cap = tune.maxKeys; cap >= 1; cap = Math.floor(cap / 2)) {
+        const other = fitTile(otherTile, cap);
+        const tx = Math.min(tune.tx, prod(other));
+        const spec: BackwardSpec = {
+          side: which,
+          dim: problem.dim,
+          dimV: problem.dimV,
+          wq: problem.dim % 4 === 0 ? 4 : 1,
+          wv: problem.dimV % 4 === 0 ? 4 : 1,
+          rows,
+          keys: roundUp(prod(other), tx),
+          rm,
+          tx,
+          softcap: problem.softcap > 0,
+          bias: problem.bias !== undefined,
+          rpb: problem.rpb !== undefined,
+          rope: problem.rope !== undefined,
+          hookGrad: which === 'q' ? hookGrad : 'none',
+          perQueryHead: which === 'k' && problem.heads !== problem.kvHeads,
+          unroll: tune.unroll,
+        };
+        if (backwardWorkgroupBytes(spec) <= limits.maxComputeWorkgroupStorageSize && backwardThreads(spec) <= maxThreads)
+          return { spec, problem: which === 'q' ? { ...problem, qTile: own, kvTile: other } : { ...problem, qTile: other, kvTile: own } };
+      }
     }
     throw new TilewiseError('dim', 'head dims are too large for this device’s workgroup memory (backward)', `${problem.dim}+${problem.dimV} with ${limits.maxComputeWorkgroupStorageSize} bytes`);
   };
@@ -151,7 +173,7 @@ async function backwardKernel(ctx: GpuContext, problem0: AttnProblem, t: { q: Gp
   ];
   const fit = bindingsFit(temps, limits);
   if (fit !== true) throw new TilewiseError('webgpu', 'cannot run this backward on this device', fit);
-  const plan = planBackward(problem, limits, undefined, hookGrad);
+  const plan = planBackward(problem, limits, backwardTuningFor(ctx), hookGrad);
   const maxWords = Math.floor(Math.min(limits.maxStorageBufferBindingSize, limits.maxBufferSize) / 4);
   const lin = rpb ? { lin: rpb.strides } : {};
   const qSched = buildGpuSchedule(plan.q.problem, new ItemSpace(plan.q.problem), { ...lin, maxWords });
@@ -218,9 +240,10 @@ async function backwardKernel(ctx: GpuContext, problem0: AttnProblem, t: { q: Gp
       ropeSin: problem.rope ? problem.rope.maxPos * (problem.rope.dims / 2) : 0,
       ropeMax: problem.rope?.maxPos ?? 0,
     };
-    const pass = (pipe: typeof qPipe, items: number, at: number, outsOf: (GPUBufferBinding | GPUBuffer)[]) => {
+    const pass = (pipe: typeof qPipe, spec: BackwardSpec, items: number, at: number, outsOf: (GPUBufferBinding | GPUBuffer)[]) => {
       const groups = gridFor(items, limits, 'q');
-      const params = BACKWARD_UNIFORMS.pack({ ...common, total: items, itemsX: groups[0], auxOff: auxAt - at });
+      const bounds = { nDQ: spec.dim / spec.wq, nDV: spec.dimV / spec.wv, nRM: spec.rm, nRN: spec.keys / spec.tx };
+      const params = BACKWARD_UNIFORMS.pack({ ...common, ...bounds, total: items, itemsX: groups[0], auxOff: auxAt - at });
       const sched = { buffer: metaBuf, offset: at * 4, size: (meta.length - at) * 4 };
       launches.push({ pipeline: pipe, entries: [own(uniformBuffer(device, params)), inputs.q, inputs.k, inputs.v, inputs.dout, stats, sched, ...outsOf], groups });
     };
@@ -230,14 +253,14 @@ async function backwardKernel(ctx: GpuContext, problem0: AttnProblem, t: { q: Gp
     };
     // dQ (and the hook gradient's partials)
     const hg = rpb ? temp(qRows * H * rpb.volume, 'drpb partials') : dbias ? temp(biasLen, 'dbias per head') : undefined;
-    pass(qPipe, qSched.items, 0, [dq, ...(hg ? [hg] : [])]);
+    pass(qPipe, plan.q.spec, qSched.items, 0, [dq, ...(hg ? [hg] : [])]);
     // dK, dV: straight into the outputs, or per query head and summed over each group
     const G = H / Hk;
-    if (G === 1) pass(kPipe, kSched.items, kAt, [dk, dv]);
+    if (G === 1) pass(kPipe, plan.k.spec, kSched.items, kAt, [dk, dv]);
     else {
       const dkh = temp(kRows * H * D, 'dK per query head');
       const dvh = temp(kRows * H * DV, 'dV per query head');
-      pass(kPipe, kSched.items, kAt, [dkh, dvh]);
+      pass(kPipe, plan.k.spec, kSched.items, kAt, [dkh, dvh]);
       reduce(dkh, dk, { count: kRows * Hk * D, M: Hk, N: D, J: G, sA: H * D, sM: G * D, sJ: D });
       reduce(dvh, dv, { count: kRows * Hk * DV, M: Hk, N: DV, J: G, sA: H * DV, sM: G * DV, sJ: DV });
     }
