@@ -24,7 +24,9 @@ import { planAttention, planNA } from '../src/api.js';
 import { referenceBackward } from '../src/reference-backward.js';
 import { webgpuAvailable } from '../src/webgpu/device.js';
 import { type GpuTensor, fromGpu, releaseTensor, runWebGPUBackward, setBackwardTuning, toGpu } from '../src/webgpu/index.js';
-import { Failures, Rng, describe, randTensor, randomAttention, randomNA, relErr, sameBytes, snapshot } from './helpers.js';
+import { BACKWARD_TUNING, backwardCacheStats, planBackward } from '../src/webgpu/backward.js';
+import { backwardProgram, backwardThreads, backwardWorkgroupBytes } from '../src/webgpu/backward-wgsl.js';
+import { Failures, Rng, SMALL_LIMITS, checkVarsInitialised, describe, randTensor, randomAttention, randomNA, relErr, sameBytes, snapshot } from './helpers.js';
 
 const available = await webgpuAvailable();
 const skip: string | false = available === true ? false : `no WebGPU device: ${available}`;
@@ -194,4 +196,51 @@ test('WebGPU backward: bad input is a TilewiseError naming the argument', { skip
   ];
   for (const [arg, call] of bad) await assert.rejects(call, (e: unknown) => e instanceof TilewiseError && e.arg === arg, `expected a TilewiseError on '${arg}'`);
   releaseTensor(gq as unknown as GpuTensor);
+});
+
+test('WebGPU backward: repeated calls reuse the schedules (not the rpb values); a mask function is never cached', { skip }, async () => {
+  const rng = new Rng(31);
+  const [q, k, v] = [0, 1, 2].map(() => randTensor(rng, [1, 9, 11, 2, 8])) as [Tensor, Tensor, Tensor];
+  const base: NeighborhoodOptions = { kernelSize: [5, 3], backend: 'webgpu' };
+  const before = backwardCacheStats().entries;
+  for (let i = 0; i < 3; i++) {
+    // a fresh rpb each step, as in training: the same schedules, new values
+    const opts = { ...base, rpb: randTensor(rng, [2, 9, 5]) };
+    const fw = await neighborhoodAttention(q, k, v, { ...opts, backend: 'cpu' });
+    const dOut = randTensor(rng, fw.out.shape);
+    const g = await neighborhoodAttentionBackward(q, k, v, fw.out, fw.lse, dOut, opts);
+    const msg = compare(hostGrads(g), referenceBackward(planNA(q, k, v, opts).problem, { q: q.data, k: k.data, v: v.data }, dOut.data), false);
+    assert.equal(msg, null, `step ${i}: ${msg}`);
+    assert.ok(backwardCacheStats().entries <= before + 1, 'one shape, one cache entry');
+  }
+  const n = backwardCacheStats().entries;
+  const opts: AttentionOptions = { pattern: patterns.maskFn((_b, _h, qi, kj) => (qi + kj) % 2 === 0), backend: 'webgpu' };
+  const q1 = randTensor(rng, [1, 20, 1, 4]);
+  const fw = await attention(q1, q1, q1, { ...opts, backend: 'cpu' });
+  await attentionBackward(q1, q1, q1, fw.out, fw.lse, randTensor(rng, fw.out.shape), opts);
+  assert.equal(backwardCacheStats().entries, n, 'mask-function schedules are not cached');
+});
+
+test('WebGPU backward planning: tiles fit the device, padded rows and uneven thread columns, generated WGSL initialises its vars', () => {
+  const rng = new Rng(8);
+  const [q, k, v] = [randTensor(rng, [1, 20, 18, 4, 12]), randTensor(rng, [1, 20, 18, 2, 12]), randTensor(rng, [1, 20, 18, 2, 20])];
+  const { problem } = planNA(q, k, v, { kernelSize: [7, 4], dilation: [2, 1], rpb: randTensor(rng, [4, 13, 7]) }, 2);
+  for (const tune of [BACKWARD_TUNING.gpu, BACKWARD_TUNING.cpu, { rm: 3, tx: 5, maxRows: 7, maxKeys: 6, unroll: true }]) {
+    for (const hook of ['none', 'rpb', 'bias'] as const) {
+      const plan = planBackward(problem, SMALL_LIMITS, tune, hook);
+      for (const side of [plan.q, plan.k]) {
+        const s = side.spec;
+        assert.ok(backwardThreads(s) <= SMALL_LIMITS.maxComputeInvocationsPerWorkgroup, JSON.stringify(s));
+        assert.ok(backwardWorkgroupBytes(s) <= SMALL_LIMITS.maxComputeWorkgroupStorageSize, JSON.stringify(s));
+        assert.equal(s.rows % s.rm, 0);
+        assert.equal(s.keys % s.tx, 0);
+        for (const spec of [s, { ...s, rope: true }, { ...s, rope: true, wq: 1 as const, wv: 1 as const }, { ...s, unroll: !s.unroll }]) {
+          const wgsl = backwardProgram.generate(spec);
+          checkVarsInitialised(wgsl);
+          assert.equal(/d < P\.nDQ/.test(wgsl), !spec.unroll, 'loop bounds: constants when unrolled, uniforms otherwise');
+        }
+      }
+      assert.equal(plan.k.spec.perQueryHead, true, 'GQA: dK, dV per query head, then summed');
+    }
+  }
 });

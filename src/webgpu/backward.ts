@@ -6,7 +6,7 @@ import { BufferUsage, type GpuContext, type GpuLimits } from './device.js';
 import { BACKWARD_UNIFORMS, type BackwardSpec, REDUCE_UNIFORMS, STATS_THREADS, STATS_UNIFORMS, backwardProgram, backwardThreads, backwardWorkgroupBytes, reduceProgram, statsProgram } from './backward-wgsl.js';
 import { fitTile } from './fused.js';
 import { type Launch, type OutputSpec, type PassTimer, bindingOf, bindingsFit, gridFor, launch, onHostArrays, rpbLayout, threadGrid, uniformBuffer, withDevice } from './run.js';
-import { buildGpuSchedule } from './schedule.js';
+import { type GpuSchedule, buildGpuSchedule } from './schedule.js';
 import { type GpuTensor, createBuffer, dtypeOf, writeData } from './tensor.js';
 import { getPipeline } from './wgsl.js';
 
@@ -31,7 +31,10 @@ export interface BackwardTuning {
 }
 
 export const BACKWARD_TUNING: Readonly<Record<'cpu' | 'gpu', BackwardTuning>> = {
-  gpu: { rm: 4, tx: 4, maxRows: 64, maxKeys: 32, unroll: true },
+  // H100 sweep of 7 blockings on dense B4 N4096 H32 D64 (BENCHMARKS.md): 313 ms, against 383-825 for the rest
+  gpu: { rm: 4, tx: 8, maxRows: 64, maxKeys: 32, unroll: true },
+  // lavapipe, dense N2048 H8 D64: 8x2 3.1x the forward, 4x2 3.9x, 4x4 4.6x, 16x4 3.3x
+
   cpu: { rm: 8, tx: 2, maxRows: 32, maxKeys: 16, unroll: false },
 };
 let override: Partial<BackwardTuning> | undefined;
@@ -120,6 +123,73 @@ function expandBias(problem: AttnProblem): AttnProblem {
 const align = (words: number, to: number): number => Math.ceil(words / to) * to;
 
 /**
+ * The two schedules of recent problems. A training loop runs the backward on one shape again and
+ * again, and for neighborhoods the host-built schedules (their partial-visit masks) cost more than
+ * the kernels: measured on the H100, 2-D NA 128x128 k=13 51 ms of kernels in a 334 ms call, 3-D
+ * 32^3 k=7 62 ms in 1668 ms. Keyed by everything buildGpuSchedule reads; patterns holding functions
+ * (mask functions) are not cached. Bounded in entries and words; least recently used goes first.
+ */
+const scheduleCache = new Map<string, { q: GpuSchedule; k: GpuSchedule }>();
+const CACHE_ENTRIES = 8;
+const CACHE_WORDS = 1 << 25;
+
+function scheduleKey(plan: ReturnType<typeof planBackward>, lin: readonly number[] | undefined): string | undefined {
+  const p = plan.q.problem;
+  const what = {
+    pattern: p.pattern,
+    seqs: p.seqs,
+    heads: p.heads,
+    kvHeads: p.kvHeads,
+    tiles: [plan.q.problem.qTile, plan.q.problem.kvTile, plan.k.problem.qTile, plan.k.problem.kvTile],
+    bias: p.bias ? [p.bias.batch, p.bias.heads] : null,
+    rope: p.rope?.positions ?? null,
+    lin: lin ?? null,
+  };
+  try {
+    return JSON.stringify(what, (_k, v: unknown) => {
+      if (typeof v === 'function') throw new Error('not cacheable');
+      return ArrayBuffer.isView(v) ? Array.from(v as unknown as ArrayLike<number>) : v;
+    });
+  } catch {
+    return undefined;
+  }
+}
+
+/** The schedules of both passes, from the cache when this problem's were built recently. */
+function schedulesFor(plan: ReturnType<typeof planBackward>, lin: readonly number[] | undefined, maxWords: number): { q: GpuSchedule; k: GpuSchedule } {
+  const key = scheduleKey(plan, lin);
+  const hit = key === undefined ? undefined : scheduleCache.get(key);
+  if (hit && key !== undefined) {
+    scheduleCache.delete(key);
+    scheduleCache.set(key, hit);
+    return hit;
+  }
+  const l = lin ? { lin } : {};
+  const built = {
+    q: buildGpuSchedule(plan.q.problem, new ItemSpace(plan.q.problem), { ...l, maxWords }),
+    k: buildGpuSchedule(plan.k.problem, new ItemSpace(plan.k.problem, 'k'), { ...l, maxWords, transposed: true }),
+  };
+  if (key !== undefined && built.q.data.length + built.k.data.length <= CACHE_WORDS) {
+    scheduleCache.set(key, built);
+    let words = 0;
+    for (const e of scheduleCache.values()) words += e.q.data.length + e.k.data.length;
+    for (const [k, e] of scheduleCache) {
+      if (scheduleCache.size <= CACHE_ENTRIES && words <= CACHE_WORDS) break;
+      scheduleCache.delete(k);
+      words -= e.q.data.length + e.k.data.length;
+    }
+  }
+  return built;
+}
+
+/** Entries and words of the schedule cache (tests). */
+export const backwardCacheStats = (): { entries: number; words: number } => {
+  let words = 0;
+  for (const e of scheduleCache.values()) words += e.q.data.length + e.k.data.length;
+  return { entries: scheduleCache.size, words };
+};
+
+/**
  * Gradients on GPU tensors (f32): q, k, v, the forward's out and lse, and dOut in; dq [qRows, H, D],
  * dk [kRows, Hk, D], dv [kRows, Hk, Dv], drpb [H, vol] with rpb, dbias (the bias's shape) when asked.
  * Nothing is read back.
@@ -175,9 +245,7 @@ async function backwardKernel(ctx: GpuContext, problem0: AttnProblem, t: { q: Gp
   if (fit !== true) throw new TilewiseError('webgpu', 'cannot run this backward on this device', fit);
   const plan = planBackward(problem, limits, backwardTuningFor(ctx), hookGrad);
   const maxWords = Math.floor(Math.min(limits.maxStorageBufferBindingSize, limits.maxBufferSize) / 4);
-  const lin = rpb ? { lin: rpb.strides } : {};
-  const qSched = buildGpuSchedule(plan.q.problem, new ItemSpace(plan.q.problem), { ...lin, maxWords });
-  const kSched = buildGpuSchedule(plan.k.problem, new ItemSpace(plan.k.problem, 'k'), { ...lin, maxWords, transposed: true });
+  const { q: qSched, k: kSched } = schedulesFor(plan, rpb?.strides, maxWords);
   // one u32 buffer: q schedule | k schedule (at a 256-byte boundary) | aux (bias | rpb | RoPE cos, sin)
   const kAt = align(qSched.data.length, 64);
   const auxAt = align(kAt + kSched.data.length, 64);

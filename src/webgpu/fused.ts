@@ -48,7 +48,10 @@ export function fitTile(tile: readonly number[], cap: number): number[] {
  * (benchmarks, tests), and a tuning stored per adapter by `tilewise profile --tune` replaces the
  * table row (tuning.ts). CPU adapters, measured on llvmpipe (2 cores, B1 N1024 H4 D64 dense): 8x2
  * micro-tiles 362 ms, 4x4 unrolled 454 ms, one thread per row 916 ms; unrolled loops compile
- * about 3.5x slower there for the same run time. The GPU row is design.md 8's shape, unmeasured.
+ * about 3.5x slower there for the same run time. GPU adapters: the winner of `profile --tune` on the
+ * H100 (dense B1 N4096 H32 D64, BENCHMARKS.md): 2 rows x 4 threads per row, 128 threads, exchange
+ * through workgroup memory: 21.7 ms against 52.5 ms for the earlier, unmeasured 4 x 4 row with
+ * subgroup shuffles (the shuffles alone made it 2x slower there).
  */
 export interface FusedTuning {
   readonly rm: number;
@@ -68,7 +71,7 @@ export interface FusedTuning {
 }
 
 export const FUSED_TUNING: Readonly<Record<'cpu' | 'gpu', FusedTuning>> = {
-  gpu: { rm: 4, tx: 4, maxRows: 64, maxKeys: 32, unroll: true },
+  gpu: { rm: 2, tx: 4, maxRows: 64, maxKeys: 32, unroll: true, subgroups: false },
   cpu: { rm: 8, tx: 2, maxRows: 32, maxKeys: 32, unroll: false },
 };
 let override: Partial<FusedTuning> | undefined;
