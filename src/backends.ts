@@ -155,7 +155,7 @@ export interface HostGrads {
  * per-thread partials), then the partials summed in thread order and dK rotated back when the
  * problem has RoPE. Inputs: q, k, v, the forward's out and lse, and dOut.
  */
-export async function runBackwardCpu(problem: AttnProblem, t: { q: Float32Array; k: Float32Array; v: Float32Array; out: Float32Array; lse: Float32Array; dout: Float32Array }, opts: CommonOptions, dbias = false): Promise<HostGrads> {
+export async function runBackwardCpu(problem: AttnProblem, t: BackwardInputs, opts: CommonOptions, dbias = false): Promise<HostGrads> {
   const tuned = opts.tile === undefined ? cpuFusedTiles(problem) : problem;
   const { kRows, kvHeads: Hk, dim: D, dimV: DV } = problem;
   const rpbLen = problem.rpb?.data.length ?? 0;
@@ -217,6 +217,18 @@ export interface AttentionBackend {
   /** Why 'auto' should pass over it even though it can run (WebGPU on a software adapter), or undefined. */
   passOver(): Promise<string | undefined>;
   run(kind: Impl, problem: AttnProblem, q: Tensor, k: Tensor, v: Tensor, lead: number[], opts: CommonOptions): Promise<Result>;
+  /** The fused backward on host arrays (FlashAttention-2, from the forward's out and lse). */
+  backward(problem: AttnProblem, t: BackwardInputs, opts: CommonOptions, dbias: boolean): Promise<HostGrads>;
+}
+
+/** The host arrays a backward takes: the forward's inputs and outputs, and dOut. */
+export interface BackwardInputs {
+  q: Float32Array;
+  k: Float32Array;
+  v: Float32Array;
+  out: Float32Array;
+  lse: Float32Array;
+  dout: Float32Array;
 }
 
 export const cpuBackend: AttentionBackend = {
@@ -224,6 +236,7 @@ export const cpuBackend: AttentionBackend = {
   canRun: async () => true,
   passOver: async () => undefined,
   run: (kind, problem, q, k, v, lead, opts) => (kind === 'unfused' ? runUnfused(problem, q, k, v, lead, opts) : runProblem(problem, q, k, v, lead, opts, kind)),
+  backward: (problem, t, opts, dbias) => runBackwardCpu(problem, t, opts, dbias),
 };
 
 export const webgpuBackend: AttentionBackend = {
@@ -241,6 +254,11 @@ export const webgpuBackend: AttentionBackend = {
     return ctx.adapterClass === 'gpu' ? undefined : `the adapter is a software one (${ctx.description})`;
   },
   run: (kind, problem, q, k, v, lead, opts) => runProblemWebGPU(problem, q, k, v, lead, opts, kind),
+  async backward(problem, t, _opts, dbias) {
+    const gpu = await import('./webgpu/index.js');
+    // gradients poisoned first, as on the CPU: an element no pass writes cannot pass as a gradient
+    return gpu.runWebGPUBackward(problem, t, { dbias, poison: true });
+  },
 };
 
 /** 'auto' tries these in order. */

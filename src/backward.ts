@@ -1,6 +1,6 @@
 import type { AttentionOptions, BlockSparseOptions, NeighborhoodOptions } from './options.js';
 import { blockSparseAsAttention, planAttention, planNA } from './plan.js';
-import { chooseBackend, runBackwardCpu } from './backends.js';
+import { chooseBackend } from './backends.js';
 import type { GpuTensor } from './webgpu/tensor.js';
 import { check } from './errors.js';
 import type { AttnProblem } from './problem.js';
@@ -72,12 +72,7 @@ async function backward(problem: AttnProblem, q: Tensor, k: Tensor, v: Tensor, o
   }
   const host = { q: q.data, k: k.data, v: v.data, out: out.data, lse: lse.data, dout: dOut.data };
   const { backend } = await chooseBackend(opts.backend, problem, 'fused');
-  if (backend.name === 'webgpu') {
-    const gpu = await import('./webgpu/index.js');
-    const g = await gpu.runWebGPUBackward(problem, host, { dbias: wantBias, poison: true });
-    return shaped(g, (data, shape) => ({ data, shape }));
-  }
-  const g = await runBackwardCpu(problem, host, opts, wantBias);
+  const g = await backend.backward(problem, host, opts, wantBias);
   return shaped(g, (data, shape) => ({ data, shape }));
 }
 

@@ -244,3 +244,20 @@ test('WebGPU backward planning: tiles fit the device, padded rows and uneven thr
     }
   }
 });
+
+test('WebGPU backward: neighborhood with additional keys/values equals the CPU backward', { skip }, async () => {
+  const rng = new Rng(90);
+  const [N, M, H, Hk, D] = [30, 7, 4, 2, 12];
+  const q = randTensor(rng, [1, N, H, D]);
+  const k = randTensor(rng, [1, N, Hk, D]);
+  const v = randTensor(rng, [1, N, Hk, D]);
+  const opts: NeighborhoodOptions = { kernelSize: 5, isCausal: true, softcap: 6, additionalKeys: randTensor(rng, [1, M, Hk, D]), additionalValues: randTensor(rng, [1, M, Hk, D]) };
+  const fw = await neighborhoodAttention(q, k, v, opts);
+  const dOut = randTensor(rng, fw.out.shape);
+  const cpu = await neighborhoodAttentionBackward(q, k, v, fw.out, fw.lse, dOut, opts);
+  const gpu = await neighborhoodAttentionBackward(q, k, v, fw.out, fw.lse, dOut, { ...opts, backend: 'webgpu' });
+  for (const n of ['dq', 'dk', 'dv', 'dAdditionalKeys', 'dAdditionalValues'] as const) {
+    const e = relErr(gpu[n]!.data, Float64Array.from(cpu[n]!.data));
+    assert.ok(e < TOL, `${n}: relErr ${e} against the CPU backward`);
+  }
+});
