@@ -2,6 +2,7 @@ import { ITEM, NO_MASK, VISIT } from './schedule.js';
 import { ropeFns } from './fused-wgsl.js';
 import { uniformLayout } from './uniforms.js';
 import { FLAT_INVOCATION, type Program, prologue, vecType as vec } from './wgsl.js';
+import { dotOf as dot, microProduct, scoreHooks, stageRows } from './tile-wgsl.js';
 
 /**
  * The WebGPU backward (FlashAttention-2, recomputed from the forward's LSE, design.md 3) as three
@@ -105,7 +106,6 @@ export const backwardProgram: Program<BackwardSpec, typeof BACKWARD_UNIFORMS.dec
   generate: generateBackward,
 };
 
-const dot = (w: 1 | 4, a: string, b: string): string => (w === 4 ? `dot(${a}, ${b})` : `${a} * ${b}`);
 const range = (n: number): number[] => Array.from({ length: n }, (_, i) => i);
 
 /**
@@ -128,7 +128,6 @@ function generateBackward(s: BackwardSpec): string {
   const T = backwardThreads(s);
   const qSide = s.side === 'q';
   const I = range(RM);
-  const K = range(RN);
   const lines = (xs: string[], indent: string) => xs.join(`\n${indent}`);
   // loop bounds: constants to unroll, uniforms to keep loops
   const [bDQ, bDV, bRM, bRN] = s.unroll ? [`${DQ}u`, `${DV}u`, 'RM', 'RN'] : ['P.nDQ', 'P.nDV', 'P.nRM', 'P.nRN'];
@@ -137,11 +136,7 @@ function generateBackward(s: BackwardSpec): string {
   // score hooks on x = q.k * scale for own row slot i and staged column c; sg = the softcap's derivative
   const [qTok, kTok] = qSide ? ['otk[i]', 'otok[c]'] : ['otok[c]', 'otk[i]'];
   const [qLin, kLin] = qSide ? ['oln[i]', 'olin[c]'] : ['olin[c]', 'oln[i]'];
-  const hooks = [
-    s.softcap ? 'let th = tanh(clamp(x / P.softcap, -15.0, 15.0)); x = P.softcap * th; sg = 1.0 - th * th;' : '',
-    s.bias ? `x += auxf(biasBase + ${qTok} * biasStride + ${kTok});` : '',
-    s.rpb ? `x += auxf(P.rpbOff + h * P.rpbVol + u32(P.rpbConst + ${kLin} - ${qLin}));` : '',
-  ].filter((x) => x);
+  const hooks = scoreHooks({ ...s, aux: (i) => `auxf(${i})`, biasAt: `biasBase + ${qTok} * biasStride + ${kTok}`, rpbAt: `P.rpbOff + h * P.rpbVol + u32(P.rpbConst + ${kLin} - ${qLin})`, derivative: true });
   // own rows: q (rotated) and dO, or k (rotated) and v
   const [ownX, ownHeads, ownHead, ownBuf, rot] = qSide ? ['qOff', 'P.heads', 'h', 'dout', 'rope_q'] : ['kOff', 'P.kvHeads', 'kh', 'v', 'rope_k'];
   const stageOwn = `for (var e: u32 = lid; e < ROWS * DQ; e += THREADS) {
@@ -162,27 +157,21 @@ function generateBackward(s: BackwardSpec): string {
   }`;
   // staged rows of a visit: k (rotated) and v, or q (rotated), dO and their stats
   const [othX, othHeads, othHead, othBuf, orot] = qSide ? ['kOff', 'P.kvHeads', 'kh', 'v', 'rope_k'] : ['qOff', 'P.heads', 'h', 'dout', 'rope_q'];
-  const stageOther = `for (var e: u32 = lid; e < nk * DQ; e += THREADS) {
-      let j = e / DQ;
-      let t = sched[oTok + j];
-      let at = ((${othX} + t) * ${othHeads} + ${othHead}) * DQ;
-      sw[e] = ${s.rope ? `${orot}(at, e - j * DQ, ropePos(t, oShift))` : `${qSide ? 'k' : 'q'}[at + e - j * DQ]`};
-    }
-    for (var e: u32 = lid; e < nk * DV; e += THREADS) {
-      let j = e / DV;
-      su[e] = ${othBuf}[((${othX} + sched[oTok + j]) * ${othHeads} + ${othHead}) * DV + e - j * DV];
-    }
+  const stageOther = `${stageRows({
+    dst: 'sw',
+    count: 'nk',
+    width: 'DQ',
+    pre: (j) => `let t = sched[oTok + ${j}];\n      let at = ((${othX} + t) * ${othHeads} + ${othHead}) * DQ;`,
+    load: (_j, c) => (s.rope ? `${orot}(at, ${c}, ropePos(t, oShift))` : `${qSide ? 'k' : 'q'}[at + ${c}]`),
+  })}
+    ${stageRows({ dst: 'su', count: 'nk', width: 'DV', load: (j, c) => `${othBuf}[((${othX} + sched[oTok + ${j}]) * ${othHeads} + ${othHead}) * DV + ${c}]` })}
     for (var j: u32 = lid; j < nk; j += THREADS) {
       otok[j] = sched[oTok + j];
       ${s.rpb ? 'olin[j] = bitcast<i32>(sched[oTok + nk + j]);' : ''}
       ${qSide ? '' : 'sst[j] = stats[(qOff + sched[oTok + j]) * P.heads + h];'}
     }`;
-  // a micro-tile product over `n` vectors: acc[i * RN + k] += own row (r0 + i) . staged row (tx + TX k)
-  const product = (acc: string, own: string, oth: string, n: number, w: 1 | 4) => `for (var d: u32 = 0u; d < ${n === DQ ? bDQ : bDV}; d++) {
-      ${lines(I.map((i) => `let a${i} = ${own}[(r0 + ${i}u) * ${n}u + d];`), '      ')}
-      ${lines(K.map((k) => `let b${k} = ${oth}[(tx + ${TX * k}u) * ${n}u + d];`), '      ')}
-      ${lines(I.flatMap((i) => K.map((k) => `${acc}[${i * RN + k}] += ${dot(w, `a${i}`, `b${k}`)};`)), '      ')}
-    }`;
+  // the micro-tile products: S (or S^T) and dP (or dP^T)
+  const product = (acc: string, own: string, oth: string, n: number, bound: string, w: 1 | 4) => microProduct({ acc, own, other: oth, n, bound, w, rm: RM, rn: RN, tx: TX });
   const hookGrad =
     s.hookGrad === 'rpb'
       ? 'if (ok) { hg[(qOff + otk[i]) * P.heads * P.rpbVol + h * P.rpbVol + u32(P.rpbConst + olin[c] - oln[i])] += ds; }'
@@ -328,8 +317,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     ${stageOther}
     workgroupBarrier();
     for (var x: u32 = 0u; x < ${bRM} * ${bRN}; x++) { sc[x] = 0.0; dp[x] = 0.0; }
-    ${product('sc', 'ow', 'sw', DQ, s.wq)}
-    ${product('dp', 'ou', 'su', DV, s.wv)}
+    ${product('sc', 'ow', 'sw', DQ, bDQ, s.wq)}
+    ${product('dp', 'ou', 'su', DV, bDV, s.wv)}
     ${toTiles}
     workgroupBarrier();
     ${accumulate}

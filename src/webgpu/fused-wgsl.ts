@@ -2,6 +2,7 @@ import { ITEM, NO_MASK, VISIT } from './schedule.js';
 import { ANALYTIC_UNIFORMS, analyticSource } from './analytic.js';
 import { uniformLayout } from './uniforms.js';
 import { type Program, attnBindings, f16Directive, narrow, prologue, vecType as vec, widenLoads } from './wgsl.js';
+import { microProduct, scoreHooks, stageRows } from './tile-wgsl.js';
 
 /**
  * The fused forward template (one for every pattern). One workgroup per work item; its query
@@ -114,15 +115,6 @@ export const fusedProgram: Program<FusedSpec, typeof FUSED_UNIFORMS.decl> = {
   generate: generateFused,
 };
 
-/** Score hooks (style.md 5: named splice points), after `x = q.k * scale`, for row slot i and key slot c. */
-function scoreHooks(s: FusedSpec): string[] {
-  const h: string[] = [];
-  if (s.softcap) h.push('x = P.softcap * tanh(clamp(x / P.softcap, -15.0, 15.0));');
-  if (s.bias) h.push('x += aux[biasBase + qt[i] * biasStride + ktok[c]];');
-  if (s.rpb) h.push('x += aux[rpbBase + u32(klin[c] - ql[i])];');
-  return h;
-}
-
 /**
  * RoPE (rotate half: dim j pairs with j + half, j < half; dims past 2 * half unchanged), applied
  * while staging so each thread still writes whole vectors: `rope_<buf>(base, c, p)` is vector c of
@@ -230,10 +222,8 @@ function generateFused(s: FusedSpec): string {
   const { dq, dv, rm: RM, rn: RN, rv: RV, tx: TX } = blockingOf(s);
   const T = threadsOf(s);
   const I = range(RM);
-  const K = range(RN);
   const V = range(RV);
   const lines = (xs: string[], indent: string) => xs.join(`\n${indent}`);
-  const dotQK = (a: string, b: string) => (s.wq === 4 ? `dot(${a}, ${b})` : `${a} * ${b}`);
   // value columns of thread tx: tx + TX * k (clamped when TX does not divide DV; those are never written)
   const exact = RV * TX === dv;
   // loop bounds: constants to unroll, uniforms to keep loops
@@ -246,7 +236,7 @@ function generateFused(s: FusedSpec): string {
       for (var kk: u32 = 0u; kk < ${bRN}; kk++) {
         let c = tx + TX * kk;
         var x: f32 = sc[i * RN + kk] * P.scale;
-        ${lines(scoreHooks(s), '        ')}
+        ${lines(scoreHooks({ ...s, aux: (i) => `aux[${i}]`, biasAt: 'biasBase + qt[i] * biasStride + ktok[c]', rpbAt: 'rpbBase + u32(klin[c] - ql[i])' }), '        ')}
         var ok: bool = r < nq && c < nk;
         if (ok && mask != NO_MASK) {
           ok = ${src.allowed('i', 'r', 'c')};
@@ -377,26 +367,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 
   for (var vi: u32 = 0u; vi < nVisit; vi++) {
     ${src.visit('vi')}
-    for (var e: u32 = lid; e < nk * DQ; e += THREADS) {
-      let j = e / DQ;
-      let at = ${src.kAt('j', 'DQ')};
-      ${s.rope ? `ks[e] = rope_k(at, e - j * DQ, ropePos(${src.kTok('j')}, kShift));` : 'ks[e] = ld_k(at + (e - j * DQ));'}
-    }
-    for (var e: u32 = lid; e < nk * DV; e += THREADS) {
-      let j = e / DV;
-      vs[e] = ld_v(${src.kAt('j', 'DV')} + (e - j * DV));
-    }
+    ${stageRows({ dst: 'ks', count: 'nk', width: 'DQ', pre: (j) => `let at = ${src.kAt(j, 'DQ')};`, load: (j, c) => (s.rope ? `rope_k(at, ${c}, ropePos(${src.kTok(j)}, kShift))` : `ld_k(at + ${c})`) })}
+    ${stageRows({ dst: 'vs', count: 'nk', width: 'DV', load: (j, c) => `ld_v(${src.kAt(j, 'DV')} + ${c})` })}
     ${s.bias ? `for (var j: u32 = lid; j < nk; j += THREADS) { ktok[j] = ${src.kTok('j')}; }` : ''}
     ${s.rpb ? `for (var j: u32 = lid; j < nk; j += THREADS) { klin[j] = ${src.kLin('j')}; }` : ''}
     workgroupBarrier();
 
     // S = Q K^T on this thread's RM x RN micro-tile (rows r0.., keys tx, tx + TX, ..)
     for (var x: u32 = 0u; x < ${bRM} * ${bRN}; x++) { sc[x] = 0.0; }
-    for (var d: u32 = 0u; d < ${bDQ}; d++) {
-      ${lines(I.map((i) => `let a${i} = qs[(r0 + ${i}u) * DQ + d];`), '      ')}
-      ${lines(K.map((k) => `let b${k} = ks[(tx + ${TX * k}u) * DQ + d];`), '      ')}
-      ${lines(I.flatMap((i) => K.map((k) => `sc[${i * RN + k}] += ${dotQK(`a${i}`, `b${k}`)};`)), '      ')}
-    }
+    ${microProduct({ acc: 'sc', own: 'qs', other: 'ks', n: dq, bound: bDQ, w: s.wq, rm: RM, rn: RN, tx: TX })}
 ${s.subgroups ? softmaxPVPrivate() : softmaxPVShared()}
   }
 

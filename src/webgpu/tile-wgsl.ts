@@ -1,0 +1,58 @@
+/**
+ * WGSL pieces the forward (fused-wgsl.ts) and backward (backward-wgsl.ts) templates share, each a
+ * generator of source text for one named splice point (style.md 5): staging rows into workgroup
+ * memory, the register-blocked micro-tile product, and the score hooks. RoPE's rotation lives in
+ * fused-wgsl.ts (`ropeFns`) and is shared the same way.
+ */
+
+const range = (n: number): number[] => Array.from({ length: n }, (_, i) => i);
+const lines = (xs: readonly string[], indent: string): string => xs.join(`\n${indent}`);
+
+/** `dot(a, b)` for vec4 rows, `a * b` for scalar ones. */
+export const dotOf = (w: 1 | 4, a: string, b: string): string => (w === 4 ? `dot(${a}, ${b})` : `${a} * ${b}`);
+
+/**
+ * Cooperative staging: the workgroup's threads copy `count` rows of `width` vectors into `dst`
+ * (row j at j * width), `load(j, c)` giving vector c of row j (a global read, maybe rotated).
+ * `pre(j)` declares what `load` needs per row.
+ */
+export function stageRows(o: { dst: string; count: string; width: string; pre?: (j: string) => string; load: (j: string, c: string) => string }): string {
+  return `for (var e: u32 = lid; e < ${o.count} * ${o.width}; e += THREADS) {
+      let j = e / ${o.width};
+      ${o.pre ? o.pre('j') : ''}
+      ${o.dst}[e] = ${o.load('j', `e - j * ${o.width}`)};
+    }`;
+}
+
+/**
+ * The register-blocked product of one thread's micro-tile (design.md 8), unrolled here so the
+ * RM x RN accumulators sit at constant indices: acc[i * RN + k] += own row (r0 + i) . staged row
+ * (tx + TX k), over `bound` vectors of `n` per row (`bound` a constant to unroll, or a uniform).
+ */
+export function microProduct(o: { acc: string; own: string; other: string; n: number; bound: string; w: 1 | 4; rm: number; rn: number; tx: number }): string {
+  const I = range(o.rm);
+  const K = range(o.rn);
+  return `for (var d: u32 = 0u; d < ${o.bound}; d++) {
+      ${lines(I.map((i) => `let a${i} = ${o.own}[(r0 + ${i}u) * ${o.n}u + d];`), '      ')}
+      ${lines(K.map((k) => `let b${k} = ${o.other}[(tx + ${o.tx * k}u) * ${o.n}u + d];`), '      ')}
+      ${lines(I.flatMap((i) => K.map((k) => `${o.acc}[${i * o.rn + k}] += ${dotOf(o.w, `a${i}`, `b${k}`)};`)), '      ')}
+    }`;
+}
+
+/**
+ * The score hooks after `x = q.k * scale` (softcap, additive bias, NATTEN rpb), as statements on
+ * `x`. `aux(i)` reads the aux table; `biasAt` and `rpbAt` are the pair's table indices. With
+ * `derivative`, the softcap also sets `sg` to its derivative (the backward's chain rule).
+ */
+export function scoreHooks(o: { softcap: boolean; bias: boolean; rpb: boolean; aux: (i: string) => string; biasAt: string; rpbAt: string; derivative?: boolean }): string[] {
+  const h: string[] = [];
+  if (o.softcap)
+    h.push(
+      o.derivative
+        ? 'let th = tanh(clamp(x / P.softcap, -15.0, 15.0)); x = P.softcap * th; sg = 1.0 - th * th;'
+        : 'x = P.softcap * tanh(clamp(x / P.softcap, -15.0, 15.0));',
+    );
+  if (o.bias) h.push(`x += ${o.aux(o.biasAt)};`);
+  if (o.rpb) h.push(`x += ${o.aux(o.rpbAt)};`);
+  return h;
+}
