@@ -146,3 +146,50 @@ test('checkFinite also covers LongHeadsCache.append/decode and GPU tensors', asy
   await assert.rejects(attention(gq!, gk!, gv!, { checkFinite: true }), (e: unknown) => e instanceof TilewiseError && e.arg === 'q');
   for (const t of [gq!, gk!, gv!]) webgpu.releaseTensor(t);
 });
+
+test('a NaN or +inf rpb entry makes NaN exactly the rows that read it: CPU, WebGPU host and GPU tensors alike (fails on the old WebGPU path)', async () => {
+  const rng = new Rng(44);
+  const f = new Failures();
+  for (let i = 0; i < 6; i++) {
+    const H = rng.pick([1, 2]);
+    const K = rng.pick([3, 5]);
+    const grid = [rng.int(K, 9), rng.int(K, 9)];
+    const [q, k, v] = [0, 1, 2].map(() => randTensor(rng, [1, ...grid, H, 8])) as [Tensor, Tensor, Tensor];
+    const rpb = randTensor(rng, [H, 2 * K - 1, 2 * K - 1]);
+    for (let j = rng.int(1, 2); j > 0; j--) rpb.data[rng.int(0, rpb.data.length - 1)] = rng.pick([NaN, Infinity]);
+    const opts: NeighborhoodOptions = { kernelSize: K, rpb, dilation: rng.pick([1, 2]) > 1 && grid.every((g) => g >= 2 * K) ? 2 : 1 };
+    const { problem } = planNA(q, k, v, opts);
+    // the float64 reference carries the entry through its softmax: its NaN rows are the expected ones
+    const ref = referenceAttention(problem, { q: q.data, k: k.data, v: v.data });
+    const bad = new Set<number>();
+    ref.lse.forEach((x, r) => (Number.isNaN(x) ? bad.add(r) : undefined));
+    const runs: [string, () => Promise<Result>][] = BACKENDS.map((b) => [b, () => neighborhoodAttention(q, k, v, { ...opts, backend: b })]);
+    if (gpu)
+      runs.push([
+        'webgpu, GPU tensors',
+        async () => {
+          const w = await import('../src/webgpu/index.js');
+          const up = async (t: Tensor) => ({ ...(await w.toGpu(t.data, t.shape)), shape: [...t.shape] });
+          const ins = [await up(q), await up(k), await up(v)];
+          const r = (await neighborhoodAttention(ins[0] as unknown as Tensor, ins[1] as unknown as Tensor, ins[2] as unknown as Tensor, { ...opts, backend: 'webgpu' })) as unknown as { out: import('../src/webgpu/index.js').GpuTensor; lse: import('../src/webgpu/index.js').GpuTensor };
+          const out = await w.fromGpu(r.out);
+          const lse = await w.fromGpu(r.lse);
+          [...ins, r.out, r.lse].forEach(w.releaseTensor);
+          return { out: { data: out, shape: [] }, lse: { data: lse, shape: [] } };
+        },
+      ]);
+    for (const [name, run] of runs)
+      await f.run(`#${i} ${name} grid ${grid.join('x')} K${K} H${H} (${bad.size} rows expected)`, async () => {
+        const r = await run();
+        const DV = problem.dimV;
+        for (let x = 0; x < problem.qRows * problem.heads; x++) {
+          const nan = Number.isNaN(r.lse.data[x]!) && r.out.data.subarray(x * DV, (x + 1) * DV).every((y) => Number.isNaN(y));
+          if (nan !== bad.has(x)) throw new Error(`row ${x}: NaN ${nan}, expected ${bad.has(x)}`);
+          if (!nan)
+            for (let c = 0; c < DV; c++)
+              if (Math.abs(r.out.data[x * DV + c]! - ref.out[x * DV + c]!) > 1e-4) throw new Error(`row ${x} differs from the reference`);
+        }
+      });
+  }
+  f.done('rpb non-finite policy');
+});
