@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
 # One device call's worth of GPU measurements (DEVELOPERS.md "A lent GPU"), run on the lent machine as
-#   bash .gpu/remote.sh bash bench/gpu-session.sh "$OUT"
+#   bash .gpu/remote.sh bash bench/gpu-session.sh "$OUT" [--tune]
 # after `npm ci && npm run build && bash ../shared/gpu/pack.sh` here, with carry [".gpu", "dist"].
-# 1. tunes the fused forward's blocking for this adapter on a dense problem (stored in OUT/tuning.json);
-# 2. runs bench/gpu.ts with that tuning: forward vs SDPA and FlexAttention, then forward+backward,
-#    after a sweep of the backward's blocking on the dense case.
+# --tune first searches the fused forward's blocking for this adapter on a dense problem (stored in
+#   OUT/tuning.json, used by the rest of the call); without it the built-in rows are used.
+# Then bench/gpu.ts: forward vs SDPA and FlexAttention, forward+backward, a backward blocking sweep
+# on every case; then LongHeads prefill against full causal attention at 16k-128k tokens.
 set -uo pipefail
-out=${1:?usage: gpu-session.sh OUT}
-node dist/src/cli/main.js profile --tune --tune-rounds 2 --backend webgpu --pattern dense --shape 4096 --heads 32 --dim 64 \
-  --tuning-file "$out/tuning.json" --repeat 3 >"$out/tune.txt" 2>&1
-tail -4 "$out/tune.txt"
-tunings='[{"rm":4,"tx":4,"maxRows":64,"maxKeys":32},{"rm":2,"tx":8,"maxRows":64,"maxKeys":32},{"rm":4,"tx":8,"maxRows":64,"maxKeys":32},{"rm":2,"tx":4,"maxRows":32,"maxKeys":32},{"rm":8,"tx":4,"maxRows":64,"maxKeys":32},{"rm":2,"tx":16,"maxRows":64,"maxKeys":64},{"rm":4,"tx":4,"maxRows":32,"maxKeys":16}]'
-TILEWISE_TUNING="$out/tuning.json" node dist/bench/gpu.js --backward --bwd-tunings "$tunings" --out "$out" 2>&1 | tee "$out/gpu-log.txt"
+out=${1:?usage: gpu-session.sh OUT [--tune]}
+if [ "${2:-}" = --tune ]; then
+  node dist/src/cli/main.js profile --tune --tune-rounds 2 --backend webgpu --pattern dense --shape 4096 --heads 32 --dim 64 \
+    --tuning-file "$out/tuning.json" --repeat 3 >"$out/tune.txt" 2>&1
+  tail -4 "$out/tune.txt"
+  export TILEWISE_TUNING="$out/tuning.json"
+fi
+tunings='[{"rm":4,"tx":4,"maxRows":64,"maxKeys":32},{"rm":2,"tx":8,"maxRows":64,"maxKeys":32},{"rm":4,"tx":8,"maxRows":32,"maxKeys":32},{"rm":2,"tx":4,"maxRows":64,"maxKeys":32}]'
+node dist/bench/gpu.js --backward --bwd-tunings "$tunings" --out "$out" 2>&1 | tee "$out/gpu-log.txt"
+timeout 100 node dist/bench/longheads-prefill.js --backend webgpu --lengths 16384,65536,131072 --heads 8 --dim 64 \
+  --budget 4096 --chunk 256 2>&1 | tee "$out/longheads.txt"

@@ -16,9 +16,9 @@
  * with NA block masks (2-D 128x128 k=13 H=16, 3-D 32^3 k=7 H=8, D 64), after checking the backward
  * against the float64 reference on small problems of each kind on the same device.
  *
- * --bwd-tunings '[{"rm":4,"tx":4,...}, ...]' first times the backward of the dense case under each
- * blocking (webgpu/backward.ts BackwardTuning, merged over the adapter's row) and keeps the fastest
- * for the checks and the table.
+ * --bwd-tunings '[{"rm":4,"tx":4,...}, ...]' also times the backward of every case under each of
+ * these blockings (webgpu/backward.ts BackwardTuning, merged over the adapter's row); the table
+ * keeps the built-in blocking.
  *
  * Usage: node dist/bench/gpu.js [--out DIR] [--repeat N] [--python python3] [--smoke] [--backward [--bwd-tunings JSON]]
  *   --smoke: tiny sizes, any adapter (lavapipe here), python skipped when torch is absent; it checks
@@ -179,41 +179,9 @@ const BWD = smoke
 const bwdCases: BwdCase[] = [];
 const bwdChecks: { name: string; relErr: number }[] = [];
 const bwdOurs: (BwdOurs & { name: string })[] = [];
-const bwdSweep: { tuning: Partial<BackwardTuning>; ms: number }[] = [];
-let bwdTuning: Partial<BackwardTuning> | undefined;
+const bwdSweep: { case: string; tuning: Partial<BackwardTuning>; ms: number }[] = [];
+const sweepTunings = opt['bwd-tunings'] ? (JSON.parse(opt['bwd-tunings']) as Partial<BackwardTuning>[]) : [];
 if (opt.backward) {
-  if (opt['bwd-tunings']) {
-    // the dense case's backward under each candidate blocking; the fastest stays set
-    const { B, N, H, D } = BWD.dense;
-    const shape = [B, N, H, D];
-    const p = planAttention(hostView(host.q, shape), hostView(host.k, shape), hostView(host.v, shape)).problem;
-    const view = (t: GpuTensor, s: number[]): GpuTensor => ({ ...t, shape: s });
-    const io = { q: view(gpu.q, [p.qRows, p.heads, p.dim]), k: view(gpu.k, [p.kRows, p.kvHeads, p.dim]), v: view(gpu.v, [p.kRows, p.kvHeads, p.dimV]) };
-    const dest = { out: view(out, [p.qRows, p.heads, p.dimV]), lse: view(lse, [p.qRows, p.heads]) };
-    await runWebGPUFusedTensors(p, io.q, io.k, io.v, dest);
-    const dout = await toGpu(randn([p.qRows * p.heads * p.dimV], 21).data, [p.qRows, p.heads, p.dimV]);
-    for (const tuning of JSON.parse(opt['bwd-tunings']) as Partial<BackwardTuning>[]) {
-      setBackwardTuning(tuning);
-      const times: number[] = [];
-      try {
-        for (let i = 0; i < 3; i++) {
-          const s0 = performance.now();
-          const g = await runWebGPUBackwardTensors(p, { ...io, ...dest, dout }, timer && i > 0 ? { timer } : {});
-          await ctx.device.queue.onSubmittedWorkDone();
-          const wall = performance.now() - s0;
-          if (i > 0) times.push(timer ? await timer.read() : wall);
-          for (const x of Object.values(g)) releaseTensor(x);
-        }
-        bwdSweep.push({ tuning, ms: median(times) });
-        console.error(`backward tuning ${JSON.stringify(tuning)}: ${median(times).toFixed(2)} ms`);
-      } catch (e) {
-        console.error(`backward tuning ${JSON.stringify(tuning)}: failed (${(e as Error).message.split('\n')[0]})`);
-      }
-    }
-    releaseTensor(dout);
-    bwdTuning = [...bwdSweep].sort((a, b) => a.ms - b.ms)[0]?.tuning;
-    setBackwardTuning(bwdTuning);
-  }
   const shaped = (shape: number[], seed: number) => randn(shape, seed);
   // 1. the backward against float64 on small problems of each kind, on this device
   const small: [string, () => { problem: AttnProblem; q: Float32Array; k: Float32Array; v: Float32Array }][] = [
@@ -267,6 +235,26 @@ if (opt.backward) {
     const dout = await toGpu(randn([p.qRows * p.heads * p.dimV], 21).data, [p.qRows, p.heads, p.dimV]);
     const t = { ...io, ...dest, dout };
     await runWebGPUFusedTensors(p, io.q, io.k, io.v, dest);
+    for (const tuning of sweepTunings) {
+      setBackwardTuning(tuning);
+      try {
+        const times: number[] = [];
+        for (let i = 0; i < 3; i++) {
+          const s0 = performance.now();
+          const g = await runWebGPUBackwardTensors(p, t, timer && i > 0 ? { timer } : {});
+          await ctx.device.queue.onSubmittedWorkDone();
+          const wall = performance.now() - s0;
+          if (i > 0) times.push(timer ? await timer.read() : wall);
+          for (const x of Object.values(g)) releaseTensor(x);
+        }
+        bwdSweep.push({ case: c.name, tuning, ms: median(times) });
+        console.error(`${c.name}: backward blocking ${JSON.stringify(tuning)} ${median(times).toFixed(2)} ms`);
+      } catch (e) {
+        console.error(`${c.name}: backward blocking ${JSON.stringify(tuning)} failed (${(e as Error).message.split('\n')[0]})`);
+      } finally {
+        setBackwardTuning(undefined);
+      }
+    }
     const bwd = async (timed: boolean): Promise<[number, number]> => {
       const s = performance.now();
       const g = await runWebGPUBackwardTensors(p, t, timed && timer ? { timer } : {});
@@ -434,7 +422,7 @@ if (opt.backward) {
   );
   console.log('torch: SDPA for dense and causal, FlexAttention (torch.compile) with an NA block mask for neighborhoods; torch/ours > 1: ours is faster.');
   for (const c of bwdChecks) console.log(`backward check on this device, ${c.name}: relErr ${c.relErr.toExponential(1)} against float64`);
-  for (const t of bwdSweep) console.log(`backward blocking ${JSON.stringify(t.tuning)} on the dense case: ${t.ms.toFixed(2)} ms${t.tuning === bwdTuning ? ' (used)' : ''}`);
+  for (const t of bwdSweep) console.log(`backward blocking ${JSON.stringify(t.tuning)} on ${t.case}: ${t.ms.toFixed(2)} ms`);
   for (const note of new Set(bwdRows.map((x) => x.torchNote).filter((x) => x))) console.log(`PyTorch rows unavailable: ${note}`);
 }
 
@@ -456,7 +444,7 @@ await writeFile(
       torch: { version: torch.torch ?? null, device: torch.device ?? null, unavailable: torch.unavailable ?? null, results: torchRows },
       dense: denseRows,
       na: { grid: SIZES.naGrid, heads: SIZES.naHeads, dim: SIZES.naDim, denseFused: naDense, rows: naRows },
-      ...(opt.backward ? { backward: { checks: bwdChecks, rows: bwdRows, sweep: bwdSweep, tuning: bwdTuning ?? null } } : {}),
+      ...(opt.backward ? { backward: { checks: bwdChecks, rows: bwdRows, sweep: bwdSweep } } : {}),
     },
     null,
     1,
