@@ -133,23 +133,28 @@ function ropeShifts(
       throw new TilewiseError('webgpu', 'a query tile does not share one RoPE position shift (internal)', `head ${h}, query ${qTok[i]}`);
   const visits: ShiftedVisit[] = [];
   for (const v of vs) {
-    // rank 1, one group, no dilation ('selected' RoPE needs a chunks pattern): box index j is token kTok[j]
-    const kTok = keyTokens(v.box);
+    // rank 1, one group ('selected' RoPE needs a chunks pattern): box index j is token kTok[j]
     const lo = v.box.lo[0]!;
     const n = v.box.hi[0]! - lo;
+    const kTok = keyTokens(v.box);
+    // consecutive tokens (no dilation): walk chunk by chunk, not key by key (the lists are long)
+    const contiguous = n > 0 && kTok[n - 1]! - kTok[0]! === n - 1;
     let start = 0;
     let shift: number | undefined;
-    for (let j = 0; j < n; j++) {
+    for (let j = 0; j < n; ) {
       const c = Math.floor(kTok[j]! / C);
+      const next = contiguous ? Math.min(n, (c + 1) * C - kTok[0]!) : j + 1;
       const slot = sel.slotOf(c);
-      if (slot < 0) continue;
-      const sh = (slot - c) * C;
-      if (shift === undefined) shift = sh;
-      else if (sh !== shift) {
-        visits.push({ box: { lo: [lo + start], hi: [lo + j] }, full: v.full, kPosShift: shift });
-        start = j;
-        shift = sh;
+      if (slot >= 0) {
+        const sh = (slot - c) * C;
+        if (shift === undefined) shift = sh;
+        else if (sh !== shift) {
+          visits.push({ box: { lo: [lo + start], hi: [lo + j] }, full: v.full, kPosShift: shift });
+          start = j;
+          shift = sh;
+        }
       }
+      j = next;
     }
     visits.push({ box: { lo: [lo + start], hi: [lo + n] }, full: v.full, kPosShift: shift ?? 0 });
   }
