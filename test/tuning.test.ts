@@ -207,3 +207,26 @@ test('GPU: a tuning file entry for the adapter is read at acquisition and used b
     await rm(dir, { recursive: true, force: true });
   }
 });
+
+test('permuteFrom: the GPU row permutes neighborhoods whose window holds >= 256 keys, the CPU row never, an explicit permute wins; bad values are named', async () => {
+  const { planFused } = await import('../src/webgpu/fused.js');
+  const { planNA } = await import('../src/api.js');
+  const limits = {
+    maxComputeWorkgroupStorageSize: 49152,
+    maxComputeInvocationsPerWorkgroup: 1024,
+    maxComputeWorkgroupSizeX: 1024,
+    maxComputeWorkgroupsPerDimension: 65535,
+    maxStorageBufferBindingSize: 1 << 30,
+    maxBufferSize: 1 << 30,
+    maxStorageBuffersPerShaderStage: 8,
+  };
+  const x = randn([1, 48, 48, 2, 16], 1);
+  const plan = (kernelSize: number, t: FusedTuning) => planFused(planNA(x, x, x, { kernelSize }).problem, limits, t).spec.permute;
+  assert.equal(plan(17, FUSED_TUNING.gpu), true, '289 keys: permuted on GPU adapters');
+  assert.equal(plan(13, FUSED_TUNING.gpu), false, '169 keys: not');
+  assert.equal(plan(17, FUSED_TUNING.cpu), false, 'CPU adapters never by default');
+  assert.equal(plan(13, { ...FUSED_TUNING.gpu, permute: true }), true, 'an explicit permute wins');
+  assert.equal(plan(17, { ...FUSED_TUNING.gpu, permute: false }), false, 'an explicit permute wins');
+  assert.match(String(checkTuning({ ...T, permuteFrom: 0 })), /permuteFrom/);
+  assert.deepEqual(checkTuning({ ...T, permuteFrom: 300 }), { ...T, permuteFrom: 300 });
+});

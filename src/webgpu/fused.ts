@@ -68,10 +68,19 @@ export interface FusedTuning {
    * axes or with dilation, with in-kernel schedules. Default false: see BENCHMARKS.md.
    */
   readonly permute?: boolean;
+  /**
+   * With `permute` unset: permute neighborhoods whose window holds at least this many keys. The GPU
+   * row's 256 is from the H100 (2-D 128x128 H16 D64: kernel 31 (961 keys) 17.4 ms permuted against
+   * 41-43 ms, kernel 13 (169 keys) 6.3 against 5.9).
+   */
+  readonly permuteFrom?: number;
 }
 
+/** Keys in one query's window when the pattern is a neighborhood (else 0). */
+const windowKeys = (p: AttnProblem): number => (p.pattern.kind === 'neighborhood' ? prod(p.pattern.kernelSize) : 0);
+
 export const FUSED_TUNING: Readonly<Record<'cpu' | 'gpu', FusedTuning>> = {
-  gpu: { rm: 2, tx: 4, maxRows: 64, maxKeys: 32, unroll: true, subgroups: false },
+  gpu: { rm: 2, tx: 4, maxRows: 64, maxKeys: 32, unroll: true, subgroups: false, permuteFrom: 256 },
   cpu: { rm: 8, tx: 2, maxRows: 32, maxKeys: 32, unroll: false },
 };
 let override: Partial<FusedTuning> | undefined;
@@ -144,7 +153,7 @@ export function planFused(problem: AttnProblem, limits: GpuLimits, tune: FusedTu
         f16,
         schedule: analytic ? 'analytic' : 'list',
         rank,
-        permute: tune.permute === true && analytic !== undefined && analytic.permutable && permutedFit(problem, analytic, limits, f16),
+        permute: (tune.permute ?? (tune.permuteFrom !== undefined && windowKeys(problem) >= tune.permuteFrom)) && analytic !== undefined && analytic.permutable && permutedFit(problem, analytic, limits, f16),
       };
       if (fusedWorkgroupBytes(spec) <= budget && threadsOf(spec) <= maxThreads) return { spec, problem: tiled, rank, ...(analytic ? { analytic } : {}) };
     }

@@ -5,7 +5,7 @@ import { nodeBuiltin } from '../node-builtin.js';
  * Fused-kernel tunings measured per adapter by `tilewise profile --tune`, kept in one JSON file:
  *
  *   { "version": 1, "adapters": { "<adapter description>": { "fused": { rm, tx, maxRows, maxKeys, unroll,
- *     subgroups?, analytic?, permute? }, ...notes } } }
+ *     subgroups?, analytic?, permute?, permuteFrom? }, ...notes } } }
  *
  * The backend reads the file when it acquires a device (Node only; browsers have no file to read)
  * and uses the entry whose key equals the adapter description in place of FUSED_TUNING. The file is
@@ -57,6 +57,11 @@ export function checkTuning(x: unknown): FusedTuning | string {
     if (v === undefined) continue;
     if (typeof v !== 'boolean') return `${name} must be a boolean when given (got ${JSON.stringify(v)})`;
     t[name] = v;
+  }
+  const pf = o['permuteFrom'];
+  if (pf !== undefined) {
+    if (typeof pf !== 'number' || !Number.isInteger(pf) || pf < 1 || pf > 1 << 20) return `permuteFrom must be an integer in [1, ${1 << 20}] when given (got ${JSON.stringify(pf)})`;
+    t.permuteFrom = pf;
   }
   return t;
 }
