@@ -193,3 +193,34 @@ test('a NaN or +inf rpb entry makes NaN exactly the rows that read it: CPU, WebG
   }
   f.done('rpb non-finite policy');
 });
+
+test('non-finite policy on GPU tensors: the fused kernel zeroes and flags NaN/inf in q, k, v itself (fails on the old kernel)', { skip: gpu ? false : 'no WebGPU device' }, async () => {
+  const w = await import('../src/webgpu/index.js');
+  const f = new Failures();
+  const rng = new Rng(3);
+  for (let i = 0; i < 10; i++) {
+    const H = rng.pick([2, 4]);
+    const Hk = rng.pick([1, H]);
+    const na = i % 2 === 1;
+    const grid = na ? [rng.int(5, 9), rng.int(5, 9)] : [rng.int(20, 90)];
+    const iq = inject(rng, randTensor(rng, [1, ...grid, H, 8]), rng.int(0, 2), H);
+    const ik = inject(rng, randTensor(rng, [1, ...grid, Hk, 8]), rng.int(0, 2), Hk);
+    const iv = inject(rng, randTensor(rng, [1, ...grid, Hk, 8]), rng.int(1, 2), Hk);
+    const [q, k, v] = [iq.t, ik.t, iv.t];
+    const inj: Injected = { q: iq.rows, kv: [...ik.rows, ...iv.rows] };
+    await f.run(`#${i} ${na ? 'na2d' : 'attention'} ${grid.join('x')} H${H}/${Hk}`, async () => {
+      const up = async (t: Tensor) => ({ ...(await w.toGpu(t.data, t.shape)), shape: [...t.shape] }) as unknown as Tensor;
+      const [gq, gk, gv] = [await up(q), await up(k), await up(v)];
+      const opts = na ? ({ kernelSize: 3, backend: 'webgpu' } as NeighborhoodOptions) : ({ ...rng.pick([{ causal: true }, { window: [4, 2] }, {}] as AttentionOptions[]), backend: 'webgpu' } as AttentionOptions);
+      const r = (na ? await neighborhoodAttention(gq, gk, gv, opts as NeighborhoodOptions) : await attention(gq, gk, gv, opts as AttentionOptions)) as unknown as { out: import('../src/webgpu/index.js').GpuTensor; lse: import('../src/webgpu/index.js').GpuTensor };
+      const host: Result = { out: { data: await w.fromGpu(r.out), shape: [] }, lse: { data: await w.fromGpu(r.lse), shape: [] } };
+      [gq, gk, gv].forEach((t) => w.releaseTensor(t as unknown as import('../src/webgpu/index.js').GpuTensor));
+      w.releaseTensor(r.out);
+      w.releaseTensor(r.lse);
+      const { problem } = na ? planNA(q, k, v, opts as NeighborhoodOptions) : planAttention(q, k, v, opts as AttentionOptions);
+      const msg = check(problem, host, expected(problem, inj), q, k, v);
+      if (msg) throw new Error(msg);
+    });
+  }
+  f.done('non-finite policy on GPU tensors');
+});

@@ -55,6 +55,12 @@ export interface FusedSpec {
   readonly permute: boolean;
   /** q, k, v and out stored as f16 (`shader-f16`); staged, computed and accumulated in f32. */
   readonly f16: boolean;
+  /**
+   * The non-finite policy inside the kernel (GPU-tensor inputs, which the host cannot screen without
+   * a read-back): q, k and v values that are NaN or infinite are zeroed as they are staged, and a
+   * row whose query held one, or that is allowed a key whose k or v row held one, comes out NaN.
+   */
+  readonly screen?: boolean;
 }
 
 export const threadsOf = (s: FusedSpec): number => (s.rows / s.rm) * s.tx;
@@ -66,12 +72,12 @@ export function blockingOf(s: FusedSpec): { dq: number; dv: number; rm: number; 
 }
 
 /** Workgroup memory the template declares for a spec, in bytes. */
-export function fusedWorkgroupBytes(s: Pick<FusedSpec, 'dim' | 'dimV' | 'rows' | 'keys' | 'tx' | 'subgroups'> & Partial<Pick<FusedSpec, 'schedule' | 'permute' | 'rank'>>): number {
+export function fusedWorkgroupBytes(s: Pick<FusedSpec, 'dim' | 'dimV' | 'rows' | 'keys' | 'tx' | 'subgroups'> & Partial<Pick<FusedSpec, 'schedule' | 'permute' | 'rank' | 'screen'>>): number {
   const exchange = s.subgroups ? 0 : s.rows * s.keys + s.rows * s.tx;
   // analytic schedules keep the decoded row and key tokens (and the uniform loop bounds)
   // (plus their rows in permuted layouts, and each key's coordinates)
   const tokens = s.schedule === 'analytic' ? (s.permute ? 2 : 1) * (s.rows + s.keys) + 2 + s.keys * (s.rank ?? 3) : 0;
-  return 4 * (s.rows * s.dim + s.keys * (s.dim + s.dimV) + exchange + 2 * s.keys + tokens);
+  return 4 * (s.rows * s.dim + s.keys * (s.dim + s.dimV) + exchange + 2 * s.keys + tokens + (s.screen ? s.rows + s.keys : 0));
 }
 
 export const FUSED_UNIFORMS = uniformLayout({
@@ -83,6 +89,8 @@ export const FUSED_UNIFORMS = uniformLayout({
   scale: 'f32',
   softcap: 'f32',
   negInf: 'f32',
+  // NaN's bits, for the non-finite policy (a WGSL constant NaN does not compile)
+  nanBits: 'u32',
   rpbOff: 'u32',
   rpbVol: 'u32',
   rpbConst: 'i32',
@@ -241,6 +249,7 @@ function generateFused(s: FusedSpec): string {
         if (ok && mask != NO_MASK) {
           ok = ${src.allowed('i', 'r', 'c')};
         }
+        ${s.screen ? 'if (ok && atomicLoad(&kbad[c]) == vi + 1u) { atomicOr(&rbad[r], 1u); }' : ''}
         x = select(NEG, max(x, NEG), ok);
         sc[i * RN + kk] = x;
         mx = max(mx, x);
@@ -313,6 +322,26 @@ function generateFused(s: FusedSpec): string {
     let r = r0 + i;
     var lt: f32 = 0.0;
     for (var t: u32 = 0u; t < ${bTX}; t++) { lt += red[r * TX + t]; }`;
+  // non-finite screening (spec.screen): a value with all exponent bits set is NaN or infinite
+  const badMask = (x: string, w: 1 | 4 = s.wq) => (w === 4 ? `(bitcast<vec4<u32>>(${x}) & vec4<u32>(0x7f800000u)) == vec4<u32>(0x7f800000u)` : `(bitcast<u32>(${x}) & 0x7f800000u) == 0x7f800000u`);
+  const anyBad = (x: string, w: 1 | 4 = s.wq) => (w === 4 ? `any(${badMask(x, w)})` : badMask(x, w));
+  const zeroBad = (x: string, w: 1 | 4 = s.wq) => `select(${x}, ${vec(w)}(0.0), ${badMask(x, w)})`;
+  // a staged key value, zeroed where non-finite, its row flagged for this visit
+  const screened = (load: string, j: string, w: 1 | 4 = s.wq) => (s.screen ? `screenKey${w}(${load}, ${j}, vi)` : load);
+  const screenFns = s.screen
+    ? `var<workgroup> rbad: array<atomic<u32>, BQ>;
+var<workgroup> kbad: array<atomic<u32>, BK>;
+fn screenKey4(x: vec4<f32>, j: u32, vi: u32) -> vec4<f32> {
+  let bad = ${badMask('x', 4)};
+  if (any(bad)) { atomicMax(&kbad[j], vi + 1u); }
+  return select(x, vec4<f32>(0.0), bad);
+}
+fn screenKey1(x: f32, j: u32, vi: u32) -> f32 {
+  let bad = ${badMask('x', 1)};
+  if (bad) { atomicMax(&kbad[j], vi + 1u); }
+  return select(x, 0.0, bad);
+}`
+    : '';
   const shuffles = s.subgroups && TX > 1;
   const src = s.schedule === 'analytic' ? analyticSource(s.rank, RM, s.rope, s.permute) : listSource(s.rope);
   // loads widen f16 storage to the f32 the kernel computes in
@@ -331,6 +360,7 @@ ${s.subgroups ? '' : `var<workgroup> ps: array<f32, ${s.rows * s.keys}>;
 var<workgroup> red: array<f32, ${s.rows * TX}>;`}
 ${s.bias ? 'var<workgroup> ktok: array<u32, BK>;' : ''}
 ${s.rpb ? 'var<workgroup> klin: array<i32, BK>;' : ''}
+${screenFns}
 
 @compute @workgroup_size(THREADS)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32${shuffles ? ', @builtin(subgroup_invocation_id) sgid: u32' : ''}) {
@@ -349,6 +379,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     if (r < nq) {
       let at = ${src.qAt('r')};
       ${s.rope ? `x = rope_q(at, e - r * DQ, ropePos(${src.qTok('r')}, qShift));` : 'x = ld_q(at + (e - r * DQ));'}
+      ${s.screen ? `if (${anyBad('x')}) { atomicOr(&rbad[r], 1u); x = ${zeroBad('x')}; }` : ''}
     }
     qs[e] = x;
   }
@@ -367,8 +398,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 
   for (var vi: u32 = 0u; vi < nVisit; vi++) {
     ${src.visit('vi')}
-    ${stageRows({ dst: 'ks', count: 'nk', width: 'DQ', pre: (j) => `let at = ${src.kAt(j, 'DQ')};`, load: (j, c) => (s.rope ? `rope_k(at, ${c}, ropePos(${src.kTok(j)}, kShift))` : `ld_k(at + ${c})`) })}
-    ${stageRows({ dst: 'vs', count: 'nk', width: 'DV', load: (j, c) => `ld_v(${src.kAt(j, 'DV')} + ${c})` })}
+    ${stageRows({ dst: 'ks', count: 'nk', width: 'DQ', pre: (j) => `let at = ${src.kAt(j, 'DQ')};`, load: (j, c) => screened(s.rope ? `rope_k(at, ${c}, ropePos(${src.kTok(j)}, kShift))` : `ld_k(at + ${c})`, j) })}
+    ${stageRows({ dst: 'vs', count: 'nk', width: 'DV', load: (j, c) => screened(`ld_v(${src.kAt(j, 'DV')} + ${c})`, j, s.wv) })}
     ${s.bias ? `for (var j: u32 = lid; j < nk; j += THREADS) { ktok[j] = ${src.kTok('j')}; }` : ''}
     ${s.rpb ? `for (var j: u32 = lid; j < nk; j += THREADS) { klin[j] = ${src.kLin('j')}; }` : ''}
     workgroupBarrier();
@@ -379,16 +410,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 ${s.subgroups ? softmaxPVPrivate() : softmaxPVShared()}
   }
 
+${s.screen ? '  workgroupBarrier(); // every row flag is set' : ''}
 ${rowSums()}
     if (r < nq) {
       let row = qOff + ${src.qTok('r')};
       let inv = select(0.0, 1.0 / lt, lt > 0.0);
       let ob = (row * P.heads + h) * DV;
+      ${s.screen ? 'let nanRow = atomicLoad(&rbad[r]) != 0u;\n      let nan = bitcast<f32>(P.nanBits);' : ''}
       for (var c: u32 = 0u; c < ${bRV}; c++) {
         let col = tx + TX * c;
-        ${exact ? '' : 'if (col < DV) {'} out[ob + col] = ${narrow(s.f16, s.wv, 'o[i * RV + c] * inv')}; ${exact ? '' : '}'}
+        ${exact ? '' : 'if (col < DV) {'} out[ob + col] = ${narrow(s.f16, s.wv, s.screen ? `select(o[i * RV + c] * inv, ${vec(s.wv)}(nan), nanRow)` : 'o[i * RV + c] * inv')}; ${exact ? '' : '}'}
       }
-      if (tx == 0u) { lse[row * P.heads + h] = select(P.negInf, m[i] + log(lt), lt > 0.0); }
+      if (tx == 0u) { lse[row * P.heads + h] = ${s.screen ? 'select(select(P.negInf, m[i] + log(lt), lt > 0.0), nan, nanRow)' : 'select(P.negInf, m[i] + log(lt), lt > 0.0)'}; }
     }
   }
 }

@@ -115,7 +115,7 @@ function permutedFit(p: AttnProblem, an: AnalyticPlan, limits: GpuLimits, f16: b
   return bindingsFit(sizes, limits) === true;
 }
 
-export function planFused(problem: AttnProblem, limits: GpuLimits, tune: FusedTuning = tuningFor({ adapterClass: 'gpu' }), subgroupMinSize = 0, f16 = false): FusedPlan {
+export function planFused(problem: AttnProblem, limits: GpuLimits, tune: FusedTuning = tuningFor({ adapterClass: 'gpu' }), subgroupMinSize = 0, f16 = false, screen = false): FusedPlan {
   const rank = problem.seqs.length > 0 ? new ItemSpace({ ...problem, seqs: problem.seqs.slice(0, 1) }).pattern(0).geometry.qShape.length : 1;
   const { dim, dimV } = problem;
   const maxThreads = Math.min(limits.maxComputeInvocationsPerWorkgroup, limits.maxComputeWorkgroupSizeX);
@@ -151,6 +151,7 @@ export function planFused(problem: AttnProblem, limits: GpuLimits, tune: FusedTu
         // one lane per row needs no exchange at all; else the row's lanes must share a subgroup
         subgroups: tune.subgroups !== false && (tx === 1 || ((tx & (tx - 1)) === 0 && tx <= subgroupMinSize)),
         f16,
+        ...(screen ? { screen: true } : {}),
         schedule: analytic ? 'analytic' : 'list',
         rank,
         permute: (tune.permute ?? (tune.permuteFrom !== undefined && windowKeys(problem) >= tune.permuteFrom)) && analytic !== undefined && analytic.permutable && permutedFit(problem, analytic, limits, f16),
@@ -200,7 +201,7 @@ const fusedKernel: TensorKernel = async (ctx, problem, q, k, v, opts) => {
   const f16 = storesF16(ctx, q, 'q');
   const why = fusedCanRun(problem, limits, dtypeOf(q));
   if (why !== true) throw new TilewiseError('webgpu', 'cannot run this problem', why);
-  const plan = planFused(problem, limits, tuningFor(ctx), ctx.subgroupMinSize, f16);
+  const plan = planFused(problem, limits, tuningFor(ctx), ctx.subgroupMinSize, f16, opts.screen === true);
   const rpb = problem.rpb ? rpbLayout(problem.rpb.kernel) : undefined;
   const rope = problem.rope;
   const an = plan.analytic;
@@ -224,6 +225,7 @@ const fusedKernel: TensorKernel = async (ctx, problem, q, k, v, opts) => {
       scale: problem.scale,
       softcap: problem.softcap,
       negInf: -Infinity,
+      nanBits: 0x7fc00000,
       rpbOff: problem.bias ? problem.bias.data.length : 0,
       rpbVol: rpb?.volume ?? 0,
       rpbConst: rpb?.base ?? 0,

@@ -21,6 +21,8 @@ export interface KernelOptions {
   readonly lse?: GpuTensor;
   /** Records GPU timestamps around every compute pass the kernel runs (the profiler's timer). */
   readonly timer?: PassTimer;
+  /** Fused kernel: apply the non-finite policy in the kernel (fused-wgsl.ts `screen`), for GPU-tensor inputs. */
+  readonly screen?: boolean;
 }
 
 /** Hands out timestamp writes for compute passes (timing.ts GpuTimer); undefined when it has no room. */
