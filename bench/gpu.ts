@@ -137,6 +137,19 @@ for (const c of denseCases) {
   console.error(`ours fused B=${c.B} N=${c.N} H=${c.H} D=${c.D} causal=${c.causal}: ${r.ms.toFixed(2)} ms, ${r.tflops.toFixed(2)} TFLOP/s, relErr ${r.relErr.toExponential(1)}`);
 }
 
+// ---- the in-kernel non-finite screen (what the API's GPU-tensor calls use) on one dense case ----
+const screenCase = denseCases.find((c) => c.N === SIZES.Ns[1] && c.D === SIZES.Ds[0] && !c.causal) ?? denseCases[0]!;
+const screenCost = await (async () => {
+  const shape = [screenCase.B, screenCase.N, screenCase.H, screenCase.D];
+  const { problem } = planAttention(hostView(host.q, shape), hostView(host.k, shape), hostView(host.v, shape));
+  const pairs = screenCase.B * screenCase.H * screenCase.N * screenCase.N;
+  const screened: TensorCall = (p, q, k, v, o) => runWebGPUFusedTensors(p, q, k, v, { ...o, screen: true });
+  const on = await time(screened, problem, pairs);
+  const off = await time(runWebGPUFusedTensors, problem, pairs);
+  console.error(`screen on B=${screenCase.B} N=${screenCase.N}: ${on.ms.toFixed(2)} ms, off ${off.ms.toFixed(2)} ms`);
+  return { case: screenCase, onMs: on.ms, offMs: off.ms, relErr: on.relErr };
+})();
+
 // ---- 2-D neighborhood attention ---------------------------------------------------------------
 const [X, Y] = SIZES.naGrid as [number, number];
 const naShape = [1, X, Y, SIZES.naHeads, SIZES.naDim];
@@ -397,6 +410,7 @@ console.log(
   ),
 );
 console.log('ratios are time ratios (>1: ours fused is faster), except ours/SDPA, a TFLOP/s ratio (>1: ours is faster).');
+console.log(`in-kernel non-finite screen (GPU-tensor API calls), dense B=${screenCost.case.B} N=${screenCost.case.N} H=${screenCost.case.H} D=${screenCost.case.D}: ${f(screenCost.onMs)} ms on, ${f(screenCost.offMs)} ms off (${(screenCost.onMs / screenCost.offMs).toFixed(2)}x), relErr ${screenCost.relErr.toExponential(1)}`);
 for (const note of new Set([...denseRows.map((x) => x.torchNote), ...naRows.map((x) => x.flexNote)].filter((x) => x))) console.log(`PyTorch rows unavailable: ${note}`);
 
 const bwdRows = bwdOurs.map((o, i) => {
@@ -444,6 +458,7 @@ await writeFile(
       torch: { version: torch.torch ?? null, device: torch.device ?? null, unavailable: torch.unavailable ?? null, results: torchRows },
       dense: denseRows,
       na: { grid: SIZES.naGrid, heads: SIZES.naHeads, dim: SIZES.naDim, denseFused: naDense, rows: naRows },
+      screen: screenCost,
       ...(opt.backward ? { backward: { checks: bwdChecks, rows: bwdRows, sweep: bwdSweep } } : {}),
     },
     null,
