@@ -2,7 +2,7 @@ import { ITEM, NO_MASK, VISIT } from './schedule.js';
 import { ropeFns } from './fused-wgsl.js';
 import { uniformLayout } from './uniforms.js';
 import { FLAT_INVOCATION, type Program, prologue, vecType as vec } from './wgsl.js';
-import { dotOf as dot, microProduct, scoreHooks, stageRows } from './tile-wgsl.js';
+import { TILE_UNIFORMS, type TileSpec, dotOf as dot, microProduct, scoreHooks, stageRows } from './tile-wgsl.js';
 
 /**
  * The WebGPU backward (FlashAttention-2, recomputed from the forward's LSE, design.md 3) as three
@@ -24,53 +24,21 @@ import { dotOf as dot, microProduct, scoreHooks, stageRows } from './tile-wgsl.j
  */
 
 /** Compile-time constants of one backward pipeline. */
-export interface BackwardSpec {
+export interface BackwardSpec extends TileSpec {
   /** 'q': work items are query tiles, dQ; 'k': work items are key tiles, dK and dV. */
   readonly side: 'q' | 'k';
-  readonly dim: number;
-  readonly dimV: number;
-  readonly wq: 1 | 4;
-  readonly wv: 1 | 4;
-  /** Own rows per work item (a multiple of rm). */
-  readonly rows: number;
-  /** Rows of the other side staged per visit (a multiple of tx). */
-  readonly keys: number;
-  /** Register blocking, as in the forward: thread (ty, tx) owns rows ty*rm.. and columns tx, tx+TX, .. of each tile. */
-  readonly rm: number;
-  readonly tx: number;
-  readonly softcap: boolean;
-  readonly bias: boolean;
-  readonly rpb: boolean;
-  readonly rope: boolean;
   /** Side 'q': also write dS to the hook-gradient buffer: per-row drpb partials, or dbias of the (expanded) bias. */
   readonly hookGrad: 'none' | 'rpb' | 'bias';
   /** Side 'k': write dK, dV per query head ([kRows, H, ...]), summed over each group afterwards. */
   readonly perQueryHead: boolean;
-  /**
-   * Constant loop bounds (the driver unrolls them) or bounds read from the uniforms: CPU drivers
-   * such as llvmpipe compile unrolled code many times slower (fused-wgsl.ts FusedSpec.unroll).
-   */
-  readonly unroll: boolean;
 }
 
 export const backwardThreads = (s: Pick<BackwardSpec, 'rows' | 'rm' | 'tx'>): number => (s.rows / s.rm) * s.tx;
 
 export const BACKWARD_UNIFORMS = uniformLayout({
-  heads: 'u32',
-  kvHeads: 'u32',
-  group: 'u32',
-  total: 'u32',
-  itemsX: 'u32',
-  scale: 'f32',
-  softcap: 'f32',
+  ...TILE_UNIFORMS,
+  // where aux starts in the shared schedule binding, in words
   auxOff: 'u32',
-  rpbOff: 'u32',
-  rpbVol: 'u32',
-  rpbConst: 'i32',
-  ropeOff: 'u32',
-  ropeHalf: 'u32',
-  ropeSin: 'u32',
-  ropeMax: 'i32',
   // the blocking constants again, as loop bounds for specs that do not unroll
   nDQ: 'u32',
   nDV: 'u32',

@@ -2,7 +2,7 @@ import { ITEM, NO_MASK, VISIT } from './schedule.js';
 import { ANALYTIC_UNIFORMS, analyticSource } from './analytic.js';
 import { uniformLayout } from './uniforms.js';
 import { type Program, attnBindings, f16Directive, narrow, prologue, vecType as vec, widenLoads } from './wgsl.js';
-import { microProduct, scoreHooks, stageRows } from './tile-wgsl.js';
+import { TILE_UNIFORMS, type TileSpec, microProduct, scoreHooks, stageRows } from './tile-wgsl.js';
 
 /**
  * The fused forward template (one for every pattern). One workgroup per work item; its query
@@ -14,29 +14,7 @@ import { microProduct, scoreHooks, stageRows } from './tile-wgsl.js';
  */
 
 /** Compile-time constants of one fused pipeline; the pipeline cache key is this object, stringified. */
-export interface FusedSpec {
-  readonly dim: number;
-  readonly dimV: number;
-  /** Vector width of q/k rows and of v/out rows (4 when the head dim allows it). */
-  readonly wq: 1 | 4;
-  readonly wv: 1 | 4;
-  /** Query rows per work item (a multiple of rm). */
-  readonly rows: number;
-  /** Keys staged per visit (a multiple of tx). */
-  readonly keys: number;
-  /** Rows per thread, and threads sharing a row. */
-  readonly rm: number;
-  readonly tx: number;
-  readonly softcap: boolean;
-  readonly bias: boolean;
-  readonly rpb: boolean;
-  /** RoPE on q and k rows as they are staged (table in aux, positions token + shift from the schedule). */
-  readonly rope: boolean;
-  /**
-   * Constant loop bounds (the driver unrolls, the micro-tiles live in registers) or bounds read
-   * from the uniforms (CPU drivers such as llvmpipe compile unrolled code many times slower).
-   */
-  readonly unroll: boolean;
+export interface FusedSpec extends TileSpec {
   /**
    * Row reductions and the P tile through subgroup shuffles instead of workgroup memory (needs the
    * `subgroups` feature and tx a power of two no larger than the adapter's smallest subgroup; the
@@ -81,24 +59,10 @@ export function fusedWorkgroupBytes(s: Pick<FusedSpec, 'dim' | 'dimV' | 'rows' |
 }
 
 export const FUSED_UNIFORMS = uniformLayout({
-  heads: 'u32',
-  kvHeads: 'u32',
-  group: 'u32',
-  total: 'u32',
-  itemsX: 'u32',
-  scale: 'f32',
-  softcap: 'f32',
+  ...TILE_UNIFORMS,
   negInf: 'f32',
   // NaN's bits, for the non-finite policy (a WGSL constant NaN does not compile)
   nanBits: 'u32',
-  rpbOff: 'u32',
-  rpbVol: 'u32',
-  rpbConst: 'i32',
-  // RoPE table in aux: cos at ropeOff, [ropeMax, ropeHalf], the sin table ropeSin words later
-  ropeOff: 'u32',
-  ropeHalf: 'u32',
-  ropeSin: 'u32',
-  ropeMax: 'i32',
   // the blocking constants again, as loop bounds for specs that do not unroll
   dq: 'u32',
   rm: 'u32',

@@ -5,6 +5,53 @@
  * fused-wgsl.ts (`ropeFns`) and is shared the same way.
  */
 
+/** The spec fields every attention tile template (forward and backward) has. */
+export interface TileSpec {
+  readonly dim: number;
+  readonly dimV: number;
+  /** Vector width of q/k rows and of v/out rows (4 when the head dim allows it). */
+  readonly wq: 1 | 4;
+  readonly wv: 1 | 4;
+  /** Own rows per work item (a multiple of rm), and rows of the other side staged per visit (a multiple of tx). */
+  readonly rows: number;
+  readonly keys: number;
+  /** Register blocking (design.md 8): rows per thread, and threads sharing a row. */
+  readonly rm: number;
+  readonly tx: number;
+  readonly softcap: boolean;
+  readonly bias: boolean;
+  readonly rpb: boolean;
+  /** RoPE on q and k rows as they are staged (table in aux, positions token + shift from the schedule). */
+  readonly rope: boolean;
+  /**
+   * Constant loop bounds (the driver unrolls, the micro-tiles live in registers) or bounds read
+   * from the uniforms (CPU drivers such as llvmpipe compile unrolled code many times slower).
+   */
+  readonly unroll: boolean;
+}
+
+/**
+ * Uniform fields both templates read: head counts, the work-item grid, the score scale and hooks,
+ * and where rpb and the RoPE table sit in aux (cos at ropeOff, [ropeMax, ropeHalf], the sin table
+ * ropeSin words later).
+ */
+export const TILE_UNIFORMS = {
+  heads: 'u32',
+  kvHeads: 'u32',
+  group: 'u32',
+  total: 'u32',
+  itemsX: 'u32',
+  scale: 'f32',
+  softcap: 'f32',
+  rpbOff: 'u32',
+  rpbVol: 'u32',
+  rpbConst: 'i32',
+  ropeOff: 'u32',
+  ropeHalf: 'u32',
+  ropeSin: 'u32',
+  ropeMax: 'i32',
+} as const;
+
 const range = (n: number): number[] => Array.from({ length: n }, (_, i) => i);
 const lines = (xs: readonly string[], indent: string): string => xs.join(`\n${indent}`);
 
