@@ -5,6 +5,7 @@ import { type AttnProblem, ItemSpace, tileFor } from '../problem.js';
 import { BufferUsage, type GpuContext, type GpuLimits } from './device.js';
 import { BACKWARD_UNIFORMS, type BackwardSpec, REDUCE_UNIFORMS, STATS_THREADS, STATS_UNIFORMS, backwardProgram, backwardThreads, backwardWorkgroupBytes, reduceProgram, statsProgram } from './backward-wgsl.js';
 import { fitTile } from './fused.js';
+import { problemFields } from './tile-wgsl.js';
 import { type Launch, type OutputSpec, type PassTimer, bindingOf, bindingsFit, gridFor, launch, onHostArrays, rpbLayout, threadGrid, uniformBuffer, withDevice } from './run.js';
 import { type GpuSchedule, buildGpuSchedule } from './schedule.js';
 import { type GpuTensor, createBuffer, dtypeOf, writeData } from './tensor.js';
@@ -81,18 +82,11 @@ export function planBackward(problem: AttnProblem, limits: GpuLimits, tune: Back
         const tx = Math.min(tune.tx, prod(other));
         const spec: BackwardSpec = {
           side: which,
-          dim: problem.dim,
-          dimV: problem.dimV,
-          wq: problem.dim % 4 === 0 ? 4 : 1,
-          wv: problem.dimV % 4 === 0 ? 4 : 1,
+          ...problemFields(problem),
           rows,
           keys: roundUp(prod(other), tx),
           rm,
           tx,
-          softcap: problem.softcap > 0,
-          bias: problem.bias !== undefined,
-          rpb: problem.rpb !== undefined,
-          rope: problem.rope !== undefined,
           hookGrad: which === 'q' ? hookGrad : 'none',
           perQueryHead: which === 'k' && problem.heads !== problem.kvHeads,
           unroll: tune.unroll,

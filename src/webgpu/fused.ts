@@ -4,6 +4,7 @@ import { TilewiseError } from '../errors.js';
 import { type AttnProblem, ItemSpace, tileFor } from '../problem.js';
 import { BufferUsage, type GpuContext, type GpuLimits } from './device.js';
 import { type AnalyticPlan, analyticPlan, zeroAnalytic } from './analytic.js';
+import { problemFields } from './tile-wgsl.js';
 import { FUSED_UNIFORMS, type FusedSpec, blockingOf, fusedProgram, fusedWorkgroupBytes, threadsOf } from './fused-wgsl.js';
 import { buildGpuSchedule } from './schedule.js';
 import { permuteLaunch, permuteProgram } from './permute.js';
@@ -135,18 +136,11 @@ export function planFused(problem: AttnProblem, limits: GpuLimits, tune: FusedTu
       const tiled = { ...problem, qTile, kvTile };
       const analytic = tune.analytic === false ? undefined : analyticPlan(tiled);
       const spec: FusedSpec = {
-        dim,
-        dimV,
-        wq: dim % 4 === 0 ? 4 : 1,
-        wv: dimV % 4 === 0 ? 4 : 1,
+        ...problemFields(problem),
         rows,
         keys,
         rm,
         tx,
-        softcap: problem.softcap > 0,
-        bias: problem.bias !== undefined,
-        rpb: problem.rpb !== undefined,
-        rope: problem.rope !== undefined,
         unroll: tune.unroll,
         // one lane per row needs no exchange at all; else the row's lanes must share a subgroup
         subgroups: tune.subgroups !== false && (tx === 1 || ((tx & (tx - 1)) === 0 && tx <= subgroupMinSize)),

@@ -1,3 +1,5 @@
+import type { AttnProblem } from '../problem.js';
+
 /**
  * WGSL pieces the forward (fused-wgsl.ts) and backward (backward-wgsl.ts) templates share, each a
  * generator of source text for one named splice point (style.md 5): staging rows into workgroup
@@ -28,6 +30,20 @@ export interface TileSpec {
    * from the uniforms (CPU drivers such as llvmpipe compile unrolled code many times slower).
    */
   readonly unroll: boolean;
+}
+
+/** The spec fields that follow from the problem alone (head dims, vector widths, score hooks). */
+export function problemFields(p: Pick<AttnProblem, 'dim' | 'dimV' | 'softcap' | 'bias' | 'rpb' | 'rope'>): Pick<TileSpec, 'dim' | 'dimV' | 'wq' | 'wv' | 'softcap' | 'bias' | 'rpb' | 'rope'> {
+  return {
+    dim: p.dim,
+    dimV: p.dimV,
+    wq: p.dim % 4 === 0 ? 4 : 1,
+    wv: p.dimV % 4 === 0 ? 4 : 1,
+    softcap: p.softcap > 0,
+    bias: p.bias !== undefined,
+    rpb: p.rpb !== undefined,
+    rope: p.rope !== undefined,
+  };
 }
 
 /**
