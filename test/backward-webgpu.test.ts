@@ -26,30 +26,15 @@ import { webgpuAvailable } from '../src/webgpu/device.js';
 import { type GpuTensor, fromGpu, releaseTensor, runWebGPUBackward, setBackwardTuning, toGpu } from '../src/webgpu/index.js';
 import { BACKWARD_TUNING, backwardCacheStats, planBackward } from '../src/webgpu/backward.js';
 import { backwardProgram, backwardThreads, backwardWorkgroupBytes } from '../src/webgpu/backward-wgsl.js';
-import { Failures, Rng, SMALL_LIMITS, checkVarsInitialised, describe, randTensor, randomAttention, randomNA, relErr, sameBytes, snapshot } from './helpers.js';
+import { Failures, type GradArrays, Rng, SMALL_LIMITS, checkVarsInitialised, describe, gradMismatch, randTensor, randomAttention, randomNA, relErr, sameBytes, snapshot } from './helpers.js';
 
 const available = await webgpuAvailable();
 const skip: string | false = available === true ? false : `no WebGPU device: ${available}`;
 const TOL = 1e-4;
 
-/** relErr under TOL, no NaN, for every gradient the reference has (exact zeros: round-off only). */
-function compare(g: Record<string, Float32Array | undefined>, ref: ReturnType<typeof referenceBackward>, withBias: boolean): string | null {
-  let scale = 1;
-  for (const r of [ref.dq, ref.dk, ref.dv]) for (const x of r) scale = Math.max(scale, Math.abs(x));
-  const want: Record<string, Float64Array | undefined> = { dq: ref.dq, dk: ref.dk, dv: ref.dv, drpb: ref.drpb, dbias: withBias ? ref.dbias : undefined };
-  for (const [n, w] of Object.entries(want)) {
-    if (!w) continue;
-    const got = g[n];
-    if (!got) return `${n} missing`;
-    if (got.length !== w.length) return `${n} length ${got.length} != ${w.length}`;
-    const zero = w.every((x) => x === 0);
-    const e = relErr(got, w);
-    if (zero ? !got.every((x) => Math.abs(x) <= 1e-5 * scale) : !(e < TOL)) return `${n} relErr ${e}`;
-  }
-  return null;
-}
+const compare = (g: GradArrays, ref: ReturnType<typeof referenceBackward>, withBias: boolean): string | null => gradMismatch(g, ref, withBias, TOL);
 
-const hostGrads = (g: Grads): Record<string, Float32Array | undefined> => ({ dq: g.dq.data, dk: g.dk.data, dv: g.dv.data, drpb: g.drpb?.data, dbias: g.dbias?.data });
+const hostGrads = (g: Grads): GradArrays => ({ dq: g.dq.data, dk: g.dk.data, dv: g.dv.data, drpb: g.drpb?.data, dbias: g.dbias?.data });
 
 test('WebGPU backward: random attention configurations against the float64 reference (GQA, Dv != D, causal, windows, masks, softcap, bias, RoPE)', { skip }, async () => {
   const f = new Failures();

@@ -25,35 +25,13 @@ import { planAttention, planNA } from '../src/api.js';
 import { setInlineFlops } from '../src/cpu/pool.js';
 import type { AttnProblem } from '../src/problem.js';
 import { referenceBackward } from '../src/reference-backward.js';
-import { Failures, Rng, describe, randTensor, randomAttention, randomNA, relErr, snapshot, sameBytes } from './helpers.js';
+import { Failures, Rng, describe, gradMismatch, randTensor, randomAttention, randomNA, relErr, snapshot, sameBytes } from './helpers.js';
 
 const TOL = 1e-4;
 
-/**
- * relErr under TOL with no NaN, for every gradient the reference has. A gradient that is exactly
- * zero in float64 (one key per row: dS = P (dP - dP) = 0) is float32 round-off here, so it must
- * only be small against the call's other gradients.
- */
-function compareGrads(g: Grads, ref: ReturnType<typeof referenceBackward>): string | null {
-  let scale = 1;
-  for (const r of [ref.dq, ref.dk, ref.dv]) for (const x of r) scale = Math.max(scale, Math.abs(x));
-  const pairs: [string, Float32Array | undefined, Float64Array | undefined][] = [
-    ['dq', g.dq.data, ref.dq],
-    ['dk', g.dk.data, ref.dk],
-    ['dv', g.dv.data, ref.dv],
-    ['drpb', g.drpb?.data, ref.drpb],
-    ['dbias', g.dbias?.data, g.dbias ? ref.dbias : undefined],
-  ];
-  for (const [n, got, want] of pairs) {
-    if (!want) continue;
-    if (!got) return `${n} missing`;
-    if (got.length !== want.length) return `${n} length ${got.length} != ${want.length}`;
-    const e = relErr(got, want);
-    const zero = want.every((x) => x === 0);
-    if (zero ? !got.every((x) => Math.abs(x) <= 1e-5 * scale) : !(e < TOL)) return `${n} relErr ${e}`;
-  }
-  return null;
-}
+/** The gradients of an API call against the reference (dbias when the call returned one). */
+const compareGrads = (g: Grads, ref: ReturnType<typeof referenceBackward>): string | null =>
+  gradMismatch({ dq: g.dq.data, dk: g.dk.data, dv: g.dv.data, drpb: g.drpb?.data, dbias: g.dbias?.data }, ref, g.dbias !== undefined, TOL);
 
 /** backend: where the backward runs (the forward always runs on the CPU). */
 async function attentionCase(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOptions, rng: Rng, backend: 'cpu' | 'webgpu' = 'cpu'): Promise<string | null> {

@@ -360,3 +360,29 @@ export function randomAttention(rng: Rng, maxN: number): { q: Tensor; k: Tensor;
   if (rng.bool(0.25) && D % 2 === 0 && opts.pattern === undefined) opts.rope = { base: 10000 };
   return { q, k, v, opts, name: describe({ B, H, Hk, D, Dv, nq, nk, ...opts, bias: opts.bias?.shape }) };
 }
+
+/** Gradients as flat arrays (host results of any backward), by name. */
+export type GradArrays = { dq: Float32Array; dk: Float32Array; dv: Float32Array; drpb?: Float32Array | undefined; dbias?: Float32Array | undefined };
+
+/**
+ * Checks gradients against the float64 reference backward: relErr < tol and no NaN for every
+ * gradient the reference has (dbias only when `withBias`). A gradient that is exactly zero in
+ * float64 (one key per row: dS = P (dP - dP) = 0) is float32 round-off, so it must only be small
+ * against the call's other gradients. Returns the first failure, or null.
+ */
+export function gradMismatch(g: GradArrays, ref: { dq: Float64Array; dk: Float64Array; dv: Float64Array; drpb?: Float64Array; dbias?: Float64Array }, withBias: boolean, tol = 1e-4): string | null {
+  let scale = 1;
+  for (const r of [ref.dq, ref.dk, ref.dv]) for (const x of r) scale = Math.max(scale, Math.abs(x));
+  const want: Record<string, Float64Array | undefined> = { dq: ref.dq, dk: ref.dk, dv: ref.dv, drpb: ref.drpb, dbias: withBias ? ref.dbias : undefined };
+  const got = g as unknown as Record<string, Float32Array | undefined>;
+  for (const [n, w] of Object.entries(want)) {
+    if (!w) continue;
+    const x = got[n];
+    if (!x) return `${n} missing`;
+    if (x.length !== w.length) return `${n} length ${x.length} != ${w.length}`;
+    const zero = w.every((v) => v === 0);
+    const e = relErr(x, w);
+    if (zero ? !x.every((v) => Math.abs(v) <= 1e-5 * scale) : !(e < tol)) return `${n} relErr ${e}`;
+  }
+  return null;
+}

@@ -1,5 +1,5 @@
-import { ITEM, NO_MASK, VISIT } from './schedule.js';
-import { ropeFns } from './fused-wgsl.js';
+import { NO_MASK } from './schedule.js';
+import { listSource, ropeFns } from './fused-wgsl.js';
 import { uniformLayout } from './uniforms.js';
 import { FLAT_INVOCATION, type Program, prologue, vecType as vec } from './wgsl.js';
 import { TILE_UNIFORMS, type TileSpec, dotOf as dot, microProduct, scoreHooks, stageRows } from './tile-wgsl.js';
@@ -95,6 +95,7 @@ function generateBackward(s: BackwardSpec): string {
   const RV = Math.ceil(DV / TX);
   const T = backwardThreads(s);
   const qSide = s.side === 'q';
+  const list = listSource(s.rope);
   const I = range(RM);
   const lines = (xs: string[], indent: string) => xs.join(`\n${indent}`);
   // loop bounds: constants to unroll, uniforms to keep loops
@@ -222,10 +223,7 @@ fn unrope_ow(base: u32, c: u32, p: u32) -> ${QT} {
     : '';
   return `${prologue(backwardProgram, s, { DQ, DV, ROWS: s.rows, BK: s.keys, RM, RN, TX, THREADS: T })}
 const NO_MASK: u32 = ${NO_MASK}u;
-${ITEM.wgsl('I_')}
-${VISIT.wgsl('V_')}
-const ITEM_SIZE: u32 = ${ITEM.size}u;
-const VISIT_SIZE: u32 = ${VISIT.size}u;
+${list.decls}
 fn auxf(i: u32) -> f32 { return bitcast<f32>(sched[P.auxOff + i]); }
 fn ld_q(i: u32) -> ${QT} { return q[i]; }
 fn ld_k(i: u32) -> ${QT} { return k[i]; }
@@ -245,18 +243,12 @@ ${unropeFn}
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   let item = wid.x + wid.y * P.itemsX;
   if (item >= P.total) { return; }
-  let ib = item * ITEM_SIZE;
-  let h = sched[ib + I_h];
+  ${list.item}
+  // the record's query list is this item's own list: key tokens on side 'k' (the transposed schedule)
   let kh = h / P.group;
-  let qOff = sched[ib + I_qOff];
-  let kOff = sched[ib + I_kOff];
-  let ownList = sched[ib + I_qTok];
-  let nOwn = sched[ib + I_nq];
-  let visit = sched[ib + I_visit];
-  let nVisit = sched[ib + I_nVisit];
-  let biasBase = sched[ib + I_biasBase];
-  let biasStride = sched[ib + I_biasStride];
-  let ownShift = bitcast<i32>(sched[ib + I_qPosShift]);
+  let ownList = qTok;
+  let nOwn = nq;
+  ${s.rope ? 'let ownShift = qShift;' : ''}
   let tx = lid % TX;
   let r0 = (lid / TX) * RM;
   ${stageOwn}
@@ -276,11 +268,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   ${qSide ? '' : `var accv: array<${VT}, ${RM * RV}> = array<${VT}, ${RM * RV}>();`}
 
   for (var vi: u32 = 0u; vi < nVisit; vi++) {
-    let vb = visit + vi * VISIT_SIZE;
-    let oTok = sched[vb + V_kTok];
-    let nk = sched[vb + V_nk];
-    let mask = sched[vb + V_mask];
-    let oShift = bitcast<i32>(sched[vb + V_kPosShift]);
+    ${list.visit('vi')}
+    let oTok = kTok;
+    ${s.rope ? 'let oShift = kShift;' : ''}
     workgroupBarrier(); // the previous visit's tiles are consumed (and, at the first, the own rows staged)
     ${stageOther}
     workgroupBarrier();

@@ -147,8 +147,8 @@ export interface ScheduleSource {
   allowed(i: string, r: string, c: string): string;
 }
 
-/** Uploaded schedules: the records schedule.ts writes. */
-function listSource(rope: boolean): ScheduleSource {
+/** Uploaded schedules: the records schedule.ts writes (the backward's passes read them too). */
+export function listSource(rope: boolean): ScheduleSource {
   return {
     decls: `${ITEM.wgsl('I_')}
 ${VISIT.wgsl('V_')}
