@@ -35,7 +35,6 @@ export const BACKWARD_TUNING: Readonly<Record<'cpu' | 'gpu', BackwardTuning>> = 
   // H100 sweep of 7 blockings on dense B4 N4096 H32 D64 (BENCHMARKS.md): 313 ms, against 383-825 for the rest
   gpu: { rm: 4, tx: 8, maxRows: 64, maxKeys: 32, unroll: true },
   // lavapipe, dense N2048 H8 D64: 8x2 3.1x the forward, 4x2 3.9x, 4x4 4.6x, 16x4 3.3x
-
   cpu: { rm: 8, tx: 2, maxRows: 32, maxKeys: 16, unroll: false },
 };
 let override: Partial<BackwardTuning> | undefined;
@@ -109,8 +108,9 @@ function expandBias(problem: AttnProblem): AttnProblem {
   const s0 = problem.seqs[0]!;
   const n = prod(s0.qGrid) * prod(s0.kGrid);
   const data = new Float32Array(B * H * n);
-  for (let bi = 0; bi < B; bi++)
-    for (let h = 0; h < H; h++) data.set(b.data.subarray(((b.batch === 1 ? 0 : bi) * b.heads + (b.heads === 1 ? 0 : h)) * n, ((b.batch === 1 ? 0 : bi) * b.heads + (b.heads === 1 ? 0 : h) + 1) * n), (bi * H + h) * n);
+  // the (batch, head) block of the bias that (bi, h) reads
+  const from = (bi: number, h: number) => ((b.batch === 1 ? 0 : bi) * b.heads + (b.heads === 1 ? 0 : h)) * n;
+  for (let bi = 0; bi < B; bi++) for (let h = 0; h < H; h++) data.set(b.data.subarray(from(bi, h), from(bi, h) + n), (bi * H + h) * n);
   return { ...problem, bias: { data, batch: B, heads: H } };
 }
 
@@ -119,8 +119,8 @@ const align = (words: number, to: number): number => Math.ceil(words / to) * to;
 /**
  * The two schedules of recent problems. A training loop runs the backward on one shape again and
  * again, and for neighborhoods the host-built schedules (their partial-visit masks) cost more than
- * the kernels: measured on the H100, 2-D NA 128x128 k=13 51 ms of kernels in a 334 ms call, 3-D
- * 32^3 k=7 62 ms in 1668 ms. Keyed by everything buildGpuSchedule reads; patterns holding functions
+ * the kernels: measured on the H100, 283 ms of host work per call for 2-D NA 128x128 k=13 and 1.6 s
+ * for 3-D 32^3 k=7, against 21 and 50 ms of kernels. Keyed by everything buildGpuSchedule reads; patterns holding functions
  * (mask functions) are not cached. Bounded in entries and words; least recently used goes first.
  */
 const scheduleCache = new Map<string, { q: GpuSchedule; k: GpuSchedule }>();
