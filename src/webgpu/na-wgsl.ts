@@ -28,6 +28,8 @@ export const NA_UNIFORMS = uniformLayout({
   scale: 'f32',
   softcap: 'f32',
   negInf: 'f32',
+  // NaN's bits, for the naive kernel's non-finite policy (a WGSL constant NaN does not compile)
+  nanBits: 'u32',
   rpbVol: 'u32',
   rpbConst: 'i32',
   ...perAxis('len'),
@@ -111,6 +113,12 @@ export interface NaiveSpec {
   readonly threads: number;
   /** q, k, v and out stored as f16. */
   readonly f16: boolean;
+  /**
+   * The non-finite policy in the kernel (GPU-tensor inputs): a row whose query, or any key or
+   * value of its window, holds a NaN or an infinity comes out NaN (each thread reads only its own
+   * window, so nothing needs zeroing).
+   */
+  readonly screen?: boolean;
 }
 
 export const naiveProgram: Program<NaiveSpec, typeof NA_UNIFORMS.decl> = {
@@ -125,6 +133,10 @@ export const naiveProgram: Program<NaiveSpec, typeof NA_UNIFORMS.decl> = {
 function scoreHooks(s: { softcap: boolean; rpb: boolean }, rpb: string): string[] {
   return [...(s.softcap ? ['x = P.softcap * tanh(clamp(x / P.softcap, -15.0, 15.0));'] : []), ...(s.rpb ? [`x += rpb[${rpb}];`] : [])];
 }
+
+/** Whether a row vector of width w holds a NaN or an infinity (all exponent bits set: exact, unlike x != x). */
+const nonFinite = (w: 1 | 4, x: string): string =>
+  w === 4 ? `any((bitcast<vec4<u32>>(${x}) & vec4<u32>(0x7f800000u)) == vec4<u32>(0x7f800000u))` : `((bitcast<u32>(${x}) & 0x7f800000u) == 0x7f800000u)`;
 
 function generateNaive(s: NaiveSpec): string {
   const QT = vec(s.wq);
@@ -150,7 +162,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   ${s.rpb ? 'let rpbBase = i32(h * P.rpbVol) + P.rpbConst;' : ''}
 
   var qr: array<${QT}, DQ> = array<${QT}, DQ>();
-  for (var c: u32 = 0u; c < DQ; c++) { qr[c] = ld_q((row * P.heads + h) * DQ + c); }
+  ${s.screen ? 'var bad: bool = false;' : ''}
+  for (var c: u32 = 0u; c < DQ; c++) {
+    qr[c] = ld_q((row * P.heads + h) * DQ + c);
+    ${s.screen ? `bad = bad || ${nonFinite(s.wq, 'qr[c]')};` : ''}
+  }
   var o: array<${VT}, DV> = array<${VT}, DV>();
   var m: f32 = -3.0e38;
   var l: f32 = 0.0;
@@ -158,7 +174,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       let kr = b * P.tokens + ${tokenOf(axes, (a) => `g${a}`, (a) => `k${a}`)};
       let kb = (kr * P.kvHeads + kh) * DQ;
       var acc: f32 = 0.0;
-      for (var c: u32 = 0u; c < DQ; c++) { acc += ${dot}; }
+      for (var c: u32 = 0u; c < DQ; c++) {
+        ${s.screen ? `bad = bad || ${nonFinite(s.wq, 'ld_k(kb + c)')};` : ''}
+        acc += ${dot};
+      }
       var x: f32 = acc * P.scale;
       ${lines(scoreHooks(s, rpbIndex(axes, (a) => `k${a}`, (a) => `x${a}`)), '      ')}
       let mn = max(m, x);
@@ -167,11 +186,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       m = mn;
       l = l * alpha + p;
       let vb = (kr * P.kvHeads + kh) * DV;
-      for (var c: u32 = 0u; c < DV; c++) { o[c] = o[c] * alpha + p * ld_v(vb + c); }
+      for (var c: u32 = 0u; c < DV; c++) {
+        ${s.screen ? `bad = bad || ${nonFinite(s.wv, 'ld_v(vb + c)')};` : ''}
+        o[c] = o[c] * alpha + p * ld_v(vb + c);
+      }
     ${close}
   let ob = (row * P.heads + h) * DV;
-  for (var c: u32 = 0u; c < DV; c++) { out[ob + c] = ${narrow(s.f16, s.wv, 'o[c] / l')}; }
-  lse[row * P.heads + h] = m + log(l);
+  ${s.screen ? 'let nan = bitcast<f32>(P.nanBits);' : ''}
+  for (var c: u32 = 0u; c < DV; c++) { out[ob + c] = ${narrow(s.f16, s.wv, s.screen ? `select(o[c] / l, ${VT}(nan), bad)` : 'o[c] / l')}; }
+  lse[row * P.heads + h] = ${s.screen ? 'select(m + log(l), nan, bad)' : 'm + log(l)'};
 }
 `;
 }

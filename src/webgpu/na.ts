@@ -104,6 +104,7 @@ function naParams(problem: AttnProblem, total: number, groupsX: number, tiled?: 
     scale: problem.scale,
     softcap: problem.softcap,
     negInf: -Infinity,
+    nanBits: 0x7fc00000,
     rpbVol: rpb.volume,
     rpbConst: rpb.base,
     ...axis('len', (a) => grid[a], 1),
@@ -135,6 +136,7 @@ const naiveKernel: TensorKernel = async (ctx: GpuContext, problem, q, k, v, opts
     softcap: problem.softcap > 0,
     rpb: problem.rpb !== undefined,
     threads: Math.min(64, limits.maxComputeInvocationsPerWorkgroup),
+    ...(opts.screen ? { screen: true } : {}),
   } as const;
   const pipeline = await getPipeline(device, naiveProgram, spec);
   return launchAttn(ctx, problem, q, k, v, opts, 'naive', (io, own) => {
