@@ -39,8 +39,8 @@ export async function runGpuTensors(problem: AttnProblem, q: GpuTensor, k: GpuTe
   const lse = checkGpuDest(opts.lse, problem.qRows * problem.heads, 'lse', 'f32');
   const gpu = await import('./webgpu/index.js');
   const run = kind === 'fused' ? gpu.runWebGPUFusedTensors : kind === 'naive' ? gpu.runWebGPUNaiveTensors : gpu.runWebGPUUnfusedTensors;
-  // the fused and naive kernels apply the non-finite policy to GPU-tensor q, k, v themselves (no read-back)
-  const r = await run(problem, q, k, v, { ...(out ? { out } : {}), ...(lse ? { lse } : {}), ...(kind !== 'unfused' ? { screen: true } : {}) });
+  // the kernels apply the non-finite policy to GPU-tensor q, k, v themselves (no read-back)
+  const r = await run(problem, q, k, v, { ...(out ? { out } : {}), ...(lse ? { lse } : {}), screen: true });
   const rows = await tableNaNRows(problem, true);
   if (rows) await gpu.poisonRowsGpu(r.out, r.lse, rows, problem.dimV);
   return { out: { ...r.out, shape: [...lead, problem.heads, problem.dimV] }, lse: { ...r.lse, shape: [...lead, problem.heads] } };

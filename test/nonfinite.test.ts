@@ -194,7 +194,7 @@ test('a NaN or +inf rpb entry makes NaN exactly the rows that read it: CPU, WebG
   f.done('rpb non-finite policy');
 });
 
-test('non-finite policy on GPU tensors: the fused and naive kernels zero and flag NaN/inf in q, k, v themselves (fails on the old kernels)', { skip: gpu ? false : 'no WebGPU device' }, async () => {
+test('non-finite policy on GPU tensors: the fused, naive and unfused kernels apply it themselves (fails on the old kernels)', { skip: gpu ? false : 'no WebGPU device' }, async () => {
   const w = await import('../src/webgpu/index.js');
   const f = new Failures();
   const rng = new Rng(3);
@@ -208,10 +208,11 @@ test('non-finite policy on GPU tensors: the fused and naive kernels zero and fla
     const iv = inject(rng, randTensor(rng, [1, ...grid, Hk, 8]), rng.int(1, 2), Hk);
     const [q, k, v] = [iq.t, ik.t, iv.t];
     const inj: Injected = { q: iq.rows, kv: [...ik.rows, ...iv.rows] };
-    await f.run(`#${i} ${na ? `na2d ${i % 4 === 1 ? 'naive' : 'fused'}` : 'attention'} ${grid.join('x')} H${H}/${Hk}`, async () => {
+    await f.run(`#${i} ${na ? `na2d ${(['fused', 'naive', 'fused', 'unfused'] as const)[i % 4]}` : 'attention'} ${grid.join('x')} H${H}/${Hk}`, async () => {
       const up = async (t: Tensor) => ({ ...(await w.toGpu(t.data, t.shape)), shape: [...t.shape] }) as unknown as Tensor;
       const [gq, gk, gv] = [await up(q), await up(k), await up(v)];
-      const opts = na ? ({ kernelSize: 3, impl: i % 4 === 1 ? 'naive' : 'fused', backend: 'webgpu' } as NeighborhoodOptions) : ({ ...rng.pick([{ causal: true }, { window: [4, 2] }, {}] as AttentionOptions[]), backend: 'webgpu' } as AttentionOptions);
+      const impl = (['fused', 'naive', 'fused', 'unfused'] as const)[i % 4]!;
+      const opts = na ? ({ kernelSize: 3, impl, backend: 'webgpu' } as NeighborhoodOptions) : ({ ...rng.pick([{ causal: true }, { window: [4, 2] }, {}] as AttentionOptions[]), backend: 'webgpu' } as AttentionOptions);
       const r = (na ? await neighborhoodAttention(gq, gk, gv, opts as NeighborhoodOptions) : await attention(gq, gk, gv, opts as AttentionOptions)) as unknown as { out: import('../src/webgpu/index.js').GpuTensor; lse: import('../src/webgpu/index.js').GpuTensor };
       const host: Result = { out: { data: await w.fromGpu(r.out), shape: [] }, lse: { data: await w.fromGpu(r.lse), shape: [] } };
       [gq, gk, gv].forEach((t) => w.releaseTensor(t as unknown as import('../src/webgpu/index.js').GpuTensor));

@@ -227,6 +227,12 @@ export interface TiledSpec {
   readonly unroll: boolean;
   /** q, k (qk) or v, out (av) stored as f16; staged in workgroup memory as f32. */
   readonly f16: boolean;
+  /**
+   * The non-finite policy in the kernel (GPU-tensor inputs): qk writes NaN into the slots of a
+   * query, or of a key, that holds a NaN or an infinity; av zeroes such values of v as it stages
+   * them and makes NaN the rows whose window holds one or whose weights are NaN.
+   */
+  readonly screen?: boolean;
 }
 
 /** Micro-tile sizes of a tiled spec: keys (qk) and value vectors (av) per thread. */
@@ -240,7 +246,8 @@ export const tiledThreads = (s: TiledSpec): number => (s.rows / s.rm) * s.tx;
 /** Workgroup memory a tiled spec declares, in bytes. */
 export function tiledWorkgroupBytes(s: Pick<TiledSpec, 'kind' | 'rank' | 'dim' | 'rows' | 'keys'>): number {
   const staged = s.kind === 'qk' ? (s.rows + s.keys) * s.dim : s.rows * s.keys + s.keys * s.dim;
-  return 4 * (staged + s.rows * (1 + 4 * s.rank));
+  // + the row and key flags of the non-finite screen (counted always: one plan whether it is on or off)
+  return 4 * (staged + s.rows * (1 + 4 * s.rank) + s.rows + s.keys);
 }
 
 /**
@@ -263,6 +270,8 @@ const tiledBindings = (s: TiledSpec) => {
         { name: 'attn', kind: 'read' as const, type: 'array<f32>' },
         { name: 'v', kind: 'read' as const, type: rows },
         { name: 'out', kind: 'readwrite' as const, type: rows },
+        // the screen also marks a row's lse, which the softmax wrote without seeing v
+        ...(s.screen ? [{ name: 'lse', kind: 'readwrite' as const, type: 'array<f32>' }] : []),
       ];
 };
 
@@ -308,12 +317,13 @@ function generateTiled(s: TiledSpec): string {
     const K = range(RN);
     const dot = (a: string, b: string) => (s.w === 4 ? `dot(${a}, ${b})` : `${a} * ${b}`);
     return {
-      decls: `var<workgroup> qs: array<${RT}, ${s.rows * D}>;\nvar<workgroup> ks: array<${RT}, ${s.keys * D}>;`,
+      decls: `var<workgroup> qs: array<${RT}, ${s.rows * D}>;\nvar<workgroup> ks: array<${RT}, ${s.keys * D}>;${s.screen ? '\nvar<workgroup> qbad: array<atomic<u32>, BQ>;\nvar<workgroup> kbad: array<atomic<u32>, BK>;' : ''}`,
       setup: `${s.rpb ? 'let rpbBase = i32(h * P.rpbVol) + P.rpbConst;' : ''}
   for (var e: u32 = lid; e < BQ * D; e += THREADS) {
     let i = e / D;
     var x: ${RT} = ${RT}(0.0);
     if (qrow[i] != NONE) { x = ld_q((qrow[i] * P.heads + h) * D + (e - i * D)); }
+    ${s.screen ? `if (${nonFinite(s.w, 'x')}) { atomicOr(&qbad[i], 1u); }` : ''}
     qs[e] = x;
   }
   // slots without a key (causal windows near the start or cut by stride) hold -inf
@@ -329,7 +339,9 @@ function generateTiled(s: TiledSpec): string {
       stage: `for (var e: u32 = lid; e < nk * D; e += THREADS) {
       let jj = e / D;
       ${lines(boxKey('c0 + jj'), '      ')}
-      ks[e] = ld_k(((${keyRow}) * P.kvHeads + kh) * D + (e - jj * D));
+      let kx = ld_k(((${keyRow}) * P.kvHeads + kh) * D + (e - jj * D));
+      ${s.screen ? `if (${nonFinite(s.w, 'kx')}) { atomicMax(&kbad[jj], c0 / BK + 1u); }` : ''}
+      ks[e] = kx;
     }`,
       chunk: `// S = Q K^T on this thread's RM x RN micro-tile (rows r0.., keys tx, tx + TX, ..)
     for (var x: u32 = 0u; x < ${bRM} * ${bRN}; x++) { sc[x] = 0.0; }
@@ -350,6 +362,7 @@ function generateTiled(s: TiledSpec): string {
         if (!inside) { continue; }
         var x: f32 = sc[(i - r0) * ${RN}u + n] * P.scale;
         ${lines(scoreHooks(s, rpbIndex(axes, (a) => `k${a}`, (a) => qw(a, 0))), '        ')}
+        ${s.screen ? 'if (atomicLoad(&qbad[i]) != 0u || atomicLoad(&kbad[jj]) == c0 / BK + 1u) { x = bitcast<f32>(P.nanBits); }' : ''}
         attn[(row * P.heads + h) * P.wv + u32(slot)] = x;
       }
     }`,
@@ -361,13 +374,20 @@ function generateTiled(s: TiledSpec): string {
     const exact = RV * TX === D;
     const vcol = (c: number) => (exact ? `tx + ${TX * c}u` : `min(tx + ${TX * c}u, D - 1u)`);
     return {
-      decls: `var<workgroup> ps: array<f32, ${s.rows * s.keys}>;\nvar<workgroup> vs: array<${RT}, ${s.keys * D}>;`,
+      decls: `var<workgroup> ps: array<f32, ${s.rows * s.keys}>;\nvar<workgroup> vs: array<${RT}, ${s.keys * D}>;${s.screen ? '\nvar<workgroup> rbad: array<atomic<u32>, BQ>;\nvar<workgroup> kbad: array<atomic<u32>, BK>;' : ''}`,
       setup: `var o: array<${RT}, ${RM * RV}> = array<${RT}, ${RM * RV}>();`,
       stage: `for (var e: u32 = lid; e < nk * D; e += THREADS) {
       let jj = e / D;
       ${lines(boxKey('c0 + jj'), '      ')}
-      vs[e] = ld_v(((${keyRow}) * P.kvHeads + kh) * D + (e - jj * D));
+      ${
+        s.screen
+          ? `var vx = ld_v(((${keyRow}) * P.kvHeads + kh) * D + (e - jj * D));
+      if (${nonFinite(s.w, 'vx')}) { atomicMax(&kbad[jj], c0 / BK + 1u); vx = ${vec(s.w)}(0.0); }
+      vs[e] = vx;`
+          : `vs[e] = ld_v(((${keyRow}) * P.kvHeads + kh) * D + (e - jj * D));`
+      }
     }
+    ${s.screen ? 'workgroupBarrier(); // the chunk\'s key flags, before the weights read them' : ''}
     // each query's window weights, scattered onto the chunk's keys (0 outside the window)
     for (var e: u32 = lid; e < BQ * BK; e += THREADS) {
       let i = e / BK;
@@ -376,7 +396,10 @@ function generateTiled(s: TiledSpec): string {
       if (qrow[i] != NONE && jj < nk) {
         ${lines(boxKey('c0 + jj'), '        ')}
         ${lines(windowSlot(axes, s.rank, 'i'), '        ')}
-        if (inside) { p = attn[(qrow[i] * P.heads + h) * P.wv + u32(slot)]; }
+        if (inside) {
+          p = attn[(qrow[i] * P.heads + h) * P.wv + u32(slot)];
+          ${s.screen ? `if (${nonFinite(1, 'p')} || atomicLoad(&kbad[jj]) == c0 / BK + 1u) { atomicOr(&rbad[i], 1u); p = 0.0; }` : ''}
+        }
       }
       ps[e] = p;
     }`,
@@ -389,10 +412,11 @@ function generateTiled(s: TiledSpec): string {
       finish: `for (var i: u32 = 0u; i < ${bRM}; i++) {
     let row = qrow[r0 + i];
     if (row == NONE) { continue; }
+    ${s.screen ? 'if (tx == 0u && atomicLoad(&rbad[r0 + i]) != 0u) { lse[row * P.heads + h] = bitcast<f32>(P.nanBits); }' : ''}
     for (var c: u32 = 0u; c < ${bRV}; c++) {
       let col = tx + TX * c;
       ${exact ? '' : 'if (col >= D) { break; }'}
-      out[(row * P.heads + h) * D + col] = ${narrow(s.f16, s.w, `o[i * ${RV}u + c]`)};
+      out[(row * P.heads + h) * D + col] = ${narrow(s.f16, s.w, s.screen ? `select(o[i * ${RV}u + c], ${RT}(bitcast<f32>(P.nanBits)), atomicLoad(&rbad[r0 + i]) != 0u)` : `o[i * ${RV}u + c]`)};
     }
   }`,
     };
@@ -465,6 +489,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 export interface SoftmaxSpec {
   readonly normalize: boolean;
   readonly threads: number;
+  /** A row holding a NaN score (naQK's non-finite mark) comes out all NaN, with a NaN lse. */
+  readonly screen?: boolean;
 }
 
 export const naSoftmaxProgram: Program<SoftmaxSpec, typeof NA_UNIFORMS.decl> = {
@@ -484,6 +510,22 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let r = ${FLAT_INVOCATION};
   if (r >= P.total) { return; }
   let base = r * P.wv;
+  ${
+    s.screen
+      ? `var bad: bool = false;
+  // NaN or +inf (-inf marks a slot without a key)
+  for (var j: u32 = 0u; j < P.wv; j++) {
+    let u = bitcast<u32>(attn[base + j]);
+    bad = bad || ((u & 0x7f800000u) == 0x7f800000u && u != 0xff800000u);
+  }
+  if (bad) {
+    let nan = bitcast<f32>(P.nanBits);
+    ${s.normalize ? 'for (var j: u32 = 0u; j < P.wv; j++) { attn[base + j] = nan; }' : ''}
+    lse[r] = nan;
+    return;
+  }`
+      : ''
+  }
   var mx: f32 = NEG;
   for (var j: u32 = 0u; j < P.wv; j++) { mx = max(mx, attn[base + j]); }
   var sum: f32 = 0.0;

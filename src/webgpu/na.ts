@@ -246,9 +246,11 @@ export function planTiled(problem: AttnProblem, kind: 'qk' | 'av', limits: GpuLi
 /** One dispatch of the pipeline, made synchronously from its bindings once the pipeline is compiled. */
 type Step<B> = (b: B, own: Own) => Launch;
 
-async function tiledStep(ctx: GpuContext, problem: AttnProblem, kind: 'qk' | 'av', f16: boolean): Promise<Step<readonly Bind[]>> {
+async function tiledStep(ctx: GpuContext, problem: AttnProblem, kind: 'qk' | 'av', f16: boolean, screen = false): Promise<Step<readonly Bind[]>> {
   const { device, limits } = ctx;
-  const { spec, tile } = planTiled(problem, kind, limits, tuningFor(ctx.adapterClass), f16);
+  const planned = planTiled(problem, kind, limits, tuningFor(ctx.adapterClass), f16);
+  const tile = planned.tile;
+  const spec = screen ? { ...planned.spec, screen: true } : planned.spec;
   const pipeline = await getPipeline(device, kind === 'qk' ? naQKProgram : naAVProgram, spec);
   const na = problem.pattern as NASpec;
   const grid = problem.seqs[0]!.qGrid;
@@ -262,21 +264,21 @@ async function tiledStep(ctx: GpuContext, problem: AttnProblem, kind: 'qk' | 'av
 }
 
 /** naQK: q, k (f16 storage when `f16`) -> scores (attn, f32). */
-const qkStep = async (ctx: GpuContext, problem: AttnProblem, f16: boolean): Promise<Step<{ q: Bind; k: Bind; attn: Bind }>> => {
-  const step = await tiledStep(ctx, problem, 'qk', f16);
+const qkStep = async (ctx: GpuContext, problem: AttnProblem, f16: boolean, screen = false): Promise<Step<{ q: Bind; k: Bind; attn: Bind }>> => {
+  const step = await tiledStep(ctx, problem, 'qk', f16, screen);
   return (b, own) => step([b.q, b.k, b.attn], own);
 };
 
 /** naAV: attn (f32), v -> out (v's element type). */
-const avStep = async (ctx: GpuContext, problem: AttnProblem, f16: boolean): Promise<Step<{ attn: Bind; v: Bind; out: Bind }>> => {
-  const step = await tiledStep(ctx, problem, 'av', f16);
-  return (b, own) => step([b.attn, b.v, b.out], own);
+const avStep = async (ctx: GpuContext, problem: AttnProblem, f16: boolean, screen = false): Promise<Step<{ attn: Bind; v: Bind; out: Bind; lse?: Bind }>> => {
+  const step = await tiledStep(ctx, problem, 'av', f16, screen);
+  return (b, own) => step(screen ? [b.attn, b.v, b.out, b.lse!] : [b.attn, b.v, b.out], own);
 };
 
 /** Row softmax: LSE of every row, and the rows normalised in place when `normalize`. */
-async function softmaxStep(ctx: GpuContext, problem: AttnProblem, normalize: boolean): Promise<Step<{ attn: Bind; lse: Bind }>> {
+async function softmaxStep(ctx: GpuContext, problem: AttnProblem, normalize: boolean, screen = false): Promise<Step<{ attn: Bind; lse: Bind }>> {
   const { device, limits } = ctx;
-  const spec = { normalize, threads: Math.min(64, limits.maxComputeInvocationsPerWorkgroup) };
+  const spec = { normalize, threads: Math.min(64, limits.maxComputeInvocationsPerWorkgroup), ...(screen ? { screen: true } : {}) };
   const pipeline = await getPipeline(device, naSoftmaxProgram, spec);
   const total = problem.qRows * problem.heads;
   return (b, own) => {
@@ -296,11 +298,12 @@ function checkUnfused(problem: AttnProblem, limits: GpuLimits, dtype: GpuDType):
 const unfusedKernel: TensorKernel = async (ctx, problem, q, k, v, opts) => {
   const f16 = storesF16(ctx, q, 'q');
   checkUnfused(problem, ctx.limits, dtypeOf(q));
-  const [qk, softmax, av] = await Promise.all([qkStep(ctx, problem, f16), softmaxStep(ctx, problem, true), avStep(ctx, problem, f16)]);
+  const screen = opts.screen === true;
+  const [qk, softmax, av] = await Promise.all([qkStep(ctx, problem, f16, screen), softmaxStep(ctx, problem, true, screen), avStep(ctx, problem, f16, screen)]);
   return launchAttn(ctx, problem, q, k, v, opts, 'unfused', (io, own) => {
     // f32 whatever the storage (na-wgsl.ts tiledBindings)
     const attn = own(createBuffer(ctx.device, attnCount(problem) * 4, BufferUsage.STORAGE, 'tilewise attn'));
-    return [qk({ q: io.q, k: io.k, attn }, own), softmax({ attn, lse: io.lse }, own), av({ attn, v: io.v, out: io.out }, own)];
+    return [qk({ q: io.q, k: io.k, attn }, own), softmax({ attn, lse: io.lse }, own), av({ attn, v: io.v, out: io.out, lse: io.lse }, own)];
   });
 };
 

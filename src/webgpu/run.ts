@@ -21,7 +21,7 @@ export interface KernelOptions {
   readonly lse?: GpuTensor;
   /** Records GPU timestamps around every compute pass the kernel runs (the profiler's timer). */
   readonly timer?: PassTimer;
-  /** Fused and naive kernels: apply the non-finite policy in the kernel (`screen`), for GPU-tensor inputs. */
+  /** Apply the non-finite policy in the kernels (`screen`), for GPU-tensor inputs. */
   readonly screen?: boolean;
 }
 
