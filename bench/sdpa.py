@@ -22,6 +22,36 @@ import sys
 import time
 
 
+def natten_mask(grid, K):
+    """NATTEN semantics on every axis of `grid` (odd kernel K, dilation 1, not causal): each window
+    is shifted inward at the borders. A FlexAttention mask_mod over flattened row-major tokens."""
+
+    def coords(i):
+        cs = []
+        for x in reversed(grid):
+            cs.append(i % x)
+            i = i // x
+        return list(reversed(cs))
+
+    def mask(b, h, qi, ki):
+        ok = None
+        for qa, ka, L in zip(coords(qi), coords(ki), grid):
+            s0 = (qa - K // 2).clamp(0, L - K)
+            t = (ka >= s0) & (ka < s0 + K)
+            ok = t if ok is None else ok & t
+        return ok
+
+    return mask
+
+
+def allowed_pairs(mask, n, dev):
+    """Pairs `mask` allows over n tokens (one head), for bench/gpu.ts to check against tilewise's count."""
+    import torch
+
+    idx = torch.arange(n, device=dev)
+    return int(sum(mask(0, 0, idx[i : i + 512, None], idx[None, :]).sum().item() for i in range(0, n, 512)))
+
+
 def main() -> int:
     spec = json.load(sys.stdin)
     try:
@@ -102,18 +132,10 @@ def main() -> int:
             continue
         X, Y = c["grid"]
         K, H, D = c["kernel"], c["heads"], c["dim"]
-
-        # NATTEN semantics (odd kernel, dilation 1, not causal): the window is shifted inward at borders
-        def na_mask(b, h, qi, ki):
-            qx, qy, kx, ky = qi // Y, qi % Y, ki // Y, ki % Y
-            sx = (qx - K // 2).clamp(0, X - K)
-            sy = (qy - K // 2).clamp(0, Y - K)
-            return (kx >= sx) & (kx < sx + K) & (ky >= sy) & (ky < sy + K)
+        na_mask = natten_mask([X, Y], K)
 
         try:
-            # pairs the mask allows, for bench/gpu.ts to compare with tilewise's count (same semantics)
-            idx = torch.arange(X * Y, device=dev)
-            row["allowedPairs"] = int(sum(na_mask(0, 0, idx[i : i + 1024, None], idx[None, :]).sum().item() for i in range(0, X * Y, 1024)))
+            row["allowedPairs"] = allowed_pairs(na_mask, X * Y, dev)
             mask = create_block_mask(na_mask, None, None, X * Y, X * Y, device=dev)
             q, k, v = inputs(1, X * Y, H, D)
             with torch.no_grad():
@@ -155,26 +177,10 @@ def main() -> int:
         n = 1
         for x in grid:
             n *= x
-
-        def coords(i):
-            cs = []
-            for x in reversed(grid):
-                cs.append(i % x)
-                i = i // x
-            return list(reversed(cs))
-
-        # NATTEN semantics on every axis (odd kernel, dilation 1, not causal): windows shifted inward at borders
-        def na_nd(b, h, qi, ki):
-            ok = None
-            for qa, ka, L in zip(coords(qi), coords(ki), grid):
-                s0 = (qa - K // 2).clamp(0, L - K)
-                t = (ka >= s0) & (ka < s0 + K)
-                ok = t if ok is None else ok & t
-            return ok
+        na_nd = natten_mask(grid, K)
 
         try:
-            idx = torch.arange(n, device=dev)
-            row["allowedPairs"] = int(sum(na_nd(0, 0, idx[i : i + 512, None], idx[None, :]).sum().item() for i in range(0, n, 512)))
+            row["allowedPairs"] = allowed_pairs(na_nd, n, dev)
             mask = create_block_mask(na_nd, None, None, n, n, device=dev)
             q, k, v = [x.detach().requires_grad_(True) for x in inputs(1, n, H, D)]
             g = torch.randn_like(q)

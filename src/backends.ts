@@ -39,26 +39,9 @@ export async function runGpuTensors(problem: AttnProblem, q: GpuTensor, k: GpuTe
   const lse = checkGpuDest(opts.lse, problem.qRows * problem.heads, 'lse', 'f32');
   const gpu = await import('./webgpu/index.js');
   const run = kind === 'fused' ? gpu.runWebGPUFusedTensors : kind === 'naive' ? gpu.runWebGPUNaiveTensors : gpu.runWebGPUUnfusedTensors;
-  // the kernels apply the non-finite policy to GPU-tensor q, k, v themselves (no read-back)
+  // the kernels apply the non-finite policy to GPU-tensor q, k, v and to bias and rpb entries themselves (no read-back)
   const r = await run(problem, q, k, v, { ...(out ? { out } : {}), ...(lse ? { lse } : {}), screen: true });
-  const rows = await tableNaNRows(problem, true);
-  if (rows) await gpu.poisonRowsGpu(r.out, r.lse, rows, problem.dimV);
   return { out: { ...r.out, shape: [...lead, problem.heads, problem.dimV] }, lse: { ...r.lse, shape: [...lead, problem.heads] } };
-}
-
-/**
- * The (row * H + h) flags of rows that read a NaN or +inf rpb entry (or, with `bias`, bias entry),
- * or undefined when those tables are finite. The CPU engine carries such values through its softmax;
- * the WGSL kernels' max() drops them, so the WebGPU paths poison these rows afterwards. The CPU
- * forward of the same problem on zero q, k and v marks exactly them (a NaN lse), by the CPU's rules.
- */
-async function tableNaNRows(problem: AttnProblem, bias: boolean): Promise<Uint8Array | undefined> {
-  const bad = (d?: Float32Array) => d !== undefined && d.some((x) => x !== x || x === Infinity);
-  if (!bad(problem.rpb?.data) && !(bias && bad(problem.bias?.data))) return undefined;
-  const { qRows, kRows, heads: H, kvHeads: Hk, dim: D, dimV: DV } = problem;
-  const zeros = (n: number, w: number) => ({ data: new Float32Array(n * w), shape: [n, w] });
-  const r = await runProblem(problem, zeros(qRows * H, D), zeros(kRows * Hk, D), zeros(kRows * Hk, DV), [qRows], {}, 'fused');
-  return Uint8Array.from(r.lse.data, (x) => (Number.isNaN(x) ? 1 : 0));
 }
 
 /** Kernel families the WebGPU backend has (all of them). */
@@ -76,16 +59,10 @@ export async function runProblemWebGPU(problem: AttnProblem, q: Tensor, k: Tenso
   const gpu = await import('./webgpu/index.js');
   const run = kind === 'fused' ? gpu.runWebGPUFused : kind === 'naive' ? gpu.runWebGPUNaive : gpu.runWebGPUUnfused;
   // the same non-finite policy as the CPU: screened inputs in, rows that read them NaN out
+  // q, k, v and bias screened on the host as on the CPU; rpb entries by the kernels' screen
   const s = screenInputs(problem, q.data, k.data, v.data);
-  const { out, lse } = await run(s.problem, s.q, s.k, s.v);
+  const { out, lse } = await run(s.problem, s.q, s.k, s.v, { screen: problem.rpb !== undefined });
   if (s.bad) applyPolicy(problem, s.bad, out, lse);
-  const rows = await tableNaNRows(problem, false);
-  if (rows)
-    rows.forEach((f, i) => {
-      if (!f) return;
-      out.fill(NaN, i * problem.dimV, (i + 1) * problem.dimV);
-      lse[i] = NaN;
-    });
   return finish(problem, out, lse, lead, opts);
 }
 

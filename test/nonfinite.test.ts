@@ -147,7 +147,7 @@ test('checkFinite also covers LongHeadsCache.append/decode and GPU tensors', asy
   for (const t of [gq!, gk!, gv!]) webgpu.releaseTensor(t);
 });
 
-test('a NaN or +inf rpb entry makes NaN exactly the rows that read it: CPU, WebGPU host and GPU tensors alike (fails on the old WebGPU path)', async () => {
+test('a NaN or +inf rpb entry makes NaN exactly the rows that read it: CPU, WebGPU (fused, naive, unfused) host and GPU tensors alike (fails on the old WebGPU path)', async () => {
   const rng = new Rng(44);
   const f = new Failures();
   for (let i = 0; i < 6; i++) {
@@ -164,6 +164,7 @@ test('a NaN or +inf rpb entry makes NaN exactly the rows that read it: CPU, WebG
     const bad = new Set<number>();
     ref.lse.forEach((x, r) => (Number.isNaN(x) ? bad.add(r) : undefined));
     const runs: [string, () => Promise<Result>][] = BACKENDS.map((b) => [b, () => neighborhoodAttention(q, k, v, { ...opts, backend: b })]);
+    if (gpu) for (const impl of ['naive', 'unfused'] as const) runs.push([`webgpu ${impl}`, () => neighborhoodAttention(q, k, v, { ...opts, impl, backend: 'webgpu' })]);
     if (gpu)
       runs.push([
         'webgpu, GPU tensors',

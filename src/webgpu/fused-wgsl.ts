@@ -34,9 +34,10 @@ export interface FusedSpec extends TileSpec {
   /** q, k, v and out stored as f16 (`shader-f16`); staged, computed and accumulated in f32. */
   readonly f16: boolean;
   /**
-   * The non-finite policy inside the kernel (GPU-tensor inputs, which the host cannot screen without
-   * a read-back): q, k and v values that are NaN or infinite are zeroed as they are staged, and a
-   * row whose query held one, or that is allowed a key whose k or v row held one, comes out NaN.
+   * The non-finite policy inside the kernel (the host cannot screen GPU tensors without a read-back):
+   * q, k and v values that are NaN or infinite are zeroed as they are staged, and a row whose query
+   * held one, that is allowed a key whose k or v row held one, or whose score a bias or rpb entry
+   * made NaN or +inf, comes out NaN.
    */
   readonly screen?: boolean;
 }
@@ -213,7 +214,7 @@ function generateFused(s: FusedSpec): string {
         if (ok && mask != NO_MASK) {
           ok = ${src.allowed('i', 'r', 'c')};
         }
-        ${s.screen ? 'if (ok && atomicLoad(&kbad[c]) == vi + 1u) { atomicOr(&rbad[r], 1u); }' : ''}
+        ${s.screen ? `if (ok && (atomicLoad(&kbad[c]) == vi + 1u || ${badScore('x')})) { atomicOr(&rbad[r], 1u); }` : ''}
         x = select(NEG, max(x, NEG), ok);
         sc[i * RN + kk] = x;
         mx = max(mx, x);
@@ -288,6 +289,8 @@ function generateFused(s: FusedSpec): string {
     for (var t: u32 = 0u; t < ${bTX}; t++) { lt += red[r * TX + t]; }`;
   // non-finite screening (spec.screen): a value with all exponent bits set is NaN or infinite
   const badMask = (x: string, w: 1 | 4 = s.wq) => (w === 4 ? `(bitcast<vec4<u32>>(${x}) & vec4<u32>(0x7f800000u)) == vec4<u32>(0x7f800000u)` : `(bitcast<u32>(${x}) & 0x7f800000u) == 0x7f800000u`);
+  // a score made NaN or +inf by a bias or rpb entry (-inf is a mask)
+  const badScore = (x: string) => `((bitcast<u32>(${x}) & 0x7f800000u) == 0x7f800000u && bitcast<u32>(${x}) != 0xff800000u)`;
   const anyBad = (x: string, w: 1 | 4 = s.wq) => (w === 4 ? `any(${badMask(x, w)})` : badMask(x, w));
   const zeroBad = (x: string, w: 1 | 4 = s.wq) => `select(${x}, ${vec(w)}(0.0), ${badMask(x, w)})`;
   // a staged key value, zeroed where non-finite, its row flagged for this visit

@@ -186,7 +186,7 @@ export function runWebGPUFusedTensors(problem: AttnProblem, q: GpuTensor, k: Gpu
  * Fused attention forward on the WebGPU device for any pattern the CPU supports: uploads q, k, v,
  * runs the kernel, reads out [qRows, H, Dv] and lse [qRows, H] back.
  */
-export function runWebGPUFused(problem: AttnProblem, q: Float32Array, k: Float32Array, v: Float32Array, opts: { poison?: boolean } = {}): Promise<{ out: Float32Array; lse: Float32Array }> {
+export function runWebGPUFused(problem: AttnProblem, q: Float32Array, k: Float32Array, v: Float32Array, opts: { poison?: boolean; screen?: boolean } = {}): Promise<{ out: Float32Array; lse: Float32Array }> {
   return onHost(fusedKernel, problem, q, k, v, opts);
 }
 

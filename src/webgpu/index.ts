@@ -17,7 +17,7 @@ export {
   type UnfusedTuning,
 } from './na.js';
 export { type KernelOptions } from './run.js';
-export { bufferStats, fromGpu, poisonRowsGpu, releaseTensor, resetPeakBytes, toGpu, wrapBuffer, type GpuDType, type GpuTensor } from './tensor.js';
+export { bufferStats, fromGpu, releaseTensor, resetPeakBytes, toGpu, wrapBuffer, type GpuDType, type GpuTensor } from './tensor.js';
 export { GpuTimer } from './timing.js';
 export { mergeAttentionsGpu } from './merge.js';
 export { setTuningFile, type TuningEntry } from './tuning.js';

@@ -5,7 +5,7 @@ import { checkGpuDest, checkGpuTensor } from '../validate.js';
 import { bindingOf, launch, threadGrid, storesF16, uniformBuffer, withDevice } from './run.js';
 import { type GpuTensor, dtypeOf } from './tensor.js';
 import { uniformLayout } from './uniforms.js';
-import { FLAT_INVOCATION, type Program, f16Directive, getPipeline, narrow, prologue, vecType, widenLoads } from './wgsl.js';
+import { FLAT_INVOCATION, type Program, f16Directive, getPipeline, narrow, prologue, vecType, vecWidth, widenLoads } from './wgsl.js';
 
 /**
  * Merging two attention results over disjoint key sets by their LSEs on the device (what NATTEN's
@@ -100,7 +100,7 @@ export async function mergeAttentionsGpu(a: Attn, b: Attn, opts: { out?: GpuTens
   for (const d of [opts.out, opts.lse]) check(!d || ![a.out, a.lse, b.out, b.lse].some((p) => p.buffer === d.buffer), d === opts.out ? 'out' : 'lse', 'must not share a buffer with the parts it merges');
   return withDevice(async (ctx) => {
     const f16 = storesF16(ctx, a.out, 'a.out');
-    const w: 1 | 4 = dv % 4 === 0 ? 4 : 1;
+    const w = vecWidth(dv);
     const pipeline = await getPipeline(ctx.device, mergeProgram, { f16, w });
     const rows = numel(a.lse.shape);
     const total = (rows * dv) / w;

@@ -114,9 +114,9 @@ export interface NaiveSpec {
   /** q, k, v and out stored as f16. */
   readonly f16: boolean;
   /**
-   * The non-finite policy in the kernel (GPU-tensor inputs): a row whose query, or any key or
-   * value of its window, holds a NaN or an infinity comes out NaN (each thread reads only its own
-   * window, so nothing needs zeroing).
+   * The non-finite policy in the kernel: a row whose query, or any key or value of its window,
+   * holds a NaN or an infinity, or whose score an rpb entry made NaN or +inf, comes out NaN (each
+   * thread reads only its own window, so nothing needs zeroing).
    */
   readonly screen?: boolean;
 }
@@ -180,6 +180,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       }
       var x: f32 = acc * P.scale;
       ${lines(scoreHooks(s, rpbIndex(axes, (a) => `k${a}`, (a) => `x${a}`)), '      ')}
+      ${s.screen ? 'bad = bad || ((bitcast<u32>(x) & 0x7f800000u) == 0x7f800000u && bitcast<u32>(x) != 0xff800000u);' : ''}
       let mn = max(m, x);
       let alpha = exp(m - mn);
       let p = exp(x - mn);
@@ -228,9 +229,10 @@ export interface TiledSpec {
   /** q, k (qk) or v, out (av) stored as f16; staged in workgroup memory as f32. */
   readonly f16: boolean;
   /**
-   * The non-finite policy in the kernel (GPU-tensor inputs): qk writes NaN into the slots of a
-   * query, or of a key, that holds a NaN or an infinity; av zeroes such values of v as it stages
-   * them and makes NaN the rows whose window holds one or whose weights are NaN.
+   * The non-finite policy in the kernel: qk writes NaN into the slots of a query, or of a key, that
+   * holds a NaN or an infinity (a score an rpb entry made NaN or +inf stays so, and the softmax's
+   * screen catches both); av zeroes such values of v as it stages them and makes NaN the rows whose
+   * window holds one or whose weights are NaN.
    */
   readonly screen?: boolean;
 }

@@ -28,7 +28,11 @@ import {
   withDevice,
 } from './run.js';
 import { type GpuDType, type GpuTensor, createBuffer, dtypeOf, uploadBuffer } from './tensor.js';
-import { getPipeline } from './wgsl.js';
+import { getPipeline, vecWidth } from './wgsl.js';
+import { problemFields } from './tile-wgsl.js';
+
+/** The named fields of an object. */
+const pick = <T extends object, K extends keyof T>(o: T, keys: readonly K[]): Pick<T, K> => Object.fromEntries(keys.map((k) => [k, o[k]])) as Pick<T, K>;
 
 /**
  * Neighborhood attention on WebGPU without a schedule: every kernel computes windows analytically
@@ -129,12 +133,7 @@ const naiveKernel: TensorKernel = async (ctx: GpuContext, problem, q, k, v, opts
   const spec = {
     f16: storesF16(ctx, q, 'q'),
     rank: (problem.pattern as NASpec).kernelSize.length,
-    dim: problem.dim,
-    dimV: problem.dimV,
-    wq: problem.dim % 4 === 0 ? 4 : 1,
-    wv: problem.dimV % 4 === 0 ? 4 : 1,
-    softcap: problem.softcap > 0,
-    rpb: problem.rpb !== undefined,
+    ...pick(problemFields(problem), ['dim', 'dimV', 'wq', 'wv', 'softcap', 'rpb']),
     threads: Math.min(64, limits.maxComputeInvocationsPerWorkgroup),
     ...(opts.screen ? { screen: true } : {}),
   } as const;
@@ -154,7 +153,7 @@ export function runWebGPUNaiveTensors(problem: AttnProblem, q: GpuTensor, k: Gpu
 }
 
 /** Neighborhood attention with NATTEN's naive kernel: host arrays in, out and lse back. */
-export function runWebGPUNaive(problem: AttnProblem, q: Float32Array, k: Float32Array, v: Float32Array, opts: { poison?: boolean } = {}): Promise<{ out: Float32Array; lse: Float32Array }> {
+export function runWebGPUNaive(problem: AttnProblem, q: Float32Array, k: Float32Array, v: Float32Array, opts: { poison?: boolean; screen?: boolean } = {}): Promise<{ out: Float32Array; lse: Float32Array }> {
   return onHost(naiveKernel, problem, q, k, v, opts);
 }
 
@@ -205,7 +204,7 @@ export function planTiled(problem: AttnProblem, kind: 'qk' | 'av', limits: GpuLi
   const rank = grid.length;
   const longest = grid.map((L, a) => Math.ceil(L / na.dilation[a]!));
   const dim = kind === 'qk' ? problem.dim : problem.dimV;
-  const w = dim % 4 === 0 ? 4 : 1;
+  const w = vecWidth(dim);
   const maxThreads = Math.min(limits.maxComputeInvocationsPerWorkgroup, limits.maxComputeWorkgroupSizeX);
   const want = tileFor(problem.qTile, rank).map((t, a) => Math.min(t, longest[a]!));
   // grow the smallest axis that can until the tile holds minRows queries
@@ -313,7 +312,7 @@ export function runWebGPUUnfusedTensors(problem: AttnProblem, q: GpuTensor, k: G
 }
 
 /** Neighborhood attention with NATTEN's unfused pipeline: host arrays in, out and lse back. */
-export function runWebGPUUnfused(problem: AttnProblem, q: Float32Array, k: Float32Array, v: Float32Array, opts: { poison?: boolean } = {}): Promise<{ out: Float32Array; lse: Float32Array }> {
+export function runWebGPUUnfused(problem: AttnProblem, q: Float32Array, k: Float32Array, v: Float32Array, opts: { poison?: boolean; screen?: boolean } = {}): Promise<{ out: Float32Array; lse: Float32Array }> {
   return onHost(unfusedKernel, problem, q, k, v, opts);
 }
 

@@ -21,7 +21,7 @@ export interface KernelOptions {
   readonly lse?: GpuTensor;
   /** Records GPU timestamps around every compute pass the kernel runs (the profiler's timer). */
   readonly timer?: PassTimer;
-  /** Apply the non-finite policy in the kernels (`screen`), for GPU-tensor inputs. */
+  /** Apply the non-finite policy in the kernels (`screen`): GPU-tensor inputs, and rpb entries on any path. */
   readonly screen?: boolean;
 }
 
@@ -272,7 +272,7 @@ export async function onHost(
   q: Float32Array,
   k: Float32Array,
   v: Float32Array,
-  opts: { poison?: boolean },
+  opts: { poison?: boolean; screen?: boolean },
 ): Promise<{ out: Float32Array; lse: Float32Array }> {
   const { heads: H, kvHeads: Hk, dim: D, dimV: DV, qRows, kRows } = problem;
   const [out, lse] = await onHostArrays(

@@ -145,35 +145,3 @@ export async function fromGpu(t: GpuTensor, ctx?: GpuContext): Promise<Float32Ar
 export function releaseTensor(t: GpuTensor): void {
   releaseBuffer(t.buffer);
 }
-
-/**
- * Writes NaN into the out rows (of `dimV` elements, f32 or f16) and lse entries whose (row * H + h)
- * flag is set, one write per run of consecutive flags (the non-finite policy on GPU results). f16
- * runs that do not cover whole 4-byte words are merged with the words' current contents.
- */
-export async function poisonRowsGpu(out: GpuTensor, lse: GpuTensor, flags: Uint8Array, dimV: number, ctx?: GpuContext): Promise<void> {
-  const { device } = ctx ?? (await getContext());
-  const f16 = dtypeOf(out) === 'f16';
-  for (let i = 0; i < flags.length; ) {
-    if (!flags[i]) {
-      i++;
-      continue;
-    }
-    let j = i;
-    while (j < flags.length && flags[j]) j++;
-    device.queue.writeBuffer(lse.buffer, lse.offset + i * 4, new Float32Array(j - i).fill(NaN));
-    if (!f16) device.queue.writeBuffer(out.buffer, out.offset + i * dimV * 4, new Float32Array((j - i) * dimV).fill(NaN));
-    else {
-      // the 4-byte words covering the run's halves, read, patched, written back
-      const b0 = out.offset + i * dimV * 2;
-      const b1 = out.offset + j * dimV * 2;
-      const w0 = Math.floor(b0 / 4) * 4;
-      const w1 = Math.ceil(b1 / 4) * 4;
-      const [bytes] = await readBuffers(device, [{ buffer: out.buffer, bytes: w1 - w0, offset: w0 }]);
-      const halves = new Uint16Array(bytes!);
-      halves.fill(0x7e00, (b0 - w0) / 2, (b1 - w0) / 2);
-      device.queue.writeBuffer(out.buffer, w0, halves);
-    }
-    i = j;
-  }
-}

@@ -1,4 +1,5 @@
 import type { AttnProblem } from '../problem.js';
+import { vecWidth } from './wgsl.js';
 
 /**
  * WGSL pieces the forward (fused-wgsl.ts) and backward (backward-wgsl.ts) templates share, each a
@@ -37,8 +38,8 @@ export function problemFields(p: Pick<AttnProblem, 'dim' | 'dimV' | 'softcap' | 
   return {
     dim: p.dim,
     dimV: p.dimV,
-    wq: p.dim % 4 === 0 ? 4 : 1,
-    wv: p.dimV % 4 === 0 ? 4 : 1,
+    wq: vecWidth(p.dim),
+    wv: vecWidth(p.dimV),
     softcap: p.softcap > 0,
     bias: p.bias !== undefined,
     rpb: p.rpb !== undefined,

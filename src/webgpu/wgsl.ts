@@ -36,6 +36,9 @@ export interface Binding {
   readonly type: string;
 }
 
+/** The vector width rows of `n` elements are read with: 4 when it divides them, else 1. */
+export const vecWidth = (n: number): 1 | 4 => (n % 4 === 0 ? 4 : 1);
+
 /** The WGSL type of rows read `w` elements at a time. */
 export const vecType = (w: 1 | 4, elem: 'f32' | 'f16' = 'f32'): string => (w === 4 ? `vec4<${elem}>` : elem);
 
