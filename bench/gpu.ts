@@ -79,6 +79,19 @@ const lse = await toGpu(new Float32Array(SIZES.tokens * maxHeads), [SIZES.tokens
 type TensorCall = typeof runWebGPUFusedTensors;
 
 /** Checked warm-up run (relErr on sampled rows vs float64), then `repeat` timed runs. */
+/**
+ * Keeps the GPU busy for `ms` before a timed series: an idle GPU drops its clocks, and a few short
+ * timed calls after host work (the float64 checks) never raise them again. On the H200 this turned
+ * 2-D NA k31 from 45.4 ms into 16.9 ms for the same kernel, and made an earlier "permuted layout is
+ * 2.4x faster" reading on the H100 an artifact of call order.
+ */
+async function warmUp(call: () => Promise<unknown>, ms = 500): Promise<void> {
+  for (const s = performance.now(); performance.now() - s < ms; ) {
+    await call();
+    await ctx.device.queue.onSubmittedWorkDone();
+  }
+}
+
 async function time(call: TensorCall, p: AttnProblem, pairs: number): Promise<Ours> {
   const view = (t: GpuTensor, shape: number[]): GpuTensor => ({ ...t, shape });
   const io = [view(gpu.q, [p.qRows, p.heads, p.dim]), view(gpu.k, [p.kRows, p.kvHeads, p.dim]), view(gpu.v, [p.kRows, p.kvHeads, p.dimV])] as const;
@@ -97,6 +110,7 @@ async function time(call: TensorCall, p: AttnProblem, pairs: number): Promise<Ou
       num += (got[row * w + c]! - ref.out[row * w + c]!) ** 2;
       den += ref.out[row * w + c]! ** 2;
     }
+  await warmUp(() => call(p, ...io, dest));
   const times: number[] = [];
   for (let i = 0; i < repeat; i++) {
     if (timer) {
@@ -251,6 +265,9 @@ if (opt.backward) {
     for (const tuning of sweepTunings) {
       setBackwardTuning(tuning);
       try {
+        await warmUp(async () => {
+          for (const x of Object.values(await runWebGPUBackwardTensors(p, t))) releaseTensor(x);
+        });
         const times: number[] = [];
         for (let i = 0; i < 3; i++) {
           const s0 = performance.now();
@@ -278,6 +295,7 @@ if (opt.backward) {
       return [ts, wall];
     };
     await bwd(false);
+    await warmUp(() => bwd(false));
     const fw: number[] = [];
     const bw: number[] = [];
     const bwWall: number[] = [];

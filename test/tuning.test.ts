@@ -208,7 +208,7 @@ test('GPU: a tuning file entry for the adapter is read at acquisition and used b
   }
 });
 
-test('permuteFrom: the GPU row permutes neighborhoods whose window holds >= 256 keys, the CPU row never, an explicit permute wins; bad values are named', async () => {
+test('permuteFrom: a row with it permutes neighborhoods whose window holds that many keys, the built-in rows never, an explicit permute wins; bad values are named', async () => {
   const { planFused } = await import('../src/webgpu/fused.js');
   const { planNA } = await import('../src/api.js');
   const limits = {
@@ -222,11 +222,13 @@ test('permuteFrom: the GPU row permutes neighborhoods whose window holds >= 256 
   };
   const x = randn([1, 48, 48, 2, 16], 1);
   const plan = (kernelSize: number, t: FusedTuning) => planFused(planNA(x, x, x, { kernelSize }).problem, limits, t).spec.permute;
-  assert.equal(plan(17, FUSED_TUNING.gpu), true, '289 keys: permuted on GPU adapters');
-  assert.equal(plan(13, FUSED_TUNING.gpu), false, '169 keys: not');
-  assert.equal(plan(17, FUSED_TUNING.cpu), false, 'CPU adapters never by default');
+  const from256 = { ...FUSED_TUNING.gpu, permuteFrom: 256 };
+  assert.equal(plan(17, from256), true, '289 keys: permuted from 256');
+  assert.equal(plan(13, from256), false, '169 keys: not');
+  assert.equal(plan(17, FUSED_TUNING.gpu), false, 'the GPU row never by default');
+  assert.equal(plan(17, FUSED_TUNING.cpu), false, 'the CPU row never by default');
   assert.equal(plan(13, { ...FUSED_TUNING.gpu, permute: true }), true, 'an explicit permute wins');
-  assert.equal(plan(17, { ...FUSED_TUNING.gpu, permute: false }), false, 'an explicit permute wins');
+  assert.equal(plan(17, { ...from256, permute: false }), false, 'an explicit permute wins');
   assert.match(String(checkTuning({ ...T, permuteFrom: 0 })), /permuteFrom/);
   assert.deepEqual(checkTuning({ ...T, permuteFrom: 300 }), { ...T, permuteFrom: 300 });
 });

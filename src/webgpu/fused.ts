@@ -70,9 +70,10 @@ export interface FusedTuning {
    */
   readonly permute?: boolean;
   /**
-   * With `permute` unset: permute neighborhoods whose window holds at least this many keys. The GPU
-   * row's 256 is from the H100 (2-D 128x128 H16 D64: kernel 31 (961 keys) 17.4 ms permuted against
-   * 41-43 ms, kernel 13 (169 keys) 6.3 against 5.9).
+   * With `permute` unset: permute neighborhoods whose window holds at least this many keys. No
+   * built-in row sets it: with the GPU's clocks held up (H200, 2-D 128x128 H16 D64) the permuted
+   * layout was slower at both kernel 13 (6.30 vs 5.90 ms) and 31 (17.46 vs 16.87); the H100's earlier
+   * "17.5 vs 41 ms" at 31 came from timing the plain layout at idle clocks.
    */
   readonly permuteFrom?: number;
 }
@@ -81,7 +82,7 @@ export interface FusedTuning {
 const windowKeys = (p: AttnProblem): number => (p.pattern.kind === 'neighborhood' ? prod(p.pattern.kernelSize) : 0);
 
 export const FUSED_TUNING: Readonly<Record<'cpu' | 'gpu', FusedTuning>> = {
-  gpu: { rm: 2, tx: 4, maxRows: 64, maxKeys: 32, unroll: true, subgroups: false, permuteFrom: 256 },
+  gpu: { rm: 2, tx: 4, maxRows: 64, maxKeys: 32, unroll: true, subgroups: false },
   cpu: { rm: 8, tx: 2, maxRows: 32, maxKeys: 32, unroll: false },
 };
 let override: Partial<FusedTuning> | undefined;
