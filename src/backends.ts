@@ -2,6 +2,7 @@ import type { CommonOptions, Result } from './options.js';
 import { windowVolume } from './cpu/na.js';
 import { type MainStep, runJob } from './cpu/pool.js';
 import { type KernelKind, type Slot, cpuFusedTiles } from './cpu/layout.js';
+import { headLanesFit } from './cpu/na-lanes.js';
 import { unrotateRows } from './rope.js';
 import { type NonFinite, poisonRows, screenInputs, screenProblemBias } from './nonfinite.js';
 import type { AttnProblem } from './problem.js';
@@ -78,7 +79,9 @@ export async function runProblem(problem: AttnProblem, q: Tensor, k: Tensor, v: 
   const bad: NonFinite = {};
   const screened = screenProblemBias(problem, bad);
   const tuned = kind === 'fused' && opts.tile === undefined ? cpuFusedTiles(screened) : screened;
-  const r = await runJob({ problem: tuned, phases: [kind], inputs: { q: q.data, k: k.data, v: v.data }, outputs: ['out', 'lse'], flops: roughFlops(problem), screen: true });
+  // fused neighborhoods with heads in fours: heads in the lanes (cpu/na-lanes.ts), q, k, v regrouped first
+  const phases: KernelKind[] = kind === 'fused' && headLanesFit(tuned) ? ['lanes', 'naLanes'] : [kind];
+  const r = await runJob({ problem: tuned, phases, inputs: { q: q.data, k: k.data, v: v.data }, outputs: ['out', 'lse'], flops: roughFlops(problem), screen: true });
   applyPolicy(problem, { ...bad, ...r.nonFinite }, r.out!, r.lse!);
   return finish(problem, r.out!, r.lse!, lead, opts);
 }

@@ -28,6 +28,7 @@ import {
 import { planAttention, planNA } from '../src/api.js';
 import { setInlineFlops } from '../src/cpu/pool.js';
 import { moduleOf } from '../src/cpu/tile-kernels.js';
+import * as lanes from '../src/cpu/na-lanes.js';
 import { Failures, Rng, compareResult, describe, poisoned, randTensor, randomAttention, randomNA, snapshot, sameBytes } from './helpers.js';
 
 // Node 20 validates relaxed SIMD only behind this V8 flag (newer engines by default); set before
@@ -154,7 +155,7 @@ function attentionCase(rng: Rng, i: number): Case {
 function naCase(rng: Rng, i: number): Case {
   const rank = rng.int(1, 3);
   const c = randomNA(rng, rank);
-  const H = rng.pick([1, 2]);
+  const H = rng.pick([1, 2, 4]);
   const D = rng.int(1, 24);
   const shape = [rng.int(1, 2), ...c.grid, H, D];
   const q = randTensor(rng, shape);
@@ -201,6 +202,59 @@ for (const variant of ['relaxed-simd', 'simd', 'scalar'] as KernelVariant[]) {
     });
   }
 }
+
+for (const variant of ['relaxed-simd', 'simd', 'scalar'] as KernelVariant[]) {
+  test(`head-lane neighborhoods '${variant}' (heads in fours): random 1-3-D windows against float64, on the pool and inline`, async () => {
+    setCpuKernels(variant);
+    const threads = cpuThreads();
+    try {
+      const f = new Failures();
+      const rng = new Rng(41 + variant.length);
+      for (let i = 0; i < 16; i++) {
+        const pool = i % 2 === 0;
+        setInlineFlops(pool ? 0 : 2e6);
+        setCpuThreads(pool ? threads : 1);
+        const c = randomNA(rng, rng.int(1, 3));
+        const H = rng.pick([4, 8, 12]);
+        const D = 4 * rng.int(1, 10);
+        const DV = rng.bool(0.3) ? 4 * rng.int(1, 6) : D;
+        const lead = [rng.int(1, 2), ...c.grid];
+        const q = randTensor(rng, [...lead, H, D]);
+        const k = randTensor(rng, [...lead, H, D]);
+        const v = randTensor(rng, [...lead, H, DV]);
+        const opts: NeighborhoodOptions = { kernelSize: c.kernel, dilation: c.dilation, stride: c.stride, isCausal: c.causal, ...(rng.bool(0.3) ? { softcap: 8 } : {}) };
+        await f.run(`#${i} ${describe({ shape: q.shape, dv: DV, ...opts })}`, async () => {
+          const { problem } = planNA(q, k, v, opts);
+          const ref = referenceAttention(problem, bufs(q, k, v));
+          const before = lanes.headLaneJobs;
+          const got = await intoPoison({ out: ref.out.length, lse: ref.lse.length }, (d) => neighborhoodAttention(q, k, v, { ...opts, ...d }));
+          if (lanes.headLaneJobs !== before + 1) throw new Error('the head-lane path did not run');
+          const msg = compareResult(got.out, got.lse, ref, DV);
+          if (msg) throw new Error(msg);
+        });
+      }
+      f.done(`head lanes on ${variant}`);
+      assert.equal(cpuInfo().kernels, variant);
+    } finally {
+      setCpuKernels(undefined);
+      setInlineFlops(2e6);
+      setCpuThreads(threads);
+    }
+  });
+}
+
+test('head lanes: bias, rpb, RoPE, GQA and head counts not in fours keep the query-lane tile step', async () => {
+  const x = randn([1, 8, 8, 4, 8], 1);
+  const g = randn([1, 8, 8, 2, 8], 2);
+  const y = randn([1, 8, 8, 6, 8], 3);
+  const before = lanes.headLaneJobs;
+  await na2d(x, x, x, { kernelSize: 3, rpb: randn([4, 5, 5], 4) });
+  await na2d(x, g, g, { kernelSize: 3 });
+  await na2d(y, y, y, { kernelSize: 3 });
+  assert.equal(lanes.headLaneJobs, before);
+  await na2d(x, x, x, { kernelSize: 3 });
+  assert.equal(lanes.headLaneJobs, before + 1);
+});
 
 test('larger problems on every variant: dense, causal and N-D neighborhoods on the pool', async () => {
   const rng = new Rng(5);

@@ -465,6 +465,342 @@ export function slicedVisit(
 }
 
 // ---------------------------------------------------------------------------------------------
+// Head-lane neighborhood kernel. The four heads of a query share its window, so they fill the
+// four lanes and every computed pair is an allowed pair: the query-lane tile step above pays 30-40%
+// masked pairs on 2-D/3-D windows (a 4-lane group spans 4 queries' windows), a mask and an online
+// rescale per slice. q, k and v are first regrouped in place, per token, [H][D] -> [H/4][D][4],
+// so one head group's value at dim x is one v128.
+
+// Stores the transpose of the 4x4 block whose rows are r0..r3 as rows at dst, dst + stride, ...
+// @ts-ignore: decorator
+@inline function store4T(r0: v128, r1: v128, r2: v128, r3: v128, dst: usize, stride: usize): void {
+  const t0 = v128.shuffle<f32>(r0, r1, 0, 4, 1, 5);
+  const t1 = v128.shuffle<f32>(r2, r3, 0, 4, 1, 5);
+  const t2 = v128.shuffle<f32>(r0, r1, 2, 6, 3, 7);
+  const t3 = v128.shuffle<f32>(r2, r3, 2, 6, 3, 7);
+  v128.store(dst, v128.shuffle<f32>(t0, t1, 0, 1, 4, 5));
+  v128.store(dst + stride, v128.shuffle<f32>(t0, t1, 2, 3, 6, 7));
+  v128.store(dst + 2 * stride, v128.shuffle<f32>(t2, t3, 0, 1, 4, 5));
+  v128.store(dst + 3 * stride, v128.shuffle<f32>(t2, t3, 2, 3, 6, 7));
+}
+
+/** In place: `blocks` blocks of 4 rows x d floats (a token's 4 heads) become d x 4 (d a multiple of 4); tmp holds 4d floats. */
+export function lanesFromRows(ptr: usize, blocks: i32, d: i32, tmp: usize): void {
+  const row = <usize>d << 2;
+  for (let b = 0; b < blocks; b++) {
+    const base = ptr + <usize>b * (row << 2);
+    memory.copy(tmp, base, row << 2);
+    for (let x = 0; x < d; x += 4) {
+      const o = <usize>x << 2;
+      store4T(v128.load(tmp + o), v128.load(tmp + row + o), v128.load(tmp + 2 * row + o), v128.load(tmp + 3 * row + o), base + (o << 2), 16);
+    }
+  }
+}
+
+// not inlined: softcap is rare, and nine inlined copies of exp cost kilobytes of every bundle
+function capv(v: v128, cap: f32): v128 {
+  // cap * tanh(v / cap), tanh|t| = 1 - 2 / (exp(2|t|) + 1), sign restored after
+  const one = f32x4.splat(1.0);
+  const e = vexp(f32x4.mul(f32x4.abs(v), f32x4.splat(2.0 / cap)));
+  const t = f32x4.sub(one, f32x4.div(f32x4.splat(2.0), f32x4.add(e, one)));
+  return f32x4.mul(f32x4.splat(cap), v128.or(t, v128.and(v, i32x4.splat(0x80000000))));
+}
+
+// lse = m + log l on 4 lanes (l = 0: -inf; NaN stays NaN). log l for l > 0: l = 2^e * x with x in
+// [sqrt 1/2, sqrt 2), log x = 2 atanh s, s = (x - 1) / (x + 1), |s| < 0.172, to s^9 (error < 1e-9):
+// no libm log (Mathf.log adds a kilobyte to each of the four builds in every bundle).
+function lseOf(m: v128, l: v128): v128 {
+  const bits = i32x4.sub(l, i32x4.splat(0x3f3504f3)); // bits of sqrt(1/2)
+  const e = i32x4.shr_s(bits, 23);
+  const x = i32x4.add(i32x4.sub(bits, i32x4.shl(e, 23)), i32x4.splat(0x3f3504f3));
+  const s = f32x4.div(f32x4.sub(x, f32x4.splat(1.0)), f32x4.add(x, f32x4.splat(1.0)));
+  const s2 = f32x4.mul(s, s);
+  let p = f32x4.splat(1.0 / 9.0);
+  p = fma(p, s2, f32x4.splat(1.0 / 7.0));
+  p = fma(p, s2, f32x4.splat(1.0 / 5.0));
+  p = fma(p, s2, f32x4.splat(1.0 / 3.0));
+  p = fma(p, s2, f32x4.splat(1.0));
+  const lg = fma(f32x4.convert_i32x4_s(e), f32x4.splat(0.6931471805599453), f32x4.mul(f32x4.mul(s, f32x4.splat(2.0)), p));
+  const r = f32x4.add(m, lg);
+  // l = 0 (no key): -inf; l NaN: the compare is false for both, so NaN + anything stays NaN
+  return v128.bitselect(f32x4.splat(-Infinity), v128.bitselect(r, f32x4.add(l, m), f32x4.gt(l, f32x4.splat(0))), f32x4.eq(l, f32x4.splat(0)));
+}
+
+/**
+ * naLanes for two queries A, B whose windows are the same box except on the last axis, where B's
+ * is [lo2b, hi2b] and the union [lo2, hi2b] is at most one column wider than A's: every k and v
+ * row of the union is loaded once for both (a pair of 4-lane accumulators per row), and the one
+ * column each query lacks is masked (-inf score, zero weight). Halves the k and v traffic, which
+ * bounds the single-query loop (a 3-D k5 window of 4 heads x D 32 is 64 KiB of k, 64 KiB of v).
+ */
+function pairWindows(
+  qp: usize, op: usize, lp: usize, lo0: i32, hi0: i32, lo1: i32, hi1: i32, lo2: i32, hi2: i32, lo2b: i32, hi2b: i32,
+  kBase: usize, vBase: usize, st0: i32, st1: i32, st2: i32, rk: usize, rv: usize, d: i32, dv: i32, scale: f32, cap: f32, sBuf: usize, keys: usize,
+): void {
+  const ninf = f32x4.splat(-Infinity);
+  const sv = f32x4.splat(scale);
+  // keys of the union and, beside them (after a gap of one union), which of A (bit 0), B (bit 1) each belongs to
+  let nk = 0;
+  for (let c0 = lo0; c0 <= hi0; c0++)
+    for (let c1 = lo1; c1 <= hi1; c1++) {
+      const b = c0 * st0 + c1 * st1;
+      for (let c2 = lo2; c2 <= hi2b; c2++, nk++) store<i32>(keys + (<usize>nk << 2), b + c2 * st2);
+    }
+  const flags = keys + (<usize>nk << 2);
+  let x2 = 0;
+  const w = hi2b - lo2 + 1;
+  for (let j = 0; j < nk; j++) {
+    const c2 = lo2 + x2;
+    store<i32>(flags + (<usize>j << 2), (c2 <= hi2 ? 1 : 0) | (c2 >= lo2b ? 2 : 0));
+    if (++x2 == w) x2 = 0;
+  }
+  const qa = <usize>load<i32>(qp);
+  const qb = <usize>load<i32>(qp, 4);
+  // scores: S[j] = (A's 4 lanes, B's 4 lanes), two keys x two queries a block
+  let ma = ninf, mb = ninf;
+  for (let j = 0; j < nk; j += 2) {
+    const two = j + 1 < nk;
+    const k0 = kBase + <usize>load<i32>(keys + (<usize>j << 2)) * rk;
+    const k1 = two ? kBase + <usize>load<i32>(keys + (<usize>j << 2), 4) * rk : k0;
+    let a0 = f32x4.splat(0), a1 = f32x4.splat(0), b0 = f32x4.splat(0), b1 = f32x4.splat(0);
+    for (let x = 0; x < d; x++) {
+      const o = <usize>x << 4;
+      const va = v128.load(qa + o);
+      const vb = v128.load(qb + o);
+      const kv0 = v128.load(k0 + o);
+      const kv1 = v128.load(k1 + o);
+      a0 = fma(va, kv0, a0);
+      b0 = fma(vb, kv0, b0);
+      a1 = fma(va, kv1, a1);
+      b1 = fma(vb, kv1, b1);
+    }
+    a0 = f32x4.mul(a0, sv);
+    b0 = f32x4.mul(b0, sv);
+    a1 = f32x4.mul(a1, sv);
+    b1 = f32x4.mul(b1, sv);
+    if (cap > 0) {
+      a0 = capv(a0, cap);
+      b0 = capv(b0, cap);
+      a1 = capv(a1, cap);
+      b1 = capv(b1, cap);
+    }
+    const f0 = load<i32>(flags + (<usize>j << 2));
+    a0 = v128.bitselect(a0, ninf, i32x4.splat(-(f0 & 1)));
+    b0 = v128.bitselect(b0, ninf, i32x4.splat(-((f0 >> 1) & 1)));
+    const sp = sBuf + (<usize>j << 5);
+    v128.store(sp, a0);
+    v128.store(sp, b0, 16);
+    ma = f32x4.pmax(ma, a0);
+    mb = f32x4.pmax(mb, b0);
+    if (two) {
+      const f1 = load<i32>(flags + (<usize>j << 2), 4);
+      a1 = v128.bitselect(a1, ninf, i32x4.splat(-(f1 & 1)));
+      b1 = v128.bitselect(b1, ninf, i32x4.splat(-((f1 >> 1) & 1)));
+      v128.store(sp, a1, 32);
+      v128.store(sp, b1, 48);
+      ma = f32x4.pmax(ma, a1);
+      mb = f32x4.pmax(mb, b1);
+    }
+  }
+  const sa = v128.andnot(ma, f32x4.eq(ma, ninf));
+  const sb = v128.andnot(mb, f32x4.eq(mb, ninf));
+  let la = f32x4.splat(0), lb = f32x4.splat(0);
+  for (let j = 0; j < nk; j++) {
+    const sp = sBuf + (<usize>j << 5);
+    const ea = vexpNeg(f32x4.sub(v128.load(sp), sa));
+    const eb = vexpNeg(f32x4.sub(v128.load(sp, 16), sb));
+    v128.store(sp, ea);
+    v128.store(sp, eb, 16);
+    la = f32x4.add(la, ea);
+    lb = f32x4.add(lb, eb);
+  }
+  const ia = v128.and(f32x4.div(f32x4.splat(1.0), la), f32x4.gt(la, f32x4.splat(0)));
+  const ib = v128.and(f32x4.div(f32x4.splat(1.0), lb), f32x4.gt(lb, f32x4.splat(0)));
+  const lseA = <usize>load<i32>(lp);
+  const lseB = <usize>load<i32>(lp, 4);
+  v128.store(lseA, lseOf(ma, la));
+  v128.store(lseB, lseOf(mb, lb));
+  // out = P V / l, four dims x two queries a block
+  const outA = <usize>load<i32>(op);
+  const outB = <usize>load<i32>(op, 4);
+  const ldo = <usize>dv << 2;
+  for (let c = 0; c < dv; c += 4) {
+    const oc = <usize>c << 4;
+    let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
+    let b0 = f32x4.splat(0), b1 = f32x4.splat(0), b2 = f32x4.splat(0), b3 = f32x4.splat(0);
+    for (let j = 0; j < nk; j++) {
+      const sp = sBuf + (<usize>j << 5);
+      const pa = v128.load(sp);
+      const pb = v128.load(sp, 16);
+      const vr = vBase + <usize>load<i32>(keys + (<usize>j << 2)) * rv + oc;
+      const v0 = v128.load(vr), v1 = v128.load(vr, 16), v2 = v128.load(vr, 32), v3 = v128.load(vr, 48);
+      a0 = fma(pa, v0, a0);
+      b0 = fma(pb, v0, b0);
+      a1 = fma(pa, v1, a1);
+      b1 = fma(pb, v1, b1);
+      a2 = fma(pa, v2, a2);
+      b2 = fma(pb, v2, b2);
+      a3 = fma(pa, v3, a3);
+      b3 = fma(pb, v3, b3);
+    }
+    store4T(f32x4.mul(a0, ia), f32x4.mul(a1, ia), f32x4.mul(a2, ia), f32x4.mul(a3, ia), outA + (<usize>c << 2), ldo);
+    store4T(f32x4.mul(b0, ib), f32x4.mul(b1, ib), f32x4.mul(b2, ib), f32x4.mul(b3, ib), outB + (<usize>c << 2), ldo);
+  }
+}
+
+/**
+ * Neighborhood attention of n queries for one group of 4 heads (lanes). Query i: its regrouped
+ * q at byte offset qRows[i] (dim x at + 16x), out rows of its 4 heads from outRows[i] (dv floats
+ * apart), lse of its 4 heads at lseRows[i]; its window on each of `rank` axes is [lo, hi]
+ * (inclusive, [rank][ldLanes] i32, group-local). Key at window coordinates (c0, c1, c2) (rank
+ * padded to 3 at the front) sits at token offset c0 st0 + c1 st1 + c2 st2 from kBase / vBase, rows
+ * rowK / rowV bytes apart. sBuf holds a window of scores (16 bytes a key), keys a window of offsets.
+ */
+export function naLanes(
+  qRows: usize, outRows: usize, lseRows: usize, lo: usize, hi: usize, ldLanes: i32, n: i32, rank: i32,
+  kBase: usize, vBase: usize, st0: i32, st1: i32, st2: i32, rowK: i32, rowV: i32,
+  d: i32, dv: i32, scale: f32, cap: f32, sBuf: usize, keys: usize,
+): void {
+  const ld = <usize>ldLanes << 2;
+  const pad = 3 - rank;
+  const sv = f32x4.splat(scale);
+  const ninf = f32x4.splat(-Infinity);
+  const rk = <usize>rowK;
+  const rv = <usize>rowV;
+  const ldo = <usize>dv << 2;
+  for (let i = 0; i < n; i++) {
+    const li = <usize>i << 2;
+    // the window's keys as token offsets, first axis outermost
+    let lo0 = 0, hi0 = 0, lo1 = 0, hi1 = 0;
+    if (pad == 0) {
+      lo0 = load<i32>(lo + li);
+      hi0 = load<i32>(hi + li);
+    }
+    if (pad <= 1) {
+      lo1 = load<i32>(lo + <usize>(1 - pad) * ld + li);
+      hi1 = load<i32>(hi + <usize>(1 - pad) * ld + li);
+    }
+    const lo2 = load<i32>(lo + <usize>(2 - pad) * ld + li);
+    const hi2 = load<i32>(hi + <usize>(2 - pad) * ld + li);
+    // the next query pairs with this one when its window differs only by at most one more key
+    // column on the last axis: one pass over the union then loads each k and v row for both
+    if (i + 1 < n) {
+      const lj = li + 4;
+      const lo2b = load<i32>(lo + <usize>(2 - pad) * ld + lj);
+      const hi2b = load<i32>(hi + <usize>(2 - pad) * ld + lj);
+      const same0 = pad > 0 || (load<i32>(lo + lj) == lo0 && load<i32>(hi + lj) == hi0);
+      const same1 = pad > 1 || (load<i32>(lo + <usize>(1 - pad) * ld + lj) == lo1 && load<i32>(hi + <usize>(1 - pad) * ld + lj) == hi1);
+      if (same0 && same1 && lo2b >= lo2 && hi2b >= hi2 && hi2b - lo2 <= hi2 - lo2 + 1 && lo2b <= hi2b) {
+        pairWindows(qRows + li, outRows + li, lseRows + li, lo0, hi0, lo1, hi1, lo2, hi2, lo2b, hi2b, kBase, vBase, st0, st1, st2, rk, rv, d, dv, scale, cap, sBuf, keys);
+        i++;
+        continue;
+      }
+    }
+    let nk = 0;
+    for (let c0 = lo0; c0 <= hi0; c0++)
+      for (let c1 = lo1; c1 <= hi1; c1++) {
+        const b = c0 * st0 + c1 * st1;
+        for (let c2 = lo2; c2 <= hi2; c2++, nk++) store<i32>(keys + (<usize>nk << 2), b + c2 * st2);
+      }
+    // scores S_j = scale * q . k_j per head lane, four keys at a time, and their running max
+    const q = <usize>load<i32>(qRows + li);
+    let mx = ninf;
+    let j = 0;
+    for (; j + 4 <= nk; j += 4) {
+      const kp = keys + (<usize>j << 2);
+      const k0 = kBase + <usize>load<i32>(kp) * rk;
+      const k1 = kBase + <usize>load<i32>(kp, 4) * rk;
+      const k2 = kBase + <usize>load<i32>(kp, 8) * rk;
+      const k3 = kBase + <usize>load<i32>(kp, 12) * rk;
+      let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
+      for (let x = 0; x < d; x++) {
+        const o = <usize>x << 4;
+        const qv = v128.load(q + o);
+        a0 = fma(qv, v128.load(k0 + o), a0);
+        a1 = fma(qv, v128.load(k1 + o), a1);
+        a2 = fma(qv, v128.load(k2 + o), a2);
+        a3 = fma(qv, v128.load(k3 + o), a3);
+      }
+      a0 = f32x4.mul(a0, sv);
+      a1 = f32x4.mul(a1, sv);
+      a2 = f32x4.mul(a2, sv);
+      a3 = f32x4.mul(a3, sv);
+      if (cap > 0) {
+        a0 = capv(a0, cap);
+        a1 = capv(a1, cap);
+        a2 = capv(a2, cap);
+        a3 = capv(a3, cap);
+      }
+      const sp = sBuf + (<usize>j << 4);
+      v128.store(sp, a0);
+      v128.store(sp, a1, 16);
+      v128.store(sp, a2, 32);
+      v128.store(sp, a3, 48);
+      mx = f32x4.pmax(mx, f32x4.pmax(f32x4.pmax(a0, a1), f32x4.pmax(a2, a3)));
+    }
+    for (; j < nk; j++) {
+      const k0 = kBase + <usize>load<i32>(keys + (<usize>j << 2)) * rk;
+      let a0 = f32x4.splat(0);
+      for (let x = 0; x < d; x++) a0 = fma(v128.load(q + (<usize>x << 4)), v128.load(k0 + (<usize>x << 4)), a0);
+      a0 = f32x4.mul(a0, sv);
+      if (cap > 0) a0 = capv(a0, cap);
+      v128.store(sBuf + (<usize>j << 4), a0);
+      mx = f32x4.pmax(mx, a0);
+    }
+    // softmax over the window, lane by lane: P_j = exp(S_j - max), l = sum
+    const mSafe = v128.andnot(mx, f32x4.eq(mx, ninf));
+    let sum = f32x4.splat(0);
+    for (j = 0; j < nk; j++) {
+      const sp = sBuf + (<usize>j << 4);
+      const e = vexpNeg(f32x4.sub(v128.load(sp), mSafe));
+      v128.store(sp, e);
+      sum = f32x4.add(sum, e);
+    }
+    const pos = f32x4.gt(sum, f32x4.splat(0));
+    const inv = v128.and(f32x4.div(f32x4.splat(1.0), sum), pos);
+    // lse = max + log l per head (l = 0: -inf; l NaN: NaN)
+    const lp = <usize>load<i32>(lseRows + li);
+    v128.store(lp, lseOf(mx, sum));
+    // out = P V / l, eight dims at a time over the window, transposed back to one row per head
+    const out = <usize>load<i32>(outRows + li);
+    let c = 0;
+    for (; c + 8 <= dv; c += 8) {
+      const oc = <usize>c << 4;
+      let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
+      let a4 = f32x4.splat(0), a5 = f32x4.splat(0), a6 = f32x4.splat(0), a7 = f32x4.splat(0);
+      for (j = 0; j < nk; j++) {
+        const p = v128.load(sBuf + (<usize>j << 4));
+        const vr = vBase + <usize>load<i32>(keys + (<usize>j << 2)) * rv + oc;
+        a0 = fma(p, v128.load(vr), a0);
+        a1 = fma(p, v128.load(vr, 16), a1);
+        a2 = fma(p, v128.load(vr, 32), a2);
+        a3 = fma(p, v128.load(vr, 48), a3);
+        a4 = fma(p, v128.load(vr, 64), a4);
+        a5 = fma(p, v128.load(vr, 80), a5);
+        a6 = fma(p, v128.load(vr, 96), a6);
+        a7 = fma(p, v128.load(vr, 112), a7);
+      }
+      const dst = out + (<usize>c << 2);
+      store4T(f32x4.mul(a0, inv), f32x4.mul(a1, inv), f32x4.mul(a2, inv), f32x4.mul(a3, inv), dst, ldo);
+      store4T(f32x4.mul(a4, inv), f32x4.mul(a5, inv), f32x4.mul(a6, inv), f32x4.mul(a7, inv), dst + 16, ldo);
+    }
+    for (; c < dv; c += 4) {
+      const oc = <usize>c << 4;
+      let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
+      for (j = 0; j < nk; j++) {
+        const p = v128.load(sBuf + (<usize>j << 4));
+        const vr = vBase + <usize>load<i32>(keys + (<usize>j << 2)) * rv + oc;
+        a0 = fma(p, v128.load(vr), a0);
+        a1 = fma(p, v128.load(vr, 16), a1);
+        a2 = fma(p, v128.load(vr, 32), a2);
+        a3 = fma(p, v128.load(vr, 48), a3);
+      }
+      store4T(f32x4.mul(a0, inv), f32x4.mul(a1, inv), f32x4.mul(a2, inv), f32x4.mul(a3, inv), out + (<usize>c << 2), ldo);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Backward (FlashAttention-2 recomputation from the forward's LSE). Q.K^T and dP = dO V^T are
 // scoresT, dQ += dS K is pvAcc (alpha 1); what is new: the probabilities from the LSE, dS, and
 // accumulation into key rows (dK += dS^T Q, dV += P^T dO).

@@ -4,6 +4,7 @@ import { runBackward } from './backward.js';
 import { runFused } from './fused.js';
 import { type JobLayout, type KernelKind, scratchPlan } from './layout.js';
 import { runNAAV, runNAQK, runNaive } from './na.js';
+import { runLanes, runNALanes } from './na-lanes.js';
 import type { TileKernels } from './tile-kernels.js';
 import { TileCtx } from './tile-step.js';
 
@@ -44,6 +45,10 @@ export function runRange(kind: KernelKind, ctx: TileCtx, space: ItemSpace, start
       return runNAAV(ctx, space, start, end);
     case 'backward':
       return runBackward(ctx, space, start, end);
+    case 'lanes':
+      return runLanes(ctx, space, start, end);
+    case 'naLanes':
+      return runNALanes(ctx, space, start, end);
   }
 }
 

@@ -1,4 +1,4 @@
-import { RELAXED_LOCAL, RELAXED_SHARED, SIMD_LOCAL, SIMD_SHARED } from './wasm-modules.generated.js';
+import { RELAXED_LOCAL_PATCH, RELAXED_SHARED, SIMD_LOCAL_PATCH, SIMD_SHARED } from './wasm-modules.generated.js';
 import { scalarKernels } from './tile-scalar.js';
 
 /**
@@ -30,6 +30,8 @@ export interface TileKernels {
   ropeRows(dst: number, rows: number, n: number, d: number, half: number, table: number, maxPos: number, pos: number): void;
   sanitize(ptr: number, rows: number, width: number, flags: number): number;
   windowSlots(s: number, ld: number, tq: number, win: number, k1: number, k2: number, ulo0: number, ulo1: number, ulo2: number, u1: number, u2: number, attnRows: number, toS: number): void;
+  lanesFromRows(ptr: number, blocks: number, d: number, tmp: number): void;
+  naLanes(qRows: number, outRows: number, lseRows: number, lo: number, hi: number, ld: number, n: number, rank: number, kBase: number, vBase: number, st0: number, st1: number, st2: number, rowK: number, rowV: number, d: number, dv: number, scale: number, cap: number, sBuf: number, keys: number): void;
 }
 
 export type KernelVariant = 'relaxed-simd' | 'simd' | 'scalar';
@@ -48,7 +50,12 @@ export function moduleOf(variant: KernelVariant, shared = true): WebAssembly.Mod
   let m = modules.get(key);
   if (m === undefined) {
     const relaxed = variant === 'relaxed-simd';
-    const bytes = bytesOf(shared ? (relaxed ? RELAXED_SHARED : SIMD_SHARED) : relaxed ? RELAXED_LOCAL : SIMD_LOCAL);
+    const bytes = bytesOf(relaxed ? RELAXED_SHARED : SIMD_SHARED);
+    if (!shared) {
+      // the unshared build: the same bytes but the memory import's flags (scripts/build-wasm.mjs)
+      const [at, value] = relaxed ? RELAXED_LOCAL_PATCH : SIMD_LOCAL_PATCH;
+      bytes[at] = value;
+    }
     m = WebAssembly.validate(bytes) ? new WebAssembly.Module(bytes) : null;
     modules.set(key, m);
   }

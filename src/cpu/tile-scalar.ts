@@ -239,5 +239,50 @@ export function scalarKernels(memory: WebAssembly.Memory): TileKernels {
             }
       }
     },
+    lanesFromRows(ptr, blocks, d, tmp) {
+      sync();
+      for (let b = 0; b < blocks; b++) {
+        const base = (ptr >> 2) + b * 4 * d;
+        f.copyWithin(tmp >> 2, base, base + 4 * d);
+        for (let x = 0; x < d; x++) for (let h = 0; h < 4; h++) f[base + 4 * x + h] = f[(tmp >> 2) + h * d + x]!;
+      }
+    },
+    naLanes(qRows, outRows, lseRows, lo, hi, ld, cnt, rank, kBase, vBase, st0, st1, st2, rowK, rowV, d, dv, scale, cap, sBuf, keys) {
+      sync();
+      const pad = 3 - rank;
+      const bound = (ends: number, a: number, i: number) => (a < pad ? 0 : n[(ends >> 2) + (a - pad) * ld + i]!);
+      const S = sBuf >> 2;
+      for (let i = 0; i < cnt; i++) {
+        let nk = 0;
+        for (let c0 = bound(lo, 0, i); c0 <= bound(hi, 0, i); c0++)
+          for (let c1 = bound(lo, 1, i); c1 <= bound(hi, 1, i); c1++)
+            for (let c2 = bound(lo, 2, i); c2 <= bound(hi, 2, i); c2++) n[(keys >> 2) + nk++] = c0 * st0 + c1 * st1 + c2 * st2;
+        const q = n[(qRows >> 2) + i]! >> 2;
+        const out = n[(outRows >> 2) + i]! >> 2;
+        const lse = n[(lseRows >> 2) + i]! >> 2;
+        for (let h = 0; h < 4; h++) {
+          let m = -Infinity;
+          for (let j = 0; j < nk; j++) {
+            const k = (kBase + n[(keys >> 2) + j]! * rowK) >> 2;
+            let acc = 0;
+            for (let x = 0; x < d; x++) acc += f[q + 4 * x + h]! * f[k + 4 * x + h]!;
+            let sc = acc * scale;
+            if (cap > 0) sc = cap * Math.tanh(sc / cap);
+            f[S + 4 * j + h] = sc;
+            m = Math.max(m, sc);
+          }
+          const mSafe = m === -Infinity ? 0 : m;
+          let l = 0;
+          for (let j = 0; j < nk; j++) l += f[S + 4 * j + h] = Math.exp(f[S + 4 * j + h]! - mSafe);
+          const inv = l > 0 ? 1 / l : 0;
+          for (let c = 0; c < dv; c++) {
+            let acc = 0;
+            for (let j = 0; j < nk; j++) acc += f[S + 4 * j + h]! * f[((vBase + n[(keys >> 2) + j]! * rowV) >> 2) + 4 * c + h]!;
+            f[out + h * dv + c] = acc * inv;
+          }
+          f[lse + h] = l > 0 ? m + Math.log(l) : l === 0 ? -Infinity : NaN;
+        }
+      }
+    },
   };
 }

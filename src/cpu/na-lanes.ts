@@ -1,0 +1,99 @@
+import { boxCoords, boxTokens } from '../patterns/geometry.js';
+import type { AttnProblem, ItemSpace } from '../problem.js';
+import { tileFor } from '../problem.js';
+import { tileBox } from '../schedule.js';
+import type { TileCtx } from './tile-step.js';
+
+/**
+ * The fused neighborhood forward with heads in the lanes (wasm/tile.ts `naLanes`). The query-lane
+ * tile step puts 4 queries of a tile in the 4 lanes, so on a 2-D/3-D window each lane group spans
+ * the union of 4 windows and 30-40% of its pairs are masked (measured: 2-D k7 computes 1.4x, 3-D k5
+ * 1.6x the allowed pairs), besides a mask, a slice walk and an online rescale per slice. The 4 heads
+ * of one query share its window exactly, so with heads in the lanes every computed pair is an
+ * allowed one and each window is one plain softmax. It needs the heads in fours, a key head per
+ * query head, head dims in fours and no per-pair extra (bias, rpb, RoPE): then the job runs two
+ * phases, 'lanes' (q, k, v regrouped in place per token, [H][D] -> [H/4][D][4]) and 'naLanes'.
+ */
+let enabled = true;
+/** Jobs planned on head lanes so far (tests assert the path ran). */
+export let headLaneJobs = 0;
+
+/** Turns the head-lane path off (benches and tests compare it with the query-lane tile step). */
+export function setHeadLanes(on: boolean): void {
+  enabled = on;
+}
+
+/** Whether a fused CPU job for `p` runs on head lanes (counted in headLaneJobs when it does). */
+export function headLanesFit(p: AttnProblem): boolean {
+  const fit =
+    enabled &&
+    p.pattern.kind === 'neighborhood' &&
+    p.heads % 4 === 0 &&
+    p.kvHeads === p.heads &&
+    p.dim % 4 === 0 &&
+    p.dimV % 4 === 0 &&
+    !p.bias &&
+    !p.rpb &&
+    !p.rope;
+  if (fit) headLaneJobs++;
+  return fit;
+}
+
+/** Phase 'lanes': this range's share of the token blocks of q, k and v regrouped in place. */
+export function runLanes(c: TileCtx, space: ItemSpace, start: number, end: number): void {
+  const P = c.problem;
+  const { slots } = c.lay;
+  const parts: [number, number, number][] = [
+    [slots.q, (P.qRows * P.heads) / 4, P.dim],
+    [slots.k, (P.kRows * P.kvHeads) / 4, P.dim],
+    [slots.v, (P.kRows * P.kvHeads) / 4, P.dimV],
+  ];
+  for (const [slot, blocks, d] of parts) {
+    const b0 = Math.floor((start * blocks) / space.total);
+    const b1 = Math.floor((end * blocks) / space.total);
+    if (b1 > b0) c.K.lanesFromRows(slot + b0 * 16 * d, b1 - b0, d, c.at.s);
+  }
+}
+
+/** Phase 'naLanes': work items of heads h = 0 mod 4 run their query tile for heads h..h+3; the others are empty. */
+export function runNALanes(c: TileCtx, space: ItemSpace, start: number, end: number): void {
+  const P = c.problem;
+  const { i32, at, rank, qTok, tqPad } = c;
+  const { q: qSlot, k: kSlot, v: vSlot, out: outSlot, lse: lseSlot } = c.lay.slots;
+  const steps = [0, 0, 0];
+  for (let item = start; item < end; item++) {
+    const { seq, h, g, tile } = space.decode(item);
+    if (h % 4 !== 0) continue;
+    const p = space.pattern(seq);
+    const span = P.seqs[seq]!;
+    const geo = p.geometry;
+    const grp = p.groups[g]!;
+    const qBox = tileBox(grp.qLen, tileFor(P.qTile, rank), tile);
+    const tq = boxTokens(geo.qShape, geo.dilation, grp, qBox, qTok);
+    if (tq === 0) continue;
+    boxCoords(qBox, c.qCrd);
+    c.tq = tq;
+    c.setIntervals(p.boxRules!(g), qBox);
+    // key token = group base + sum over axes of window coordinate x (dilation x token stride)
+    let st = 1;
+    let base = 0;
+    steps.fill(0);
+    for (let a = rank - 1; a >= 0; a--) {
+      steps[3 - rank + a] = geo.dilation[a]! * st;
+      base += grp.offset[a]! * st;
+      st *= geo.kShape[a]!;
+    }
+    for (let i = 0; i < tq; i++) {
+      const row = span.qOff + qTok[i]!;
+      i32[(at.qRows >> 2) + i] = qSlot + (row * P.heads + h) * P.dim * 4;
+      i32[(at.outRows >> 2) + i] = outSlot + (row * P.heads + h) * P.dimV * 4;
+      i32[(at.rowIdx >> 2) + i] = lseSlot + (row * P.heads + h) * 4;
+    }
+    const kvRow = (span.kOff + base) * P.kvHeads + h;
+    c.K.naLanes(
+      at.qRows, at.outRows, at.rowIdx, at.lo, at.hi, tqPad, tq, rank,
+      kSlot + kvRow * P.dim * 4, vSlot + kvRow * P.dimV * 4, steps[0]!, steps[1]!, steps[2]!,
+      P.kvHeads * P.dim * 4, P.kvHeads * P.dimV * 4, P.dim, P.dimV, P.scale, P.softcap, at.s, at.kRows,
+    );
+  }
+}
