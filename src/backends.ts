@@ -80,8 +80,9 @@ export async function runProblem(problem: AttnProblem, q: Tensor, k: Tensor, v: 
   const screened = screenProblemBias(problem, bad);
   const tuned = kind === 'fused' && opts.tile === undefined ? cpuFusedTiles(screened) : screened;
   // fused neighborhoods with heads in fours: heads in the lanes (cpu/na-lanes.ts), q, k, v regrouped first
-  const phases: KernelKind[] = kind === 'fused' && headLanesFit(tuned) ? ['lanes', 'naLanes'] : [kind];
-  const r = await runJob({ problem: tuned, phases, inputs: { q: q.data, k: k.data, v: v.data }, outputs: ['out', 'lse'], flops: roughFlops(problem), screen: true });
+  const lanes = kind === 'fused' && headLanesFit(tuned);
+  const phases: KernelKind[] = lanes ? ['lanes', 'naLanes'] : [kind];
+  const r = await runJob({ problem: tuned, phases, inputs: { q: q.data, k: k.data, v: v.data }, outputs: ['out', 'lse'], flops: roughFlops(problem), screen: true, screenInPhase: lanes });
   applyPolicy(problem, { ...bad, ...r.nonFinite }, r.out!, r.lse!);
   return finish(problem, r.out!, r.lse!, lead, opts);
 }

@@ -10,6 +10,8 @@ import { attention, compilePattern, neighborhoodAttention, referenceAttention, t
 import { planAttention, planNA } from '../src/api.js';
 import type { AttnProblem } from '../src/problem.js';
 import { webgpuAvailable } from '../src/webgpu/device.js';
+import * as lanes from '../src/cpu/na-lanes.js';
+import { setInlineFlops } from '../src/cpu/pool.js';
 import { Failures, Rng, compareResult, randTensor } from './helpers.js';
 
 const gpu = (await webgpuAvailable()) === true;
@@ -107,6 +109,35 @@ for (const backend of BACKENDS) {
     f.done(`non-finite policy (${backend})`);
   });
 }
+
+test('non-finite policy on the CPU head-lane neighborhood path, whose first phase screens q, k, v (on the pool and inline)', async () => {
+  const f = new Failures();
+  const rng = new Rng(17);
+  try {
+    for (let i = 0; i < 24; i++) {
+      setInlineFlops(i % 2 === 0 ? 0 : 1e12);
+      const H = rng.pick([4, 8]);
+      const grid = rng.bool(0.5) ? [rng.int(5, 9), rng.int(5, 9)] : [rng.int(4, 6), rng.int(4, 6), rng.int(4, 6)];
+      const inj1 = inject(rng, randTensor(rng, [1, ...grid, H, 8]), rng.int(1, 3), H);
+      const inj2 = inject(rng, randTensor(rng, [1, ...grid, H, 8]), rng.int(1, 3), H);
+      const inj3 = inject(rng, randTensor(rng, [1, ...grid, H, 8]), rng.int(1, 3), H);
+      const [q, k, v] = [inj1.t, inj2.t, inj3.t];
+      const inj: Injected = { q: inj1.rows, kv: [...inj2.rows, ...inj3.rows] };
+      await f.run(`#${i} na${grid.length}d ${grid.join('x')} H${H}`, async () => {
+        const opts: NeighborhoodOptions = { kernelSize: 3 };
+        const { problem } = planNA(q, k, v, opts);
+        const before = lanes.headLaneJobs;
+        const r = await neighborhoodAttention(q, k, v, opts);
+        if (lanes.headLaneJobs !== before + 1) throw new Error('not the head-lane path');
+        const msg = check(problem, r, expected(problem, inj), q, k, v);
+        if (msg) throw new Error(msg);
+      });
+    }
+  } finally {
+    setInlineFlops(2e6);
+  }
+  f.done('non-finite policy (CPU head lanes)');
+});
 
 test('a NaN or +inf bias entry poisons its own row when the pair is allowed; -inf stays a mask (both backends alike)', async () => {
   const rng = new Rng(7);

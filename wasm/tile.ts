@@ -526,6 +526,21 @@ function lseOf(m: v128, l: v128): v128 {
   return v128.bitselect(f32x4.splat(-Infinity), v128.bitselect(r, f32x4.add(l, m), f32x4.gt(l, f32x4.splat(0))), f32x4.eq(l, f32x4.splat(0)));
 }
 
+// Scaled (and softcapped) scores of one key for queries A and B, stored at sp: A's lanes, then B's;
+// flags bit 0 (A) / bit 1 (B) clear: the key is outside that query's window, its score -inf.
+// @ts-ignore: decorator
+@inline function pairScores(a: v128, b: v128, f: i32, sp: usize, scale: f32, cap: f32): void {
+  const ninf = f32x4.splat(-Infinity);
+  a = f32x4.mul(a, f32x4.splat(scale));
+  b = f32x4.mul(b, f32x4.splat(scale));
+  if (cap > 0) {
+    a = capv(a, cap);
+    b = capv(b, cap);
+  }
+  v128.store(sp, v128.bitselect(a, ninf, i32x4.splat(-(f & 1))));
+  v128.store(sp, v128.bitselect(b, ninf, i32x4.splat(-((f >> 1) & 1))), 16);
+}
+
 /**
  * naLanes for two queries A, B whose windows are the same box except on the last axis, where B's
  * is [lo2b, hi2b] and the union [lo2, hi2b] is at most one column wider than A's: every k and v
@@ -538,7 +553,6 @@ function pairWindows(
   kBase: usize, vBase: usize, st0: i32, st1: i32, st2: i32, rk: usize, rv: usize, d: i32, dv: i32, scale: f32, cap: f32, sBuf: usize, keys: usize,
 ): void {
   const ninf = f32x4.splat(-Infinity);
-  const sv = f32x4.splat(scale);
   // keys of the union and, beside them (after a gap of one union), which of A (bit 0), B (bit 1) each belongs to
   let nk = 0;
   for (let c0 = lo0; c0 <= hi0; c0++)
@@ -556,56 +570,61 @@ function pairWindows(
   }
   const qa = <usize>load<i32>(qp);
   const qb = <usize>load<i32>(qp, 4);
-  // scores: S[j] = (A's 4 lanes, B's 4 lanes), two keys x two queries a block
-  let ma = ninf, mb = ninf;
-  for (let j = 0; j < nk; j += 2) {
-    const two = j + 1 < nk;
-    const k0 = kBase + <usize>load<i32>(keys + (<usize>j << 2)) * rk;
-    const k1 = two ? kBase + <usize>load<i32>(keys + (<usize>j << 2), 4) * rk : k0;
-    let a0 = f32x4.splat(0), a1 = f32x4.splat(0), b0 = f32x4.splat(0), b1 = f32x4.splat(0);
+  // scores: S[j] = (A's 4 lanes, B's 4 lanes), four keys x two queries a block
+  let j = 0;
+  for (; j + 4 <= nk; j += 4) {
+    const kp = keys + (<usize>j << 2);
+    const k0 = kBase + <usize>load<i32>(kp) * rk;
+    const k1 = kBase + <usize>load<i32>(kp, 4) * rk;
+    const k2 = kBase + <usize>load<i32>(kp, 8) * rk;
+    const k3 = kBase + <usize>load<i32>(kp, 12) * rk;
+    let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
+    let b0 = f32x4.splat(0), b1 = f32x4.splat(0), b2 = f32x4.splat(0), b3 = f32x4.splat(0);
     for (let x = 0; x < d; x++) {
       const o = <usize>x << 4;
       const va = v128.load(qa + o);
       const vb = v128.load(qb + o);
       const kv0 = v128.load(k0 + o);
-      const kv1 = v128.load(k1 + o);
       a0 = fma(va, kv0, a0);
       b0 = fma(vb, kv0, b0);
+      const kv1 = v128.load(k1 + o);
       a1 = fma(va, kv1, a1);
       b1 = fma(vb, kv1, b1);
+      const kv2 = v128.load(k2 + o);
+      a2 = fma(va, kv2, a2);
+      b2 = fma(vb, kv2, b2);
+      const kv3 = v128.load(k3 + o);
+      a3 = fma(va, kv3, a3);
+      b3 = fma(vb, kv3, b3);
     }
-    a0 = f32x4.mul(a0, sv);
-    b0 = f32x4.mul(b0, sv);
-    a1 = f32x4.mul(a1, sv);
-    b1 = f32x4.mul(b1, sv);
-    if (cap > 0) {
-      a0 = capv(a0, cap);
-      b0 = capv(b0, cap);
-      a1 = capv(a1, cap);
-      b1 = capv(b1, cap);
-    }
-    const f0 = load<i32>(flags + (<usize>j << 2));
-    a0 = v128.bitselect(a0, ninf, i32x4.splat(-(f0 & 1)));
-    b0 = v128.bitselect(b0, ninf, i32x4.splat(-((f0 >> 1) & 1)));
     const sp = sBuf + (<usize>j << 5);
-    v128.store(sp, a0);
-    v128.store(sp, b0, 16);
-    ma = f32x4.pmax(ma, a0);
-    mb = f32x4.pmax(mb, b0);
-    if (two) {
-      const f1 = load<i32>(flags + (<usize>j << 2), 4);
-      a1 = v128.bitselect(a1, ninf, i32x4.splat(-(f1 & 1)));
-      b1 = v128.bitselect(b1, ninf, i32x4.splat(-((f1 >> 1) & 1)));
-      v128.store(sp, a1, 32);
-      v128.store(sp, b1, 48);
-      ma = f32x4.pmax(ma, a1);
-      mb = f32x4.pmax(mb, b1);
+    const fp = flags + (<usize>j << 2);
+    pairScores(a0, b0, load<i32>(fp), sp, scale, cap);
+    pairScores(a1, b1, load<i32>(fp, 4), sp + 32, scale, cap);
+    pairScores(a2, b2, load<i32>(fp, 8), sp + 64, scale, cap);
+    pairScores(a3, b3, load<i32>(fp, 12), sp + 96, scale, cap);
+  }
+  for (; j < nk; j++) {
+    const k0 = kBase + <usize>load<i32>(keys + (<usize>j << 2)) * rk;
+    let a0 = f32x4.splat(0), b0 = f32x4.splat(0);
+    for (let x = 0; x < d; x++) {
+      const o = <usize>x << 4;
+      const kv0 = v128.load(k0 + o);
+      a0 = fma(v128.load(qa + o), kv0, a0);
+      b0 = fma(v128.load(qb + o), kv0, b0);
     }
+    pairScores(a0, b0, load<i32>(flags + (<usize>j << 2)), sBuf + (<usize>j << 5), scale, cap);
+  }
+  let ma = ninf, mb = ninf;
+  for (j = 0; j < nk; j++) {
+    const sp = sBuf + (<usize>j << 5);
+    ma = f32x4.pmax(ma, v128.load(sp));
+    mb = f32x4.pmax(mb, v128.load(sp, 16));
   }
   const sa = v128.andnot(ma, f32x4.eq(ma, ninf));
   const sb = v128.andnot(mb, f32x4.eq(mb, ninf));
   let la = f32x4.splat(0), lb = f32x4.splat(0);
-  for (let j = 0; j < nk; j++) {
+  for (j = 0; j < nk; j++) {
     const sp = sBuf + (<usize>j << 5);
     const ea = vexpNeg(f32x4.sub(v128.load(sp), sa));
     const eb = vexpNeg(f32x4.sub(v128.load(sp, 16), sb));
@@ -620,6 +639,8 @@ function pairWindows(
   const lseB = <usize>load<i32>(lp, 4);
   v128.store(lseA, lseOf(ma, la));
   v128.store(lseB, lseOf(mb, lb));
+  // the keys' v rows as byte offsets, so the P V loop only adds the dim
+  for (j = 0; j < nk; j++) store<i32>(keys + (<usize>j << 2), <i32>(vBase + <usize>load<i32>(keys + (<usize>j << 2)) * rv));
   // out = P V / l, four dims x two queries a block
   const outA = <usize>load<i32>(op);
   const outB = <usize>load<i32>(op, 4);
@@ -628,11 +649,11 @@ function pairWindows(
     const oc = <usize>c << 4;
     let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
     let b0 = f32x4.splat(0), b1 = f32x4.splat(0), b2 = f32x4.splat(0), b3 = f32x4.splat(0);
-    for (let j = 0; j < nk; j++) {
+    for (j = 0; j < nk; j++) {
       const sp = sBuf + (<usize>j << 5);
       const pa = v128.load(sp);
       const pb = v128.load(sp, 16);
-      const vr = vBase + <usize>load<i32>(keys + (<usize>j << 2)) * rv + oc;
+      const vr = <usize>load<i32>(keys + (<usize>j << 2)) + oc;
       const v0 = v128.load(vr), v1 = v128.load(vr, 16), v2 = v128.load(vr, 32), v3 = v128.load(vr, 48);
       a0 = fma(pa, v0, a0);
       b0 = fma(pb, v0, b0);

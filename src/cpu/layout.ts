@@ -9,7 +9,7 @@ export type KernelKind = 'fused' | 'naive' | 'naQK' | 'naAV' | 'backward' | 'lan
  * Tensors a job keeps in the shared memory. Backward: dout in; dq out; dkp, dvp, drpbp one
  * partial per thread (summed in thread order into dk, dv, drpb, so results do not depend on timing).
  */
-export type Slot = 'q' | 'k' | 'v' | 'out' | 'lse' | 'attn' | 'bias' | 'rpb' | 'rope' | 'dout' | 'dq' | 'dk' | 'dv' | 'drpb' | 'dbias' | 'dkp' | 'dvp' | 'drpbp' | 'dbiasp';
+export type Slot = 'q' | 'k' | 'v' | 'out' | 'lse' | 'attn' | 'bias' | 'rpb' | 'rope' | 'dout' | 'dq' | 'dk' | 'dv' | 'drpb' | 'dbias' | 'dkp' | 'dvp' | 'drpbp' | 'dbiasp' | 'flags';
 
 /** Where one job lives in the shared memory: byte offsets (-1 = absent), one scratch area per thread. */
 export interface JobLayout {
@@ -139,6 +139,8 @@ export function slotSizes(problem: AttnProblem, needs: ReadonlySet<Slot>, window
     dvp: kRows * Hk * DV,
     drpbp: problem.rpb?.data.length ?? 0,
     dbiasp: problem.bias?.data.length ?? 0,
+    // one byte per row of q, then k, then v: which held NaN or infinities (a phase that screens them)
+    flags: Math.ceil((qRows * H + 2 * kRows * Hk) / 4),
   };
   for (const s of Object.keys(full) as Slot[]) if (!needs.has(s)) full[s] = 0;
   return full;

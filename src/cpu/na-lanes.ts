@@ -39,19 +39,27 @@ export function headLanesFit(p: AttnProblem): boolean {
   return fit;
 }
 
-/** Phase 'lanes': this range's share of the token blocks of q, k and v regrouped in place. */
+/**
+ * Phase 'lanes': this range's share of the token blocks of q, k and v regrouped in place, each
+ * screened first when the job has a 'flags' slot (the job's non-finite screen, done here in
+ * parallel and in the same pass instead of on the calling thread).
+ */
 export function runLanes(c: TileCtx, space: ItemSpace, start: number, end: number): void {
   const P = c.problem;
   const { slots } = c.lay;
-  const parts: [number, number, number][] = [
-    [slots.q, (P.qRows * P.heads) / 4, P.dim],
-    [slots.k, (P.kRows * P.kvHeads) / 4, P.dim],
-    [slots.v, (P.kRows * P.kvHeads) / 4, P.dimV],
+  const qRows = P.qRows * P.heads;
+  const kRows = P.kRows * P.kvHeads;
+  const parts: [number, number, number, number][] = [
+    [slots.q, qRows / 4, P.dim, 0],
+    [slots.k, kRows / 4, P.dim, qRows],
+    [slots.v, kRows / 4, P.dimV, qRows + kRows],
   ];
-  for (const [slot, blocks, d] of parts) {
+  for (const [slot, blocks, d, flagRow] of parts) {
     const b0 = Math.floor((start * blocks) / space.total);
     const b1 = Math.floor((end * blocks) / space.total);
-    if (b1 > b0) c.K.lanesFromRows(slot + b0 * 16 * d, b1 - b0, d, c.at.s);
+    if (b1 <= b0) continue;
+    if (slots.flags >= 0) c.K.sanitize(slot + b0 * 16 * d, 4 * (b1 - b0), d, slots.flags + flagRow + 4 * b0);
+    c.K.lanesFromRows(slot + b0 * 16 * d, b1 - b0, d, c.at.s);
   }
 }
 

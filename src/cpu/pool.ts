@@ -155,6 +155,11 @@ export interface CpuJob {
   readonly flops: number;
   /** Zero non-finite q, k, v values in the shared copies and report their rows (nonfinite.ts). */
   readonly screen?: boolean;
+  /**
+   * The first phase screens q, k and v itself, each thread its share, flags in the 'flags' slot
+   * (the head-lane 'lanes' phase, which reads them all anyway): no serial pass on the calling thread.
+   */
+  readonly screenInPhase?: boolean;
 }
 
 /** A job's outputs, and the rows of q, k, v that held NaN or infinities when the job screened them. */
@@ -188,6 +193,8 @@ async function execute(job: CpuJob): Promise<JobOutputs> {
   if (problem.bias) needs.add('bias');
   if (problem.rpb) needs.add('rpb');
   if (problem.rope) needs.add('rope');
+  const phaseScreen = job.screen === true && job.screenInPhase === true;
+  if (phaseScreen) needs.add('flags');
   const sizes = slotSizes(problem, needs, job.windowVolume ?? 0);
   const layout = layJob(BASE, threads, scratch, sizes);
   grow(e.memory, layout.end);
@@ -206,7 +213,7 @@ async function execute(job: CpuJob): Promise<JobOutputs> {
     const bytes = PER_THREAD.has(s) ? layout.partialBytes[s]! * threads : 4 * sizes[s];
     if (sizes[s] > 0) f32.fill(0, layout.slots[s] >> 2, (layout.slots[s] + bytes) >> 2);
   }
-  const nonFinite = job.screen ? screen(e, layout, problem) : undefined;
+  let nonFinite = job.screen && !phaseScreen ? screen(e, layout, problem) : undefined;
   // workers get the problem without its big arrays: bias and rpb are read from the shared memory
   const wire: AttnProblem = {
     ...problem,
@@ -225,6 +232,7 @@ async function execute(job: CpuJob): Promise<JobOutputs> {
     else await runInline(e, msg, space);
   }
   f32 = new Float32Array(e.memory.buffer);
+  if (phaseScreen) nonFinite = screenFlags(e, layout, problem);
   const out: JobOutputs = nonFinite ? { nonFinite } : {};
   // new + set: slice() of a shared memory's view takes V8's slow element path (2x here)
   for (const s of job.outputs) (out[s] = new Float32Array(sizes[s])).set(f32.subarray(layout.slots[s] >> 2, (layout.slots[s] >> 2) + sizes[s]));
@@ -244,6 +252,20 @@ function screen(e: Engine, layout: JobLayout, problem: AttnProblem): NonFinite |
   for (const [slot, rows, width] of parts) {
     if (layout.slots[slot] < 0) continue;
     if (e.main.sanitize(layout.slots[slot], rows, width, base) > 0) (found ??= {})[slot] = new Uint8Array(e.memory.buffer, base, rows).slice();
+  }
+  return found;
+}
+
+/** The rows a screening phase flagged (the 'flags' slot: q rows, then k, then v), copied out only when set. */
+function screenFlags(e: Engine, layout: JobLayout, problem: AttnProblem): NonFinite | undefined {
+  const q = problem.qRows * problem.heads;
+  const k = problem.kRows * problem.kvHeads;
+  const all = new Uint8Array(e.memory.buffer, layout.slots.flags, q + 2 * k);
+  if (all.indexOf(1) < 0) return undefined;
+  let found: NonFinite | undefined;
+  for (const [slot, at, rows] of [['q', 0, q], ['k', q, k], ['v', q + k, k]] as const) {
+    const f = all.slice(at, at + rows);
+    if (f.indexOf(1) >= 0) (found ??= {})[slot] = f;
   }
   return found;
 }
