@@ -2,7 +2,7 @@ import type { CommonOptions, Result } from './options.js';
 import { windowVolume } from './cpu/na.js';
 import { type MainStep, runJob } from './cpu/pool.js';
 import { type KernelKind, type Slot, cpuFusedTiles } from './cpu/layout.js';
-import { headLanesFit } from './cpu/na-lanes.js';
+import { headLanesFit, lanesRpb } from './cpu/na-lanes.js';
 import { unrotateRows } from './rope.js';
 import { type NonFinite, poisonRows, screenInputs, screenProblemBias } from './nonfinite.js';
 import type { AttnProblem } from './problem.js';
@@ -82,7 +82,9 @@ export async function runProblem(problem: AttnProblem, q: Tensor, k: Tensor, v: 
   // fused neighborhoods with heads in fours: heads in the lanes (cpu/na-lanes.ts), q, k, v regrouped first
   const lanes = kind === 'fused' && headLanesFit(tuned);
   const phases: KernelKind[] = lanes ? ['lanes', 'naLanes'] : [kind];
-  const r = await runJob({ problem: tuned, phases, inputs: { q: q.data, k: k.data, v: v.data }, outputs: ['out', 'lse'], flops: roughFlops(problem), screen: true, screenInPhase: lanes });
+  // head lanes read the rpb table regrouped like q, k and v
+  const job = lanes && tuned.rpb ? { ...tuned, rpb: { ...tuned.rpb, data: lanesRpb(tuned.rpb.data, tuned.heads) } } : tuned;
+  const r = await runJob({ problem: job, phases, inputs: { q: q.data, k: k.data, v: v.data }, outputs: ['out', 'lse'], flops: roughFlops(problem), screen: true, screenInPhase: lanes });
   applyPolicy(problem, { ...bad, ...r.nonFinite }, r.out!, r.lse!);
   return finish(problem, r.out!, r.lse!, lead, opts);
 }

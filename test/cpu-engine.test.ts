@@ -223,7 +223,8 @@ for (const variant of ['relaxed-simd', 'simd', 'scalar'] as KernelVariant[]) {
         const k = randTensor(rng, [...lead, H, D]);
         const v = randTensor(rng, [...lead, H, DV]);
         const opts: NeighborhoodOptions = { kernelSize: c.kernel, dilation: c.dilation, stride: c.stride, isCausal: c.causal, ...(rng.bool(0.3) ? { softcap: 8 } : {}) };
-        await f.run(`#${i} ${describe({ shape: q.shape, dv: DV, ...opts })}`, async () => {
+        if (rng.bool(0.4) && c.causal.every((x) => !x)) opts.rpb = randTensor(rng, [H, ...c.kernel.map((x) => 2 * x - 1)]);
+        await f.run(`#${i} ${describe({ shape: q.shape, dv: DV, ...opts, rpb: opts.rpb?.shape })}`, async () => {
           const { problem } = planNA(q, k, v, opts);
           const ref = referenceAttention(problem, bufs(q, k, v));
           const before = lanes.headLaneJobs;
@@ -243,17 +244,19 @@ for (const variant of ['relaxed-simd', 'simd', 'scalar'] as KernelVariant[]) {
   });
 }
 
-test('head lanes: bias, rpb, RoPE, GQA and head counts not in fours keep the query-lane tile step', async () => {
+test('head lanes: GQA, head counts or head dims not in fours keep the query-lane tile step; rpb takes head lanes', async () => {
   const x = randn([1, 8, 8, 4, 8], 1);
   const g = randn([1, 8, 8, 2, 8], 2);
   const y = randn([1, 8, 8, 6, 8], 3);
+  const z = randn([1, 8, 8, 4, 6], 4);
   const before = lanes.headLaneJobs;
-  await na2d(x, x, x, { kernelSize: 3, rpb: randn([4, 5, 5], 4) });
   await na2d(x, g, g, { kernelSize: 3 });
   await na2d(y, y, y, { kernelSize: 3 });
+  await na2d(z, z, z, { kernelSize: 3 });
   assert.equal(lanes.headLaneJobs, before);
   await na2d(x, x, x, { kernelSize: 3 });
-  assert.equal(lanes.headLaneJobs, before + 1);
+  await na2d(x, x, x, { kernelSize: 3, rpb: randn([4, 5, 5], 4) });
+  assert.equal(lanes.headLaneJobs, before + 2);
 });
 
 test('larger problems on every variant: dense, causal and N-D neighborhoods on the pool', async () => {

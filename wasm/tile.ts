@@ -526,16 +526,22 @@ function lseOf(m: v128, l: v128): v128 {
   return v128.bitselect(f32x4.splat(-Infinity), v128.bitselect(r, f32x4.add(l, m), f32x4.gt(l, f32x4.splat(0))), f32x4.eq(l, f32x4.splat(0)));
 }
 
-// Scaled (and softcapped) scores of one key for queries A and B, stored at sp: A's lanes, then B's;
-// flags bit 0 (A) / bit 1 (B) clear: the key is outside that query's window, its score -inf.
+// Scaled (and softcapped, and rpb-biased) scores of one key for queries A and B, stored at sp: A's
+// lanes, then B's; flags bit 0 (A) / bit 1 (B) clear: the key is outside that query's window, its
+// score -inf. ra, rb: each query's row of the regrouped rpb table (0: no rpb); kr: the key's part.
 // @ts-ignore: decorator
-@inline function pairScores(a: v128, b: v128, f: i32, sp: usize, scale: f32, cap: f32): void {
+@inline function pairScores(a: v128, b: v128, f: i32, sp: usize, scale: f32, cap: f32, ra: usize, rb: usize, kr: i32): void {
   const ninf = f32x4.splat(-Infinity);
   a = f32x4.mul(a, f32x4.splat(scale));
   b = f32x4.mul(b, f32x4.splat(scale));
   if (cap > 0) {
     a = capv(a, cap);
     b = capv(b, cap);
+  }
+  if (ra) {
+    // rpb: the 4 heads' entries of this (query, key) offset, one v128 of the regrouped table
+    a = f32x4.add(a, v128.load(ra + (<usize>kr << 4)));
+    b = f32x4.add(b, v128.load(rb + (<usize>kr << 4)));
   }
   v128.store(sp, v128.bitselect(a, ninf, i32x4.splat(-(f & 1))));
   v128.store(sp, v128.bitselect(b, ninf, i32x4.splat(-((f >> 1) & 1))), 16);
@@ -551,9 +557,11 @@ function lseOf(m: v128, l: v128): v128 {
 function pairWindows(
   qp: usize, op: usize, lp: usize, lo0: i32, hi0: i32, lo1: i32, hi1: i32, lo2: i32, hi2: i32, lo2b: i32, hi2b: i32,
   kBase: usize, vBase: usize, st0: i32, st1: i32, st2: i32, rk: usize, rv: usize, d: i32, dv: i32, scale: f32, cap: f32, sBuf: usize, keys: usize,
+  ra: usize, rb: usize, r0: i32, r1: i32, r2: i32,
 ): void {
   const ninf = f32x4.splat(-Infinity);
-  // keys of the union and, beside them (after a gap of one union), which of A (bit 0), B (bit 1) each belongs to
+  // keys of the union, then which of A (bit 0), B (bit 1) each belongs to, then (with rpb) each
+  // key's part of the rpb index
   let nk = 0;
   for (let c0 = lo0; c0 <= hi0; c0++)
     for (let c1 = lo1; c1 <= hi1; c1++) {
@@ -561,6 +569,13 @@ function pairWindows(
       for (let c2 = lo2; c2 <= hi2b; c2++, nk++) store<i32>(keys + (<usize>nk << 2), b + c2 * st2);
     }
   const flags = keys + (<usize>nk << 2);
+  const kr = flags + (<usize>nk << 2);
+  if (ra) {
+    let n = 0;
+    for (let c0 = lo0; c0 <= hi0; c0++)
+      for (let c1 = lo1; c1 <= hi1; c1++)
+        for (let c2 = lo2; c2 <= hi2b; c2++, n++) store<i32>(kr + (<usize>n << 2), c0 * r0 + c1 * r1 + c2 * r2);
+  }
   let x2 = 0;
   const w = hi2b - lo2 + 1;
   for (let j = 0; j < nk; j++) {
@@ -599,10 +614,11 @@ function pairWindows(
     }
     const sp = sBuf + (<usize>j << 5);
     const fp = flags + (<usize>j << 2);
-    pairScores(a0, b0, load<i32>(fp), sp, scale, cap);
-    pairScores(a1, b1, load<i32>(fp, 4), sp + 32, scale, cap);
-    pairScores(a2, b2, load<i32>(fp, 8), sp + 64, scale, cap);
-    pairScores(a3, b3, load<i32>(fp, 12), sp + 96, scale, cap);
+    const kq = kr + (<usize>j << 2);
+    pairScores(a0, b0, load<i32>(fp), sp, scale, cap, ra, rb, ra ? load<i32>(kq) : 0);
+    pairScores(a1, b1, load<i32>(fp, 4), sp + 32, scale, cap, ra, rb, ra ? load<i32>(kq, 4) : 0);
+    pairScores(a2, b2, load<i32>(fp, 8), sp + 64, scale, cap, ra, rb, ra ? load<i32>(kq, 8) : 0);
+    pairScores(a3, b3, load<i32>(fp, 12), sp + 96, scale, cap, ra, rb, ra ? load<i32>(kq, 12) : 0);
   }
   for (; j < nk; j++) {
     const k0 = kBase + <usize>load<i32>(keys + (<usize>j << 2)) * rk;
@@ -613,7 +629,7 @@ function pairWindows(
       a0 = fma(v128.load(qa + o), kv0, a0);
       b0 = fma(v128.load(qb + o), kv0, b0);
     }
-    pairScores(a0, b0, load<i32>(flags + (<usize>j << 2)), sBuf + (<usize>j << 5), scale, cap);
+    pairScores(a0, b0, load<i32>(flags + (<usize>j << 2)), sBuf + (<usize>j << 5), scale, cap, ra, rb, ra ? load<i32>(kr + (<usize>j << 2)) : 0);
   }
   let ma = ninf, mb = ninf;
   for (j = 0; j < nk; j++) {
@@ -676,11 +692,14 @@ function pairWindows(
  * (inclusive, [rank][ldLanes] i32, group-local). Key at window coordinates (c0, c1, c2) (rank
  * padded to 3 at the front) sits at token offset c0 st0 + c1 st1 + c2 st2 from kBase / vBase, rows
  * rowK / rowV bytes apart. sBuf holds a window of scores (16 bytes a key), keys a window of offsets.
+ * rpb (0: none): NATTEN's relative position bias regrouped [vol][4] for this head group; the index
+ * of (query i, key c) is rpbRows[i] + c0 r0 + c1 r1 + c2 r2, added after scale and softcap.
  */
 export function naLanes(
   qRows: usize, outRows: usize, lseRows: usize, lo: usize, hi: usize, ldLanes: i32, n: i32, rank: i32,
   kBase: usize, vBase: usize, st0: i32, st1: i32, st2: i32, rowK: i32, rowV: i32,
   d: i32, dv: i32, scale: f32, cap: f32, sBuf: usize, keys: usize,
+  rpb: usize, rpbRows: usize, r0: i32, r1: i32, r2: i32,
 ): void {
   const ld = <usize>ldLanes << 2;
   const pad = 3 - rank;
@@ -712,7 +731,9 @@ export function naLanes(
       const same0 = pad > 0 || (load<i32>(lo + lj) == lo0 && load<i32>(hi + lj) == hi0);
       const same1 = pad > 1 || (load<i32>(lo + <usize>(1 - pad) * ld + lj) == lo1 && load<i32>(hi + <usize>(1 - pad) * ld + lj) == hi1);
       if (same0 && same1 && lo2b >= lo2 && hi2b >= hi2 && hi2b - lo2 <= hi2 - lo2 + 1 && lo2b <= hi2b) {
-        pairWindows(qRows + li, outRows + li, lseRows + li, lo0, hi0, lo1, hi1, lo2, hi2, lo2b, hi2b, kBase, vBase, st0, st1, st2, rk, rv, d, dv, scale, cap, sBuf, keys);
+        const ra = rpb ? rpb + (<usize>load<i32>(rpbRows + li) << 4) : 0;
+        const rb = rpb ? rpb + (<usize>load<i32>(rpbRows + lj) << 4) : 0;
+        pairWindows(qRows + li, outRows + li, lseRows + li, lo0, hi0, lo1, hi1, lo2, hi2, lo2b, hi2b, kBase, vBase, st0, st1, st2, rk, rv, d, dv, scale, cap, sBuf, keys, ra, rb, r0, r1, r2);
         i++;
         continue;
       }
@@ -723,6 +744,15 @@ export function naLanes(
         const b = c0 * st0 + c1 * st1;
         for (let c2 = lo2; c2 <= hi2; c2++, nk++) store<i32>(keys + (<usize>nk << 2), b + c2 * st2);
       }
+    // with rpb: this query's row of the regrouped table, and each key's part of the index
+    const ra = rpb ? rpb + (<usize>load<i32>(rpbRows + li) << 4) : 0;
+    const kr = keys + (<usize>nk << 2);
+    if (ra) {
+      let n = 0;
+      for (let c0 = lo0; c0 <= hi0; c0++)
+        for (let c1 = lo1; c1 <= hi1; c1++)
+          for (let c2 = lo2; c2 <= hi2; c2++, n++) store<i32>(kr + (<usize>n << 2), c0 * r0 + c1 * r1 + c2 * r2);
+    }
     // scores S_j = scale * q . k_j per head lane, four keys at a time, and their running max
     const q = <usize>load<i32>(qRows + li);
     let mx = ninf;
@@ -752,6 +782,13 @@ export function naLanes(
         a2 = capv(a2, cap);
         a3 = capv(a3, cap);
       }
+      if (ra) {
+        const kq = kr + (<usize>j << 2);
+        a0 = f32x4.add(a0, v128.load(ra + (<usize>load<i32>(kq) << 4)));
+        a1 = f32x4.add(a1, v128.load(ra + (<usize>load<i32>(kq, 4) << 4)));
+        a2 = f32x4.add(a2, v128.load(ra + (<usize>load<i32>(kq, 8) << 4)));
+        a3 = f32x4.add(a3, v128.load(ra + (<usize>load<i32>(kq, 12) << 4)));
+      }
       const sp = sBuf + (<usize>j << 4);
       v128.store(sp, a0);
       v128.store(sp, a1, 16);
@@ -765,6 +802,7 @@ export function naLanes(
       for (let x = 0; x < d; x++) a0 = fma(v128.load(q + (<usize>x << 4)), v128.load(k0 + (<usize>x << 4)), a0);
       a0 = f32x4.mul(a0, sv);
       if (cap > 0) a0 = capv(a0, cap);
+      if (ra) a0 = f32x4.add(a0, v128.load(ra + (<usize>load<i32>(kr + (<usize>j << 2)) << 4)));
       v128.store(sBuf + (<usize>j << 4), a0);
       mx = f32x4.pmax(mx, a0);
     }

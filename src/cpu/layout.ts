@@ -67,16 +67,20 @@ export function scratchPlan(kind: KernelKind, problem: AttnProblem, rank: number
   const maxK = maxKeys(kind, problem, rank);
   const { dim: D, dimV: DV } = problem;
   const rope = problem.rope !== undefined;
+  // head lanes: a query pair's window union (one more key column on the last axis), whose keys,
+  // flags and rpb index parts (three lists) and scores (8 floats a key) must fit whatever the tile
+  const p = problem.pattern;
+  const pairUnion = (kind === 'naLanes' || kind === 'lanes') && p.kind === 'neighborhood' ? prod(p.kernelSize.map((k, a) => (a === p.kernelSize.length - 1 ? k + 1 : k))) : 0;
   const sizes = {
     qt: D * tqPad,
-    // head lanes: a window of 4-lane scores (maxK >= union >= window), or 4 rows being regrouped
-    s: Math.max(maxK * tqPad, 4 * Math.max(D, DV)),
+    // head lanes: a window of 4-lane scores, or 4 rows being regrouped
+    s: Math.max(maxK * tqPad, 4 * Math.max(D, DV), 8 * pairUnion),
     o: tqPad * DV,
     m: tqPad,
     l: tqPad,
     alpha: tqPad,
     qRows: tqPad,
-    kRows: maxK,
+    kRows: Math.max(maxK, 3 * pairUnion),
     vRows: maxK,
     outRows: tqPad,
     kCrd: maxK * rank,

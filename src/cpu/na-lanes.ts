@@ -1,4 +1,4 @@
-import { boxCoords, boxTokens } from '../patterns/geometry.js';
+import { boxCoords, boxTokens, prod } from '../patterns/geometry.js';
 import type { AttnProblem, ItemSpace } from '../problem.js';
 import { tileFor } from '../problem.js';
 import { tileBox } from '../schedule.js';
@@ -11,8 +11,9 @@ import type { TileCtx } from './tile-step.js';
  * 1.6x the allowed pairs), besides a mask, a slice walk and an online rescale per slice. The 4 heads
  * of one query share its window exactly, so with heads in the lanes every computed pair is an
  * allowed one and each window is one plain softmax. It needs the heads in fours, a key head per
- * query head, head dims in fours and no per-pair extra (bias, rpb, RoPE): then the job runs two
- * phases, 'lanes' (q, k, v regrouped in place per token, [H][D] -> [H/4][D][4]) and 'naLanes'.
+ * query head, head dims in fours and no bias or RoPE (NATTEN's rpb is fine: its table is regrouped
+ * the same way, [H/4][vol][4], by lanesRpb): then the job runs two phases, 'lanes' (q, k, v
+ * regrouped in place per token, [H][D] -> [H/4][D][4]) and 'naLanes'.
  */
 let enabled = true;
 /** Jobs planned on head lanes so far (tests assert the path ran). */
@@ -33,10 +34,18 @@ export function headLanesFit(p: AttnProblem): boolean {
     p.dim % 4 === 0 &&
     p.dimV % 4 === 0 &&
     !p.bias &&
-    !p.rpb &&
     !p.rope;
   if (fit) headLaneJobs++;
   return fit;
+}
+
+/** An rpb table [H][vol] regrouped as [H/4][vol][4], so one head group's entries of an offset are one v128. */
+export function lanesRpb(data: Float32Array, heads: number): Float32Array {
+  const vol = data.length / heads;
+  const out = new Float32Array(data.length);
+  for (let g = 0; g < heads / 4; g++)
+    for (let j = 0; j < vol; j++) for (let l = 0; l < 4; l++) out[(g * vol + j) * 4 + l] = data[(4 * g + l) * vol + j]!;
+  return out;
 }
 
 /**
@@ -69,6 +78,13 @@ export function runNALanes(c: TileCtx, space: ItemSpace, start: number, end: num
   const { i32, at, rank, qTok, tqPad } = c;
   const { q: qSlot, k: kSlot, v: vSlot, out: outSlot, lse: lseSlot } = c.lay.slots;
   const steps = [0, 0, 0];
+  // rpb index of (query, key) per axis: (key - query + K - 1) x stride, split into a query part
+  // (here) and a key part (in the kernel, from the strides r)
+  const kern = P.rpb?.kernel ?? [];
+  const rpbStrides = kern.map((_, a) => prod(kern.slice(a + 1).map((k) => 2 * k - 1)));
+  const r = [0, 0, 0];
+  rpbStrides.forEach((x, a) => (r[3 - rank + a] = x));
+  const vol = prod(kern.map((k) => 2 * k - 1));
   for (let item = start; item < end; item++) {
     const { seq, h, g, tile } = space.decode(item);
     if (h % 4 !== 0) continue;
@@ -96,12 +112,18 @@ export function runNALanes(c: TileCtx, space: ItemSpace, start: number, end: num
       i32[(at.qRows >> 2) + i] = qSlot + (row * P.heads + h) * P.dim * 4;
       i32[(at.outRows >> 2) + i] = outSlot + (row * P.heads + h) * P.dimV * 4;
       i32[(at.rowIdx >> 2) + i] = lseSlot + (row * P.heads + h) * 4;
+      if (P.rpb) {
+        let part = 0;
+        for (let a = 0; a < rank; a++) part += (kern[a]! - 1 - c.qCrd[i * rank + a]!) * rpbStrides[a]!;
+        i32[(at.m >> 2) + i] = part;
+      }
     }
     const kvRow = (span.kOff + base) * P.kvHeads + h;
     c.K.naLanes(
       at.qRows, at.outRows, at.rowIdx, at.lo, at.hi, tqPad, tq, rank,
       kSlot + kvRow * P.dim * 4, vSlot + kvRow * P.dimV * 4, steps[0]!, steps[1]!, steps[2]!,
       P.kvHeads * P.dim * 4, P.kvHeads * P.dimV * 4, P.dim, P.dimV, P.scale, P.softcap, at.s, at.kRows,
+      P.rpb ? c.lay.slots.rpb + (h / 4) * vol * 16 : 0, at.m, r[0]!, r[1]!, r[2]!,
     );
   }
 }

@@ -247,16 +247,22 @@ export function scalarKernels(memory: WebAssembly.Memory): TileKernels {
         for (let x = 0; x < d; x++) for (let h = 0; h < 4; h++) f[base + 4 * x + h] = f[(tmp >> 2) + h * d + x]!;
       }
     },
-    naLanes(qRows, outRows, lseRows, lo, hi, ld, cnt, rank, kBase, vBase, st0, st1, st2, rowK, rowV, d, dv, scale, cap, sBuf, keys) {
+    naLanes(qRows, outRows, lseRows, lo, hi, ld, cnt, rank, kBase, vBase, st0, st1, st2, rowK, rowV, d, dv, scale, cap, sBuf, keys, rpb, rpbRows, r0, r1, r2) {
       sync();
       const pad = 3 - rank;
       const bound = (ends: number, a: number, i: number) => (a < pad ? 0 : n[(ends >> 2) + (a - pad) * ld + i]!);
       const S = sBuf >> 2;
+      const rpbIdx: number[] = [];
       for (let i = 0; i < cnt; i++) {
         let nk = 0;
+        rpbIdx.length = 0;
+        const row = rpb ? n[(rpbRows >> 2) + i]! : 0;
         for (let c0 = bound(lo, 0, i); c0 <= bound(hi, 0, i); c0++)
           for (let c1 = bound(lo, 1, i); c1 <= bound(hi, 1, i); c1++)
-            for (let c2 = bound(lo, 2, i); c2 <= bound(hi, 2, i); c2++) n[(keys >> 2) + nk++] = c0 * st0 + c1 * st1 + c2 * st2;
+            for (let c2 = bound(lo, 2, i); c2 <= bound(hi, 2, i); c2++) {
+              n[(keys >> 2) + nk++] = c0 * st0 + c1 * st1 + c2 * st2;
+              rpbIdx.push(row + c0 * r0 + c1 * r1 + c2 * r2);
+            }
         const q = n[(qRows >> 2) + i]! >> 2;
         const out = n[(outRows >> 2) + i]! >> 2;
         const lse = n[(lseRows >> 2) + i]! >> 2;
@@ -268,6 +274,7 @@ export function scalarKernels(memory: WebAssembly.Memory): TileKernels {
             for (let x = 0; x < d; x++) acc += f[q + 4 * x + h]! * f[k + 4 * x + h]!;
             let sc = acc * scale;
             if (cap > 0) sc = cap * Math.tanh(sc / cap);
+            if (rpb) sc += f[(rpb >> 2) + 4 * rpbIdx[j]! + h]!;
             f[S + 4 * j + h] = sc;
             m = Math.max(m, sc);
           }
