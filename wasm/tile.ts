@@ -484,16 +484,23 @@ export function slicedVisit(
   v128.store(dst + 3 * stride, v128.shuffle<f32>(t2, t3, 2, 3, 6, 7));
 }
 
+// 4 rows of d floats at src (a token's 4 heads) as d v128s at dst (dim x of the 4 heads at dst + 16x).
+// @ts-ignore: decorator
+@inline function rowsToLanes(src: usize, dst: usize, d: i32): void {
+  const row = <usize>d << 2;
+  for (let x = 0; x < d; x += 4) {
+    const o = <usize>x << 2;
+    store4T(v128.load(src + o), v128.load(src + row + o), v128.load(src + 2 * row + o), v128.load(src + 3 * row + o), dst + (o << 2), 16);
+  }
+}
+
 /** In place: `blocks` blocks of 4 rows x d floats (a token's 4 heads) become d x 4 (d a multiple of 4); tmp holds 4d floats. */
 export function lanesFromRows(ptr: usize, blocks: i32, d: i32, tmp: usize): void {
   const row = <usize>d << 2;
   for (let b = 0; b < blocks; b++) {
     const base = ptr + <usize>b * (row << 2);
     memory.copy(tmp, base, row << 2);
-    for (let x = 0; x < d; x += 4) {
-      const o = <usize>x << 2;
-      store4T(v128.load(tmp + o), v128.load(tmp + row + o), v128.load(tmp + 2 * row + o), v128.load(tmp + 3 * row + o), base + (o << 2), 16);
-    }
+    rowsToLanes(tmp, base, d);
   }
 }
 
@@ -557,7 +564,7 @@ function lseOf(m: v128, l: v128): v128 {
 function pairWindows(
   qp: usize, op: usize, lp: usize, lo0: i32, hi0: i32, lo1: i32, hi1: i32, lo2: i32, hi2: i32, lo2b: i32, hi2b: i32,
   kBase: usize, vBase: usize, st0: i32, st1: i32, st2: i32, rk: usize, rv: usize, d: i32, dv: i32, scale: f32, cap: f32, sBuf: usize, keys: usize,
-  ra: usize, rb: usize, r0: i32, r1: i32, r2: i32,
+  ra: usize, rb: usize, r0: i32, r1: i32, r2: i32, qBuf: usize,
 ): void {
   const ninf = f32x4.splat(-Infinity);
   // keys of the union, then which of A (bit 0), B (bit 1) each belongs to, then (with rpb) each
@@ -583,8 +590,11 @@ function pairWindows(
     store<i32>(flags + (<usize>j << 2), (c2 <= hi2 ? 1 : 0) | (c2 >= lo2b ? 2 : 0));
     if (++x2 == w) x2 = 0;
   }
-  const qa = <usize>load<i32>(qp);
-  const qb = <usize>load<i32>(qp, 4);
+  // q stays in its [H][D] rows (used once): each query's head group goes to lanes here
+  const qa = qBuf;
+  const qb = qBuf + (<usize>d << 4);
+  rowsToLanes(<usize>load<i32>(qp), qa, d);
+  rowsToLanes(<usize>load<i32>(qp, 4), qb, d);
   // scores: S[j] = (A's 4 lanes, B's 4 lanes), four keys x two queries a block
   let j = 0;
   for (; j + 4 <= nk; j += 4) {
@@ -686,8 +696,8 @@ function pairWindows(
 }
 
 /**
- * Neighborhood attention of n queries for one group of 4 heads (lanes). Query i: its regrouped
- * q at byte offset qRows[i] (dim x at + 16x), out rows of its 4 heads from outRows[i] (dv floats
+ * Neighborhood attention of n queries for one group of 4 heads (lanes). Query i: its q rows of
+ * the 4 heads at byte offset qRows[i] (d floats apart; put in lanes in qBuf, 32 d bytes), out rows of its 4 heads from outRows[i] (dv floats
  * apart), lse of its 4 heads at lseRows[i]; its window on each of `rank` axes is [lo, hi]
  * (inclusive, [rank][ldLanes] i32, group-local). Key at window coordinates (c0, c1, c2) (rank
  * padded to 3 at the front) sits at token offset c0 st0 + c1 st1 + c2 st2 from kBase / vBase, rows
@@ -699,7 +709,7 @@ export function naLanes(
   qRows: usize, outRows: usize, lseRows: usize, lo: usize, hi: usize, ldLanes: i32, n: i32, rank: i32,
   kBase: usize, vBase: usize, st0: i32, st1: i32, st2: i32, rowK: i32, rowV: i32,
   d: i32, dv: i32, scale: f32, cap: f32, sBuf: usize, keys: usize,
-  rpb: usize, rpbRows: usize, r0: i32, r1: i32, r2: i32,
+  rpb: usize, rpbRows: usize, r0: i32, r1: i32, r2: i32, qBuf: usize,
 ): void {
   const ld = <usize>ldLanes << 2;
   const pad = 3 - rank;
@@ -733,7 +743,7 @@ export function naLanes(
       if (same0 && same1 && lo2b >= lo2 && hi2b >= hi2 && hi2b - lo2 <= hi2 - lo2 + 1 && lo2b <= hi2b) {
         const ra = rpb ? rpb + (<usize>load<i32>(rpbRows + li) << 4) : 0;
         const rb = rpb ? rpb + (<usize>load<i32>(rpbRows + lj) << 4) : 0;
-        pairWindows(qRows + li, outRows + li, lseRows + li, lo0, hi0, lo1, hi1, lo2, hi2, lo2b, hi2b, kBase, vBase, st0, st1, st2, rk, rv, d, dv, scale, cap, sBuf, keys, ra, rb, r0, r1, r2);
+        pairWindows(qRows + li, outRows + li, lseRows + li, lo0, hi0, lo1, hi1, lo2, hi2, lo2b, hi2b, kBase, vBase, st0, st1, st2, rk, rv, d, dv, scale, cap, sBuf, keys, ra, rb, r0, r1, r2, qBuf);
         i++;
         continue;
       }
@@ -754,7 +764,8 @@ export function naLanes(
           for (let c2 = lo2; c2 <= hi2; c2++, n++) store<i32>(kr + (<usize>n << 2), c0 * r0 + c1 * r1 + c2 * r2);
     }
     // scores S_j = scale * q . k_j per head lane, four keys at a time, and their running max
-    const q = <usize>load<i32>(qRows + li);
+    const q = qBuf;
+    rowsToLanes(<usize>load<i32>(qRows + li), q, d);
     let mx = ninf;
     let j = 0;
     for (; j + 4 <= nk; j += 4) {

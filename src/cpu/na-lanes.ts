@@ -12,8 +12,9 @@ import type { TileCtx } from './tile-step.js';
  * of one query share its window exactly, so with heads in the lanes every computed pair is an
  * allowed one and each window is one plain softmax. It needs the heads in fours, a key head per
  * query head, head dims in fours and no bias or RoPE (NATTEN's rpb is fine: its table is regrouped
- * the same way, [H/4][vol][4], by lanesRpb): then the job runs two phases, 'lanes' (q, k, v
- * regrouped in place per token, [H][D] -> [H/4][D][4]) and 'naLanes'.
+ * the same way, [H/4][vol][4], by lanesRpb): then the job runs two phases, 'lanes' (k and v
+ * regrouped in place per token, [H][D] -> [H/4][D][4]) and 'naLanes' (which puts each query's q in
+ * lanes as it reads it, once).
  */
 let enabled = true;
 /** Jobs planned on head lanes so far (tests assert the path ran). */
@@ -49,8 +50,8 @@ export function lanesRpb(data: Float32Array, heads: number): Float32Array {
 }
 
 /**
- * Phase 'lanes': this range's share of the token blocks of q, k and v regrouped in place, each
- * screened first when the job has a 'flags' slot (the job's non-finite screen, done here in
+ * Phase 'lanes': this range's share of the token blocks of k and v regrouped in place; with a
+ * 'flags' slot, its share of q, k and v screened first (the job's non-finite screen, done here in
  * parallel and in the same pass instead of on the calling thread).
  */
 export function runLanes(c: TileCtx, space: ItemSpace, start: number, end: number): void {
@@ -68,7 +69,8 @@ export function runLanes(c: TileCtx, space: ItemSpace, start: number, end: numbe
     const b1 = Math.floor((end * blocks) / space.total);
     if (b1 <= b0) continue;
     if (slots.flags >= 0) c.K.sanitize(slot + b0 * 16 * d, 4 * (b1 - b0), d, slots.flags + flagRow + 4 * b0);
-    c.K.lanesFromRows(slot + b0 * 16 * d, b1 - b0, d, c.at.s);
+    // q keeps its rows: each query is read once, and naLanes puts its head group in lanes itself
+    if (slot !== slots.q) c.K.lanesFromRows(slot + b0 * 16 * d, b1 - b0, d, c.at.s);
   }
 }
 
@@ -123,7 +125,7 @@ export function runNALanes(c: TileCtx, space: ItemSpace, start: number, end: num
       at.qRows, at.outRows, at.rowIdx, at.lo, at.hi, tqPad, tq, rank,
       kSlot + kvRow * P.dim * 4, vSlot + kvRow * P.dimV * 4, steps[0]!, steps[1]!, steps[2]!,
       P.kvHeads * P.dim * 4, P.kvHeads * P.dimV * 4, P.dim, P.dimV, P.scale, P.softcap, at.s, at.kRows,
-      P.rpb ? c.lay.slots.rpb + (h / 4) * vol * 16 : 0, at.m, r[0]!, r[1]!, r[2]!,
+      P.rpb ? c.lay.slots.rpb + (h / 4) * vol * 16 : 0, at.m, r[0]!, r[1]!, r[2]!, at.qt,
     );
   }
 }

@@ -271,7 +271,7 @@ export function scalarKernels(memory: WebAssembly.Memory): TileKernels {
           for (let j = 0; j < nk; j++) {
             const k = (kBase + n[(keys >> 2) + j]! * rowK) >> 2;
             let acc = 0;
-            for (let x = 0; x < d; x++) acc += f[q + 4 * x + h]! * f[k + 4 * x + h]!;
+            for (let x = 0; x < d; x++) acc += f[q + h * d + x]! * f[k + 4 * x + h]!; // q in its rows, k in lanes
             let sc = acc * scale;
             if (cap > 0) sc = cap * Math.tanh(sc / cap);
             if (rpb) sc += f[(rpb >> 2) + 4 * rpbIdx[j]! + h]!;
