@@ -562,7 +562,7 @@ function lseOf(m: v128, l: v128): v128 {
  * bounds the single-query loop (a 3-D k5 window of 4 heads x D 32 is 64 KiB of k, 64 KiB of v).
  */
 function pairWindows(
-  qp: usize, op: usize, lp: usize, lo0: i32, hi0: i32, lo1: i32, hi1: i32, lo2: i32, hi2: i32, lo2b: i32, hi2b: i32,
+  qA: usize, qB: usize, outA: usize, outB: usize, lseA: usize, lseB: usize, lo0: i32, hi0: i32, lo1: i32, hi1: i32, lo2: i32, hi2: i32, lo2b: i32, hi2b: i32,
   kBase: usize, vBase: usize, st0: i32, st1: i32, st2: i32, rk: usize, rv: usize, d: i32, dv: i32, scale: f32, cap: f32, sBuf: usize, keys: usize,
   ra: usize, rb: usize, r0: i32, r1: i32, r2: i32, qBuf: usize,
 ): void {
@@ -593,8 +593,8 @@ function pairWindows(
   // q stays in its [H][D] rows (used once): each query's head group goes to lanes here
   const qa = qBuf;
   const qb = qBuf + (<usize>d << 4);
-  rowsToLanes(<usize>load<i32>(qp), qa, d);
-  rowsToLanes(<usize>load<i32>(qp, 4), qb, d);
+  rowsToLanes(qA, qa, d);
+  rowsToLanes(qB, qb, d);
   // scores: S[j] = (A's 4 lanes, B's 4 lanes), four keys x two queries a block
   let j = 0;
   for (; j + 4 <= nk; j += 4) {
@@ -661,15 +661,11 @@ function pairWindows(
   }
   const ia = v128.and(f32x4.div(f32x4.splat(1.0), la), f32x4.gt(la, f32x4.splat(0)));
   const ib = v128.and(f32x4.div(f32x4.splat(1.0), lb), f32x4.gt(lb, f32x4.splat(0)));
-  const lseA = <usize>load<i32>(lp);
-  const lseB = <usize>load<i32>(lp, 4);
   v128.store(lseA, lseOf(ma, la));
   v128.store(lseB, lseOf(mb, lb));
   // the keys' v rows as byte offsets, so the P V loop only adds the dim
   for (j = 0; j < nk; j++) store<i32>(keys + (<usize>j << 2), <i32>(vBase + <usize>load<i32>(keys + (<usize>j << 2)) * rv));
   // out = P V / l, four dims x two queries a block
-  const outA = <usize>load<i32>(op);
-  const outB = <usize>load<i32>(op, 4);
   const ldo = <usize>dv << 2;
   for (let c = 0; c < dv; c += 4) {
     const oc = <usize>c << 4;
@@ -713,14 +709,11 @@ export function naLanes(
 ): void {
   const ld = <usize>ldLanes << 2;
   const pad = 3 - rank;
-  const sv = f32x4.splat(scale);
-  const ninf = f32x4.splat(-Infinity);
   const rk = <usize>rowK;
   const rv = <usize>rowV;
-  const ldo = <usize>dv << 2;
   for (let i = 0; i < n; i++) {
     const li = <usize>i << 2;
-    // the window's keys as token offsets, first axis outermost
+    // the window on each axis, rank padded to 3 at the front
     let lo0 = 0, hi0 = 0, lo1 = 0, hi1 = 0;
     if (pad == 0) {
       lo0 = load<i32>(lo + li);
@@ -733,140 +726,31 @@ export function naLanes(
     const lo2 = load<i32>(lo + <usize>(2 - pad) * ld + li);
     const hi2 = load<i32>(hi + <usize>(2 - pad) * ld + li);
     // the next query pairs with this one when its window differs only by at most one more key
-    // column on the last axis: one pass over the union then loads each k and v row for both
+    // column on the last axis: one pass over the union then loads each k and v row for both. A
+    // query that pairs with none (an odd one out) runs as a pair with itself.
+    let j = i;
+    let lo2b = lo2, hi2b = hi2;
     if (i + 1 < n) {
       const lj = li + 4;
-      const lo2b = load<i32>(lo + <usize>(2 - pad) * ld + lj);
-      const hi2b = load<i32>(hi + <usize>(2 - pad) * ld + lj);
+      const l2 = load<i32>(lo + <usize>(2 - pad) * ld + lj);
+      const h2 = load<i32>(hi + <usize>(2 - pad) * ld + lj);
       const same0 = pad > 0 || (load<i32>(lo + lj) == lo0 && load<i32>(hi + lj) == hi0);
       const same1 = pad > 1 || (load<i32>(lo + <usize>(1 - pad) * ld + lj) == lo1 && load<i32>(hi + <usize>(1 - pad) * ld + lj) == hi1);
-      if (same0 && same1 && lo2b >= lo2 && hi2b >= hi2 && hi2b - lo2 <= hi2 - lo2 + 1 && lo2b <= hi2b) {
-        const ra = rpb ? rpb + (<usize>load<i32>(rpbRows + li) << 4) : 0;
-        const rb = rpb ? rpb + (<usize>load<i32>(rpbRows + lj) << 4) : 0;
-        pairWindows(qRows + li, outRows + li, lseRows + li, lo0, hi0, lo1, hi1, lo2, hi2, lo2b, hi2b, kBase, vBase, st0, st1, st2, rk, rv, d, dv, scale, cap, sBuf, keys, ra, rb, r0, r1, r2, qBuf);
-        i++;
-        continue;
+      if (same0 && same1 && l2 >= lo2 && h2 >= hi2 && h2 - lo2 <= hi2 - lo2 + 1 && l2 <= h2) {
+        j = i + 1;
+        lo2b = l2;
+        hi2b = h2;
       }
     }
-    let nk = 0;
-    for (let c0 = lo0; c0 <= hi0; c0++)
-      for (let c1 = lo1; c1 <= hi1; c1++) {
-        const b = c0 * st0 + c1 * st1;
-        for (let c2 = lo2; c2 <= hi2; c2++, nk++) store<i32>(keys + (<usize>nk << 2), b + c2 * st2);
-      }
-    // with rpb: this query's row of the regrouped table, and each key's part of the index
+    const lj = <usize>j << 2;
     const ra = rpb ? rpb + (<usize>load<i32>(rpbRows + li) << 4) : 0;
-    const kr = keys + (<usize>nk << 2);
-    if (ra) {
-      let n = 0;
-      for (let c0 = lo0; c0 <= hi0; c0++)
-        for (let c1 = lo1; c1 <= hi1; c1++)
-          for (let c2 = lo2; c2 <= hi2; c2++, n++) store<i32>(kr + (<usize>n << 2), c0 * r0 + c1 * r1 + c2 * r2);
-    }
-    // scores S_j = scale * q . k_j per head lane, four keys at a time, and their running max
-    const q = qBuf;
-    rowsToLanes(<usize>load<i32>(qRows + li), q, d);
-    let mx = ninf;
-    let j = 0;
-    for (; j + 4 <= nk; j += 4) {
-      const kp = keys + (<usize>j << 2);
-      const k0 = kBase + <usize>load<i32>(kp) * rk;
-      const k1 = kBase + <usize>load<i32>(kp, 4) * rk;
-      const k2 = kBase + <usize>load<i32>(kp, 8) * rk;
-      const k3 = kBase + <usize>load<i32>(kp, 12) * rk;
-      let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
-      for (let x = 0; x < d; x++) {
-        const o = <usize>x << 4;
-        const qv = v128.load(q + o);
-        a0 = fma(qv, v128.load(k0 + o), a0);
-        a1 = fma(qv, v128.load(k1 + o), a1);
-        a2 = fma(qv, v128.load(k2 + o), a2);
-        a3 = fma(qv, v128.load(k3 + o), a3);
-      }
-      a0 = f32x4.mul(a0, sv);
-      a1 = f32x4.mul(a1, sv);
-      a2 = f32x4.mul(a2, sv);
-      a3 = f32x4.mul(a3, sv);
-      if (cap > 0) {
-        a0 = capv(a0, cap);
-        a1 = capv(a1, cap);
-        a2 = capv(a2, cap);
-        a3 = capv(a3, cap);
-      }
-      if (ra) {
-        const kq = kr + (<usize>j << 2);
-        a0 = f32x4.add(a0, v128.load(ra + (<usize>load<i32>(kq) << 4)));
-        a1 = f32x4.add(a1, v128.load(ra + (<usize>load<i32>(kq, 4) << 4)));
-        a2 = f32x4.add(a2, v128.load(ra + (<usize>load<i32>(kq, 8) << 4)));
-        a3 = f32x4.add(a3, v128.load(ra + (<usize>load<i32>(kq, 12) << 4)));
-      }
-      const sp = sBuf + (<usize>j << 4);
-      v128.store(sp, a0);
-      v128.store(sp, a1, 16);
-      v128.store(sp, a2, 32);
-      v128.store(sp, a3, 48);
-      mx = f32x4.pmax(mx, f32x4.pmax(f32x4.pmax(a0, a1), f32x4.pmax(a2, a3)));
-    }
-    for (; j < nk; j++) {
-      const k0 = kBase + <usize>load<i32>(keys + (<usize>j << 2)) * rk;
-      let a0 = f32x4.splat(0);
-      for (let x = 0; x < d; x++) a0 = fma(v128.load(q + (<usize>x << 4)), v128.load(k0 + (<usize>x << 4)), a0);
-      a0 = f32x4.mul(a0, sv);
-      if (cap > 0) a0 = capv(a0, cap);
-      if (ra) a0 = f32x4.add(a0, v128.load(ra + (<usize>load<i32>(kr + (<usize>j << 2)) << 4)));
-      v128.store(sBuf + (<usize>j << 4), a0);
-      mx = f32x4.pmax(mx, a0);
-    }
-    // softmax over the window, lane by lane: P_j = exp(S_j - max), l = sum
-    const mSafe = v128.andnot(mx, f32x4.eq(mx, ninf));
-    let sum = f32x4.splat(0);
-    for (j = 0; j < nk; j++) {
-      const sp = sBuf + (<usize>j << 4);
-      const e = vexpNeg(f32x4.sub(v128.load(sp), mSafe));
-      v128.store(sp, e);
-      sum = f32x4.add(sum, e);
-    }
-    const pos = f32x4.gt(sum, f32x4.splat(0));
-    const inv = v128.and(f32x4.div(f32x4.splat(1.0), sum), pos);
-    // lse = max + log l per head (l = 0: -inf; l NaN: NaN)
-    const lp = <usize>load<i32>(lseRows + li);
-    v128.store(lp, lseOf(mx, sum));
-    // out = P V / l, eight dims at a time over the window, transposed back to one row per head
-    const out = <usize>load<i32>(outRows + li);
-    let c = 0;
-    for (; c + 8 <= dv; c += 8) {
-      const oc = <usize>c << 4;
-      let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
-      let a4 = f32x4.splat(0), a5 = f32x4.splat(0), a6 = f32x4.splat(0), a7 = f32x4.splat(0);
-      for (j = 0; j < nk; j++) {
-        const p = v128.load(sBuf + (<usize>j << 4));
-        const vr = vBase + <usize>load<i32>(keys + (<usize>j << 2)) * rv + oc;
-        a0 = fma(p, v128.load(vr), a0);
-        a1 = fma(p, v128.load(vr, 16), a1);
-        a2 = fma(p, v128.load(vr, 32), a2);
-        a3 = fma(p, v128.load(vr, 48), a3);
-        a4 = fma(p, v128.load(vr, 64), a4);
-        a5 = fma(p, v128.load(vr, 80), a5);
-        a6 = fma(p, v128.load(vr, 96), a6);
-        a7 = fma(p, v128.load(vr, 112), a7);
-      }
-      const dst = out + (<usize>c << 2);
-      store4T(f32x4.mul(a0, inv), f32x4.mul(a1, inv), f32x4.mul(a2, inv), f32x4.mul(a3, inv), dst, ldo);
-      store4T(f32x4.mul(a4, inv), f32x4.mul(a5, inv), f32x4.mul(a6, inv), f32x4.mul(a7, inv), dst + 16, ldo);
-    }
-    for (; c < dv; c += 4) {
-      const oc = <usize>c << 4;
-      let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
-      for (j = 0; j < nk; j++) {
-        const p = v128.load(sBuf + (<usize>j << 4));
-        const vr = vBase + <usize>load<i32>(keys + (<usize>j << 2)) * rv + oc;
-        a0 = fma(p, v128.load(vr), a0);
-        a1 = fma(p, v128.load(vr, 16), a1);
-        a2 = fma(p, v128.load(vr, 32), a2);
-        a3 = fma(p, v128.load(vr, 48), a3);
-      }
-      store4T(f32x4.mul(a0, inv), f32x4.mul(a1, inv), f32x4.mul(a2, inv), f32x4.mul(a3, inv), out + (<usize>c << 2), ldo);
-    }
+    const rb = rpb ? rpb + (<usize>load<i32>(rpbRows + lj) << 4) : 0;
+    pairWindows(
+      <usize>load<i32>(qRows + li), <usize>load<i32>(qRows + lj), <usize>load<i32>(outRows + li), <usize>load<i32>(outRows + lj),
+      <usize>load<i32>(lseRows + li), <usize>load<i32>(lseRows + lj), lo0, hi0, lo1, hi1, lo2, hi2, lo2b, hi2b,
+      kBase, vBase, st0, st1, st2, rk, rv, d, dv, scale, cap, sBuf, keys, ra, rb, r0, r1, r2, qBuf,
+    );
+    i = j;
   }
 }
 
