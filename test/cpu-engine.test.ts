@@ -325,3 +325,57 @@ test('a small call on the calling thread leaves the worker pool running (no rest
   }
   assert.equal(poolStats().spawned, before.spawned, 'no worker was started again');
 });
+
+test('chained phases: a barrier between them on every thread, and a failing thread stops the others at the next barrier (no hang)', async () => {
+  const { Worker } = await import('node:worker_threads');
+  const url = new URL('../src/cpu/kernels.js', import.meta.url).href;
+  // each thread runs 3 chained phases with no items; thread 1 is slow in phase 0 (50 ms), and
+  // failAt makes one thread throw in one phase. Word 20 counts finished phase-0 runs; every phase-1
+  // start records what it saw there (must be 2: both threads past phase 0).
+  const code = `
+    const { parentPort, workerData } = require('node:worker_threads');
+    import(workerData.url).then(({ runChain }) => {
+      const { memory, thread, failAt } = workerData;
+      const w = new Int32Array(memory.buffer);
+      const ran = [];
+      const msg = { id: 1, kind: 'fused', chain: ['fused', 'fused'], problem: null, layout: { counter: 0, threads: 2 } };
+      try {
+        runChain(memory, msg, () => {
+          const p = ran.length;
+          ran.push(p === 1 ? Atomics.load(w, 20) : -1);
+          if (p === 0 && thread === 1) Atomics.wait(w, 30, 0, 50);
+          if (failAt && failAt[0] === thread && failAt[1] === p) throw new Error('boom');
+          if (p === 0) Atomics.add(w, 20, 1);
+          return { ctx: null, space: { total: 0 } };
+        });
+        parentPort.postMessage({ ran, error: null });
+      } catch (e) {
+        parentPort.postMessage({ ran, error: e.message });
+      }
+    });`;
+  const run = async (failAt?: [number, number]) => {
+    const memory = new WebAssembly.Memory({ initial: 1, maximum: 1, shared: true });
+    const answers = await Promise.all(
+      [0, 1].map(
+        (thread) =>
+          new Promise<{ ran: number[]; error: string | null }>((resolve, reject) => {
+            const w = new Worker(code, { eval: true, workerData: { url, memory, thread, failAt } });
+            const timer = setTimeout(() => (void w.terminate(), reject(new Error(`thread ${thread} hung`))), 5000);
+            w.once('message', (m) => (clearTimeout(timer), void w.terminate(), resolve(m)));
+            w.once('error', (e) => (clearTimeout(timer), reject(e)));
+          }),
+      ),
+    );
+    return answers;
+  };
+  const ok = await run();
+  for (const a of ok) {
+    assert.equal(a.error, null);
+    assert.deepEqual(a.ran, [-1, 2, -1], 'three phases, and phase 1 started after both threads finished phase 0');
+  }
+  const failed = await run([1, 0]);
+  assert.equal(failed[1]!.error, 'boom');
+  assert.deepEqual(failed[1]!.ran, [-1], 'the failing thread stops');
+  assert.equal(failed[0]!.error, null);
+  assert.deepEqual(failed[0]!.ran, [-1], 'the other thread stops at the barrier after the failure');
+});

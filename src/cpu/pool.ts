@@ -3,7 +3,7 @@ import type { NonFinite } from '../nonfinite.js';
 import { nodeBuiltin } from '../node-builtin.js';
 import { serializable } from '../patterns/spec.js';
 import { type AttnProblem, ItemSpace } from '../problem.js';
-import { type PhaseMsg, phaseContext, rankOf, runRange } from './kernels.js';
+import { MAX_CHAIN, type PhaseMsg, phaseContext, rankOf, resetControl, runRange } from './kernels.js';
 import { type JobLayout, type KernelKind, PER_THREAD, type Slot, layJob, scratchPlan, slotSizes } from './layout.js';
 import { type KernelVariant, type TileKernels, bestVariant, kernelsOn, moduleOf, variantAvailable } from './tile-kernels.js';
 import { type WorkerPort, spawnWorker } from './worker-port.js';
@@ -221,15 +221,22 @@ async function execute(job: CpuJob): Promise<JobOutputs> {
     ...(problem.rpb ? { rpb: { ...problem.rpb, data: new Float32Array(0) } } : {}),
     ...(problem.rope ? { rope: { ...problem.rope, table: new Float32Array(0) } } : {}),
   };
-  for (const phase of job.phases) {
+  for (let i = 0; i < job.phases.length; ) {
+    const phase = job.phases[i]!;
     if (typeof phase === 'function') {
       phase(e.main, new Float32Array(e.memory.buffer), layout);
+      i++;
       continue;
     }
-    const msg: PhaseMsg = { id: nextId++, kind: phase, problem: wire, layout };
-    new Int32Array(e.memory.buffer, layout.counter, 1)[0] = 0;
+    // consecutive kernel phases go to the workers as one message, with barriers between them
+    let j = i + 1;
+    while (j < job.phases.length && typeof job.phases[j] === 'string' && j - i < MAX_CHAIN) j++;
+    const kinds = job.phases.slice(i, j) as KernelKind[];
+    i = j;
+    const msg: PhaseMsg = { id: nextId++, kind: kinds[0]!, problem: wire, layout, ...(kinds.length > 1 ? { chain: kinds.slice(1) } : {}) };
+    resetControl(e.memory, layout);
     if (pooled) await runOnWorkers(e.workers, msg);
-    else await runInline(e, msg, space);
+    else for (const kind of kinds) await runInline(e, { id: msg.id, kind, problem: wire, layout }, space);
   }
   f32 = new Float32Array(e.memory.buffer);
   if (phaseScreen) nonFinite = screenFlags(e, layout, problem);

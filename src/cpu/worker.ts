@@ -1,5 +1,5 @@
 import { nodeBuiltin } from '../node-builtin.js';
-import { type PhaseMsg, claimLoop, phaseContext } from './kernels.js';
+import { type PhaseMsg, phaseContext, runChain } from './kernels.js';
 import type { TileKernels } from './tile-kernels.js';
 import { kernelsOn } from './tile-kernels.js';
 import type { DoneMsg, InitMsg } from './worker-port.js';
@@ -24,8 +24,8 @@ function handle(m: InitMsg | ({ type: 'phase' } & PhaseMsg), reply: (d: DoneMsg)
   }
   try {
     if (!kernels || !memory) throw new Error('worker used before init');
-    const { ctx, space } = phaseContext(kernels, memory, m, thread);
-    claimLoop(memory, m, ctx, space);
+    const [K, mem] = [kernels, memory];
+    runChain(mem, m, (kind) => phaseContext(K, mem, { ...m, kind }, thread));
     reply({ type: 'done', id: m.id });
   } catch (e) {
     reply({ type: 'done', id: m.id, error: e instanceof Error ? `${e.message}\n${e.stack}` : String(e) });
