@@ -2,7 +2,7 @@ import type { CommonOptions, Result } from './options.js';
 import { windowVolume } from './cpu/na.js';
 import { type MainStep, runJob } from './cpu/pool.js';
 import { type KernelKind, type Slot, cpuFusedTiles } from './cpu/layout.js';
-import { headLanesFit, lanesRpb } from './cpu/na-lanes.js';
+import { headLanesBackwardFit, headLanesFit, lanesRpb } from './cpu/na-lanes.js';
 import { unrotateRows } from './rope.js';
 import { type NonFinite, poisonRows, screenInputs, screenProblemBias } from './nonfinite.js';
 import type { AttnProblem } from './problem.js';
@@ -168,12 +168,19 @@ export async function runBackwardCpu(problem: AttnProblem, t: BackwardInputs, op
   const { kRows, kvHeads: Hk, dim: D, dimV: DV } = problem;
   const rpbLen = problem.rpb?.data.length ?? 0;
   const biasLen = dbias ? (problem.bias?.data.length ?? 0) : 0;
+  // neighborhoods with heads in fours: heads in the lanes, k and v (and the dK, dV partials) regrouped
+  const lanes = headLanesBackwardFit(tuned);
   const reduce: MainStep = (K, f32, lay) => {
     const pairs: [Slot, Slot, number][] = [['dkp', 'dk', kRows * Hk * D], ['dvp', 'dv', kRows * Hk * DV], ['drpbp', 'drpb', rpbLen], ['dbiasp', 'dbias', biasLen]];
     for (const [part, dst, n] of pairs) {
       if (lay.slots[dst] < 0 || n === 0) continue;
       f32.fill(0, lay.slots[dst] >> 2, (lay.slots[dst] >> 2) + n);
       for (let th = 0; th < lay.threads; th++) K.addInto(lay.slots[dst], lay.slots[part] + th * lay.partialBytes[part]!, n);
+    }
+    if (lanes) {
+      // the summed partials back from lanes to rows (thread 0's scratch, idle now, as the swap area)
+      K.rowsFromLanes(lay.slots.dk, (kRows * Hk) / 4, D, lay.scratch);
+      K.rowsFromLanes(lay.slots.dv, (kRows * Hk) / 4, DV, lay.scratch);
     }
     if (problem.rope) {
       // dK was summed in the rotated frame of each key's position: turn it back
@@ -188,7 +195,7 @@ export async function runBackwardCpu(problem: AttnProblem, t: BackwardInputs, op
   };
   const r = await runJob({
     problem: tuned,
-    phases: ['backward', reduce],
+    phases: lanes ? ['lanes', 'naLanesBwd', reduce] : ['backward', reduce],
     inputs: { q: t.q, k: t.k, v: t.v, out: t.out, lse: t.lse, dout: t.dout },
     outputs: ['dq', 'dk', 'dv', ...(rpbLen ? (['drpb'] as const) : []), ...(biasLen ? (['dbias'] as const) : [])],
     temps: ['dkp', 'dvp', ...(rpbLen ? (['drpbp'] as const) : []), ...(biasLen ? (['dbiasp'] as const) : [])],

@@ -16,6 +16,7 @@ import {
   na2d,
   na3d,
   neighborhoodAttention,
+  neighborhoodAttentionBackward,
   randn,
   referenceAttention,
   setCpuKernels,
@@ -29,7 +30,8 @@ import { planAttention, planNA } from '../src/api.js';
 import { setInlineFlops } from '../src/cpu/pool.js';
 import { moduleOf } from '../src/cpu/tile-kernels.js';
 import * as lanes from '../src/cpu/na-lanes.js';
-import { Failures, Rng, compareResult, describe, poisoned, randTensor, randomAttention, randomNA, snapshot, sameBytes } from './helpers.js';
+import { referenceBackward } from '../src/reference-backward.js';
+import { Failures, Rng, compareResult, describe, gradMismatch, poisoned, randTensor, randomAttention, randomNA, snapshot, sameBytes } from './helpers.js';
 
 // Node 20 validates relaxed SIMD only behind this V8 flag (newer engines by default); set before
 // the first module is compiled, so both wasm variants can be tested here.
@@ -379,3 +381,44 @@ test('chained phases: a barrier between them on every thread, and a failing thre
   assert.equal(failed[0]!.error, null);
   assert.deepEqual(failed[0]!.ran, [-1], 'the other thread stops at the barrier after the failure');
 });
+
+for (const variant of ['relaxed-simd', 'simd', 'scalar'] as KernelVariant[]) {
+  test(`head-lane backward '${variant}' (neighborhoods with heads in fours): random 1-3-D windows against the float64 reference, on the pool and inline`, async () => {
+    setCpuKernels(variant);
+    const threads = cpuThreads();
+    try {
+      const f = new Failures();
+      const rng = new Rng(71 + variant.length);
+      for (let i = 0; i < 12; i++) {
+        const pool = i % 2 === 0;
+        setInlineFlops(pool ? 0 : 1e12);
+        setCpuThreads(pool ? threads : 1);
+        const c = randomNA(rng, rng.int(1, 3));
+        const H = rng.pick([4, 8]);
+        const D = 4 * rng.int(1, 6);
+        const DV = rng.bool(0.3) ? 4 * rng.int(1, 4) : D;
+        const lead = [rng.int(1, 2), ...c.grid];
+        const q = randTensor(rng, [...lead, H, D]);
+        const k = randTensor(rng, [...lead, H, D]);
+        const v = randTensor(rng, [...lead, H, DV]);
+        const opts: NeighborhoodOptions = { kernelSize: c.kernel, dilation: c.dilation, stride: c.stride, isCausal: c.causal, ...(rng.bool(0.3) ? { softcap: 6 } : {}) };
+        await f.run(`#${i} ${describe({ shape: q.shape, dv: DV, ...opts })}`, async () => {
+          const fw = await neighborhoodAttention(q, k, v, opts);
+          const dOut = randTensor(rng, fw.out.shape);
+          const before = lanes.headLaneJobs;
+          const g = await neighborhoodAttentionBackward(q, k, v, fw.out, fw.lse, dOut, opts);
+          if (lanes.headLaneJobs !== before + 1) throw new Error('the head-lane backward did not run');
+          const ref = referenceBackward(planNA(q, k, v, opts).problem, bufs(q, k, v), dOut.data);
+          const msg = gradMismatch({ dq: g.dq.data, dk: g.dk.data, dv: g.dv.data }, ref, false, 1e-4);
+          if (msg) throw new Error(msg);
+        });
+      }
+      f.done(`head-lane backward on ${variant}`);
+      assert.equal(cpuInfo().kernels, variant);
+    } finally {
+      setCpuKernels(undefined);
+      setInlineFlops(2e6);
+      setCpuThreads(threads);
+    }
+  });
+}

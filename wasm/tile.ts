@@ -754,6 +754,138 @@ export function naLanes(
   }
 }
 
+/** In place: `blocks` blocks of d x 4 (a token's 4 heads in lanes) back to 4 rows x d; tmp holds 4d floats. */
+export function rowsFromLanes(ptr: usize, blocks: i32, d: i32, tmp: usize): void {
+  const row = <usize>d << 2;
+  for (let b = 0; b < blocks; b++) {
+    const base = ptr + <usize>b * (row << 2);
+    memory.copy(tmp, base, row << 2);
+    for (let x = 0; x < d; x += 4) {
+      const o = <usize>x << 4;
+      store4T(v128.load(tmp + o), v128.load(tmp + o, 16), v128.load(tmp + o, 32), v128.load(tmp + o, 48), base + (<usize>x << 2), row);
+    }
+  }
+}
+
+/**
+ * The head-lane backward of n queries for one group of 4 heads (FlashAttention-2 from the LSE):
+ * per query its window's P = exp(S - lse), dP = dO V^T, dS = P (dP - delta) (times the softcap's
+ * derivative), then dQ = scale dS K written to its rows, and dK += scale dS q, dV += P dO into this
+ * thread's partials (regrouped like k and v, at dkBase / dvBase with the same offsets). Queries as
+ * in naLanes; doRows / oRows: dO and O rows of the query's 4 heads, lseRows: its 4 lse values,
+ * dqRows: its dq rows. Scratch: sBuf 32 bytes a key (P, dS), keys a window, lanes 4 (d + 2 dv) floats.
+ */
+export function naLanesBwd(
+  qRows: usize, doRows: usize, oRows: usize, lseRows: usize, dqRows: usize, lo: usize, hi: usize, ldLanes: i32, n: i32, rank: i32,
+  kBase: usize, vBase: usize, dkBase: usize, dvBase: usize, st0: i32, st1: i32, st2: i32, rowK: i32, rowV: i32,
+  d: i32, dv: i32, scale: f32, cap: f32, sBuf: usize, keys: usize, lanes: usize,
+): void {
+  const ld = <usize>ldLanes << 2;
+  const pad = 3 - rank;
+  const rk = <usize>rowK;
+  const rv = <usize>rowV;
+  const ninf = f32x4.splat(-Infinity);
+  const sv = f32x4.splat(scale);
+  const one = f32x4.splat(1.0);
+  const inv = f32x4.splat(cap > 0 ? 1.0 / cap : 0.0);
+  const qL = lanes;
+  const doL = qL + (<usize>d << 4);
+  const oL = doL + (<usize>dv << 4);
+  for (let i = 0; i < n; i++) {
+    const li = <usize>i << 2;
+    let lo0 = 0, hi0 = 0, lo1 = 0, hi1 = 0;
+    if (pad == 0) {
+      lo0 = load<i32>(lo + li);
+      hi0 = load<i32>(hi + li);
+    }
+    if (pad <= 1) {
+      lo1 = load<i32>(lo + <usize>(1 - pad) * ld + li);
+      hi1 = load<i32>(hi + <usize>(1 - pad) * ld + li);
+    }
+    const lo2 = load<i32>(lo + <usize>(2 - pad) * ld + li);
+    const hi2 = load<i32>(hi + <usize>(2 - pad) * ld + li);
+    let nk = 0;
+    for (let c0 = lo0; c0 <= hi0; c0++)
+      for (let c1 = lo1; c1 <= hi1; c1++) {
+        const b = c0 * st0 + c1 * st1;
+        for (let c2 = lo2; c2 <= hi2; c2++, nk++) store<i32>(keys + (<usize>nk << 2), b + c2 * st2);
+      }
+    rowsToLanes(<usize>load<i32>(qRows + li), qL, d);
+    rowsToLanes(<usize>load<i32>(doRows + li), doL, dv);
+    rowsToLanes(<usize>load<i32>(oRows + li), oL, dv);
+    // delta = rowsum(dO * O) per head; a row with no key (lse -inf) gets lse +inf, so P = 0
+    let delta = f32x4.splat(0);
+    for (let c = 0; c < dv; c++) delta = fma(v128.load(doL + (<usize>c << 4)), v128.load(oL + (<usize>c << 4)), delta);
+    let L = v128.load(<usize>load<i32>(lseRows + li));
+    L = v128.bitselect(f32x4.splat(Infinity), L, f32x4.eq(L, ninf));
+    // P and dS per key (P at sBuf + 32 j, dS at + 16)
+    for (let j = 0; j < nk; j++) {
+      const off = <usize>load<i32>(keys + (<usize>j << 2));
+      const kr = kBase + off * rk;
+      const vr = vBase + off * rv;
+      let s0 = f32x4.splat(0), s1 = f32x4.splat(0), p0 = f32x4.splat(0), p1 = f32x4.splat(0);
+      let x = 0;
+      for (; x + 2 <= d; x += 2) {
+        const o = <usize>x << 4;
+        s0 = fma(v128.load(qL + o), v128.load(kr + o), s0);
+        s1 = fma(v128.load(qL + o, 16), v128.load(kr + o, 16), s1);
+      }
+      if (x < d) s0 = fma(v128.load(qL + (<usize>x << 4)), v128.load(kr + (<usize>x << 4)), s0);
+      let c = 0;
+      for (; c + 2 <= dv; c += 2) {
+        const o = <usize>c << 4;
+        p0 = fma(v128.load(doL + o), v128.load(vr + o), p0);
+        p1 = fma(v128.load(doL + o, 16), v128.load(vr + o, 16), p1);
+      }
+      if (c < dv) p0 = fma(v128.load(doL + (<usize>c << 4)), v128.load(vr + (<usize>c << 4)), p0);
+      let sc = f32x4.mul(f32x4.add(s0, s1), sv);
+      if (cap > 0) sc = capv(sc, cap);
+      const p = vexpNeg(f32x4.sub(sc, L));
+      let ds = f32x4.mul(p, f32x4.sub(f32x4.add(p0, p1), delta));
+      if (cap > 0) {
+        const t = f32x4.mul(sc, inv);
+        ds = f32x4.mul(ds, f32x4.sub(one, f32x4.mul(t, t)));
+      }
+      const sp = sBuf + (<usize>j << 5);
+      v128.store(sp, p);
+      v128.store(sp, ds, 16);
+    }
+    // dK_j += scale dS_j q, dV_j += P_j dO (this thread's partials)
+    for (let j = 0; j < nk; j++) {
+      const off = <usize>load<i32>(keys + (<usize>j << 2));
+      const sp = sBuf + (<usize>j << 5);
+      const p = v128.load(sp);
+      const ds = f32x4.mul(v128.load(sp, 16), sv);
+      const dk = dkBase + off * rk;
+      const dvp = dvBase + off * rv;
+      for (let x = 0; x < d; x++) {
+        const o = <usize>x << 4;
+        v128.store(dk + o, fma(ds, v128.load(qL + o), v128.load(dk + o)));
+      }
+      for (let c = 0; c < dv; c++) {
+        const o = <usize>c << 4;
+        v128.store(dvp + o, fma(p, v128.load(doL + o), v128.load(dvp + o)));
+      }
+    }
+    // dQ = scale dS K, four dims a block, back to one row per head
+    const dq = <usize>load<i32>(dqRows + li);
+    const ldq = <usize>d << 2;
+    for (let x = 0; x < d; x += 4) {
+      const o = <usize>x << 4;
+      let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
+      for (let j = 0; j < nk; j++) {
+        const ds = v128.load(sBuf + (<usize>j << 5), 16);
+        const kr = kBase + <usize>load<i32>(keys + (<usize>j << 2)) * rk + o;
+        a0 = fma(ds, v128.load(kr), a0);
+        a1 = fma(ds, v128.load(kr, 16), a1);
+        a2 = fma(ds, v128.load(kr, 32), a2);
+        a3 = fma(ds, v128.load(kr, 48), a3);
+      }
+      store4T(f32x4.mul(a0, sv), f32x4.mul(a1, sv), f32x4.mul(a2, sv), f32x4.mul(a3, sv), dq + (<usize>x << 2), ldq);
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Backward (FlashAttention-2 recomputation from the forward's LSE). Q.K^T and dP = dO V^T are
 // scoresT, dQ += dS K is pvAcc (alpha 1); what is new: the probabilities from the LSE, dS, and

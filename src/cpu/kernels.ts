@@ -4,7 +4,7 @@ import { runBackward } from './backward.js';
 import { runFused } from './fused.js';
 import { type JobLayout, type KernelKind, scratchPlan } from './layout.js';
 import { runNAAV, runNAQK, runNaive } from './na.js';
-import { runLanes, runNALanes } from './na-lanes.js';
+import { runLanes, runNALanes, runNALanesBwd } from './na-lanes.js';
 import type { TileKernels } from './tile-kernels.js';
 import { TileCtx } from './tile-step.js';
 
@@ -68,6 +68,8 @@ export function runRange(kind: KernelKind, ctx: TileCtx, space: ItemSpace, start
       return runLanes(ctx, space, start, end);
     case 'naLanes':
       return runNALanes(ctx, space, start, end);
+    case 'naLanesBwd':
+      return runNALanesBwd(ctx, space, start, end);
   }
 }
 

@@ -3,7 +3,7 @@ import type { AttnProblem } from '../problem.js';
 import { tileFor } from '../problem.js';
 
 /** Kernels a CPU thread can run over a range of work items; the same table on the main thread and in workers. */
-export type KernelKind = 'fused' | 'naive' | 'naQK' | 'naAV' | 'backward' | 'lanes' | 'naLanes';
+export type KernelKind = 'fused' | 'naive' | 'naQK' | 'naAV' | 'backward' | 'lanes' | 'naLanes' | 'naLanesBwd';
 
 /**
  * Tensors a job keeps in the shared memory. Backward: dout in; dq out; dkp, dvp, drpbp one
@@ -55,7 +55,7 @@ export interface ScratchPlan {
 function maxKeys(kind: KernelKind, problem: AttnProblem, rank: number): number {
   const p = problem.pattern;
   const union = () => (p.kind === 'neighborhood' ? prod(tileFor(problem.qTile, rank).map((t, a) => t + p.kernelSize[a]! + p.stride[a]!)) : 0);
-  if (kind === 'fused' || kind === 'backward' || kind === 'lanes' || kind === 'naLanes') return Math.max(prod(tileFor(problem.kvTile, rank)), union());
+  if (kind === 'fused' || kind === 'backward' || kind === 'lanes' || kind === 'naLanes' || kind === 'naLanesBwd') return Math.max(prod(tileFor(problem.kvTile, rank)), union());
   if (p.kind !== 'neighborhood') throw new Error('neighborhood kernels need a neighborhood pattern');
   if (kind === 'naive') return prod(p.kernelSize);
   return union();
@@ -70,9 +70,10 @@ export function scratchPlan(kind: KernelKind, problem: AttnProblem, rank: number
   // head lanes: a query pair's window union (one more key column on the last axis), whose keys,
   // flags and rpb index parts (three lists) and scores (8 floats a key) must fit whatever the tile
   const p = problem.pattern;
-  const pairUnion = (kind === 'naLanes' || kind === 'lanes') && p.kind === 'neighborhood' ? prod(p.kernelSize.map((k, a) => (a === p.kernelSize.length - 1 ? k + 1 : k))) : 0;
+  const pairUnion = (kind === 'naLanes' || kind === 'lanes' || kind === 'naLanesBwd') && p.kind === 'neighborhood' ? prod(p.kernelSize.map((k, a) => (a === p.kernelSize.length - 1 ? k + 1 : k))) : 0;
   const sizes = {
-    qt: D * tqPad,
+    // head lanes (forward: q of a query pair; backward: q, dO and O of a query), in lanes
+    qt: Math.max(D * tqPad, kind === 'naLanesBwd' ? 4 * (D + 2 * DV) : 0),
     // head lanes: a window of 4-lane scores, or 4 rows being regrouped
     s: Math.max(maxK * tqPad, 4 * Math.max(D, DV), 8 * pairUnion),
     o: tqPad * DV,

@@ -129,3 +129,60 @@ export function runNALanes(c: TileCtx, space: ItemSpace, start: number, end: num
     );
   }
 }
+
+/** Whether the CPU backward for `p` runs on head lanes: the forward's conditions, and no rpb (drpb stays on the query-lane step). */
+export function headLanesBackwardFit(p: AttnProblem): boolean {
+  return enabled && !p.rpb && headLanesFit(p);
+}
+
+/**
+ * Phase 'naLanesBwd' (after 'lanes' regrouped k and v): work items of heads h = 0 mod 4 run the
+ * backward of their query tile for heads h..h+3 (wasm `naLanesBwd`): dq written to its rows, dK
+ * and dV into this thread's partials in the lane layout (the job's reduce sums them and puts them
+ * back in rows).
+ */
+export function runNALanesBwd(c: TileCtx, space: ItemSpace, start: number, end: number): void {
+  const P = c.problem;
+  const { i32, at, rank, qTok, tqPad } = c;
+  const { q: qSlot, k: kSlot, v: vSlot, out: oSlot, dout: doSlot, lse: lseSlot, dq: dqSlot } = c.lay.slots;
+  const dkp = c.lay.slots.dkp + c.thread * c.lay.partialBytes.dkp!;
+  const dvp = c.lay.slots.dvp + c.thread * c.lay.partialBytes.dvp!;
+  const steps = [0, 0, 0];
+  for (let item = start; item < end; item++) {
+    const { seq, h, g, tile } = space.decode(item);
+    if (h % 4 !== 0) continue;
+    const p = space.pattern(seq);
+    const span = P.seqs[seq]!;
+    const geo = p.geometry;
+    const grp = p.groups[g]!;
+    const qBox = tileBox(grp.qLen, tileFor(P.qTile, rank), tile);
+    const tq = boxTokens(geo.qShape, geo.dilation, grp, qBox, qTok);
+    if (tq === 0) continue;
+    boxCoords(qBox, c.qCrd);
+    c.tq = tq;
+    c.setIntervals(p.boxRules!(g), qBox);
+    let st = 1;
+    let base = 0;
+    steps.fill(0);
+    for (let a = rank - 1; a >= 0; a--) {
+      steps[3 - rank + a] = geo.dilation[a]! * st;
+      base += grp.offset[a]! * st;
+      st *= geo.kShape[a]!;
+    }
+    for (let i = 0; i < tq; i++) {
+      const r = (span.qOff + qTok[i]!) * P.heads + h;
+      i32[(at.qRows >> 2) + i] = qSlot + r * P.dim * 4;
+      // row lists in this kind's tqPad-sized areas: q, O, lse, then dO (m) and dq (l)
+      i32[(at.outRows >> 2) + i] = oSlot + r * P.dimV * 4;
+      i32[(at.rowIdx >> 2) + i] = lseSlot + r * 4;
+      i32[(at.m >> 2) + i] = doSlot + r * P.dimV * 4;
+      i32[(at.l >> 2) + i] = dqSlot + r * P.dim * 4;
+    }
+    const kvRow = (span.kOff + base) * P.kvHeads + h;
+    c.K.naLanesBwd(
+      at.qRows, at.m, at.outRows, at.rowIdx, at.l, at.lo, at.hi, tqPad, tq, rank,
+      kSlot + kvRow * P.dim * 4, vSlot + kvRow * P.dimV * 4, dkp + kvRow * P.dim * 4, dvp + kvRow * P.dimV * 4,
+      steps[0]!, steps[1]!, steps[2]!, P.kvHeads * P.dim * 4, P.kvHeads * P.dimV * 4, P.dim, P.dimV, P.scale, P.softcap, at.s, at.kRows, at.qt,
+    );
+  }
+}

@@ -247,6 +247,55 @@ export function scalarKernels(memory: WebAssembly.Memory): TileKernels {
         for (let x = 0; x < d; x++) for (let h = 0; h < 4; h++) f[base + 4 * x + h] = f[(tmp >> 2) + h * d + x]!;
       }
     },
+    rowsFromLanes(ptr, blocks, d, tmp) {
+      sync();
+      for (let b = 0; b < blocks; b++) {
+        const base = (ptr >> 2) + b * 4 * d;
+        f.copyWithin(tmp >> 2, base, base + 4 * d);
+        for (let x = 0; x < d; x++) for (let h = 0; h < 4; h++) f[base + h * d + x] = f[(tmp >> 2) + 4 * x + h]!;
+      }
+    },
+    naLanesBwd(qRows, doRows, oRows, lseRows, dqRows, lo, hi, ld, cnt, rank, kBase, vBase, dkBase, dvBase, st0, st1, st2, rowK, rowV, d, dv, scale, cap) {
+      sync();
+      const pad = 3 - rank;
+      const bound = (ends: number, a: number, i: number) => (a < pad ? 0 : n[(ends >> 2) + (a - pad) * ld + i]!);
+      for (let i = 0; i < cnt; i++) {
+        const offs: number[] = [];
+        for (let c0 = bound(lo, 0, i); c0 <= bound(hi, 0, i); c0++)
+          for (let c1 = bound(lo, 1, i); c1 <= bound(hi, 1, i); c1++)
+            for (let c2 = bound(lo, 2, i); c2 <= bound(hi, 2, i); c2++) offs.push(c0 * st0 + c1 * st1 + c2 * st2);
+        // q, dO, O and dq in rows of the 4 heads; k, v, dK, dV in lanes
+        const [q, dO, o, dq] = [qRows, doRows, oRows, dqRows].map((r) => n[(r >> 2) + i]! >> 2) as [number, number, number, number];
+        const lse = n[(lseRows >> 2) + i]! >> 2;
+        for (let h = 0; h < 4; h++) {
+          let delta = 0;
+          for (let c = 0; c < dv; c++) delta += f[dO + h * dv + c]! * f[o + h * dv + c]!;
+          const L = f[lse + h]! === -Infinity ? Infinity : f[lse + h]!;
+          const dqAcc = new Float64Array(d);
+          for (const off of offs) {
+            const k = (kBase + off * rowK) >> 2;
+            const v = (vBase + off * rowV) >> 2;
+            let sc = 0;
+            for (let x = 0; x < d; x++) sc += f[q + h * d + x]! * f[k + 4 * x + h]!;
+            sc *= scale;
+            if (cap > 0) sc = cap * Math.tanh(sc / cap);
+            const p = Math.exp(sc - L);
+            let dp = 0;
+            for (let c = 0; c < dv; c++) dp += f[dO + h * dv + c]! * f[v + 4 * c + h]!;
+            let ds = p * (dp - delta);
+            if (cap > 0) ds *= 1 - (sc / cap) ** 2;
+            const dk = (dkBase + off * rowK) >> 2;
+            const dvp = (dvBase + off * rowV) >> 2;
+            for (let x = 0; x < d; x++) {
+              f[dk + 4 * x + h]! += scale * ds * f[q + h * d + x]!;
+              dqAcc[x]! += ds * f[k + 4 * x + h]!;
+            }
+            for (let c = 0; c < dv; c++) f[dvp + 4 * c + h]! += p * f[dO + h * dv + c]!;
+          }
+          for (let x = 0; x < d; x++) f[dq + h * d + x] = scale * dqAcc[x]!;
+        }
+      }
+    },
     naLanes(qRows, outRows, lseRows, lo, hi, ld, cnt, rank, kBase, vBase, st0, st1, st2, rowK, rowV, d, dv, scale, cap, sBuf, keys, rpb, rpbRows, r0, r1, r2) {
       sync();
       const pad = 3 - rank;
