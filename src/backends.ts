@@ -177,11 +177,7 @@ export async function runBackwardCpu(problem: AttnProblem, t: BackwardInputs, op
       f32.fill(0, lay.slots[dst] >> 2, (lay.slots[dst] >> 2) + n);
       for (let th = 0; th < lay.threads; th++) K.addInto(lay.slots[dst], lay.slots[part] + th * lay.partialBytes[part]!, n);
     }
-    if (lanes) {
-      // the summed partials back from lanes to rows (thread 0's scratch, idle now, as the swap area)
-      K.rowsFromLanes(lay.slots.dk, (kRows * Hk) / 4, D, lay.scratch);
-      K.rowsFromLanes(lay.slots.dv, (kRows * Hk) / 4, DV, lay.scratch);
-    }
+
     if (problem.rope) {
       // dK was summed in the rotated frame of each key's position: turn it back
       for (const span of problem.seqs) {
@@ -195,7 +191,8 @@ export async function runBackwardCpu(problem: AttnProblem, t: BackwardInputs, op
   };
   const r = await runJob({
     problem: tuned,
-    phases: lanes ? ['lanes', 'naLanesBwd', reduce] : ['backward', reduce],
+    // head lanes: dK and dV summed and put back in rows by the workers ('lanesReduce'), no main-thread step
+    phases: lanes ? ['lanes', 'naLanesBwd', 'lanesReduce'] : ['backward', reduce],
     inputs: { q: t.q, k: t.k, v: t.v, out: t.out, lse: t.lse, dout: t.dout },
     outputs: ['dq', 'dk', 'dv', ...(rpbLen ? (['drpb'] as const) : []), ...(biasLen ? (['dbias'] as const) : [])],
     temps: ['dkp', 'dvp', ...(rpbLen ? (['drpbp'] as const) : []), ...(biasLen ? (['dbiasp'] as const) : [])],

@@ -411,6 +411,9 @@ for (const variant of ['relaxed-simd', 'simd', 'scalar'] as KernelVariant[]) {
           const ref = referenceBackward(planNA(q, k, v, opts).problem, bufs(q, k, v), dOut.data);
           const msg = gradMismatch({ dq: g.dq.data, dk: g.dk.data, dv: g.dv.data }, ref, false, 1e-4);
           if (msg) throw new Error(msg);
+          // deterministic: the same call again gives the same bits (dK, dV are sums over threads' partials)
+          const again = await neighborhoodAttentionBackward(q, k, v, fw.out, fw.lse, dOut, opts);
+          for (const n of ['dq', 'dk', 'dv'] as const) if (!sameBytes(again[n].data, snapshot(g[n].data))) throw new Error(`${n} differs on a repeat`);
         });
       }
       f.done(`head-lane backward on ${variant}`);

@@ -767,6 +767,22 @@ export function rowsFromLanes(ptr: usize, blocks: i32, d: i32, tmp: usize): void
   }
 }
 
+// One key's backward scores for a query's 4 heads: P = exp(S - L) and dS = P (dP - delta), times
+// the softcap's derivative 1 - (c / cap)^2 of the capped score c; stored at sp (P) and sp + 16 (dS).
+// @ts-ignore: decorator
+@inline function bwdScores(s: v128, dp: v128, L: v128, delta: v128, scale: f32, cap: f32, sp: usize): void {
+  let sc = f32x4.mul(s, f32x4.splat(scale));
+  if (cap > 0) sc = capv(sc, cap);
+  const p = vexpNeg(f32x4.sub(sc, L));
+  let ds = f32x4.mul(p, f32x4.sub(dp, delta));
+  if (cap > 0) {
+    const t = f32x4.mul(sc, f32x4.splat(1.0 / cap));
+    ds = f32x4.mul(ds, f32x4.sub(f32x4.splat(1.0), f32x4.mul(t, t)));
+  }
+  v128.store(sp, p);
+  v128.store(sp, ds, 16);
+}
+
 /**
  * The head-lane backward of n queries for one group of 4 heads (FlashAttention-2 from the LSE):
  * per query its window's P = exp(S - lse), dP = dO V^T, dS = P (dP - delta) (times the softcap's
@@ -786,8 +802,6 @@ export function naLanesBwd(
   const rv = <usize>rowV;
   const ninf = f32x4.splat(-Infinity);
   const sv = f32x4.splat(scale);
-  const one = f32x4.splat(1.0);
-  const inv = f32x4.splat(cap > 0 ? 1.0 / cap : 0.0);
   const qL = lanes;
   const doL = qL + (<usize>d << 4);
   const oL = doL + (<usize>dv << 4);
@@ -818,8 +832,38 @@ export function naLanesBwd(
     for (let c = 0; c < dv; c++) delta = fma(v128.load(doL + (<usize>c << 4)), v128.load(oL + (<usize>c << 4)), delta);
     let L = v128.load(<usize>load<i32>(lseRows + li));
     L = v128.bitselect(f32x4.splat(Infinity), L, f32x4.eq(L, ninf));
-    // P and dS per key (P at sBuf + 32 j, dS at + 16)
-    for (let j = 0; j < nk; j++) {
+    // P and dS per key (P at sBuf + 32 j, dS at + 16); S and dP four keys a block
+    let j = 0;
+    for (; j + 4 <= nk; j += 4) {
+      const kp = keys + (<usize>j << 2);
+      const o0 = <usize>load<i32>(kp), o1 = <usize>load<i32>(kp, 4), o2 = <usize>load<i32>(kp, 8), o3 = <usize>load<i32>(kp, 12);
+      const k0 = kBase + o0 * rk, k1 = kBase + o1 * rk, k2 = kBase + o2 * rk, k3 = kBase + o3 * rk;
+      let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
+      for (let x = 0; x < d; x++) {
+        const o = <usize>x << 4;
+        const qv = v128.load(qL + o);
+        a0 = fma(qv, v128.load(k0 + o), a0);
+        a1 = fma(qv, v128.load(k1 + o), a1);
+        a2 = fma(qv, v128.load(k2 + o), a2);
+        a3 = fma(qv, v128.load(k3 + o), a3);
+      }
+      const v0 = vBase + o0 * rv, v1 = vBase + o1 * rv, v2 = vBase + o2 * rv, v3 = vBase + o3 * rv;
+      let b0 = f32x4.splat(0), b1 = f32x4.splat(0), b2 = f32x4.splat(0), b3 = f32x4.splat(0);
+      for (let c = 0; c < dv; c++) {
+        const o = <usize>c << 4;
+        const dov = v128.load(doL + o);
+        b0 = fma(dov, v128.load(v0 + o), b0);
+        b1 = fma(dov, v128.load(v1 + o), b1);
+        b2 = fma(dov, v128.load(v2 + o), b2);
+        b3 = fma(dov, v128.load(v3 + o), b3);
+      }
+      const sp = sBuf + (<usize>j << 5);
+      bwdScores(a0, b0, L, delta, scale, cap, sp);
+      bwdScores(a1, b1, L, delta, scale, cap, sp + 32);
+      bwdScores(a2, b2, L, delta, scale, cap, sp + 64);
+      bwdScores(a3, b3, L, delta, scale, cap, sp + 96);
+    }
+    for (; j < nk; j++) {
       const off = <usize>load<i32>(keys + (<usize>j << 2));
       const kr = kBase + off * rk;
       const vr = vBase + off * rv;
@@ -838,20 +882,10 @@ export function naLanesBwd(
         p1 = fma(v128.load(doL + o, 16), v128.load(vr + o, 16), p1);
       }
       if (c < dv) p0 = fma(v128.load(doL + (<usize>c << 4)), v128.load(vr + (<usize>c << 4)), p0);
-      let sc = f32x4.mul(f32x4.add(s0, s1), sv);
-      if (cap > 0) sc = capv(sc, cap);
-      const p = vexpNeg(f32x4.sub(sc, L));
-      let ds = f32x4.mul(p, f32x4.sub(f32x4.add(p0, p1), delta));
-      if (cap > 0) {
-        const t = f32x4.mul(sc, inv);
-        ds = f32x4.mul(ds, f32x4.sub(one, f32x4.mul(t, t)));
-      }
-      const sp = sBuf + (<usize>j << 5);
-      v128.store(sp, p);
-      v128.store(sp, ds, 16);
+      bwdScores(f32x4.add(s0, s1), f32x4.add(p0, p1), L, delta, scale, cap, sBuf + (<usize>j << 5));
     }
     // dK_j += scale dS_j q, dV_j += P_j dO (this thread's partials)
-    for (let j = 0; j < nk; j++) {
+    for (j = 0; j < nk; j++) {
       const off = <usize>load<i32>(keys + (<usize>j << 2));
       const sp = sBuf + (<usize>j << 5);
       const p = v128.load(sp);

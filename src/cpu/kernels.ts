@@ -4,7 +4,7 @@ import { runBackward } from './backward.js';
 import { runFused } from './fused.js';
 import { type JobLayout, type KernelKind, scratchPlan } from './layout.js';
 import { runNAAV, runNAQK, runNaive } from './na.js';
-import { runLanes, runNALanes, runNALanesBwd } from './na-lanes.js';
+import { runLanes, runLanesReduce, runNALanes, runNALanesBwd } from './na-lanes.js';
 import type { TileKernels } from './tile-kernels.js';
 import { TileCtx } from './tile-step.js';
 
@@ -70,16 +70,20 @@ export function runRange(kind: KernelKind, ctx: TileCtx, space: ItemSpace, start
       return runNALanes(ctx, space, start, end);
     case 'naLanesBwd':
       return runNALanesBwd(ctx, space, start, end);
+    case 'lanesReduce':
+      return runLanesReduce(ctx, space, start, end);
   }
 }
 
 /**
  * Claims chunks of the phase's items through the counter in shared memory until none are left;
- * the backward instead takes every threads-th chunk from its own index, so which thread sums which
+ * the backwards instead take every threads-th chunk from their own index, so which thread sums which
  * items into its partials, and so the result, does not depend on timing.
  */
 export function claimLoop(memory: WebAssembly.Memory, msg: PhaseMsg, ctx: TileCtx, space: ItemSpace, phase = 0, kind = msg.kind): void {
-  if (kind === 'backward') {
+  // backwards sum into per-thread partials: a fixed share per thread keeps every sum's order, and so
+  // the result, independent of timing
+  if (kind === 'backward' || kind === 'naLanesBwd') {
     for (let ch = ctx.thread; ch * CHUNK < space.total; ch += msg.layout.threads) runRange(kind, ctx, space, ch * CHUNK, Math.min(space.total, (ch + 1) * CHUNK));
     return;
   }

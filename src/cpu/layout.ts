@@ -3,7 +3,7 @@ import type { AttnProblem } from '../problem.js';
 import { tileFor } from '../problem.js';
 
 /** Kernels a CPU thread can run over a range of work items; the same table on the main thread and in workers. */
-export type KernelKind = 'fused' | 'naive' | 'naQK' | 'naAV' | 'backward' | 'lanes' | 'naLanes' | 'naLanesBwd';
+export type KernelKind = 'fused' | 'naive' | 'naQK' | 'naAV' | 'backward' | 'lanes' | 'naLanes' | 'naLanesBwd' | 'lanesReduce';
 
 /**
  * Tensors a job keeps in the shared memory. Backward: dout in; dq out; dkp, dvp, drpbp one
@@ -55,7 +55,7 @@ export interface ScratchPlan {
 function maxKeys(kind: KernelKind, problem: AttnProblem, rank: number): number {
   const p = problem.pattern;
   const union = () => (p.kind === 'neighborhood' ? prod(tileFor(problem.qTile, rank).map((t, a) => t + p.kernelSize[a]! + p.stride[a]!)) : 0);
-  if (kind === 'fused' || kind === 'backward' || kind === 'lanes' || kind === 'naLanes' || kind === 'naLanesBwd') return Math.max(prod(tileFor(problem.kvTile, rank)), union());
+  if (kind === 'fused' || kind === 'backward' || kind === 'lanes' || kind === 'naLanes' || kind === 'naLanesBwd' || kind === 'lanesReduce') return Math.max(prod(tileFor(problem.kvTile, rank)), union());
   if (p.kind !== 'neighborhood') throw new Error('neighborhood kernels need a neighborhood pattern');
   if (kind === 'naive') return prod(p.kernelSize);
   return union();

@@ -186,3 +186,25 @@ export function runNALanesBwd(c: TileCtx, space: ItemSpace, start: number, end: 
     );
   }
 }
+
+/**
+ * Phase 'lanesReduce' (after 'naLanesBwd'): this range's share of dK and dV summed over the
+ * threads' partials in thread order and put back from lanes to rows, in parallel instead of a
+ * serial pass on the calling thread.
+ */
+export function runLanesReduce(c: TileCtx, space: ItemSpace, start: number, end: number): void {
+  const P = c.problem;
+  const { slots, partialBytes, threads } = c.lay;
+  const rows = P.kRows * P.kvHeads;
+  for (const [dst, part, d] of [[slots.dk, slots.dkp, P.dim], [slots.dv, slots.dvp, P.dimV]] as const) {
+    const bytes = partialBytes[dst === slots.dk ? 'dkp' : 'dvp']!;
+    const b0 = Math.floor((start * rows) / 4 / space.total);
+    const b1 = Math.floor((end * rows) / 4 / space.total);
+    if (b1 <= b0) continue;
+    const at = b0 * 16 * d;
+    const n = (b1 - b0) * 4 * d;
+    c.f32.copyWithin((dst + at) >> 2, (part + at) >> 2, ((part + at) >> 2) + n);
+    for (let th = 1; th < threads; th++) c.K.addInto(dst + at, part + th * bytes + at, n);
+    c.K.rowsFromLanes(dst + at, b1 - b0, d, c.at.s);
+  }
+}
