@@ -196,6 +196,7 @@ export async function runBackwardCpu(problem: AttnProblem, t: BackwardInputs, op
     inputs: { q: t.q, k: t.k, v: t.v, out: t.out, lse: t.lse, dout: t.dout },
     outputs: ['dq', 'dk', 'dv', ...(rpbLen ? (['drpb'] as const) : []), ...(biasLen ? (['dbias'] as const) : [])],
     temps: ['dkp', 'dvp', ...(rpbLen ? (['drpbp'] as const) : []), ...(biasLen ? (['dbiasp'] as const) : [])],
+    ...(lanes ? { phasesFill: ['dk', 'dv', 'dkp', 'dvp'] as Slot[] } : {}),
     flops: 2.5 * roughFlops(problem),
   });
   return { dq: r.dq!, dk: r.dk!, dv: r.dv!, ...(r.drpb ? { drpb: r.drpb } : {}), ...(r.dbias ? { dbias: r.dbias } : {}) };

@@ -691,6 +691,19 @@ function pairWindows(
   }
 }
 
+// The query that pairs with query i (its window [lo_a, hi_a] per axis, rank padded to 3): the next
+// one when its window is the same box but on the last axis, where it reaches at most one key column
+// further (one pass over the union then loads each k and v row for both); else i itself.
+function partner(lo: usize, hi: usize, ld: usize, pad: i32, i: i32, n: i32, lo0: i32, hi0: i32, lo1: i32, hi1: i32, lo2: i32, hi2: i32): i32 {
+  if (i + 1 >= n) return i;
+  const lj = <usize>(i + 1) << 2;
+  const l2 = load<i32>(lo + <usize>(2 - pad) * ld + lj);
+  const h2 = load<i32>(hi + <usize>(2 - pad) * ld + lj);
+  const same0 = pad > 0 || (load<i32>(lo + lj) == lo0 && load<i32>(hi + lj) == hi0);
+  const same1 = pad > 1 || (load<i32>(lo + <usize>(1 - pad) * ld + lj) == lo1 && load<i32>(hi + <usize>(1 - pad) * ld + lj) == hi1);
+  return same0 && same1 && l2 >= lo2 && h2 >= hi2 && h2 - lo2 <= hi2 - lo2 + 1 && l2 <= h2 ? i + 1 : i;
+}
+
 /**
  * Neighborhood attention of n queries for one group of 4 heads (lanes). Query i: its q rows of
  * the 4 heads at byte offset qRows[i] (d floats apart; put in lanes in qBuf, 32 d bytes), out rows of its 4 heads from outRows[i] (dv floats
@@ -725,24 +738,11 @@ export function naLanes(
     }
     const lo2 = load<i32>(lo + <usize>(2 - pad) * ld + li);
     const hi2 = load<i32>(hi + <usize>(2 - pad) * ld + li);
-    // the next query pairs with this one when its window differs only by at most one more key
-    // column on the last axis: one pass over the union then loads each k and v row for both. A
-    // query that pairs with none (an odd one out) runs as a pair with itself.
-    let j = i;
-    let lo2b = lo2, hi2b = hi2;
-    if (i + 1 < n) {
-      const lj = li + 4;
-      const l2 = load<i32>(lo + <usize>(2 - pad) * ld + lj);
-      const h2 = load<i32>(hi + <usize>(2 - pad) * ld + lj);
-      const same0 = pad > 0 || (load<i32>(lo + lj) == lo0 && load<i32>(hi + lj) == hi0);
-      const same1 = pad > 1 || (load<i32>(lo + <usize>(1 - pad) * ld + lj) == lo1 && load<i32>(hi + <usize>(1 - pad) * ld + lj) == hi1);
-      if (same0 && same1 && l2 >= lo2 && h2 >= hi2 && h2 - lo2 <= hi2 - lo2 + 1 && l2 <= h2) {
-        j = i + 1;
-        lo2b = l2;
-        hi2b = h2;
-      }
-    }
+    // a query that pairs with none (an odd one out) runs as a pair with itself
+    const j = partner(lo, hi, ld, pad, i, n, lo0, hi0, lo1, hi1, lo2, hi2);
     const lj = <usize>j << 2;
+    const lo2b = j == i ? lo2 : load<i32>(lo + <usize>(2 - pad) * ld + lj);
+    const hi2b = j == i ? hi2 : load<i32>(hi + <usize>(2 - pad) * ld + lj);
     const ra = rpb ? rpb + (<usize>load<i32>(rpbRows + li) << 4) : 0;
     const rb = rpb ? rpb + (<usize>load<i32>(rpbRows + lj) << 4) : 0;
     pairWindows(
@@ -769,11 +769,13 @@ export function rowsFromLanes(ptr: usize, blocks: i32, d: i32, tmp: usize): void
 
 // One key's backward scores for a query's 4 heads: P = exp(S - L) and dS = P (dP - delta), times
 // the softcap's derivative 1 - (c / cap)^2 of the capped score c; stored at sp (P) and sp + 16 (dS).
+// keep: all ones where the key is in the query's window.
 // @ts-ignore: decorator
-@inline function bwdScores(s: v128, dp: v128, L: v128, delta: v128, scale: f32, cap: f32, sp: usize): void {
+@inline function bwdScores(s: v128, dp: v128, L: v128, delta: v128, scale: f32, cap: f32, sp: usize, keep: v128): void {
   let sc = f32x4.mul(s, f32x4.splat(scale));
   if (cap > 0) sc = capv(sc, cap);
-  const p = vexpNeg(f32x4.sub(sc, L));
+  // a key outside the window: P = 0 (masked after the softcap, which would make -inf finite), so dS = 0
+  const p = vexpNeg(f32x4.sub(v128.bitselect(sc, f32x4.splat(-Infinity), keep), L));
   let ds = f32x4.mul(p, f32x4.sub(dp, delta));
   if (cap > 0) {
     const t = f32x4.mul(sc, f32x4.splat(1.0 / cap));
@@ -784,12 +786,143 @@ export function rowsFromLanes(ptr: usize, blocks: i32, d: i32, tmp: usize): void
 }
 
 /**
- * The head-lane backward of n queries for one group of 4 heads (FlashAttention-2 from the LSE):
- * per query its window's P = exp(S - lse), dP = dO V^T, dS = P (dP - delta) (times the softcap's
- * derivative), then dQ = scale dS K written to its rows, and dK += scale dS q, dV += P dO into this
- * thread's partials (regrouped like k and v, at dkBase / dvBase with the same offsets). Queries as
- * in naLanes; doRows / oRows: dO and O rows of the query's 4 heads, lseRows: its 4 lse values,
- * dqRows: its dq rows. Scratch: sBuf 32 bytes a key (P, dS), keys a window, lanes 4 (d + 2 dv) floats.
+ * The head-lane backward (FlashAttention-2 from the LSE) of two queries A, B paired as in naLanes
+ * (B's window at most one key column past A's on the last axis; B = A for a query with no partner,
+ * its half then masked out): per key of the union P = exp(S - lse), dP = dO V^T, dS = P (dP -
+ * delta) (times the softcap's derivative) for both, a key outside a query's window getting P = dS
+ * = 0; then dK_j += scale (dS_A q_A + dS_B q_B) and dV_j += P_A dO_A + P_B dO_B into this thread's
+ * partials (one read-modify-write of each row for both queries), and dQ = scale dS K to each
+ * query's rows. Scratch: sBuf 64 bytes a key, keys two windows, lanes 8 (d + 2 dv) floats.
+ */
+function pairBwd(
+  qA: usize, qB: usize, doA: usize, doB: usize, oA: usize, oB: usize, lseA: usize, lseB: usize, dqA: usize, dqB: usize,
+  lo0: i32, hi0: i32, lo1: i32, hi1: i32, lo2: i32, hi2: i32, lo2b: i32, hi2b: i32,
+  kBase: usize, vBase: usize, dkBase: usize, dvBase: usize, st0: i32, st1: i32, st2: i32, rk: usize, rv: usize,
+  d: i32, dv: i32, scale: f32, cap: f32, sBuf: usize, keys: usize, lanes: usize,
+): void {
+  const same = qA == qB;
+  const ninf = f32x4.splat(-Infinity);
+  const sv = f32x4.splat(scale);
+  let nk = 0;
+  for (let c0 = lo0; c0 <= hi0; c0++)
+    for (let c1 = lo1; c1 <= hi1; c1++) {
+      const b = c0 * st0 + c1 * st1;
+      for (let c2 = lo2; c2 <= hi2b; c2++, nk++) store<i32>(keys + (<usize>nk << 2), b + c2 * st2);
+    }
+  // which of A (bit 0), B (bit 1) each key belongs to; B nowhere when it is A again
+  const flags = keys + (<usize>nk << 2);
+  let x2 = 0;
+  const w = hi2b - lo2 + 1;
+  for (let j = 0; j < nk; j++) {
+    const c2 = lo2 + x2;
+    store<i32>(flags + (<usize>j << 2), (c2 <= hi2 ? 1 : 0) | (!same && c2 >= lo2b ? 2 : 0));
+    if (++x2 == w) x2 = 0;
+  }
+  // q, dO, O of both queries in lanes
+  const qa = lanes, qb = qa + (<usize>d << 4);
+  const da = qb + (<usize>d << 4), db = da + (<usize>dv << 4);
+  const oa = db + (<usize>dv << 4), ob = oa + (<usize>dv << 4);
+  rowsToLanes(qA, qa, d);
+  rowsToLanes(qB, qb, d);
+  rowsToLanes(doA, da, dv);
+  rowsToLanes(doB, db, dv);
+  rowsToLanes(oA, oa, dv);
+  rowsToLanes(oB, ob, dv);
+  // delta = rowsum(dO * O) per head; a row with no key (lse -inf) gets lse +inf, so P = 0
+  let deltaA = f32x4.splat(0), deltaB = f32x4.splat(0);
+  for (let c = 0; c < dv; c++) {
+    const o = <usize>c << 4;
+    deltaA = fma(v128.load(da + o), v128.load(oa + o), deltaA);
+    deltaB = fma(v128.load(db + o), v128.load(ob + o), deltaB);
+  }
+  let LA = v128.load(lseA), LB = v128.load(lseB);
+  LA = v128.bitselect(f32x4.splat(Infinity), LA, f32x4.eq(LA, ninf));
+  LB = v128.bitselect(f32x4.splat(Infinity), LB, f32x4.eq(LB, ninf));
+  // P_A, P_B, dS_A, dS_B per key at sBuf + 64 j; S and dP two keys x two queries a block
+  let j = 0;
+  for (; j < nk; j += 2) {
+    const two = j + 1 < nk;
+    const o0 = <usize>load<i32>(keys + (<usize>j << 2));
+    const o1 = two ? <usize>load<i32>(keys + (<usize>j << 2), 4) : o0;
+    const k0 = kBase + o0 * rk, k1 = kBase + o1 * rk;
+    let a0 = f32x4.splat(0), a1 = f32x4.splat(0), b0 = f32x4.splat(0), b1 = f32x4.splat(0);
+    for (let x = 0; x < d; x++) {
+      const o = <usize>x << 4;
+      const va = v128.load(qa + o), vb = v128.load(qb + o);
+      const kv0 = v128.load(k0 + o), kv1 = v128.load(k1 + o);
+      a0 = fma(va, kv0, a0);
+      b0 = fma(vb, kv0, b0);
+      a1 = fma(va, kv1, a1);
+      b1 = fma(vb, kv1, b1);
+    }
+    const v0 = vBase + o0 * rv, v1 = vBase + o1 * rv;
+    let e0 = f32x4.splat(0), e1 = f32x4.splat(0), g0 = f32x4.splat(0), g1 = f32x4.splat(0);
+    for (let c = 0; c < dv; c++) {
+      const o = <usize>c << 4;
+      const ua = v128.load(da + o), ub = v128.load(db + o);
+      const w0 = v128.load(v0 + o), w1 = v128.load(v1 + o);
+      e0 = fma(ua, w0, e0);
+      g0 = fma(ub, w0, g0);
+      e1 = fma(ua, w1, e1);
+      g1 = fma(ub, w1, g1);
+    }
+    const f0 = load<i32>(flags + (<usize>j << 2));
+    const sp = sBuf + (<usize>j << 6);
+    bwdScores(a0, e0, LA, deltaA, scale, cap, sp, i32x4.splat(-(f0 & 1)));
+    bwdScores(b0, g0, LB, deltaB, scale, cap, sp + 32, i32x4.splat(-((f0 >> 1) & 1)));
+    if (two) {
+      const f1 = load<i32>(flags + (<usize>j << 2), 4);
+      bwdScores(a1, e1, LA, deltaA, scale, cap, sp + 64, i32x4.splat(-(f1 & 1)));
+      bwdScores(b1, g1, LB, deltaB, scale, cap, sp + 96, i32x4.splat(-((f1 >> 1) & 1)));
+    }
+  }
+  // dK_j += scale (dS_A q_A + dS_B q_B), dV_j += P_A dO_A + P_B dO_B (this thread's partials)
+  for (j = 0; j < nk; j++) {
+    const off = <usize>load<i32>(keys + (<usize>j << 2));
+    const sp = sBuf + (<usize>j << 6);
+    const pa = v128.load(sp), pb = v128.load(sp, 32);
+    const sa = f32x4.mul(v128.load(sp, 16), sv), sb = f32x4.mul(v128.load(sp, 48), sv);
+    const dk = dkBase + off * rk;
+    const dvp = dvBase + off * rv;
+    for (let x = 0; x < d; x++) {
+      const o = <usize>x << 4;
+      v128.store(dk + o, fma(sb, v128.load(qb + o), fma(sa, v128.load(qa + o), v128.load(dk + o))));
+    }
+    for (let c = 0; c < dv; c++) {
+      const o = <usize>c << 4;
+      v128.store(dvp + o, fma(pb, v128.load(db + o), fma(pa, v128.load(da + o), v128.load(dvp + o))));
+    }
+  }
+  // dQ = scale dS K, four dims x two queries a block, back to one row per head
+  const ldq = <usize>d << 2;
+  for (let x = 0; x < d; x += 4) {
+    const o = <usize>x << 4;
+    let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
+    let b0 = f32x4.splat(0), b1 = f32x4.splat(0), b2 = f32x4.splat(0), b3 = f32x4.splat(0);
+    for (j = 0; j < nk; j++) {
+      const sp = sBuf + (<usize>j << 6);
+      const sa = v128.load(sp, 16), sb = v128.load(sp, 48);
+      const kr = kBase + <usize>load<i32>(keys + (<usize>j << 2)) * rk + o;
+      const k0 = v128.load(kr), k1 = v128.load(kr, 16), k2 = v128.load(kr, 32), k3 = v128.load(kr, 48);
+      a0 = fma(sa, k0, a0);
+      b0 = fma(sb, k0, b0);
+      a1 = fma(sa, k1, a1);
+      b1 = fma(sb, k1, b1);
+      a2 = fma(sa, k2, a2);
+      b2 = fma(sb, k2, b2);
+      a3 = fma(sa, k3, a3);
+      b3 = fma(sb, k3, b3);
+    }
+    store4T(f32x4.mul(a0, sv), f32x4.mul(a1, sv), f32x4.mul(a2, sv), f32x4.mul(a3, sv), dqA + (<usize>x << 2), ldq);
+    if (!same) store4T(f32x4.mul(b0, sv), f32x4.mul(b1, sv), f32x4.mul(b2, sv), f32x4.mul(b3, sv), dqB + (<usize>x << 2), ldq);
+  }
+}
+
+/**
+ * The head-lane backward of n queries for one group of 4 heads, two neighbouring queries at a time
+ * (pairBwd). Queries as in naLanes; doRows / oRows: dO and O rows of each query's 4 heads, lseRows:
+ * its 4 lse values, dqRows: its dq rows; dK and dV go to this thread's partials (regrouped like k
+ * and v, at dkBase / dvBase with the same offsets).
  */
 export function naLanesBwd(
   qRows: usize, doRows: usize, oRows: usize, lseRows: usize, dqRows: usize, lo: usize, hi: usize, ldLanes: i32, n: i32, rank: i32,
@@ -798,13 +931,6 @@ export function naLanesBwd(
 ): void {
   const ld = <usize>ldLanes << 2;
   const pad = 3 - rank;
-  const rk = <usize>rowK;
-  const rv = <usize>rowV;
-  const ninf = f32x4.splat(-Infinity);
-  const sv = f32x4.splat(scale);
-  const qL = lanes;
-  const doL = qL + (<usize>d << 4);
-  const oL = doL + (<usize>dv << 4);
   for (let i = 0; i < n; i++) {
     const li = <usize>i << 2;
     let lo0 = 0, hi0 = 0, lo1 = 0, hi1 = 0;
@@ -818,105 +944,16 @@ export function naLanesBwd(
     }
     const lo2 = load<i32>(lo + <usize>(2 - pad) * ld + li);
     const hi2 = load<i32>(hi + <usize>(2 - pad) * ld + li);
-    let nk = 0;
-    for (let c0 = lo0; c0 <= hi0; c0++)
-      for (let c1 = lo1; c1 <= hi1; c1++) {
-        const b = c0 * st0 + c1 * st1;
-        for (let c2 = lo2; c2 <= hi2; c2++, nk++) store<i32>(keys + (<usize>nk << 2), b + c2 * st2);
-      }
-    rowsToLanes(<usize>load<i32>(qRows + li), qL, d);
-    rowsToLanes(<usize>load<i32>(doRows + li), doL, dv);
-    rowsToLanes(<usize>load<i32>(oRows + li), oL, dv);
-    // delta = rowsum(dO * O) per head; a row with no key (lse -inf) gets lse +inf, so P = 0
-    let delta = f32x4.splat(0);
-    for (let c = 0; c < dv; c++) delta = fma(v128.load(doL + (<usize>c << 4)), v128.load(oL + (<usize>c << 4)), delta);
-    let L = v128.load(<usize>load<i32>(lseRows + li));
-    L = v128.bitselect(f32x4.splat(Infinity), L, f32x4.eq(L, ninf));
-    // P and dS per key (P at sBuf + 32 j, dS at + 16); S and dP four keys a block
-    let j = 0;
-    for (; j + 4 <= nk; j += 4) {
-      const kp = keys + (<usize>j << 2);
-      const o0 = <usize>load<i32>(kp), o1 = <usize>load<i32>(kp, 4), o2 = <usize>load<i32>(kp, 8), o3 = <usize>load<i32>(kp, 12);
-      const k0 = kBase + o0 * rk, k1 = kBase + o1 * rk, k2 = kBase + o2 * rk, k3 = kBase + o3 * rk;
-      let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
-      for (let x = 0; x < d; x++) {
-        const o = <usize>x << 4;
-        const qv = v128.load(qL + o);
-        a0 = fma(qv, v128.load(k0 + o), a0);
-        a1 = fma(qv, v128.load(k1 + o), a1);
-        a2 = fma(qv, v128.load(k2 + o), a2);
-        a3 = fma(qv, v128.load(k3 + o), a3);
-      }
-      const v0 = vBase + o0 * rv, v1 = vBase + o1 * rv, v2 = vBase + o2 * rv, v3 = vBase + o3 * rv;
-      let b0 = f32x4.splat(0), b1 = f32x4.splat(0), b2 = f32x4.splat(0), b3 = f32x4.splat(0);
-      for (let c = 0; c < dv; c++) {
-        const o = <usize>c << 4;
-        const dov = v128.load(doL + o);
-        b0 = fma(dov, v128.load(v0 + o), b0);
-        b1 = fma(dov, v128.load(v1 + o), b1);
-        b2 = fma(dov, v128.load(v2 + o), b2);
-        b3 = fma(dov, v128.load(v3 + o), b3);
-      }
-      const sp = sBuf + (<usize>j << 5);
-      bwdScores(a0, b0, L, delta, scale, cap, sp);
-      bwdScores(a1, b1, L, delta, scale, cap, sp + 32);
-      bwdScores(a2, b2, L, delta, scale, cap, sp + 64);
-      bwdScores(a3, b3, L, delta, scale, cap, sp + 96);
-    }
-    for (; j < nk; j++) {
-      const off = <usize>load<i32>(keys + (<usize>j << 2));
-      const kr = kBase + off * rk;
-      const vr = vBase + off * rv;
-      let s0 = f32x4.splat(0), s1 = f32x4.splat(0), p0 = f32x4.splat(0), p1 = f32x4.splat(0);
-      let x = 0;
-      for (; x + 2 <= d; x += 2) {
-        const o = <usize>x << 4;
-        s0 = fma(v128.load(qL + o), v128.load(kr + o), s0);
-        s1 = fma(v128.load(qL + o, 16), v128.load(kr + o, 16), s1);
-      }
-      if (x < d) s0 = fma(v128.load(qL + (<usize>x << 4)), v128.load(kr + (<usize>x << 4)), s0);
-      let c = 0;
-      for (; c + 2 <= dv; c += 2) {
-        const o = <usize>c << 4;
-        p0 = fma(v128.load(doL + o), v128.load(vr + o), p0);
-        p1 = fma(v128.load(doL + o, 16), v128.load(vr + o, 16), p1);
-      }
-      if (c < dv) p0 = fma(v128.load(doL + (<usize>c << 4)), v128.load(vr + (<usize>c << 4)), p0);
-      bwdScores(f32x4.add(s0, s1), f32x4.add(p0, p1), L, delta, scale, cap, sBuf + (<usize>j << 5));
-    }
-    // dK_j += scale dS_j q, dV_j += P_j dO (this thread's partials)
-    for (j = 0; j < nk; j++) {
-      const off = <usize>load<i32>(keys + (<usize>j << 2));
-      const sp = sBuf + (<usize>j << 5);
-      const p = v128.load(sp);
-      const ds = f32x4.mul(v128.load(sp, 16), sv);
-      const dk = dkBase + off * rk;
-      const dvp = dvBase + off * rv;
-      for (let x = 0; x < d; x++) {
-        const o = <usize>x << 4;
-        v128.store(dk + o, fma(ds, v128.load(qL + o), v128.load(dk + o)));
-      }
-      for (let c = 0; c < dv; c++) {
-        const o = <usize>c << 4;
-        v128.store(dvp + o, fma(p, v128.load(doL + o), v128.load(dvp + o)));
-      }
-    }
-    // dQ = scale dS K, four dims a block, back to one row per head
-    const dq = <usize>load<i32>(dqRows + li);
-    const ldq = <usize>d << 2;
-    for (let x = 0; x < d; x += 4) {
-      const o = <usize>x << 4;
-      let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
-      for (let j = 0; j < nk; j++) {
-        const ds = v128.load(sBuf + (<usize>j << 5), 16);
-        const kr = kBase + <usize>load<i32>(keys + (<usize>j << 2)) * rk + o;
-        a0 = fma(ds, v128.load(kr), a0);
-        a1 = fma(ds, v128.load(kr, 16), a1);
-        a2 = fma(ds, v128.load(kr, 32), a2);
-        a3 = fma(ds, v128.load(kr, 48), a3);
-      }
-      store4T(f32x4.mul(a0, sv), f32x4.mul(a1, sv), f32x4.mul(a2, sv), f32x4.mul(a3, sv), dq + (<usize>x << 2), ldq);
-    }
+    const j = partner(lo, hi, ld, pad, i, n, lo0, hi0, lo1, hi1, lo2, hi2);
+    const lj = <usize>j << 2;
+    pairBwd(
+      <usize>load<i32>(qRows + li), <usize>load<i32>(qRows + lj), <usize>load<i32>(doRows + li), <usize>load<i32>(doRows + lj),
+      <usize>load<i32>(oRows + li), <usize>load<i32>(oRows + lj), <usize>load<i32>(lseRows + li), <usize>load<i32>(lseRows + lj),
+      <usize>load<i32>(dqRows + li), <usize>load<i32>(dqRows + lj),
+      lo0, hi0, lo1, hi1, lo2, hi2, j == i ? lo2 : load<i32>(lo + <usize>(2 - pad) * ld + lj), j == i ? hi2 : load<i32>(hi + <usize>(2 - pad) * ld + lj),
+      kBase, vBase, dkBase, dvBase, st0, st1, st2, <usize>rowK, <usize>rowV, d, dv, scale, cap, sBuf, keys, lanes,
+    );
+    i = j;
   }
 }
 

@@ -72,10 +72,10 @@ export function scratchPlan(kind: KernelKind, problem: AttnProblem, rank: number
   const p = problem.pattern;
   const pairUnion = (kind === 'naLanes' || kind === 'lanes' || kind === 'naLanesBwd') && p.kind === 'neighborhood' ? prod(p.kernelSize.map((k, a) => (a === p.kernelSize.length - 1 ? k + 1 : k))) : 0;
   const sizes = {
-    // head lanes (forward: q of a query pair; backward: q, dO and O of a query), in lanes
-    qt: Math.max(D * tqPad, kind === 'naLanesBwd' ? 4 * (D + 2 * DV) : 0),
+    // head lanes (forward: q of a query pair; backward: q, dO and O of a query pair), in lanes
+    qt: Math.max(D * tqPad, kind === 'naLanesBwd' ? 8 * (D + 2 * DV) : 0),
     // head lanes: a window of 4-lane scores, or 4 rows being regrouped
-    s: Math.max(maxK * tqPad, 4 * Math.max(D, DV), 8 * pairUnion),
+    s: Math.max(maxK * tqPad, 4 * Math.max(D, DV), (kind === 'naLanesBwd' ? 16 : 8) * pairUnion),
     o: tqPad * DV,
     m: tqPad,
     l: tqPad,

@@ -52,7 +52,8 @@ export function lanesRpb(data: Float32Array, heads: number): Float32Array {
 /**
  * Phase 'lanes': this range's share of the token blocks of k and v regrouped in place; with a
  * 'flags' slot, its share of q, k and v screened first (the job's non-finite screen, done here in
- * parallel and in the same pass instead of on the calling thread).
+ * parallel and in the same pass instead of on the calling thread); in a backward, its share of
+ * every thread's dK and dV partials zeroed.
  */
 export function runLanes(c: TileCtx, space: ItemSpace, start: number, end: number): void {
   const P = c.problem;
@@ -64,6 +65,15 @@ export function runLanes(c: TileCtx, space: ItemSpace, start: number, end: numbe
     [slots.k, kRows / 4, P.dim, qRows],
     [slots.v, kRows / 4, P.dimV, qRows + kRows],
   ];
+  // a backward's dK and dV partials (every thread's) zeroed here, in parallel, before they sum
+  const { dkp, dvp } = c.lay.partialBytes;
+  if (slots.dkp >= 0 && dkp && dvp)
+    for (const [slot, bytes] of [[slots.dkp, dkp], [slots.dvp, dvp]] as const) {
+      const per = bytes >> 2;
+      const w0 = Math.floor((start * per) / space.total);
+      const w1 = Math.floor((end * per) / space.total);
+      for (let th = 0; th < c.lay.threads; th++) c.f32.fill(0, (slot >> 2) + th * per + w0, (slot >> 2) + th * per + w1);
+    }
   for (const [slot, blocks, d, flagRow] of parts) {
     const b0 = Math.floor((start * blocks) / space.total);
     const b1 = Math.floor((end * blocks) / space.total);

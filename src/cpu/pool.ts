@@ -160,6 +160,12 @@ export interface CpuJob {
    * (the head-lane 'lanes' phase, which reads them all anyway): no serial pass on the calling thread.
    */
   readonly screenInPhase?: boolean;
+  /**
+   * Outputs and temps the phases initialise themselves, so the calling thread skips its serial
+   * fill of them (the head-lane backward: dK, dV written whole by its reduce, the partials zeroed
+   * by its first phase).
+   */
+  readonly phasesFill?: readonly Slot[];
 }
 
 /** A job's outputs, and the rows of q, k, v that held NaN or infinities when the job screened them. */
@@ -208,8 +214,10 @@ async function execute(job: CpuJob): Promise<JobOutputs> {
   put('rope', problem.rope?.table);
   // dq is written row by row by the tiles: poisoned, so a row a kernel missed shows as NaN
   const fillOf = (s: Slot) => (s === 'lse' ? -Infinity : s === 'dq' ? NaN : 0);
-  for (const s of job.outputs) if (!(s in job.inputs)) f32.fill(fillOf(s), layout.slots[s] >> 2, (layout.slots[s] >> 2) + sizes[s]);
+  const skip = new Set(job.phasesFill ?? []);
+  for (const s of job.outputs) if (!(s in job.inputs) && !skip.has(s)) f32.fill(fillOf(s), layout.slots[s] >> 2, (layout.slots[s] >> 2) + sizes[s]);
   for (const s of job.temps ?? []) {
+    if (skip.has(s)) continue;
     const bytes = PER_THREAD.has(s) ? layout.partialBytes[s]! * threads : 4 * sizes[s];
     if (sizes[s] > 0) f32.fill(0, layout.slots[s] >> 2, (layout.slots[s] + bytes) >> 2);
   }
