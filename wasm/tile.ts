@@ -554,6 +554,33 @@ function lseOf(m: v128, l: v128): v128 {
   v128.store(sp, v128.bitselect(b, ninf, i32x4.splat(-((f >> 1) & 1))), 16);
 }
 
+// The weighted row sums both pair kernels end with, for four lanes-vectors (dims o/16 .. o/16 + 3) of
+// the rows of nk keys (row j at base + keys[j] stride + o): A's sum with weights at w + j wStep + offA,
+// B's with + offB, each times its scale vector and written back to one row per head at dstA / dstB
+// (rows ld bytes apart). The forward's P V (base 0: keys already hold v row addresses) and the
+// backward's dS K.
+function pairRowSums(keys: usize, nk: i32, base: usize, stride: usize, o: usize, w: usize, wStep: usize, offA: usize, offB: usize, sa: v128, sb: v128, dstA: usize, dstB: usize, ld: usize): void {
+  let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
+  let b0 = f32x4.splat(0), b1 = f32x4.splat(0), b2 = f32x4.splat(0), b3 = f32x4.splat(0);
+  for (let j = 0; j < nk; j++) {
+    const wp = w + <usize>j * wStep;
+    const pa = v128.load(wp + offA);
+    const pb = v128.load(wp + offB);
+    const r = base + <usize>load<i32>(keys + (<usize>j << 2)) * stride + o;
+    const v0 = v128.load(r), v1 = v128.load(r, 16), v2 = v128.load(r, 32), v3 = v128.load(r, 48);
+    a0 = fma(pa, v0, a0);
+    b0 = fma(pb, v0, b0);
+    a1 = fma(pa, v1, a1);
+    b1 = fma(pb, v1, b1);
+    a2 = fma(pa, v2, a2);
+    b2 = fma(pb, v2, b2);
+    a3 = fma(pa, v3, a3);
+    b3 = fma(pb, v3, b3);
+  }
+  store4T(f32x4.mul(a0, sa), f32x4.mul(a1, sa), f32x4.mul(a2, sa), f32x4.mul(a3, sa), dstA, ld);
+  store4T(f32x4.mul(b0, sb), f32x4.mul(b1, sb), f32x4.mul(b2, sb), f32x4.mul(b3, sb), dstB, ld);
+}
+
 /**
  * naLanes for two queries A, B whose windows are the same box except on the last axis, where B's
  * is [lo2b, hi2b] and the union [lo2, hi2b] is at most one column wider than A's: every k and v
@@ -562,10 +589,12 @@ function lseOf(m: v128, l: v128): v128 {
  * bounds the single-query loop (a 3-D k5 window of 4 heads x D 32 is 64 KiB of k, 64 KiB of v).
  */
 function pairWindows(
-  qA: usize, qB: usize, outA: usize, outB: usize, lseA: usize, lseB: usize, lo0: i32, hi0: i32, lo1: i32, hi1: i32, lo2: i32, hi2: i32, lo2b: i32, hi2b: i32,
+  qA: usize, qB: usize, outA: usize, outB: usize, lseA: usize, lseB: usize, win: usize,
   kBase: usize, vBase: usize, st0: i32, st1: i32, st2: i32, rk: usize, rv: usize, d: i32, dv: i32, scale: f32, cap: f32, sBuf: usize, keys: usize,
   ra: usize, rb: usize, r0: i32, r1: i32, r2: i32, qBuf: usize,
 ): void {
+  const lo0 = load<i32>(win), hi0 = load<i32>(win, 4), lo1 = load<i32>(win, 8), hi1 = load<i32>(win, 12);
+  const lo2 = load<i32>(win, 16), hi2 = load<i32>(win, 20), lo2b = load<i32>(win, 24), hi2b = load<i32>(win, 28);
   const ninf = f32x4.splat(-Infinity);
   // keys of the union, then which of A (bit 0), B (bit 1) each belongs to, then (with rpb) each
   // key's part of the rpb index
@@ -667,41 +696,44 @@ function pairWindows(
   for (j = 0; j < nk; j++) store<i32>(keys + (<usize>j << 2), <i32>(vBase + <usize>load<i32>(keys + (<usize>j << 2)) * rv));
   // out = P V / l, four dims x two queries a block
   const ldo = <usize>dv << 2;
-  for (let c = 0; c < dv; c += 4) {
-    const oc = <usize>c << 4;
-    let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
-    let b0 = f32x4.splat(0), b1 = f32x4.splat(0), b2 = f32x4.splat(0), b3 = f32x4.splat(0);
-    for (j = 0; j < nk; j++) {
-      const sp = sBuf + (<usize>j << 5);
-      const pa = v128.load(sp);
-      const pb = v128.load(sp, 16);
-      const vr = <usize>load<i32>(keys + (<usize>j << 2)) + oc;
-      const v0 = v128.load(vr), v1 = v128.load(vr, 16), v2 = v128.load(vr, 32), v3 = v128.load(vr, 48);
-      a0 = fma(pa, v0, a0);
-      b0 = fma(pb, v0, b0);
-      a1 = fma(pa, v1, a1);
-      b1 = fma(pb, v1, b1);
-      a2 = fma(pa, v2, a2);
-      b2 = fma(pb, v2, b2);
-      a3 = fma(pa, v3, a3);
-      b3 = fma(pb, v3, b3);
-    }
-    store4T(f32x4.mul(a0, ia), f32x4.mul(a1, ia), f32x4.mul(a2, ia), f32x4.mul(a3, ia), outA + (<usize>c << 2), ldo);
-    store4T(f32x4.mul(b0, ib), f32x4.mul(b1, ib), f32x4.mul(b2, ib), f32x4.mul(b3, ib), outB + (<usize>c << 2), ldo);
-  }
+  for (let c = 0; c < dv; c += 4) pairRowSums(keys, nk, 0, 1, <usize>c << 4, sBuf, 32, 0, 16, ia, ib, outA + (<usize>c << 2), outB + (<usize>c << 2), ldo);
 }
 
-// The query that pairs with query i (its window [lo_a, hi_a] per axis, rank padded to 3): the next
-// one when its window is the same box but on the last axis, where it reaches at most one key column
-// further (one pass over the union then loads each k and v row for both); else i itself.
-function partner(lo: usize, hi: usize, ld: usize, pad: i32, i: i32, n: i32, lo0: i32, hi0: i32, lo1: i32, hi1: i32, lo2: i32, hi2: i32): i32 {
+// Query i's window and its partner's (rank padded to 3 at the front), as 8 i32 at win: lo0, hi0,
+// lo1, hi1, lo2, hi2 of query i, then lo2, hi2 of the partner. The partner is the next query when its
+// window is the same box but on the last axis, where it reaches at most one key column further (one
+// pass over the union then loads each k and v row for both); else query i itself. Returns its index.
+function windowPair(lo: usize, hi: usize, ld: usize, pad: i32, i: i32, n: i32, win: usize): i32 {
+  const li = <usize>i << 2;
+  let lo0 = 0, hi0 = 0, lo1 = 0, hi1 = 0;
+  if (pad == 0) {
+    lo0 = load<i32>(lo + li);
+    hi0 = load<i32>(hi + li);
+  }
+  if (pad <= 1) {
+    lo1 = load<i32>(lo + <usize>(1 - pad) * ld + li);
+    hi1 = load<i32>(hi + <usize>(1 - pad) * ld + li);
+  }
+  const lo2 = load<i32>(lo + <usize>(2 - pad) * ld + li);
+  const hi2 = load<i32>(hi + <usize>(2 - pad) * ld + li);
+  store<i32>(win, lo0);
+  store<i32>(win, hi0, 4);
+  store<i32>(win, lo1, 8);
+  store<i32>(win, hi1, 12);
+  store<i32>(win, lo2, 16);
+  store<i32>(win, hi2, 20);
+  store<i32>(win, lo2, 24);
+  store<i32>(win, hi2, 28);
   if (i + 1 >= n) return i;
-  const lj = <usize>(i + 1) << 2;
+  const lj = li + 4;
   const l2 = load<i32>(lo + <usize>(2 - pad) * ld + lj);
   const h2 = load<i32>(hi + <usize>(2 - pad) * ld + lj);
   const same0 = pad > 0 || (load<i32>(lo + lj) == lo0 && load<i32>(hi + lj) == hi0);
   const same1 = pad > 1 || (load<i32>(lo + <usize>(1 - pad) * ld + lj) == lo1 && load<i32>(hi + <usize>(1 - pad) * ld + lj) == hi1);
-  return same0 && same1 && l2 >= lo2 && h2 >= hi2 && h2 - lo2 <= hi2 - lo2 + 1 && l2 <= h2 ? i + 1 : i;
+  if (!(same0 && same1 && l2 >= lo2 && h2 >= hi2 && h2 - lo2 <= hi2 - lo2 + 1 && l2 <= h2)) return i;
+  store<i32>(win, l2, 24);
+  store<i32>(win, h2, 28);
+  return i + 1;
 }
 
 /**
@@ -724,31 +756,18 @@ export function naLanes(
   const pad = 3 - rank;
   const rk = <usize>rowK;
   const rv = <usize>rowV;
+  // the first 8 words of keys hold the pair's windows (windowPair), the key lists follow
+  const win = keys;
   for (let i = 0; i < n; i++) {
+    const j = windowPair(lo, hi, ld, pad, i, n, win);
     const li = <usize>i << 2;
-    // the window on each axis, rank padded to 3 at the front
-    let lo0 = 0, hi0 = 0, lo1 = 0, hi1 = 0;
-    if (pad == 0) {
-      lo0 = load<i32>(lo + li);
-      hi0 = load<i32>(hi + li);
-    }
-    if (pad <= 1) {
-      lo1 = load<i32>(lo + <usize>(1 - pad) * ld + li);
-      hi1 = load<i32>(hi + <usize>(1 - pad) * ld + li);
-    }
-    const lo2 = load<i32>(lo + <usize>(2 - pad) * ld + li);
-    const hi2 = load<i32>(hi + <usize>(2 - pad) * ld + li);
-    // a query that pairs with none (an odd one out) runs as a pair with itself
-    const j = partner(lo, hi, ld, pad, i, n, lo0, hi0, lo1, hi1, lo2, hi2);
     const lj = <usize>j << 2;
-    const lo2b = j == i ? lo2 : load<i32>(lo + <usize>(2 - pad) * ld + lj);
-    const hi2b = j == i ? hi2 : load<i32>(hi + <usize>(2 - pad) * ld + lj);
     const ra = rpb ? rpb + (<usize>load<i32>(rpbRows + li) << 4) : 0;
     const rb = rpb ? rpb + (<usize>load<i32>(rpbRows + lj) << 4) : 0;
     pairWindows(
       <usize>load<i32>(qRows + li), <usize>load<i32>(qRows + lj), <usize>load<i32>(outRows + li), <usize>load<i32>(outRows + lj),
-      <usize>load<i32>(lseRows + li), <usize>load<i32>(lseRows + lj), lo0, hi0, lo1, hi1, lo2, hi2, lo2b, hi2b,
-      kBase, vBase, st0, st1, st2, rk, rv, d, dv, scale, cap, sBuf, keys, ra, rb, r0, r1, r2, qBuf,
+      <usize>load<i32>(lseRows + li), <usize>load<i32>(lseRows + lj), win,
+      kBase, vBase, st0, st1, st2, rk, rv, d, dv, scale, cap, sBuf, keys + 32, ra, rb, r0, r1, r2, qBuf,
     );
     i = j;
   }
@@ -795,11 +814,12 @@ export function rowsFromLanes(ptr: usize, blocks: i32, d: i32, tmp: usize): void
  * query's rows. Scratch: sBuf 64 bytes a key, keys two windows, lanes 8 (d + 2 dv) floats.
  */
 function pairBwd(
-  qA: usize, qB: usize, doA: usize, doB: usize, oA: usize, oB: usize, lseA: usize, lseB: usize, dqA: usize, dqB: usize,
-  lo0: i32, hi0: i32, lo1: i32, hi1: i32, lo2: i32, hi2: i32, lo2b: i32, hi2b: i32,
+  qA: usize, qB: usize, doA: usize, doB: usize, oA: usize, oB: usize, lseA: usize, lseB: usize, dqA: usize, dqB: usize, win: usize,
   kBase: usize, vBase: usize, dkBase: usize, dvBase: usize, st0: i32, st1: i32, st2: i32, rk: usize, rv: usize,
   d: i32, dv: i32, scale: f32, cap: f32, sBuf: usize, keys: usize, lanes: usize,
 ): void {
+  const lo0 = load<i32>(win), hi0 = load<i32>(win, 4), lo1 = load<i32>(win, 8), hi1 = load<i32>(win, 12);
+  const lo2 = load<i32>(win, 16), hi2 = load<i32>(win, 20), lo2b = load<i32>(win, 24), hi2b = load<i32>(win, 28);
   const same = qA == qB;
   const ninf = f32x4.splat(-Infinity);
   const sv = f32x4.splat(scale);
@@ -895,27 +915,8 @@ function pairBwd(
   }
   // dQ = scale dS K, four dims x two queries a block, back to one row per head
   const ldq = <usize>d << 2;
-  for (let x = 0; x < d; x += 4) {
-    const o = <usize>x << 4;
-    let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
-    let b0 = f32x4.splat(0), b1 = f32x4.splat(0), b2 = f32x4.splat(0), b3 = f32x4.splat(0);
-    for (j = 0; j < nk; j++) {
-      const sp = sBuf + (<usize>j << 6);
-      const sa = v128.load(sp, 16), sb = v128.load(sp, 48);
-      const kr = kBase + <usize>load<i32>(keys + (<usize>j << 2)) * rk + o;
-      const k0 = v128.load(kr), k1 = v128.load(kr, 16), k2 = v128.load(kr, 32), k3 = v128.load(kr, 48);
-      a0 = fma(sa, k0, a0);
-      b0 = fma(sb, k0, b0);
-      a1 = fma(sa, k1, a1);
-      b1 = fma(sb, k1, b1);
-      a2 = fma(sa, k2, a2);
-      b2 = fma(sb, k2, b2);
-      a3 = fma(sa, k3, a3);
-      b3 = fma(sb, k3, b3);
-    }
-    store4T(f32x4.mul(a0, sv), f32x4.mul(a1, sv), f32x4.mul(a2, sv), f32x4.mul(a3, sv), dqA + (<usize>x << 2), ldq);
-    if (!same) store4T(f32x4.mul(b0, sv), f32x4.mul(b1, sv), f32x4.mul(b2, sv), f32x4.mul(b3, sv), dqB + (<usize>x << 2), ldq);
-  }
+  // (B = A again writes A's rows twice, with the same values: its dS half is masked, not its sum)
+  for (let x = 0; x < d; x += 4) pairRowSums(keys, nk, kBase, rk, <usize>x << 4, sBuf, 64, 16, same ? 16 : 48, sv, sv, dqA + (<usize>x << 2), dqB + (<usize>x << 2), ldq);
 }
 
 /**
@@ -931,27 +932,16 @@ export function naLanesBwd(
 ): void {
   const ld = <usize>ldLanes << 2;
   const pad = 3 - rank;
+  const win = keys;
   for (let i = 0; i < n; i++) {
+    const j = windowPair(lo, hi, ld, pad, i, n, win);
     const li = <usize>i << 2;
-    let lo0 = 0, hi0 = 0, lo1 = 0, hi1 = 0;
-    if (pad == 0) {
-      lo0 = load<i32>(lo + li);
-      hi0 = load<i32>(hi + li);
-    }
-    if (pad <= 1) {
-      lo1 = load<i32>(lo + <usize>(1 - pad) * ld + li);
-      hi1 = load<i32>(hi + <usize>(1 - pad) * ld + li);
-    }
-    const lo2 = load<i32>(lo + <usize>(2 - pad) * ld + li);
-    const hi2 = load<i32>(hi + <usize>(2 - pad) * ld + li);
-    const j = partner(lo, hi, ld, pad, i, n, lo0, hi0, lo1, hi1, lo2, hi2);
     const lj = <usize>j << 2;
     pairBwd(
       <usize>load<i32>(qRows + li), <usize>load<i32>(qRows + lj), <usize>load<i32>(doRows + li), <usize>load<i32>(doRows + lj),
       <usize>load<i32>(oRows + li), <usize>load<i32>(oRows + lj), <usize>load<i32>(lseRows + li), <usize>load<i32>(lseRows + lj),
-      <usize>load<i32>(dqRows + li), <usize>load<i32>(dqRows + lj),
-      lo0, hi0, lo1, hi1, lo2, hi2, j == i ? lo2 : load<i32>(lo + <usize>(2 - pad) * ld + lj), j == i ? hi2 : load<i32>(hi + <usize>(2 - pad) * ld + lj),
-      kBase, vBase, dkBase, dvBase, st0, st1, st2, <usize>rowK, <usize>rowV, d, dv, scale, cap, sBuf, keys, lanes,
+      <usize>load<i32>(dqRows + li), <usize>load<i32>(dqRows + lj), win,
+      kBase, vBase, dkBase, dvBase, st0, st1, st2, <usize>rowK, <usize>rowV, d, dv, scale, cap, sBuf, keys + 32, lanes,
     );
     i = j;
   }

@@ -81,7 +81,7 @@ export function scratchPlan(kind: KernelKind, problem: AttnProblem, rank: number
     l: tqPad,
     alpha: tqPad,
     qRows: tqPad,
-    kRows: Math.max(maxK, 3 * pairUnion),
+    kRows: Math.max(maxK, 3 * pairUnion + 8), // head lanes: 8 words of a pair's windows first
     vRows: maxK,
     outRows: tqPad,
     kCrd: maxK * rank,

@@ -1,5 +1,5 @@
 import { boxCoords, boxTokens, prod } from '../patterns/geometry.js';
-import type { AttnProblem, ItemSpace } from '../problem.js';
+import type { AttnProblem, ItemSpace, SeqSpan } from '../problem.js';
 import { tileFor } from '../problem.js';
 import { tileBox } from '../schedule.js';
 import type { TileCtx } from './tile-step.js';
@@ -84,12 +84,54 @@ export function runLanes(c: TileCtx, space: ItemSpace, start: number, end: numbe
   }
 }
 
+/** Where a head-lane work item's keys sit: its head, sequence, tile size and key offsets. */
+interface LaneTile {
+  readonly h: number;
+  readonly span: SeqSpan;
+  readonly tq: number;
+  /** Token step per window coordinate on each axis, rank padded to 3 at the front. */
+  readonly steps: readonly [number, number, number];
+  /** Row of the item's first head in [rows][kv heads] of its dilation group's first key. */
+  readonly kvRow: number;
+}
+
+/**
+ * Starts work item `item` of a head-lane phase: its query tile's tokens (qTok), coordinates (qCrd)
+ * and window intervals (lo, hi), and where its keys sit. Undefined for items of heads h != 0 mod 4
+ * (the item of h - h mod 4 runs their head group) and for empty tiles.
+ */
+function laneTile(c: TileCtx, space: ItemSpace, item: number): LaneTile | undefined {
+  const P = c.problem;
+  const { rank } = c;
+  const { seq, h, g, tile } = space.decode(item);
+  if (h % 4 !== 0) return undefined;
+  const p = space.pattern(seq);
+  const span = P.seqs[seq]!;
+  const geo = p.geometry;
+  const grp = p.groups[g]!;
+  const qBox = tileBox(grp.qLen, tileFor(P.qTile, rank), tile);
+  const tq = boxTokens(geo.qShape, geo.dilation, grp, qBox, c.qTok);
+  if (tq === 0) return undefined;
+  boxCoords(qBox, c.qCrd);
+  c.tq = tq;
+  c.setIntervals(p.boxRules!(g), qBox);
+  // key token = group base + sum over axes of window coordinate x (dilation x token stride)
+  let st = 1;
+  let base = 0;
+  const steps: [number, number, number] = [0, 0, 0];
+  for (let a = rank - 1; a >= 0; a--) {
+    steps[3 - rank + a] = geo.dilation[a]! * st;
+    base += grp.offset[a]! * st;
+    st *= geo.kShape[a]!;
+  }
+  return { h, span, tq, steps, kvRow: (span.kOff + base) * P.kvHeads + h };
+}
+
 /** Phase 'naLanes': work items of heads h = 0 mod 4 run their query tile for heads h..h+3; the others are empty. */
 export function runNALanes(c: TileCtx, space: ItemSpace, start: number, end: number): void {
   const P = c.problem;
   const { i32, at, rank, qTok, tqPad } = c;
   const { q: qSlot, k: kSlot, v: vSlot, out: outSlot, lse: lseSlot } = c.lay.slots;
-  const steps = [0, 0, 0];
   // rpb index of (query, key) per axis: (key - query + K - 1) x stride, split into a query part
   // (here) and a key part (in the kernel, from the strides r)
   const kern = P.rpb?.kernel ?? [];
@@ -98,27 +140,9 @@ export function runNALanes(c: TileCtx, space: ItemSpace, start: number, end: num
   rpbStrides.forEach((x, a) => (r[3 - rank + a] = x));
   const vol = prod(kern.map((k) => 2 * k - 1));
   for (let item = start; item < end; item++) {
-    const { seq, h, g, tile } = space.decode(item);
-    if (h % 4 !== 0) continue;
-    const p = space.pattern(seq);
-    const span = P.seqs[seq]!;
-    const geo = p.geometry;
-    const grp = p.groups[g]!;
-    const qBox = tileBox(grp.qLen, tileFor(P.qTile, rank), tile);
-    const tq = boxTokens(geo.qShape, geo.dilation, grp, qBox, qTok);
-    if (tq === 0) continue;
-    boxCoords(qBox, c.qCrd);
-    c.tq = tq;
-    c.setIntervals(p.boxRules!(g), qBox);
-    // key token = group base + sum over axes of window coordinate x (dilation x token stride)
-    let st = 1;
-    let base = 0;
-    steps.fill(0);
-    for (let a = rank - 1; a >= 0; a--) {
-      steps[3 - rank + a] = geo.dilation[a]! * st;
-      base += grp.offset[a]! * st;
-      st *= geo.kShape[a]!;
-    }
+    const t = laneTile(c, space, item);
+    if (!t) continue;
+    const { h, span, tq, steps, kvRow } = t;
     for (let i = 0; i < tq; i++) {
       const row = span.qOff + qTok[i]!;
       i32[(at.qRows >> 2) + i] = qSlot + (row * P.heads + h) * P.dim * 4;
@@ -130,7 +154,6 @@ export function runNALanes(c: TileCtx, space: ItemSpace, start: number, end: num
         i32[(at.m >> 2) + i] = part;
       }
     }
-    const kvRow = (span.kOff + base) * P.kvHeads + h;
     c.K.naLanes(
       at.qRows, at.outRows, at.rowIdx, at.lo, at.hi, tqPad, tq, rank,
       kSlot + kvRow * P.dim * 4, vSlot + kvRow * P.dimV * 4, steps[0]!, steps[1]!, steps[2]!,
@@ -157,28 +180,10 @@ export function runNALanesBwd(c: TileCtx, space: ItemSpace, start: number, end: 
   const { q: qSlot, k: kSlot, v: vSlot, out: oSlot, dout: doSlot, lse: lseSlot, dq: dqSlot } = c.lay.slots;
   const dkp = c.lay.slots.dkp + c.thread * c.lay.partialBytes.dkp!;
   const dvp = c.lay.slots.dvp + c.thread * c.lay.partialBytes.dvp!;
-  const steps = [0, 0, 0];
   for (let item = start; item < end; item++) {
-    const { seq, h, g, tile } = space.decode(item);
-    if (h % 4 !== 0) continue;
-    const p = space.pattern(seq);
-    const span = P.seqs[seq]!;
-    const geo = p.geometry;
-    const grp = p.groups[g]!;
-    const qBox = tileBox(grp.qLen, tileFor(P.qTile, rank), tile);
-    const tq = boxTokens(geo.qShape, geo.dilation, grp, qBox, qTok);
-    if (tq === 0) continue;
-    boxCoords(qBox, c.qCrd);
-    c.tq = tq;
-    c.setIntervals(p.boxRules!(g), qBox);
-    let st = 1;
-    let base = 0;
-    steps.fill(0);
-    for (let a = rank - 1; a >= 0; a--) {
-      steps[3 - rank + a] = geo.dilation[a]! * st;
-      base += grp.offset[a]! * st;
-      st *= geo.kShape[a]!;
-    }
+    const t = laneTile(c, space, item);
+    if (!t) continue;
+    const { h, span, tq, steps, kvRow } = t;
     for (let i = 0; i < tq; i++) {
       const r = (span.qOff + qTok[i]!) * P.heads + h;
       i32[(at.qRows >> 2) + i] = qSlot + r * P.dim * 4;
@@ -188,7 +193,6 @@ export function runNALanesBwd(c: TileCtx, space: ItemSpace, start: number, end: 
       i32[(at.m >> 2) + i] = doSlot + r * P.dimV * 4;
       i32[(at.l >> 2) + i] = dqSlot + r * P.dim * 4;
     }
-    const kvRow = (span.kOff + base) * P.kvHeads + h;
     c.K.naLanesBwd(
       at.qRows, at.m, at.outRows, at.rowIdx, at.l, at.lo, at.hi, tqPad, tq, rank,
       kSlot + kvRow * P.dim * 4, vSlot + kvRow * P.dimV * 4, dkp + kvRow * P.dim * 4, dvp + kvRow * P.dimV * 4,
