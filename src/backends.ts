@@ -2,7 +2,7 @@ import type { CommonOptions, Result } from './options.js';
 import { windowVolume } from './cpu/na.js';
 import { type MainStep, runJob } from './cpu/pool.js';
 import { type KernelKind, type Slot, cpuFusedTiles } from './cpu/layout.js';
-import { headLanesBackwardFit, headLanesFit, lanesRpb } from './cpu/na-lanes.js';
+import { headLanesBackwardFit, headLanesFit, lanesRpb, rowsOfLanesRpb } from './cpu/na-lanes.js';
 import { unrotateRows } from './rope.js';
 import { type NonFinite, poisonRows, screenInputs, screenProblemBias } from './nonfinite.js';
 import type { AttnProblem } from './problem.js';
@@ -189,10 +189,18 @@ export async function runBackwardCpu(problem: AttnProblem, t: BackwardInputs, op
       }
     }
   };
+  // drpb partials summed in thread order in the lane layout [H/4][vol][4], then put back to [H][vol]
+  const lanesDrpb: MainStep = (K, f32, lay) => {
+    const at = lay.slots.drpb >> 2;
+    f32.fill(0, at, at + rpbLen);
+    for (let th = 0; th < lay.threads; th++) K.addInto(lay.slots.drpb, lay.slots.drpbp + th * lay.partialBytes.drpbp!, rpbLen);
+    f32.set(rowsOfLanesRpb(f32.slice(at, at + rpbLen), problem.heads), at);
+  };
   const r = await runJob({
-    problem: tuned,
-    // head lanes: dK and dV summed and put back in rows by the workers ('lanesReduce'), no main-thread step
-    phases: lanes ? ['lanes', 'naLanesBwd', 'lanesReduce'] : ['backward', reduce],
+    // head lanes read the rpb table regrouped like k and v
+    problem: lanes && tuned.rpb ? { ...tuned, rpb: { ...tuned.rpb, data: lanesRpb(tuned.rpb.data, tuned.heads) } } : tuned,
+    // head lanes: dK and dV summed and put back in rows by the workers ('lanesReduce'), drpb (small) here
+    phases: lanes ? ['lanes', 'naLanesBwd', 'lanesReduce', ...(rpbLen ? [lanesDrpb] : [])] : ['backward', reduce],
     inputs: { q: t.q, k: t.k, v: t.v, out: t.out, lse: t.lse, dout: t.dout },
     outputs: ['dq', 'dk', 'dv', ...(rpbLen ? (['drpb'] as const) : []), ...(biasLen ? (['dbias'] as const) : [])],
     temps: ['dkp', 'dvp', ...(rpbLen ? (['drpbp'] as const) : []), ...(biasLen ? (['dbiasp'] as const) : [])],

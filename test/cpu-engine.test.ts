@@ -383,7 +383,7 @@ test('chained phases: a barrier between them on every thread, and a failing thre
 });
 
 for (const variant of ['relaxed-simd', 'simd', 'scalar'] as KernelVariant[]) {
-  test(`head-lane backward '${variant}' (neighborhoods with heads in fours): random 1-3-D windows against the float64 reference, on the pool and inline`, async () => {
+  test(`head-lane backward '${variant}' (neighborhoods with heads in fours, rpb too): random 1-3-D windows against the float64 reference, on the pool and inline`, async () => {
     setCpuKernels(variant);
     const threads = cpuThreads();
     try {
@@ -402,18 +402,20 @@ for (const variant of ['relaxed-simd', 'simd', 'scalar'] as KernelVariant[]) {
         const k = randTensor(rng, [...lead, H, D]);
         const v = randTensor(rng, [...lead, H, DV]);
         const opts: NeighborhoodOptions = { kernelSize: c.kernel, dilation: c.dilation, stride: c.stride, isCausal: c.causal, ...(rng.bool(0.3) ? { softcap: 6 } : {}) };
-        await f.run(`#${i} ${describe({ shape: q.shape, dv: DV, ...opts })}`, async () => {
+        if (rng.bool(0.4) && c.causal.every((x) => !x)) opts.rpb = randTensor(rng, [H, ...c.kernel.map((x) => 2 * x - 1)]);
+        await f.run(`#${i} ${describe({ shape: q.shape, dv: DV, ...opts, rpb: opts.rpb?.shape })}`, async () => {
           const fw = await neighborhoodAttention(q, k, v, opts);
           const dOut = randTensor(rng, fw.out.shape);
           const before = lanes.headLaneJobs;
           const g = await neighborhoodAttentionBackward(q, k, v, fw.out, fw.lse, dOut, opts);
           if (lanes.headLaneJobs !== before + 1) throw new Error('the head-lane backward did not run');
           const ref = referenceBackward(planNA(q, k, v, opts).problem, bufs(q, k, v), dOut.data);
-          const msg = gradMismatch({ dq: g.dq.data, dk: g.dk.data, dv: g.dv.data }, ref, false, 1e-4);
+          if (opts.rpb && !g.drpb) throw new Error('drpb missing');
+          const msg = gradMismatch({ dq: g.dq.data, dk: g.dk.data, dv: g.dv.data, drpb: g.drpb?.data }, ref, false, 1e-4);
           if (msg) throw new Error(msg);
-          // deterministic: the same call again gives the same bits (dK, dV are sums over threads' partials)
+          // deterministic: the same call again gives the same bits (dK, dV, drpb are sums over threads' partials)
           const again = await neighborhoodAttentionBackward(q, k, v, fw.out, fw.lse, dOut, opts);
-          for (const n of ['dq', 'dk', 'dv'] as const) if (!sameBytes(again[n].data, snapshot(g[n].data))) throw new Error(`${n} differs on a repeat`);
+          for (const n of ['dq', 'dk', 'dv', 'drpb'] as const) if (g[n] && !sameBytes(again[n]!.data, snapshot(g[n].data))) throw new Error(`${n} differs on a repeat`);
         });
       }
       f.done(`head-lane backward on ${variant}`);

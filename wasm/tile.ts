@@ -788,14 +788,23 @@ export function rowsFromLanes(ptr: usize, blocks: i32, d: i32, tmp: usize): void
 
 // One key's backward scores for a query's 4 heads: P = exp(S - L) and dS = P (dP - delta), times
 // the softcap's derivative 1 - (c / cap)^2 of the capped score c; stored at sp (P) and sp + 16 (dS).
-// keep: all ones where the key is in the query's window.
+// keep: all ones where the key is in the query's window. With rpb (r: the query's row of the
+// regrouped table, kr: the key's part of the index), its entries are added after the softcap and dS
+// is summed into the drpb partial row dr.
 // @ts-ignore: decorator
-@inline function bwdScores(s: v128, dp: v128, L: v128, delta: v128, scale: f32, cap: f32, sp: usize, keep: v128): void {
+@inline function bwdScores(s: v128, dp: v128, L: v128, delta: v128, scale: f32, cap: f32, sp: usize, keep: v128, r: usize, kr: i32, dr: usize): void {
   let sc = f32x4.mul(s, f32x4.splat(scale));
   if (cap > 0) sc = capv(sc, cap);
-  // a key outside the window: P = 0 (masked after the softcap, which would make -inf finite), so dS = 0
-  const p = vexpNeg(f32x4.sub(v128.bitselect(sc, f32x4.splat(-Infinity), keep), L));
+  // rpb comes after the softcap; a key outside the window: P = 0 (masked after the softcap, which
+  // would make -inf finite), so dS = 0
+  const b = r ? f32x4.add(sc, v128.load(r + (<usize>kr << 4))) : sc;
+  const p = vexpNeg(f32x4.sub(v128.bitselect(b, f32x4.splat(-Infinity), keep), L));
   let ds = f32x4.mul(p, f32x4.sub(dp, delta));
+  // drpb takes dS itself (this thread's partial, regrouped like rpb), then dS goes on through the softcap
+  if (r) {
+    const at = dr + (<usize>kr << 4);
+    v128.store(at, f32x4.add(v128.load(at), ds));
+  }
   if (cap > 0) {
     const t = f32x4.mul(sc, f32x4.splat(1.0 / cap));
     ds = f32x4.mul(ds, f32x4.sub(f32x4.splat(1.0), f32x4.mul(t, t)));
@@ -817,6 +826,7 @@ function pairBwd(
   qA: usize, qB: usize, doA: usize, doB: usize, oA: usize, oB: usize, lseA: usize, lseB: usize, dqA: usize, dqB: usize, win: usize,
   kBase: usize, vBase: usize, dkBase: usize, dvBase: usize, st0: i32, st1: i32, st2: i32, rk: usize, rv: usize,
   d: i32, dv: i32, scale: f32, cap: f32, sBuf: usize, keys: usize, lanes: usize,
+  ra: usize, rb: usize, da_: usize, db_: usize, r0: i32, r1: i32, r2: i32,
 ): void {
   const lo0 = load<i32>(win), hi0 = load<i32>(win, 4), lo1 = load<i32>(win, 8), hi1 = load<i32>(win, 12);
   const lo2 = load<i32>(win, 16), hi2 = load<i32>(win, 20), lo2b = load<i32>(win, 24), hi2b = load<i32>(win, 28);
@@ -837,6 +847,14 @@ function pairBwd(
     const c2 = lo2 + x2;
     store<i32>(flags + (<usize>j << 2), (c2 <= hi2 ? 1 : 0) | (!same && c2 >= lo2b ? 2 : 0));
     if (++x2 == w) x2 = 0;
+  }
+  // with rpb: each key's part of the rpb index
+  const kr = flags + (<usize>nk << 2);
+  if (ra) {
+    let n = 0;
+    for (let c0 = lo0; c0 <= hi0; c0++)
+      for (let c1 = lo1; c1 <= hi1; c1++)
+        for (let c2 = lo2; c2 <= hi2b; c2++, n++) store<i32>(kr + (<usize>n << 2), c0 * r0 + c1 * r1 + c2 * r2);
   }
   // q, dO, O of both queries in lanes
   const qa = lanes, qb = qa + (<usize>d << 4);
@@ -888,12 +906,14 @@ function pairBwd(
     }
     const f0 = load<i32>(flags + (<usize>j << 2));
     const sp = sBuf + (<usize>j << 6);
-    bwdScores(a0, e0, LA, deltaA, scale, cap, sp, i32x4.splat(-(f0 & 1)));
-    bwdScores(b0, g0, LB, deltaB, scale, cap, sp + 32, i32x4.splat(-((f0 >> 1) & 1)));
+    const p0 = ra ? load<i32>(kr + (<usize>j << 2)) : 0;
+    bwdScores(a0, e0, LA, deltaA, scale, cap, sp, i32x4.splat(-(f0 & 1)), ra, p0, da_);
+    bwdScores(b0, g0, LB, deltaB, scale, cap, sp + 32, i32x4.splat(-((f0 >> 1) & 1)), rb, p0, db_);
     if (two) {
       const f1 = load<i32>(flags + (<usize>j << 2), 4);
-      bwdScores(a1, e1, LA, deltaA, scale, cap, sp + 64, i32x4.splat(-(f1 & 1)));
-      bwdScores(b1, g1, LB, deltaB, scale, cap, sp + 96, i32x4.splat(-((f1 >> 1) & 1)));
+      const p1 = ra ? load<i32>(kr + (<usize>j << 2), 4) : 0;
+      bwdScores(a1, e1, LA, deltaA, scale, cap, sp + 64, i32x4.splat(-(f1 & 1)), ra, p1, da_);
+      bwdScores(b1, g1, LB, deltaB, scale, cap, sp + 96, i32x4.splat(-((f1 >> 1) & 1)), rb, p1, db_);
     }
   }
   // dK_j += scale (dS_A q_A + dS_B q_B), dV_j += P_A dO_A + P_B dO_B (this thread's partials)
@@ -923,12 +943,14 @@ function pairBwd(
  * The head-lane backward of n queries for one group of 4 heads, two neighbouring queries at a time
  * (pairBwd). Queries as in naLanes; doRows / oRows: dO and O rows of each query's 4 heads, lseRows:
  * its 4 lse values, dqRows: its dq rows; dK and dV go to this thread's partials (regrouped like k
- * and v, at dkBase / dvBase with the same offsets).
+ * and v, at dkBase / dvBase with the same offsets). rpb (0: none), rpbRows, r0..r2 as in naLanes;
+ * drpb: this thread's drpb partial for the head group, regrouped like rpb.
  */
 export function naLanesBwd(
   qRows: usize, doRows: usize, oRows: usize, lseRows: usize, dqRows: usize, lo: usize, hi: usize, ldLanes: i32, n: i32, rank: i32,
   kBase: usize, vBase: usize, dkBase: usize, dvBase: usize, st0: i32, st1: i32, st2: i32, rowK: i32, rowV: i32,
   d: i32, dv: i32, scale: f32, cap: f32, sBuf: usize, keys: usize, lanes: usize,
+  rpb: usize, drpb: usize, rpbRows: usize, r0: i32, r1: i32, r2: i32,
 ): void {
   const ld = <usize>ldLanes << 2;
   const pad = 3 - rank;
@@ -942,6 +964,8 @@ export function naLanesBwd(
       <usize>load<i32>(oRows + li), <usize>load<i32>(oRows + lj), <usize>load<i32>(lseRows + li), <usize>load<i32>(lseRows + lj),
       <usize>load<i32>(dqRows + li), <usize>load<i32>(dqRows + lj), win,
       kBase, vBase, dkBase, dvBase, st0, st1, st2, <usize>rowK, <usize>rowV, d, dv, scale, cap, sBuf, keys + 32, lanes,
+      rpb ? rpb + (<usize>load<i32>(rpbRows + li) << 4) : 0, rpb ? rpb + (<usize>load<i32>(rpbRows + lj) << 4) : 0,
+      rpb ? drpb + (<usize>load<i32>(rpbRows + li) << 4) : 0, rpb ? drpb + (<usize>load<i32>(rpbRows + lj) << 4) : 0, r0, r1, r2,
     );
     i = j;
   }

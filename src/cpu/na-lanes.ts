@@ -84,6 +84,27 @@ export function runLanes(c: TileCtx, space: ItemSpace, start: number, end: numbe
   }
 }
 
+/**
+ * NATTEN's rpb index of (query, key): per axis (key - query + K - 1) x stride, split into a query
+ * part (`rows` writes the tile's, from qCrd, to an i32 list) and a key part the kernels add from the
+ * strides r (rank padded to 3 at the front); vol: entries per head.
+ */
+function rpbParts(c: TileCtx): { r: readonly number[]; vol: number; rows: (tq: number, dst: number) => void } {
+  const { rank } = c;
+  const kern = c.problem.rpb?.kernel ?? [];
+  const strides = kern.map((_, a) => prod(kern.slice(a + 1).map((k) => 2 * k - 1)));
+  const r = [0, 0, 0];
+  strides.forEach((x, a) => (r[3 - rank + a] = x));
+  const rows = (tq: number, dst: number): void => {
+    for (let i = 0; i < tq; i++) {
+      let part = 0;
+      for (let a = 0; a < rank; a++) part += (kern[a]! - 1 - c.qCrd[i * rank + a]!) * strides[a]!;
+      c.i32[(dst >> 2) + i] = part;
+    }
+  };
+  return { r, vol: prod(kern.map((k) => 2 * k - 1)), rows };
+}
+
 /** Where a head-lane work item's keys sit: its head, sequence, tile size and key offsets. */
 interface LaneTile {
   readonly h: number;
@@ -132,40 +153,37 @@ export function runNALanes(c: TileCtx, space: ItemSpace, start: number, end: num
   const P = c.problem;
   const { i32, at, rank, qTok, tqPad } = c;
   const { q: qSlot, k: kSlot, v: vSlot, out: outSlot, lse: lseSlot } = c.lay.slots;
-  // rpb index of (query, key) per axis: (key - query + K - 1) x stride, split into a query part
-  // (here) and a key part (in the kernel, from the strides r)
-  const kern = P.rpb?.kernel ?? [];
-  const rpbStrides = kern.map((_, a) => prod(kern.slice(a + 1).map((k) => 2 * k - 1)));
-  const r = [0, 0, 0];
-  rpbStrides.forEach((x, a) => (r[3 - rank + a] = x));
-  const vol = prod(kern.map((k) => 2 * k - 1));
+  const rpb = rpbParts(c);
   for (let item = start; item < end; item++) {
     const t = laneTile(c, space, item);
     if (!t) continue;
     const { h, span, tq, steps, kvRow } = t;
+    if (P.rpb) rpb.rows(tq, at.m);
     for (let i = 0; i < tq; i++) {
       const row = span.qOff + qTok[i]!;
       i32[(at.qRows >> 2) + i] = qSlot + (row * P.heads + h) * P.dim * 4;
       i32[(at.outRows >> 2) + i] = outSlot + (row * P.heads + h) * P.dimV * 4;
       i32[(at.rowIdx >> 2) + i] = lseSlot + (row * P.heads + h) * 4;
-      if (P.rpb) {
-        let part = 0;
-        for (let a = 0; a < rank; a++) part += (kern[a]! - 1 - c.qCrd[i * rank + a]!) * rpbStrides[a]!;
-        i32[(at.m >> 2) + i] = part;
-      }
     }
     c.K.naLanes(
       at.qRows, at.outRows, at.rowIdx, at.lo, at.hi, tqPad, tq, rank,
       kSlot + kvRow * P.dim * 4, vSlot + kvRow * P.dimV * 4, steps[0]!, steps[1]!, steps[2]!,
       P.kvHeads * P.dim * 4, P.kvHeads * P.dimV * 4, P.dim, P.dimV, P.scale, P.softcap, at.s, at.kRows,
-      P.rpb ? c.lay.slots.rpb + (h / 4) * vol * 16 : 0, at.m, r[0]!, r[1]!, r[2]!, at.qt,
+      P.rpb ? c.lay.slots.rpb + (h / 4) * rpb.vol * 16 : 0, at.m, rpb.r[0]!, rpb.r[1]!, rpb.r[2]!, at.qt,
     );
   }
 }
 
-/** Whether the CPU backward for `p` runs on head lanes: the forward's conditions, and no rpb (drpb stays on the query-lane step). */
-export function headLanesBackwardFit(p: AttnProblem): boolean {
-  return enabled && !p.rpb && headLanesFit(p);
+/** Whether the CPU backward for `p` runs on head lanes: the forward's conditions. */
+export const headLanesBackwardFit = headLanesFit;
+
+/** An rpb-shaped table [H/4][vol][4] (a drpb summed in the lane layout) back to [H][vol]. */
+export function rowsOfLanesRpb(data: Float32Array, heads: number): Float32Array {
+  const vol = data.length / heads;
+  const out = new Float32Array(data.length);
+  for (let g = 0; g < heads / 4; g++)
+    for (let j = 0; j < vol; j++) for (let l = 0; l < 4; l++) out[(4 * g + l) * vol + j] = data[(g * vol + j) * 4 + l]!;
+  return out;
 }
 
 /**
@@ -180,10 +198,13 @@ export function runNALanesBwd(c: TileCtx, space: ItemSpace, start: number, end: 
   const { q: qSlot, k: kSlot, v: vSlot, out: oSlot, dout: doSlot, lse: lseSlot, dq: dqSlot } = c.lay.slots;
   const dkp = c.lay.slots.dkp + c.thread * c.lay.partialBytes.dkp!;
   const dvp = c.lay.slots.dvp + c.thread * c.lay.partialBytes.dvp!;
+  const rpb = rpbParts(c);
+  const drpbp = P.rpb ? c.lay.slots.drpbp + c.thread * c.lay.partialBytes.drpbp! : 0;
   for (let item = start; item < end; item++) {
     const t = laneTile(c, space, item);
     if (!t) continue;
     const { h, span, tq, steps, kvRow } = t;
+    if (P.rpb) rpb.rows(tq, at.alpha);
     for (let i = 0; i < tq; i++) {
       const r = (span.qOff + qTok[i]!) * P.heads + h;
       i32[(at.qRows >> 2) + i] = qSlot + r * P.dim * 4;
@@ -197,6 +218,7 @@ export function runNALanesBwd(c: TileCtx, space: ItemSpace, start: number, end: 
       at.qRows, at.m, at.outRows, at.rowIdx, at.l, at.lo, at.hi, tqPad, tq, rank,
       kSlot + kvRow * P.dim * 4, vSlot + kvRow * P.dimV * 4, dkp + kvRow * P.dim * 4, dvp + kvRow * P.dimV * 4,
       steps[0]!, steps[1]!, steps[2]!, P.kvHeads * P.dim * 4, P.kvHeads * P.dimV * 4, P.dim, P.dimV, P.scale, P.softcap, at.s, at.kRows, at.qt,
+      P.rpb ? c.lay.slots.rpb + (h / 4) * rpb.vol * 16 : 0, P.rpb ? drpbp + (h / 4) * rpb.vol * 16 : 0, at.alpha, rpb.r[0]!, rpb.r[1]!, rpb.r[2]!,
     );
   }
 }

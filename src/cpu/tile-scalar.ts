@@ -255,15 +255,20 @@ export function scalarKernels(memory: WebAssembly.Memory): TileKernels {
         for (let x = 0; x < d; x++) for (let h = 0; h < 4; h++) f[base + h * d + x] = f[(tmp >> 2) + 4 * x + h]!;
       }
     },
-    naLanesBwd(qRows, doRows, oRows, lseRows, dqRows, lo, hi, ld, cnt, rank, kBase, vBase, dkBase, dvBase, st0, st1, st2, rowK, rowV, d, dv, scale, cap) {
+    naLanesBwd(qRows, doRows, oRows, lseRows, dqRows, lo, hi, ld, cnt, rank, kBase, vBase, dkBase, dvBase, st0, st1, st2, rowK, rowV, d, dv, scale, cap, _s, _k, _l, rpb, drpb, rpbRows, r0, r1, r2) {
       sync();
       const pad = 3 - rank;
       const bound = (ends: number, a: number, i: number) => (a < pad ? 0 : n[(ends >> 2) + (a - pad) * ld + i]!);
       for (let i = 0; i < cnt; i++) {
         const offs: number[] = [];
+        const idx: number[] = [];
+        const row = rpb ? n[(rpbRows >> 2) + i]! : 0;
         for (let c0 = bound(lo, 0, i); c0 <= bound(hi, 0, i); c0++)
           for (let c1 = bound(lo, 1, i); c1 <= bound(hi, 1, i); c1++)
-            for (let c2 = bound(lo, 2, i); c2 <= bound(hi, 2, i); c2++) offs.push(c0 * st0 + c1 * st1 + c2 * st2);
+            for (let c2 = bound(lo, 2, i); c2 <= bound(hi, 2, i); c2++) {
+              offs.push(c0 * st0 + c1 * st1 + c2 * st2);
+              idx.push(row + c0 * r0 + c1 * r1 + c2 * r2);
+            }
         // q, dO, O and dq in rows of the 4 heads; k, v, dK, dV in lanes
         const [q, dO, o, dq] = [qRows, doRows, oRows, dqRows].map((r) => n[(r >> 2) + i]! >> 2) as [number, number, number, number];
         const lse = n[(lseRows >> 2) + i]! >> 2;
@@ -272,17 +277,19 @@ export function scalarKernels(memory: WebAssembly.Memory): TileKernels {
           for (let c = 0; c < dv; c++) delta += f[dO + h * dv + c]! * f[o + h * dv + c]!;
           const L = f[lse + h]! === -Infinity ? Infinity : f[lse + h]!;
           const dqAcc = new Float64Array(d);
-          for (const off of offs) {
+          for (let j = 0; j < offs.length; j++) {
+            const off = offs[j]!;
             const k = (kBase + off * rowK) >> 2;
             const v = (vBase + off * rowV) >> 2;
             let sc = 0;
             for (let x = 0; x < d; x++) sc += f[q + h * d + x]! * f[k + 4 * x + h]!;
             sc *= scale;
             if (cap > 0) sc = cap * Math.tanh(sc / cap);
-            const p = Math.exp(sc - L);
+            const p = Math.exp(sc + (rpb ? f[(rpb >> 2) + 4 * idx[j]! + h]! : 0) - L);
             let dp = 0;
             for (let c = 0; c < dv; c++) dp += f[dO + h * dv + c]! * f[v + 4 * c + h]!;
             let ds = p * (dp - delta);
+            if (rpb) f[(drpb >> 2) + 4 * idx[j]! + h]! += ds;
             if (cap > 0) ds *= 1 - (sc / cap) ** 2;
             const dk = (dkBase + off * rowK) >> 2;
             const dvp = (dvBase + off * rowV) >> 2;
