@@ -1,12 +1,12 @@
 /**
  * The CPU engine's two fused neighborhood kernels on the same calls: heads in the lanes
  * (cpu/na-lanes.ts) against the query-lane tile step, interleaved call by call so a slow spell of
- * the machine falls on both alike; with and without NATTEN's rpb.
+ * the machine falls on both alike; with and without NATTEN's rpb; forward, then backward.
  *
  *   npm run build && node dist/bench/cpu-lanes.js [--calls 24] [--threads 2]
  */
 import { parseArgs } from 'node:util';
-import { cpuInfo, neighborhoodAttention, randn, setCpuThreads, type NeighborhoodOptions } from '../src/index.js';
+import { cpuInfo, neighborhoodAttention, neighborhoodAttentionBackward, randn, setCpuThreads, type NeighborhoodOptions } from '../src/index.js';
 import { setHeadLanes } from '../src/cpu/na-lanes.js';
 import { enableRelaxedSimd } from '../src/cli/relaxed.js';
 
@@ -23,24 +23,29 @@ const cases: { name: string; grid: number[]; heads: number; dim: number; kernel:
 ];
 const median = (a: number[]): number => [...a].sort((x, y) => x - y)[a.length >> 1]!;
 
-console.log(`threads ${cpuInfo().threads}, kernels ${cpuInfo().kernels}, ${calls} calls each (the first 3 of each untimed)\n`);
-console.log('| case | head lanes ms (median) | best | query lanes ms (median) | best | query / head (medians) |');
-console.log('|---|---:|---:|---:|---:|---:|');
-for (const c of cases) {
-  const [q, k, v] = [1, 2, 3].map((s) => randn([1, ...c.grid, c.heads, c.dim], s));
-  const opts: NeighborhoodOptions = { kernelSize: c.kernel, ...(c.rpb ? { rpb: randn([c.heads, ...c.grid.map(() => 2 * c.kernel - 1)], 5) } : {}) };
-  const t = { head: [] as number[], query: [] as number[] };
-  try {
-    for (let i = 0; i < calls + 3; i++)
-      for (const m of ['head', 'query'] as const) {
-        setHeadLanes(m === 'head');
-        const s = performance.now();
-        await neighborhoodAttention(q!, k!, v!, opts);
-        if (i >= 3) t[m].push(performance.now() - s);
-      }
-  } finally {
-    setHeadLanes(true);
+console.log(`threads ${cpuInfo().threads}, kernels ${cpuInfo().kernels}, ${calls} calls each (after 10 untimed)\n`);
+for (const pass of ['forward', 'backward'] as const) {
+  console.log(`\n${pass}:\n`);
+  console.log('| case | head lanes ms (median) | best | query lanes ms (median) | best | query / head (medians) |');
+  console.log('|---|---:|---:|---:|---:|---:|');
+  for (const c of cases) {
+    const [q, k, v, dOut] = [1, 2, 3, 4].map((s) => randn([1, ...c.grid, c.heads, c.dim], s));
+    const opts: NeighborhoodOptions = { kernelSize: c.kernel, ...(c.rpb ? { rpb: randn([c.heads, ...c.grid.map(() => 2 * c.kernel - 1)], 5) } : {}) };
+    const fw = await neighborhoodAttention(q!, k!, v!, opts);
+    const call = () => (pass === 'forward' ? neighborhoodAttention(q!, k!, v!, opts) : neighborhoodAttentionBackward(q!, k!, v!, fw.out, fw.lse, dOut!, opts));
+    const t = { head: [] as number[], query: [] as number[] };
+    try {
+      for (let i = 0; i < calls + 10; i++)
+        for (const m of ['head', 'query'] as const) {
+          setHeadLanes(m === 'head');
+          const s = performance.now();
+          await call();
+          if (i >= 10) t[m].push(performance.now() - s);
+        }
+    } finally {
+      setHeadLanes(true);
+    }
+    const [h, qm] = [median(t.head), median(t.query)];
+    console.log(`| ${c.name} | ${h.toFixed(2)} | ${Math.min(...t.head).toFixed(2)} | ${qm.toFixed(2)} | ${Math.min(...t.query).toFixed(2)} | ${(qm / h).toFixed(2)}x |`);
   }
-  const [h, qm] = [median(t.head), median(t.query)];
-  console.log(`| ${c.name} | ${h.toFixed(2)} | ${Math.min(...t.head).toFixed(2)} | ${qm.toFixed(2)} | ${Math.min(...t.query).toFixed(2)} | ${(qm / h).toFixed(2)}x |`);
 }
