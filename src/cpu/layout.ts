@@ -55,7 +55,8 @@ export interface ScratchPlan {
 function maxKeys(kind: KernelKind, problem: AttnProblem, rank: number): number {
   const p = problem.pattern;
   const union = () => (p.kind === 'neighborhood' ? prod(tileFor(problem.qTile, rank).map((t, a) => t + p.kernelSize[a]! + p.stride[a]!)) : 0);
-  if (kind === 'fused' || kind === 'backward' || kind === 'lanes' || kind === 'naLanes' || kind === 'naLanesBwd' || kind === 'lanesReduce') return Math.max(prod(tileFor(problem.kvTile, rank)), union());
+  // the fused families (query lanes and head lanes, forward and backward)
+  if (kind !== 'naive' && kind !== 'naQK' && kind !== 'naAV') return Math.max(prod(tileFor(problem.kvTile, rank)), union());
   if (p.kind !== 'neighborhood') throw new Error('neighborhood kernels need a neighborhood pattern');
   if (kind === 'naive') return prod(p.kernelSize);
   return union();
@@ -70,7 +71,7 @@ export function scratchPlan(kind: KernelKind, problem: AttnProblem, rank: number
   // head lanes: a query pair's window union (one more key column on the last axis), whose keys,
   // flags and rpb index parts (three lists) and scores (8 floats a key) must fit whatever the tile
   const p = problem.pattern;
-  const pairUnion = (kind === 'naLanes' || kind === 'lanes' || kind === 'naLanesBwd') && p.kind === 'neighborhood' ? prod(p.kernelSize.map((k, a) => (a === p.kernelSize.length - 1 ? k + 1 : k))) : 0;
+  const pairUnion = (kind === 'naLanes' || kind === 'naLanesBwd') && p.kind === 'neighborhood' ? prod(p.kernelSize.map((k, a) => (a === p.kernelSize.length - 1 ? k + 1 : k))) : 0;
   const sizes = {
     // head lanes (forward: q of a query pair; backward: q, dO and O of a query pair), in lanes
     qt: Math.max(D * tqPad, kind === 'naLanesBwd' ? 8 * (D + 2 * DV) : 0),
