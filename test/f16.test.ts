@@ -238,3 +238,44 @@ gpuTest('NA naive and unfused on f16: mixed dtypes and f32 destinations refused;
   }
   assert.equal(bufferStats().live, start, 'no GPU buffer left behind');
 });
+
+gpuTest('the backward on f16 GPU tensors (dense, causal, GQA; NA with rpb, softcap, dilation, stride): f16 gradients within 5e-3 of the float64 reference; mixed element types refused', async (c) => {
+  const { attention, attentionBackward, neighborhoodAttention, neighborhoodAttentionBackward, planAttention } = await import('../src/api.js').then(async (api) => ({ ...api, ...(await import('../src/backward.js')) }));
+  const { referenceBackward } = await import('../src/reference-backward.js');
+  const { gradMismatch } = await import('./helpers.js');
+  const r = rng(91);
+  const up = (t: Tensor) => toGpu(t.data, t.shape, c, 'f16');
+  for (let i = 0; i < 8; i++) {
+    const na = i % 2 === 1;
+    let q: Tensor, k: Tensor, v: Tensor, opts: NeighborhoodOptions & { causal?: boolean };
+    if (na) ({ q, k, v, opts } = naCase(r, i));
+    else {
+      const [n, h, hk, d] = [int(r, 20, 90), 4, pick(r, [1, 2, 4]), pick(r, [8, 16, 5])];
+      [q, k, v] = [randn([1, n, h, d], 800 + i), randn([1, n, hk, d], 810 + i), randn([1, n, hk, pick(r, [d, 12])], 820 + i)];
+      opts = { causal: r() < 0.5 } as never;
+    }
+    [q, k, v] = [rounded(q), rounded(k), rounded(v)];
+    const what = `#${i} ${describe(q, opts)}`;
+    const [gq, gk, gv] = await Promise.all([up(q), up(k), up(v)]);
+    const fw = na ? await neighborhoodAttention(gq, gk, gv, opts) : await attention(gq, gk, gv, opts as never);
+    const dOut = rounded(randn([...fw.out.shape], 900 + i));
+    const gd = await up(dOut);
+    const T = (t: unknown) => t as Tensor; // the backward's signatures name host tensors; GPU tensors go through the same entry points
+    const g = na ? await neighborhoodAttentionBackward(T(gq), T(gk), T(gv), T(fw.out), T(fw.lse), T(gd), { ...opts, backend: 'webgpu' }) : await attentionBackward(T(gq), T(gk), T(gv), T(fw.out), T(fw.lse), T(gd), { ...(opts as object), backend: 'webgpu' });
+    for (const n of ['dq', 'dk', 'dv'] as const) assert.equal((g[n] as unknown as { dtype?: string }).dtype, 'f16', `${what}: ${n} is f16`);
+    const host = { dq: await fromGpu(g.dq as never), dk: await fromGpu(g.dk as never), dv: await fromGpu(g.dv as never), ...(g.drpb ? { drpb: await fromGpu(g.drpb as never) } : {}) };
+    const problem = na ? planNA(q, k, v, opts).problem : planAttention(q, k, v, opts as never).problem;
+    const ref = referenceBackward(problem, { q: q.data, k: k.data, v: v.data }, dOut.data);
+    const msg = gradMismatch(host, ref, false, 5e-3);
+    assert.equal(msg, null, `${what}: ${msg}`);
+    for (const t of [gq, gk, gv, gd, fw.out, fw.lse, ...Object.values(g)]) releaseTensor(t as never);
+  }
+  // every input but lse shares q's element type
+  const x = rounded(randn([1, 16, 4, 8], 1));
+  const [a, b] = await Promise.all([up(x), up(x)]);
+  const fw = await attention(a, a, a);
+  const f32dOut = await toGpu(x.data, x.shape, c);
+  const T = (t: unknown) => t as Tensor;
+  await assert.rejects(attentionBackward(T(a), T(a), T(a), T(fw.out), T(fw.lse), T(f32dOut), { backend: 'webgpu' }), (e: unknown) => e instanceof TilewiseError && e.arg === 'dOut');
+  for (const t of [a, b, fw.out, fw.lse, f32dOut]) releaseTensor(t);
+});

@@ -1,7 +1,7 @@
 import { NO_MASK } from './schedule.js';
 import { listSource, ropeFns } from './fused-wgsl.js';
 import { uniformLayout } from './uniforms.js';
-import { FLAT_INVOCATION, type Program, prologue, vecType as vec } from './wgsl.js';
+import { FLAT_INVOCATION, type Program, f16Directive, narrow, prologue, vecType as vec, widenLoads } from './wgsl.js';
 import { TILE_UNIFORMS, type TileSpec, dotOf as dot, microProduct, scoreHooks, stageRows } from './tile-wgsl.js';
 
 /**
@@ -31,6 +31,8 @@ export interface BackwardSpec extends TileSpec {
   readonly hookGrad: 'none' | 'rpb' | 'bias';
   /** Side 'k': write dK, dV per query head ([kRows, H, ...]), summed over each group afterwards. */
   readonly perQueryHead: boolean;
+  /** q, k, v, dO and the gradients stored as f16 (`shader-f16`); staged, computed and accumulated in f32. */
+  readonly f16: boolean;
 }
 
 export const backwardThreads = (s: Pick<BackwardSpec, 'rows' | 'rm' | 'tx'>): number => (s.rows / s.rm) * s.tx;
@@ -57,17 +59,17 @@ export const backwardProgram: Program<BackwardSpec, typeof BACKWARD_UNIFORMS.dec
   uniforms: BACKWARD_UNIFORMS,
   bindings: (s) => [
     { name: 'P', kind: 'uniform', type: 'Params' },
-    { name: 'q', kind: 'read', type: `array<${vec(s.wq)}>` },
-    { name: 'k', kind: 'read', type: `array<${vec(s.wq)}>` },
-    { name: 'v', kind: 'read', type: `array<${vec(s.wv)}>` },
-    { name: 'dout', kind: 'read', type: `array<${vec(s.wv)}>` },
+    { name: 'q', kind: 'read', type: `array<${vec(s.wq, io(s))}>` },
+    { name: 'k', kind: 'read', type: `array<${vec(s.wq, io(s))}>` },
+    { name: 'v', kind: 'read', type: `array<${vec(s.wv, io(s))}>` },
+    { name: 'dout', kind: 'read', type: `array<${vec(s.wv, io(s))}>` },
     { name: 'stats', kind: 'read', type: 'array<vec2<f32>>' },
     { name: 'sched', kind: 'read', type: 'array<u32>' },
     ...(s.side === 'q'
-      ? [{ name: 'dq', kind: 'readwrite' as const, type: `array<${vec(s.wq)}>` }, ...(s.hookGrad !== 'none' ? [{ name: 'hg', kind: 'readwrite' as const, type: 'array<f32>' }] : [])]
+      ? [{ name: 'dq', kind: 'readwrite' as const, type: `array<${vec(s.wq, gradIo(s))}>` }, ...(s.hookGrad !== 'none' ? [{ name: 'hg', kind: 'readwrite' as const, type: 'array<f32>' }] : [])]
       : [
-          { name: 'dk', kind: 'readwrite' as const, type: `array<${vec(s.wq)}>` },
-          { name: 'dv', kind: 'readwrite' as const, type: `array<${vec(s.wv)}>` },
+          { name: 'dk', kind: 'readwrite' as const, type: `array<${vec(s.wq, gradIo(s))}>` },
+          { name: 'dv', kind: 'readwrite' as const, type: `array<${vec(s.wv, gradIo(s))}>` },
         ]),
   ],
   workgroupSize: backwardThreads,
@@ -75,6 +77,10 @@ export const backwardProgram: Program<BackwardSpec, typeof BACKWARD_UNIFORMS.dec
 };
 
 const range = (n: number): number[] => Array.from({ length: n }, (_, i) => i);
+
+/** Element type of the inputs; of the gradients the pass writes (GQA's per-query-head dK, dV stay f32 for the reduce). */
+const io = (s: Pick<BackwardSpec, 'f16'>): 'f16' | 'f32' => (s.f16 ? 'f16' : 'f32');
+const gradIo = (s: Pick<BackwardSpec, 'f16' | 'perQueryHead'>): 'f16' | 'f32' => (s.f16 && !s.perQueryHead ? 'f16' : 'f32');
 
 /**
  * One template, both passes. Per work item the own rows (q and dO, or k and v) are staged once;
@@ -114,14 +120,14 @@ function generateBackward(s: BackwardSpec): string {
     if (r < nOwn) {
       let t = sched[ownList + r];
       let at = ((${ownX} + t) * ${ownHeads} + ${ownHead}) * DQ;
-      x = ${s.rope ? `${rot}(at, e - r * DQ, ropePos(t, ownShift))` : `${qSide ? 'q' : 'k'}[at + e - r * DQ]`};
+      x = ${s.rope ? `${rot}(at, e - r * DQ, ropePos(t, ownShift))` : `ld_${qSide ? 'q' : 'k'}(at + e - r * DQ)`};
     }
     ow[e] = x;
   }
   for (var e: u32 = lid; e < ROWS * DV; e += THREADS) {
     let r = e / DV;
     var x: ${VT} = ${VT}();
-    if (r < nOwn) { x = ${ownBuf}[((${ownX} + sched[ownList + r]) * ${ownHeads} + ${ownHead}) * DV + e - r * DV]; }
+    if (r < nOwn) { x = ld_${ownBuf}(((${ownX} + sched[ownList + r]) * ${ownHeads} + ${ownHead}) * DV + e - r * DV); }
     ou[e] = x;
   }`;
   // staged rows of a visit: k (rotated) and v, or q (rotated), dO and their stats
@@ -131,9 +137,9 @@ function generateBackward(s: BackwardSpec): string {
     count: 'nk',
     width: 'DQ',
     pre: (j) => `let t = sched[oTok + ${j}];\n      let at = ((${othX} + t) * ${othHeads} + ${othHead}) * DQ;`,
-    load: (_j, c) => (s.rope ? `${orot}(at, ${c}, ropePos(t, oShift))` : `${qSide ? 'k' : 'q'}[at + ${c}]`),
+    load: (_j, c) => (s.rope ? `${orot}(at, ${c}, ropePos(t, oShift))` : `ld_${qSide ? 'k' : 'q'}(at + ${c})`),
   })}
-    ${stageRows({ dst: 'su', count: 'nk', width: 'DV', load: (j, c) => `${othBuf}[((${othX} + sched[oTok + ${j}]) * ${othHeads} + ${othHead}) * DV + ${c}]` })}
+    ${stageRows({ dst: 'su', count: 'nk', width: 'DV', load: (j, c) => `ld_${othBuf}(((${othX} + sched[oTok + ${j}]) * ${othHeads} + ${othHead}) * DV + ${c})` })}
     for (var j: u32 = lid; j < nk; j += THREADS) {
       otok[j] = sched[oTok + j];
       ${s.rpb ? 'olin[j] = bitcast<i32>(sched[oTok + nk + j]);' : ''}
@@ -194,7 +200,7 @@ function generateBackward(s: BackwardSpec): string {
         ? ''
         : `if (r < nOwn) {
       let t = sched[ownList + r];
-      ${lines(RVs.map((c) => `${RV * TX === DV ? '' : `if (tx + ${TX * c}u < DV) `}{ dv[(${dOut}) * DV + tx + ${TX * c}u] = accv[i * ${RV}u + ${c}u]; }`), '      ')}
+      ${lines(RVs.map((c) => `${RV * TX === DV ? '' : `if (tx + ${TX * c}u < DV) `}{ dv[(${dOut}) * DV + tx + ${TX * c}u] = ${narrow(gradIo(s) === 'f16', s.wv, `accv[i * ${RV}u + ${c}u]`)}; }`), '      ')}
     }`
     }
   }
@@ -202,7 +208,7 @@ function generateBackward(s: BackwardSpec): string {
   for (var e: u32 = lid; e < nOwn * DQ; e += THREADS) {
     let r = e / DQ;
     let t = sched[ownList + r];
-    ${qSide ? 'dq' : 'dk'}[(${dOut}) * DQ + e - r * DQ] = ${s.rope ? 'unrope_ow(r * DQ, e - r * DQ, ropePos(t, ownShift))' : 'ow[e]'};
+    ${qSide ? 'dq' : 'dk'}[(${dOut}) * DQ + e - r * DQ] = ${narrow(gradIo(s) === 'f16', s.wq, s.rope ? 'unrope_ow(r * DQ, e - r * DQ, ropePos(t, ownShift))' : 'ow[e]')};
   }`;
   const unropeFn = s.rope
     ? `// the transpose of the rotation (sin negated) on row \`base\` of ow, vector c, position p
@@ -221,12 +227,12 @@ fn unrope_ow(base: u32, c: u32, p: u32) -> ${QT} {
   return x;
 }`
     : '';
-  return `${prologue(backwardProgram, s, { DQ, DV, ROWS: s.rows, BK: s.keys, RM, RN, TX, THREADS: T })}
+  return `${f16Directive(s.f16)}${prologue(backwardProgram, s, { DQ, DV, ROWS: s.rows, BK: s.keys, RM, RN, TX, THREADS: T })}
 const NO_MASK: u32 = ${NO_MASK}u;
 ${list.decls}
 fn auxf(i: u32) -> f32 { return bitcast<f32>(sched[P.auxOff + i]); }
-fn ld_q(i: u32) -> ${QT} { return q[i]; }
-fn ld_k(i: u32) -> ${QT} { return k[i]; }
+// loads widen f16 storage to the f32 the kernel computes in
+${widenLoads(s.f16, [['q', s.wq], ['k', s.wq], ['v', s.wv], ['dout', s.wv]])}
 ${s.rope ? ropeFns(s, (i) => `auxf(${i})`) : ''}
 
 var<workgroup> ow: array<${QT}, ${s.rows * DQ}>;
@@ -294,6 +300,8 @@ export const STATS_UNIFORMS = uniformLayout({ count: 'u32', groupsX: 'u32' });
 export interface StatsSpec {
   readonly dimV: number;
   readonly wv: 1 | 4;
+  /** out and dO stored as f16. */
+  readonly f16: boolean;
 }
 
 export const STATS_THREADS = 64;
@@ -304,20 +312,21 @@ export const statsProgram: Program<StatsSpec, typeof STATS_UNIFORMS.decl> = {
   uniforms: STATS_UNIFORMS,
   bindings: (s) => [
     { name: 'P', kind: 'uniform', type: 'Params' },
-    { name: 'out', kind: 'read', type: `array<${vec(s.wv)}>` },
-    { name: 'dout', kind: 'read', type: `array<${vec(s.wv)}>` },
+    { name: 'out', kind: 'read', type: `array<${vec(s.wv, io(s))}>` },
+    { name: 'dout', kind: 'read', type: `array<${vec(s.wv, io(s))}>` },
     { name: 'lse', kind: 'read', type: 'array<f32>' },
     { name: 'stats', kind: 'readwrite', type: 'array<vec2<f32>>' },
   ],
   workgroupSize: () => STATS_THREADS,
-  generate: (s) => `${prologue(statsProgram, s, { DV: s.dimV / s.wv, THREADS: STATS_THREADS })}
+  generate: (s) => `${f16Directive(s.f16)}${prologue(statsProgram, s, { DV: s.dimV / s.wv, THREADS: STATS_THREADS })}
+${widenLoads(s.f16, [['out', s.wv], ['dout', s.wv]])}
 
 @compute @workgroup_size(THREADS)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   let i = ${FLAT_INVOCATION};
   if (i >= P.count) { return; }
   var d: f32 = 0.0;
-  for (var c: u32 = 0u; c < DV; c++) { d += ${dot(s.wv, 'out[i * DV + c]', 'dout[i * DV + c]')}; }
+  for (var c: u32 = 0u; c < DV; c++) { d += ${dot(s.wv, 'ld_out(i * DV + c)', 'ld_dout(i * DV + c)')}; }
   stats[i] = vec2<f32>(lse[i], d);
 }
 `,
@@ -325,17 +334,17 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 
 export const REDUCE_UNIFORMS = uniformLayout({ count: 'u32', M: 'u32', N: 'u32', J: 'u32', sA: 'u32', sM: 'u32', sJ: 'u32', groupsX: 'u32' });
 
-/** dst[(a * M + m) * N + i] = sum over j < J, in order, of src[a * sA + m * sM + j * sJ + i]. */
-export const reduceProgram: Program<Record<string, never>, typeof REDUCE_UNIFORMS.decl> = {
+/** dst[(a * M + m) * N + i] = sum over j < J, in order, of src[a * sA + m * sM + j * sJ + i] (dst f16 when the spec says: GQA's dK, dV of f16 calls). */
+export const reduceProgram: Program<{ readonly f16: boolean }, typeof REDUCE_UNIFORMS.decl> = {
   name: 'backward-reduce',
   uniforms: REDUCE_UNIFORMS,
-  bindings: () => [
+  bindings: (s) => [
     { name: 'P', kind: 'uniform', type: 'Params' },
     { name: 'src', kind: 'read', type: 'array<f32>' },
-    { name: 'dst', kind: 'readwrite', type: 'array<f32>' },
+    { name: 'dst', kind: 'readwrite', type: `array<${s.f16 ? 'f16' : 'f32'}>` },
   ],
   workgroupSize: () => STATS_THREADS,
-  generate: (s) => `${prologue(reduceProgram, s, { THREADS: STATS_THREADS })}
+  generate: (s) => `${f16Directive(s.f16)}${prologue(reduceProgram, s, { THREADS: STATS_THREADS })}
 
 @compute @workgroup_size(THREADS)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -347,7 +356,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let base = a * P.sA + m * P.sM + i;
   var sum: f32 = 0.0;
   for (var j: u32 = 0u; j < P.J; j++) { sum += src[base + j * P.sJ]; }
-  dst[x] = sum;
+  dst[x] = ${s.f16 ? 'f16(sum)' : 'sum'};
 }
 `,
 };

@@ -6,9 +6,9 @@ import { BufferUsage, type GpuContext, type GpuLimits } from './device.js';
 import { BACKWARD_UNIFORMS, type BackwardSpec, REDUCE_UNIFORMS, STATS_THREADS, STATS_UNIFORMS, backwardProgram, backwardThreads, backwardWorkgroupBytes, reduceProgram, statsProgram } from './backward-wgsl.js';
 import { fitTile } from './fused.js';
 import { problemFields } from './tile-wgsl.js';
-import { type Launch, type OutputSpec, type PassTimer, bindingOf, bindingsFit, gridFor, launch, onHostArrays, rpbLayout, threadGrid, uniformBuffer, withDevice } from './run.js';
+import { type Launch, type OutputSpec, type PassTimer, bindingOf, bindingsFit, gridFor, launch, onHostArrays, rpbLayout, storesF16, threadGrid, uniformBuffer, withDevice } from './run.js';
 import { type GpuSchedule, buildGpuSchedule } from './schedule.js';
-import { type GpuTensor, createBuffer, dtypeOf, writeData } from './tensor.js';
+import { type GpuDType, type GpuTensor, createBuffer, dtypeOf, writeData } from './tensor.js';
 import { getPipeline } from './wgsl.js';
 
 /**
@@ -66,7 +66,7 @@ export interface BackwardGpuOptions {
 const roundUp = (x: number, m: number): number => Math.ceil(x / m) * m;
 
 /** The two passes' tile shapes and kernel specs for a problem on a device. */
-export function planBackward(problem: AttnProblem, limits: GpuLimits, tune: BackwardTuning = { ...BACKWARD_TUNING.gpu, ...(override ?? {}) }, hookGrad: BackwardSpec['hookGrad'] = 'none'): { q: { spec: BackwardSpec; problem: AttnProblem }; k: { spec: BackwardSpec; problem: AttnProblem } } {
+export function planBackward(problem: AttnProblem, limits: GpuLimits, tune: BackwardTuning = { ...BACKWARD_TUNING.gpu, ...(override ?? {}) }, hookGrad: BackwardSpec['hookGrad'] = 'none', f16 = false): { q: { spec: BackwardSpec; problem: AttnProblem }; k: { spec: BackwardSpec; problem: AttnProblem } } {
   const rank = problem.seqs.length > 0 ? new ItemSpace({ ...problem, seqs: problem.seqs.slice(0, 1) }).pattern(0).geometry.qShape.length : 1;
   const maxThreads = Math.min(limits.maxComputeInvocationsPerWorkgroup, limits.maxComputeWorkgroupSizeX);
   const side = (which: 'q' | 'k') => {
@@ -89,6 +89,7 @@ export function planBackward(problem: AttnProblem, limits: GpuLimits, tune: Back
           hookGrad: which === 'q' ? hookGrad : 'none',
           perQueryHead: which === 'k' && problem.heads !== problem.kvHeads,
           unroll: tune.unroll,
+          f16,
         };
         if (backwardWorkgroupBytes(spec) <= limits.maxComputeWorkgroupStorageSize && backwardThreads(spec) <= maxThreads)
           return { spec, problem: which === 'q' ? { ...problem, qTile: own, kvTile: other } : { ...problem, qTile: other, kvTile: own } };
@@ -220,7 +221,13 @@ export async function runWebGPUBackward(
 
 async function backwardKernel(ctx: GpuContext, problem0: AttnProblem, t: { q: GpuTensor; k: GpuTensor; v: GpuTensor; out: GpuTensor; lse: GpuTensor; dout: GpuTensor }, opts: BackwardGpuOptions): Promise<GpuGrads> {
   const { device, limits } = ctx;
-  for (const [n, x] of Object.entries(t)) check(dtypeOf(x) === 'f32', n === 'dout' ? 'dOut' : n, 'must hold f32 elements (the WebGPU backward is f32)', dtypeOf(x));
+  // q, k, v, out and dO all f32, or all f16 (shader-f16; the gradients come back f16 too); lse is f32
+  const f16 = storesF16(ctx, t.q, 'q');
+  const io: GpuDType = f16 ? 'f16' : 'f32';
+  for (const [n, x] of Object.entries(t)) {
+    const want = n === 'lse' ? 'f32' : io;
+    check(dtypeOf(x) === want, n === 'dout' ? 'dOut' : n, `must hold ${want} elements (${n === 'lse' ? 'lse is always f32' : "like q: the backward's inputs share one element type"})`, dtypeOf(x));
+  }
   check(problem0.rope?.positions !== 'selected', 'ropePositions', "'selected' (LongHeads) has no backward");
   const dbias = opts.dbias === true && problem0.bias !== undefined;
   const problem = dbias ? expandBias(problem0) : problem0;
@@ -237,7 +244,7 @@ async function backwardKernel(ctx: GpuContext, problem0: AttnProblem, t: { q: Gp
   ];
   const fit = bindingsFit(temps, limits);
   if (fit !== true) throw new TilewiseError('webgpu', 'cannot run this backward on this device', fit);
-  const plan = planBackward(problem, limits, backwardTuningFor(ctx), hookGrad);
+  const plan = planBackward(problem, limits, backwardTuningFor(ctx), hookGrad, f16);
   const maxWords = Math.floor(Math.min(limits.maxStorageBufferBindingSize, limits.maxBufferSize) / 4);
   const { q: qSched, k: kSched } = schedulesFor(plan, rpb?.strides, maxWords);
   // one u32 buffer: q schedule | k schedule (at a 256-byte boundary) | aux (bias | rpb | RoPE cos, sin)
@@ -253,26 +260,28 @@ async function backwardKernel(ctx: GpuContext, problem0: AttnProblem, t: { q: Gp
   const metaFit = bindingsFit([['the backward schedules and aux table', meta.byteLength]], limits);
   if (metaFit !== true) throw new TilewiseError('webgpu', 'cannot run this backward on this device', metaFit);
 
-  const [qPipe, kPipe, statsPipe, reducePipe] = await Promise.all([
+  const [qPipe, kPipe, statsPipe, reducePipe, reduceIoPipe] = await Promise.all([
     getPipeline(device, backwardProgram, plan.q.spec),
     getPipeline(device, backwardProgram, plan.k.spec),
-    getPipeline(device, statsProgram, { dimV: DV, wv: plan.q.spec.wv }),
-    getPipeline(device, reduceProgram, {}),
+    getPipeline(device, statsProgram, { dimV: DV, wv: plan.q.spec.wv, f16 }),
+    getPipeline(device, reduceProgram, { f16: false }),
+    // GQA's dK, dV summed into the gradients' own element type
+    getPipeline(device, reduceProgram, { f16 }),
   ]);
   const outputs: OutputSpec[] = [
-    { name: 'dq', shape: [qRows, H, D], empty: 0 },
-    { name: 'dk', shape: [kRows, Hk, D], empty: 0 },
-    { name: 'dv', shape: [kRows, Hk, DV], empty: 0 },
+    { name: 'dq', shape: [qRows, H, D], empty: 0, dtype: io },
+    { name: 'dk', shape: [kRows, Hk, D], empty: 0, dtype: io },
+    { name: 'dv', shape: [kRows, Hk, DV], empty: 0, dtype: io },
     ...(rpb ? [{ name: 'drpb', shape: [H * rpb.volume], empty: 0 }] : []),
     ...(dbias ? [{ name: 'dbias', shape: [problem0.bias!.data.length], empty: 0 }] : []),
   ];
   const inputs = {
-    q: bindingOf(t.q, qRows * H * D, 'q'),
-    k: bindingOf(t.k, kRows * Hk * D, 'k'),
-    v: bindingOf(t.v, kRows * Hk * DV, 'v'),
-    out: bindingOf(t.out, qRows * H * DV, 'out'),
+    q: bindingOf(t.q, qRows * H * D, 'q', [io]),
+    k: bindingOf(t.k, kRows * Hk * D, 'k', [io]),
+    v: bindingOf(t.v, kRows * Hk * DV, 'v', [io]),
+    out: bindingOf(t.out, qRows * H * DV, 'out', [io]),
     lse: bindingOf(t.lse, qRows * H, 'lse'),
-    dout: bindingOf(t.dout, qRows * H * DV, 'dOut'),
+    dout: bindingOf(t.dout, qRows * H * DV, 'dOut', [io]),
   };
   const s0 = problem.seqs[0];
   const nSeq = s0 ? prod(s0.qGrid) * prod(s0.kGrid) : 0;
@@ -309,9 +318,9 @@ async function backwardKernel(ctx: GpuContext, problem0: AttnProblem, t: { q: Gp
       const sched = { buffer: metaBuf, offset: at * 4, size: (meta.length - at) * 4 };
       launches.push({ pipeline: pipe, entries: [own(uniformBuffer(device, params)), inputs.q, inputs.k, inputs.v, inputs.dout, stats, sched, ...outsOf], groups });
     };
-    const reduce = (src: GPUBufferBinding, dst: GPUBufferBinding, u: { count: number; M: number; N: number; J: number; sA: number; sM: number; sJ: number }) => {
+    const reduce = (src: GPUBufferBinding, dst: GPUBufferBinding, u: { count: number; M: number; N: number; J: number; sA: number; sM: number; sJ: number }, pipeline = reducePipe) => {
       const g = threadGrid(u.count, STATS_THREADS, limits, 'dst');
-      launches.push({ pipeline: reducePipe, entries: [own(uniformBuffer(device, REDUCE_UNIFORMS.pack({ ...u, groupsX: g[0] }))), src, dst], groups: g });
+      launches.push({ pipeline, entries: [own(uniformBuffer(device, REDUCE_UNIFORMS.pack({ ...u, groupsX: g[0] }))), src, dst], groups: g });
     };
     // dQ (and the hook gradient's partials)
     const hg = rpb ? temp(qRows * H * rpb.volume, 'drpb partials') : dbias ? temp(biasLen, 'dbias per head') : undefined;
@@ -323,8 +332,8 @@ async function backwardKernel(ctx: GpuContext, problem0: AttnProblem, t: { q: Gp
       const dkh = temp(kRows * H * D, 'dK per query head');
       const dvh = temp(kRows * H * DV, 'dV per query head');
       pass(kPipe, plan.k.spec, kSched.items, kAt, [dkh, dvh]);
-      reduce(dkh, dk, { count: kRows * Hk * D, M: Hk, N: D, J: G, sA: H * D, sM: G * D, sJ: D });
-      reduce(dvh, dv, { count: kRows * Hk * DV, M: Hk, N: DV, J: G, sA: H * DV, sM: G * DV, sJ: DV });
+      reduce(dkh, dk, { count: kRows * Hk * D, M: Hk, N: D, J: G, sA: H * D, sM: G * D, sJ: D }, reduceIoPipe);
+      reduce(dvh, dv, { count: kRows * Hk * DV, M: Hk, N: DV, J: G, sA: H * DV, sM: G * DV, sJ: DV }, reduceIoPipe);
     }
     if (rpb && hg) reduce(hg, outs[3]!, { count: H * rpb.volume, M: H, N: rpb.volume, J: qRows, sA: 0, sM: rpb.volume, sJ: H * rpb.volume });
     if (dbias && hg) {
