@@ -3,6 +3,7 @@ import { type Result, attention, blockSparseAttention, neighborhoodAttention, pl
 import { type SchedulePicture, schedulePicture } from './schedule-picture.js';
 import { type Grads, attentionBackward, blockSparseAttentionBackward, neighborhoodAttentionBackward } from '../backward.js';
 import { scratchBytes } from '../cpu/kernels.js';
+import { headLanesFit } from '../cpu/na-lanes.js';
 import { cpuInfo, cpuThreads, setCpuThreads } from '../cpu/pool.js';
 import { windowVolume } from '../cpu/na.js';
 import { TilewiseError } from '../errors.js';
@@ -142,6 +143,8 @@ function cpuPeakBytes(impl: KernelImpl, p: AttnProblem): number {
   const threads = cpuThreads();
   switch (impl) {
     case 'fused':
+      // head lanes: the larger of its two phases' scratch, and a byte per row of q, k, v for the screen
+      if (headLanesFit(p, false)) return Math.max(scratchBytes('lanes', p, rank), scratchBytes('naLanes', p, rank)) * threads + p.qRows * p.heads + 2 * p.kRows * p.kvHeads;
       return scratchBytes('fused', p, rank) * threads;
     case 'dense-fused':
       return scratchBytes('fused', { ...p, pattern: { kind: 'dense' }, qTile: [64], kvTile: [64] }, 1) * threads;

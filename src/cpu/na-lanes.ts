@@ -25,8 +25,8 @@ export function setHeadLanes(on: boolean): void {
   enabled = on;
 }
 
-/** Whether a fused CPU job for `p` runs on head lanes (counted in headLaneJobs when it does). */
-export function headLanesFit(p: AttnProblem): boolean {
+/** Whether a fused CPU job for `p` runs on head lanes (counted in headLaneJobs when it does and `count`). */
+export function headLanesFit(p: AttnProblem, count = true): boolean {
   const fit =
     enabled &&
     p.pattern.kind === 'neighborhood' &&
@@ -36,7 +36,7 @@ export function headLanesFit(p: AttnProblem): boolean {
     p.dimV % 4 === 0 &&
     !p.bias &&
     !p.rope;
-  if (fit) headLaneJobs++;
+  if (fit && count) headLaneJobs++;
   return fit;
 }
 
