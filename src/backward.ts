@@ -2,9 +2,12 @@ import type { AttentionOptions, BlockSparseOptions, NeighborhoodOptions } from '
 import { blockSparseAsAttention, planAttention, planNA } from './plan.js';
 import { chooseBackend } from './backends.js';
 import type { GpuTensor } from './webgpu/tensor.js';
+import type { GpuGrads } from './webgpu/backward.js';
 import { check } from './errors.js';
 import type { AttnProblem } from './problem.js';
 import { type Tensor, isGpuTensor, numel } from './tensor.js';
+
+type Input = Tensor | GpuTensor;
 
 /** Gradients of an attention call, shaped like q, k, v (and rpb when the call had one). */
 export interface Grads {
@@ -82,18 +85,29 @@ async function backward(problem: AttnProblem, q: Tensor, k: Tensor, v: Tensor, o
  * forward; GQA's dK and dV are summed over each group's query heads; rows with no allowed key get
  * zero gradients; RoPE gradients are with respect to the un-rotated inputs; `dbias: true` adds dbias.
  */
-export async function attentionBackward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dOut: Tensor, opts: AttentionOptions & BackwardOptions = {}): Promise<Grads> {
-  const { problem } = planAttention(q, k, v, opts);
-  return backward(problem, q, k, v, out, lse, dOut, opts);
+export async function attentionBackward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dOut: Tensor, opts?: AttentionOptions & BackwardOptions): Promise<Grads>;
+/** On GPU tensors (`backend: 'webgpu'`): the gradients are GPU tensors, left on the device. */
+export async function attentionBackward(q: GpuTensor, k: GpuTensor, v: GpuTensor, out: GpuTensor, lse: GpuTensor, dOut: GpuTensor, opts: AttentionOptions & BackwardOptions): Promise<GpuGrads>;
+export async function attentionBackward(q: Input, k: Input, v: Input, out: Input, lse: Input, dOut: Input, opts: AttentionOptions & BackwardOptions = {}): Promise<Grads | GpuGrads> {
+  const [Q, K, V, O, L, D] = [q, k, v, out, lse, dOut] as Tensor[];
+  const { problem } = planAttention(Q!, K!, V!, opts);
+  return backward(problem, Q!, K!, V!, O!, L!, D!, opts);
 }
 
 /** Gradients of `blockSparseAttention(q, k, v, opts)`. */
-export async function blockSparseAttentionBackward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dOut: Tensor, opts: BlockSparseOptions & BackwardOptions): Promise<Grads> {
-  return attentionBackward(q, k, v, out, lse, dOut, { ...blockSparseAsAttention(opts), ...(opts.dbias !== undefined ? { dbias: opts.dbias } : {}) });
+export async function blockSparseAttentionBackward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dOut: Tensor, opts: BlockSparseOptions & BackwardOptions): Promise<Grads>;
+export async function blockSparseAttentionBackward(q: GpuTensor, k: GpuTensor, v: GpuTensor, out: GpuTensor, lse: GpuTensor, dOut: GpuTensor, opts: BlockSparseOptions & BackwardOptions): Promise<GpuGrads>;
+export async function blockSparseAttentionBackward(q: Input, k: Input, v: Input, out: Input, lse: Input, dOut: Input, opts: BlockSparseOptions & BackwardOptions): Promise<Grads | GpuGrads> {
+  const [Q, K, V, O, L, D] = [q, k, v, out, lse, dOut] as Tensor[];
+  return attentionBackward(Q!, K!, V!, O!, L!, D!, { ...blockSparseAsAttention(opts), ...(opts.dbias !== undefined ? { dbias: opts.dbias } : {}) });
 }
 
 /** Gradients of `neighborhoodAttention(q, k, v, opts)`, with `drpb` when opts.rpb is given. */
-export async function neighborhoodAttentionBackward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dOut: Tensor, opts: NeighborhoodOptions, rank?: number): Promise<Grads> {
+export async function neighborhoodAttentionBackward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dOut: Tensor, opts: NeighborhoodOptions, rank?: number): Promise<Grads>;
+export async function neighborhoodAttentionBackward(q: GpuTensor, k: GpuTensor, v: GpuTensor, out: GpuTensor, lse: GpuTensor, dOut: GpuTensor, opts: NeighborhoodOptions, rank?: number): Promise<GpuGrads>;
+export async function neighborhoodAttentionBackward(qIn: Input, kIn: Input, vIn: Input, outIn: Input, lseIn: Input, dOutIn: Input, opts: NeighborhoodOptions, rank?: number): Promise<Grads | GpuGrads> {
+  // one body for both: GPU tensors travel as they are (backward() tells them apart)
+  const [q, k, v, out, lse, dOut] = [qIn, kIn, vIn, outIn, lseIn, dOutIn] as [Tensor, Tensor, Tensor, Tensor, Tensor, Tensor];
   check(opts?.impl === undefined || opts.impl === 'fused', 'impl', "the backward is fused only (the forward's impl does not change the gradients)");
   const { additionalKeys: ak, additionalValues: av, ...rest } = opts;
   const { s, problem } = planNA(q, k, v, rest, rank);
@@ -113,6 +127,14 @@ export async function neighborhoodAttentionBackward(q: Tensor, k: Tensor, v: Ten
   return { ...na, dAdditionalKeys: c.dk, dAdditionalValues: c.dv };
 }
 
-export const na1dBackward = (q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dOut: Tensor, opts: NeighborhoodOptions): Promise<Grads> => neighborhoodAttentionBackward(q, k, v, out, lse, dOut, opts, 1);
-export const na2dBackward = (q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dOut: Tensor, opts: NeighborhoodOptions): Promise<Grads> => neighborhoodAttentionBackward(q, k, v, out, lse, dOut, opts, 2);
-export const na3dBackward = (q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dOut: Tensor, opts: NeighborhoodOptions): Promise<Grads> => neighborhoodAttentionBackward(q, k, v, out, lse, dOut, opts, 3);
+/** The backward of `na1d`, `na2d`, `na3d` (host tensors in, host gradients out; or GPU tensors both ways). */
+type NaBackward = {
+  (q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dOut: Tensor, opts: NeighborhoodOptions): Promise<Grads>;
+  (q: GpuTensor, k: GpuTensor, v: GpuTensor, out: GpuTensor, lse: GpuTensor, dOut: GpuTensor, opts: NeighborhoodOptions): Promise<GpuGrads>;
+};
+const naBackward =
+  (rank: number): NaBackward =>
+  ((q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dOut: Tensor, opts: NeighborhoodOptions) => neighborhoodAttentionBackward(q, k, v, out, lse, dOut, opts, rank)) as NaBackward;
+export const na1dBackward = naBackward(1);
+export const na2dBackward = naBackward(2);
+export const na3dBackward = naBackward(3);

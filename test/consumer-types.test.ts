@@ -33,7 +33,11 @@ declare const device: GPUDevice;
 webgpu.setDevice(device);
 declare const onGpu: GpuResult;
 const buffer: GPUBuffer = onGpu.out.buffer;
-export const shapes = [g.dq.shape, buffer.size];
+// the backward on GPU tensors: GPU gradients, typed as such
+declare const gq: webgpu.GpuTensor;
+const gg = await attentionBackward(gq, gq, gq, onGpu.out, onGpu.lse, onGpu.out, { backend: 'webgpu' });
+const dqOnGpu: GPUBuffer = gg.dq.buffer;
+export const shapes = [g.dq.shape, buffer.size, dqOnGpu.size];
 `,
     );
     mkdirSync(join(dir, 'node_modules', '@webgpu'), { recursive: true });

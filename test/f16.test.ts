@@ -260,22 +260,20 @@ gpuTest('the backward on f16 GPU tensors (dense, causal, GQA; NA with rpb, softc
     const fw = na ? await neighborhoodAttention(gq, gk, gv, opts) : await attention(gq, gk, gv, opts as never);
     const dOut = rounded(randn([...fw.out.shape], 900 + i));
     const gd = await up(dOut);
-    const T = (t: unknown) => t as Tensor; // the backward's signatures name host tensors; GPU tensors go through the same entry points
-    const g = na ? await neighborhoodAttentionBackward(T(gq), T(gk), T(gv), T(fw.out), T(fw.lse), T(gd), { ...opts, backend: 'webgpu' }) : await attentionBackward(T(gq), T(gk), T(gv), T(fw.out), T(fw.lse), T(gd), { ...(opts as object), backend: 'webgpu' });
-    for (const n of ['dq', 'dk', 'dv'] as const) assert.equal((g[n] as unknown as { dtype?: string }).dtype, 'f16', `${what}: ${n} is f16`);
-    const host = { dq: await fromGpu(g.dq as never), dk: await fromGpu(g.dk as never), dv: await fromGpu(g.dv as never), ...(g.drpb ? { drpb: await fromGpu(g.drpb as never) } : {}) };
+    const g = na ? await neighborhoodAttentionBackward(gq, gk, gv, fw.out, fw.lse, gd, { ...opts, backend: 'webgpu' }) : await attentionBackward(gq, gk, gv, fw.out, fw.lse, gd, { ...(opts as object), backend: 'webgpu' });
+    for (const n of ['dq', 'dk', 'dv'] as const) assert.equal(g[n].dtype, 'f16', `${what}: ${n} is f16`);
+    const host = { dq: await fromGpu(g.dq), dk: await fromGpu(g.dk), dv: await fromGpu(g.dv), ...(g.drpb ? { drpb: await fromGpu(g.drpb) } : {}) };
     const problem = na ? planNA(q, k, v, opts).problem : planAttention(q, k, v, opts as never).problem;
     const ref = referenceBackward(problem, { q: q.data, k: k.data, v: v.data }, dOut.data);
     const msg = gradMismatch(host, ref, false, 5e-3);
     assert.equal(msg, null, `${what}: ${msg}`);
-    for (const t of [gq, gk, gv, gd, fw.out, fw.lse, ...Object.values(g)]) releaseTensor(t as never);
+    for (const t of [gq, gk, gv, gd, fw.out, fw.lse, ...Object.values(g)]) releaseTensor(t);
   }
   // every input but lse shares q's element type
   const x = rounded(randn([1, 16, 4, 8], 1));
   const [a, b] = await Promise.all([up(x), up(x)]);
   const fw = await attention(a, a, a);
   const f32dOut = await toGpu(x.data, x.shape, c);
-  const T = (t: unknown) => t as Tensor;
-  await assert.rejects(attentionBackward(T(a), T(a), T(a), T(fw.out), T(fw.lse), T(f32dOut), { backend: 'webgpu' }), (e: unknown) => e instanceof TilewiseError && e.arg === 'dOut');
+  await assert.rejects(attentionBackward(a, a, a, fw.out, fw.lse, f32dOut, { backend: 'webgpu' }), (e: unknown) => e instanceof TilewiseError && e.arg === 'dOut');
   for (const t of [a, b, fw.out, fw.lse, f32dOut]) releaseTensor(t);
 });
