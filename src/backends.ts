@@ -18,8 +18,9 @@ const roughFlops = (p: AttnProblem): number => 4 * p.qRows * p.heads * (p.dim + 
 function finish(problem: AttnProblem, out: Float32Array, lse: Float32Array, lead: number[], opts: CommonOptions): Result {
   const dOut = checkDest(opts.out, out.length, 'out');
   const dLse = checkDest(opts.lse, lse.length, 'lse');
-  if (dOut) dOut.set(out);
-  if (dLse) dLse.set(lse);
+  // (a job that copied straight into the destinations hands back the destinations themselves)
+  if (dOut && dOut !== out) dOut.set(out);
+  if (dLse && dLse !== lse) dLse.set(lse);
   return {
     out: { data: dOut ?? out, shape: [...lead, problem.heads, problem.dimV] },
     lse: { data: dLse ?? lse, shape: [...lead, problem.heads] },
@@ -74,8 +75,8 @@ function applyPolicy(problem: AttnProblem, bad: NonFinite, out: Float32Array, ls
 
 /** Runs one kernel family on the CPU backend: a job of the engine's scheduler, outputs fresh. */
 export async function runProblem(problem: AttnProblem, q: Tensor, k: Tensor, v: Tensor, lead: number[], opts: CommonOptions, kind: KernelKind): Promise<Result> {
-  checkDest(opts.out, problem.qRows * problem.heads * problem.dimV, 'out');
-  checkDest(opts.lse, problem.qRows * problem.heads, 'lse');
+  const dOut = checkDest(opts.out, problem.qRows * problem.heads * problem.dimV, 'out');
+  const dLse = checkDest(opts.lse, problem.qRows * problem.heads, 'lse');
   const bad: NonFinite = {};
   const screened = screenProblemBias(problem, bad);
   const tuned = kind === 'fused' && opts.tile === undefined ? cpuFusedTiles(screened) : screened;
@@ -84,7 +85,8 @@ export async function runProblem(problem: AttnProblem, q: Tensor, k: Tensor, v: 
   const phases: KernelKind[] = lanes ? ['lanes', 'naLanes'] : [kind];
   // head lanes read the rpb table regrouped like q, k and v
   const job = lanes && tuned.rpb ? { ...tuned, rpb: { ...tuned.rpb, data: lanesRpb(tuned.rpb.data, tuned.heads) } } : tuned;
-  const r = await runJob({ problem: job, phases, inputs: { q: q.data, k: k.data, v: v.data }, outputs: ['out', 'lse'], flops: roughFlops(problem), screen: true, screenInPhase: lanes });
+  const into = { ...(dOut ? { out: dOut } : {}), ...(dLse ? { lse: dLse } : {}) };
+  const r = await runJob({ problem: job, phases, inputs: { q: q.data, k: k.data, v: v.data }, outputs: ['out', 'lse'], into, flops: roughFlops(problem), screen: true, screenInPhase: lanes });
   applyPolicy(problem, { ...bad, ...r.nonFinite }, r.out!, r.lse!);
   return finish(problem, r.out!, r.lse!, lead, opts);
 }

@@ -145,8 +145,10 @@ export interface CpuJob {
   readonly phases: readonly (KernelKind | MainStep)[];
   /** Host tensors copied in before the first phase. */
   readonly inputs: Partial<Record<Slot, Float32Array>>;
-  /** Tensors copied out after the last phase (fresh arrays). */
+  /** Tensors copied out after the last phase (fresh arrays, or the arrays in `into`). */
   readonly outputs: readonly Slot[];
+  /** The caller's destinations for some outputs (exactly their size): copied into directly, no second copy. */
+  readonly into?: Partial<Record<Slot, Float32Array>>;
   /** Tensors that live only in the shared memory during the job (the unfused scores). */
   readonly temps?: readonly Slot[];
   /** Window volume for the 'attn' slot (unfused neighborhoods). */
@@ -250,7 +252,7 @@ async function execute(job: CpuJob): Promise<JobOutputs> {
   if (phaseScreen) nonFinite = screenFlags(e, layout, problem);
   const out: JobOutputs = nonFinite ? { nonFinite } : {};
   // new + set: slice() of a shared memory's view takes V8's slow element path (2x here)
-  for (const s of job.outputs) (out[s] = new Float32Array(sizes[s])).set(f32.subarray(layout.slots[s] >> 2, (layout.slots[s] >> 2) + sizes[s]));
+  for (const s of job.outputs) (out[s] = job.into?.[s] ?? new Float32Array(sizes[s])).set(f32.subarray(layout.slots[s] >> 2, (layout.slots[s] >> 2) + sizes[s]));
   return out;
 }
 
