@@ -2,7 +2,7 @@ import type { CommonOptions, Result } from './options.js';
 import { windowVolume } from './cpu/na.js';
 import { type MainStep, runJob } from './cpu/pool.js';
 import { type KernelKind, type Slot, cpuFusedTiles } from './cpu/layout.js';
-import { headLanesBackwardFit, headLanesFit, lanesRpb, rowsOfLanesRpb } from './cpu/na-lanes.js';
+import { headLanesFit, lanesRpb, rowsOfLanesRpb } from './cpu/na-lanes.js';
 import { unrotateRows } from './rope.js';
 import { type NonFinite, poisonRows, screenInputs, screenProblemBias } from './nonfinite.js';
 import type { AttnProblem } from './problem.js';
@@ -171,7 +171,7 @@ export async function runBackwardCpu(problem: AttnProblem, t: BackwardInputs, op
   const rpbLen = problem.rpb?.data.length ?? 0;
   const biasLen = dbias ? (problem.bias?.data.length ?? 0) : 0;
   // neighborhoods with heads in fours: heads in the lanes, k and v (and the dK, dV partials) regrouped
-  const lanes = headLanesBackwardFit(tuned);
+  const lanes = headLanesFit(tuned); // the same conditions as the forward's
   const reduce: MainStep = (K, f32, lay) => {
     const pairs: [Slot, Slot, number][] = [['dkp', 'dk', kRows * Hk * D], ['dvp', 'dv', kRows * Hk * DV], ['drpbp', 'drpb', rpbLen], ['dbiasp', 'dbias', biasLen]];
     for (const [part, dst, n] of pairs) {

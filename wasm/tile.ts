@@ -813,6 +813,25 @@ export function rowsFromLanes(ptr: usize, blocks: i32, d: i32, tmp: usize): void
   v128.store(sp, ds, 16);
 }
 
+// Four lanes-dot-products over n v128s: A . R0, B . R0, A . R1, B . R1, stored at dst (16 bytes
+// each). The pair backward's S = q k^T and dP = dO v^T blocks, two queries x two keys.
+function dots2x2(a: usize, b: usize, r0: usize, r1: usize, n: i32, dst: usize): void {
+  let a0 = f32x4.splat(0), b0 = f32x4.splat(0), a1 = f32x4.splat(0), b1 = f32x4.splat(0);
+  for (let x = 0; x < n; x++) {
+    const o = <usize>x << 4;
+    const va = v128.load(a + o), vb = v128.load(b + o);
+    const w0 = v128.load(r0 + o), w1 = v128.load(r1 + o);
+    a0 = fma(va, w0, a0);
+    b0 = fma(vb, w0, b0);
+    a1 = fma(va, w1, a1);
+    b1 = fma(vb, w1, b1);
+  }
+  v128.store(dst, a0);
+  v128.store(dst, b0, 16);
+  v128.store(dst, a1, 32);
+  v128.store(dst, b1, 48);
+}
+
 /**
  * The head-lane backward (FlashAttention-2 from the LSE) of two queries A, B paired as in naLanes
  * (B's window at most one key column past A's on the last axis; B = A for a query with no partner,
@@ -820,7 +839,7 @@ export function rowsFromLanes(ptr: usize, blocks: i32, d: i32, tmp: usize): void
  * delta) (times the softcap's derivative) for both, a key outside a query's window getting P = dS
  * = 0; then dK_j += scale (dS_A q_A + dS_B q_B) and dV_j += P_A dO_A + P_B dO_B into this thread's
  * partials (one read-modify-write of each row for both queries), and dQ = scale dS K to each
- * query's rows. Scratch: sBuf 64 bytes a key, keys two windows, lanes 8 (d + 2 dv) floats.
+ * query's rows. Scratch: sBuf 64 bytes a key, keys two windows, lanes 8 (d + 2 dv) + 32 floats.
  */
 function pairBwd(
   qA: usize, qB: usize, doA: usize, doB: usize, oA: usize, oB: usize, lseA: usize, lseB: usize, dqA: usize, dqB: usize, win: usize,
@@ -860,6 +879,7 @@ function pairBwd(
   const qa = lanes, qb = qa + (<usize>d << 4);
   const da = qb + (<usize>d << 4), db = da + (<usize>dv << 4);
   const oa = db + (<usize>dv << 4), ob = oa + (<usize>dv << 4);
+  const dots = ob + (<usize>dv << 4); // 8 v128: the 2x2 blocks of S and dP
   rowsToLanes(qA, qa, d);
   rowsToLanes(qB, qb, d);
   rowsToLanes(doA, da, dv);
@@ -882,28 +902,11 @@ function pairBwd(
     const two = j + 1 < nk;
     const o0 = <usize>load<i32>(keys + (<usize>j << 2));
     const o1 = two ? <usize>load<i32>(keys + (<usize>j << 2), 4) : o0;
-    const k0 = kBase + o0 * rk, k1 = kBase + o1 * rk;
-    let a0 = f32x4.splat(0), a1 = f32x4.splat(0), b0 = f32x4.splat(0), b1 = f32x4.splat(0);
-    for (let x = 0; x < d; x++) {
-      const o = <usize>x << 4;
-      const va = v128.load(qa + o), vb = v128.load(qb + o);
-      const kv0 = v128.load(k0 + o), kv1 = v128.load(k1 + o);
-      a0 = fma(va, kv0, a0);
-      b0 = fma(vb, kv0, b0);
-      a1 = fma(va, kv1, a1);
-      b1 = fma(vb, kv1, b1);
-    }
-    const v0 = vBase + o0 * rv, v1 = vBase + o1 * rv;
-    let e0 = f32x4.splat(0), e1 = f32x4.splat(0), g0 = f32x4.splat(0), g1 = f32x4.splat(0);
-    for (let c = 0; c < dv; c++) {
-      const o = <usize>c << 4;
-      const ua = v128.load(da + o), ub = v128.load(db + o);
-      const w0 = v128.load(v0 + o), w1 = v128.load(v1 + o);
-      e0 = fma(ua, w0, e0);
-      g0 = fma(ub, w0, g0);
-      e1 = fma(ua, w1, e1);
-      g1 = fma(ub, w1, g1);
-    }
+    // S = q k^T and dP = dO v^T, each two queries x two keys
+    dots2x2(qa, qb, kBase + o0 * rk, kBase + o1 * rk, d, dots);
+    dots2x2(da, db, vBase + o0 * rv, vBase + o1 * rv, dv, dots + 64);
+    const a0 = v128.load(dots), b0 = v128.load(dots, 16), a1 = v128.load(dots, 32), b1 = v128.load(dots, 48);
+    const e0 = v128.load(dots, 64), g0 = v128.load(dots, 80), e1 = v128.load(dots, 96), g1 = v128.load(dots, 112);
     const f0 = load<i32>(flags + (<usize>j << 2));
     const sp = sBuf + (<usize>j << 6);
     const p0 = ra ? load<i32>(kr + (<usize>j << 2)) : 0;

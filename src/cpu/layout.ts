@@ -74,7 +74,7 @@ export function scratchPlan(kind: KernelKind, problem: AttnProblem, rank: number
   const pairUnion = (kind === 'naLanes' || kind === 'naLanesBwd') && p.kind === 'neighborhood' ? prod(p.kernelSize.map((k, a) => (a === p.kernelSize.length - 1 ? k + 1 : k))) : 0;
   const sizes = {
     // head lanes (forward: q of a query pair; backward: q, dO and O of a query pair), in lanes
-    qt: Math.max(D * tqPad, kind === 'naLanesBwd' ? 8 * (D + 2 * DV) : 0),
+    qt: Math.max(D * tqPad, kind === 'naLanesBwd' ? 8 * (D + 2 * DV) + 32 : 0),
     // head lanes: a window of 4-lane scores, or 4 rows being regrouped
     s: Math.max(maxK * tqPad, 4 * Math.max(D, DV), (kind === 'naLanesBwd' ? 16 : 8) * pairUnion),
     o: tqPad * DV,

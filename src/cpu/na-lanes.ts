@@ -174,9 +174,6 @@ export function runNALanes(c: TileCtx, space: ItemSpace, start: number, end: num
   }
 }
 
-/** Whether the CPU backward for `p` runs on head lanes: the forward's conditions. */
-export const headLanesBackwardFit = headLanesFit;
-
 /** An rpb-shaped table [H/4][vol][4] (a drpb summed in the lane layout) back to [H][vol]. */
 export function rowsOfLanesRpb(data: Float32Array, heads: number): Float32Array {
   const vol = data.length / heads;
