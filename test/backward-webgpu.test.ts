@@ -24,7 +24,7 @@ import { planAttention, planNA } from '../src/api.js';
 import { referenceBackward } from '../src/reference-backward.js';
 import { webgpuAvailable } from '../src/webgpu/device.js';
 import { type GpuTensor, fromGpu, releaseTensor, runWebGPUBackward, setBackwardTuning, toGpu } from '../src/webgpu/index.js';
-import { BACKWARD_TUNING, backwardCacheStats, planBackward } from '../src/webgpu/backward.js';
+import { BACKWARD_TUNING, backwardCacheStats, backwardWalks, planBackward } from '../src/webgpu/backward.js';
 import { backwardProgram, backwardThreads, backwardWorkgroupBytes } from '../src/webgpu/backward-wgsl.js';
 import { Failures, type GradArrays, Rng, SMALL_LIMITS, checkVarsInitialised, describe, gradMismatch, randTensor, randomAttention, randomNA, relErr, sameBytes, snapshot } from './helpers.js';
 
@@ -78,6 +78,77 @@ test('WebGPU backward: random 1-3-D neighborhoods (dilation, stride, causal axes
     });
   }
   f.done('WebGPU neighborhood backward');
+});
+
+test('WebGPU backward: in-kernel walks (the analytic walk for dQ, its inverse windows for dK/dV) on random dense, causal, window and 1-3-D neighborhood problems, asserted, against the reference', { skip }, async () => {
+  const f = new Failures();
+  const rng = new Rng(613);
+  // the device's blocking, and small odd tiles: many visits per item, full and partial ones, padded rows
+  const blockings = [undefined, { rm: 2, tx: 3, maxRows: 5, maxKeys: 3, unroll: false }];
+  for (let i = 0; i < 16; i++) {
+    const H = rng.pick([1, 2, 4]);
+    const Hk = rng.pick([1, H]);
+    const B = rng.int(1, 2);
+    const D = 2 * rng.int(1, 10);
+    const Dv = rng.bool(0.3) ? rng.int(1, 20) : D;
+    let c: { q: Tensor; k: Tensor; v: Tensor; problem: ReturnType<typeof planNA>['problem']; grads: () => Promise<Grads>; name: string };
+    if (i % 2 === 0) {
+      // 1-D bands: dense, causal (either alignment), windows (either alignment), causal AND window
+      const nq = rng.int(1, 70);
+      const nk = rng.bool(0.5) ? nq : rng.int(1, 70);
+      const opts: AttentionOptions = {};
+      const r = rng.int(0, 3);
+      if (r === 1 || r === 3) opts.causal = rng.pick([true, 'bottom-right'] as const);
+      if (r >= 2) {
+        opts.window = [rng.int(-1, 20), rng.int(-1, 20)];
+        if (rng.bool()) opts.windowAlign = 'bottom-right';
+      }
+      if (rng.bool(0.3)) opts.softcap = 5;
+      if (rng.bool(0.25)) opts.bias = randTensor(rng, [rng.pick([1, H]), nq, nk]);
+      if (rng.bool(0.3)) opts.rope = { base: 10000 };
+      const [q, k, v] = [randTensor(rng, [B, nq, H, D]), randTensor(rng, [B, nk, Hk, D]), randTensor(rng, [B, nk, Hk, Dv])];
+      const problem = planAttention(q, k, v, opts).problem;
+      c = {
+        q, k, v, problem,
+        name: describe({ B, H, Hk, D, Dv, nq, nk, ...opts, bias: opts.bias?.shape }),
+        grads: async () => {
+          const fw = await attention(q, k, v, opts);
+          return attentionBackward(q, k, v, fw.out, fw.lse, (dOut = randTensor(rng, fw.out.shape)), { ...opts, backend: 'webgpu', dbias: opts.bias !== undefined });
+        },
+      };
+    } else {
+      const n = randomNA(rng, rng.int(1, 3));
+      const opts: NeighborhoodOptions = { kernelSize: n.kernel, dilation: n.dilation, stride: n.stride, isCausal: n.causal };
+      if (rng.bool(0.4) && n.causal.every((x) => !x)) opts.rpb = randTensor(rng, [H, ...n.kernel.map((x) => 2 * x - 1)]);
+      if (rng.bool(0.25)) opts.softcap = 5;
+      const [q, k, v] = [randTensor(rng, [B, ...n.grid, H, D]), randTensor(rng, [B, ...n.grid, Hk, D]), randTensor(rng, [B, ...n.grid, Hk, Dv])];
+      c = {
+        q, k, v,
+        problem: planNA(q, k, v, opts).problem,
+        name: describe({ B, grid: n.grid, H, Hk, D, Dv, ...opts, rpb: opts.rpb?.shape }),
+        grads: async () => {
+          const fw = await neighborhoodAttention(q, k, v, opts);
+          return neighborhoodAttentionBackward(q, k, v, fw.out, fw.lse, (dOut = randTensor(rng, fw.out.shape)), { ...opts, backend: 'webgpu' });
+        },
+      };
+    }
+    let dOut: Tensor | undefined;
+    const blocking = blockings[i % 4 < 2 ? 0 : 1];
+    await f.run(`#${i} ${c.name} blocking ${JSON.stringify(blocking ?? 'device')}`, async () => {
+      setBackwardTuning(blocking);
+      try {
+        const before = backwardWalks.analytic;
+        const g = await c.grads();
+        assert.equal(backwardWalks.analytic, before + 1, 'both passes walked in the kernel');
+        const withBias = c.problem.bias !== undefined;
+        const msg = compare(hostGrads(g), referenceBackward(c.problem, { q: c.q.data, k: c.k.data, v: c.v.data }, dOut!.data), withBias);
+        if (msg) throw new Error(msg);
+      } finally {
+        setBackwardTuning(undefined);
+      }
+    });
+  }
+  f.done('WebGPU in-kernel backward walks');
 });
 
 test('WebGPU backward: varlen packs, block-sparse masks, rows with no key (zero gradients), small tiles', { skip }, async () => {
@@ -188,15 +259,21 @@ test('WebGPU backward: repeated calls reuse the schedules (not the rpb values); 
   const [q, k, v] = [0, 1, 2].map(() => randTensor(rng, [1, 9, 11, 2, 8])) as [Tensor, Tensor, Tensor];
   const base: NeighborhoodOptions = { kernelSize: [5, 3], backend: 'webgpu' };
   const before = backwardCacheStats().entries;
-  for (let i = 0; i < 3; i++) {
-    // a fresh rpb each step, as in training: the same schedules, new values
-    const opts = { ...base, rpb: randTensor(rng, [2, 9, 5]) };
-    const fw = await neighborhoodAttention(q, k, v, { ...opts, backend: 'cpu' });
-    const dOut = randTensor(rng, fw.out.shape);
-    const g = await neighborhoodAttentionBackward(q, k, v, fw.out, fw.lse, dOut, opts);
-    const msg = compare(hostGrads(g), referenceBackward(planNA(q, k, v, opts).problem, { q: q.data, k: k.data, v: v.data }, dOut.data), false);
-    assert.equal(msg, null, `step ${i}: ${msg}`);
-    assert.ok(backwardCacheStats().entries <= before + 1, 'one shape, one cache entry');
+  // the cache holds uploaded schedules: walk this analytic pattern from them
+  setBackwardTuning({ analytic: false });
+  try {
+    for (let i = 0; i < 3; i++) {
+      // a fresh rpb each step, as in training: the same schedules, new values
+      const opts = { ...base, rpb: randTensor(rng, [2, 9, 5]) };
+      const fw = await neighborhoodAttention(q, k, v, { ...opts, backend: 'cpu' });
+      const dOut = randTensor(rng, fw.out.shape);
+      const g = await neighborhoodAttentionBackward(q, k, v, fw.out, fw.lse, dOut, opts);
+      const msg = compare(hostGrads(g), referenceBackward(planNA(q, k, v, opts).problem, { q: q.data, k: k.data, v: v.data }, dOut.data), false);
+      assert.equal(msg, null, `step ${i}: ${msg}`);
+      assert.ok(backwardCacheStats().entries <= before + 1, 'one shape, one cache entry');
+    }
+  } finally {
+    setBackwardTuning(undefined);
   }
   const n = backwardCacheStats().entries;
   const opts: AttentionOptions = { pattern: patterns.maskFn((_b, _h, qi, kj) => (qi + kj) % 2 === 0), backend: 'webgpu' };
@@ -219,7 +296,8 @@ test('WebGPU backward planning: tiles fit the device, padded rows and uneven thr
         assert.ok(backwardWorkgroupBytes(s) <= SMALL_LIMITS.maxComputeWorkgroupStorageSize, JSON.stringify(s));
         assert.equal(s.rows % s.rm, 0);
         assert.equal(s.keys % s.tx, 0);
-        for (const spec of [s, { ...s, rope: true }, { ...s, rope: true, wq: 1 as const, wv: 1 as const }, { ...s, unroll: !s.unroll }]) {
+        assert.equal(s.schedule, 'analytic', 'a neighborhood walks in the kernel');
+        for (const spec of [s, { ...s, rope: true }, { ...s, rope: true, wq: 1 as const, wv: 1 as const }, { ...s, unroll: !s.unroll }, { ...s, schedule: 'list' as const }]) {
           const wgsl = backwardProgram.generate(spec);
           checkVarsInitialised(wgsl);
           assert.equal(/d < P\.nDQ/.test(wgsl), !spec.unroll, 'loop bounds: constants when unrolled, uniforms otherwise');

@@ -28,6 +28,8 @@ export interface AnalyticPlan {
   readonly tilesPerGroup: number;
   /** Work items: batch * heads * groups * tilesPerGroup (tiles past a short group's end are empty). */
   readonly total: number;
+  /** Work items of the transposed walk (analyticKeySource): batch * heads * groups * key tiles per group. */
+  readonly keyTotal: number;
   /**
    * Whether token permutation can help: a neighborhood on 2-3 axes or with dilation, whose tiles
    * are boxes (or interleaved groups) scattered over the token order.
@@ -137,7 +139,8 @@ export function analyticPlan(problem: AttnProblem): AnalyticPlan | undefined {
     v[`lin${a}`] = on && lin.length ? lin[a]! : 0;
   }
   const permutable = na !== undefined && (rank > 1 || groups > 1);
-  return { rank, groups, tilesPerGroup, total: seqs.length * problem.heads * groups * tilesPerGroup, permutable, qPad, kPad, values: v };
+  const perGroup = seqs.length * problem.heads * groups;
+  return { rank, groups, tilesPerGroup, total: perGroup * tilesPerGroup, keyTotal: perGroup * prod(kTiles), permutable, qPad, kPad, values: v };
 }
 
 /** Uniform fields of the analytic schedule (appended to the fused kernel's; zeros in list mode). */
@@ -181,16 +184,8 @@ export const ANALYTIC_UNIFORMS = {
 
 export const zeroAnalytic = (): Record<string, number> => Object.fromEntries(Object.keys(ANALYTIC_UNIFORMS).map((k) => [k, 0]));
 
-/**
- * The analytic schedule hooks of the fused template (fused-wgsl.ts ScheduleSource) for `rank`
- * axes and `rm` row slots per thread. Axes are unrolled here; coordinates are group-local. With
- * `permute`, q, k and v are read from the head-major permuted layouts (permute.ts): a query tile
- * is one block of rows per head, a key visit a few runs of rows. Visits still start at the
- * window's first key, not on the key tile grid: aligning them (NATTEN's choice, for TMA boxes)
- * made whole visits contiguous but added partial visits, 1.5-1.7x slower on lavapipe
- * (BENCHMARKS.md). out and lse are written at the original tokens, sparing an inverse pass.
- */
-export function analyticSource(rank: number, rm: number, rope: boolean, permute: boolean): import('./fused-wgsl.js').ScheduleSource {
+/** The WGSL pieces both analytic walks share, for `rank` axes (unrolled here). */
+function analyticKit(rank: number) {
   const A = Array.from({ length: rank }, (_, a) => a);
   const down = [...A].reverse(); // the last axis varies fastest in a box, as in boxTokens
   const R = rank;
@@ -225,6 +220,25 @@ fn re${a}(q: i32) -> i32 {
   ${walk('x', lo, ext, (a) => `tok += u32(a_grp[${a}] + P.dil${a} * c${a}) * P.${stride}${a};`)}
   return tok;
 }`;
+  const linFn = (name: string, lo: string, ext: string) => `fn ${name}(x: u32) -> i32 {
+  var l: i32 = 0;
+  ${walk('x', lo, ext, (a) => `l += c${a} * P.lin${a};`)}
+  return l;
+}`;
+  return { A, down, R, arr, rules, walk, tokFn, linFn };
+}
+
+/**
+ * The analytic schedule hooks of the fused template (fused-wgsl.ts ScheduleSource) for `rank`
+ * axes and `rm` row slots per thread. Axes are unrolled here; coordinates are group-local. With
+ * `permute`, q, k and v are read from the head-major permuted layouts (permute.ts): a query tile
+ * is one block of rows per head, a key visit a few runs of rows. Visits still start at the
+ * window's first key, not on the key tile grid: aligning them (NATTEN's choice, for TMA boxes)
+ * made whole visits contiguous but added partial visits, 1.5-1.7x slower on lavapipe
+ * (BENCHMARKS.md). out and lse are written at the original tokens, sparing an inverse pass.
+ */
+export function analyticSource(rank: number, rm: number, rope: boolean, permute: boolean): import('./fused-wgsl.js').ScheduleSource {
+  const { A, down, R, arr, rules, walk, tokFn, linFn } = analyticKit(rank);
   // permuted row (permute.ts): (group * tiles + tile) * box + in-box index, last axis fastest in both
   const rowFn = (name: string, lo: string, ext: string, T: string, tiles: string, perGroup: string, box: string) => `fn ${name}(x: u32) -> u32 {
   var tl: u32 = 0u;
@@ -236,11 +250,6 @@ fn re${a}(q: i32) -> i32 {
   il += u32(c${a} % P.${T}${a}) * bm;
   bm *= u32(P.${T}${a});`)}
   return (a_g * P.${perGroup} + tl) * P.${box} + il;
-}`;
-  const linFn = (name: string, lo: string, ext: string) => `fn ${name}(x: u32) -> i32 {
-  var l: i32 = 0;
-  ${walk('x', lo, ext, (a) => `l += c${a} * P.lin${a};`)}
-  return l;
 }`;
   const decls = `${['a_qlo', 'a_qext', 'a_grp', 'a_gn', 'a_gk', 'a_klo', 'a_kext', 'a_kbox', 'a_khi', 'a_nt', 'a_flo', 'a_fhi'].map((n) => arr(n)).join('\n')}
 var<workgroup> a_un: vec2<u32>;
@@ -364,6 +373,153 @@ fn set_visit(vi: u32) -> vec2<u32> {
     kAt: (j, w) => (permute ? `(kLoadOff + a_krow[${j}]) * ${w}` : `((kOff + a_ktok[${j}]) * P.kvHeads + kh) * ${w}`),
     qLin: (r) => `q_lin(${r})`,
     kLin: (j) => `k_lin(${j})`,
+    rowSetup: (i, r) => `set_row(${i}, ${r});`,
+    allowed: (i, _r, c) => `allowed(${i}, ${c})`,
+  };
+}
+
+/**
+ * The transposed walk of the backward's dK/dV pass, computed in the kernel: work items are key
+ * tiles, and each visit stages a box of the queries that see them. Per axis the queries that see
+ * key k form an interval, [first(k), last(k)], because start(q) and end(q) are non-decreasing:
+ * first(k) is the first query whose interval ends at or after k, last(k) the last whose interval
+ * starts at or before k, found by bisection over the group's queries (a few steps per work item).
+ * So a key tile's queries are the box [first(lo), last(hi)] per axis, a query box is full when it
+ * lies inside [first(hi), last(lo)], and a partial visit tests each staged query's own intervals.
+ * As in the uploaded transposed schedule (schedule.ts), the hooks' "q" is the item's own side: qTok,
+ * qLin and the row setup are its key rows, kTok and kLin the staged queries, qShift the keys' RoPE
+ * shift and kShift the queries'. No permuted layouts.
+ */
+export function analyticKeySource(rank: number, rm: number, rope: boolean): import('./fused-wgsl.js').ScheduleSource {
+  const { A, down, R, arr, rules, walk, tokFn, linFn } = analyticKit(rank);
+  const bisect = A.map(
+    (a) => `// the first query of the group whose interval ends at or after key k (a_gn[${a}] when none)
+fn q_first${a}(k: i32) -> i32 {
+  var lo: i32 = 0;
+  var hi: i32 = a_gn[${a}];
+  while (lo < hi) {
+    let mid = (lo + hi) / 2;
+    if (re${a}(mid) >= k) { hi = mid; } else { lo = mid + 1; }
+  }
+  return lo;
+}
+// the last query whose interval starts at or before key k (-1 when none)
+fn q_last${a}(k: i32) -> i32 {
+  var lo: i32 = -1;
+  var hi: i32 = a_gn[${a}] - 1;
+  while (lo < hi) {
+    let mid = (lo + hi + 1) / 2;
+    if (rs${a}(mid) <= k) { lo = mid; } else { hi = mid - 1; }
+  }
+  return lo;
+}`,
+  ).join('\n');
+  const decls = `${['a_klo', 'a_kext', 'a_grp', 'a_gn', 'a_gk', 'a_qlo', 'a_qext', 'a_qbox', 'a_qhi', 'a_nt', 'a_flo', 'a_fhi'].map((n) => arr(n)).join('\n')}
+var<workgroup> a_un: vec2<u32>;
+// tokens of the tile's key rows and of the visit's queries, decoded once
+var<workgroup> a_ktok: array<u32, BQ>;
+var<workgroup> a_qtok: array<u32, BK>;
+${rules}
+${bisect}
+${tokFn('k_tok', 'a_klo', 'a_kext', 'sK')}
+${tokFn('q_tok', 'a_qlo', 'a_qext', 'sQ')}
+${linFn('k_lin', 'a_klo', 'a_kext')}
+${linFn('q_lin', 'a_qlo', 'a_qext')}
+// key coordinates of this thread's row slots
+${arr('a_rkc', rm * R)}
+fn set_row(i: u32, r: u32) {
+  ${walk('r', 'a_klo', 'a_kext', (a) => `a_rkc[i * ${R}u + ${a}u] = c${a};`)}
+}
+// key intervals (start, end) of the visit's queries per axis, decoded once per query
+var<workgroup> a_qiv: array<vec2<i32>, BK * ${R}u>;
+fn set_qc(j: u32) {
+  ${walk('j', 'a_qlo', 'a_qext', (a) => `a_qiv[j * ${R}u + ${a}u] = vec2<i32>(rs${a}(c${a}), re${a}(c${a}));`)}
+}
+fn allowed(i: u32, c: u32) -> bool {
+  return ${A.map((a) => `a_rkc[i * ${R}u + ${a}u] >= a_qiv[c * ${R}u + ${a}u].x && a_rkc[i * ${R}u + ${a}u] <= a_qiv[c * ${R}u + ${a}u].y`).join(' &&\n    ')};
+}
+/** Sets the query box of visit vi; returns (queries, 1 if every pair of the visit is allowed). */
+fn set_visit(vi: u32) -> vec2<u32> {
+  var vv: u32 = vi;
+  var nv: u32 = 1u;
+  var full: bool = true;
+  ${down
+    .map(
+      (a) => `let t${a} = i32(vv % u32(a_nt[${a}]));
+  vv = vv / u32(a_nt[${a}]);
+  a_qlo[${a}] = a_qbox[${a}] + t${a} * P.qT${a};
+  a_qext[${a}] = min(P.qT${a}, a_qhi[${a}] + 1 - a_qlo[${a}]);
+  nv *= u32(a_qext[${a}]);
+  full = full && a_qlo[${a}] >= a_flo[${a}] && a_qlo[${a}] + a_qext[${a}] - 1 <= a_fhi[${a}];`,
+    )
+    .join('\n  ')}
+  return vec2<u32>(nv, select(0u, 1u, full));
+}`;
+  const item = `// item = ((b * heads + h) * groups + g) * kTilesPerGroup + key tile
+  let tIdx = item % P.kTilesPerGroup;
+  let gh = item / P.kTilesPerGroup;
+  let bh = gh / P.groups;
+  let h = bh % P.heads;
+  let b = bh / P.heads;
+  var tt: u32 = tIdx;
+  var gg: u32 = gh % P.groups;
+  var no0: u32 = 1u;
+  var nv0: u32 = 1u;
+  ${down
+    .map(
+      (a) => `a_grp[${a}] = i32(gg % u32(P.dil${a}));
+  gg = gg / u32(P.dil${a});
+  let ti${a} = i32(tt % P.kTiles${a});
+  tt = tt / P.kTiles${a};
+  a_gn[${a}] = (P.qLen${a} - a_grp[${a}] + P.dil${a} - 1) / P.dil${a};
+  a_gk[${a}] = (P.kLen${a} - a_grp[${a}] + P.dil${a} - 1) / P.dil${a};
+  a_klo[${a}] = ti${a} * P.kT${a};
+  a_kext[${a}] = clamp(a_gk[${a}] - a_klo[${a}], 0, P.kT${a});
+  no0 *= u32(a_kext[${a}]);`,
+    )
+    .join('\n  ')}
+  ${A.map(
+    (a) => `{
+    let first = a_klo[${a}];
+    let last = first + a_kext[${a}] - 1;
+    a_qbox[${a}] = q_first${a}(first);
+    a_qhi[${a}] = q_last${a}(last);
+    a_nt[${a}] = select(0, (a_qhi[${a}] - a_qbox[${a}] + P.qT${a}) / P.qT${a}, a_qhi[${a}] >= a_qbox[${a}]);
+    a_flo[${a}] = q_first${a}(last);
+    a_fhi[${a}] = q_last${a}(first);
+    nv0 *= u32(a_nt[${a}]);
+  }`,
+  ).join('\n  ')}
+  for (var r: u32 = lid; r < no0; r += THREADS) { a_ktok[r] = k_tok(r); }
+  // the loop bounds through workgroup memory, uniform to WGSL's analysis (and the barrier after a_ktok)
+  if (lid == 0u) { a_un = vec2<u32>(no0, nv0); }
+  let un = workgroupUniformLoad(&a_un);
+  let nq = un.x;
+  let nVisit = un.y;
+  if (nq == 0u) { return; } // a tile past the end of a shorter dilation group
+  let qOff = b * P.nqSeq;
+  let kOff = b * P.nkSeq;
+  let biasBase = (select(b, 0u, P.biasB1 != 0u) * P.biasHeads + select(h, 0u, P.biasH1 != 0u)) * P.nqSeq * P.nkSeq;
+  let biasStride = P.nkSeq;
+  ${rope ? 'let qShift = P.ropeKShift;' : ''}`;
+  return {
+    decls,
+    item,
+    visit: (vi) => `let vinfo = set_visit(${vi});
+    let nk = vinfo.x;
+    let mask = select(0u, NO_MASK, vinfo.y == 1u);
+    for (var j: u32 = lid; j < nk; j += THREADS) {
+      a_qtok[j] = q_tok(j);
+      set_qc(j);
+    }
+    workgroupBarrier();
+    ${rope ? 'let kShift = P.ropeQShift;' : ''}`,
+    qTok: (r) => `a_ktok[${r}]`,
+    kTok: (j) => `a_qtok[${j}]`,
+    qAt: (r) => `((kOff + a_ktok[${r}]) * P.kvHeads + kh) * DQ`,
+    kAt: (j, w) => `((qOff + a_qtok[${j}]) * P.heads + h) * ${w}`,
+    qLin: (r) => `k_lin(${r})`,
+    kLin: (j) => `q_lin(${j})`,
     rowSetup: (i, r) => `set_row(${i}, ${r});`,
     allowed: (i, _r, c) => `allowed(${i}, ${c})`,
   };

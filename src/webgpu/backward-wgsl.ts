@@ -1,5 +1,6 @@
 import { NO_MASK } from './schedule.js';
 import { listSource, ropeFns } from './fused-wgsl.js';
+import { ANALYTIC_UNIFORMS, analyticKeySource, analyticSource } from './analytic.js';
 import { uniformLayout } from './uniforms.js';
 import { FLAT_INVOCATION, type Program, f16Directive, narrow, prologue, vecType as vec, widenLoads } from './wgsl.js';
 import { TILE_UNIFORMS, type TileSpec, dotOf as dot, microProduct, scoreHooks, stageRows } from './tile-wgsl.js';
@@ -11,14 +12,16 @@ import { TILE_UNIFORMS, type TileSpec, dotOf as dot, microProduct, scoreHooks, s
  * - `backward-stats`: the pre-pass, (lse, delta = rowsum(dO * O)) per query row and head;
  * - `backward` (one template, two sides): side 'q' walks the forward's schedule over query tiles
  *   and accumulates dQ (and the per-row partials of drpb, or dbias); side 'k' walks the transposed
- *   schedule (schedule.ts `transposed`) over key tiles and accumulates dK and dV. Each thread owns
+ *   schedule over key tiles and accumulates dK and dV. Both walks are computed in the kernel where the
+ *   pattern is analytic (analytic.ts: the forward's walk, and its inverse windows for side 'k'), and
+ *   read from uploaded schedules otherwise (schedule.ts, `transposed` for side 'k'). Each thread owns
  *   one row of its side in registers, and each visit stages the other side's rows in workgroup
  *   memory. WGSL has no float atomics, so every output element has exactly one writer: the two
  *   passes recompute P rather than share it, and the result is deterministic;
  * - `backward-reduce`: fixed-order sums over an axis (GQA's query heads of a group, drpb's rows,
  *   dbias's broadcast axes).
  *
- * The schedule and the aux table (bias | rpb | RoPE cos, sin) share one u32 binding (`sched`, aux
+ * The uploaded schedule (if any) and the aux table (bias | rpb | RoPE cos, sin) share one u32 binding (`sched`, aux
  * read through bitcast at P.auxOff), so each pass stays within the 8 storage buffers a shader stage
  * may always bind.
  */
@@ -33,6 +36,13 @@ export interface BackwardSpec extends TileSpec {
   readonly perQueryHead: boolean;
   /** q, k, v, dO and the gradients stored as f16 (`shader-f16`); staged, computed and accumulated in f32. */
   readonly f16: boolean;
+  /**
+   * 'list' walks the uploaded schedules (schedule.ts, any pattern); 'analytic' decodes items and
+   * visits in the kernel (analytic.ts: the forward's walk on side 'q', the inverse windows on side
+   * 'k') for dense, causal, window and neighborhood patterns on `rank` axes.
+   */
+  readonly schedule: 'list' | 'analytic';
+  readonly rank: number;
 }
 
 export const backwardThreads = (s: Pick<BackwardSpec, 'rows' | 'rm' | 'tx'>): number => (s.rows / s.rm) * s.tx;
@@ -46,12 +56,21 @@ export const BACKWARD_UNIFORMS = uniformLayout({
   nDV: 'u32',
   nRM: 'u32',
   nRN: 'u32',
+  // RoPE position shifts of analytic walks ('absolute': constants of the shape)
+  ropeQShift: 'i32',
+  ropeKShift: 'i32',
+  ...ANALYTIC_UNIFORMS,
 });
 
-/** Workgroup memory of a spec, in bytes: own rows, staged rows, the P/dS tiles, staged tokens (and stats). */
-export function backwardWorkgroupBytes(s: Pick<BackwardSpec, 'dim' | 'dimV' | 'rows' | 'keys' | 'side'>): number {
+/**
+ * Workgroup memory of a spec, in bytes: own rows, staged rows, the P/dS tiles, staged tokens (and
+ * stats); analytic walks add their decoded tokens, loop bounds and per staged row coordinates (side
+ * 'q') or intervals (side 'k').
+ */
+export function backwardWorkgroupBytes(s: Pick<BackwardSpec, 'dim' | 'dimV' | 'rows' | 'keys' | 'side'> & Partial<Pick<BackwardSpec, 'schedule' | 'rank'>>): number {
   const k = s.side === 'k';
-  return 4 * ((s.rows + s.keys) * (s.dim + s.dimV) + (k ? 2 : 1) * s.rows * s.keys + s.keys * (k ? 4 : 2));
+  const walk = s.schedule === 'analytic' ? s.rows + s.keys + 2 + s.keys * (s.rank ?? 3) * (k ? 2 : 1) : 0;
+  return 4 * ((s.rows + s.keys) * (s.dim + s.dimV) + (k ? 2 : 1) * s.rows * s.keys + s.keys * (k ? 4 : 2) + walk);
 }
 
 export const backwardProgram: Program<BackwardSpec, typeof BACKWARD_UNIFORMS.decl> = {
@@ -101,7 +120,7 @@ function generateBackward(s: BackwardSpec): string {
   const RV = Math.ceil(DV / TX);
   const T = backwardThreads(s);
   const qSide = s.side === 'q';
-  const list = listSource(s.rope);
+  const src = s.schedule === 'analytic' ? (qSide ? analyticSource(s.rank, RM, s.rope, false) : analyticKeySource(s.rank, RM, s.rope)) : listSource(s.rope);
   const I = range(RM);
   const lines = (xs: string[], indent: string) => xs.join(`\n${indent}`);
   // loop bounds: constants to unroll, uniforms to keep loops
@@ -118,7 +137,7 @@ function generateBackward(s: BackwardSpec): string {
     let r = e / DQ;
     var x: ${QT} = ${QT}();
     if (r < nOwn) {
-      let t = sched[ownList + r];
+      let t = ${src.qTok('r')};
       let at = ((${ownX} + t) * ${ownHeads} + ${ownHead}) * DQ;
       x = ${s.rope ? `${rot}(at, e - r * DQ, ropePos(t, ownShift))` : `ld_${qSide ? 'q' : 'k'}(at + e - r * DQ)`};
     }
@@ -127,7 +146,7 @@ function generateBackward(s: BackwardSpec): string {
   for (var e: u32 = lid; e < ROWS * DV; e += THREADS) {
     let r = e / DV;
     var x: ${VT} = ${VT}();
-    if (r < nOwn) { x = ld_${ownBuf}(((${ownX} + sched[ownList + r]) * ${ownHeads} + ${ownHead}) * DV + e - r * DV); }
+    if (r < nOwn) { x = ld_${ownBuf}(((${ownX} + ${src.qTok('r')}) * ${ownHeads} + ${ownHead}) * DV + e - r * DV); }
     ou[e] = x;
   }`;
   // staged rows of a visit: k (rotated) and v, or q (rotated), dO and their stats
@@ -136,14 +155,14 @@ function generateBackward(s: BackwardSpec): string {
     dst: 'sw',
     count: 'nk',
     width: 'DQ',
-    pre: (j) => `let t = sched[oTok + ${j}];\n      let at = ((${othX} + t) * ${othHeads} + ${othHead}) * DQ;`,
+    pre: (j) => `let t = ${src.kTok(j)};\n      let at = ((${othX} + t) * ${othHeads} + ${othHead}) * DQ;`,
     load: (_j, c) => (s.rope ? `${orot}(at, ${c}, ropePos(t, oShift))` : `ld_${qSide ? 'k' : 'q'}(at + ${c})`),
   })}
-    ${stageRows({ dst: 'su', count: 'nk', width: 'DV', load: (j, c) => `ld_${othBuf}(((${othX} + sched[oTok + ${j}]) * ${othHeads} + ${othHead}) * DV + ${c})` })}
+    ${stageRows({ dst: 'su', count: 'nk', width: 'DV', load: (j, c) => `ld_${othBuf}(((${othX} + ${src.kTok(j)}) * ${othHeads} + ${othHead}) * DV + ${c})` })}
     for (var j: u32 = lid; j < nk; j += THREADS) {
-      otok[j] = sched[oTok + j];
-      ${s.rpb ? 'olin[j] = bitcast<i32>(sched[oTok + nk + j]);' : ''}
-      ${qSide ? '' : 'sst[j] = stats[(qOff + sched[oTok + j]) * P.heads + h];'}
+      otok[j] = ${src.kTok('j')};
+      ${s.rpb ? `olin[j] = ${src.kLin('j')};` : ''}
+      ${qSide ? '' : 'sst[j] = stats[(qOff + otok[j]) * P.heads + h];'}
     }`;
   // the micro-tile products: S (or S^T) and dP (or dP^T)
   const product = (acc: string, own: string, oth: string, n: number, bound: string, w: 1 | 4) => microProduct({ acc, own, other: oth, n, bound, w, rm: RM, rn: RN, tx: TX });
@@ -159,10 +178,7 @@ function generateBackward(s: BackwardSpec): string {
       for (var kk: u32 = 0u; kk < ${bRN}; kk++) {
         let c = tx + TX * kk;
         var ok: bool = r < nOwn && c < nk;
-        if (ok && mask != NO_MASK) {
-          let bit = r * nk + c;
-          ok = ((sched[mask + (bit >> 5u)] >> (bit & 31u)) & 1u) != 0u;
-        }
+        if (ok && mask != NO_MASK) { ok = ${src.allowed('i', 'r', 'c')}; }
         var x: f32 = sc[i * RN + kk] * P.scale;
         var sg: f32 = 1.0;
         ${lines(hooks, '        ')}
@@ -199,7 +215,7 @@ function generateBackward(s: BackwardSpec): string {
       qSide
         ? ''
         : `if (r < nOwn) {
-      let t = sched[ownList + r];
+      let t = ${src.qTok('r')};
       ${lines(RVs.map((c) => `${RV * TX === DV ? '' : `if (tx + ${TX * c}u < DV) `}{ dv[(${dOut}) * DV + tx + ${TX * c}u] = ${narrow(gradIo(s) === 'f16', s.wv, `accv[i * ${RV}u + ${c}u]`)}; }`), '      ')}
     }`
     }
@@ -207,7 +223,7 @@ function generateBackward(s: BackwardSpec): string {
   workgroupBarrier();
   for (var e: u32 = lid; e < nOwn * DQ; e += THREADS) {
     let r = e / DQ;
-    let t = sched[ownList + r];
+    let t = ${src.qTok('r')};
     ${qSide ? 'dq' : 'dk'}[(${dOut}) * DQ + e - r * DQ] = ${narrow(gradIo(s) === 'f16', s.wq, s.rope ? 'unrope_ow(r * DQ, e - r * DQ, ropePos(t, ownShift))' : 'ow[e]')};
   }`;
   const unropeFn = s.rope
@@ -227,9 +243,9 @@ fn unrope_ow(base: u32, c: u32, p: u32) -> ${QT} {
   return x;
 }`
     : '';
-  return `${f16Directive(s.f16)}${prologue(backwardProgram, s, { DQ, DV, ROWS: s.rows, BK: s.keys, RM, RN, TX, THREADS: T })}
+  return `${f16Directive(s.f16)}${prologue(backwardProgram, s, { DQ, DV, ROWS: s.rows, BQ: s.rows, BK: s.keys, RM, RN, TX, THREADS: T })}
 const NO_MASK: u32 = ${NO_MASK}u;
-${list.decls}
+${src.decls}
 fn auxf(i: u32) -> f32 { return bitcast<f32>(sched[P.auxOff + i]); }
 // loads widen f16 storage to the f32 the kernel computes in
 ${widenLoads(s.f16, [['q', s.wq], ['k', s.wq], ['v', s.wv], ['dout', s.wv]])}
@@ -249,10 +265,9 @@ ${unropeFn}
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   let item = wid.x + wid.y * P.itemsX;
   if (item >= P.total) { return; }
-  ${list.item}
-  // the record's query list is this item's own list: key tokens on side 'k' (the transposed schedule)
+  ${src.item}
+  // the schedule's "query" side is the item's own side: key rows on side 'k' (a transposed walk)
   let kh = h / P.group;
-  let ownList = qTok;
   let nOwn = nq;
   ${s.rope ? 'let ownShift = qShift;' : ''}
   let tx = lid % TX;
@@ -264,8 +279,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   ${qSide ? 'var ost: array<vec2<f32>, RM> = array<vec2<f32>, RM>();' : ''}
   for (var i: u32 = 0u; i < ${bRM}; i++) {
     let r = min(r0 + i, nOwn - 1u);
-    otk[i] = sched[ownList + r];
-    ${s.rpb ? 'oln[i] = bitcast<i32>(sched[ownList + nOwn + r]);' : ''}
+    otk[i] = ${src.qTok('r')};
+    ${src.rowSetup('i', 'r')}
+    ${s.rpb ? `oln[i] = ${src.qLin('r')};` : ''}
     ${qSide ? 'ost[i] = stats[(qOff + otk[i]) * P.heads + h];' : ''}
   }
   var sc: array<f32, ${RM * RN}> = array<f32, ${RM * RN}>();
@@ -274,8 +290,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   ${qSide ? '' : `var accv: array<${VT}, ${RM * RV}> = array<${VT}, ${RM * RV}>();`}
 
   for (var vi: u32 = 0u; vi < nVisit; vi++) {
-    ${list.visit('vi')}
-    let oTok = kTok;
+    ${src.visit('vi')}
     ${s.rope ? 'let oShift = kShift;' : ''}
     workgroupBarrier(); // the previous visit's tiles are consumed (and, at the first, the own rows staged)
     ${stageOther}

@@ -5,6 +5,7 @@ import { type AttnProblem, ItemSpace, tileFor } from '../problem.js';
 import { BufferUsage, type GpuContext, type GpuLimits } from './device.js';
 import { BACKWARD_UNIFORMS, type BackwardSpec, REDUCE_UNIFORMS, STATS_THREADS, STATS_UNIFORMS, backwardProgram, backwardThreads, backwardWorkgroupBytes, reduceProgram, statsProgram } from './backward-wgsl.js';
 import { fitTile } from './fused.js';
+import { type AnalyticPlan, analyticPlan, zeroAnalytic } from './analytic.js';
 import { problemFields } from './tile-wgsl.js';
 import { type Launch, type OutputSpec, type PassTimer, bindingOf, bindingsFit, gridFor, launch, onHostArrays, rpbLayout, storesF16, threadGrid, uniformBuffer, withDevice } from './run.js';
 import { type GpuSchedule, buildGpuSchedule } from './schedule.js';
@@ -29,6 +30,8 @@ export interface BackwardTuning {
   readonly maxRows: number;
   readonly maxKeys: number;
   readonly unroll: boolean;
+  /** Compute the walks of analytic patterns in the kernels (analytic.ts); false uploads every schedule. Default true. */
+  readonly analytic?: boolean;
 }
 
 export const BACKWARD_TUNING: Readonly<Record<'cpu' | 'gpu', BackwardTuning>> = {
@@ -38,6 +41,9 @@ export const BACKWARD_TUNING: Readonly<Record<'cpu' | 'gpu', BackwardTuning>> = 
   cpu: { rm: 8, tx: 2, maxRows: 32, maxKeys: 16, unroll: false },
 };
 let override: Partial<BackwardTuning> | undefined;
+
+/** Backward calls so far whose two passes walked in the kernel, or read uploaded schedules (tests assert the path). */
+export const backwardWalks = { analytic: 0, listed: 0 };
 
 /** Overrides the blocking (tests, benchmarks); undefined restores the table. */
 export function setBackwardTuning(t: Partial<BackwardTuning> | undefined): void {
@@ -65,8 +71,15 @@ export interface BackwardGpuOptions {
 
 const roundUp = (x: number, m: number): number => Math.ceil(x / m) * m;
 
+/** One pass of a backward plan: its kernel spec, its tiled problem, and its in-kernel walk when analytic. */
+export interface BackwardPass {
+  readonly spec: BackwardSpec;
+  readonly problem: AttnProblem;
+  readonly analytic?: AnalyticPlan;
+}
+
 /** The two passes' tile shapes and kernel specs for a problem on a device. */
-export function planBackward(problem: AttnProblem, limits: GpuLimits, tune: BackwardTuning = { ...BACKWARD_TUNING.gpu, ...(override ?? {}) }, hookGrad: BackwardSpec['hookGrad'] = 'none', f16 = false): { q: { spec: BackwardSpec; problem: AttnProblem }; k: { spec: BackwardSpec; problem: AttnProblem } } {
+export function planBackward(problem: AttnProblem, limits: GpuLimits, tune: BackwardTuning = { ...BACKWARD_TUNING.gpu, ...(override ?? {}) }, hookGrad: BackwardSpec['hookGrad'] = 'none', f16 = false): { q: BackwardPass; k: BackwardPass } {
   const rank = problem.seqs.length > 0 ? new ItemSpace({ ...problem, seqs: problem.seqs.slice(0, 1) }).pattern(0).geometry.qShape.length : 1;
   const maxThreads = Math.min(limits.maxComputeInvocationsPerWorkgroup, limits.maxComputeWorkgroupSizeX);
   const side = (which: 'q' | 'k') => {
@@ -79,6 +92,8 @@ export function planBackward(problem: AttnProblem, limits: GpuLimits, tune: Back
       for (let cap = tune.maxKeys; cap >= 1; cap = Math.floor(cap / 2)) {
         const other = fitTile(otherTile, cap);
         const tx = Math.min(tune.tx, prod(other));
+        const tiled = which === 'q' ? { ...problem, qTile: own, kvTile: other } : { ...problem, qTile: other, kvTile: own };
+        const analytic = tune.analytic === false ? undefined : analyticPlan(tiled);
         const spec: BackwardSpec = {
           side: which,
           ...problemFields(problem),
@@ -90,9 +105,10 @@ export function planBackward(problem: AttnProblem, limits: GpuLimits, tune: Back
           perQueryHead: which === 'k' && problem.heads !== problem.kvHeads,
           unroll: tune.unroll,
           f16,
+          schedule: analytic ? 'analytic' : 'list',
+          rank,
         };
-        if (backwardWorkgroupBytes(spec) <= limits.maxComputeWorkgroupStorageSize && backwardThreads(spec) <= maxThreads)
-          return { spec, problem: which === 'q' ? { ...problem, qTile: own, kvTile: other } : { ...problem, qTile: other, kvTile: own } };
+        if (backwardWorkgroupBytes(spec) <= limits.maxComputeWorkgroupStorageSize && backwardThreads(spec) <= maxThreads) return { spec, problem: tiled, ...(analytic ? { analytic } : {}) };
       }
     }
     throw new TilewiseError('dim', 'head dims are too large for this device’s workgroup memory (backward)', `${problem.dim}+${problem.dimV} with ${limits.maxComputeWorkgroupStorageSize} bytes`);
@@ -246,11 +262,16 @@ async function backwardKernel(ctx: GpuContext, problem0: AttnProblem, t: { q: Gp
   if (fit !== true) throw new TilewiseError('webgpu', 'cannot run this backward on this device', fit);
   const plan = planBackward(problem, limits, backwardTuningFor(ctx), hookGrad, f16);
   const maxWords = Math.floor(Math.min(limits.maxStorageBufferBindingSize, limits.maxBufferSize) / 4);
-  const { q: qSched, k: kSched } = schedulesFor(plan, rpb?.strides, maxWords);
+  // schedules uploaded only where the kernels cannot walk the pattern themselves
+  const listed = plan.q.analytic && plan.k.analytic ? undefined : schedulesFor(plan, rpb?.strides, maxWords);
+  backwardWalks[listed ? 'listed' : 'analytic']++;
+  const none: GpuSchedule = { data: new Uint32Array(0), items: 0, visits: 0, partialVisits: 0 };
+  const qSched = plan.q.analytic ? none : listed!.q;
+  const kSched = plan.k.analytic ? none : listed!.k;
   // one u32 buffer: q schedule | k schedule (at a 256-byte boundary) | aux (bias | rpb | RoPE cos, sin)
   const kAt = align(qSched.data.length, 64);
   const auxAt = align(kAt + kSched.data.length, 64);
-  const meta = new Uint32Array(auxAt + auxLen);
+  const meta = new Uint32Array(Math.max(1, auxAt + auxLen));
   meta.set(qSched.data);
   meta.set(kSched.data, kAt);
   const auxF = new Float32Array(meta.buffer, auxAt * 4, auxLen);
@@ -284,7 +305,9 @@ async function backwardKernel(ctx: GpuContext, problem0: AttnProblem, t: { q: Gp
     dout: bindingOf(t.dout, qRows * H * DV, 'dOut', [io]),
   };
   const s0 = problem.seqs[0];
-  const nSeq = s0 ? prod(s0.qGrid) * prod(s0.kGrid) : 0;
+  const nqSeq = s0 ? prod(s0.qGrid) : 0;
+  const nkSeq = s0 ? prod(s0.kGrid) : 0;
+  const nSeq = nqSeq * nkSeq;
   const res = await launch(ctx, 'backward', outputs, opts.poison ?? false, (outs, own) => {
     const [dq, dk, dv] = outs as [GPUBufferBinding, GPUBufferBinding, GPUBufferBinding];
     const temp = (words: number, name: string): GPUBufferBinding => {
@@ -310,13 +333,17 @@ async function backwardKernel(ctx: GpuContext, problem0: AttnProblem, t: { q: Gp
       ropeHalf: problem.rope ? problem.rope.dims / 2 : 0,
       ropeSin: problem.rope ? problem.rope.maxPos * (problem.rope.dims / 2) : 0,
       ropeMax: problem.rope?.maxPos ?? 0,
+      ropeQShift: problem.rope ? Math.max(0, nkSeq - nqSeq) : 0,
+      ropeKShift: problem.rope ? Math.max(0, nqSeq - nkSeq) : 0,
     };
-    const pass = (pipe: typeof qPipe, spec: BackwardSpec, items: number, at: number, outsOf: (GPUBufferBinding | GPUBuffer)[]) => {
+    const pass = (pipe: typeof qPipe, side: BackwardPass, sched: GpuSchedule, at: number, outsOf: (GPUBufferBinding | GPUBuffer)[]) => {
+      const { spec, analytic: an } = side;
+      const items = an ? (spec.side === 'q' ? an.total : an.keyTotal) : sched.items;
       const groups = gridFor(items, limits, 'q');
       const bounds = { nDQ: spec.dim / spec.wq, nDV: spec.dimV / spec.wv, nRM: spec.rm, nRN: spec.keys / spec.tx };
-      const params = BACKWARD_UNIFORMS.pack({ ...common, ...bounds, total: items, itemsX: groups[0], auxOff: auxAt - at });
-      const sched = { buffer: metaBuf, offset: at * 4, size: (meta.length - at) * 4 };
-      launches.push({ pipeline: pipe, entries: [own(uniformBuffer(device, params)), inputs.q, inputs.k, inputs.v, inputs.dout, stats, sched, ...outsOf], groups });
+      const params = BACKWARD_UNIFORMS.pack({ ...common, ...(an ? an.values : zeroAnalytic()), ...bounds, total: items, itemsX: groups[0], auxOff: auxAt - at });
+      const metaAt = { buffer: metaBuf, offset: at * 4, size: (meta.length - at) * 4 };
+      launches.push({ pipeline: pipe, entries: [own(uniformBuffer(device, params)), inputs.q, inputs.k, inputs.v, inputs.dout, stats, metaAt, ...outsOf], groups });
     };
     const reduce = (src: GPUBufferBinding, dst: GPUBufferBinding, u: { count: number; M: number; N: number; J: number; sA: number; sM: number; sJ: number }, pipeline = reducePipe) => {
       const g = threadGrid(u.count, STATS_THREADS, limits, 'dst');
@@ -324,14 +351,14 @@ async function backwardKernel(ctx: GpuContext, problem0: AttnProblem, t: { q: Gp
     };
     // dQ (and the hook gradient's partials)
     const hg = rpb ? temp(qRows * H * rpb.volume, 'drpb partials') : dbias ? temp(biasLen, 'dbias per head') : undefined;
-    pass(qPipe, plan.q.spec, qSched.items, 0, [dq, ...(hg ? [hg] : [])]);
+    pass(qPipe, plan.q, qSched, 0, [dq, ...(hg ? [hg] : [])]);
     // dK, dV: straight into the outputs, or per query head and summed over each group
     const G = H / Hk;
-    if (G === 1) pass(kPipe, plan.k.spec, kSched.items, kAt, [dk, dv]);
+    if (G === 1) pass(kPipe, plan.k, kSched, kAt, [dk, dv]);
     else {
       const dkh = temp(kRows * H * D, 'dK per query head');
       const dvh = temp(kRows * H * DV, 'dV per query head');
-      pass(kPipe, plan.k.spec, kSched.items, kAt, [dkh, dvh]);
+      pass(kPipe, plan.k, kSched, kAt, [dkh, dvh]);
       reduce(dkh, dk, { count: kRows * Hk * D, M: Hk, N: D, J: G, sA: H * D, sM: G * D, sJ: D }, reduceIoPipe);
       reduce(dvh, dv, { count: kRows * Hk * DV, M: Hk, N: DV, J: G, sA: H * DV, sM: G * DV, sJ: DV }, reduceIoPipe);
     }
