@@ -9,7 +9,7 @@ import { type AttnProblem, ItemSpace } from '../src/problem.js';
 import { SelectedPositions, chunksOf, ropePositions } from '../src/rope.js';
 import { referenceAttention } from '../src/reference.js';
 import { type Tensor, randn, relError, rng } from '../src/tensor.js';
-import { getContext, getDevice, setDevice, webgpuAvailable } from '../src/webgpu/device.js';
+import { BufferUsage, MapMode, getContext, getDevice, setDevice, webgpuAvailable } from '../src/webgpu/device.js';
 import { FUSED_TUNING, fitTile, fusedCanRun, planFused, runWebGPUFused, runWebGPUFusedTensors, setFusedTuning } from '../src/webgpu/fused.js';
 import { fusedProgram, fusedWorkgroupBytes, threadsOf } from '../src/webgpu/fused-wgsl.js';
 import { UNFUSED_TUNING, naiveCanRun, planTiled, runWebGPUNaAV, runWebGPUNaQK, runWebGPUNaive, runWebGPUUnfused, setUnfusedTuning, unfusedCanRun } from '../src/webgpu/na.js';
@@ -22,6 +22,8 @@ import { roundF16 } from '../src/f16.js';
 import { uniformLayout } from '../src/webgpu/uniforms.js';
 import { stableStringify } from '../src/webgpu/wgsl.js';
 import { SMALL_LIMITS, checkVarsInitialised } from './helpers.js';
+import { NA_WINDOW_WGSL } from '../src/webgpu/na-rule-wgsl.js';
+import { neighborhoodRule } from '../src/patterns/rules.js';
 
 // Without an adapter every GPU test is reported skipped with the reason, never passed.
 const available = await webgpuAvailable();
@@ -1036,4 +1038,51 @@ gpuTest("public API: backend 'webgpu' matches the CPU backend; 'auto' picks one;
   const avCpu = await naAV(weights, v, { ...qkOpts, backend: 'cpu' });
   assert.deepEqual(av.out.shape, avCpu.out.shape);
   assert.ok(relError(av.out.data, avCpu.out.data) < TOL, 'naAV op');
+});
+
+gpuTest('NATTEN window rule: the one WGSL copy (na-rule-wgsl.ts) equals patterns/rules.ts on every axis length, kernel, stride and causality up to 24', async () => {
+  const { device } = await getContext();
+  const cases: number[] = [];
+  for (let n = 1; n <= 24; n++)
+    for (let K = 1; K <= n; K++)
+      for (let s = 1; s <= K; s++) for (const c of [0, 1]) for (let x = 0; x < n; x++) cases.push(x, n, K, s + (c << 16));
+  const count = cases.length / 4;
+  const code = `${NA_WINDOW_WGSL}
+@group(0) @binding(0) var<storage, read> cases: array<vec4<i32>>;
+@group(0) @binding(1) var<storage, read_write> res: array<vec2<i32>>;
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) id: vec3<u32>) {
+  let i = id.x + id.y * 65535u * 64u;
+  if (i >= ${count}u) { return; }
+  let c = cases[i];
+  res[i] = na_window(c.x, c.y, c.z, c.w & 0xffff, (c.w >> 16u) != 0);
+}`;
+  const pipeline = await device.createComputePipelineAsync({ layout: 'auto', compute: { module: device.createShaderModule({ code }), entryPoint: 'main' } });
+  const input = device.createBuffer({ size: cases.length * 4, usage: BufferUsage.STORAGE | BufferUsage.COPY_DST });
+  device.queue.writeBuffer(input, 0, Int32Array.from(cases));
+  const output = device.createBuffer({ size: count * 8, usage: BufferUsage.STORAGE | BufferUsage.COPY_SRC });
+  const readback = device.createBuffer({ size: count * 8, usage: BufferUsage.MAP_READ | BufferUsage.COPY_DST });
+  const enc = device.createCommandEncoder();
+  const pass = enc.beginComputePass();
+  pass.setPipeline(pipeline);
+  pass.setBindGroup(0, device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries: [{ binding: 0, resource: { buffer: input } }, { binding: 1, resource: { buffer: output } }] }));
+  const groups = Math.ceil(count / 64);
+  pass.dispatchWorkgroups(Math.min(groups, 65535), Math.ceil(groups / 65535));
+  pass.end();
+  enc.copyBufferToBuffer(output, 0, readback, 0, count * 8);
+  device.queue.submit([enc.finish()]);
+  await readback.mapAsync(MapMode.READ);
+  const got = new Int32Array(readback.getMappedRange().slice(0));
+  readback.unmap();
+  [input, output, readback].forEach((b) => b.destroy());
+  let bad = 0;
+  let first = '';
+  for (let i = 0; i < count; i++) {
+    const [x, n, K, w] = cases.slice(4 * i, 4 * i + 4) as [number, number, number, number];
+    const rule = neighborhoodRule(n, K, w & 0xffff, w >> 16 !== 0);
+    if (got[2 * i] !== rule.start(x) || got[2 * i + 1] !== rule.end(x)) {
+      if (!bad++) first = `x ${x} n ${n} K ${K} stride ${w & 0xffff} causal ${w >> 16}: WGSL [${got[2 * i]}, ${got[2 * i + 1]}], rules.ts [${rule.start(x)}, ${rule.end(x)}]`;
+    }
+  }
+  assert.equal(bad, 0, `${bad} of ${count} windows differ; first: ${first}`);
 });

@@ -1,6 +1,7 @@
 import { prod, stridesOf } from '../patterns/geometry.js';
 import type { PatternSpec } from '../patterns/spec.js';
 import type { AttnProblem } from '../problem.js';
+import { NA_WINDOW_WGSL } from './na-rule-wgsl.js';
 import { rpbLayout } from './run.js';
 
 /**
@@ -190,28 +191,21 @@ function analyticKit(rank: number) {
   const down = [...A].reverse(); // the last axis varies fastest in a box, as in boxTokens
   const R = rank;
   const arr = (n: string, len = R) => `var<private> ${n}: array<i32, ${len}> = array<i32, ${len}>();`;
-  // NATTEN's window start in a group of n keys (patterns/rules.ts neighborhoodRule)
-  const rules = A.map(
-    (a) => `fn na_start${a}(q: i32) -> i32 {
-  let n = a_gk[${a}];
-  let K = P.naK${a};
-  let st = P.naS${a};
-  if (P.naC${a} != 0u) { return max(0, min((q / st) * st + st - 1, n - 1) - K + 1); }
-  let left = K / 2;
-  let lead = min((q / st) * st + st / 2, n - 1);
-  return min(max(lead, left), n - 1 - (K - 1 - left)) - left;
-}
+  // NATTEN's window of group coordinate q (na-rule-wgsl.ts), a band of interval [q + lo, q + hi], their intersection
+  const rules = `${NA_WINDOW_WGSL}
+${A.map(
+    (a) => `fn na_win${a}(q: i32) -> vec2<i32> { return na_window(q, a_gk[${a}], P.naK${a}, P.naS${a}, P.naC${a} != 0u); }
 fn rs${a}(q: i32) -> i32 {
   var s: i32 = max(0, q + P.bandLo${a});
-  if (P.naK${a} > 0) { s = max(s, na_start${a}(q)); }
+  if (P.naK${a} > 0) { s = max(s, na_win${a}(q).x); }
   return s;
 }
 fn re${a}(q: i32) -> i32 {
   var e: i32 = min(a_gk[${a}] - 1, q + P.bandHi${a});
-  if (P.naK${a} > 0) { e = min(e, select(na_start${a}(q) + P.naK${a} - 1, q, P.naC${a} != 0u)); }
+  if (P.naK${a} > 0) { e = min(e, na_win${a}(q).y); }
   return e;
 }`,
-  ).join('\n');
+  ).join('\n')}`;
   // walks a box index `x` (last axis fastest) over extents `ext`, binding coordinate c<a> = lo + offset
   const walk = (x: string, lo: string, ext: string, body: (a: number) => string) => `var rr: u32 = ${x};
   ${down.map((a) => `let c${a} = ${lo}[${a}] + i32(rr % u32(${ext}[${a}]));\n  rr = rr / u32(${ext}[${a}]);\n  ${body(a)}`).join('\n  ')}`;

@@ -1,3 +1,4 @@
+import { NA_WINDOW_WGSL } from './na-rule-wgsl.js';
 import { uniformLayout } from './uniforms.js';
 import { FLAT_INVOCATION, type Program, attnBindings, f16Directive, narrow, prologue, vecType as vec, widenLoads } from './wgsl.js';
 
@@ -57,22 +58,11 @@ const lines = (xs: readonly string[], indent = '  ') => xs.join(`\n${indent}`);
  * group of length n, and per axis the group length, window and slot base.
  */
 function naCommon(axes: Axes): string {
-  return `/** NATTEN window [start, end] of local coordinate x on an axis of length n (patterns/rules.ts). */
-fn window(x: i32, n: i32, kernel: i32, stride: i32, causal: bool) -> vec2<i32> {
-  if (causal) {
-    let leader = min((x / stride) * stride + stride - 1, n - 1);
-    return vec2<i32>(max(0, leader - kernel + 1), x);
-  }
-  let left = kernel / 2;
-  let right = kernel - 1 - left;
-  let leader = min((x / stride) * stride + stride / 2, n - 1);
-  let start = min(max(leader, left), n - 1 - right) - left;
-  return vec2<i32>(start, start + kernel - 1);
-}
+  return `${NA_WINDOW_WGSL}
 ${axes
   .map(
     (a) => `fn groupLen${a}(g: u32) -> i32 { return i32((P.len${a} - g + P.dil${a} - 1u) / P.dil${a}); }
-fn win${a}(x: i32, n: i32) -> vec2<i32> { return window(x, n, i32(P.kernel${a}), i32(P.stride${a}), P.causal${a} != 0u); }
+fn win${a}(x: i32, n: i32) -> vec2<i32> { return na_window(x, n, i32(P.kernel${a}), i32(P.stride${a}), P.causal${a} != 0u); }
 fn slotBase${a}(x: i32, w: vec2<i32>) -> i32 { return select(w.x, x - i32(P.kernel${a}) + 1, P.causal${a} != 0u); }`,
   )
   .join('\n')}`;
