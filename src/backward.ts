@@ -34,7 +34,8 @@ function checkBackward(problem: AttnProblem, t: Record<'q' | 'k' | 'v' | 'out' |
     if (onGpu) check(isGpuTensor(x), n, 'must be a GPU tensor like q (all six on the GPU, or all on the host)');
     else check(!isGpuTensor(x) && (x as Tensor).data instanceof Float32Array, n, 'must be a host tensor { data: Float32Array, shape } like q (all six on the host, or all on the GPU)');
   }
-  check(!onGpu || backend === 'webgpu', 'backend', "GPU tensors need backend: 'webgpu'", String(backend));
+  // as in the forward: GPU tensors run on WebGPU ('webgpu', 'auto' or unset), never on the CPU
+  check(!onGpu || backend !== 'cpu', 'backend', "GPU tensors run on 'webgpu' (or 'auto'/unset), not 'cpu'", String(backend));
   const lead = t.q.shape.slice(0, -1);
   const want = [...lead, problem.dimV];
   const len = (x: Tensor | GpuTensor) => (isGpuTensor(x) ? numel(x.shape) : x.data.length);
@@ -86,8 +87,8 @@ async function backward(problem: AttnProblem, q: Tensor, k: Tensor, v: Tensor, o
  * zero gradients; RoPE gradients are with respect to the un-rotated inputs; `dbias: true` adds dbias.
  */
 export async function attentionBackward(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, dOut: Tensor, opts?: AttentionOptions & BackwardOptions): Promise<Grads>;
-/** On GPU tensors (`backend: 'webgpu'`): the gradients are GPU tensors, left on the device. */
-export async function attentionBackward(q: GpuTensor, k: GpuTensor, v: GpuTensor, out: GpuTensor, lse: GpuTensor, dOut: GpuTensor, opts: AttentionOptions & BackwardOptions): Promise<GpuGrads>;
+/** On GPU tensors (WebGPU, as the forward: `backend` unset, 'auto' or 'webgpu'): the gradients are GPU tensors, left on the device. */
+export async function attentionBackward(q: GpuTensor, k: GpuTensor, v: GpuTensor, out: GpuTensor, lse: GpuTensor, dOut: GpuTensor, opts?: AttentionOptions & BackwardOptions): Promise<GpuGrads>;
 export async function attentionBackward(q: Input, k: Input, v: Input, out: Input, lse: Input, dOut: Input, opts: AttentionOptions & BackwardOptions = {}): Promise<Grads | GpuGrads> {
   const [Q, K, V, O, L, D] = [q, k, v, out, lse, dOut] as Tensor[];
   const { problem } = planAttention(Q!, K!, V!, opts);

@@ -224,7 +224,8 @@ test('WebGPU backward: GPU tensors in and out (results stay on the device), equa
   const [gq, gk, gv, go, gl, gd] = ins as unknown as [GpuTensor, GpuTensor, GpuTensor, GpuTensor, GpuTensor, GpuTensor];
   const runs: Float32Array[][] = [];
   for (let r = 0; r < 2; r++) {
-    const g = await attentionBackward(gq as unknown as Tensor, gk as unknown as Tensor, gv as unknown as Tensor, go as unknown as Tensor, gl as unknown as Tensor, gd as unknown as Tensor, { ...opts, backend: 'webgpu' });
+    // the second run leaves the backend unset: GPU tensors run on WebGPU, as in the forward
+    const g = await attentionBackward(gq, gk, gv, go, gl, gd, r === 0 ? { ...opts, backend: 'webgpu' } : opts);
     const ts = [g.dq, g.dk, g.dv] as unknown as GpuTensor[];
     for (const [t, want] of ts.map((t, i) => [t, [q, k, v][i]!.shape] as const)) assert.deepEqual(t.shape, want, 'gradient shapes follow q, k, v');
     runs.push(await Promise.all(ts.map((t) => fromGpu(t))));
