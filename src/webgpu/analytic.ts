@@ -264,16 +264,19 @@ ${arr('a_rlo', rm * R)}
 ${arr('a_rhi', rm * R)}
 ${rules}
 ${tokFn('q_tok', 'a_qlo', 'a_qext', 'sQ')}
-${tokFn('k_tok', 'a_klo', 'a_kext', 'sK')}
 ${linFn('q_lin', 'a_qlo', 'a_qext')}
 ${linFn('k_lin', 'a_klo', 'a_kext')}
 fn set_row(i: u32, r: u32) {
   ${walk('r', 'a_qlo', 'a_qext', (a) => `a_rlo[i * ${R}u + ${a}u] = rs${a}(c${a});\n  a_rhi[i * ${R}u + ${a}u] = re${a}(c${a});`)}
 }
-// key coordinates of the visit, decoded once per key (not per row and key: divisions are slow on CPUs)
+// key j of the visit: its token and coordinates, decoded once per key in one walk (not per row and
+// key: divisions are slow on CPUs)
 var<workgroup> a_kc: array<i32, BK * ${R}u>;
-fn set_kc(j: u32) {
-  ${walk('j', 'a_klo', 'a_kext', (a) => `a_kc[j * ${R}u + ${a}u] = c${a};`)}
+fn set_key(j: u32) {
+  var tok: u32 = 0u;
+  ${walk('j', 'a_klo', 'a_kext', (a) => `a_kc[j * ${R}u + ${a}u] = c${a};
+  tok += u32(a_grp[${a}] + P.dil${a} * c${a}) * P.sK${a};`)}
+  a_ktok[j] = tok;
 }
 fn allowed(i: u32, c: u32) -> bool {
   return ${A.map((a) => `a_kc[c * ${R}u + ${a}u] >= a_rlo[i * ${R}u + ${a}u] && a_kc[c * ${R}u + ${a}u] <= a_rhi[i * ${R}u + ${a}u]`).join(' &&\n    ')};
@@ -355,9 +358,8 @@ fn set_visit(vi: u32) -> vec2<u32> {
     let nk = vinfo.x;
     let mask = select(0u, NO_MASK, vinfo.y == 1u);
     for (var j: u32 = lid; j < nk; j += THREADS) {
-      a_ktok[j] = k_tok(j);
+      set_key(j);
       ${permute ? 'a_krow[j] = k_row(j);' : ''}
-      set_kc(j);
     }
     workgroupBarrier();
     ${rope ? 'let kShift = P.ropeKShift;' : ''}`,
@@ -416,7 +418,6 @@ var<workgroup> a_qtok: array<u32, BK>;
 ${rules}
 ${bisect}
 ${tokFn('k_tok', 'a_klo', 'a_kext', 'sK')}
-${tokFn('q_tok', 'a_qlo', 'a_qext', 'sQ')}
 ${linFn('k_lin', 'a_klo', 'a_kext')}
 ${linFn('q_lin', 'a_qlo', 'a_qext')}
 // key coordinates of this thread's row slots
@@ -424,10 +425,13 @@ ${arr('a_rkc', rm * R)}
 fn set_row(i: u32, r: u32) {
   ${walk('r', 'a_klo', 'a_kext', (a) => `a_rkc[i * ${R}u + ${a}u] = c${a};`)}
 }
-// key intervals (start, end) of the visit's queries per axis, decoded once per query
+// query j of the visit: its token and key intervals (start, end) per axis, decoded once per query in one walk
 var<workgroup> a_qiv: array<vec2<i32>, BK * ${R}u>;
-fn set_qc(j: u32) {
-  ${walk('j', 'a_qlo', 'a_qext', (a) => `a_qiv[j * ${R}u + ${a}u] = vec2<i32>(rs${a}(c${a}), re${a}(c${a}));`)}
+fn set_query(j: u32) {
+  var tok: u32 = 0u;
+  ${walk('j', 'a_qlo', 'a_qext', (a) => `a_qiv[j * ${R}u + ${a}u] = vec2<i32>(rs${a}(c${a}), re${a}(c${a}));
+  tok += u32(a_grp[${a}] + P.dil${a} * c${a}) * P.sQ${a};`)}
+  a_qtok[j] = tok;
 }
 fn allowed(i: u32, c: u32) -> bool {
   return ${A.map((a) => `a_rkc[i * ${R}u + ${a}u] >= a_qiv[c * ${R}u + ${a}u].x && a_rkc[i * ${R}u + ${a}u] <= a_qiv[c * ${R}u + ${a}u].y`).join(' &&\n    ')};
@@ -503,8 +507,7 @@ fn set_visit(vi: u32) -> vec2<u32> {
     let nk = vinfo.x;
     let mask = select(0u, NO_MASK, vinfo.y == 1u);
     for (var j: u32 = lid; j < nk; j += THREADS) {
-      a_qtok[j] = q_tok(j);
-      set_qc(j);
+      set_query(j);
     }
     workgroupBarrier();
     ${rope ? 'let kShift = P.ropeQShift;' : ''}`,
