@@ -219,7 +219,96 @@ fn re${a}(q: i32) -> i32 {
   ${walk('x', lo, ext, (a) => `l += c${a} * P.lin${a};`)}
   return l;
 }`;
-  return { A, down, R, arr, rules, walk, tokFn, linFn };
+  /**
+   * The two walks differ only in which side is the item's own: `own` names the own box (lo, ext
+   * arrays), its tile counts and extents (uniform prefixes) and its group length array; `other` the
+   * visited side's box start and end arrays, its extent prefix, and the functions giving, per axis,
+   * the first and last coordinate of the other side that a given own coordinate pairs with.
+   */
+  interface Sides {
+    own: { lo: string; ext: string; tiles: string; T: string; perGroup: string; len: string };
+    other: { lo: string; ext: string; box: string; hi: string; T: string; first: string; last: string };
+  }
+  // the visit's box of the other side; returns (its size, 1 if every pair of the visit is allowed)
+  const setVisit = ({ other: o }: Sides) => `fn set_visit(vi: u32) -> vec2<u32> {
+  var vv: u32 = vi;
+  var n: u32 = 1u;
+  var full: bool = true;
+  ${down
+    .map(
+      (a) => `let t${a} = i32(vv % u32(a_nt[${a}]));
+  vv = vv / u32(a_nt[${a}]);
+  ${o.lo}[${a}] = ${o.box}[${a}] + t${a} * P.${o.T}${a};
+  ${o.ext}[${a}] = min(P.${o.T}${a}, ${o.hi}[${a}] + 1 - ${o.lo}[${a}]);
+  n *= u32(${o.ext}[${a}]);
+  full = full && ${o.lo}[${a}] >= a_flo[${a}] && ${o.lo}[${a}] + ${o.ext}[${a}] - 1 <= a_fhi[${a}];`,
+    )
+    .join('\n  ')}
+  return vec2<u32>(n, select(0u, 1u, full));
+}`;
+  // the item header: (batch, head, group, own tile) from the item index, the own box, the other
+  // side's box per axis and where its visits are full, the own rows' tokens (`perRow`, for r < no0),
+  // then the loop bounds published and the sequence offsets
+  const itemHead = ({ own: w, other: o }: Sides, perRow: string, groupHook = '') => `// item = ((b * heads + h) * groups + g) * ${w.perGroup} + own tile
+  let tIdx = item % P.${w.perGroup};
+  let gh = item / P.${w.perGroup};
+  let bh = gh / P.groups;
+  let h = bh % P.heads;
+  let b = bh / P.heads;
+  var tt: u32 = tIdx;
+  var gg: u32 = gh % P.groups;
+  ${groupHook}
+  var no0: u32 = 1u;
+  var nv0: u32 = 1u;
+  ${down
+    .map(
+      (a) => `a_grp[${a}] = i32(gg % u32(P.dil${a}));
+  gg = gg / u32(P.dil${a});
+  let ti${a} = i32(tt % P.${w.tiles}${a});
+  tt = tt / P.${w.tiles}${a};
+  a_gn[${a}] = (P.qLen${a} - a_grp[${a}] + P.dil${a} - 1) / P.dil${a};
+  a_gk[${a}] = (P.kLen${a} - a_grp[${a}] + P.dil${a} - 1) / P.dil${a};
+  ${w.lo}[${a}] = ti${a} * P.${w.T}${a};
+  ${w.ext}[${a}] = clamp(${w.len}[${a}] - ${w.lo}[${a}], 0, P.${w.T}${a});
+  no0 *= u32(${w.ext}[${a}]);`,
+    )
+    .join('\n  ')}
+  ${A.map(
+    (a) => `{
+    let first = ${w.lo}[${a}];
+    let last = first + ${w.ext}[${a}] - 1;
+    ${o.box}[${a}] = ${o.first}${a}(first);
+    ${o.hi}[${a}] = ${o.last}${a}(last);
+    a_nt[${a}] = select(0, (${o.hi}[${a}] - ${o.box}[${a}] + P.${o.T}${a}) / P.${o.T}${a}, ${o.hi}[${a}] >= ${o.box}[${a}]);
+    a_flo[${a}] = ${o.first}${a}(last);
+    a_fhi[${a}] = ${o.last}${a}(first);
+    nv0 *= u32(a_nt[${a}]);
+  }`,
+  ).join('\n  ')}
+  for (var r: u32 = lid; r < no0; r += THREADS) {
+    ${perRow}
+  }
+  // private variables are not uniform to WGSL's analysis: publish the loop bounds through workgroup
+  // memory (the load is also the barrier after the own tokens)
+  if (lid == 0u) { a_un = vec2<u32>(no0, nv0); }
+  let un = workgroupUniformLoad(&a_un);
+  let nq = un.x;
+  let nVisit = un.y;
+  if (nq == 0u) { return; } // a tile past the end of a shorter dilation group
+  let qOff = b * P.nqSeq;
+  let kOff = b * P.nkSeq;
+  let biasBase = (select(b, 0u, P.biasB1 != 0u) * P.biasHeads + select(h, 0u, P.biasH1 != 0u)) * P.nqSeq * P.nkSeq;
+  let biasStride = P.nkSeq;`;
+  // the visit header: the box, whether the visit is full, each staged row decoded (`perRow`, for j < nk)
+  const visitHead = (perRow: string, after: string) => (vi: string) => `let vinfo = set_visit(${vi});
+    let nk = vinfo.x;
+    let mask = select(0u, NO_MASK, vinfo.y == 1u);
+    for (var j: u32 = lid; j < nk; j += THREADS) {
+      ${perRow}
+    }
+    workgroupBarrier();
+    ${after}`;
+  return { A, down, R, arr, rules, walk, tokFn, linFn, setVisit, itemHead, visitHead };
 }
 
 /**
@@ -232,7 +321,11 @@ fn re${a}(q: i32) -> i32 {
  * (BENCHMARKS.md). out and lse are written at the original tokens, sparing an inverse pass.
  */
 export function analyticSource(rank: number, rm: number, rope: boolean, permute: boolean): import('./fused-wgsl.js').ScheduleSource {
-  const { A, down, R, arr, rules, walk, tokFn, linFn } = analyticKit(rank);
+  const { A, down, R, arr, rules, walk, tokFn, linFn, setVisit, itemHead, visitHead } = analyticKit(rank);
+  const sides = {
+    own: { lo: 'a_qlo', ext: 'a_qext', tiles: 'tiles', T: 'qT', perGroup: 'tilesPerGroup', len: 'a_gn' },
+    other: { lo: 'a_klo', ext: 'a_kext', box: 'a_kbox', hi: 'a_khi', T: 'kT', first: 'rs', last: 're' },
+  };
   // permuted row (permute.ts): (group * tiles + tile) * box + in-box index, last axis fastest in both
   const rowFn = (name: string, lo: string, ext: string, T: string, tiles: string, perGroup: string, box: string) => `fn ${name}(x: u32) -> u32 {
   var tl: u32 = 0u;
@@ -282,87 +375,14 @@ fn allowed(i: u32, c: u32) -> bool {
   return ${A.map((a) => `a_kc[c * ${R}u + ${a}u] >= a_rlo[i * ${R}u + ${a}u] && a_kc[c * ${R}u + ${a}u] <= a_rhi[i * ${R}u + ${a}u]`).join(' &&\n    ')};
 }
 /** Sets the key box of visit vi; returns (keys, 1 if every pair of the visit is allowed). */
-fn set_visit(vi: u32) -> vec2<u32> {
-  var vv: u32 = vi;
-  var nk: u32 = 1u;
-  var full: bool = true;
-  ${down
-    .map(
-      (a) => `let t${a} = i32(vv % u32(a_nt[${a}]));
-  vv = vv / u32(a_nt[${a}]);
-  a_klo[${a}] = a_kbox[${a}] + t${a} * P.kT${a};
-  a_kext[${a}] = min(P.kT${a}, a_khi[${a}] + 1 - a_klo[${a}]);
-  nk *= u32(a_kext[${a}]);
-  full = full && a_klo[${a}] >= a_flo[${a}] && a_klo[${a}] + a_kext[${a}] - 1 <= a_fhi[${a}];`,
-    )
-    .join('\n  ')}
-  return vec2<u32>(nk, select(0u, 1u, full));
-}`;
-  const item = `// item = ((b * heads + h) * groups + g) * tilesPerGroup + tile
-  let tIdx = item % P.tilesPerGroup;
-  let gh = item / P.tilesPerGroup;
-  let bh = gh / P.groups;
-  let h = bh % P.heads;
-  let b = bh / P.heads;
-  var tt: u32 = tIdx;
-  var gg: u32 = gh % P.groups;
-  ${permute ? 'a_g = gg;' : ''}
-  var nq0: u32 = 1u;
-  var nv0: u32 = 1u;
-  ${down
-    .map(
-      (a) => `a_grp[${a}] = i32(gg % u32(P.dil${a}));
-  gg = gg / u32(P.dil${a});
-  let ti${a} = i32(tt % P.tiles${a});
-  tt = tt / P.tiles${a};
-  a_gn[${a}] = (P.qLen${a} - a_grp[${a}] + P.dil${a} - 1) / P.dil${a};
-  a_gk[${a}] = (P.kLen${a} - a_grp[${a}] + P.dil${a} - 1) / P.dil${a};
-  a_qlo[${a}] = ti${a} * P.qT${a};
-  a_qext[${a}] = clamp(a_gn[${a}] - a_qlo[${a}], 0, P.qT${a});
-  nq0 *= u32(a_qext[${a}]);`,
-    )
-    .join('\n  ')}
-  ${A.map(
-    (a) => `{
-    let first = a_qlo[${a}];
-    let last = first + a_qext[${a}] - 1;
-    a_kbox[${a}] = rs${a}(first);
-    a_khi[${a}] = re${a}(last);
-    a_nt[${a}] = select(0, (a_khi[${a}] - a_kbox[${a}] + P.kT${a}) / P.kT${a}, a_khi[${a}] >= a_kbox[${a}]);
-    a_flo[${a}] = rs${a}(last);
-    a_fhi[${a}] = re${a}(first);
-    nv0 *= u32(a_nt[${a}]);
-  }`,
-  ).join('\n  ')}
-  for (var r: u32 = lid; r < nq0; r += THREADS) {
-    a_qtok[r] = q_tok(r);
-    ${permute ? 'a_qrow[r] = q_row(r);' : ''}
-  }
-  // private variables are not uniform to WGSL's analysis: publish the loop bounds through workgroup
-  // memory (the load is also the barrier after a_qtok)
-  if (lid == 0u) { a_un = vec2<u32>(nq0, nv0); }
-  let un = workgroupUniformLoad(&a_un);
-  let nq = un.x;
-  let nVisit = un.y;
-  if (nq == 0u) { return; } // a tile past the end of a shorter dilation group
-  let qOff = b * P.nqSeq;
-  let kOff = b * P.nkSeq;
+${setVisit(sides)}`;
+  const item = `${itemHead(sides, `a_qtok[r] = q_tok(r);\n    ${permute ? 'a_qrow[r] = q_row(r);' : ''}`, permute ? 'a_g = gg;' : '')}
   ${permute ? '// head-major permuted layouts [batch, heads, pad, dim]: a tile is one block per head\n  let qLoadOff = (b * P.heads + h) * P.nqPad;\n  let kLoadOff = (b * P.kvHeads + h / P.group) * P.nkPad;' : ''}
-  let biasBase = (select(b, 0u, P.biasB1 != 0u) * P.biasHeads + select(h, 0u, P.biasH1 != 0u)) * P.nqSeq * P.nkSeq;
-  let biasStride = P.nkSeq;
   ${rope ? 'let qShift = P.ropeQShift;' : ''}`;
   return {
     decls,
     item,
-    visit: (vi) => `let vinfo = set_visit(${vi});
-    let nk = vinfo.x;
-    let mask = select(0u, NO_MASK, vinfo.y == 1u);
-    for (var j: u32 = lid; j < nk; j += THREADS) {
-      set_key(j);
-      ${permute ? 'a_krow[j] = k_row(j);' : ''}
-    }
-    workgroupBarrier();
-    ${rope ? 'let kShift = P.ropeKShift;' : ''}`,
+    visit: visitHead(`set_key(j);\n      ${permute ? 'a_krow[j] = k_row(j);' : ''}`, rope ? 'let kShift = P.ropeKShift;' : ''),
     qTok: (r) => `a_qtok[${r}]`,
     kTok: (j) => `a_ktok[${j}]`,
     qAt: (r) => (permute ? `(qLoadOff + a_qrow[${r}]) * DQ` : `((qOff + a_qtok[${r}]) * P.heads + h) * DQ`),
@@ -387,7 +407,11 @@ fn set_visit(vi: u32) -> vec2<u32> {
  * shift and kShift the queries'. No permuted layouts.
  */
 export function analyticKeySource(rank: number, rm: number, rope: boolean): import('./fused-wgsl.js').ScheduleSource {
-  const { A, down, R, arr, rules, walk, tokFn, linFn } = analyticKit(rank);
+  const { A, down, R, arr, rules, walk, tokFn, linFn, setVisit, itemHead, visitHead } = analyticKit(rank);
+  const sides = {
+    own: { lo: 'a_klo', ext: 'a_kext', tiles: 'kTiles', T: 'kT', perGroup: 'kTilesPerGroup', len: 'a_gk' },
+    other: { lo: 'a_qlo', ext: 'a_qext', box: 'a_qbox', hi: 'a_qhi', T: 'qT', first: 'q_first', last: 'q_last' },
+  };
   const bisect = A.map(
     (a) => `// the first query of the group whose interval ends at or after key k (a_gn[${a}] when none)
 fn q_first${a}(k: i32) -> i32 {
@@ -437,80 +461,13 @@ fn allowed(i: u32, c: u32) -> bool {
   return ${A.map((a) => `a_rkc[i * ${R}u + ${a}u] >= a_qiv[c * ${R}u + ${a}u].x && a_rkc[i * ${R}u + ${a}u] <= a_qiv[c * ${R}u + ${a}u].y`).join(' &&\n    ')};
 }
 /** Sets the query box of visit vi; returns (queries, 1 if every pair of the visit is allowed). */
-fn set_visit(vi: u32) -> vec2<u32> {
-  var vv: u32 = vi;
-  var nv: u32 = 1u;
-  var full: bool = true;
-  ${down
-    .map(
-      (a) => `let t${a} = i32(vv % u32(a_nt[${a}]));
-  vv = vv / u32(a_nt[${a}]);
-  a_qlo[${a}] = a_qbox[${a}] + t${a} * P.qT${a};
-  a_qext[${a}] = min(P.qT${a}, a_qhi[${a}] + 1 - a_qlo[${a}]);
-  nv *= u32(a_qext[${a}]);
-  full = full && a_qlo[${a}] >= a_flo[${a}] && a_qlo[${a}] + a_qext[${a}] - 1 <= a_fhi[${a}];`,
-    )
-    .join('\n  ')}
-  return vec2<u32>(nv, select(0u, 1u, full));
-}`;
-  const item = `// item = ((b * heads + h) * groups + g) * kTilesPerGroup + key tile
-  let tIdx = item % P.kTilesPerGroup;
-  let gh = item / P.kTilesPerGroup;
-  let bh = gh / P.groups;
-  let h = bh % P.heads;
-  let b = bh / P.heads;
-  var tt: u32 = tIdx;
-  var gg: u32 = gh % P.groups;
-  var no0: u32 = 1u;
-  var nv0: u32 = 1u;
-  ${down
-    .map(
-      (a) => `a_grp[${a}] = i32(gg % u32(P.dil${a}));
-  gg = gg / u32(P.dil${a});
-  let ti${a} = i32(tt % P.kTiles${a});
-  tt = tt / P.kTiles${a};
-  a_gn[${a}] = (P.qLen${a} - a_grp[${a}] + P.dil${a} - 1) / P.dil${a};
-  a_gk[${a}] = (P.kLen${a} - a_grp[${a}] + P.dil${a} - 1) / P.dil${a};
-  a_klo[${a}] = ti${a} * P.kT${a};
-  a_kext[${a}] = clamp(a_gk[${a}] - a_klo[${a}], 0, P.kT${a});
-  no0 *= u32(a_kext[${a}]);`,
-    )
-    .join('\n  ')}
-  ${A.map(
-    (a) => `{
-    let first = a_klo[${a}];
-    let last = first + a_kext[${a}] - 1;
-    a_qbox[${a}] = q_first${a}(first);
-    a_qhi[${a}] = q_last${a}(last);
-    a_nt[${a}] = select(0, (a_qhi[${a}] - a_qbox[${a}] + P.qT${a}) / P.qT${a}, a_qhi[${a}] >= a_qbox[${a}]);
-    a_flo[${a}] = q_first${a}(last);
-    a_fhi[${a}] = q_last${a}(first);
-    nv0 *= u32(a_nt[${a}]);
-  }`,
-  ).join('\n  ')}
-  for (var r: u32 = lid; r < no0; r += THREADS) { a_ktok[r] = k_tok(r); }
-  // the loop bounds through workgroup memory, uniform to WGSL's analysis (and the barrier after a_ktok)
-  if (lid == 0u) { a_un = vec2<u32>(no0, nv0); }
-  let un = workgroupUniformLoad(&a_un);
-  let nq = un.x;
-  let nVisit = un.y;
-  if (nq == 0u) { return; } // a tile past the end of a shorter dilation group
-  let qOff = b * P.nqSeq;
-  let kOff = b * P.nkSeq;
-  let biasBase = (select(b, 0u, P.biasB1 != 0u) * P.biasHeads + select(h, 0u, P.biasH1 != 0u)) * P.nqSeq * P.nkSeq;
-  let biasStride = P.nkSeq;
+${setVisit(sides)}`;
+  const item = `${itemHead(sides, 'a_ktok[r] = k_tok(r);')}
   ${rope ? 'let qShift = P.ropeKShift;' : ''}`;
   return {
     decls,
     item,
-    visit: (vi) => `let vinfo = set_visit(${vi});
-    let nk = vinfo.x;
-    let mask = select(0u, NO_MASK, vinfo.y == 1u);
-    for (var j: u32 = lid; j < nk; j += THREADS) {
-      set_query(j);
-    }
-    workgroupBarrier();
-    ${rope ? 'let kShift = P.ropeQShift;' : ''}`,
+    visit: visitHead('set_query(j);', rope ? 'let kShift = P.ropeQShift;' : ''),
     qTok: (r) => `a_ktok[${r}]`,
     kTok: (j) => `a_qtok[${j}]`,
     qAt: (r) => `((kOff + a_ktok[${r}]) * P.kvHeads + kh) * DQ`,
