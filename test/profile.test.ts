@@ -115,6 +115,10 @@ test('profile: repeats calibrate themselves, --impl selects implementations, rat
   assert.equal((await timeRuns(async () => 100, 0)).length, 3, 'slow rows: at least 3 runs');
   assert.equal((await timeRuns(async () => 0.5, 0)).length, 200, 'fast rows: many runs (capped)');
   assert.equal((await timeRuns(async () => 0.5, 5)).length, 5, 'an explicit --repeat wins');
+  // a cold start (the first calls slow, as the CPU workers' JIT warms up) stays out of the timed runs
+  let calls = 0;
+  const cold = await timeRuns(async () => (calls++ < 2 ? 100 : 1), 3);
+  assert.deepEqual(cold, [1, 1, 1], 'the first calls are warm-up, not timed');
   assert.deepEqual(parseProfileArgs(['--impl', 'fused,reference']).args.impls, ['fused', 'reference']);
   assert.throws(() => parseProfileArgs(['--impl', 'fast']), (e: unknown) => e instanceof TilewiseError && e.arg === '--impl');
   const rep = await profileCase(base({ ...tinyNA, impls: ['fused'] }), [{ name: 'cpu', threads: cpuThreads() } as Target], quiet);

@@ -214,8 +214,18 @@ const tflops = (pairs: number, p: AttnProblem, ms: number): number => (pairs * 2
 /** Timed runs per row when calibrating: enough for about this long, 3 to 200 runs. */
 const CALIBRATE_MS = 300;
 
-/** `repeat` timed runs, or (0) as many as fit CALIBRATE_MS judging by the first (small cases need many to rank). */
+/** Untimed runs before timing: at least this many, and this long (at most WARM_MAX). */
+const WARM_RUNS = 2;
+const WARM_MS = 150;
+const WARM_MAX = 10;
+
+/**
+ * `repeat` timed runs, or (0) as many as fit CALIBRATE_MS judging by the first (small cases need many
+ * to rank), after a warm-up: the CPU workers' schedule walk reaches optimised code only after several
+ * calls, and without it a 5 ms neighborhood call read 15-19 ms in the quick profile.
+ */
 export async function timeRuns(time: () => Promise<number>, repeat: number): Promise<number[]> {
+  for (let n = 0, t0 = performance.now(); n < WARM_MAX && (n < WARM_RUNS || performance.now() - t0 < WARM_MS); n++) await time();
   const times = [await time()];
   const n = repeat > 0 ? repeat : Math.min(200, Math.max(3, Math.ceil(CALIBRATE_MS / Math.max(times[0]!, 0.01))));
   while (times.length < n) times.push(await time());
