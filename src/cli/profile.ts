@@ -216,8 +216,8 @@ const CALIBRATE_MS = 300;
 
 /** Untimed runs before timing: at least this many, and this long (at most WARM_MAX). */
 const WARM_RUNS = 2;
-const WARM_MS = 150;
-const WARM_MAX = 10;
+const WARM_MS = 200;
+const WARM_MAX = 30;
 
 /**
  * `repeat` timed runs, or (0) as many as fit CALIBRATE_MS judging by the first (small cases need many
