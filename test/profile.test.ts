@@ -123,6 +123,9 @@ test('profile: repeats calibrate themselves, --impl selects implementations, rat
   assert.throws(() => parseProfileArgs(['--impl', 'fast']), (e: unknown) => e instanceof TilewiseError && e.arg === '--impl');
   const rep = await profileCase(base({ ...tinyNA, impls: ['fused'] }), [{ name: 'cpu', threads: cpuThreads() } as Target], quiet);
   assert.deepEqual(rep[0]!.results.map((r) => r.impl), ['fused']);
+  assert.equal(rep[0]!.path, 'query lanes (tile step)', 'two heads: the query-lane tile step, and the report says so');
+  const four = await profileCase(base({ ...tinyNA, heads: 4, impls: ['fused'] }), [{ name: 'cpu', threads: cpuThreads() } as Target], quiet);
+  assert.match(four[0]!.path ?? '', /^head lanes/, 'heads in fours: head lanes');
   const row = (timing: 'wall' | 'gpu-ts') => ({ impl: 'fused' as const, ms: 1, usefulTflops: 1, relErr: null, peakBytes: null, timing });
   const mixed = formatComparison([
     { backend: 'cpu', device: {}, label: 'x', problem: {}, results: [row('wall')] },

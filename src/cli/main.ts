@@ -57,7 +57,7 @@ async function profile(argv: string[]): Promise<void> {
   for (const rs of perCase) {
     for (const r of rs) {
       const ratio = backwardRatio(r);
-      console.log(`${formatTable(`${r.label} [${r.backend}]`, r.results)}${ratio ? `\nbackward / forward: ${ratio.toFixed(2)}x` : ''}\n`);
+      console.log(`${formatTable(`${r.label} [${r.backend}]`, r.results)}${r.path ? `\nfused path: ${r.path}` : ''}${ratio ? `\nbackward / forward: ${ratio.toFixed(2)}x` : ''}\n`);
     }
     if (rs.length > 1) console.log(`${formatComparison(rs)}\n`);
   }

@@ -37,6 +37,8 @@ export interface ProfileReport {
   results: ProfileRow[];
   /** The pattern's tile schedule (for the HTML report). */
   schedule?: SchedulePicture;
+  /** The path the fused kernels take on this target (fusedPath). */
+  path?: string;
 }
 
 const prod = (t: readonly number[]) => t.reduce((a, b) => a * b, 1);
@@ -304,6 +306,21 @@ async function measureBackward(t: Target, c: Case, repeat: number, wall: boolean
   }
 }
 
+/**
+ * The path the fused kernels take for `p` on a target, as a profiler user would want to know it:
+ * on the CPU, neighborhoods with heads in fours run on head lanes (cpu/na-lanes.ts), the rest on
+ * the query-lane tile step; on WebGPU, the forward's (and the backward's) tiles are walked in the
+ * kernel (analytic patterns) or read from a host-built, uploaded schedule.
+ */
+async function fusedPath(t: Target, p: AttnProblem, backward: boolean): Promise<string> {
+  if (t.name === 'cpu') return headLanesFit(p, false) ? 'head lanes (4 heads of a query in the SIMD lanes)' : 'query lanes (tile step)';
+  const [{ planFused, tuningFor }, { planBackward, backwardTuningFor }] = await Promise.all([import('../webgpu/fused.js'), import('../webgpu/backward.js')]);
+  const walk = (analytic: boolean) => (analytic ? 'in-kernel walk' : 'uploaded schedule');
+  const fwd = planFused(p, t.ctx.limits, tuningFor(t.ctx), t.ctx.subgroupMinSize).spec.schedule === 'analytic';
+  const bwd = () => planBackward(p, t.ctx.limits, backwardTuningFor(t.ctx)).q.spec.schedule === 'analytic';
+  return `forward ${walk(fwd)}${backward ? `, backward ${walk(bwd())}` : ''}`;
+}
+
 /** backward ms / fused forward ms of a report, when it has both. */
 export function backwardRatio(r: ProfileReport): number | undefined {
   const f = r.results.find((x) => x.impl === 'fused')?.ms;
@@ -337,7 +354,8 @@ export async function profileCase(a: ProfileArgs, targets: readonly Target[], on
       io?.release();
     }
     const { tune: _t, tuneRounds: _r, backends: _b, json: _j, gpuTiming: _g, backward: _w, html: _h, impls: _i, ...problem } = a;
-    reports.push({ backend: t.name, device: targetInfo(t), label: c.label, problem: { ...problem, label: c.label }, results, ...(a.html ? { schedule: schedulePicture(p) } : {}) });
+    const path = await fusedPath(t, p, a.backward).catch(() => undefined);
+    reports.push({ backend: t.name, device: targetInfo(t), label: c.label, problem: { ...problem, label: c.label }, results, ...(path ? { path } : {}), ...(a.html ? { schedule: schedulePicture(p) } : {}) });
   }
   return reports;
 }
