@@ -445,7 +445,7 @@ const bwdRows = bwdOurs.map((o, i) => {
   return { ...o, pairs: c.pairs, torchMs: mismatch ? undefined : t?.ms, torchFwdMs: mismatch ? undefined : (t?.['fwdMs'] as number | undefined), oursTflops: fl(both), torchTflops: t?.ms && !mismatch ? fl(t.ms) : undefined, torchNote: mismatch ?? t?.unavailable ?? (t ? undefined : torch.unavailable) };
 });
 if (opt.backward) {
-  console.log('\nForward + backward, fp32 (useful TFLOP/s count the backward as 2.5 forwards; ours: GPU timestamps of the kernels, wall: the backward call with its host-built schedules)');
+  console.log('\nForward + backward, fp32 (useful TFLOP/s count the backward as 2.5 forwards; ours: GPU timestamps of the kernels, wall: the whole backward call (walks in the kernel here; host-built schedules only for patterns that need them))');
   console.log(
     table(
       ['case', 'ours fwd ms', 'ours bwd ms', 'bwd/fwd', 'ours bwd wall ms', 'ours fwd+bwd ms', 'ours TFLOP/s', 'torch fwd+bwd ms', 'torch fwd ms', 'torch TFLOP/s', 'torch/ours'],
