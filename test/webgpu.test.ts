@@ -397,6 +397,7 @@ gpuTest('subgroup exchange (row max, row sum, P by shuffle) against workgroup-me
 gpuTest('in-kernel (analytic) schedules against uploaded ones: dense, causal, window, N-D neighborhoods with dilation/stride/causal/rpb; bias, RoPE, GQA', async () => {
   const ctx = await getContext();
   const r = rng(25);
+  const bitTests = new Set<boolean>();
   try {
     for (let i = 0; i < 12; i++) {
       const na = i % 2 === 1;
@@ -427,10 +428,24 @@ gpuTest('in-kernel (analytic) schedules against uploaded ones: dense, causal, wi
       }
       for (const analytic of [true, false]) {
         setFusedTuning({ analytic });
-        assert.equal(planFused(problem, ctx.limits, { ...FUSED_TUNING.cpu, analytic }).spec.schedule, analytic ? 'analytic' : 'list', what);
+        const spec = planFused(problem, ctx.limits, { ...FUSED_TUNING.cpu, analytic }).spec;
+        assert.equal(spec.schedule, analytic ? 'analytic' : 'list', what);
+        if (analytic) bitTests.add(spec.maskBits === true);
         await check(problem, q, k, v, `${what} analytic=${analytic} ${JSON.stringify(c)}`);
       }
     }
+    // partial visits tested by bit masks (key tiles on 2-3 axes whose extents sum to 32 or less) and
+    // by compares (1-D, and a 32x1 key tile): both against the uploaded schedule
+    const grid = [37, 5];
+    const [q, k, v] = tensors({ batch: 1, nq: 185, nk: 185, heads: 2, kvHeads: 1, dim: 8, dimV: 8 }, 1280, grid, grid);
+    const wide = planNA(q, k, v, { kernelSize: [7, 3], dilation: [2, 1], tile: { q: [4, 2], kv: [32, 1] } }).problem;
+    for (const analytic of [true, false]) {
+      setFusedTuning({ analytic });
+      const spec = planFused(wide, ctx.limits, { ...FUSED_TUNING.cpu, analytic }).spec;
+      if (analytic) assert.equal(spec.maskBits, undefined, 'a 32x1 key tile: 33 bits, so compares');
+      await check(wide, q, k, v, `NA 37x5 k 7x3 dil 2x1, key tile 32x1, analytic=${analytic}`);
+    }
+    assert.deepEqual([...bitTests].sort(), [false, true], 'both pair tests ran');
   } finally {
     setFusedTuning(undefined);
   }

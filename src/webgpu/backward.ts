@@ -5,7 +5,7 @@ import { type AttnProblem, ItemSpace, tileFor } from '../problem.js';
 import { BufferUsage, type GpuContext, type GpuLimits } from './device.js';
 import { BACKWARD_UNIFORMS, type BackwardSpec, REDUCE_UNIFORMS, STATS_THREADS, STATS_UNIFORMS, backwardProgram, backwardThreads, backwardWorkgroupBytes, reduceProgram, statsProgram } from './backward-wgsl.js';
 import { fitTile } from './fused.js';
-import { type AnalyticPlan, analyticPlan, zeroAnalytic } from './analytic.js';
+import { type AnalyticPlan, analyticPlan, maskBitsFit, zeroAnalytic } from './analytic.js';
 import { problemFields } from './tile-wgsl.js';
 import { type Launch, type OutputSpec, type PassTimer, bindingOf, bindingsFit, gridFor, launch, onHostArrays, rpbLayout, storesF16, threadGrid, uniformBuffer, withDevice } from './run.js';
 import { type GpuSchedule, buildGpuSchedule } from './schedule.js';
@@ -107,6 +107,7 @@ export function planBackward(problem: AttnProblem, limits: GpuLimits, tune: Back
           f16,
           schedule: analytic ? 'analytic' : 'list',
           rank,
+          ...(analytic && which === 'q' && maskBitsFit(other) ? { maskBits: true } : {}),
         };
         if (backwardWorkgroupBytes(spec) <= limits.maxComputeWorkgroupStorageSize && backwardThreads(spec) <= maxThreads) return { spec, problem: tiled, ...(analytic ? { analytic } : {}) };
       }

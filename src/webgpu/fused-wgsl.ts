@@ -31,6 +31,8 @@ export interface FusedSpec extends TileSpec {
   readonly rank: number;
   /** Analytic neighborhoods only: q, k and v come in the permuted layouts of permute.ts. */
   readonly permute: boolean;
+  /** Analytic walks: partial visits test pairs with bit masks (analytic.ts maskBitsFit). */
+  readonly maskBits?: boolean;
   /** q, k, v and out stored as f16 (`shader-f16`); staged, computed and accumulated in f32. */
   readonly f16: boolean;
   /**
@@ -51,11 +53,11 @@ export function blockingOf(s: FusedSpec): { dq: number; dv: number; rm: number; 
 }
 
 /** Workgroup memory the template declares for a spec, in bytes. */
-export function fusedWorkgroupBytes(s: Pick<FusedSpec, 'dim' | 'dimV' | 'rows' | 'keys' | 'tx' | 'subgroups'> & Partial<Pick<FusedSpec, 'schedule' | 'permute' | 'rank' | 'screen'>>): number {
+export function fusedWorkgroupBytes(s: Pick<FusedSpec, 'dim' | 'dimV' | 'rows' | 'keys' | 'tx' | 'subgroups'> & Partial<Pick<FusedSpec, 'schedule' | 'permute' | 'rank' | 'screen' | 'maskBits'>>): number {
   const exchange = s.subgroups ? 0 : s.rows * s.keys + s.rows * s.tx;
   // analytic schedules keep the decoded row and key tokens (and the uniform loop bounds)
   // (plus their rows in permuted layouts, and each key's coordinates)
-  const tokens = s.schedule === 'analytic' ? (s.permute ? 2 : 1) * (s.rows + s.keys) + 2 + s.keys * (s.rank ?? 3) : 0;
+  const tokens = s.schedule === 'analytic' ? (s.permute ? 2 : 1) * (s.rows + s.keys) + 2 + s.keys * (s.rank ?? 3) + (s.maskBits ? s.keys : 0) : 0;
   return 4 * (s.rows * s.dim + s.keys * (s.dim + s.dimV) + exchange + 2 * s.keys + tokens + (s.screen ? s.rows + s.keys : 0));
 }
 
@@ -310,7 +312,7 @@ fn screenKey1(x: f32, j: u32, vi: u32) -> f32 {
 }`
     : '';
   const shuffles = s.subgroups && TX > 1;
-  const src = s.schedule === 'analytic' ? analyticSource(s.rank, RM, s.rope, s.permute) : listSource(s.rope);
+  const src = s.schedule === 'analytic' ? analyticSource(s.rank, RM, s.rope, s.permute, s.maskBits === true) : listSource(s.rope);
   // loads widen f16 storage to the f32 the kernel computes in
   const loads = widenLoads(s.f16, [['q', s.wq], ['k', s.wq], ['v', s.wv]]);
   return `${f16Directive(s.f16)}${shuffles ? 'enable subgroups;\n' : ''}${prologue(fusedProgram, s, { DQ: dq, DV: dv, BQ: s.rows, BK: s.keys, RM, RN, RV, TX, THREADS: T })}

@@ -3,7 +3,7 @@ import { prod } from '../patterns/geometry.js';
 import { TilewiseError } from '../errors.js';
 import { type AttnProblem, ItemSpace, tileFor } from '../problem.js';
 import { BufferUsage, type GpuContext, type GpuLimits } from './device.js';
-import { type AnalyticPlan, analyticPlan, zeroAnalytic } from './analytic.js';
+import { type AnalyticPlan, analyticPlan, maskBitsFit, zeroAnalytic } from './analytic.js';
 import { problemFields } from './tile-wgsl.js';
 import { FUSED_UNIFORMS, type FusedSpec, blockingOf, fusedProgram, fusedWorkgroupBytes, threadsOf } from './fused-wgsl.js';
 import { buildGpuSchedule } from './schedule.js';
@@ -150,6 +150,7 @@ export function planFused(problem: AttnProblem, limits: GpuLimits, tune: FusedTu
         schedule: analytic ? 'analytic' : 'list',
         rank,
         permute: (tune.permute ?? (tune.permuteFrom !== undefined && windowKeys(problem) >= tune.permuteFrom)) && analytic !== undefined && analytic.permutable && permutedFit(problem, analytic, limits, f16),
+        ...(analytic && maskBitsFit(kvTile) ? { maskBits: true } : {}),
       };
       if (fusedWorkgroupBytes(spec) <= budget && threadsOf(spec) <= maxThreads) return { spec, problem: tiled, rank, ...(analytic ? { analytic } : {}) };
     }
