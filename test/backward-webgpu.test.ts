@@ -22,7 +22,7 @@ import {
 } from '../src/index.js';
 import { planAttention, planNA } from '../src/api.js';
 import { referenceBackward } from '../src/reference-backward.js';
-import { webgpuAvailable } from '../src/webgpu/device.js';
+import { getContext, webgpuAvailable } from '../src/webgpu/device.js';
 import { type GpuTensor, fromGpu, releaseTensor, runWebGPUBackward, setBackwardTuning, toGpu } from '../src/webgpu/index.js';
 import { BACKWARD_TUNING, backwardCacheStats, backwardWalks, planBackward } from '../src/webgpu/backward.js';
 import { backwardProgram, backwardThreads, backwardWorkgroupBytes } from '../src/webgpu/backward-wgsl.js';
@@ -148,6 +148,35 @@ test('WebGPU backward: in-kernel walks (the analytic walk for dQ, its inverse wi
       }
     });
   }
+  // pair tests: bit masks over the key tile where its extents sum to 32 or less, compares otherwise
+  // (1-D, or here the dK/dV pass's own 32x2 key tile): both sides of both against the reference
+  const bits = { q: new Set<boolean>(), k: new Set<boolean>() };
+  const { limits } = await getContext();
+  const cases: [{ q: number[]; kv: number[] } | undefined, { maxRows: number } | undefined][] = [
+    [undefined, undefined],
+    [{ q: [4, 2], kv: [32, 2] }, { maxRows: 64 }],
+  ];
+  for (const [tile, tune] of cases) {
+    const [q, k, v] = [4, 4, 3].map((h) => randTensor(rng, [1, 40, 6, 2, h === 3 ? 12 : 8])) as [Tensor, Tensor, Tensor];
+    const opts: NeighborhoodOptions = { kernelSize: [5, 3], dilation: [2, 1], ...(tile ? { tile } : {}) };
+    await f.run(`bit masks / compares, tile ${JSON.stringify(tile ?? 'default')}`, async () => {
+      setBackwardTuning(tune);
+      try {
+        const problem = planNA(q, k, v, opts).problem;
+        const plan = planBackward(problem, limits, { ...BACKWARD_TUNING.cpu, ...(tune ?? {}) });
+        bits.q.add(plan.q.spec.maskBits === true);
+        bits.k.add(plan.k.spec.maskBits === true);
+        const fw = await neighborhoodAttention(q, k, v, opts);
+        const dOut = randTensor(rng, fw.out.shape);
+        const g = await neighborhoodAttentionBackward(q, k, v, fw.out, fw.lse, dOut, { ...opts, backend: 'webgpu' });
+        const msg = compare(hostGrads(g), referenceBackward(problem, { q: q.data, k: k.data, v: v.data }, dOut.data), false);
+        if (msg) throw new Error(msg);
+      } finally {
+        setBackwardTuning(undefined);
+      }
+    });
+  }
+  assert.deepEqual([...bits.k].sort(), [false, true], 'the dK/dV pass ran both pair tests');
   f.done('WebGPU in-kernel backward walks');
 });
 

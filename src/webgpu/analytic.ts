@@ -454,7 +454,7 @@ ${setVisit(sides)}`;
  * qLin and the row setup are its key rows, kTok and kLin the staged queries, qShift the keys' RoPE
  * shift and kShift the queries'. No permuted layouts.
  */
-export function analyticKeySource(rank: number, rm: number, rope: boolean): import('./fused-wgsl.js').ScheduleSource {
+export function analyticKeySource(rank: number, rm: number, rope: boolean, bits: boolean): import('./fused-wgsl.js').ScheduleSource {
   const { A, down, R, arr, rules, walk, tokFn, linFn, setVisit, itemHead, visitHead } = analyticKit(rank);
   const sides = {
     own: { lo: 'a_klo', ext: 'a_kext', tiles: 'kTiles', T: 'kT', perGroup: 'kTilesPerGroup', len: 'a_gk' },
@@ -492,7 +492,34 @@ ${bisect}
 ${tokFn('k_tok', 'a_klo', 'a_kext', 'sK')}
 ${linFn('k_lin', 'a_klo', 'a_kext')}
 ${linFn('q_lin', 'a_qlo', 'a_qext')}
-// key coordinates of this thread's row slots
+${
+  bits
+    ? `// partial visits test bits (as analyticSource's): per staged query, its window as a run of bits
+// per axis over the item's own key box, axes side by side in one u32; per row slot, its bit per axis
+${`var<private> a_rkp: array<u32, ${rm}> = array<u32, ${rm}>();`}
+fn set_row(i: u32, r: u32) {
+  var p: u32 = 0u;
+  ${walk('r', 'a_klo', 'a_kext', (a) => `p |= u32(c${a} - a_klo[${a}]${A.slice(0, a).map((x) => ` + a_kext[${x}]`).join('')}) << ${8 * a}u;`)}
+  a_rkp[i] = p;
+}
+var<workgroup> a_qm: array<u32, BK>;
+fn set_query(j: u32) {
+  var tok: u32 = 0u;
+  var m: u32 = 0u;
+  ${walk('j', 'a_qlo', 'a_qext', (a) => `tok += u32(a_grp[${a}] + P.dil${a} * c${a}) * P.sQ${a};
+  let lo${a} = max(rs${a}(c${a}) - a_klo[${a}], 0);
+  let hi${a} = min(re${a}(c${a}) - a_klo[${a}], a_kext[${a}] - 1);
+  let w${a} = select(0u, u32(hi${a} - lo${a} + 1), hi${a} >= lo${a});
+  m |= select((1u << w${a}) - 1u, 0xffffffffu, w${a} >= 32u) << u32(lo${a}${A.slice(0, a).map((x) => ` + a_kext[${x}]`).join('')});`)}
+  a_qm[j] = m;
+  a_qtok[j] = tok;
+}
+fn allowed(i: u32, c: u32) -> bool {
+  let m = a_qm[c];
+  let p = a_rkp[i];
+  return ((${A.map((a) => `(m >> ((p >> ${8 * a}u) & 31u))`).join(' & ')}) & 1u) != 0u;
+}`
+    : `// key coordinates of this thread's row slots
 ${arr('a_rkc', rm * R)}
 fn set_row(i: u32, r: u32) {
   ${walk('r', 'a_klo', 'a_kext', (a) => `a_rkc[i * ${R}u + ${a}u] = c${a};`)}
@@ -507,6 +534,7 @@ fn set_query(j: u32) {
 }
 fn allowed(i: u32, c: u32) -> bool {
   return ${A.map((a) => `a_rkc[i * ${R}u + ${a}u] >= a_qiv[c * ${R}u + ${a}u].x && a_rkc[i * ${R}u + ${a}u] <= a_qiv[c * ${R}u + ${a}u].y`).join(' &&\n    ')};
+}`
 }
 /** Sets the query box of visit vi; returns (queries, 1 if every pair of the visit is allowed). */
 ${setVisit(sides)}`;

@@ -43,7 +43,7 @@ export interface BackwardSpec extends TileSpec {
    */
   readonly schedule: 'list' | 'analytic';
   readonly rank: number;
-  /** Side 'q' of an analytic walk: partial visits test pairs with bit masks (analytic.ts maskBitsFit). */
+  /** Analytic walks: partial visits test pairs with bit masks (analytic.ts maskBitsFit; over the key tile on both sides). */
   readonly maskBits?: boolean;
 }
 
@@ -71,7 +71,9 @@ export const BACKWARD_UNIFORMS = uniformLayout({
  */
 export function backwardWorkgroupBytes(s: Pick<BackwardSpec, 'dim' | 'dimV' | 'rows' | 'keys' | 'side'> & Partial<Pick<BackwardSpec, 'schedule' | 'rank' | 'maskBits'>>): number {
   const k = s.side === 'k';
-  const walk = s.schedule === 'analytic' ? s.rows + s.keys + 2 + s.keys * (s.rank ?? 3) * (k ? 2 : 1) + (s.maskBits ? s.keys : 0) : 0;
+  // side 'k' with bit masks keeps one u32 per staged query instead of its intervals
+  const perKey = k ? (s.maskBits ? 1 : 2 * (s.rank ?? 3)) : (s.rank ?? 3) + (s.maskBits ? 1 : 0);
+  const walk = s.schedule === 'analytic' ? s.rows + s.keys + 2 + s.keys * perKey : 0;
   return 4 * ((s.rows + s.keys) * (s.dim + s.dimV) + (k ? 2 : 1) * s.rows * s.keys + s.keys * (k ? 4 : 2) + walk);
 }
 
@@ -122,7 +124,7 @@ function generateBackward(s: BackwardSpec): string {
   const RV = Math.ceil(DV / TX);
   const T = backwardThreads(s);
   const qSide = s.side === 'q';
-  const src = s.schedule === 'analytic' ? (qSide ? analyticSource(s.rank, RM, s.rope, false, s.maskBits === true) : analyticKeySource(s.rank, RM, s.rope)) : listSource(s.rope);
+  const src = s.schedule === 'analytic' ? (qSide ? analyticSource(s.rank, RM, s.rope, false, s.maskBits === true) : analyticKeySource(s.rank, RM, s.rope, s.maskBits === true)) : listSource(s.rope);
   const I = range(RM);
   const lines = (xs: string[], indent: string) => xs.join(`\n${indent}`);
   // loop bounds: constants to unroll, uniforms to keep loops

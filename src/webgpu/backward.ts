@@ -107,7 +107,8 @@ export function planBackward(problem: AttnProblem, limits: GpuLimits, tune: Back
           f16,
           schedule: analytic ? 'analytic' : 'list',
           rank,
-          ...(analytic && which === 'q' && maskBitsFit(other) ? { maskBits: true } : {}),
+          // the bits run over the key tile: the staged one on side 'q', the own one on side 'k'
+          ...(analytic && maskBitsFit(which === 'q' ? other : own) ? { maskBits: true } : {}),
         };
         if (backwardWorkgroupBytes(spec) <= limits.maxComputeWorkgroupStorageSize && backwardThreads(spec) <= maxThreads) return { spec, problem: tiled, ...(analytic ? { analytic } : {}) };
       }
