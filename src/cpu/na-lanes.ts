@@ -148,23 +148,34 @@ function laneTile(c: TileCtx, space: ItemSpace, item: number): LaneTile | undefi
   return { h, span, tq, steps, kvRow: (span.kOff + base) * P.kvHeads + h };
 }
 
+/**
+ * Byte-offset lists of the tile's query rows for a head-lane kernel: for each [list, slot, floats a
+ * row] entry, list[i] = the row of query i's head h in that slot ([rows][heads][floats]).
+ */
+function rowLists(c: TileCtx, t: LaneTile, lists: readonly (readonly [number, number, number])[]): void {
+  const { i32, qTok, problem: P } = c;
+  for (let i = 0; i < t.tq; i++) {
+    const r = (t.span.qOff + qTok[i]!) * P.heads + t.h;
+    for (const [list, slot, width] of lists) i32[(list >> 2) + i] = slot + r * width * 4;
+  }
+}
+
 /** Phase 'naLanes': work items of heads h = 0 mod 4 run their query tile for heads h..h+3; the others are empty. */
 export function runNALanes(c: TileCtx, space: ItemSpace, start: number, end: number): void {
   const P = c.problem;
-  const { i32, at, rank, qTok, tqPad } = c;
+  const { at, rank, tqPad } = c;
   const { q: qSlot, k: kSlot, v: vSlot, out: outSlot, lse: lseSlot } = c.lay.slots;
   const rpb = rpbParts(c);
   for (let item = start; item < end; item++) {
     const t = laneTile(c, space, item);
     if (!t) continue;
-    const { h, span, tq, steps, kvRow } = t;
+    const { h, tq, steps, kvRow } = t;
     if (P.rpb) rpb.rows(tq, at.m);
-    for (let i = 0; i < tq; i++) {
-      const row = span.qOff + qTok[i]!;
-      i32[(at.qRows >> 2) + i] = qSlot + (row * P.heads + h) * P.dim * 4;
-      i32[(at.outRows >> 2) + i] = outSlot + (row * P.heads + h) * P.dimV * 4;
-      i32[(at.rowIdx >> 2) + i] = lseSlot + (row * P.heads + h) * 4;
-    }
+    rowLists(c, t, [
+      [at.qRows, qSlot, P.dim],
+      [at.outRows, outSlot, P.dimV],
+      [at.rowIdx, lseSlot, 1],
+    ]);
     c.K.naLanes(
       at.qRows, at.outRows, at.rowIdx, at.lo, at.hi, tqPad, tq, rank,
       kSlot + kvRow * P.dim * 4, vSlot + kvRow * P.dimV * 4, steps[0]!, steps[1]!, steps[2]!,
@@ -191,7 +202,7 @@ export function rowsOfLanesRpb(data: Float32Array, heads: number): Float32Array 
  */
 export function runNALanesBwd(c: TileCtx, space: ItemSpace, start: number, end: number): void {
   const P = c.problem;
-  const { i32, at, rank, qTok, tqPad } = c;
+  const { at, rank, tqPad } = c;
   const { q: qSlot, k: kSlot, v: vSlot, out: oSlot, dout: doSlot, lse: lseSlot, dq: dqSlot } = c.lay.slots;
   const dkp = c.lay.slots.dkp + c.thread * c.lay.partialBytes.dkp!;
   const dvp = c.lay.slots.dvp + c.thread * c.lay.partialBytes.dvp!;
@@ -200,17 +211,16 @@ export function runNALanesBwd(c: TileCtx, space: ItemSpace, start: number, end: 
   for (let item = start; item < end; item++) {
     const t = laneTile(c, space, item);
     if (!t) continue;
-    const { h, span, tq, steps, kvRow } = t;
+    const { h, tq, steps, kvRow } = t;
     if (P.rpb) rpb.rows(tq, at.alpha);
-    for (let i = 0; i < tq; i++) {
-      const r = (span.qOff + qTok[i]!) * P.heads + h;
-      i32[(at.qRows >> 2) + i] = qSlot + r * P.dim * 4;
-      // row lists in this kind's tqPad-sized areas: q, O, lse, then dO (m) and dq (l)
-      i32[(at.outRows >> 2) + i] = oSlot + r * P.dimV * 4;
-      i32[(at.rowIdx >> 2) + i] = lseSlot + r * 4;
-      i32[(at.m >> 2) + i] = doSlot + r * P.dimV * 4;
-      i32[(at.l >> 2) + i] = dqSlot + r * P.dim * 4;
-    }
+    // row lists in this kind's tqPad-sized areas: q, O, lse, then dO (m) and dq (l)
+    rowLists(c, t, [
+      [at.qRows, qSlot, P.dim],
+      [at.outRows, oSlot, P.dimV],
+      [at.rowIdx, lseSlot, 1],
+      [at.m, doSlot, P.dimV],
+      [at.l, dqSlot, P.dim],
+    ]);
     c.K.naLanesBwd(
       at.qRows, at.m, at.outRows, at.rowIdx, at.l, at.lo, at.hi, tqPad, tq, rank,
       kSlot + kvRow * P.dim * 4, vSlot + kvRow * P.dimV * 4, dkp + kvRow * P.dim * 4, dvp + kvRow * P.dimV * 4,
