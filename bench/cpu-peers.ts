@@ -4,11 +4,14 @@
  * com.microsoft.MultiHeadAttention, which is what an ONNX Runtime user has for attention.
  *
  *   npm run build && node dist/bench/cpu-peers.js [--quick] [--cases dense2048,causal4096,na2d,na3d] [--repeat N] [--json]
- *                                                 [--kernels relaxed-simd|simd|scalar] [--rounds R]
+ *                                                 [--kernels relaxed-simd|simd|scalar] [--rounds R] [--pairs N]
  *
  * --rounds R runs every implementation of a case R times in turn and reports the median (and best)
  * of all its calls, so a slow spell of this noisy VM falls on every row alike. Neighborhoods with
  * heads in fours also get a row for the query-lane fused kernel (the head-lane path turned off).
+ * --pairs N then times tilewise fused and onnxruntime-node alternately, call by call (N pairs after
+ * both warmed up), and reports the median of the per-pair ratios: on this VM a slow spell of a
+ * few hundred milliseconds moves a whole row's median, but falls on both calls of a pair.
  *
  * Patterns reach the peers the way a user would give them: causal as MHA's `unidirectional = 1`,
  * neighborhoods as an additive attention_bias (0 / -1e9) built from the exact NATTEN window. Each
@@ -38,6 +41,7 @@ const { values: args } = parseArgs({
     quick: { type: 'boolean', default: false },
     json: { type: 'boolean', default: false },
     kernels: { type: 'string' },
+    pairs: { type: 'string' },
   },
 });
 if (args.kernels) setCpuKernels(args.kernels as KernelVariant);
@@ -167,6 +171,49 @@ async function runPeer(p: Peer, c: Case, q: Tensor, k: Tensor, v: Tensor) {
   }
 }
 
+const PAUSE_MS = Number(process.env.PAUSE_MS ?? 20);
+/** tilewise fused and onnxruntime-node alternately, call by call (the order flipped every pair): per-pair ratios. */
+async function interleaved(c: Case, q: Tensor, k: Tensor, v: Tensor, pairs: number): Promise<{ tw: number[]; ort: number[]; ratios: number[] }> {
+  const { ort, opts } = await peers[0]!.load();
+  const n = tokens(c);
+  const model = mhaModel({ batch: 1, seq: n, heads: c.heads, headDim: c.dim, unidirectional: c.kind === 'causal', bias: patternBias(c) });
+  // no spinning: onnxruntime's pool threads otherwise spin for tens of milliseconds after each
+  // run, taking the cores from the tilewise call that follows (measured: 3-D NA 12.6 ms against 8.1)
+  const session = await ort.InferenceSession.create(model, { ...opts, extra: { session: { intra_op: { allow_spinning: '0' } } } });
+  try {
+    const shape = [1, n, c.heads * c.dim];
+    const feeds = { query: new ort.Tensor('float32', q.data, shape), key: new ort.Tensor('float32', k.data, shape), value: new ort.Tensor('float32', v.data, shape) };
+    const calls = [
+      async () => void (c.kind !== 'na' ? await attention(q, k, v, { causal: c.kind === 'causal' }) : await (c.grid.length === 2 ? na2d : na3d)(q, k, v, { kernelSize: c.kernel! })),
+      async () => void (await session.run(feeds)),
+    ];
+    for (const call of calls) {
+      const t0 = performance.now();
+      for (let i = 0; i < 3 || performance.now() - t0 < 250; i++) await call();
+    }
+    const tw: number[] = [];
+    const ortT: number[] = [];
+    const ratios: number[] = [];
+    for (let i = 0; i < pairs; i++) {
+      const t = [0, 0];
+      for (const j of i % 2 ? [1, 0] : [0, 1]) {
+        // a pause first: onnxruntime's pool threads spin for a while after each run, and would
+        // otherwise take the cores from whichever call comes next
+        await new Promise((r) => setTimeout(r, PAUSE_MS));
+        const s0 = performance.now();
+        await calls[j]!();
+        t[j] = performance.now() - s0;
+      }
+      tw.push(t[0]!);
+      ortT.push(t[1]!);
+      ratios.push(t[1]! / t[0]!);
+    }
+    return { tw, ort: ortT, ratios };
+  } finally {
+    await session.release();
+  }
+}
+
 async function runTilewise(impl: 'fused' | 'unfused' | 'naive', c: Case, q: Tensor, k: Tensor, v: Tensor, headLanes = true) {
   const call = (): Promise<Result> => {
     if (c.kind !== 'na') return attention(q, k, v, { causal: c.kind === 'causal' });
@@ -249,11 +296,27 @@ for (const c of cases) {
   }
 }
 
-if (args.json) console.log(JSON.stringify({ machine: os.cpus()[0]?.model, cores: os.cpus().length, node: process.version, threads: THREADS, quick: args.quick, rows }, null, 1));
+// --pairs N: tilewise fused against onnxruntime-node alternated call by call, per case
+const pairRows: { case: string; tw: number; ort: number; ratio: number; pairs: number }[] = [];
+const nPairs = Math.max(0, Number(args.pairs ?? 0) | 0);
+if (nPairs > 0)
+  for (const c of cases) {
+    process.stderr.write(`  ${c.id}: tilewise fused / ort-node, ${nPairs} interleaved pairs ...\n`);
+    const shape = [1, ...c.grid, c.heads, c.dim];
+    const r = await interleaved(c, randn(shape, 1), randn(shape, 2), randn(shape, 3), nPairs);
+    pairRows.push({ case: c.id, tw: medianOf(r.tw), ort: medianOf(r.ort), ratio: medianOf(r.ratios), pairs: nPairs });
+  }
+
+if (args.json) console.log(JSON.stringify({ machine: os.cpus()[0]?.model, cores: os.cpus().length, node: process.version, threads: THREADS, quick: args.quick, rows, pairRows }, null, 1));
 else {
   const f = (x: number | undefined, d: number) => (x === undefined ? '—' : x.toFixed(d));
   console.log('| case | shape | impl | ms (median) | ms (best) | runs | useful GFLOP/s (median) | speedup of tilewise fused (row ms / fused ms) | rel err vs tilewise fused | note |');
   console.log('|---|---|---|---:|---:|---:|---:|---:|---:|---|');
   for (const r of rows)
     console.log(`| ${r.case} | ${r.shape} | ${r.impl} | ${f(r.ms, 1)} | ${f(r.best, 1)} | ${r.runs ?? '—'} | ${f(r.gflops, 2)} | ${f(r.fusedSpeedup, 2)} | ${r.relErr === undefined ? '—' : r.relErr.toExponential(1)} | ${r.error ?? ''} |`);
+  if (pairRows.length) {
+    console.log('\n| case | pairs | tilewise fused ms (median) | onnxruntime-node ms (median) | median of per-pair ratios (ort-node / tilewise) |');
+    console.log('|---|---:|---:|---:|---:|');
+    for (const r of pairRows) console.log(`| ${r.case} | ${r.pairs} | ${f(r.tw, 2)} | ${f(r.ort, 2)} | ${f(r.ratio, 2)} |`);
+  }
 }

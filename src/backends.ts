@@ -86,7 +86,7 @@ export async function runProblem(problem: AttnProblem, q: Tensor, k: Tensor, v: 
   // head lanes read the rpb table regrouped like q, k and v
   const job = lanes && tuned.rpb ? { ...tuned, rpb: { ...tuned.rpb, data: lanesRpb(tuned.rpb.data, tuned.heads) } } : tuned;
   const into = { ...(dOut ? { out: dOut } : {}), ...(dLse ? { lse: dLse } : {}) };
-  const r = await runJob({ problem: job, phases, inputs: { q: q.data, k: k.data, v: v.data }, outputs: ['out', 'lse'], into, flops: roughFlops(problem), screen: true, screenInPhase: lanes });
+  const r = await runJob({ problem: job, phases, inputs: { q: q.data, k: k.data, v: v.data }, outputs: ['out', 'lse'], into, flops: roughFlops(problem), screen: true, screenInPhase: lanes, ...(lanes ? { phasesFill: ['out', 'lse'] as Slot[] } : {}) });
   applyPolicy(problem, { ...bad, ...r.nonFinite }, r.out!, r.lse!);
   return finish(problem, r.out!, r.lse!, lead, opts);
 }

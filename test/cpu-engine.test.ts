@@ -314,6 +314,36 @@ test('a call refused after the pool started leaves nothing that keeps the proces
   assert.match(r.stdout, /refused problem[\s\S]*done/);
 });
 
+test('a job posted to the workers before its inputs are copied (gated): a failed copy releases them, the call rejects, the next call is right', async (t) => {
+  if (cpuThreads() < 2) return t.skip('one thread: no pool');
+  const { runJob, poolStats } = await import('../src/cpu/pool.js');
+  const { cpuFusedTiles } = await import('../src/cpu/layout.js');
+  const [q, k, v] = [1, 2, 3].map((s) => randn([1, 32, 32, 4, 8], s));
+  const opts = { kernelSize: 5 };
+  const { problem } = planNA(q!, k!, v!, opts);
+  await neighborhoodAttention(q!, k!, v!, opts); // the pool started
+  const before = poolStats();
+  const inputs = {
+    q: q!.data,
+    k: k!.data,
+    get v(): Float32Array {
+      throw new Error('copy failed');
+    },
+  };
+  setInlineFlops(0);
+  try {
+    const job = runJob({ problem: cpuFusedTiles(problem), phases: ['lanes', 'naLanes'], inputs, outputs: ['out', 'lse'], flops: 1e9, screen: true, screenInPhase: true });
+    const timer = new Promise((_, reject) => setTimeout(() => reject(new Error('the gated job hung')), 10000).unref());
+    await assert.rejects(Promise.race([job, timer]), /copy failed/);
+  } finally {
+    setInlineFlops(2e6);
+  }
+  const ref = referenceAttention(problem, bufs(q!, k!, v!));
+  const got = await neighborhoodAttention(q!, k!, v!, opts);
+  assert.equal(compareResult(got.out.data, got.lse.data, ref, 8), null);
+  assert.equal(poolStats().spawned, before.spawned, 'the workers answered: none was replaced');
+});
+
 test('a small call on the calling thread leaves the worker pool running (no restart between large calls)', async () => {
   const { poolStats } = await import('../src/cpu/pool.js');
   const big = randn([1, 600, 2, 32], 1);

@@ -533,32 +533,10 @@ function lseOf(m: v128, l: v128): v128 {
   return v128.bitselect(f32x4.splat(-Infinity), v128.bitselect(r, f32x4.add(l, m), f32x4.gt(l, f32x4.splat(0))), f32x4.eq(l, f32x4.splat(0)));
 }
 
-// Scaled (and softcapped, and rpb-biased) scores of one key for queries A and B, stored at sp: A's
-// lanes, then B's; flags bit 0 (A) / bit 1 (B) clear: the key is outside that query's window, its
-// score -inf. ra, rb: each query's row of the regrouped rpb table (0: no rpb); kr: the key's part.
-// @ts-ignore: decorator
-@inline function pairScores(a: v128, b: v128, f: i32, sp: usize, scale: f32, cap: f32, ra: usize, rb: usize, kr: i32): void {
-  const ninf = f32x4.splat(-Infinity);
-  a = f32x4.mul(a, f32x4.splat(scale));
-  b = f32x4.mul(b, f32x4.splat(scale));
-  if (cap > 0) {
-    a = capv(a, cap);
-    b = capv(b, cap);
-  }
-  if (ra) {
-    // rpb: the 4 heads' entries of this (query, key) offset, one v128 of the regrouped table
-    a = f32x4.add(a, v128.load(ra + (<usize>kr << 4)));
-    b = f32x4.add(b, v128.load(rb + (<usize>kr << 4)));
-  }
-  v128.store(sp, v128.bitselect(a, ninf, i32x4.splat(-(f & 1))));
-  v128.store(sp, v128.bitselect(b, ninf, i32x4.splat(-((f >> 1) & 1))), 16);
-}
-
-// The weighted row sums both pair kernels end with, for four lanes-vectors (dims o/16 .. o/16 + 3) of
-// the rows of nk keys (row j at base + keys[j] stride + o): A's sum with weights at w + j wStep + offA,
-// B's with + offB, each times its scale vector and written back to one row per head at dstA / dstB
-// (rows ld bytes apart). The forward's P V (base 0: keys already hold v row addresses) and the
-// backward's dS K.
+// The weighted row sums the pair backward ends with (its dQ = dS K), for four lanes-vectors (dims
+// o/16 .. o/16 + 3) of the rows of nk keys (row j at base + keys[j] stride + o): A's sum with
+// weights at w + j wStep + offA, B's with + offB, each times its scale vector and written back to
+// one row per head at dstA / dstB (rows ld bytes apart).
 function pairRowSums(keys: usize, nk: i32, base: usize, stride: usize, o: usize, w: usize, wStep: usize, offA: usize, offB: usize, sa: v128, sb: v128, dstA: usize, dstB: usize, ld: usize): void {
   let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
   let b0 = f32x4.splat(0), b1 = f32x4.splat(0), b2 = f32x4.splat(0), b3 = f32x4.splat(0);
@@ -581,122 +559,333 @@ function pairRowSums(keys: usize, nk: i32, base: usize, stride: usize, o: usize,
   store4T(f32x4.mul(b0, sb), f32x4.mul(b1, sb), f32x4.mul(b2, sb), f32x4.mul(b3, sb), dstB, ld);
 }
 
+// ---------------------------------------------------------------------------------------------
+// The forward runs queries in runs of up to four consecutive ones whose windows are the same box
+// but on the last axis, where start and end are non-decreasing (neighbours along a tile row). Each
+// key column of the run's union is held by a contiguous range of its queries, so Q K^T and P V run
+// column by column on exactly those queries: every computed pair is an allowed one (the pairs
+// before computed a pair's union, 1/6 of it masked on a 3-D k5 window), and each k or v row loaded
+// feeds up to four queries (a pair fed two; on 3-D windows those rows come from L2). The backward
+// below still pairs queries (windowPair).
+
+// Raw dot products q_s . k for the nq queries s0.. of a column (q in lanes at qs, d v128 apart per
+// query) and nk keys whose k row addresses are at kp (kStep bytes apart); scores go to sp (sStep
+// bytes a key, 16 a query). Blocks of 2 keys (nq 3, 4) or 4 (nq 1, 2) keep 6-8 accumulators; a
+// partial block repeats its last key and stores the extra results to `trash`.
+function qkColumn(nq: i32, qs: usize, d: i32, kp: usize, kStep: usize, nk: i32, sp: usize, sStep: usize, trash: usize): void {
+  const qStep = <usize>d << 4;
+  const last = nk - 1;
+  if (nq >= 3) {
+    for (let j = 0; j < nk; j += 2) {
+      const j1 = j + 1 <= last ? j + 1 : last;
+      const k0 = <usize>load<i32>(kp + <usize>j * kStep);
+      const k1 = <usize>load<i32>(kp + <usize>j1 * kStep);
+      let a0 = f32x4.splat(0), a1 = f32x4.splat(0), b0 = f32x4.splat(0), b1 = f32x4.splat(0);
+      let c0 = f32x4.splat(0), c1 = f32x4.splat(0), e0 = f32x4.splat(0), e1 = f32x4.splat(0);
+      if (nq == 4) {
+        for (let x = 0; x < d; x++) {
+          const o = <usize>x << 4;
+          const kv0 = v128.load(k0 + o), kv1 = v128.load(k1 + o);
+          const q0 = v128.load(qs + o), q1 = v128.load(qs + qStep + o), q2 = v128.load(qs + 2 * qStep + o), q3 = v128.load(qs + 3 * qStep + o);
+          a0 = fma(q0, kv0, a0);
+          a1 = fma(q0, kv1, a1);
+          b0 = fma(q1, kv0, b0);
+          b1 = fma(q1, kv1, b1);
+          c0 = fma(q2, kv0, c0);
+          c1 = fma(q2, kv1, c1);
+          e0 = fma(q3, kv0, e0);
+          e1 = fma(q3, kv1, e1);
+        }
+      } else {
+        for (let x = 0; x < d; x++) {
+          const o = <usize>x << 4;
+          const kv0 = v128.load(k0 + o), kv1 = v128.load(k1 + o);
+          const q0 = v128.load(qs + o), q1 = v128.load(qs + qStep + o), q2 = v128.load(qs + 2 * qStep + o);
+          a0 = fma(q0, kv0, a0);
+          a1 = fma(q0, kv1, a1);
+          b0 = fma(q1, kv0, b0);
+          b1 = fma(q1, kv1, b1);
+          c0 = fma(q2, kv0, c0);
+          c1 = fma(q2, kv1, c1);
+        }
+      }
+      const s0 = sp + <usize>j * sStep;
+      const s1 = j + 1 <= last ? s0 + sStep : trash;
+      v128.store(s0, a0);
+      v128.store(s1, a1);
+      v128.store(s0, b0, 16);
+      v128.store(s1, b1, 16);
+      v128.store(s0, c0, 32);
+      v128.store(s1, c1, 32);
+      if (nq == 4) {
+        v128.store(s0, e0, 48);
+        v128.store(s1, e1, 48);
+      }
+    }
+    return;
+  }
+  for (let j = 0; j < nk; j += 4) {
+    const j1 = j + 1 <= last ? j + 1 : last, j2 = j + 2 <= last ? j + 2 : last, j3 = j + 3 <= last ? j + 3 : last;
+    const k0 = <usize>load<i32>(kp + <usize>j * kStep);
+    const k1 = <usize>load<i32>(kp + <usize>j1 * kStep);
+    const k2 = <usize>load<i32>(kp + <usize>j2 * kStep);
+    const k3 = <usize>load<i32>(kp + <usize>j3 * kStep);
+    let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
+    let b0 = f32x4.splat(0), b1 = f32x4.splat(0), b2 = f32x4.splat(0), b3 = f32x4.splat(0);
+    if (nq == 2) {
+      for (let x = 0; x < d; x++) {
+        const o = <usize>x << 4;
+        const q0 = v128.load(qs + o), q1 = v128.load(qs + qStep + o);
+        const kv0 = v128.load(k0 + o);
+        a0 = fma(q0, kv0, a0);
+        b0 = fma(q1, kv0, b0);
+        const kv1 = v128.load(k1 + o);
+        a1 = fma(q0, kv1, a1);
+        b1 = fma(q1, kv1, b1);
+        const kv2 = v128.load(k2 + o);
+        a2 = fma(q0, kv2, a2);
+        b2 = fma(q1, kv2, b2);
+        const kv3 = v128.load(k3 + o);
+        a3 = fma(q0, kv3, a3);
+        b3 = fma(q1, kv3, b3);
+      }
+    } else {
+      // one query: two accumulators a key over even and odd dims, so 8 chains still run side by side
+      for (let x = 0; x < d; x += 2) {
+        const o = <usize>x << 4;
+        const q0 = v128.load(qs + o), q1 = v128.load(qs + o, 16);
+        a0 = fma(q0, v128.load(k0 + o), a0);
+        b0 = fma(q1, v128.load(k0 + o, 16), b0);
+        a1 = fma(q0, v128.load(k1 + o), a1);
+        b1 = fma(q1, v128.load(k1 + o, 16), b1);
+        a2 = fma(q0, v128.load(k2 + o), a2);
+        b2 = fma(q1, v128.load(k2 + o, 16), b2);
+        a3 = fma(q0, v128.load(k3 + o), a3);
+        b3 = fma(q1, v128.load(k3 + o, 16), b3);
+      }
+      a0 = f32x4.add(a0, b0);
+      a1 = f32x4.add(a1, b1);
+      a2 = f32x4.add(a2, b2);
+      a3 = f32x4.add(a3, b3);
+    }
+    const s0 = sp + <usize>j * sStep;
+    const s1 = j + 1 <= last ? s0 + sStep : trash;
+    const s2 = j + 2 <= last ? s0 + 2 * sStep : trash;
+    const s3 = j + 3 <= last ? s0 + 3 * sStep : trash;
+    v128.store(s0, a0);
+    v128.store(s1, a1);
+    v128.store(s2, a2);
+    v128.store(s3, a3);
+    if (nq == 2) {
+      v128.store(s0, b0, 16);
+      v128.store(s1, b1, 16);
+      v128.store(s2, b2, 16);
+      v128.store(s3, b3, 16);
+    }
+  }
+}
+
+// O_s += sum over the column's nk keys of P[key][s] v_key for the nq queries s0.. (accumulators in
+// lanes at os, dv v128 apart per query; weights at pp, pStep bytes a key, 16 a query; v row
+// addresses at vp, vStep bytes apart). Keys go in pairs, their weights held in registers while
+// both v rows stream past once, front to back (as Q K^T reads k rows): per dim, the accumulators
+// are loaded, take two FMAs each and are stored back (they stay in L1).
+function pvColumn(nq: i32, os: usize, dv: i32, vp: usize, vStep: usize, nk: i32, pp: usize, pStep: usize): void {
+  const oStep = <usize>dv << 4;
+  const end = os + <usize>dv * 16;
+  let j = 0;
+  for (; j + 2 <= nk; j += 2) {
+    const w0 = pp + <usize>j * pStep, w1 = w0 + pStep;
+    const r0 = <usize>load<i32>(vp + <usize>j * vStep), r1 = <usize>load<i32>(vp + <usize>(j + 1) * vStep);
+    const pa0 = v128.load(w0), pa1 = v128.load(w1);
+    if (nq == 1) {
+      for (let o = os, r = 0 as usize; o < end; o += 16, r += 16) v128.store(o, fma(pa1, v128.load(r1 + r), fma(pa0, v128.load(r0 + r), v128.load(o))));
+      continue;
+    }
+    const pb0 = v128.load(w0, 16), pb1 = v128.load(w1, 16);
+    if (nq == 2) {
+      for (let o = os, r = 0 as usize; o < end; o += 16, r += 16) {
+        const v0 = v128.load(r0 + r), v1 = v128.load(r1 + r);
+        v128.store(o, fma(pa1, v1, fma(pa0, v0, v128.load(o))));
+        v128.store(o + oStep, fma(pb1, v1, fma(pb0, v0, v128.load(o + oStep))));
+      }
+      continue;
+    }
+    const pc0 = v128.load(w0, 32), pc1 = v128.load(w1, 32);
+    if (nq == 3) {
+      for (let o = os, r = 0 as usize; o < end; o += 16, r += 16) {
+        const v0 = v128.load(r0 + r), v1 = v128.load(r1 + r);
+        v128.store(o, fma(pa1, v1, fma(pa0, v0, v128.load(o))));
+        v128.store(o + oStep, fma(pb1, v1, fma(pb0, v0, v128.load(o + oStep))));
+        v128.store(o + 2 * oStep, fma(pc1, v1, fma(pc0, v0, v128.load(o + 2 * oStep))));
+      }
+      continue;
+    }
+    const pd0 = v128.load(w0, 48), pd1 = v128.load(w1, 48);
+    for (let o = os, r = 0 as usize; o < end; o += 16, r += 16) {
+      const v0 = v128.load(r0 + r), v1 = v128.load(r1 + r);
+      v128.store(o, fma(pa1, v1, fma(pa0, v0, v128.load(o))));
+      v128.store(o + oStep, fma(pb1, v1, fma(pb0, v0, v128.load(o + oStep))));
+      v128.store(o + 2 * oStep, fma(pc1, v1, fma(pc0, v0, v128.load(o + 2 * oStep))));
+      v128.store(o + 3 * oStep, fma(pd1, v1, fma(pd0, v0, v128.load(o + 3 * oStep))));
+    }
+  }
+  if (j < nk) {
+    // an odd key last: the same, one key
+    const w0 = pp + <usize>j * pStep;
+    const r0 = <usize>load<i32>(vp + <usize>j * vStep);
+    for (let s = 0; s < nq; s++) {
+      const p = v128.load(w0 + (<usize>s << 4));
+      const os2 = os + <usize>s * oStep, e2 = os2 + <usize>dv * 16;
+      for (let o = os2, r = 0 as usize; o < e2; o += 16, r += 16) v128.store(o, fma(p, v128.load(r0 + r), v128.load(o)));
+    }
+  }
+}
+
 /**
- * naLanes for two queries A, B whose windows are the same box except on the last axis, where B's
- * is [lo2b, hi2b] and the union [lo2, hi2b] is at most one column wider than A's: every k and v
- * row of the union is loaded once for both (a pair of 4-lane accumulators per row), and the one
- * column each query lacks is masked (-inf score, zero weight). Halves the k and v traffic, which
- * bounds the single-query loop (a 3-D k5 window of 4 heads x D 32 is 64 KiB of k, 64 KiB of v).
+ * naLanes for a run of nr (1-4) queries whose windows are the box [lo0, hi0] x [lo1, hi1] on the
+ * first axes (rank padded to 3 at the front) and [lo2_s, hi2_s] on the last, non-decreasing in s
+ * and without gaps (win: the four shared words, then lo2_s, hi2_s per query). Keys of the union
+ * are laid out row-major (row: a point of the first axes; column: the last axis) in three lists
+ * at keys: k row addresses, v row addresses, rpb key parts. Scores: [key][4 queries] v128s at
+ * sBuf, then 4 v128s of trash. q of each query in lanes at qBuf, O accumulators at oBuf.
  */
-function pairWindows(
-  qA: usize, qB: usize, outA: usize, outB: usize, lseA: usize, lseB: usize, win: usize,
-  kBase: usize, vBase: usize, st0: i32, st1: i32, st2: i32, rk: usize, rv: usize, d: i32, dv: i32, scale: f32, cap: f32, sBuf: usize, keys: usize,
-  ra: usize, rb: usize, r0: i32, r1: i32, r2: i32, qBuf: usize,
+function runWindows(
+  nr: i32, qRows: usize, outRows: usize, lseRows: usize, rpbRows: usize, win: usize,
+  kBase: usize, vBase: usize, st0: i32, st1: i32, st2: i32, rk: usize, rv: usize, d: i32, dv: i32, scale: f32, cap: f32,
+  sBuf: usize, keys: usize, rpb: usize, r0: i32, r1: i32, r2: i32, qBuf: usize, oBuf: usize,
 ): void {
   const lo0 = load<i32>(win), hi0 = load<i32>(win, 4), lo1 = load<i32>(win, 8), hi1 = load<i32>(win, 12);
-  const lo2 = load<i32>(win, 16), hi2 = load<i32>(win, 20), lo2b = load<i32>(win, 24), hi2b = load<i32>(win, 28);
-  const ninf = f32x4.splat(-Infinity);
-  // keys of the union, then which of A (bit 0), B (bit 1) each belongs to, then (with rpb) each
-  // key's part of the rpb index
-  let nk = 0;
+  const L = load<i32>(win, 16);
+  const W = load<i32>(win + (<usize>nr << 3), 12) - L + 1;
+  const rows = (hi0 - lo0 + 1) * (hi1 - lo1 + 1);
+  const nk = rows * W;
+  const kp = keys, vp = keys + (<usize>nk << 2), kr = keys + (<usize>nk << 3);
+  let j = 0;
   for (let c0 = lo0; c0 <= hi0; c0++)
     for (let c1 = lo1; c1 <= hi1; c1++) {
       const b = c0 * st0 + c1 * st1;
-      for (let c2 = lo2; c2 <= hi2b; c2++, nk++) store<i32>(keys + (<usize>nk << 2), b + c2 * st2);
+      for (let t = 0; t < W; t++, j++) {
+        const tok = <usize>(b + (L + t) * st2);
+        store<i32>(kp + (<usize>j << 2), <i32>(kBase + tok * rk));
+        store<i32>(vp + (<usize>j << 2), <i32>(vBase + tok * rv));
+        if (rpb) store<i32>(kr + (<usize>j << 2), c0 * r0 + c1 * r1 + (L + t) * r2);
+      }
     }
-  const flags = keys + (<usize>nk << 2);
-  const kr = flags + (<usize>nk << 2);
-  if (ra) {
-    let n = 0;
-    for (let c0 = lo0; c0 <= hi0; c0++)
-      for (let c1 = lo1; c1 <= hi1; c1++)
-        for (let c2 = lo2; c2 <= hi2b; c2++, n++) store<i32>(kr + (<usize>n << 2), c0 * r0 + c1 * r1 + c2 * r2);
+  // q of each query to lanes (its [H][D] rows are read once), O accumulators zeroed
+  const qStep = <usize>d << 4, oStep = <usize>dv << 4;
+  // (pre-scaled, so the scores come out scaled)
+  const sc = f32x4.splat(scale);
+  for (let s = 0; s < nr; s++) {
+    const qs = qBuf + <usize>s * qStep;
+    rowsToLanes(<usize>load<i32>(qRows + (<usize>s << 2)), qs, d);
+    for (let o: usize = 0; o < qStep; o += 16) v128.store(qs + o, f32x4.mul(v128.load(qs + o), sc));
   }
-  let x2 = 0;
-  const w = hi2b - lo2 + 1;
-  for (let j = 0; j < nk; j++) {
-    const c2 = lo2 + x2;
-    store<i32>(flags + (<usize>j << 2), (c2 <= hi2 ? 1 : 0) | (c2 >= lo2b ? 2 : 0));
-    if (++x2 == w) x2 = 0;
+  memory.fill(oBuf, 0, <usize>nr * oStep);
+  const sStep = <usize>W << 6; // a row of W keys x 4 queries x 16 bytes
+  const trash = sBuf + (<usize>nk << 6);
+  // Q K^T column by column, on the queries whose windows hold the column
+  let s0 = 0, s1 = 0;
+  for (let t = 0; t < W; t++) {
+    const c = L + t;
+    while (load<i32>(win + (<usize>s0 << 3), 20) < c) s0++;
+    while (s1 + 1 < nr && load<i32>(win + (<usize>(s1 + 1) << 3), 16) <= c) s1++;
+    qkColumn(s1 - s0 + 1, qBuf + <usize>s0 * qStep, d, kp + (<usize>t << 2), <usize>W << 2, rows, sBuf + (<usize>t << 6) + (<usize>s0 << 4), sStep, trash);
   }
-  // q stays in its [H][D] rows (used once): each query's head group goes to lanes here
-  const qa = qBuf;
-  const qb = qBuf + (<usize>d << 4);
-  rowsToLanes(qA, qa, d);
-  rowsToLanes(qB, qb, d);
-  // scores: S[j] = (A's 4 lanes, B's 4 lanes), four keys x two queries a block
-  let j = 0;
-  for (; j + 4 <= nk; j += 4) {
-    const kp = keys + (<usize>j << 2);
-    const k0 = kBase + <usize>load<i32>(kp) * rk;
-    const k1 = kBase + <usize>load<i32>(kp, 4) * rk;
-    const k2 = kBase + <usize>load<i32>(kp, 8) * rk;
-    const k3 = kBase + <usize>load<i32>(kp, 12) * rk;
-    let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
-    let b0 = f32x4.splat(0), b1 = f32x4.splat(0), b2 = f32x4.splat(0), b3 = f32x4.splat(0);
-    for (let x = 0; x < d; x++) {
-      const o = <usize>x << 4;
-      const va = v128.load(qa + o);
-      const vb = v128.load(qb + o);
-      const kv0 = v128.load(k0 + o);
-      a0 = fma(va, kv0, a0);
-      b0 = fma(vb, kv0, b0);
-      const kv1 = v128.load(k1 + o);
-      a1 = fma(va, kv1, a1);
-      b1 = fma(vb, kv1, b1);
-      const kv2 = v128.load(k2 + o);
-      a2 = fma(va, kv2, a2);
-      b2 = fma(vb, kv2, b2);
-      const kv3 = v128.load(k3 + o);
-      a3 = fma(va, kv3, a3);
-      b3 = fma(vb, kv3, b3);
+  // each query's softmax over its own keys (row by row, columns a..e of each): softcap and rpb
+  // hooks, then max, exp and sum
+  const ninf = f32x4.splat(-Infinity);
+  for (let s = 0; s < nr; s++) {
+    const a = load<i32>(win + (<usize>s << 3), 16) - L, e = load<i32>(win + (<usize>s << 3), 20) - L;
+    const first = sBuf + (<usize>s << 4) + (<usize>a << 6);
+    const span = <usize>(e - a + 1) << 6;
+    const rr = rpb ? rpb + (<usize>load<i32>(rpbRows + (<usize>s << 2)) << 4) : 0;
+    let m = ninf;
+    if (cap > 0 || rr) {
+      for (let r = 0; r < rows; r++) {
+        const row = first + <usize>r * sStep;
+        let kp2 = kr + (<usize>(r * W + a) << 2);
+        for (let sp = row; sp < row + span; sp += 64, kp2 += 4) {
+          let x = v128.load(sp);
+          if (cap > 0) x = capv(x, cap);
+          if (rr) x = f32x4.add(x, v128.load(rr + (<usize>load<i32>(kp2) << 4)));
+          v128.store(sp, x);
+          m = f32x4.pmax(m, x);
+        }
+      }
+    } else {
+      for (let r = 0; r < rows; r++) {
+        const row = first + <usize>r * sStep;
+        for (let sp = row; sp < row + span; sp += 64) m = f32x4.pmax(m, v128.load(sp));
+      }
     }
-    const sp = sBuf + (<usize>j << 5);
-    const fp = flags + (<usize>j << 2);
-    const kq = kr + (<usize>j << 2);
-    pairScores(a0, b0, load<i32>(fp), sp, scale, cap, ra, rb, ra ? load<i32>(kq) : 0);
-    pairScores(a1, b1, load<i32>(fp, 4), sp + 32, scale, cap, ra, rb, ra ? load<i32>(kq, 4) : 0);
-    pairScores(a2, b2, load<i32>(fp, 8), sp + 64, scale, cap, ra, rb, ra ? load<i32>(kq, 8) : 0);
-    pairScores(a3, b3, load<i32>(fp, 12), sp + 96, scale, cap, ra, rb, ra ? load<i32>(kq, 12) : 0);
-  }
-  for (; j < nk; j++) {
-    const k0 = kBase + <usize>load<i32>(keys + (<usize>j << 2)) * rk;
-    let a0 = f32x4.splat(0), b0 = f32x4.splat(0);
-    for (let x = 0; x < d; x++) {
-      const o = <usize>x << 4;
-      const kv0 = v128.load(k0 + o);
-      a0 = fma(v128.load(qa + o), kv0, a0);
-      b0 = fma(v128.load(qb + o), kv0, b0);
+    const ms = v128.andnot(m, f32x4.eq(m, ninf));
+    let l = f32x4.splat(0);
+    for (let r = 0; r < rows; r++) {
+      const row = first + <usize>r * sStep;
+      for (let sp = row; sp < row + span; sp += 64) {
+        const p = vexpNeg(f32x4.sub(v128.load(sp), ms));
+        v128.store(sp, p);
+        l = f32x4.add(l, p);
+      }
     }
-    pairScores(a0, b0, load<i32>(flags + (<usize>j << 2)), sBuf + (<usize>j << 5), scale, cap, ra, rb, ra ? load<i32>(kr + (<usize>j << 2)) : 0);
+    v128.store(<usize>load<i32>(lseRows + (<usize>s << 2)), lseOf(m, l));
+    // 1 / l (0 where l = 0) kept in the trash's slot for this query until the output is written
+    v128.store(trash + (<usize>s << 4), v128.and(f32x4.div(f32x4.splat(1.0), l), f32x4.gt(l, f32x4.splat(0))));
   }
-  let ma = ninf, mb = ninf;
-  for (j = 0; j < nk; j++) {
-    const sp = sBuf + (<usize>j << 5);
-    ma = f32x4.pmax(ma, v128.load(sp));
-    mb = f32x4.pmax(mb, v128.load(sp, 16));
+  // P V column by column, on the same queries
+  s0 = 0;
+  s1 = 0;
+  for (let t = 0; t < W; t++) {
+    const c = L + t;
+    while (load<i32>(win + (<usize>s0 << 3), 20) < c) s0++;
+    while (s1 + 1 < nr && load<i32>(win + (<usize>(s1 + 1) << 3), 16) <= c) s1++;
+    pvColumn(s1 - s0 + 1, oBuf + <usize>s0 * oStep, dv, vp + (<usize>t << 2), <usize>W << 2, rows, sBuf + (<usize>t << 6) + (<usize>s0 << 4), sStep);
   }
-  const sa = v128.andnot(ma, f32x4.eq(ma, ninf));
-  const sb = v128.andnot(mb, f32x4.eq(mb, ninf));
-  let la = f32x4.splat(0), lb = f32x4.splat(0);
-  for (j = 0; j < nk; j++) {
-    const sp = sBuf + (<usize>j << 5);
-    const ea = vexpNeg(f32x4.sub(v128.load(sp), sa));
-    const eb = vexpNeg(f32x4.sub(v128.load(sp, 16), sb));
-    v128.store(sp, ea);
-    v128.store(sp, eb, 16);
-    la = f32x4.add(la, ea);
-    lb = f32x4.add(lb, eb);
-  }
-  const ia = v128.and(f32x4.div(f32x4.splat(1.0), la), f32x4.gt(la, f32x4.splat(0)));
-  const ib = v128.and(f32x4.div(f32x4.splat(1.0), lb), f32x4.gt(lb, f32x4.splat(0)));
-  v128.store(lseA, lseOf(ma, la));
-  v128.store(lseB, lseOf(mb, lb));
-  // the keys' v rows as byte offsets, so the P V loop only adds the dim
-  for (j = 0; j < nk; j++) store<i32>(keys + (<usize>j << 2), <i32>(vBase + <usize>load<i32>(keys + (<usize>j << 2)) * rv));
-  // out = P V / l, four dims x two queries a block
+  // out = O / l, back from lanes to one row per head
   const ldo = <usize>dv << 2;
-  for (let c = 0; c < dv; c += 4) pairRowSums(keys, nk, 0, 1, <usize>c << 4, sBuf, 32, 0, 16, ia, ib, outA + (<usize>c << 2), outB + (<usize>c << 2), ldo);
+  for (let s = 0; s < nr; s++) {
+    const inv = v128.load(trash + (<usize>s << 4));
+    const os = oBuf + <usize>s * oStep;
+    const out = <usize>load<i32>(outRows + (<usize>s << 2));
+    for (let c = 0; c < dv; c += 4) {
+      const o = <usize>c << 4;
+      store4T(f32x4.mul(v128.load(os + o), inv), f32x4.mul(v128.load(os + o, 16), inv), f32x4.mul(v128.load(os + o, 32), inv), f32x4.mul(v128.load(os + o, 48), inv), out + (<usize>c << 2), ldo);
+    }
+  }
+}
+
+// Query i's run (see runWindows): the queries from i on, at most four, whose windows share the
+// box on the first axes and on the last are non-decreasing in start and end, with no gap between
+// one and the next and a union of at most maxW columns. Writes lo0, hi0, lo1, hi1, then lo2, hi2
+// per query at win; returns how many queries the run holds.
+// @ts-ignore: decorator
+@inline function endAt(ends: usize, ld: usize, pad: i32, a: i32, q: i32): i32 {
+  return a < pad ? 0 : load<i32>(ends + <usize>(a - pad) * ld + (<usize>q << 2));
+}
+
+function windowRun(lo: usize, hi: usize, ld: usize, pad: i32, i: i32, n: i32, maxW: i32, win: usize): i32 {
+  const lo0 = endAt(lo, ld, pad, 0, i), hi0 = endAt(hi, ld, pad, 0, i), lo1 = endAt(lo, ld, pad, 1, i), hi1 = endAt(hi, ld, pad, 1, i);
+  store<i32>(win, lo0);
+  store<i32>(win, hi0, 4);
+  store<i32>(win, lo1, 8);
+  store<i32>(win, hi1, 12);
+  let pl = endAt(lo, ld, pad, 2, i), ph = endAt(hi, ld, pad, 2, i);
+  store<i32>(win, pl, 16);
+  store<i32>(win, ph, 20);
+  const first = pl;
+  let r = 1;
+  for (; r < 4 && i + r < n; r++) {
+    const q = i + r;
+    const l2 = endAt(lo, ld, pad, 2, q), h2 = endAt(hi, ld, pad, 2, q);
+    if (endAt(lo, ld, pad, 0, q) != lo0 || endAt(hi, ld, pad, 0, q) != hi0 || endAt(lo, ld, pad, 1, q) != lo1 || endAt(hi, ld, pad, 1, q) != hi1) break;
+    if (l2 < pl || h2 < ph || l2 > ph + 1 || h2 - first + 1 > maxW) break;
+    store<i32>(win + (<usize>r << 3), l2, 16);
+    store<i32>(win + (<usize>r << 3), h2, 20);
+    pl = l2;
+    ph = h2;
+  }
+  return r;
 }
 
 // Query i's window and its partner's (rank padded to 3 at the front), as 8 i32 at win: lo0, hi0,
@@ -738,11 +927,13 @@ function windowPair(lo: usize, hi: usize, ld: usize, pad: i32, i: i32, n: i32, w
 
 /**
  * Neighborhood attention of n queries for one group of 4 heads (lanes). Query i: its q rows of
- * the 4 heads at byte offset qRows[i] (d floats apart; put in lanes in qBuf, 32 d bytes), out rows of its 4 heads from outRows[i] (dv floats
- * apart), lse of its 4 heads at lseRows[i]; its window on each of `rank` axes is [lo, hi]
- * (inclusive, [rank][ldLanes] i32, group-local). Key at window coordinates (c0, c1, c2) (rank
- * padded to 3 at the front) sits at token offset c0 st0 + c1 st1 + c2 st2 from kBase / vBase, rows
- * rowK / rowV bytes apart. sBuf holds a window of scores (16 bytes a key), keys a window of offsets.
+ * the 4 heads at byte offset qRows[i] (d floats apart), out rows of its 4 heads from outRows[i]
+ * (dv floats apart), lse of its 4 heads at lseRows[i]; its window on each of `rank` axes is
+ * [lo, hi] (inclusive, [rank][ldLanes] i32, group-local). Key at window coordinates (c0, c1, c2)
+ * (rank padded to 3 at the front) sits at token offset c0 st0 + c1 st1 + c2 st2 from kBase /
+ * vBase, rows rowK / rowV bytes apart. Queries go in runs (runWindows) whose unions are at most
+ * maxW columns on the last axis: sBuf holds a union's scores (64 bytes a key) and 64 bytes more,
+ * keys 16 words and three i32 lists of a union, qBuf 64 d bytes, oBuf 64 dv bytes.
  * rpb (0: none): NATTEN's relative position bias regrouped [vol][4] for this head group; the index
  * of (query i, key c) is rpbRows[i] + c0 r0 + c1 r1 + c2 r2, added after scale and softcap.
  */
@@ -750,26 +941,20 @@ export function naLanes(
   qRows: usize, outRows: usize, lseRows: usize, lo: usize, hi: usize, ldLanes: i32, n: i32, rank: i32,
   kBase: usize, vBase: usize, st0: i32, st1: i32, st2: i32, rowK: i32, rowV: i32,
   d: i32, dv: i32, scale: f32, cap: f32, sBuf: usize, keys: usize,
-  rpb: usize, rpbRows: usize, r0: i32, r1: i32, r2: i32, qBuf: usize,
+  rpb: usize, rpbRows: usize, r0: i32, r1: i32, r2: i32, qBuf: usize, maxW: i32, oBuf: usize,
 ): void {
   const ld = <usize>ldLanes << 2;
   const pad = 3 - rank;
-  const rk = <usize>rowK;
-  const rv = <usize>rowV;
-  // the first 8 words of keys hold the pair's windows (windowPair), the key lists follow
+  // the first 16 words of keys hold the run's windows (windowRun), the key lists follow
   const win = keys;
-  for (let i = 0; i < n; i++) {
-    const j = windowPair(lo, hi, ld, pad, i, n, win);
+  for (let i = 0; i < n; ) {
+    const nr = windowRun(lo, hi, ld, pad, i, n, maxW, win);
     const li = <usize>i << 2;
-    const lj = <usize>j << 2;
-    const ra = rpb ? rpb + (<usize>load<i32>(rpbRows + li) << 4) : 0;
-    const rb = rpb ? rpb + (<usize>load<i32>(rpbRows + lj) << 4) : 0;
-    pairWindows(
-      <usize>load<i32>(qRows + li), <usize>load<i32>(qRows + lj), <usize>load<i32>(outRows + li), <usize>load<i32>(outRows + lj),
-      <usize>load<i32>(lseRows + li), <usize>load<i32>(lseRows + lj), win,
-      kBase, vBase, st0, st1, st2, rk, rv, d, dv, scale, cap, sBuf, keys + 32, ra, rb, r0, r1, r2, qBuf,
+    runWindows(
+      nr, qRows + li, outRows + li, lseRows + li, rpbRows + li, win,
+      kBase, vBase, st0, st1, st2, <usize>rowK, <usize>rowV, d, dv, scale, cap, sBuf, keys + 64, rpb, r0, r1, r2, qBuf, oBuf,
     );
-    i = j;
+    i += nr;
   }
 }
 
@@ -833,7 +1018,7 @@ function dots2x2(a: usize, b: usize, r0: usize, r1: usize, n: i32, dst: usize): 
 }
 
 /**
- * The head-lane backward (FlashAttention-2 from the LSE) of two queries A, B paired as in naLanes
+ * The head-lane backward (FlashAttention-2 from the LSE) of two queries A, B paired by windowPair
  * (B's window at most one key column past A's on the last axis; B = A for a query with no partner,
  * its half then masked out): per key of the union P = exp(S - lse), dP = dO V^T, dS = P (dP -
  * delta) (times the softcap's derivative) for both, a key outside a query's window getting P = dS

@@ -62,27 +62,41 @@ function maxKeys(kind: KernelKind, problem: AttnProblem, rank: number): number {
   return union();
 }
 
+/**
+ * The widest last-axis union the head-lane forward's query runs may span (wasm/tile.ts
+ * `runWindows`): four queries along the last axis reach three key columns past one window.
+ */
+export function runColumns(problem: AttnProblem): number {
+  const p = problem.pattern;
+  return (p.kind === 'neighborhood' ? p.kernelSize[p.kernelSize.length - 1]! : 1) + 3;
+}
+
 export function scratchPlan(kind: KernelKind, problem: AttnProblem, rank: number): ScratchPlan {
   const maxQ = kind === 'naive' ? 1 : prod(tileFor(problem.qTile, rank));
   const tqPad = padRows(maxQ);
   const maxK = maxKeys(kind, problem, rank);
   const { dim: D, dimV: DV } = problem;
   const rope = problem.rope !== undefined;
-  // head lanes: a query pair's window union (one more key column on the last axis), whose keys,
-  // flags and rpb index parts (three lists) and scores (8 floats a key) must fit whatever the tile
+  // head lanes: the backward's query pair's window union (one more key column on the last axis),
+  // whose keys, flags and rpb index parts (three lists) and scores (16 floats a key) must fit
+  // whatever the tile; the forward's run union (three more columns), whose three key lists and
+  // scores (4 queries x 4 lanes a key, and one key's worth more) must fit
   const p = problem.pattern;
-  const pairUnion = (kind === 'naLanes' || kind === 'naLanesBwd') && p.kind === 'neighborhood' ? prod(p.kernelSize.map((k, a) => (a === p.kernelSize.length - 1 ? k + 1 : k))) : 0;
+  const union = (extra: number) => (p.kind === 'neighborhood' ? prod(p.kernelSize.map((k, a) => (a === p.kernelSize.length - 1 ? k + extra : k))) : 0);
+  const pairUnion = kind === 'naLanesBwd' ? union(1) : 0;
+  const runUnion = kind === 'naLanes' ? union(3) : 0;
   const sizes = {
-    // head lanes (forward: q of a query pair; backward: q, dO and O of a query pair), in lanes
-    qt: Math.max(D * tqPad, kind === 'naLanesBwd' ? 8 * (D + 2 * DV) + 32 : 0),
-    // head lanes: a window of 4-lane scores, or 4 rows being regrouped
-    s: Math.max(maxK * tqPad, 4 * Math.max(D, DV), (kind === 'naLanesBwd' ? 16 : 8) * pairUnion),
-    o: tqPad * DV,
+    // head lanes, in lanes (forward: q of a run of 4 queries; backward: q, dO and O of a query pair)
+    qt: Math.max(D * tqPad, kind === 'naLanesBwd' ? 8 * (D + 2 * DV) + 32 : 0, kind === 'naLanes' ? 16 * D : 0),
+    // head lanes: a union of 4-lane scores, or 4 rows being regrouped
+    s: Math.max(maxK * tqPad, 4 * Math.max(D, DV), 16 * pairUnion, 16 * (runUnion + 1)),
+    // head lanes (forward): a run's 4 output accumulators in lanes
+    o: Math.max(tqPad * DV, kind === 'naLanes' ? 16 * DV : 0),
     m: tqPad,
     l: tqPad,
     alpha: tqPad,
     qRows: tqPad,
-    kRows: Math.max(maxK, 3 * pairUnion + 8), // head lanes: 8 words of a pair's windows first
+    kRows: Math.max(maxK, 3 * pairUnion + 8, 3 * runUnion + 16), // head lanes: a pair's or a run's windows first
     vRows: maxK,
     outRows: tqPad,
     kCrd: maxK * rank,

@@ -2,6 +2,7 @@ import { boxCoords, boxTokens, prod } from '../patterns/geometry.js';
 import type { AttnProblem, ItemSpace, SeqSpan } from '../problem.js';
 import { tileFor } from '../problem.js';
 import { tileBox } from '../schedule.js';
+import { runColumns } from './layout.js';
 import type { TileCtx } from './tile-step.js';
 
 /**
@@ -180,7 +181,7 @@ export function runNALanes(c: TileCtx, space: ItemSpace, start: number, end: num
       at.qRows, at.outRows, at.rowIdx, at.lo, at.hi, tqPad, tq, rank,
       kSlot + kvRow * P.dim * 4, vSlot + kvRow * P.dimV * 4, steps[0]!, steps[1]!, steps[2]!,
       P.kvHeads * P.dim * 4, P.kvHeads * P.dimV * 4, P.dim, P.dimV, P.scale, P.softcap, at.s, at.kRows,
-      P.rpb ? c.lay.slots.rpb + (h / 4) * rpb.vol * 16 : 0, at.m, rpb.r[0]!, rpb.r[1]!, rpb.r[2]!, at.qt,
+      P.rpb ? c.lay.slots.rpb + (h / 4) * rpb.vol * 16 : 0, at.m, rpb.r[0]!, rpb.r[1]!, rpb.r[2]!, at.qt, runColumns(P), at.o,
     );
   }
 }

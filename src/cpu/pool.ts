@@ -3,7 +3,7 @@ import type { NonFinite } from '../nonfinite.js';
 import { nodeBuiltin } from '../node-builtin.js';
 import { serializable } from '../patterns/spec.js';
 import { type AttnProblem, ItemSpace } from '../problem.js';
-import { MAX_CHAIN, type PhaseMsg, phaseContext, rankOf, resetControl, runRange } from './kernels.js';
+import { MAX_CHAIN, type PhaseMsg, openGate, phaseContext, rankOf, resetControl, runRange } from './kernels.js';
 import { type JobLayout, type KernelKind, PER_THREAD, type Slot, layJob, scratchPlan, slotSizes } from './layout.js';
 import { type KernelVariant, type TileKernels, bestVariant, kernelsOn, moduleOf, variantAvailable } from './tile-kernels.js';
 import { type WorkerPort, spawnWorker } from './worker-port.js';
@@ -206,7 +206,72 @@ async function execute(job: CpuJob): Promise<JobOutputs> {
   const sizes = slotSizes(problem, needs, job.windowVolume ?? 0);
   const layout = layJob(BASE, threads, scratch, sizes);
   grow(e.memory, layout.end);
-  let f32 = new Float32Array(e.memory.buffer);
+  // workers get the problem without its big arrays: bias and rpb are read from the shared memory
+  const wire: AttnProblem = {
+    ...problem,
+    ...(problem.bias ? { bias: { ...problem.bias, data: new Float32Array(0) } } : {}),
+    ...(problem.rpb ? { rpb: { ...problem.rpb, data: new Float32Array(0) } } : {}),
+    ...(problem.rope ? { rope: { ...problem.rope, table: new Float32Array(0) } } : {}),
+  };
+  // consecutive kernel phases from phase i go to the workers as one message, with barriers between them
+  const chainAt = (i: number, gated: boolean): [PhaseMsg, number] => {
+    let j = i + 1;
+    while (j < job.phases.length && typeof job.phases[j] === 'string' && j - i < MAX_CHAIN) j++;
+    const kinds = job.phases.slice(i, j) as KernelKind[];
+    const msg: PhaseMsg = { id: nextId++, kind: kinds[0]!, problem: wire, layout, ...(kinds.length > 1 ? { chain: kinds.slice(1) } : {}), ...(gated ? { gated } : {}) };
+    return [msg, j];
+  };
+  // the first message goes out before the copies, gated: the workers wake up and set up meanwhile
+  let next = 0;
+  let first: Promise<void> | undefined;
+  if (pooled && typeof job.phases[0] === 'string') {
+    const [msg, j] = chainAt(0, true);
+    resetControl(e.memory, layout);
+    first = runOnWorkers(e.workers, msg);
+    next = j;
+  }
+  let nonFinite: NonFinite | undefined;
+  try {
+    nonFinite = fillInputs(e, job, layout, sizes, threads, phaseScreen);
+  } catch (err) {
+    // the workers skip their phases and answer; nothing is left running on the memory
+    if (first) openGate(e.memory, layout, true);
+    await first?.catch(() => undefined);
+    throw err;
+  }
+  if (first) {
+    openGate(e.memory, layout);
+    await first;
+  }
+  for (let i = next; i < job.phases.length; ) {
+    const phase = job.phases[i]!;
+    if (typeof phase === 'function') {
+      phase(e.main, new Float32Array(e.memory.buffer), layout);
+      i++;
+      continue;
+    }
+    const [msg, j] = chainAt(i, false);
+    i = j;
+    resetControl(e.memory, layout);
+    if (pooled) await runOnWorkers(e.workers, msg);
+    else for (const kind of [msg.kind, ...(msg.chain ?? [])]) await runInline(e, { id: msg.id, kind, problem: wire, layout }, space);
+  }
+  const f32 = new Float32Array(e.memory.buffer);
+  if (phaseScreen) nonFinite = screenFlags(e, layout, problem);
+  const out: JobOutputs = nonFinite ? { nonFinite } : {};
+  // new + set: slice() of a shared memory's view takes V8's slow element path (2x here)
+  for (const s of job.outputs) (out[s] = job.into?.[s] ?? new Float32Array(sizes[s])).set(f32.subarray(layout.slots[s] >> 2, (layout.slots[s] >> 2) + sizes[s]));
+  return out;
+}
+
+/**
+ * The calling thread's part before the phases: inputs copied into the job's slots, outputs and
+ * temps filled (except what the phases fill themselves), and the input screen unless a phase does
+ * it. Returns the rows that held NaN or infinities.
+ */
+function fillInputs(e: Engine, job: CpuJob, layout: JobLayout, sizes: Record<Slot, number>, threads: number, phaseScreen: boolean): NonFinite | undefined {
+  const { problem } = job;
+  const f32 = new Float32Array(e.memory.buffer);
   const put = (slot: Slot, data: Float32Array | undefined) => {
     if (data && sizes[slot] > 0) f32.set(data.subarray(0, sizes[slot]), layout.slots[slot] >> 2);
   };
@@ -223,37 +288,7 @@ async function execute(job: CpuJob): Promise<JobOutputs> {
     const bytes = PER_THREAD.has(s) ? layout.partialBytes[s]! * threads : 4 * sizes[s];
     if (sizes[s] > 0) f32.fill(0, layout.slots[s] >> 2, (layout.slots[s] + bytes) >> 2);
   }
-  let nonFinite = job.screen && !phaseScreen ? screen(e, layout, problem) : undefined;
-  // workers get the problem without its big arrays: bias and rpb are read from the shared memory
-  const wire: AttnProblem = {
-    ...problem,
-    ...(problem.bias ? { bias: { ...problem.bias, data: new Float32Array(0) } } : {}),
-    ...(problem.rpb ? { rpb: { ...problem.rpb, data: new Float32Array(0) } } : {}),
-    ...(problem.rope ? { rope: { ...problem.rope, table: new Float32Array(0) } } : {}),
-  };
-  for (let i = 0; i < job.phases.length; ) {
-    const phase = job.phases[i]!;
-    if (typeof phase === 'function') {
-      phase(e.main, new Float32Array(e.memory.buffer), layout);
-      i++;
-      continue;
-    }
-    // consecutive kernel phases go to the workers as one message, with barriers between them
-    let j = i + 1;
-    while (j < job.phases.length && typeof job.phases[j] === 'string' && j - i < MAX_CHAIN) j++;
-    const kinds = job.phases.slice(i, j) as KernelKind[];
-    i = j;
-    const msg: PhaseMsg = { id: nextId++, kind: kinds[0]!, problem: wire, layout, ...(kinds.length > 1 ? { chain: kinds.slice(1) } : {}) };
-    resetControl(e.memory, layout);
-    if (pooled) await runOnWorkers(e.workers, msg);
-    else for (const kind of kinds) await runInline(e, { id: msg.id, kind, problem: wire, layout }, space);
-  }
-  f32 = new Float32Array(e.memory.buffer);
-  if (phaseScreen) nonFinite = screenFlags(e, layout, problem);
-  const out: JobOutputs = nonFinite ? { nonFinite } : {};
-  // new + set: slice() of a shared memory's view takes V8's slow element path (2x here)
-  for (const s of job.outputs) (out[s] = job.into?.[s] ?? new Float32Array(sizes[s])).set(f32.subarray(layout.slots[s] >> 2, (layout.slots[s] >> 2) + sizes[s]));
-  return out;
+  return job.screen && !phaseScreen ? screen(e, layout, problem) : undefined;
 }
 
 /** The wasm input screen over the job's q, k, v copies: flags past the layout's end, copied out only when set. */

@@ -33,7 +33,7 @@ export interface TileKernels {
   lanesFromRows(ptr: number, blocks: number, d: number, tmp: number): void;
   rowsFromLanes(ptr: number, blocks: number, d: number, tmp: number): void;
   naLanesBwd(qRows: number, doRows: number, oRows: number, lseRows: number, dqRows: number, lo: number, hi: number, ld: number, n: number, rank: number, kBase: number, vBase: number, dkBase: number, dvBase: number, st0: number, st1: number, st2: number, rowK: number, rowV: number, d: number, dv: number, scale: number, cap: number, sBuf: number, keys: number, lanes: number, rpb: number, drpb: number, rpbRows: number, r0: number, r1: number, r2: number): void;
-  naLanes(qRows: number, outRows: number, lseRows: number, lo: number, hi: number, ld: number, n: number, rank: number, kBase: number, vBase: number, st0: number, st1: number, st2: number, rowK: number, rowV: number, d: number, dv: number, scale: number, cap: number, sBuf: number, keys: number, rpb: number, rpbRows: number, r0: number, r1: number, r2: number, qBuf: number): void;
+  naLanes(qRows: number, outRows: number, lseRows: number, lo: number, hi: number, ld: number, n: number, rank: number, kBase: number, vBase: number, st0: number, st1: number, st2: number, rowK: number, rowV: number, d: number, dv: number, scale: number, cap: number, sBuf: number, keys: number, rpb: number, rpbRows: number, r0: number, r1: number, r2: number, qBuf: number, maxW: number, oBuf: number): void;
 }
 
 export type KernelVariant = 'relaxed-simd' | 'simd' | 'scalar';

@@ -1,4 +1,5 @@
 import { nodeBuiltin } from '../node-builtin.js';
+import { ItemSpace } from '../problem.js';
 import { type PhaseMsg, phaseContext, runChain } from './kernels.js';
 import type { TileKernels } from './tile-kernels.js';
 import { kernelsOn } from './tile-kernels.js';
@@ -25,7 +26,8 @@ function handle(m: InitMsg | ({ type: 'phase' } & PhaseMsg), reply: (d: DoneMsg)
   try {
     if (!kernels || !memory) throw new Error('worker used before init');
     const [K, mem] = [kernels, memory];
-    runChain(mem, m, (kind) => phaseContext(K, mem, { ...m, kind }, thread));
+    const space = new ItemSpace(m.problem);
+    runChain(mem, m, (kind) => phaseContext(K, mem, { ...m, kind }, thread, space));
     reply({ type: 'done', id: m.id });
   } catch (e) {
     reply({ type: 'done', id: m.id, error: e instanceof Error ? `${e.message}\n${e.stack}` : String(e) });
