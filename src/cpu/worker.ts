@@ -26,8 +26,9 @@ function handle(m: InitMsg | ({ type: 'phase' } & PhaseMsg), reply: (d: DoneMsg)
   try {
     if (!kernels || !memory) throw new Error('worker used before init');
     const [K, mem] = [kernels, memory];
-    const space = new ItemSpace(m.problem);
-    runChain(mem, m, (kind) => phaseContext(K, mem, { ...m, kind }, thread, space));
+    // one item space for the message's phases, built inside runChain so a failure still reaches its barriers
+    let space: ItemSpace | undefined;
+    runChain(mem, m, (kind) => phaseContext(K, mem, { ...m, kind }, thread, (space ??= new ItemSpace(m.problem))));
     reply({ type: 'done', id: m.id });
   } catch (e) {
     reply({ type: 'done', id: m.id, error: e instanceof Error ? `${e.message}\n${e.stack}` : String(e) });
