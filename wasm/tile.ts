@@ -571,7 +571,8 @@ function pairRowSums(keys: usize, nk: i32, base: usize, stride: usize, o: usize,
 // Raw dot products q_s . k for the nq queries s0.. of a column (q in lanes at qs, d v128 apart per
 // query) and nk keys whose k row addresses are at kp (kStep bytes apart); scores go to sp (sStep
 // bytes a key, 16 a query). Blocks of 2 keys (nq 3, 4) or 4 (nq 1, 2) keep 6-8 accumulators; a
-// partial block repeats its last key and stores the extra results to `trash`.
+// partial block repeats its last key and stores the extra results to `trash`. d is even (head
+// lanes take head dims in fours): one query splits its dims into even and odd halves.
 function qkColumn(nq: i32, qs: usize, d: i32, kp: usize, kStep: usize, nk: i32, sp: usize, sStep: usize, trash: usize): void {
   const qStep = <usize>d << 4;
   const last = nk - 1;
