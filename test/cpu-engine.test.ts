@@ -246,6 +246,49 @@ for (const variant of ['relaxed-simd', 'simd', 'scalar'] as KernelVariant[]) {
   });
 }
 
+test('head-lane query runs: long last axes, so key columns are held by 1, 2, 3 and 4 queries of a run, with runs cut at tile and grid edges', async () => {
+  // the random suites' small grids mostly give every query of a run the same window; these axes are
+  // several kernels long, with stride, dilation, causal and even kernels on the last axis, and tiles
+  // whose last extent is not a multiple of 4
+  const cases: { grid: number[]; opts: NeighborhoodOptions }[] = [
+    { grid: [41], opts: { kernelSize: 5 } },
+    { grid: [37], opts: { kernelSize: 6, stride: 2, tile: { q: 7 } } },
+    { grid: [9, 30], opts: { kernelSize: [3, 7], dilation: [1, 2] } },
+    { grid: [6, 29], opts: { kernelSize: [3, 5], isCausal: [false, true], tile: { q: [2, 6] } } },
+    { grid: [4, 5, 23], opts: { kernelSize: [3, 3, 5], stride: [1, 1, 3] } },
+    { grid: [3, 4, 26], opts: { kernelSize: [1, 3, 4], dilation: [1, 1, 3], softcap: 6 } },
+  ];
+  const rng = new Rng(77);
+  const threads = cpuThreads();
+  const f = new Failures();
+  try {
+    for (const [i, c] of cases.entries()) {
+      for (const pool of [true, false]) {
+        setInlineFlops(pool ? 0 : 2e6);
+        setCpuThreads(pool ? threads : 1);
+        const [H, D, DV] = [4, 8, i % 2 ? 12 : 8];
+        const q = randTensor(rng, [1, ...c.grid, H, D]);
+        const k = randTensor(rng, [1, ...c.grid, H, D]);
+        const v = randTensor(rng, [1, ...c.grid, H, DV]);
+        const opts: NeighborhoodOptions = { ...c.opts, ...(i === 2 ? { rpb: randTensor(rng, [H, 5, 13]) } : {}) };
+        await f.run(`${describe({ grid: c.grid, dv: DV, pool, ...opts, rpb: opts.rpb?.shape })}`, async () => {
+          const { problem } = planNA(q, k, v, opts);
+          const ref = referenceAttention(problem, bufs(q, k, v));
+          const before = lanes.headLaneJobs;
+          const got = await intoPoison({ out: ref.out.length, lse: ref.lse.length }, (d) => neighborhoodAttention(q, k, v, { ...opts, ...d }));
+          if (lanes.headLaneJobs !== before + 1) throw new Error('the head-lane path did not run');
+          const msg = compareResult(got.out, got.lse, ref, DV);
+          if (msg) throw new Error(msg);
+        });
+      }
+    }
+    f.done('head-lane query runs');
+  } finally {
+    setInlineFlops(2e6);
+    setCpuThreads(threads);
+  }
+});
+
 test('head lanes: GQA, head counts or head dims not in fours keep the query-lane tile step; rpb takes head lanes', async () => {
   const x = randn([1, 8, 8, 4, 8], 1);
   const g = randn([1, 8, 8, 2, 8], 2);
