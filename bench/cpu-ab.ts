@@ -4,8 +4,9 @@
  * pool (the idle one's workers sleep). For kernel changes, with the old build in another folder:
  *
  *   git worktree add /tmp/old <rev> && (cd /tmp/old && npm ci && npm run build)
- *   npm run build && node dist/bench/cpu-ab.js --a /tmp/old/dist --b dist [--case 3d] [--calls 60] [--threads 2]
+ *   npm run build && node dist/bench/cpu-ab.js --a /tmp/old/dist --b dist [--case 3d] [--calls 60] [--threads 2] [--backward]
  *
+ * --backward times the backward (on the forward's out and lse from build A) instead of the forward.
  * Cases: 3d (16^3 k5 H4 D32), 2d (64x64 k7 H4 D32), 3dk1 (16^3 k1: the fixed costs), dense (N 2048 H8 D64).
  */
 import path from 'node:path';
@@ -13,7 +14,7 @@ import { parseArgs } from 'node:util';
 import { pathToFileURL } from 'node:url';
 
 const { values: args } = parseArgs({
-  options: { a: { type: 'string' }, b: { type: 'string' }, case: { type: 'string', default: '3d' }, calls: { type: 'string', default: '60' }, threads: { type: 'string', default: '2' } },
+  options: { a: { type: 'string' }, b: { type: 'string' }, case: { type: 'string', default: '3d' }, calls: { type: 'string', default: '60' }, threads: { type: 'string', default: '2' }, backward: { type: 'boolean', default: false } },
 });
 const cases: Record<string, { grid: number[]; kernel: number; heads: number; dim: number }> = {
   '3d': { grid: [16, 16, 16], kernel: 5, heads: 4, dim: 32 },
@@ -35,7 +36,13 @@ for (const dir of [args.a, args.b]) {
 }
 const shape = [1, ...c.grid, c.heads, c.dim];
 const [q, k, v] = [1, 2, 3].map((s) => libs[0]!.randn(shape, s));
-const call = async (lib: Lib) => void (c.kernel ? await lib.neighborhoodAttention(q!, k!, v!, { kernelSize: c.kernel }) : await lib.attention(q!, k!, v!, {}));
+const opts = { kernelSize: c.kernel };
+const fw = c.kernel ? await libs[0]!.neighborhoodAttention(q!, k!, v!, opts) : await libs[0]!.attention(q!, k!, v!, {});
+const dOut = libs[0]!.randn(shape, 4);
+const call = async (lib: Lib) => {
+  if (args.backward) void (c.kernel ? await lib.neighborhoodAttentionBackward(q!, k!, v!, fw.out, fw.lse, dOut, opts) : await lib.attentionBackward(q!, k!, v!, fw.out, fw.lse, dOut, {}));
+  else void (c.kernel ? await lib.neighborhoodAttention(q!, k!, v!, opts) : await lib.attention(q!, k!, v!, {}));
+};
 for (const lib of libs) {
   const t0 = performance.now();
   for (let i = 0; i < 15 || performance.now() - t0 < 400; i++) await call(lib);
@@ -54,4 +61,4 @@ for (let i = 0; i < Math.max(2, Number(args.calls) | 0); i++) {
 }
 const median = (a: number[]) => [...a].sort((x, y) => x - y)[a.length >> 1]!;
 const f = (x: number) => x.toFixed(2);
-console.log(`${args.case}, ${args.threads} threads, ${ratios.length} pairs: A median ${f(median(times[0]))} best ${f(Math.min(...times[0]))} ms | B median ${f(median(times[1]))} best ${f(Math.min(...times[1]))} ms | B / A (median of pair ratios) ${median(ratios).toFixed(3)}`);
+console.log(`${args.case}${args.backward ? ' backward' : ''}, ${args.threads} threads, ${ratios.length} pairs: A median ${f(median(times[0]))} best ${f(Math.min(...times[0]))} ms | B median ${f(median(times[1]))} best ${f(Math.min(...times[1]))} ms | B / A (median of pair ratios) ${median(ratios).toFixed(3)}`);

@@ -246,7 +246,7 @@ for (const variant of ['relaxed-simd', 'simd', 'scalar'] as KernelVariant[]) {
   });
 }
 
-test('head-lane query runs: long last axes, so key columns are held by 1, 2, 3 and 4 queries of a run, with runs cut at tile and grid edges', async () => {
+test('head-lane query runs, forward and backward: long last axes, so key columns are held by 1, 2, 3 and 4 queries of a run, with runs cut at tile and grid edges', async () => {
   // the random suites' small grids mostly give every query of a run the same window; these axes are
   // several kernels long, with stride, dilation, causal and even kernels on the last axis, and tiles
   // whose last extent is not a multiple of 4
@@ -279,6 +279,13 @@ test('head-lane query runs: long last axes, so key columns are held by 1, 2, 3 a
           if (lanes.headLaneJobs !== before + 1) throw new Error('the head-lane path did not run');
           const msg = compareResult(got.out, got.lse, ref, DV);
           if (msg) throw new Error(msg);
+          // the backward runs the same runs
+          const fw = await neighborhoodAttention(q, k, v, opts);
+          const dOut = randTensor(rng, fw.out.shape);
+          const g = await neighborhoodAttentionBackward(q, k, v, fw.out, fw.lse, dOut, opts);
+          if (lanes.headLaneJobs !== before + 3) throw new Error('the head-lane backward did not run');
+          const gm = gradMismatch({ dq: g.dq.data, dk: g.dk.data, dv: g.dv.data, drpb: g.drpb?.data }, referenceBackward(problem, bufs(q, k, v), dOut.data), false, 1e-4);
+          if (gm) throw new Error(`backward: ${gm}`);
         });
       }
     }

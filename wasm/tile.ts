@@ -533,32 +533,6 @@ function lseOf(m: v128, l: v128): v128 {
   return v128.bitselect(f32x4.splat(-Infinity), v128.bitselect(r, f32x4.add(l, m), f32x4.gt(l, f32x4.splat(0))), f32x4.eq(l, f32x4.splat(0)));
 }
 
-// The weighted row sums the pair backward ends with (its dQ = dS K), for four lanes-vectors (dims
-// o/16 .. o/16 + 3) of the rows of nk keys (row j at base + keys[j] stride + o): A's sum with
-// weights at w + j wStep + offA, B's with + offB, each times its scale vector and written back to
-// one row per head at dstA / dstB (rows ld bytes apart).
-function pairRowSums(keys: usize, nk: i32, base: usize, stride: usize, o: usize, w: usize, wStep: usize, offA: usize, offB: usize, sa: v128, sb: v128, dstA: usize, dstB: usize, ld: usize): void {
-  let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
-  let b0 = f32x4.splat(0), b1 = f32x4.splat(0), b2 = f32x4.splat(0), b3 = f32x4.splat(0);
-  for (let j = 0; j < nk; j++) {
-    const wp = w + <usize>j * wStep;
-    const pa = v128.load(wp + offA);
-    const pb = v128.load(wp + offB);
-    const r = base + <usize>load<i32>(keys + (<usize>j << 2)) * stride + o;
-    const v0 = v128.load(r), v1 = v128.load(r, 16), v2 = v128.load(r, 32), v3 = v128.load(r, 48);
-    a0 = fma(pa, v0, a0);
-    b0 = fma(pb, v0, b0);
-    a1 = fma(pa, v1, a1);
-    b1 = fma(pb, v1, b1);
-    a2 = fma(pa, v2, a2);
-    b2 = fma(pb, v2, b2);
-    a3 = fma(pa, v3, a3);
-    b3 = fma(pb, v3, b3);
-  }
-  store4T(f32x4.mul(a0, sa), f32x4.mul(a1, sa), f32x4.mul(a2, sa), f32x4.mul(a3, sa), dstA, ld);
-  store4T(f32x4.mul(b0, sb), f32x4.mul(b1, sb), f32x4.mul(b2, sb), f32x4.mul(b3, sb), dstB, ld);
-}
-
 // ---------------------------------------------------------------------------------------------
 // The forward runs queries in runs of up to four consecutive ones whose windows are the same box
 // but on the last axis, where start and end are non-decreasing (neighbours along a tile row). Each
@@ -566,7 +540,7 @@ function pairRowSums(keys: usize, nk: i32, base: usize, stride: usize, o: usize,
 // column by column on exactly those queries: every computed pair is an allowed one (the pairs
 // before computed a pair's union, 1/6 of it masked on a 3-D k5 window), and each k or v row loaded
 // feeds up to four queries (a pair fed two; on 3-D windows those rows come from L2). The backward
-// below still pairs queries (windowPair).
+// (runBwd) runs the same runs and column kernels.
 
 // Raw dot products q_s . k for the nq queries s0.. of a column (q in lanes at qs, d v128 apart per
 // query) and nk keys whose k row addresses are at kp (kStep bytes apart); scores go to sp (sStep
@@ -889,43 +863,6 @@ function windowRun(lo: usize, hi: usize, ld: usize, pad: i32, i: i32, n: i32, ma
   return r;
 }
 
-// Query i's window and its partner's (rank padded to 3 at the front), as 8 i32 at win: lo0, hi0,
-// lo1, hi1, lo2, hi2 of query i, then lo2, hi2 of the partner. The partner is the next query when its
-// window is the same box but on the last axis, where it reaches at most one key column further (one
-// pass over the union then loads each k and v row for both); else query i itself. Returns its index.
-function windowPair(lo: usize, hi: usize, ld: usize, pad: i32, i: i32, n: i32, win: usize): i32 {
-  const li = <usize>i << 2;
-  let lo0 = 0, hi0 = 0, lo1 = 0, hi1 = 0;
-  if (pad == 0) {
-    lo0 = load<i32>(lo + li);
-    hi0 = load<i32>(hi + li);
-  }
-  if (pad <= 1) {
-    lo1 = load<i32>(lo + <usize>(1 - pad) * ld + li);
-    hi1 = load<i32>(hi + <usize>(1 - pad) * ld + li);
-  }
-  const lo2 = load<i32>(lo + <usize>(2 - pad) * ld + li);
-  const hi2 = load<i32>(hi + <usize>(2 - pad) * ld + li);
-  store<i32>(win, lo0);
-  store<i32>(win, hi0, 4);
-  store<i32>(win, lo1, 8);
-  store<i32>(win, hi1, 12);
-  store<i32>(win, lo2, 16);
-  store<i32>(win, hi2, 20);
-  store<i32>(win, lo2, 24);
-  store<i32>(win, hi2, 28);
-  if (i + 1 >= n) return i;
-  const lj = li + 4;
-  const l2 = load<i32>(lo + <usize>(2 - pad) * ld + lj);
-  const h2 = load<i32>(hi + <usize>(2 - pad) * ld + lj);
-  const same0 = pad > 0 || (load<i32>(lo + lj) == lo0 && load<i32>(hi + lj) == hi0);
-  const same1 = pad > 1 || (load<i32>(lo + <usize>(1 - pad) * ld + lj) == lo1 && load<i32>(hi + <usize>(1 - pad) * ld + lj) == hi1);
-  if (!(same0 && same1 && l2 >= lo2 && h2 >= hi2 && h2 - lo2 <= hi2 - lo2 + 1 && l2 <= h2)) return i;
-  store<i32>(win, l2, 24);
-  store<i32>(win, h2, 28);
-  return i + 1;
-}
-
 /**
  * Neighborhood attention of n queries for one group of 4 heads (lanes). Query i: its q rows of
  * the 4 heads at byte offset qRows[i] (d floats apart), out rows of its 4 heads from outRows[i]
@@ -972,165 +909,163 @@ export function rowsFromLanes(ptr: usize, blocks: i32, d: i32, tmp: usize): void
   }
 }
 
-// One key's backward scores for a query's 4 heads: P = exp(S - L) and dS = P (dP - delta), times
-// the softcap's derivative 1 - (c / cap)^2 of the capped score c; stored at sp (P) and sp + 16 (dS).
-// keep: all ones where the key is in the query's window. With rpb (r: the query's row of the
-// regrouped table, kr: the key's part of the index), its entries are added after the softcap and dS
-// is summed into the drpb partial row dr.
-// @ts-ignore: decorator
-@inline function bwdScores(s: v128, dp: v128, L: v128, delta: v128, scale: f32, cap: f32, sp: usize, keep: v128, r: usize, kr: i32, dr: usize): void {
-  let sc = f32x4.mul(s, f32x4.splat(scale));
-  if (cap > 0) sc = capv(sc, cap);
-  // rpb comes after the softcap; a key outside the window: P = 0 (masked after the softcap, which
-  // would make -inf finite), so dS = 0
-  const b = r ? f32x4.add(sc, v128.load(r + (<usize>kr << 4))) : sc;
-  const p = vexpNeg(f32x4.sub(v128.bitselect(b, f32x4.splat(-Infinity), keep), L));
-  let ds = f32x4.mul(p, f32x4.sub(dp, delta));
-  // drpb takes dS itself (this thread's partial, regrouped like rpb), then dS goes on through the softcap
-  if (r) {
-    const at = dr + (<usize>kr << 4);
-    v128.store(at, f32x4.add(v128.load(at), ds));
+// dst_j += sum over the column's holders s of w[j][s] x_s, for the nk keys of a column: the
+// backward's dV_j += P dO and dK_j += dS q (x_s in lanes at xs, n v128 apart per query; weights at
+// wp, wStep bytes a key, 16 a query; key row addresses (of k or v) at ap, aStep bytes apart, moved
+// by `shift` bytes to the thread's dK / dV partial). Each key's weights stay in registers while
+// its row is read, summed into and written once.
+function keyRowsColumn(nq: i32, xs: usize, n: i32, ap: usize, aStep: usize, shift: usize, nk: i32, wp: usize, wStep: usize): void {
+  const xStep = <usize>n << 4;
+  const bytes = <usize>n << 4;
+  for (let j = 0; j < nk; j++) {
+    const dst = <usize>load<i32>(ap + <usize>j * aStep) + shift;
+    const w = wp + <usize>j * wStep;
+    const w0 = v128.load(w);
+    if (nq == 1) {
+      for (let o: usize = 0; o < bytes; o += 16) v128.store(dst + o, fma(w0, v128.load(xs + o), v128.load(dst + o)));
+      continue;
+    }
+    const w1 = v128.load(w, 16);
+    if (nq == 2) {
+      for (let o: usize = 0; o < bytes; o += 16) v128.store(dst + o, fma(w1, v128.load(xs + xStep + o), fma(w0, v128.load(xs + o), v128.load(dst + o))));
+      continue;
+    }
+    const w2 = v128.load(w, 32);
+    if (nq == 3) {
+      for (let o: usize = 0; o < bytes; o += 16)
+        v128.store(dst + o, fma(w2, v128.load(xs + 2 * xStep + o), fma(w1, v128.load(xs + xStep + o), fma(w0, v128.load(xs + o), v128.load(dst + o)))));
+      continue;
+    }
+    const w3 = v128.load(w, 48);
+    for (let o: usize = 0; o < bytes; o += 16)
+      v128.store(dst + o, fma(w3, v128.load(xs + 3 * xStep + o), fma(w2, v128.load(xs + 2 * xStep + o), fma(w1, v128.load(xs + xStep + o), fma(w0, v128.load(xs + o), v128.load(dst + o))))));
   }
-  if (cap > 0) {
-    const t = f32x4.mul(sc, f32x4.splat(1.0 / cap));
-    ds = f32x4.mul(ds, f32x4.sub(f32x4.splat(1.0), f32x4.mul(t, t)));
-  }
-  v128.store(sp, p);
-  v128.store(sp, ds, 16);
-}
-
-// Four lanes-dot-products over n v128s: A . R0, B . R0, A . R1, B . R1, stored at dst (16 bytes
-// each). The pair backward's S = q k^T and dP = dO v^T blocks, two queries x two keys.
-function dots2x2(a: usize, b: usize, r0: usize, r1: usize, n: i32, dst: usize): void {
-  let a0 = f32x4.splat(0), b0 = f32x4.splat(0), a1 = f32x4.splat(0), b1 = f32x4.splat(0);
-  for (let x = 0; x < n; x++) {
-    const o = <usize>x << 4;
-    const va = v128.load(a + o), vb = v128.load(b + o);
-    const w0 = v128.load(r0 + o), w1 = v128.load(r1 + o);
-    a0 = fma(va, w0, a0);
-    b0 = fma(vb, w0, b0);
-    a1 = fma(va, w1, a1);
-    b1 = fma(vb, w1, b1);
-  }
-  v128.store(dst, a0);
-  v128.store(dst, b0, 16);
-  v128.store(dst, a1, 32);
-  v128.store(dst, b1, 48);
 }
 
 /**
- * The head-lane backward (FlashAttention-2 from the LSE) of two queries A, B paired by windowPair
- * (B's window at most one key column past A's on the last axis; B = A for a query with no partner,
- * its half then masked out): per key of the union P = exp(S - lse), dP = dO V^T, dS = P (dP -
- * delta) (times the softcap's derivative) for both, a key outside a query's window getting P = dS
- * = 0; then dK_j += scale (dS_A q_A + dS_B q_B) and dV_j += P_A dO_A + P_B dO_B into this thread's
- * partials (one read-modify-write of each row for both queries), and dQ = scale dS K to each
- * query's rows. Scratch: sBuf 64 bytes a key, keys two windows, lanes 8 (d + 2 dv) + 32 floats.
+ * The head-lane backward (FlashAttention-2 from the LSE) of a run of nr queries (windowRun; lists
+ * of row addresses at qRows.., one per query of the run): S = q k^T and dP = dO v^T column by
+ * column on the queries holding each column (qkColumn), per query P = exp(S - lse) and dS = P (dP -
+ * delta) (times the softcap's derivative; dS summed into the drpb partial), dV_j += P dO and dK_j
+ * += scale dS q into this thread's partials (keyRowsColumn), dQ = scale dS K (pvColumn). q is
+ * scaled once in lanes, which gives both the scaled scores and the scaled dK. Scratch: sBuf two
+ * score areas of a union (64 bytes a key each, and 64 more), keys 16 words and three i32 lists,
+ * lanes 16 (2 d + 2 dv) floats.
  */
-function pairBwd(
-  qA: usize, qB: usize, doA: usize, doB: usize, oA: usize, oB: usize, lseA: usize, lseB: usize, dqA: usize, dqB: usize, win: usize,
+function runBwd(
+  nr: i32, qRows: usize, doRows: usize, oRows: usize, lseRows: usize, dqRows: usize, rpbRows: usize, win: usize,
   kBase: usize, vBase: usize, dkBase: usize, dvBase: usize, st0: i32, st1: i32, st2: i32, rk: usize, rv: usize,
-  d: i32, dv: i32, scale: f32, cap: f32, sBuf: usize, keys: usize, lanes: usize,
-  ra: usize, rb: usize, da_: usize, db_: usize, r0: i32, r1: i32, r2: i32,
+  d: i32, dv: i32, scale: f32, cap: f32, sBuf: usize, keys: usize, lanes: usize, rpb: usize, drpb: usize, r0: i32, r1: i32, r2: i32,
 ): void {
   const lo0 = load<i32>(win), hi0 = load<i32>(win, 4), lo1 = load<i32>(win, 8), hi1 = load<i32>(win, 12);
-  const lo2 = load<i32>(win, 16), hi2 = load<i32>(win, 20), lo2b = load<i32>(win, 24), hi2b = load<i32>(win, 28);
-  const same = qA == qB;
-  const ninf = f32x4.splat(-Infinity);
-  const sv = f32x4.splat(scale);
-  let nk = 0;
+  const L0 = load<i32>(win, 16);
+  const W = load<i32>(win + (<usize>nr << 3), 12) - L0 + 1;
+  const rows = (hi0 - lo0 + 1) * (hi1 - lo1 + 1);
+  const nk = rows * W;
+  const kp = keys, vp = keys + (<usize>nk << 2), kr = keys + (<usize>nk << 3);
+  let j = 0;
   for (let c0 = lo0; c0 <= hi0; c0++)
     for (let c1 = lo1; c1 <= hi1; c1++) {
       const b = c0 * st0 + c1 * st1;
-      for (let c2 = lo2; c2 <= hi2b; c2++, nk++) store<i32>(keys + (<usize>nk << 2), b + c2 * st2);
+      for (let t = 0; t < W; t++, j++) {
+        const tok = <usize>(b + (L0 + t) * st2);
+        store<i32>(kp + (<usize>j << 2), <i32>(kBase + tok * rk));
+        store<i32>(vp + (<usize>j << 2), <i32>(vBase + tok * rv));
+        if (rpb) store<i32>(kr + (<usize>j << 2), c0 * r0 + c1 * r1 + (L0 + t) * r2);
+      }
     }
-  // which of A (bit 0), B (bit 1) each key belongs to; B nowhere when it is A again
-  const flags = keys + (<usize>nk << 2);
-  let x2 = 0;
-  const w = hi2b - lo2 + 1;
-  for (let j = 0; j < nk; j++) {
-    const c2 = lo2 + x2;
-    store<i32>(flags + (<usize>j << 2), (c2 <= hi2 ? 1 : 0) | (!same && c2 >= lo2b ? 2 : 0));
-    if (++x2 == w) x2 = 0;
+  // q (scaled), dO and the dQ accumulators of each query in lanes; O passes through the dQ area
+  // (delta = rowsum(dO O) per head) before it is zeroed
+  const qStep = <usize>d << 4, oStep = <usize>dv << 4;
+  const qb = lanes, db = qb + 4 * qStep, dqb = db + 4 * oStep, ob = dqb + 4 * qStep;
+  const sc = f32x4.splat(scale);
+  const sS = sBuf, sD = sBuf + ((<usize>nk + 1) << 6); // S then P; dP then dS; [key][4 queries]
+  const sStep = <usize>W << 6;
+  const trash = sD - 64, trashD = sD + (<usize>nk << 6);
+  for (let s = 0; s < nr; s++) {
+    const at = <usize>s << 2;
+    const qs = qb + <usize>s * qStep, ds = db + <usize>s * oStep, os = ob + <usize>s * oStep;
+    rowsToLanes(<usize>load<i32>(qRows + at), qs, d);
+    for (let o: usize = 0; o < qStep; o += 16) v128.store(qs + o, f32x4.mul(v128.load(qs + o), sc));
+    rowsToLanes(<usize>load<i32>(doRows + at), ds, dv);
+    rowsToLanes(<usize>load<i32>(oRows + at), os, dv);
   }
-  // with rpb: each key's part of the rpb index
-  const kr = flags + (<usize>nk << 2);
-  if (ra) {
-    let n = 0;
-    for (let c0 = lo0; c0 <= hi0; c0++)
-      for (let c1 = lo1; c1 <= hi1; c1++)
-        for (let c2 = lo2; c2 <= hi2b; c2++, n++) store<i32>(kr + (<usize>n << 2), c0 * r0 + c1 * r1 + c2 * r2);
+  memory.fill(dqb, 0, <usize>nr * qStep);
+  // S and dP column by column, on the queries whose windows hold the column
+  let s0 = 0, s1 = 0;
+  for (let t = 0; t < W; t++) {
+    const c = L0 + t;
+    while (load<i32>(win + (<usize>s0 << 3), 20) < c) s0++;
+    while (s1 + 1 < nr && load<i32>(win + (<usize>(s1 + 1) << 3), 16) <= c) s1++;
+    const col = (<usize>t << 6) + (<usize>s0 << 4);
+    qkColumn(s1 - s0 + 1, qb + <usize>s0 * qStep, d, kp + (<usize>t << 2), <usize>W << 2, rows, sS + col, sStep, trash);
+    qkColumn(s1 - s0 + 1, db + <usize>s0 * oStep, dv, vp + (<usize>t << 2), <usize>W << 2, rows, sD + col, sStep, trashD);
   }
-  // q, dO, O of both queries in lanes
-  const qa = lanes, qb = qa + (<usize>d << 4);
-  const da = qb + (<usize>d << 4), db = da + (<usize>dv << 4);
-  const oa = db + (<usize>dv << 4), ob = oa + (<usize>dv << 4);
-  const dots = ob + (<usize>dv << 4); // 8 v128: the 2x2 blocks of S and dP
-  rowsToLanes(qA, qa, d);
-  rowsToLanes(qB, qb, d);
-  rowsToLanes(doA, da, dv);
-  rowsToLanes(doB, db, dv);
-  rowsToLanes(oA, oa, dv);
-  rowsToLanes(oB, ob, dv);
-  // delta = rowsum(dO * O) per head; a row with no key (lse -inf) gets lse +inf, so P = 0
-  let deltaA = f32x4.splat(0), deltaB = f32x4.splat(0);
-  for (let c = 0; c < dv; c++) {
-    const o = <usize>c << 4;
-    deltaA = fma(v128.load(da + o), v128.load(oa + o), deltaA);
-    deltaB = fma(v128.load(db + o), v128.load(ob + o), deltaB);
-  }
-  let LA = v128.load(lseA), LB = v128.load(lseB);
-  LA = v128.bitselect(f32x4.splat(Infinity), LA, f32x4.eq(LA, ninf));
-  LB = v128.bitselect(f32x4.splat(Infinity), LB, f32x4.eq(LB, ninf));
-  // P_A, P_B, dS_A, dS_B per key at sBuf + 64 j; S and dP two keys x two queries a block
-  let j = 0;
-  for (; j < nk; j += 2) {
-    const two = j + 1 < nk;
-    const o0 = <usize>load<i32>(keys + (<usize>j << 2));
-    const o1 = two ? <usize>load<i32>(keys + (<usize>j << 2), 4) : o0;
-    // S = q k^T and dP = dO v^T, each two queries x two keys
-    dots2x2(qa, qb, kBase + o0 * rk, kBase + o1 * rk, d, dots);
-    dots2x2(da, db, vBase + o0 * rv, vBase + o1 * rv, dv, dots + 64);
-    const a0 = v128.load(dots), b0 = v128.load(dots, 16), a1 = v128.load(dots, 32), b1 = v128.load(dots, 48);
-    const e0 = v128.load(dots, 64), g0 = v128.load(dots, 80), e1 = v128.load(dots, 96), g1 = v128.load(dots, 112);
-    const f0 = load<i32>(flags + (<usize>j << 2));
-    const sp = sBuf + (<usize>j << 6);
-    const p0 = ra ? load<i32>(kr + (<usize>j << 2)) : 0;
-    bwdScores(a0, e0, LA, deltaA, scale, cap, sp, i32x4.splat(-(f0 & 1)), ra, p0, da_);
-    bwdScores(b0, g0, LB, deltaB, scale, cap, sp + 32, i32x4.splat(-((f0 >> 1) & 1)), rb, p0, db_);
-    if (two) {
-      const f1 = load<i32>(flags + (<usize>j << 2), 4);
-      const p1 = ra ? load<i32>(kr + (<usize>j << 2), 4) : 0;
-      bwdScores(a1, e1, LA, deltaA, scale, cap, sp + 64, i32x4.splat(-(f1 & 1)), ra, p1, da_);
-      bwdScores(b1, g1, LB, deltaB, scale, cap, sp + 96, i32x4.splat(-((f1 >> 1) & 1)), rb, p1, db_);
-    }
-  }
-  // dK_j += scale (dS_A q_A + dS_B q_B), dV_j += P_A dO_A + P_B dO_B (this thread's partials)
-  for (j = 0; j < nk; j++) {
-    const off = <usize>load<i32>(keys + (<usize>j << 2));
-    const sp = sBuf + (<usize>j << 6);
-    const pa = v128.load(sp), pb = v128.load(sp, 32);
-    const sa = f32x4.mul(v128.load(sp, 16), sv), sb = f32x4.mul(v128.load(sp, 48), sv);
-    const dk = dkBase + off * rk;
-    const dvp = dvBase + off * rv;
-    for (let x = 0; x < d; x++) {
-      const o = <usize>x << 4;
-      v128.store(dk + o, fma(sb, v128.load(qb + o), fma(sa, v128.load(qa + o), v128.load(dk + o))));
-    }
-    for (let c = 0; c < dv; c++) {
-      const o = <usize>c << 4;
-      v128.store(dvp + o, fma(pb, v128.load(db + o), fma(pa, v128.load(da + o), v128.load(dvp + o))));
+  // per query: P and dS over its own keys
+  const ninf = f32x4.splat(-Infinity);
+  for (let s = 0; s < nr; s++) {
+    const a = load<i32>(win + (<usize>s << 3), 16) - L0, e = load<i32>(win + (<usize>s << 3), 20) - L0;
+    let delta = f32x4.splat(0);
+    const ds = db + <usize>s * oStep, os = ob + <usize>s * oStep;
+    for (let o: usize = 0; o < oStep; o += 16) delta = fma(v128.load(ds + o), v128.load(os + o), delta);
+    // a row with no key (lse -inf) gets lse +inf, so P = 0
+    let L = v128.load(<usize>load<i32>(lseRows + (<usize>s << 2)));
+    L = v128.bitselect(f32x4.splat(Infinity), L, f32x4.eq(L, ninf));
+    const r = rpb ? rpb + (<usize>load<i32>(rpbRows + (<usize>s << 2)) << 4) : 0;
+    const dr = rpb ? drpb + (<usize>load<i32>(rpbRows + (<usize>s << 2)) << 4) : 0;
+    const first = (<usize>s << 4) + (<usize>a << 6);
+    const span = <usize>(e - a + 1) << 6;
+    for (let rr = 0; rr < rows; rr++) {
+      const row = first + <usize>rr * sStep;
+      let kq = kr + (<usize>(rr * W + a) << 2);
+      for (let off = row; off < row + span; off += 64, kq += 4) {
+        let x = v128.load(sS + off);
+        if (cap > 0) x = capv(x, cap);
+        // rpb comes after the softcap; drpb takes dS itself, then dS goes on through the softcap
+        const bsc = r ? f32x4.add(x, v128.load(r + (<usize>load<i32>(kq) << 4))) : x;
+        const p = vexpNeg(f32x4.sub(bsc, L));
+        let dsv = f32x4.mul(p, f32x4.sub(v128.load(sD + off), delta));
+        if (r) {
+          const at = dr + (<usize>load<i32>(kq) << 4);
+          v128.store(at, f32x4.add(v128.load(at), dsv));
+        }
+        if (cap > 0) {
+          const tt = f32x4.mul(x, f32x4.splat(1.0 / cap));
+          dsv = f32x4.mul(dsv, f32x4.sub(f32x4.splat(1.0), f32x4.mul(tt, tt)));
+        }
+        v128.store(sS + off, p);
+        v128.store(sD + off, dsv);
+      }
     }
   }
-  // dQ = scale dS K, four dims x two queries a block, back to one row per head
+  // dV += P dO, dK += dS q (q scaled: scale dS q), dQ += dS K, column by column
+  s0 = 0;
+  s1 = 0;
+  for (let t = 0; t < W; t++) {
+    const c = L0 + t;
+    while (load<i32>(win + (<usize>s0 << 3), 20) < c) s0++;
+    while (s1 + 1 < nr && load<i32>(win + (<usize>(s1 + 1) << 3), 16) <= c) s1++;
+    const nq = s1 - s0 + 1;
+    const col = (<usize>t << 6) + (<usize>s0 << 4);
+    keyRowsColumn(nq, db + <usize>s0 * oStep, dv, vp + (<usize>t << 2), <usize>W << 2, dvBase - vBase, rows, sS + col, sStep);
+    keyRowsColumn(nq, qb + <usize>s0 * qStep, d, kp + (<usize>t << 2), <usize>W << 2, dkBase - kBase, rows, sD + col, sStep);
+    pvColumn(nq, dqb + <usize>s0 * qStep, d, kp + (<usize>t << 2), <usize>W << 2, rows, sD + col, sStep);
+  }
+  // dQ = scale (dS K), back to one row per head
   const ldq = <usize>d << 2;
-  // (B = A again writes A's rows twice, with the same values: its dS half is masked, not its sum)
-  for (let x = 0; x < d; x += 4) pairRowSums(keys, nk, kBase, rk, <usize>x << 4, sBuf, 64, 16, same ? 16 : 48, sv, sv, dqA + (<usize>x << 2), dqB + (<usize>x << 2), ldq);
+  for (let s = 0; s < nr; s++) {
+    const qs = dqb + <usize>s * qStep;
+    const out = <usize>load<i32>(dqRows + (<usize>s << 2));
+    for (let x = 0; x < d; x += 4) {
+      const o = <usize>x << 4;
+      store4T(f32x4.mul(v128.load(qs + o), sc), f32x4.mul(v128.load(qs + o, 16), sc), f32x4.mul(v128.load(qs + o, 32), sc), f32x4.mul(v128.load(qs + o, 48), sc), out + (<usize>x << 2), ldq);
+    }
+  }
 }
 
 /**
- * The head-lane backward of n queries for one group of 4 heads, two neighbouring queries at a time
- * (pairBwd). Queries as in naLanes; doRows / oRows: dO and O rows of each query's 4 heads, lseRows:
+ * The head-lane backward of n queries for one group of 4 heads, in the forward's runs of up to
+ * four queries (runBwd). Queries, runs and maxW as in naLanes; doRows / oRows: dO and O rows of each query's 4 heads, lseRows:
  * its 4 lse values, dqRows: its dq rows; dK and dV go to this thread's partials (regrouped like k
  * and v, at dkBase / dvBase with the same offsets). rpb (0: none), rpbRows, r0..r2 as in naLanes;
  * drpb: this thread's drpb partial for the head group, regrouped like rpb.
@@ -1139,24 +1074,20 @@ export function naLanesBwd(
   qRows: usize, doRows: usize, oRows: usize, lseRows: usize, dqRows: usize, lo: usize, hi: usize, ldLanes: i32, n: i32, rank: i32,
   kBase: usize, vBase: usize, dkBase: usize, dvBase: usize, st0: i32, st1: i32, st2: i32, rowK: i32, rowV: i32,
   d: i32, dv: i32, scale: f32, cap: f32, sBuf: usize, keys: usize, lanes: usize,
-  rpb: usize, drpb: usize, rpbRows: usize, r0: i32, r1: i32, r2: i32,
+  rpb: usize, drpb: usize, rpbRows: usize, r0: i32, r1: i32, r2: i32, maxW: i32,
 ): void {
   const ld = <usize>ldLanes << 2;
   const pad = 3 - rank;
+  // the first 16 words of keys hold the run's windows (windowRun), the key lists follow
   const win = keys;
-  for (let i = 0; i < n; i++) {
-    const j = windowPair(lo, hi, ld, pad, i, n, win);
+  for (let i = 0; i < n; ) {
+    const nr = windowRun(lo, hi, ld, pad, i, n, maxW, win);
     const li = <usize>i << 2;
-    const lj = <usize>j << 2;
-    pairBwd(
-      <usize>load<i32>(qRows + li), <usize>load<i32>(qRows + lj), <usize>load<i32>(doRows + li), <usize>load<i32>(doRows + lj),
-      <usize>load<i32>(oRows + li), <usize>load<i32>(oRows + lj), <usize>load<i32>(lseRows + li), <usize>load<i32>(lseRows + lj),
-      <usize>load<i32>(dqRows + li), <usize>load<i32>(dqRows + lj), win,
-      kBase, vBase, dkBase, dvBase, st0, st1, st2, <usize>rowK, <usize>rowV, d, dv, scale, cap, sBuf, keys + 32, lanes,
-      rpb ? rpb + (<usize>load<i32>(rpbRows + li) << 4) : 0, rpb ? rpb + (<usize>load<i32>(rpbRows + lj) << 4) : 0,
-      rpb ? drpb + (<usize>load<i32>(rpbRows + li) << 4) : 0, rpb ? drpb + (<usize>load<i32>(rpbRows + lj) << 4) : 0, r0, r1, r2,
+    runBwd(
+      nr, qRows + li, doRows + li, oRows + li, lseRows + li, dqRows + li, rpbRows + li, win,
+      kBase, vBase, dkBase, dvBase, st0, st1, st2, <usize>rowK, <usize>rowV, d, dv, scale, cap, sBuf, keys + 64, lanes, rpb, drpb, r0, r1, r2,
     );
-    i = j;
+    i += nr;
   }
 }
 

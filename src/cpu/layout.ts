@@ -77,26 +77,24 @@ export function scratchPlan(kind: KernelKind, problem: AttnProblem, rank: number
   const maxK = maxKeys(kind, problem, rank);
   const { dim: D, dimV: DV } = problem;
   const rope = problem.rope !== undefined;
-  // head lanes: the backward's query pair's window union (one more key column on the last axis),
-  // whose keys, flags and rpb index parts (three lists) and scores (16 floats a key) must fit
-  // whatever the tile; the forward's run union (three more columns), whose three key lists and
-  // scores (4 queries x 4 lanes a key, and one key's worth more) must fit
+  // head lanes: a run's window union (four queries along the last axis: three more key columns
+  // than a window), whose three key lists and scores (4 queries x 4 lanes a key, and one key's
+  // worth more; the backward two such areas) must fit whatever the tile
   const p = problem.pattern;
-  const union = (extra: number) => (p.kind === 'neighborhood' ? prod(p.kernelSize.map((k, a) => (a === p.kernelSize.length - 1 ? k + extra : k))) : 0);
-  const pairUnion = kind === 'naLanesBwd' ? union(1) : 0;
-  const runUnion = kind === 'naLanes' ? union(3) : 0;
+  const lanesKind = kind === 'naLanes' || kind === 'naLanesBwd';
+  const runUnion = lanesKind && p.kind === 'neighborhood' ? prod(p.kernelSize.map((k, a) => (a === p.kernelSize.length - 1 ? runColumns(problem) : k))) : 0;
   const sizes = {
-    // head lanes, in lanes (forward: q of a run of 4 queries; backward: q, dO and O of a query pair)
-    qt: Math.max(D * tqPad, kind === 'naLanesBwd' ? 8 * (D + 2 * DV) + 32 : 0, kind === 'naLanes' ? 16 * D : 0),
-    // head lanes: a union of 4-lane scores, or 4 rows being regrouped
-    s: Math.max(maxK * tqPad, 4 * Math.max(D, DV), 16 * pairUnion, 16 * (runUnion + 1)),
+    // head lanes, in lanes (forward: q of a run of 4 queries; backward: q, dQ, dO and O of a run)
+    qt: Math.max(D * tqPad, kind === 'naLanesBwd' ? 32 * (D + DV) : 0, kind === 'naLanes' ? 16 * D : 0),
+    // head lanes: a union of 4-lane scores (the backward: two), or 4 rows being regrouped
+    s: Math.max(maxK * tqPad, 4 * Math.max(D, DV), (kind === 'naLanesBwd' ? 32 : 16) * (runUnion + 1)),
     // head lanes (forward): a run's 4 output accumulators in lanes
     o: Math.max(tqPad * DV, kind === 'naLanes' ? 16 * DV : 0),
     m: tqPad,
     l: tqPad,
     alpha: tqPad,
     qRows: tqPad,
-    kRows: Math.max(maxK, 3 * pairUnion + 8, 3 * runUnion + 16), // head lanes: a pair's or a run's windows first
+    kRows: Math.max(maxK, 3 * runUnion + 16), // head lanes: a run's windows first
     vRows: maxK,
     outRows: tqPad,
     kCrd: maxK * rank,

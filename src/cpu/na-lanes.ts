@@ -226,7 +226,7 @@ export function runNALanesBwd(c: TileCtx, space: ItemSpace, start: number, end: 
       at.qRows, at.m, at.outRows, at.rowIdx, at.l, at.lo, at.hi, tqPad, tq, rank,
       kSlot + kvRow * P.dim * 4, vSlot + kvRow * P.dimV * 4, dkp + kvRow * P.dim * 4, dvp + kvRow * P.dimV * 4,
       steps[0]!, steps[1]!, steps[2]!, P.kvHeads * P.dim * 4, P.kvHeads * P.dimV * 4, P.dim, P.dimV, P.scale, P.softcap, at.s, at.kRows, at.qt,
-      P.rpb ? c.lay.slots.rpb + (h / 4) * rpb.vol * 16 : 0, P.rpb ? drpbp + (h / 4) * rpb.vol * 16 : 0, at.alpha, rpb.r[0]!, rpb.r[1]!, rpb.r[2]!,
+      P.rpb ? c.lay.slots.rpb + (h / 4) * rpb.vol * 16 : 0, P.rpb ? drpbp + (h / 4) * rpb.vol * 16 : 0, at.alpha, rpb.r[0]!, rpb.r[1]!, rpb.r[2]!, runColumns(P),
     );
   }
 }

@@ -32,7 +32,7 @@ export interface TileKernels {
   windowSlots(s: number, ld: number, tq: number, win: number, k1: number, k2: number, ulo0: number, ulo1: number, ulo2: number, u1: number, u2: number, attnRows: number, toS: number): void;
   lanesFromRows(ptr: number, blocks: number, d: number, tmp: number): void;
   rowsFromLanes(ptr: number, blocks: number, d: number, tmp: number): void;
-  naLanesBwd(qRows: number, doRows: number, oRows: number, lseRows: number, dqRows: number, lo: number, hi: number, ld: number, n: number, rank: number, kBase: number, vBase: number, dkBase: number, dvBase: number, st0: number, st1: number, st2: number, rowK: number, rowV: number, d: number, dv: number, scale: number, cap: number, sBuf: number, keys: number, lanes: number, rpb: number, drpb: number, rpbRows: number, r0: number, r1: number, r2: number): void;
+  naLanesBwd(qRows: number, doRows: number, oRows: number, lseRows: number, dqRows: number, lo: number, hi: number, ld: number, n: number, rank: number, kBase: number, vBase: number, dkBase: number, dvBase: number, st0: number, st1: number, st2: number, rowK: number, rowV: number, d: number, dv: number, scale: number, cap: number, sBuf: number, keys: number, lanes: number, rpb: number, drpb: number, rpbRows: number, r0: number, r1: number, r2: number, maxW: number): void;
   naLanes(qRows: number, outRows: number, lseRows: number, lo: number, hi: number, ld: number, n: number, rank: number, kBase: number, vBase: number, st0: number, st1: number, st2: number, rowK: number, rowV: number, d: number, dv: number, scale: number, cap: number, sBuf: number, keys: number, rpb: number, rpbRows: number, r0: number, r1: number, r2: number, qBuf: number, maxW: number, oBuf: number): void;
 }
 
