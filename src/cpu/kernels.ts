@@ -2,7 +2,7 @@ import { ItemSpace } from '../problem.js';
 import type { AttnProblem } from '../problem.js';
 import { runBackward } from './backward.js';
 import { runFused } from './fused.js';
-import { type JobLayout, type KernelKind, scratchPlan } from './layout.js';
+import { CONTROL, type JobLayout, type KernelKind, scratchPlan } from './layout.js';
 import { runNAAV, runNAQK, runNaive } from './na.js';
 import { runLanes, runLanesReduce, runNALanes, runNALanesBwd } from './na-lanes.js';
 import type { TileKernels } from './tile-kernels.js';
@@ -32,20 +32,16 @@ export interface PhaseMsg {
   readonly gated?: boolean;
 }
 
-/**
- * Words of the job's control block (layout.counter, 64 bytes): phase p of a message claims items
- * through word p, waits for the others at barrier word BARRIER + p, word FAILED says a thread
- * failed, so the others stop at the next barrier instead of running the rest, and word GATE opens
- * a gated message.
- */
+/** Phases one message may chain (one claim word and one barrier word each, layout.ts CONTROL). */
 export const MAX_CHAIN = 4;
-const BARRIER = 4;
-const FAILED = 8;
-const GATE = 9;
+const { BARRIER, FAILED, GATE } = CONTROL;
 
-/** Zeroes a message's control block (the main thread, before posting). */
-export function resetControl(memory: WebAssembly.Memory, layout: JobLayout): void {
-  new Int32Array(memory.buffer, layout.counter, 16).fill(0);
+/**
+ * Zeroes a message's control words (the main thread, before posting); `job`: the whole block, at
+ * the start of a job (FLAGGED counts over all of a job's messages).
+ */
+export function resetControl(memory: WebAssembly.Memory, layout: JobLayout, job = false): void {
+  new Int32Array(memory.buffer, layout.counter, 16).fill(0, 0, job ? 16 : CONTROL.FLAGGED);
 }
 
 /**

@@ -15,6 +15,7 @@ export type Slot = 'q' | 'k' | 'v' | 'out' | 'lse' | 'attn' | 'bias' | 'rpb' | '
 export interface JobLayout {
   /** Threads sharing the job (scratch areas and per-thread partials). */
   readonly threads: number;
+  /** The job's control block: 16 i32 words (CONTROL). */
   readonly counter: number;
   readonly scratch: number;
   readonly scratchBytes: number;
@@ -23,6 +24,15 @@ export interface JobLayout {
   readonly partialBytes: Readonly<Partial<Record<Slot, number>>>;
   readonly end: number;
 }
+
+/**
+ * Words of a job's control block (JobLayout.counter, 64 bytes, zeroed before each message): phase
+ * p of a message claims items through word p, waits for the others at word BARRIER + p; FAILED
+ * says a thread failed (the others stop at the next barrier), GATE opens a gated message, FLAGGED
+ * counts input rows a phase's screen found non-finite (so the calling thread reads the flags only
+ * when there are any).
+ */
+export const CONTROL = { BARRIER: 4, FAILED: 8, GATE: 9, FLAGGED: 10 } as const;
 
 const align = (x: number, a = 64): number => Math.ceil(x / a) * a;
 

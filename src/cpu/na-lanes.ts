@@ -2,7 +2,7 @@ import { boxCoords, boxTokens, prod } from '../patterns/geometry.js';
 import type { AttnProblem, ItemSpace, SeqSpan } from '../problem.js';
 import { tileFor } from '../problem.js';
 import { tileBox } from '../schedule.js';
-import { runColumns } from './layout.js';
+import { CONTROL, runColumns } from './layout.js';
 import type { TileCtx } from './tile-step.js';
 
 /**
@@ -79,7 +79,7 @@ export function runLanes(c: TileCtx, space: ItemSpace, start: number, end: numbe
     const b0 = Math.floor((start * blocks) / space.total);
     const b1 = Math.floor((end * blocks) / space.total);
     if (b1 <= b0) continue;
-    if (slots.flags >= 0) c.K.sanitize(slot + b0 * 16 * d, 4 * (b1 - b0), d, slots.flags + flagRow + 4 * b0);
+    if (slots.flags >= 0 && c.K.sanitize(slot + b0 * 16 * d, 4 * (b1 - b0), d, slots.flags + flagRow + 4 * b0) > 0) Atomics.add(c.i32, (c.lay.counter >> 2) + CONTROL.FLAGGED, 1);
     // q keeps its rows: each query is read once, and naLanes puts its head group in lanes itself
     if (slot !== slots.q) c.K.lanesFromRows(slot + b0 * 16 * d, b1 - b0, d, c.at.s);
   }
