@@ -717,19 +717,12 @@ function pvColumn(nq: i32, os: usize, dv: i32, vp: usize, vStep: usize, nk: i32,
   }
 }
 
-/**
- * naLanes for a run of nr (1-4) queries whose windows are the box [lo0, hi0] x [lo1, hi1] on the
- * first axes (rank padded to 3 at the front) and [lo2_s, hi2_s] on the last, non-decreasing in s
- * and without gaps (win: the four shared words, then lo2_s, hi2_s per query). Keys of the union
- * are laid out row-major (row: a point of the first axes; column: the last axis) in three lists
- * at keys: k row addresses, v row addresses, rpb key parts. Scores: [key][4 queries] v128s at
- * sBuf, then 4 v128s of trash. q of each query in lanes at qBuf, O accumulators at oBuf.
- */
-function runWindows(
-  nr: i32, qRows: usize, outRows: usize, lseRows: usize, rpbRows: usize, win: usize,
-  kBase: usize, vBase: usize, st0: i32, st1: i32, st2: i32, rk: usize, rv: usize, d: i32, dv: i32, scale: f32, cap: f32,
-  sBuf: usize, keys: usize, rpb: usize, r0: i32, r1: i32, r2: i32, qBuf: usize, oBuf: usize,
-): void {
+// The union of a run's windows (see runWindows), row-major (row: a point of the first axes,
+// column: the last axis), as three i32 lists at keys: k row addresses, v row addresses and (with
+// rpb) rpb key parts, each as long as the union. Returns its number of rows.
+function runUnion(
+  nr: i32, win: usize, kBase: usize, vBase: usize, st0: i32, st1: i32, st2: i32, rk: usize, rv: usize, keys: usize, rpb: usize, r0: i32, r1: i32, r2: i32,
+): i32 {
   const lo0 = load<i32>(win), hi0 = load<i32>(win, 4), lo1 = load<i32>(win, 8), hi1 = load<i32>(win, 12);
   const L = load<i32>(win, 16);
   const W = load<i32>(win + (<usize>nr << 3), 12) - L + 1;
@@ -747,6 +740,42 @@ function runWindows(
         if (rpb) store<i32>(kr + (<usize>j << 2), c0 * r0 + c1 * r1 + (L + t) * r2);
       }
     }
+  return rows;
+}
+
+// The queries of a run whose windows hold last-axis column c: from the first whose window ends at
+// or after c to the last whose window starts at or before it (both ends are non-decreasing).
+// @ts-ignore: decorator
+@inline function firstHolder(win: usize, c: i32): i32 {
+  let s = 0;
+  while (load<i32>(win + (<usize>s << 3), 20) < c) s++;
+  return s;
+}
+// @ts-ignore: decorator
+@inline function lastHolder(win: usize, nr: i32, c: i32): i32 {
+  let s = nr - 1;
+  while (load<i32>(win + (<usize>s << 3), 16) > c) s--;
+  return s;
+}
+
+/**
+ * naLanes for a run of nr (1-4) queries whose windows are the box [lo0, hi0] x [lo1, hi1] on the
+ * first axes (rank padded to 3 at the front) and [lo2_s, hi2_s] on the last, non-decreasing in s
+ * and without gaps (win: the four shared words, then lo2_s, hi2_s per query). Keys of the union
+ * are laid out row-major (row: a point of the first axes; column: the last axis) in three lists
+ * at keys: k row addresses, v row addresses, rpb key parts. Scores: [key][4 queries] v128s at
+ * sBuf, then 4 v128s of trash. q of each query in lanes at qBuf, O accumulators at oBuf.
+ */
+function runWindows(
+  nr: i32, qRows: usize, outRows: usize, lseRows: usize, rpbRows: usize, win: usize,
+  kBase: usize, vBase: usize, st0: i32, st1: i32, st2: i32, rk: usize, rv: usize, d: i32, dv: i32, scale: f32, cap: f32,
+  sBuf: usize, keys: usize, rpb: usize, r0: i32, r1: i32, r2: i32, qBuf: usize, oBuf: usize,
+): void {
+  const rows = runUnion(nr, win, kBase, vBase, st0, st1, st2, rk, rv, keys, rpb, r0, r1, r2);
+  const L = load<i32>(win, 16);
+  const W = load<i32>(win + (<usize>nr << 3), 12) - L + 1;
+  const nk = rows * W;
+  const kp = keys, vp = keys + (<usize>nk << 2), kr = keys + (<usize>nk << 3);
   // q of each query to lanes (its [H][D] rows are read once), O accumulators zeroed
   const qStep = <usize>d << 4, oStep = <usize>dv << 4;
   // (pre-scaled, so the scores come out scaled)
@@ -760,11 +789,8 @@ function runWindows(
   const sStep = <usize>W << 6; // a row of W keys x 4 queries x 16 bytes
   const trash = sBuf + (<usize>nk << 6);
   // Q K^T column by column, on the queries whose windows hold the column
-  let s0 = 0, s1 = 0;
   for (let t = 0; t < W; t++) {
-    const c = L + t;
-    while (load<i32>(win + (<usize>s0 << 3), 20) < c) s0++;
-    while (s1 + 1 < nr && load<i32>(win + (<usize>(s1 + 1) << 3), 16) <= c) s1++;
+    const s0 = firstHolder(win, L + t), s1 = lastHolder(win, nr, L + t);
     qkColumn(s1 - s0 + 1, qBuf + <usize>s0 * qStep, d, kp + (<usize>t << 2), <usize>W << 2, rows, sBuf + (<usize>t << 6) + (<usize>s0 << 4), sStep, trash);
   }
   // each query's softmax over its own keys (row by row, columns a..e of each): softcap and rpb
@@ -809,12 +835,8 @@ function runWindows(
     v128.store(trash + (<usize>s << 4), v128.and(f32x4.div(f32x4.splat(1.0), l), f32x4.gt(l, f32x4.splat(0))));
   }
   // P V column by column, on the same queries
-  s0 = 0;
-  s1 = 0;
   for (let t = 0; t < W; t++) {
-    const c = L + t;
-    while (load<i32>(win + (<usize>s0 << 3), 20) < c) s0++;
-    while (s1 + 1 < nr && load<i32>(win + (<usize>(s1 + 1) << 3), 16) <= c) s1++;
+    const s0 = firstHolder(win, L + t), s1 = lastHolder(win, nr, L + t);
     pvColumn(s1 - s0 + 1, oBuf + <usize>s0 * oStep, dv, vp + (<usize>t << 2), <usize>W << 2, rows, sBuf + (<usize>t << 6) + (<usize>s0 << 4), sStep);
   }
   // out = O / l, back from lanes to one row per head
@@ -957,23 +979,11 @@ function runBwd(
   kBase: usize, vBase: usize, dkBase: usize, dvBase: usize, st0: i32, st1: i32, st2: i32, rk: usize, rv: usize,
   d: i32, dv: i32, scale: f32, cap: f32, sBuf: usize, keys: usize, lanes: usize, rpb: usize, drpb: usize, r0: i32, r1: i32, r2: i32,
 ): void {
-  const lo0 = load<i32>(win), hi0 = load<i32>(win, 4), lo1 = load<i32>(win, 8), hi1 = load<i32>(win, 12);
+  const rows = runUnion(nr, win, kBase, vBase, st0, st1, st2, rk, rv, keys, rpb, r0, r1, r2);
   const L0 = load<i32>(win, 16);
   const W = load<i32>(win + (<usize>nr << 3), 12) - L0 + 1;
-  const rows = (hi0 - lo0 + 1) * (hi1 - lo1 + 1);
   const nk = rows * W;
   const kp = keys, vp = keys + (<usize>nk << 2), kr = keys + (<usize>nk << 3);
-  let j = 0;
-  for (let c0 = lo0; c0 <= hi0; c0++)
-    for (let c1 = lo1; c1 <= hi1; c1++) {
-      const b = c0 * st0 + c1 * st1;
-      for (let t = 0; t < W; t++, j++) {
-        const tok = <usize>(b + (L0 + t) * st2);
-        store<i32>(kp + (<usize>j << 2), <i32>(kBase + tok * rk));
-        store<i32>(vp + (<usize>j << 2), <i32>(vBase + tok * rv));
-        if (rpb) store<i32>(kr + (<usize>j << 2), c0 * r0 + c1 * r1 + (L0 + t) * r2);
-      }
-    }
   // q (scaled), dO and the dQ accumulators of each query in lanes; O passes through the dQ area
   // (delta = rowsum(dO O) per head) before it is zeroed
   const qStep = <usize>d << 4, oStep = <usize>dv << 4;
@@ -992,11 +1002,8 @@ function runBwd(
   }
   memory.fill(dqb, 0, <usize>nr * qStep);
   // S and dP column by column, on the queries whose windows hold the column
-  let s0 = 0, s1 = 0;
   for (let t = 0; t < W; t++) {
-    const c = L0 + t;
-    while (load<i32>(win + (<usize>s0 << 3), 20) < c) s0++;
-    while (s1 + 1 < nr && load<i32>(win + (<usize>(s1 + 1) << 3), 16) <= c) s1++;
+    const s0 = firstHolder(win, L0 + t), s1 = lastHolder(win, nr, L0 + t);
     const col = (<usize>t << 6) + (<usize>s0 << 4);
     qkColumn(s1 - s0 + 1, qb + <usize>s0 * qStep, d, kp + (<usize>t << 2), <usize>W << 2, rows, sS + col, sStep, trash);
     qkColumn(s1 - s0 + 1, db + <usize>s0 * oStep, dv, vp + (<usize>t << 2), <usize>W << 2, rows, sD + col, sStep, trashD);
@@ -1039,12 +1046,8 @@ function runBwd(
     }
   }
   // dV += P dO, dK += dS q (q scaled: scale dS q), dQ += dS K, column by column
-  s0 = 0;
-  s1 = 0;
   for (let t = 0; t < W; t++) {
-    const c = L0 + t;
-    while (load<i32>(win + (<usize>s0 << 3), 20) < c) s0++;
-    while (s1 + 1 < nr && load<i32>(win + (<usize>(s1 + 1) << 3), 16) <= c) s1++;
+    const s0 = firstHolder(win, L0 + t), s1 = lastHolder(win, nr, L0 + t);
     const nq = s1 - s0 + 1;
     const col = (<usize>t << 6) + (<usize>s0 << 4);
     keyRowsColumn(nq, db + <usize>s0 * oStep, dv, vp + (<usize>t << 2), <usize>W << 2, dvBase - vBase, rows, sS + col, sStep);
