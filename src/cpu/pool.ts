@@ -224,10 +224,9 @@ async function execute(job: CpuJob): Promise<JobOutputs> {
   // the first message goes out before the copies, gated: the workers wake up and set up meanwhile
   let next = 0;
   let first: Promise<void> | undefined;
-  resetControl(e.memory, layout, true);
+  resetControl(e.memory, layout, true); // the whole block, FLAGGED too, once a job
   if (pooled && typeof job.phases[0] === 'string') {
     const [msg, j] = chainAt(0, true);
-    resetControl(e.memory, layout);
     first = runOnWorkers(e.workers, msg);
     next = j;
   }
