@@ -298,6 +298,16 @@ export function softmaxStep(s: usize, ldLanes: i32, ni: i32, tk: i32, m: usize, 
  * value rows at byte offsets vRows[j]). Blocks of 4 rows x 8 columns stay in registers over all keys.
  */
 export function pvAcc(o: usize, dv: i32, p: usize, ldLanes: i32, ni: i32, tk: i32, vRows: usize, alpha: usize): void {
+  pvBlocks(o, dv, p, ldLanes, ni, tk, vRows, 0, alpha, false);
+}
+
+/** pvAcc with value row j at byte offset v0 + j * vStep: no list to load a pointer from per key. */
+export function pvAccStrided(o: usize, dv: i32, p: usize, ldLanes: i32, ni: i32, tk: i32, v0: usize, vStep: i32, alpha: usize): void {
+  pvBlocks(o, dv, p, ldLanes, ni, tk, v0, vStep, alpha, true);
+}
+
+// @ts-ignore: decorator
+@inline function pvBlocks(o: usize, dv: i32, p: usize, ldLanes: i32, ni: i32, tk: i32, vRows: usize, vStep: i32, alpha: usize, strided: bool): void {
   const ld = <usize>ldLanes << 2;
   const ldo = <usize>dv << 2;
   const dv8 = dv & ~7;
@@ -315,8 +325,9 @@ export function pvAcc(o: usize, dv: i32, p: usize, ldLanes: i32, ni: i32, tk: i3
       let a20 = f32x4.mul(v128.load(r2 + oc), s2), a21 = f32x4.mul(v128.load(r2 + oc, 16), s2);
       let a30 = f32x4.mul(v128.load(r3 + oc), s3), a31 = f32x4.mul(v128.load(r3 + oc, 16), s3);
       let pp = p + (<usize>i << 2);
+      let vp = vRows + oc;
       for (let j = 0; j < tk; j++) {
-        const vr = <usize>load<i32>(vRows + (<usize>j << 2)) + oc;
+        const vr = strided ? vp : <usize>load<i32>(vRows + (<usize>j << 2)) + oc;
         const v0 = v128.load(vr);
         const v1 = v128.load(vr, 16);
         let b = v128.load32_splat(pp);
@@ -332,6 +343,7 @@ export function pvAcc(o: usize, dv: i32, p: usize, ldLanes: i32, ni: i32, tk: i3
         a30 = fma(b, v0, a30);
         a31 = fma(b, v1, a31);
         pp += ld;
+        if (strided) vp += <usize>vStep;
       }
       v128.store(r0 + oc, a00);
       v128.store(r0 + oc, a01, 16);
@@ -350,7 +362,8 @@ export function pvAcc(o: usize, dv: i32, p: usize, ldLanes: i32, ni: i32, tk: i3
         let acc = load<f32>(dst) * load<f32>(al + (<usize>r << 2));
         let pp = p + (<usize>(i + r) << 2);
         for (let j = 0; j < tk; j++) {
-          acc += load<f32>(pp) * load<f32>(<usize>load<i32>(vRows + (<usize>j << 2)) + oc);
+          const vr = strided ? vRows + <usize>j * <usize>vStep : <usize>load<i32>(vRows + (<usize>j << 2));
+          acc += load<f32>(pp) * load<f32>(vr + oc);
           pp += ld;
         }
         store<f32>(dst, acc);
@@ -1246,6 +1259,12 @@ export function rowDots(dst: usize, aRows: usize, bRows: usize, n: i32, width: i
 }
 
 /** dst[x] += src[x] for x < n (summing the threads' partial dK, dV, drpb in a fixed order). */
+/** Copies `width` floats from each row listed at `from` to the row listed at the same index of `to` (i32 byte offsets), n rows. */
+export function copyRows(from: usize, to: usize, n: i32, width: i32): void {
+  const bytes = <usize>width << 2;
+  for (let j = 0; j < n; j++) memory.copy(<usize>load<i32>(to + (<usize>j << 2)), <usize>load<i32>(from + (<usize>j << 2)), bytes);
+}
+
 export function addInto(dst: usize, src: usize, n: i32): void {
   const n4 = n & ~3;
   let x = 0;

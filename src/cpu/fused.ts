@@ -66,7 +66,7 @@ export function walkTile(c: TileCtx, t: TileWalk, step: VisitStep, fast?: () => 
       sliced(c, rules, qBox, visit.box, geo, grp, step, fast);
       continue;
     }
-    const tk = c.keyList(visit.box, geo, grp, true);
+    const tk = c.keyList(visit.box, geo, grp, true, 0, !visit.full || P.rpb !== undefined);
     step(tk, visit.full, 0, c.tqPad, 0);
   }
 }

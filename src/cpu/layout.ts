@@ -42,18 +42,22 @@ export const padRows = (n: number): number => align(Math.max(1, n), 8);
 type ScratchArea =
   | 'qt' | 's' | 'o' | 'm' | 'l' | 'alpha' | 'qRows' | 'kRows' | 'vRows' | 'outRows' | 'kCrd' | 'lo' | 'hi' | 'rowIdx' | 'colIdx'
   | 'ropeQ' | 'ropeK' | 'ropePos' | 'win' | 'ranges'
+  // the fused forward's head-contiguous copies of K and V (packedRows), and the lists that fill them
+  | 'kPack' | 'vPack' | 'packFrom' | 'packTo'
   // backward: dO transposed and its rows, the LSE and delta per lane, dP / dS, softcapped scores, the dQ tile, ones, gradient rows of keys
   | 'doT' | 'doRows' | 'lseLanes' | 'delta' | 'dp' | 'sc' | 'dq' | 'ones' | 'dkRows' | 'dvRows';
 
 /**
- * Per-thread scratch of one kernel kind, as offsets from the thread's base: everything O(tile),
- * never O(N). Query tiles are padded to 8 rows; key lists hold the largest visit of the kind.
+ * Per-thread scratch of one kernel kind, as offsets from the thread's base: O(tile), except the
+ * fused forward's packed K and V (packedRows: O(N), linear and capped). Query tiles are padded to 8 rows; key lists hold the largest visit of the kind.
  */
 export interface ScratchPlan {
   readonly backward: boolean;
   readonly maxQ: number;
   readonly tqPad: number;
   readonly maxK: number;
+  /** Rows of the packed K and V copies (packedRows; 0: none). */
+  readonly packRows: number;
   readonly off: Readonly<Record<ScratchArea, number>>;
   readonly bytes: number;
 }
@@ -79,6 +83,21 @@ function maxKeys(kind: KernelKind, problem: AttnProblem, rank: number): number {
 export function runColumns(problem: AttnProblem): number {
   const p = problem.pattern;
   return (p.kind === 'neighborhood' ? p.kernelSize[p.kernelSize.length - 1]! : 1) + 3;
+}
+
+/** Per-thread bytes the packed K and V copies may take (a 4096-token head of D = 64 takes 2 MiB). */
+const PACK_BYTES = 16 * 2 ** 20;
+
+/**
+ * Rows of the fused forward's per-thread K and V copies (0: none). With more than one KV head the
+ * rows of one head lie kvHeads * D * 4 bytes apart in the job's [tokens][heads][dim] copy: 2 KiB at
+ * 8 heads of 64, so a 64-key V tile falls into 2 of the 64 L1 sets and P.V reloads it from L2 on every
+ * pass. A thread copies each key row of the head it works on once, on first visit (TileCtx.keyList),
+ * into [tokens][dim] per head, and every later query tile of that head reads the copy.
+ */
+export function packedRows(kind: KernelKind, problem: AttnProblem): number {
+  if (kind !== 'fused' || problem.kvHeads === 1) return 0;
+  return problem.kRows * (problem.dim + problem.dimV) * 4 <= PACK_BYTES ? problem.kRows : 0;
 }
 
 export function scratchPlan(kind: KernelKind, problem: AttnProblem, rank: number): ScratchPlan {
@@ -117,6 +136,10 @@ export function scratchPlan(kind: KernelKind, problem: AttnProblem, rank: number
     ropePos: rope ? Math.max(tqPad, maxK) : 0,
     win: kind === 'naQK' || kind === 'naAV' ? 9 * tqPad : 0,
     ranges: kind === 'fused' || kind === 'backward' ? 4 * maxK : 0,
+    kPack: packedRows(kind, problem) * D,
+    vPack: packedRows(kind, problem) * DV,
+    packFrom: packedRows(kind, problem) > 0 ? maxK : 0,
+    packTo: packedRows(kind, problem) > 0 ? maxK : 0,
     ...backwardAreas(kind === 'backward', problem, tqPad, maxK),
   };
   let at = 0;
@@ -125,7 +148,7 @@ export function scratchPlan(kind: KernelKind, problem: AttnProblem, rank: number
     off[name] = at;
     at += align(4 * n);
   }
-  return { backward: kind === 'backward', maxQ, tqPad, maxK, off, bytes: at };
+  return { backward: kind === 'backward', maxQ, tqPad, maxK, packRows: packedRows(kind, problem), off, bytes: at };
 }
 
 function backwardAreas(on: boolean, problem: AttnProblem, tqPad: number, maxK: number): Record<Extract<ScratchArea, 'doT' | 'doRows' | 'lseLanes' | 'delta' | 'dp' | 'sc' | 'dq' | 'ones' | 'dkRows' | 'dvRows'>, number> {

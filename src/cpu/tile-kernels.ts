@@ -17,6 +17,7 @@ export interface TileKernels {
   maskBox(s: number, ld: number, ni: number, tk: number, rank: number, kCrd: number, lo: number, hi: number): void;
   softmaxStep(s: number, ld: number, ni: number, tk: number, m: number, l: number, alpha: number): void;
   pvAcc(o: number, dv: number, p: number, ld: number, ni: number, tk: number, vRows: number, alpha: number): void;
+  pvAccStrided(o: number, dv: number, p: number, ld: number, ni: number, tk: number, v0: number, vStep: number, alpha: number): void;
   finishRows(o: number, dv: number, tq: number, l: number, outRows: number): void;
   softmaxRows(a: number, rows: number, w: number, m: number, l: number, normalize: number): void;
   slicedVisit(s: number, qt: number, ld: number, d: number, dv: number, kRows: number, vRows: number, kCrd: number, rank: number, lo: number, hi: number, ranges: number, n: number, cap: number, m: number, l: number, alpha: number, o: number): void;
@@ -27,6 +28,7 @@ export interface TileKernels {
   scatterAdd(s: number, ld: number, n: number, tk: number, table: number, rowIdx: number, colIdx: number): void;
   rowDots(dst: number, aRows: number, bRows: number, n: number, width: number): void;
   addInto(dst: number, src: number, n: number): void;
+  copyRows(from: number, to: number, n: number, width: number): void;
   ropeRows(dst: number, rows: number, n: number, d: number, half: number, table: number, maxPos: number, pos: number): void;
   sanitize(ptr: number, rows: number, width: number, flags: number): number;
   windowSlots(s: number, ld: number, tq: number, win: number, k1: number, k2: number, ulo0: number, ulo1: number, ulo2: number, u1: number, u2: number, attnRows: number, toS: number): void;

@@ -14,6 +14,20 @@ export function scalarKernels(memory: WebAssembly.Memory): TileKernels {
       n = new Int32Array(memory.buffer);
     }
   };
+  // O = alpha O + P V with value row j at byte offset rowAt(j)
+  const pv = (o: number, dv: number, p: number, tqPad: number, ni: number, tk: number, rowAt: (j: number) => number, alpha: number) => {
+    sync();
+    for (let i = 0; i < ni; i++) {
+      const a = f[(alpha >> 2) + i]!;
+      const row = (o >> 2) + i * dv;
+      for (let c = 0; c < dv; c++) f[row + c]! *= a;
+      for (let j = 0; j < tk; j++) {
+        const w = f[(p >> 2) + j * tqPad + i]!;
+        const v = rowAt(j) >> 2;
+        for (let c = 0; c < dv; c++) f[row + c]! += w * f[v + c]!;
+      }
+    }
+  };
   return {
     loadQT(qt, rows, tq, tqPad, d, scale) {
       sync();
@@ -79,18 +93,12 @@ export function scalarKernels(memory: WebAssembly.Memory): TileKernels {
       }
     },
     pvAcc(o, dv, p, tqPad, ni, tk, vRows, alpha) {
-      sync();
-      for (let i = 0; i < ni; i++) {
-        const a = f[(alpha >> 2) + i]!;
-        const row = (o >> 2) + i * dv;
-        for (let c = 0; c < dv; c++) f[row + c]! *= a;
-        for (let j = 0; j < tk; j++) {
-          const w = f[(p >> 2) + j * tqPad + i]!;
-          const v = n[(vRows >> 2) + j]! >> 2;
-          for (let c = 0; c < dv; c++) f[row + c]! += w * f[v + c]!;
-        }
-      }
+      pv(o, dv, p, tqPad, ni, tk, (j) => n[(vRows >> 2) + j]!, alpha);
     },
+    pvAccStrided(o, dv, p, tqPad, ni, tk, v0, vStep, alpha) {
+      pv(o, dv, p, tqPad, ni, tk, (j) => v0 + j * vStep, alpha);
+    },
+
     finishRows(o, dv, tq, l, outRows) {
       sync();
       for (let i = 0; i < tq; i++) {
@@ -184,6 +192,10 @@ export function scalarKernels(memory: WebAssembly.Memory): TileKernels {
         for (let c = 0; c < width; c++) acc += f[a + c]! * f[b + c]!;
         f[(dst >> 2) + i] = acc;
       }
+    },
+    copyRows(from, to, cnt, width) {
+      sync();
+      for (let j = 0; j < cnt; j++) f.copyWithin(n[(to >> 2) + j]! >> 2, n[(from >> 2) + j]! >> 2, (n[(from >> 2) + j]! >> 2) + width);
     },
     addInto(dst, src, cnt) {
       sync();

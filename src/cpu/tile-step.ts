@@ -28,10 +28,20 @@ export class TileCtx {
   private readonly ends: Int32Array;
   private readonly kStride: Int32Array;
   private readonly rpbHead: number;
+  /** Per key token: 1 + the KV head whose K and V rows this thread's packed copies hold (0: none). */
+  private readonly packed: Int32Array;
+  /** The head of the last packed visit and how many rows it newly packed since (a lower bound of those holding it). */
+  private packHead = -1;
+  private packCount = 0;
+  /** Tokens of the rows a visit copies into the packed copies. */
+  private readonly missTok: Int32Array;
   tq = 0;
   h = 0;
   /** Dilation group of the current tile. */
   groupIndex = 0;
+  /** The last key list's V rows when they are equally spaced (row j at vFirst + j * vStep), else vStep 0. */
+  vFirst = 0;
+  vStep = 0;
   /** Slices laid out in the ranges scratch by the last sliced visit. */
   slices = 0;
   span!: SeqSpan;
@@ -62,6 +72,8 @@ export class TileCtx {
     const kern = problem.rpb?.kernel ?? [];
     this.rpbStrides = kern.map((_, a) => prod(kern.slice(a + 1).map((k) => 2 * k - 1)));
     this.rpbHead = prod(kern.map((k) => 2 * k - 1));
+    this.packed = new Int32Array(plan.packRows);
+    this.missTok = new Int32Array(plan.packRows > 0 ? plan.maxK : 0);
   }
 
   private rowOf(slot: number, row: number, heads: number, head: number, width: number): number {
@@ -130,9 +142,10 @@ export class TileCtx {
   /**
    * The keys of `box` (group-local, in the tile's dilation group) as lists the kernels read: token
    * (kTok), coordinates (kCrd), K and V row pointers. Axis `first` runs outermost, the others
-   * row-major, so every fixed coordinate on `first` is one contiguous run. Returns the count.
+   * row-major, so every fixed coordinate on `first` is one contiguous run. `coords` false skips the
+   * coordinates (a full visit without rpb reads none). Returns the count.
    */
-  keyList(box: Box, geo: Geometry, grp: Group, values: boolean, first = 0): number {
+  keyList(box: Box, geo: Geometry, grp: Group, values: boolean, first = 0, coords = true): number {
     const { problem: P, i32, at, span, rank } = this;
     const kh = Math.floor(this.h / (P.heads / P.kvHeads));
     const kSlot = this.lay.slots.k;
@@ -173,26 +186,78 @@ export class TileCtx {
     const dkr = at.dkRows >> 2;
     const dvr = at.dvRows >> 2;
     const tok = this.kTok;
+    // the lists point at this thread's packed copies where it keeps them (fillPacked): [tokens][dim]
+    // per head, so as affine in the token as the job's rows
+    const pack = this.packed.length > 0;
+    const [kAt, kStep] = pack && !P.rope ? [at.kPack + span.kOff * P.dim * 4, P.dim * 4] : [kBase, kRow];
+    const [vAt, vStep] = pack ? [at.vPack + span.kOff * P.dimV * 4, P.dimV * 4] : [vBase, vRow];
     let n = 0;
     for (let x0 = 0; x0 < n0; x0++)
       for (let x1 = 0; x1 < n1; x1++) {
         let f = flat0 + x0 * s0 + x1 * s1;
         for (let x2 = 0; x2 < n2; x2++, n++, f += s2) {
           tok[n] = f;
-          if (kSlot >= 0) i32[kr + n] = kBase + f * kRow;
-          if (values) i32[vr + n] = vBase + f * vRow;
+          if (kSlot >= 0) i32[kr + n] = kAt + f * kStep;
+          if (values) i32[vr + n] = vAt + f * vStep;
           if (grads) {
             i32[dkr + n] = dkBase + f * kRow;
             i32[dvr + n] = dvBase + f * vRow;
           }
+          if (!coords) continue;
           const c = kc + n * rank;
           if (a0 >= 0) i32[c + a0] = l0 + x0;
           if (a1 >= 0) i32[c + a1] = l1 + x1;
           i32[c + a2] = l2 + x2;
         }
       }
+    if (pack) this.fillPacked(n, kh, kBase, kRow, vBase, vRow);
+    // one token step between consecutive keys across the box's rows too: P.V skips the list
+    let tokStep = 0;
+    let inner = 1; // keys per step of the next axis out
+    for (const [len, st] of [[n2, s2], [n1, s1], [n0, s0]] as const) {
+      if (len === 1) continue;
+      if (tokStep === 0) tokStep = st;
+      else if (st !== inner * tokStep) tokStep = -1;
+      inner *= len;
+    }
+    this.vFirst = vAt + flat0 * vStep;
+    this.vStep = values && tokStep > 0 ? tokStep * vStep : 0;
     return n;
   }
+
+  /**
+   * Copies the visit's key rows that this thread's head-contiguous K and V copies (layout.ts
+   * packedRows) do not hold yet for head kh; keyList already points the lists there. K is not
+   * copied under RoPE, which rotates it into a contiguous copy of its own.
+   */
+  private fillPacked(n: number, kh: number, kBase: number, kRow: number, vBase: number, vRow: number): void {
+    const { problem: P, i32, at, packed, kTok: tok, missTok: miss } = this;
+    // every row of the job already holds head kh (dense: after the head's first query tile)
+    if (this.packHead !== kh) [this.packHead, this.packCount] = [kh, 0];
+    if (this.packCount === P.kRows) return;
+    const kOff = this.span.kOff;
+    let m = 0;
+    for (let j = 0; j < n; j++) {
+      const t = kOff + tok[j]!;
+      if (packed[t] === kh + 1) continue;
+      packed[t] = kh + 1;
+      miss[m++] = tok[j]!;
+    }
+    if (m === 0) return;
+    this.packCount += m;
+    const [from, to] = [at.packFrom >> 2, at.packTo >> 2];
+    const copy = (base: number, row: number, dst: number, width: number) => {
+      for (let x = 0; x < m; x++) {
+        i32[from + x] = base + miss[x]! * row;
+        i32[to + x] = dst + (kOff + miss[x]!) * width * 4;
+      }
+      this.K.copyRows(at.packFrom, at.packTo, m, width);
+    };
+    if (!P.rope) copy(kBase, kRow, at.kPack, P.dim);
+    copy(vBase, vRow, at.vPack, P.dimV);
+  }
+
+
 
   /**
    * Scores of the current tile's lanes [i0, i0 + ni) (ni a multiple of 4) against the visit's `tk`
@@ -257,7 +322,9 @@ export class TileCtx {
     const { K, at, tqPad, problem: P } = this;
     const l4 = 4 * i0;
     K.softmaxStep(at.s + l4, tqPad, ni, tk, at.m + l4, at.l + l4, at.alpha + l4);
-    K.pvAcc(at.o + l4 * P.dimV, P.dimV, at.s + l4, tqPad, ni, tk, at.vRows + 4 * k0, at.alpha + l4);
+    const o = at.o + l4 * P.dimV;
+    if (this.vStep > 0) K.pvAccStrided(o, P.dimV, at.s + l4, tqPad, ni, tk, this.vFirst + k0 * this.vStep, this.vStep, at.alpha + l4);
+    else K.pvAcc(o, P.dimV, at.s + l4, tqPad, ni, tk, at.vRows + 4 * k0, at.alpha + l4);
   }
 
   /** Writes out = O / l and (unless `lse` is false) lse = m + log l for the tile's rows (l = 0: out 0, lse -inf). */
