@@ -1151,10 +1151,12 @@ export function dsT(p: usize, dp: usize, ldLanes: i32, ni: i32, tk: i32, delta: 
 
 /**
  * dst_j[c] += coef * sum_i P[j][i] * src_i[c] for keys j < tk, c < width, over the ni lanes (key
- * rows at byte offsets dstRows[j], lane rows at srcRows[i]): dV += P^T dO and dK += dS^T Q. Blocks
- * of 4 keys x 8 columns stay in registers over the lanes.
+ * rows at byte offsets dstRows[j], lane row i at src + i * srcStep: the backward copies a tile's
+ * q and dO rows together first): dV += P^T dO and dK += dS^T Q. Blocks of 4 keys x 8 columns stay
+ * in registers over the lanes.
  */
-export function keyAcc(dstRows: usize, width: i32, p: usize, ldLanes: i32, ni: i32, tk: i32, srcRows: usize, coef: f32): void {
+export function keyAcc(dstRows: usize, width: i32, p: usize, ldLanes: i32, ni: i32, tk: i32, src: usize, srcStep: i32, coef: f32): void {
+  const step = <usize>srcStep;
   const ld = <usize>ldLanes << 2;
   const cv = f32x4.splat(coef);
   const w8 = width & ~7;
@@ -1171,8 +1173,8 @@ export function keyAcc(dstRows: usize, width: i32, p: usize, ldLanes: i32, ni: i
       let a00 = f32x4.splat(0), a01 = f32x4.splat(0), a10 = f32x4.splat(0), a11 = f32x4.splat(0);
       let a20 = f32x4.splat(0), a21 = f32x4.splat(0), a30 = f32x4.splat(0), a31 = f32x4.splat(0);
       let pp = p0;
+      let sr = src + oc;
       for (let i = 0; i < ni; i++) {
-        const sr = <usize>load<i32>(srcRows + (<usize>i << 2)) + oc;
         const s0 = v128.load(sr);
         const s1 = v128.load(sr, 16);
         let b = v128.load32_splat(pp);
@@ -1188,6 +1190,7 @@ export function keyAcc(dstRows: usize, width: i32, p: usize, ldLanes: i32, ni: i
         a30 = fma(b, s0, a30);
         a31 = fma(b, s1, a31);
         pp += 4;
+        sr += step;
       }
       v128.store(d0 + oc, fma(a00, cv, v128.load(d0 + oc)));
       v128.store(d0 + oc, fma(a01, cv, v128.load(d0 + oc, 16)), 16);
@@ -1198,7 +1201,7 @@ export function keyAcc(dstRows: usize, width: i32, p: usize, ldLanes: i32, ni: i
       v128.store(d3 + oc, fma(a30, cv, v128.load(d3 + oc)));
       v128.store(d3 + oc, fma(a31, cv, v128.load(d3 + oc, 16)), 16);
     }
-    for (; c < width; c++) keyAccColumn(dstRows, j, 4, c, p, ld, ni, srcRows, coef);
+    for (; c < width; c++) keyAccColumn(dstRows, j, 4, c, p, ld, ni, src, step, coef);
   }
   for (; j < tk; j++) {
     const d0 = <usize>load<i32>(dstRows + (<usize>j << 2));
@@ -1207,8 +1210,8 @@ export function keyAcc(dstRows: usize, width: i32, p: usize, ldLanes: i32, ni: i
     for (; c < w8; c += 8) {
       const oc = <usize>c << 2;
       let a0 = f32x4.splat(0), a1 = f32x4.splat(0);
-      for (let i = 0; i < ni; i++) {
-        const sr = <usize>load<i32>(srcRows + (<usize>i << 2)) + oc;
+      let sr = src + oc;
+      for (let i = 0; i < ni; i++, sr += step) {
         const b = v128.load32_splat(p0 + (<usize>i << 2));
         a0 = fma(b, v128.load(sr), a0);
         a1 = fma(b, v128.load(sr, 16), a1);
@@ -1216,17 +1219,17 @@ export function keyAcc(dstRows: usize, width: i32, p: usize, ldLanes: i32, ni: i
       v128.store(d0 + oc, fma(a0, cv, v128.load(d0 + oc)));
       v128.store(d0 + oc, fma(a1, cv, v128.load(d0 + oc, 16)), 16);
     }
-    for (; c < width; c++) keyAccColumn(dstRows, j, 1, c, p, ld, ni, srcRows, coef);
+    for (; c < width; c++) keyAccColumn(dstRows, j, 1, c, p, ld, ni, src, step, coef);
   }
 }
 
 // one column c of keys [j, j + n) (head dims that are not multiples of 8)
-function keyAccColumn(dstRows: usize, j: i32, n: i32, c: i32, p: usize, ld: usize, ni: i32, srcRows: usize, coef: f32): void {
+function keyAccColumn(dstRows: usize, j: i32, n: i32, c: i32, p: usize, ld: usize, ni: i32, src: usize, step: usize, coef: f32): void {
   for (let r = 0; r < n; r++) {
     const dst = <usize>load<i32>(dstRows + (<usize>(j + r) << 2)) + (<usize>c << 2);
     const pr = p + <usize>(j + r) * ld;
     let acc: f32 = 0;
-    for (let i = 0; i < ni; i++) acc += load<f32>(pr + (<usize>i << 2)) * load<f32>(<usize>load<i32>(srcRows + (<usize>i << 2)) + (<usize>c << 2));
+    for (let i = 0; i < ni; i++) acc += load<f32>(pr + (<usize>i << 2)) * load<f32>(src + <usize>i * step + (<usize>c << 2));
     store<f32>(dst, load<f32>(dst) + coef * acc);
   }
 }
@@ -1263,6 +1266,17 @@ export function rowDots(dst: usize, aRows: usize, bRows: usize, n: i32, width: i
 export function copyRows(from: usize, to: usize, n: i32, width: i32): void {
   const bytes = <usize>width << 2;
   for (let j = 0; j < n; j++) memory.copy(<usize>load<i32>(to + (<usize>j << 2)), <usize>load<i32>(from + (<usize>j << 2)), bytes);
+}
+
+/** Copies the n rows listed at `rows` (i32 byte offsets) to dst, one after another, and points the list at the copies. */
+export function gatherRows(rows: usize, n: i32, width: i32, dst: usize): void {
+  const bytes = <usize>width << 2;
+  for (let j = 0; j < n; j++) {
+    const at = rows + (<usize>j << 2);
+    const to = dst + <usize>j * bytes;
+    memory.copy(to, <usize>load<i32>(at), bytes);
+    store<i32>(at, <i32>to);
+  }
 }
 
 export function addInto(dst: usize, src: usize, n: i32): void {

@@ -28,6 +28,11 @@ export function runBackward(c: TileCtx, space: ItemSpace, start: number, end: nu
       f32[(at.lseLanes >> 2) + i] = i < tq ? f32[(slots.lse >> 2) + row * H + h]! : -Infinity;
       if (i >= tq) i32[(at.qRows >> 2) + i] = i32[at.qRows >> 2]!;
     }
+    // q and dO rows lie heads * dim apart in the job (2 KiB at 8 heads of 64: two L1 sets for the
+    // tile), or scattered over an N-D tile: dK += dS^T q and dV += P^T dO walk them once per block of
+    // 4 keys, so keyAcc reads them copied together, row i at pack + i * width
+    K.gatherRows(at.qRows, tqPad, D, at.qPack);
+    K.gatherRows(at.doRows, tqPad, DV, at.doPack);
     K.loadQT(at.doT, at.doRows, tq, tqPad, DV, 1);
     K.rowDots(at.delta, at.doRows, at.outRows, tq, DV); // delta = rowsum(dO * O)
     f32.fill(0, (at.delta >> 2) + tq, (at.delta >> 2) + tqPad);
@@ -56,7 +61,7 @@ function step(c: TileCtx, tk: number, i0: number, ni: number, k0: number): void 
   const l4 = 4 * i0;
   const k4 = 4 * k0;
   K.probsT(at.s + l4, ld, ni, tk, at.lseLanes + l4);
-  K.keyAcc(at.dvRows + k4, P.dimV, at.s + l4, ld, ni, tk, at.doRows + l4, 1);
+  K.keyAcc(at.dvRows + k4, P.dimV, at.s + l4, ld, ni, tk, at.doPack + l4 * P.dimV, 4 * P.dimV, 1);
   K.scoresT(at.dp + l4, at.doT + l4, ld, ni, at.vRows + k4, tk, P.dimV);
   // drpb and dbias take dS itself (rpb and bias are added after the softcap), then dS goes on through the softcap
   const table = P.rpb ? 'drpbp' : P.bias && c.lay.slots.dbiasp >= 0 ? 'dbiasp' : undefined;
@@ -67,6 +72,8 @@ function step(c: TileCtx, tk: number, i0: number, ni: number, k0: number): void 
     K.scatterAdd(at.dp + l4, ld, real, tk, c.lay.slots[table] + c.thread * c.lay.partialBytes[table]!, at.rowIdx, at.colIdx);
     if (P.softcap > 0) K.softcapGrad(at.dp + l4, at.sc + l4, ld, ni, tk, P.softcap);
   } else K.dsT(at.s + l4, at.dp + l4, ld, ni, tk, at.delta + l4, at.sc + l4, P.softcap);
-  K.pvAcc(at.dq + l4 * P.dim, P.dim, at.dp + l4, ld, ni, tk, at.kRows + k4, at.ones + l4);
-  K.keyAcc(at.dkRows + k4, P.dim, at.dp + l4, ld, ni, tk, at.qRows + l4, P.scale);
+  const dq = at.dq + l4 * P.dim;
+  if (c.kRowStep > 0) K.pvAccStrided(dq, P.dim, at.dp + l4, ld, ni, tk, c.kRowFirst + k0 * c.kRowStep, c.kRowStep, at.ones + l4);
+  else K.pvAcc(dq, P.dim, at.dp + l4, ld, ni, tk, at.kRows + k4, at.ones + l4);
+  K.keyAcc(at.dkRows + k4, P.dim, at.dp + l4, ld, ni, tk, at.qPack + l4 * P.dim, 4 * P.dim, P.scale);
 }

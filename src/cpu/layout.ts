@@ -42,14 +42,16 @@ export const padRows = (n: number): number => align(Math.max(1, n), 8);
 type ScratchArea =
   | 'qt' | 's' | 'o' | 'm' | 'l' | 'alpha' | 'qRows' | 'kRows' | 'vRows' | 'outRows' | 'kCrd' | 'lo' | 'hi' | 'rowIdx' | 'colIdx'
   | 'ropeQ' | 'ropeK' | 'ropePos' | 'win' | 'ranges'
-  // the fused forward's head-contiguous copies of K and V (packedRows), and the lists that fill them
+  // the fused kernels' head-contiguous copies of K and V (packedRows), and the lists that fill them
   | 'kPack' | 'vPack' | 'packFrom' | 'packTo'
   // backward: dO transposed and its rows, the LSE and delta per lane, dP / dS, softcapped scores, the dQ tile, ones, gradient rows of keys
-  | 'doT' | 'doRows' | 'lseLanes' | 'delta' | 'dp' | 'sc' | 'dq' | 'ones' | 'dkRows' | 'dvRows';
+  | 'doT' | 'doRows' | 'lseLanes' | 'delta' | 'dp' | 'sc' | 'dq' | 'ones' | 'dkRows' | 'dvRows'
+  // backward: the query tile's q and dO rows copied contiguous (dK += dS^T q and dV += P^T dO walk them per key block)
+  | 'qPack' | 'doPack';
 
 /**
  * Per-thread scratch of one kernel kind, as offsets from the thread's base: O(tile), except the
- * fused forward's packed K and V (packedRows: O(N), linear and capped). Query tiles are padded to 8 rows; key lists hold the largest visit of the kind.
+ * fused kernels' packed K and V (packedRows: O(N), linear and capped). Query tiles are padded to 8 rows; key lists hold the largest visit of the kind.
  */
 export interface ScratchPlan {
   readonly backward: boolean;
@@ -89,14 +91,14 @@ export function runColumns(problem: AttnProblem): number {
 const PACK_BYTES = 16 * 2 ** 20;
 
 /**
- * Rows of the fused forward's per-thread K and V copies (0: none). With more than one KV head the
+ * Rows of the fused forward's and backward's per-thread K and V copies (0: none). With more than one KV head the
  * rows of one head lie kvHeads * D * 4 bytes apart in the job's [tokens][heads][dim] copy: 2 KiB at
  * 8 heads of 64, so a 64-key V tile falls into 2 of the 64 L1 sets and P.V reloads it from L2 on every
  * pass. A thread copies each key row of the head it works on once, on first visit (TileCtx.keyList),
  * into [tokens][dim] per head, and every later query tile of that head reads the copy.
  */
 export function packedRows(kind: KernelKind, problem: AttnProblem): number {
-  if (kind !== 'fused' || problem.kvHeads === 1) return 0;
+  if ((kind !== 'fused' && kind !== 'backward') || problem.kvHeads === 1) return 0;
   return problem.kRows * (problem.dim + problem.dimV) * 4 <= PACK_BYTES ? problem.kRows : 0;
 }
 
@@ -151,11 +153,13 @@ export function scratchPlan(kind: KernelKind, problem: AttnProblem, rank: number
   return { backward: kind === 'backward', maxQ, tqPad, maxK, packRows: packedRows(kind, problem), off, bytes: at };
 }
 
-function backwardAreas(on: boolean, problem: AttnProblem, tqPad: number, maxK: number): Record<Extract<ScratchArea, 'doT' | 'doRows' | 'lseLanes' | 'delta' | 'dp' | 'sc' | 'dq' | 'ones' | 'dkRows' | 'dvRows'>, number> {
+function backwardAreas(on: boolean, problem: AttnProblem, tqPad: number, maxK: number): Record<Extract<ScratchArea, 'doT' | 'doRows' | 'lseLanes' | 'delta' | 'dp' | 'sc' | 'dq' | 'ones' | 'dkRows' | 'dvRows' | 'qPack' | 'doPack'>, number> {
   const n = on ? 1 : 0;
   return {
     doT: n * problem.dimV * tqPad,
     doRows: n * tqPad,
+    qPack: n * tqPad * problem.dim,
+    doPack: n * tqPad * problem.dimV,
     lseLanes: n * tqPad,
     delta: n * tqPad,
     dp: n * maxK * tqPad,

@@ -24,11 +24,12 @@ export interface TileKernels {
   probsT(s: number, ld: number, ni: number, tk: number, lse: number): void;
   dsT(p: number, dp: number, ld: number, ni: number, tk: number, delta: number, sc: number, cap: number): void;
   softcapGrad(dp: number, sc: number, ld: number, ni: number, tk: number, cap: number): void;
-  keyAcc(dstRows: number, width: number, p: number, ld: number, ni: number, tk: number, srcRows: number, coef: number): void;
+  keyAcc(dstRows: number, width: number, p: number, ld: number, ni: number, tk: number, src: number, srcStep: number, coef: number): void;
   scatterAdd(s: number, ld: number, n: number, tk: number, table: number, rowIdx: number, colIdx: number): void;
   rowDots(dst: number, aRows: number, bRows: number, n: number, width: number): void;
   addInto(dst: number, src: number, n: number): void;
   copyRows(from: number, to: number, n: number, width: number): void;
+  gatherRows(rows: number, n: number, width: number, dst: number): void;
   ropeRows(dst: number, rows: number, n: number, d: number, half: number, table: number, maxPos: number, pos: number): void;
   sanitize(ptr: number, rows: number, width: number, flags: number): number;
   windowSlots(s: number, ld: number, tq: number, win: number, k1: number, k2: number, ulo0: number, ulo1: number, ulo2: number, u1: number, u2: number, attnRows: number, toS: number): void;

@@ -167,13 +167,13 @@ export function scalarKernels(memory: WebAssembly.Memory): TileKernels {
           f[(dp >> 2) + o]! *= 1 - (f[(sc >> 2) + o]! / cap) ** 2;
         }
     },
-    keyAcc(dstRows, width, p, ld, ni, tk, srcRows, coef) {
+    keyAcc(dstRows, width, p, ld, ni, tk, src, srcStep, coef) {
       sync();
       for (let j = 0; j < tk; j++) {
         const d = n[(dstRows >> 2) + j]! >> 2;
         for (let c = 0; c < width; c++) {
           let acc = 0;
-          for (let i = 0; i < ni; i++) acc += f[(p >> 2) + j * ld + i]! * f[(n[(srcRows >> 2) + i]! >> 2) + c]!;
+          for (let i = 0; i < ni; i++) acc += f[(p >> 2) + j * ld + i]! * f[((src + i * srcStep) >> 2) + c]!;
           f[d + c]! += coef * acc;
         }
       }
@@ -196,6 +196,14 @@ export function scalarKernels(memory: WebAssembly.Memory): TileKernels {
     copyRows(from, to, cnt, width) {
       sync();
       for (let j = 0; j < cnt; j++) f.copyWithin(n[(to >> 2) + j]! >> 2, n[(from >> 2) + j]! >> 2, (n[(from >> 2) + j]! >> 2) + width);
+    },
+    gatherRows(rows, cnt, width, dst) {
+      sync();
+      for (let j = 0; j < cnt; j++) {
+        const to = dst + j * width * 4;
+        f.copyWithin(to >> 2, n[(rows >> 2) + j]! >> 2, (n[(rows >> 2) + j]! >> 2) + width);
+        n[(rows >> 2) + j] = to;
+      }
     },
     addInto(dst, src, cnt) {
       sync();

@@ -39,9 +39,14 @@ export class TileCtx {
   h = 0;
   /** Dilation group of the current tile. */
   groupIndex = 0;
-  /** The last key list's V rows when they are equally spaced (row j at vFirst + j * vStep), else vStep 0. */
-  vFirst = 0;
-  vStep = 0;
+  /**
+   * The last key list's K and V rows when they are equally spaced (row j at first + j * step), else
+   * step 0 (K: also under RoPE, whose rotated copies replace the list).
+   */
+  kRowFirst = 0;
+  kRowStep = 0;
+  vRowFirst = 0;
+  vRowStep = 0;
   /** Slices laid out in the ranges scratch by the last sliced visit. */
   slices = 0;
   span!: SeqSpan;
@@ -220,8 +225,10 @@ export class TileCtx {
       else if (st !== inner * tokStep) tokStep = -1;
       inner *= len;
     }
-    this.vFirst = vAt + flat0 * vStep;
-    this.vStep = values && tokStep > 0 ? tokStep * vStep : 0;
+    this.kRowFirst = kAt + flat0 * kStep;
+    this.kRowStep = kSlot >= 0 && !P.rope && tokStep > 0 ? tokStep * kStep : 0;
+    this.vRowFirst = vAt + flat0 * vStep;
+    this.vRowStep = values && tokStep > 0 ? tokStep * vStep : 0;
     return n;
   }
 
@@ -323,7 +330,7 @@ export class TileCtx {
     const l4 = 4 * i0;
     K.softmaxStep(at.s + l4, tqPad, ni, tk, at.m + l4, at.l + l4, at.alpha + l4);
     const o = at.o + l4 * P.dimV;
-    if (this.vStep > 0) K.pvAccStrided(o, P.dimV, at.s + l4, tqPad, ni, tk, this.vFirst + k0 * this.vStep, this.vStep, at.alpha + l4);
+    if (this.vRowStep > 0) K.pvAccStrided(o, P.dimV, at.s + l4, tqPad, ni, tk, this.vRowFirst + k0 * this.vRowStep, this.vRowStep, at.alpha + l4);
     else K.pvAcc(o, P.dimV, at.s + l4, tqPad, ni, tk, at.vRows + 4 * k0, at.alpha + l4);
   }
 
