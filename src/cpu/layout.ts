@@ -90,15 +90,21 @@ export function runColumns(problem: AttnProblem): number {
 /** Per-thread bytes the packed K and V copies may take (a 4096-token head of D = 64 takes 2 MiB). */
 const PACK_BYTES = 16 * 2 ** 20;
 
+/** Query tiles per sequence (on average) below which a copied key row would be read too few times to pay. */
+const PACK_MIN_TILES = 4;
+
 /**
- * Rows of the fused forward's and backward's per-thread K and V copies (0: none). With more than one KV head the
- * rows of one head lie kvHeads * D * 4 bytes apart in the job's [tokens][heads][dim] copy: 2 KiB at
- * 8 heads of 64, so a 64-key V tile falls into 2 of the 64 L1 sets and P.V reloads it from L2 on every
- * pass. A thread copies each key row of the head it works on once, on first visit (TileCtx.keyList),
- * into [tokens][dim] per head, and every later query tile of that head reads the copy.
+ * Rows of the fused forward's and backward's per-thread K and V copies (0: none). With more than
+ * one KV head the rows of one head lie kvHeads * D * 4 bytes apart in the job's [tokens][heads][dim]
+ * copy: 2 KiB at 8 heads of 64, so a 64-key V tile falls into 2 of the 64 L1 sets and P.V reloads
+ * it from L2 on every pass. A thread copies each key row of the head it works on once, on first
+ * visit (TileCtx.keyList), into [tokens][dim] per head, and every later query tile of that head
+ * reads the copy. Not for a few query rows against many keys (decoding), where each copied row
+ * would be read about once (LongHeads decoding at 4352 tokens took 1.14x the time with copies).
  */
 export function packedRows(kind: KernelKind, problem: AttnProblem): number {
   if ((kind !== 'fused' && kind !== 'backward') || problem.kvHeads === 1) return 0;
+  if (problem.qRows < PACK_MIN_TILES * prod(problem.qTile) * problem.seqs.length) return 0;
   return problem.kRows * (problem.dim + problem.dimV) * 4 <= PACK_BYTES ? problem.kRows : 0;
 }
 
