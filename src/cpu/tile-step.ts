@@ -264,8 +264,6 @@ export class TileCtx {
     copy(vBase, vRow, at.vPack, P.dimV);
   }
 
-
-
   /**
    * Scores of the current tile's lanes [i0, i0 + ni) (ni a multiple of 4) against the visit's `tk`
    * keys into S [tk][tqPad]: Q.K^T, softcap, bias, rpb (needs the visit box's coordinates in kCrd),
