@@ -10,6 +10,7 @@ import assert from 'node:assert/strict';
 import {
   TilewiseError,
   attention,
+  attentionBackward,
   cpuInfo,
   cpuThreads,
   na1d,
@@ -17,10 +18,12 @@ import {
   na3d,
   neighborhoodAttention,
   neighborhoodAttentionBackward,
+  patterns,
   randn,
   referenceAttention,
   setCpuKernels,
   setCpuThreads,
+  type AttentionOptions,
   type KernelVariant,
   type NeighborhoodOptions,
   type Result,
@@ -335,6 +338,57 @@ test('larger problems on every variant: dense, causal and N-D neighborhoods on t
     } finally {
       setCpuKernels(undefined);
     }
+  }
+});
+
+test('packed K and V copies and equally spaced rows: GQA, several heads per thread, varlen, dilated groups, RoPE, forward and backward, pool and inline, every variant', async () => {
+  // each sequence has at least 4 query tiles, so the fused kernels copy key rows per thread
+  // (layout.ts packedRows); a thread's copies hold one KV head at a time, per token
+  const rng = new Rng(314);
+  const H = 4;
+  const Hk = 2;
+  const D = 12;
+  const N = 300;
+  const q = randTensor(rng, [1, N, H, D]);
+  const k = randTensor(rng, [1, N, Hk, D]);
+  const v = randTensor(rng, [1, N, Hk, 10]);
+  const na = (kernel: number) => ({ kind: 'neighborhood' as const, kernelSize: [kernel], dilation: [3], stride: [1], isCausal: [false] });
+  const cases: [string, AttentionOptions][] = [
+    ['dense', {}],
+    ['causal, small tiles', { causal: true, tile: { q: 16, kv: 16 } }],
+    ['varlen', { cuSeqlensQ: new Int32Array([0, 130, 300]), cuSeqlensK: new Int32Array([0, 130, 300]), tile: { q: 16, kv: 32 } }],
+    // an and of two neighborhoods is no interval rule: full visits in each dilation group, keys 3 tokens apart
+    ['dilated groups', { pattern: patterns.and(na(61), na(45)), tile: { q: 8, kv: 8 } }],
+    ['RoPE', { rope: { base: 1000 }, window: [40, 40], tile: { q: 32, kv: 32 } }],
+  ];
+  const threads = cpuThreads();
+  const f = new Failures();
+  try {
+    for (const variant of ['relaxed-simd', 'simd', 'scalar'] as KernelVariant[]) {
+      setCpuKernels(variant);
+      for (const pool of variant === 'relaxed-simd' ? [true, false] : [true]) {
+        setInlineFlops(pool ? 0 : 1e12);
+        setCpuThreads(pool ? threads : 1);
+        for (const [name, opts] of cases) {
+          await f.run(`${variant} ${pool ? 'pool' : 'inline'} ${name}`, async () => {
+            const problem = planAttention(q, k, v, opts).problem;
+            const r = await attention(q, k, v, opts);
+            const bad = compareResult(r.out.data, r.lse.data, referenceAttention(problem, bufs(q, k, v)), problem.dimV);
+            if (bad) throw new Error(`forward: ${bad}`);
+            if (variant !== 'relaxed-simd') return;
+            const dOut = randTensor(rng, r.out.shape);
+            const g = await attentionBackward(q, k, v, r.out, r.lse, dOut, opts);
+            const gm = gradMismatch({ dq: g.dq.data, dk: g.dk.data, dv: g.dv.data }, referenceBackward(problem, bufs(q, k, v), dOut.data), false, 1e-4);
+            if (gm) throw new Error(`backward: ${gm}`);
+          });
+        }
+      }
+    }
+    f.done('packed copies');
+  } finally {
+    setCpuKernels(undefined);
+    setInlineFlops(2e6);
+    setCpuThreads(threads);
   }
 });
 

@@ -142,14 +142,25 @@ export function loadQT(qt: usize, rows: usize, tq: i32, tqPad: i32, d: i32, scal
  * kRows[j]. Blocks of 4 keys x 8 lanes keep 8 accumulators in registers over the head dim.
  */
 export function scoresT(s: usize, qt: usize, ldLanes: i32, ni: i32, kRows: usize, tk: i32, d: i32): void {
+  scoreBlocks(s, qt, ldLanes, ni, kRows, 0, tk, d, false);
+}
+
+/** scoresT with key row j at byte offset k0 + j * kStep: no list to load pointers from. */
+export function scoresTStrided(s: usize, qt: usize, ldLanes: i32, ni: i32, k0: usize, kStep: i32, tk: i32, d: i32): void {
+  scoreBlocks(s, qt, ldLanes, ni, k0, kStep, tk, d, true);
+}
+
+// @ts-ignore: decorator
+@inline function scoreBlocks(s: usize, qt: usize, ldLanes: i32, ni: i32, kRows: usize, kStep: i32, tk: i32, d: i32, strided: bool): void {
   const ld = <usize>ldLanes << 2;
+  const ks = <usize>kStep;
   const ni8 = ni & ~7;
   let j = 0;
   for (; j + 4 <= tk; j += 4) {
-    const k0 = <usize>load<i32>(kRows + (<usize>j << 2));
-    const k1 = <usize>load<i32>(kRows + (<usize>j << 2), 4);
-    const k2 = <usize>load<i32>(kRows + (<usize>j << 2), 8);
-    const k3 = <usize>load<i32>(kRows + (<usize>j << 2), 12);
+    const k0 = strided ? kRows + <usize>j * ks : <usize>load<i32>(kRows + (<usize>j << 2));
+    const k1 = strided ? k0 + ks : <usize>load<i32>(kRows + (<usize>j << 2), 4);
+    const k2 = strided ? k1 + ks : <usize>load<i32>(kRows + (<usize>j << 2), 8);
+    const k3 = strided ? k2 + ks : <usize>load<i32>(kRows + (<usize>j << 2), 12);
     for (let i = 0; i < ni8; i += 8) scores4(s, qt, ld, i, j, k0, k1, k2, k3, d);
     if (ni8 < ni) {
       let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
@@ -174,8 +185,8 @@ export function scoresT(s: usize, qt: usize, ldLanes: i32, ni: i32, kRows: usize
   // independent accumulators than one key by four lanes, whose single chain waits on each FMA)
   for (; j < tk; ) {
     const two = j + 2 <= tk;
-    const k0 = <usize>load<i32>(kRows + (<usize>j << 2));
-    const k1 = two ? <usize>load<i32>(kRows + (<usize>j << 2), 4) : k0;
+    const k0 = strided ? kRows + <usize>j * ks : <usize>load<i32>(kRows + (<usize>j << 2));
+    const k1 = two ? (strided ? k0 + ks : <usize>load<i32>(kRows + (<usize>j << 2), 4)) : k0;
     for (let i = 0; i < ni; i += 8) {
       const wide = i + 8 <= ni;
       let a0 = f32x4.splat(0), a1 = f32x4.splat(0), b0 = f32x4.splat(0), b1 = f32x4.splat(0);

@@ -12,6 +12,7 @@ import { scalarKernels } from './tile-scalar.js';
 export interface TileKernels {
   loadQT(qt: number, rows: number, tq: number, tqPad: number, d: number, scale: number): void;
   scoresT(s: number, qt: number, ld: number, ni: number, kRows: number, tk: number, d: number): void;
+  scoresTStrided(s: number, qt: number, ld: number, ni: number, k0: number, kStep: number, tk: number, d: number): void;
   softcap(s: number, ld: number, ni: number, tk: number, cap: number): void;
   addGathered(s: number, ld: number, n: number, tk: number, table: number, rowIdx: number, colIdx: number): void;
   maskBox(s: number, ld: number, ni: number, tk: number, rank: number, kCrd: number, lo: number, hi: number): void;

@@ -14,6 +14,18 @@ export function scalarKernels(memory: WebAssembly.Memory): TileKernels {
       n = new Int32Array(memory.buffer);
     }
   };
+  // S[j][i] = K_j . QT[.][i] with key row j at byte offset rowAt(j)
+  const scores = (s: number, qt: number, tqPad: number, ni: number, rowAt: (j: number) => number, tk: number, d: number) => {
+    sync();
+    for (let j = 0; j < tk; j++) {
+      const k = rowAt(j) >> 2;
+      for (let i = 0; i < ni; i++) {
+        let acc = 0;
+        for (let x = 0; x < d; x++) acc += f[k + x]! * f[(qt >> 2) + x * tqPad + i]!;
+        f[(s >> 2) + j * tqPad + i] = acc;
+      }
+    }
+  };
   // O = alpha O + P V with value row j at byte offset rowAt(j)
   const pv = (o: number, dv: number, p: number, tqPad: number, ni: number, tk: number, rowAt: (j: number) => number, alpha: number) => {
     sync();
@@ -37,16 +49,12 @@ export function scalarKernels(memory: WebAssembly.Memory): TileKernels {
       }
     },
     scoresT(s, qt, tqPad, ni, kRows, tk, d) {
-      sync();
-      for (let j = 0; j < tk; j++) {
-        const k = n[(kRows >> 2) + j]! >> 2;
-        for (let i = 0; i < ni; i++) {
-          let acc = 0;
-          for (let x = 0; x < d; x++) acc += f[k + x]! * f[(qt >> 2) + x * tqPad + i]!;
-          f[(s >> 2) + j * tqPad + i] = acc;
-        }
-      }
+      scores(s, qt, tqPad, ni, (j) => n[(kRows >> 2) + j]!, tk, d);
     },
+    scoresTStrided(s, qt, tqPad, ni, k0, kStep, tk, d) {
+      scores(s, qt, tqPad, ni, (j) => k0 + j * kStep, tk, d);
+    },
+
     softcap(s, tqPad, ni, tk, cap) {
       sync();
       for (let j = 0; j < tk; j++)

@@ -148,9 +148,11 @@ export class TileCtx {
    * The keys of `box` (group-local, in the tile's dilation group) as lists the kernels read: token
    * (kTok), coordinates (kCrd), K and V row pointers. Axis `first` runs outermost, the others
    * row-major, so every fixed coordinate on `first` is one contiguous run. `coords` false skips the
-   * coordinates (a full visit without rpb reads none). Returns the count.
+   * coordinates (a full visit without rpb reads none); `lists` false also skips the tokens and row
+   * pointers where the rows are equally spaced (kRowStep, vRowStep: what a plain full visit reads).
+   * Returns the count.
    */
-  keyList(box: Box, geo: Geometry, grp: Group, values: boolean, first = 0, coords = true): number {
+  keyList(box: Box, geo: Geometry, grp: Group, values: boolean, first = 0, coords = true, lists = true): number {
     const { problem: P, i32, at, span, rank } = this;
     const kh = Math.floor(this.h / (P.heads / P.kvHeads));
     const kSlot = this.lay.slots.k;
@@ -196,6 +198,25 @@ export class TileCtx {
     const pack = this.packed.length > 0;
     const [kAt, kStep] = pack && !P.rope ? [at.kPack + span.kOff * P.dim * 4, P.dim * 4] : [kBase, kRow];
     const [vAt, vStep] = pack ? [at.vPack + span.kOff * P.dimV * 4, P.dimV * 4] : [vBase, vRow];
+    // one token step between consecutive keys across the box's rows too: the kernels can skip the lists
+    let tokStep = 0;
+    let inner = 1; // keys per step of the next axis out
+    for (const [len, st] of [[n2, s2], [n1, s1], [n0, s0]] as const) {
+      if (len === 1) continue;
+      if (tokStep === 0) tokStep = st;
+      else if (st !== inner * tokStep) tokStep = -1;
+      inner *= len;
+    }
+    if (tokStep === 0) tokStep = 1; // one key
+    this.kRowFirst = kAt + flat0 * kStep;
+    this.kRowStep = kSlot >= 0 && !P.rope && tokStep > 0 ? tokStep * kStep : 0;
+    this.vRowFirst = vAt + flat0 * vStep;
+    this.vRowStep = values && tokStep > 0 ? tokStep * vStep : 0;
+    if (!lists && !coords && !grads && tokStep > 0 && this.kRowStep > 0) {
+      const count = n0 * n1 * n2;
+      if (pack) this.fillPacked(count, kh, kBase, kRow, vBase, vRow, flat0, tokStep);
+      return count;
+    }
     let n = 0;
     for (let x0 = 0; x0 < n0; x0++)
       for (let x1 = 0; x1 < n1; x1++) {
@@ -216,28 +237,16 @@ export class TileCtx {
         }
       }
     if (pack) this.fillPacked(n, kh, kBase, kRow, vBase, vRow);
-    // one token step between consecutive keys across the box's rows too: P.V skips the list
-    let tokStep = 0;
-    let inner = 1; // keys per step of the next axis out
-    for (const [len, st] of [[n2, s2], [n1, s1], [n0, s0]] as const) {
-      if (len === 1) continue;
-      if (tokStep === 0) tokStep = st;
-      else if (st !== inner * tokStep) tokStep = -1;
-      inner *= len;
-    }
-    this.kRowFirst = kAt + flat0 * kStep;
-    this.kRowStep = kSlot >= 0 && !P.rope && tokStep > 0 ? tokStep * kStep : 0;
-    this.vRowFirst = vAt + flat0 * vStep;
-    this.vRowStep = values && tokStep > 0 ? tokStep * vStep : 0;
     return n;
   }
 
   /**
    * Copies the visit's key rows that this thread's head-contiguous K and V copies (layout.ts
    * packedRows) do not hold yet for head kh; keyList already points the lists there. K is not
-   * copied under RoPE, which rotates it into a contiguous copy of its own.
+   * copied under RoPE, which rotates it into a contiguous copy of its own. The tokens are kTok's
+   * first n, or flat0 + j * tokStep when tokStep > 0.
    */
-  private fillPacked(n: number, kh: number, kBase: number, kRow: number, vBase: number, vRow: number): void {
+  private fillPacked(n: number, kh: number, kBase: number, kRow: number, vBase: number, vRow: number, flat0 = 0, tokStep = 0): void {
     const { problem: P, i32, at, packed, kTok: tok, missTok: miss } = this;
     // every row of the job already holds head kh (dense: after the head's first query tile)
     if (this.packHead !== kh) [this.packHead, this.packCount] = [kh, 0];
@@ -245,10 +254,11 @@ export class TileCtx {
     const kOff = this.span.kOff;
     let m = 0;
     for (let j = 0; j < n; j++) {
-      const t = kOff + tok[j]!;
-      if (packed[t] === kh + 1) continue;
-      packed[t] = kh + 1;
-      miss[m++] = tok[j]!;
+      // the visit's tokens: listed, or (tokStep > 0, no list) equally spaced from flat0
+      const f = tokStep > 0 ? flat0 + j * tokStep : tok[j]!;
+      if (packed[kOff + f] === kh + 1) continue;
+      packed[kOff + f] = kh + 1;
+      miss[m++] = f;
     }
     if (m === 0) return;
     this.packCount += m;
@@ -277,7 +287,8 @@ export class TileCtx {
     const kRows = at.kRows + 4 * k0;
     const kCrd = at.kCrd + 4 * k0 * this.rank;
     if (P.rope) this.rotated(kRows, at.ropeK, tk, false, k0);
-    K.scoresT(s0, at.qt + 4 * i0, tqPad, ni, kRows, tk, P.dim);
+    if (this.kRowStep > 0) K.scoresTStrided(s0, at.qt + 4 * i0, tqPad, ni, this.kRowFirst + k0 * this.kRowStep, this.kRowStep, tk, P.dim);
+    else K.scoresT(s0, at.qt + 4 * i0, tqPad, ni, kRows, tk, P.dim);
     if (P.softcap > 0) {
       K.softcap(s0, tqPad, ni, tk, P.softcap);
       // the backward needs the capped scores for the softcap's derivative (bias and rpb come after)
