@@ -146,14 +146,14 @@ function cpuPeakBytes(impl: KernelImpl, p: AttnProblem): number {
   switch (impl) {
     case 'fused':
       // head lanes: the larger of its two phases' scratch, and a byte per row of q, k, v for the screen
-      if (headLanesFit(p, false)) return Math.max(scratchBytes('lanes', p, rank), scratchBytes('naLanes', p, rank)) * threads + p.qRows * p.heads + 2 * p.kRows * p.kvHeads;
-      return scratchBytes('fused', p, rank) * threads;
+      if (headLanesFit(p, false)) return Math.max(scratchBytes('lanes', p, rank, threads), scratchBytes('naLanes', p, rank, threads)) * threads + p.qRows * p.heads + 2 * p.kRows * p.kvHeads;
+      return scratchBytes('fused', p, rank, threads) * threads;
     case 'dense-fused':
-      return scratchBytes('fused', { ...p, pattern: { kind: 'dense' }, qTile: [64], kvTile: [64] }, 1) * threads;
+      return scratchBytes('fused', { ...p, pattern: { kind: 'dense' }, qTile: [64], kvTile: [64] }, 1, threads) * threads;
     case 'naive':
-      return scratchBytes('naive', p, rank) * threads;
+      return scratchBytes('naive', p, rank, threads) * threads;
     case 'unfused':
-      return p.qRows * p.heads * windowVolume(p) * 4 + scratchBytes('naQK', p, rank) * threads;
+      return p.qRows * p.heads * windowVolume(p) * 4 + scratchBytes('naQK', p, rank, threads) * threads;
   }
 }
 

@@ -55,8 +55,8 @@ export function openGate(memory: WebAssembly.Memory, layout: JobLayout, failed =
   Atomics.notify(control, GATE);
 }
 
-export function scratchBytes(kind: KernelKind, problem: AttnProblem, rank: number): number {
-  return scratchPlan(kind, problem, rank).bytes;
+export function scratchBytes(kind: KernelKind, problem: AttnProblem, rank: number, threads: number): number {
+  return scratchPlan(kind, problem, rank, threads).bytes;
 }
 
 export const rankOf = (space: ItemSpace): number => (space.total > 0 ? space.pattern(0).geometry.qShape.length : 1);
@@ -64,7 +64,7 @@ export const rankOf = (space: ItemSpace): number => (space.total > 0 ? space.pat
 /** A thread's context for one phase (its own scratch area `thread` of the layout). */
 export function phaseContext(K: TileKernels, memory: WebAssembly.Memory, msg: PhaseMsg, thread: number, space = new ItemSpace(msg.problem)): { ctx: TileCtx; space: ItemSpace } {
   const rank = rankOf(space);
-  return { ctx: new TileCtx(K, memory, msg.problem, msg.layout, scratchPlan(msg.kind, msg.problem, rank), thread, rank), space };
+  return { ctx: new TileCtx(K, memory, msg.problem, msg.layout, scratchPlan(msg.kind, msg.problem, rank, msg.layout.threads), thread, rank), space };
 }
 
 export function runRange(kind: KernelKind, ctx: TileCtx, space: ItemSpace, start: number, end: number): void {

@@ -87,8 +87,12 @@ export function runColumns(problem: AttnProblem): number {
   return (p.kind === 'neighborhood' ? p.kernelSize[p.kernelSize.length - 1]! : 1) + 3;
 }
 
-/** Per-thread bytes the packed K and V copies may take (a 4096-token head of D = 64 takes 2 MiB). */
+/**
+ * Bytes the packed K and V copies may take per thread (a 4096-token head of D = 64 takes 2 MiB),
+ * and over all threads (so 64 threads keep 4 MiB each).
+ */
 const PACK_BYTES = 16 * 2 ** 20;
+const PACK_BYTES_ALL = 256 * 2 ** 20;
 
 /** Query tiles per sequence (on average) below which a copied key row would be read too few times to pay. */
 const PACK_MIN_TILES = 4;
@@ -102,13 +106,15 @@ const PACK_MIN_TILES = 4;
  * reads the copy. Not for a few query rows against many keys (decoding), where each copied row
  * would be read about once (LongHeads decoding at 4352 tokens took 1.14x the time with copies).
  */
-export function packedRows(kind: KernelKind, problem: AttnProblem): number {
+export function packedRows(kind: KernelKind, problem: AttnProblem, threads: number): number {
   if ((kind !== 'fused' && kind !== 'backward') || problem.kvHeads === 1) return 0;
   if (problem.qRows < PACK_MIN_TILES * prod(problem.qTile) * problem.seqs.length) return 0;
-  return problem.kRows * (problem.dim + problem.dimV) * 4 <= PACK_BYTES ? problem.kRows : 0;
+  return problem.kRows * (problem.dim + problem.dimV) * 4 <= Math.min(PACK_BYTES, PACK_BYTES_ALL / threads) ? problem.kRows : 0;
 }
 
-export function scratchPlan(kind: KernelKind, problem: AttnProblem, rank: number): ScratchPlan {
+/** `threads`: the job's threads, one such area each (it caps the packed copies, packedRows). */
+export function scratchPlan(kind: KernelKind, problem: AttnProblem, rank: number, threads: number): ScratchPlan {
+  const packRows = packedRows(kind, problem, threads);
   const maxQ = kind === 'naive' ? 1 : prod(tileFor(problem.qTile, rank));
   const tqPad = padRows(maxQ);
   const maxK = maxKeys(kind, problem, rank);
@@ -144,10 +150,10 @@ export function scratchPlan(kind: KernelKind, problem: AttnProblem, rank: number
     ropePos: rope ? Math.max(tqPad, maxK) : 0,
     win: kind === 'naQK' || kind === 'naAV' ? 9 * tqPad : 0,
     ranges: kind === 'fused' || kind === 'backward' ? 4 * maxK : 0,
-    kPack: packedRows(kind, problem) * D,
-    vPack: packedRows(kind, problem) * DV,
-    packFrom: packedRows(kind, problem) > 0 ? maxK : 0,
-    packTo: packedRows(kind, problem) > 0 ? maxK : 0,
+    kPack: packRows * D,
+    vPack: packRows * DV,
+    packFrom: packRows > 0 ? maxK : 0,
+    packTo: packRows > 0 ? maxK : 0,
     ...backwardAreas(kind === 'backward', problem, tqPad, maxK),
   };
   let at = 0;
@@ -156,7 +162,7 @@ export function scratchPlan(kind: KernelKind, problem: AttnProblem, rank: number
     off[name] = at;
     at += align(4 * n);
   }
-  return { backward: kind === 'backward', maxQ, tqPad, maxK, packRows: packedRows(kind, problem), off, bytes: at };
+  return { backward: kind === 'backward', maxQ, tqPad, maxK, packRows, off, bytes: at };
 }
 
 function backwardAreas(on: boolean, problem: AttnProblem, tqPad: number, maxK: number): Record<Extract<ScratchArea, 'doT' | 'doRows' | 'lseLanes' | 'delta' | 'dp' | 'sc' | 'dq' | 'ones' | 'dkRows' | 'dvRows' | 'qPack' | 'doPack'>, number> {
