@@ -56,8 +56,11 @@ interface PageResult {
   hardwareConcurrency: number;
   cpuThreads: number;
   cpuInfo: { threads: number; mode: string; kernels: string };
-  /** a long CPU call: its time and how often a 4 ms page timer fired meanwhile (0 = the page froze) */
-  longCall: { ms: number; ticks: number };
+  /**
+   * a long CPU call: its time, how often a 4 ms page timer fired meanwhile (0 = the page froze), and
+   * how many timeouts it set (nested ones are clamped to 4 ms: a yield by timeout sleeps)
+   */
+  longCall: { ms: number; ticks: number; timeouts: number };
   cpu: Record<string, Numbers>;
   gpu: { skip: string } | { info: GpuInfo; results: Record<string, Numbers> };
   ms: Record<string, number>;
@@ -100,10 +103,17 @@ async function inPage(arg: { url: string; cases: Record<string, Case>; gpu: bool
   // running; a frozen page fires its 4 ms timer at most once, however long the call
   let ticks = 0;
   const timer = setInterval(() => ticks++, 4);
-  t = performance.now();
   const big = lib.randn([1, 2048, 4, 64], 7);
-  await lib.attention(big, big, big, { backend: 'cpu' });
-  const longCall = { ms: performance.now() - t, ticks };
+  let timeouts = 0;
+  const realTimeout = globalThis.setTimeout;
+  globalThis.setTimeout = ((...a: Parameters<typeof setTimeout>) => (timeouts++, realTimeout(...a))) as typeof setTimeout;
+  t = performance.now();
+  try {
+    await lib.attention(big, big, big, { backend: 'cpu' });
+  } finally {
+    globalThis.setTimeout = realTimeout;
+  }
+  const longCall = { ms: performance.now() - t, ticks, timeouts };
   clearInterval(timer);
 
   let gpu: PageResult['gpu'];
@@ -213,6 +223,8 @@ test('browser: the built library in headless Chromium, WebGPU via navigator.gpu 
     assert.notEqual(res.cpuInfo.kernels, 'scalar', 'Chromium runs the WebAssembly SIMD kernels');
     t.diagnostic(`plain page: long call ${res.longCall.ms.toFixed(0)} ms on the main thread, ${res.longCall.ticks} timer ticks`);
     assert.ok(res.longCall.ticks >= 4, `the page kept running during a ${res.longCall.ms.toFixed(0)} ms call (timer fired ${res.longCall.ticks} times)`);
+    // yielding by setTimeout(0) slept 4 ms a slice once the timeouts nested five deep (a quarter of the call)
+    assert.equal(res.longCall.timeouts, 0, 'the one-thread engine yields to the page without timeouts');
     for (const [name, c] of Object.entries(CASES)) {
       const want = await cpuRef(c);
       const got = res.cpu[name]!;
