@@ -13,7 +13,15 @@ import type { GpuTensor } from './webgpu/tensor.js';
 /** Kernel families a neighborhood call may ask for. */
 export type Impl = 'fused' | 'naive' | 'unfused';
 
-const roughFlops = (p: AttnProblem): number => 4 * p.qRows * p.heads * (p.dim + p.dimV) * Math.min(p.kRows, 256);
+/**
+ * A job's size for the pool's inline-or-workers choice (pool.ts DEFAULT_INLINE_FLOPS): keys per
+ * query up to 256, or a neighborhood's window (the 256 made a 16x16 k7 call look as large as dense
+ * N=128, where it runs 1.44x faster on the calling thread than through the workers).
+ */
+const roughFlops = (p: AttnProblem): number => {
+  const keys = p.pattern.kind === 'neighborhood' ? p.pattern.kernelSize.reduce((a, b) => a * b, 1) : 256;
+  return 4 * p.qRows * p.heads * (p.dim + p.dimV) * Math.min(p.kRows, keys);
+};
 
 function finish(problem: AttnProblem, out: Float32Array, lse: Float32Array, lead: number[], opts: CommonOptions): Result {
   const dOut = checkDest(opts.out, out.length, 'out');

@@ -25,7 +25,7 @@ import { planAttention, planNA } from '../src/api.js';
 import { setInlineFlops } from '../src/cpu/pool.js';
 import type { AttnProblem } from '../src/problem.js';
 import { referenceBackward } from '../src/reference-backward.js';
-import { Failures, Rng, describe, gradMismatch, randTensor, randomAttention, randomNA, relErr, snapshot, sameBytes } from './helpers.js';
+import { Failures, Rng, TEST_INLINE_FLOPS, describe, gradMismatch, randTensor, randomAttention, randomNA, relErr, snapshot, sameBytes } from './helpers.js';
 
 const TOL = 1e-4;
 
@@ -131,7 +131,7 @@ for (const where of ['calling thread', 'pool'] as const) {
       }
       f.done(`attention backward (${where})`);
     } finally {
-      setInlineFlops(2e6);
+      setInlineFlops(TEST_INLINE_FLOPS);
     }
   });
 
@@ -159,7 +159,7 @@ for (const where of ['calling thread', 'pool'] as const) {
       }
       f.done(`neighborhood backward (${where})`);
     } finally {
-      setInlineFlops(2e6);
+      setInlineFlops(TEST_INLINE_FLOPS);
     }
   });
 }

@@ -34,7 +34,7 @@ import { setInlineFlops } from '../src/cpu/pool.js';
 import { moduleOf } from '../src/cpu/tile-kernels.js';
 import * as lanes from '../src/cpu/na-lanes.js';
 import { referenceBackward } from '../src/reference-backward.js';
-import { Failures, Rng, compareResult, describe, gradMismatch, poisoned, randTensor, randomAttention, randomNA, snapshot, sameBytes } from './helpers.js';
+import { Failures, Rng, TEST_INLINE_FLOPS, compareResult, describe, gradMismatch, poisoned, randTensor, randomAttention, randomNA, snapshot, sameBytes } from './helpers.js';
 
 // Node 20 validates relaxed SIMD only behind this V8 flag (newer engines by default); set before
 // the first module is compiled, so both wasm variants can be tested here.
@@ -201,7 +201,7 @@ for (const variant of ['relaxed-simd', 'simd', 'scalar'] as KernelVariant[]) {
         assert.equal(cpuInfo().kernels, variant, 'the variant asked for is the one that ran');
       } finally {
         setCpuKernels(undefined);
-        setInlineFlops(2e6);
+        setInlineFlops(TEST_INLINE_FLOPS);
         setCpuThreads(threads);
       }
     });
@@ -229,7 +229,7 @@ for (const variant of ['relaxed-simd', 'simd', 'scalar'] as KernelVariant[]) {
       const rng = new Rng(41 + variant.length);
       for (let i = 0; i < 16; i++) {
         const pool = i % 2 === 0;
-        setInlineFlops(pool ? 0 : 2e6);
+        setInlineFlops(pool ? 0 : TEST_INLINE_FLOPS);
         setCpuThreads(pool ? threads : 1);
         const c = randomNA(rng, rng.int(1, 3));
         const H = rng.pick([4, 8, 12]);
@@ -247,7 +247,7 @@ for (const variant of ['relaxed-simd', 'simd', 'scalar'] as KernelVariant[]) {
       assert.equal(cpuInfo().kernels, variant);
     } finally {
       setCpuKernels(undefined);
-      setInlineFlops(2e6);
+      setInlineFlops(TEST_INLINE_FLOPS);
       setCpuThreads(threads);
     }
   });
@@ -271,7 +271,7 @@ test('head-lane query runs, forward and backward: long last axes, so key columns
   try {
     for (const [i, c] of cases.entries()) {
       for (const pool of [true, false]) {
-        setInlineFlops(pool ? 0 : 2e6);
+        setInlineFlops(pool ? 0 : TEST_INLINE_FLOPS);
         setCpuThreads(pool ? threads : 1);
         const [H, D, DV] = [4, 8, i % 2 ? 12 : 8];
         const q = randTensor(rng, [1, ...c.grid, H, D]);
@@ -293,7 +293,7 @@ test('head-lane query runs, forward and backward: long last axes, so key columns
     }
     f.done('head-lane query runs');
   } finally {
-    setInlineFlops(2e6);
+    setInlineFlops(TEST_INLINE_FLOPS);
     setCpuThreads(threads);
   }
 });
@@ -387,7 +387,7 @@ test('packed K and V copies and equally spaced rows: GQA, several heads per thre
     f.done('packed copies');
   } finally {
     setCpuKernels(undefined);
-    setInlineFlops(2e6);
+    setInlineFlops(TEST_INLINE_FLOPS);
     setCpuThreads(threads);
   }
 });
@@ -439,7 +439,7 @@ test('a job posted to the workers before its inputs are copied (gated): a failed
     const timer = new Promise((_, reject) => setTimeout(() => reject(new Error('the gated job hung')), 10000).unref());
     await assert.rejects(Promise.race([job, timer]), /copy failed/);
   } finally {
-    setInlineFlops(2e6);
+    setInlineFlops(TEST_INLINE_FLOPS);
   }
   const ref = referenceAttention(problem, bufs(q!, k!, v!));
   const got = await neighborhoodAttention(q!, k!, v!, opts);
@@ -555,7 +555,7 @@ for (const variant of ['relaxed-simd', 'simd', 'scalar'] as KernelVariant[]) {
       assert.equal(cpuInfo().kernels, variant);
     } finally {
       setCpuKernels(undefined);
-      setInlineFlops(2e6);
+      setInlineFlops(TEST_INLINE_FLOPS);
       setCpuThreads(threads);
     }
   });

@@ -6,7 +6,16 @@ import assert from 'node:assert/strict';
 import type { AttentionOptions } from '../src/api.js';
 import type { Tensor } from '../src/tensor.js';
 import * as patterns from '../src/patterns/spec.js';
+import { setInlineFlops } from '../src/cpu/pool.js';
 import type { MaskFn, PatternSpec } from '../src/patterns/spec.js';
+
+/**
+ * Jobs from 2 MFLOP (rough) up go through the worker pool in the tests, below the library's default
+ * (pool.ts DEFAULT_INLINE_FLOPS, a speed choice): the random suites' mid-size problems then run on
+ * the workers, as their names say; tests that switch the threshold restore this value.
+ */
+export const TEST_INLINE_FLOPS = 2e6;
+setInlineFlops(TEST_INLINE_FLOPS);
 
 /** splitmix32: small, seedable, deterministic. */
 export class Rng {

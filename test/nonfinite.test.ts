@@ -12,7 +12,7 @@ import type { AttnProblem } from '../src/problem.js';
 import { webgpuAvailable } from '../src/webgpu/device.js';
 import * as lanes from '../src/cpu/na-lanes.js';
 import { setInlineFlops } from '../src/cpu/pool.js';
-import { Failures, Rng, compareResult, randTensor } from './helpers.js';
+import { Failures, Rng, TEST_INLINE_FLOPS, compareResult, randTensor } from './helpers.js';
 
 const gpu = (await webgpuAvailable()) === true;
 const BACKENDS: ('cpu' | 'webgpu')[] = ['cpu', ...(gpu ? (['webgpu'] as const) : [])];
@@ -134,7 +134,7 @@ test('non-finite policy on the CPU head-lane neighborhood path, whose first phas
       });
     }
   } finally {
-    setInlineFlops(2e6);
+    setInlineFlops(TEST_INLINE_FLOPS);
   }
   f.done('non-finite policy (CPU head lanes)');
 });

@@ -173,9 +173,16 @@ export interface CpuJob {
 /** A job's outputs, and the rows of q, k, v that held NaN or infinities when the job screened them. */
 export type JobOutputs = Partial<Record<Slot, Float32Array>> & { nonFinite?: NonFinite };
 
-let inlineFlops = 2e6;
-/** Jobs under this many FLOPs run on the calling thread (tests set 0 to send everything through the pool). */
-export function setInlineFlops(flops: number): void {
+/**
+ * Jobs under this many (rough) FLOPs run on the calling thread: a pooled call costs about 0.3-0.5
+ * ms more here (posting, two wake-ups, the answer), which the second thread repays only from about
+ * this size (measured call by call, BENCHMARKS stop 14: dense N=96 H8 D64 1.16x faster inline, N=128
+ * level; 2-D k7 24x24 1.07x faster inline, 32x32 1.27x faster pooled).
+ */
+export const DEFAULT_INLINE_FLOPS = 48e6;
+let inlineFlops = DEFAULT_INLINE_FLOPS;
+/** Sets the inline threshold (tests set 0 to send everything through the pool); no argument: the default. */
+export function setInlineFlops(flops = DEFAULT_INLINE_FLOPS): void {
   inlineFlops = flops;
 }
 let tail: Promise<unknown> = Promise.resolve();
