@@ -51,7 +51,8 @@ type ScratchArea =
 
 /**
  * Per-thread scratch of one kernel kind, as offsets from the thread's base: O(tile), except the
- * fused kernels' packed K and V (packedRows: O(N), linear and capped). Query tiles are padded to 8 rows; key lists hold the largest visit of the kind.
+ * fused kernels' packed K and V (packedRows: O(N), linear and capped). Query tiles are padded to 8
+ * rows; key lists hold the largest visit of the kind.
  */
 export interface ScratchPlan {
   readonly backward: boolean;

@@ -177,7 +177,7 @@ export type JobOutputs = Partial<Record<Slot, Float32Array>> & { nonFinite?: Non
  * Jobs under this many (rough) FLOPs run on the calling thread: a pooled call costs about 0.3-0.5
  * ms more here (posting, two wake-ups, the answer), which the second thread repays only from about
  * this size (measured call by call, BENCHMARKS stop 14: dense N=96 H8 D64 1.16x faster inline, N=128
- * level; 2-D k7 24x24 1.07x faster inline, 32x32 1.27x faster pooled).
+ * level; 2-D k7 24x24 1.07x faster inline, 32x32 1.26x faster pooled).
  */
 export const DEFAULT_INLINE_FLOPS = 48e6;
 let inlineFlops = DEFAULT_INLINE_FLOPS;
