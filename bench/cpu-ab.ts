@@ -7,7 +7,8 @@
  *   npm run build && node dist/bench/cpu-ab.js --a /tmp/old/dist --b dist [--case 3d] [--calls 60] [--threads 2] [--backward]
  *
  * --backward times the backward (on the forward's out and lse from build A) instead of the forward.
- * Cases: 3d (16^3 k5 H4 D32), 2d (64x64 k7 H4 D32), 3dk1 (16^3 k1: the fixed costs), dense (N 2048 H8 D64).
+ * Cases: 3d (16^3 k5 H4 D32), 2d (64x64 k7 H4 D32), 1d (8192 k17 H8 D64), 3dk1 (16^3 k1: the fixed costs),
+ * dense (N 2048 H8 D64).
  */
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -19,6 +20,7 @@ const { values: args } = parseArgs({
 const cases: Record<string, { grid: number[]; kernel: number; heads: number; dim: number }> = {
   '3d': { grid: [16, 16, 16], kernel: 5, heads: 4, dim: 32 },
   '2d': { grid: [64, 64], kernel: 7, heads: 4, dim: 32 },
+  '1d': { grid: [8192], kernel: 17, heads: 8, dim: 64 },
   '3dk1': { grid: [16, 16, 16], kernel: 1, heads: 4, dim: 32 },
   dense: { grid: [2048], kernel: 0, heads: 8, dim: 64 },
 };

@@ -812,11 +812,16 @@ function runWindows(
   memory.fill(oBuf, 0, <usize>nr * oStep);
   const sStep = <usize>W << 6; // a row of W keys x 4 queries x 16 bytes
   const trash = sBuf + (<usize>nk << 6);
-  // Q K^T column by column, on the queries whose windows hold the column
-  for (let t = 0; t < W; t++) {
-    const s0 = firstHolder(win, L + t), s1 = lastHolder(win, nr, L + t);
-    qkColumn(s1 - s0 + 1, qBuf + <usize>s0 * qStep, d, kp + (<usize>t << 2), <usize>W << 2, rows, sBuf + (<usize>t << 6) + (<usize>s0 << 4), sStep, trash);
-  }
+  // Q K^T column by column, on the queries whose windows hold the column. One row (1-D windows):
+  // a column is one key, too little work per call, so all the run's queries take every key of the
+  // union in one call (at most 3 keys a query more than its window, zeroed after the softmax)
+  const flat = rows == 1;
+  if (flat) qkColumn(nr, qBuf, d, kp, 4, W, sBuf, 64, trash);
+  else
+    for (let t = 0; t < W; t++) {
+      const s0 = firstHolder(win, L + t), s1 = lastHolder(win, nr, L + t);
+      qkColumn(s1 - s0 + 1, qBuf + <usize>s0 * qStep, d, kp + (<usize>t << 2), <usize>W << 2, rows, sBuf + (<usize>t << 6) + (<usize>s0 << 4), sStep, trash);
+    }
   // each query's softmax over its own keys (row by row, columns a..e of each): softcap and rpb
   // hooks, then max, exp and sum
   const ninf = f32x4.splat(-Infinity);
@@ -857,12 +862,20 @@ function runWindows(
     v128.store(<usize>load<i32>(lseRows + (<usize>s << 2)), lseOf(m, l));
     // 1 / l (0 where l = 0) kept in the trash's slot for this query until the output is written
     v128.store(trash + (<usize>s << 4), v128.and(f32x4.div(f32x4.splat(1.0), l), f32x4.gt(l, f32x4.splat(0))));
+    if (flat) {
+      // the union's keys outside this query's window weigh 0 in the one P V call below
+      const zero = f32x4.splat(0);
+      for (let t = 0; t < a; t++) v128.store(sBuf + (<usize>t << 6) + (<usize>s << 4), zero);
+      for (let t = e + 1; t < W; t++) v128.store(sBuf + (<usize>t << 6) + (<usize>s << 4), zero);
+    }
   }
-  // P V column by column, on the same queries
-  for (let t = 0; t < W; t++) {
-    const s0 = firstHolder(win, L + t), s1 = lastHolder(win, nr, L + t);
-    pvColumn(s1 - s0 + 1, oBuf + <usize>s0 * oStep, dv, vp + (<usize>t << 2), <usize>W << 2, rows, sBuf + (<usize>t << 6) + (<usize>s0 << 4), sStep);
-  }
+  // P V column by column, on the same queries (one row: every key for all of them, as Q K^T)
+  if (flat) pvColumn(nr, oBuf, dv, vp, 4, W, sBuf, 64);
+  else
+    for (let t = 0; t < W; t++) {
+      const s0 = firstHolder(win, L + t), s1 = lastHolder(win, nr, L + t);
+      pvColumn(s1 - s0 + 1, oBuf + <usize>s0 * oStep, dv, vp + (<usize>t << 2), <usize>W << 2, rows, sBuf + (<usize>t << 6) + (<usize>s0 << 4), sStep);
+    }
   // out = O / l, back from lanes to one row per head
   const ldo = <usize>dv << 2;
   for (let s = 0; s < nr; s++) {
