@@ -1038,13 +1038,19 @@ function runBwd(
     rowsToLanes(<usize>load<i32>(oRows + at), os, dv);
   }
   memory.fill(dqb, 0, <usize>nr * qStep);
-  // S and dP column by column, on the queries whose windows hold the column
-  for (let t = 0; t < W; t++) {
-    const s0 = firstHolder(win, L0 + t), s1 = lastHolder(win, nr, L0 + t);
-    const col = (<usize>t << 6) + (<usize>s0 << 4);
-    qkColumn(s1 - s0 + 1, qb + <usize>s0 * qStep, d, kp + (<usize>t << 2), <usize>W << 2, rows, sS + col, sStep, trash);
-    qkColumn(s1 - s0 + 1, db + <usize>s0 * oStep, dv, vp + (<usize>t << 2), <usize>W << 2, rows, sD + col, sStep, trashD);
-  }
+  // S and dP column by column, on the queries whose windows hold the column; one row (1-D): every
+  // key of the union for all the run's queries, as the forward (the extra entries zeroed below)
+  const flat = rows == 1;
+  if (flat) {
+    qkColumn(nr, qb, d, kp, 4, W, sS, 64, trash);
+    qkColumn(nr, db, dv, vp, 4, W, sD, 64, trashD);
+  } else
+    for (let t = 0; t < W; t++) {
+      const s0 = firstHolder(win, L0 + t), s1 = lastHolder(win, nr, L0 + t);
+      const col = (<usize>t << 6) + (<usize>s0 << 4);
+      qkColumn(s1 - s0 + 1, qb + <usize>s0 * qStep, d, kp + (<usize>t << 2), <usize>W << 2, rows, sS + col, sStep, trash);
+      qkColumn(s1 - s0 + 1, db + <usize>s0 * oStep, dv, vp + (<usize>t << 2), <usize>W << 2, rows, sD + col, sStep, trashD);
+    }
   // per query: P and dS over its own keys
   const ninf = f32x4.splat(-Infinity);
   for (let s = 0; s < nr; s++) {
@@ -1081,16 +1087,31 @@ function runBwd(
         v128.store(sD + off, dsv);
       }
     }
+    if (flat) {
+      // the union's keys outside this query's window: P and dS 0 in the calls below
+      const zero = f32x4.splat(0);
+      for (let t = 0; t < W; t++) {
+        if (t >= a && t <= e) continue;
+        const off = (<usize>t << 6) + (<usize>s << 4);
+        v128.store(sS + off, zero);
+        v128.store(sD + off, zero);
+      }
+    }
   }
-  // dV += P dO, dK += dS q (q scaled: scale dS q), dQ += dS K, column by column
-  for (let t = 0; t < W; t++) {
-    const s0 = firstHolder(win, L0 + t), s1 = lastHolder(win, nr, L0 + t);
-    const nq = s1 - s0 + 1;
-    const col = (<usize>t << 6) + (<usize>s0 << 4);
-    keyRowsColumn(nq, db + <usize>s0 * oStep, dv, vp + (<usize>t << 2), <usize>W << 2, dvBase - vBase, rows, sS + col, sStep);
-    keyRowsColumn(nq, qb + <usize>s0 * qStep, d, kp + (<usize>t << 2), <usize>W << 2, dkBase - kBase, rows, sD + col, sStep);
-    pvColumn(nq, dqb + <usize>s0 * qStep, d, kp + (<usize>t << 2), <usize>W << 2, rows, sD + col, sStep);
-  }
+  // dV += P dO, dK += dS q (q scaled: scale dS q), dQ += dS K, column by column (one row: at once)
+  if (flat) {
+    keyRowsColumn(nr, db, dv, vp, 4, dvBase - vBase, W, sS, 64);
+    keyRowsColumn(nr, qb, d, kp, 4, dkBase - kBase, W, sD, 64);
+    pvColumn(nr, dqb, d, kp, 4, W, sD, 64);
+  } else
+    for (let t = 0; t < W; t++) {
+      const s0 = firstHolder(win, L0 + t), s1 = lastHolder(win, nr, L0 + t);
+      const nq = s1 - s0 + 1;
+      const col = (<usize>t << 6) + (<usize>s0 << 4);
+      keyRowsColumn(nq, db + <usize>s0 * oStep, dv, vp + (<usize>t << 2), <usize>W << 2, dvBase - vBase, rows, sS + col, sStep);
+      keyRowsColumn(nq, qb + <usize>s0 * qStep, d, kp + (<usize>t << 2), <usize>W << 2, dkBase - kBase, rows, sD + col, sStep);
+      pvColumn(nq, dqb + <usize>s0 * qStep, d, kp + (<usize>t << 2), <usize>W << 2, rows, sD + col, sStep);
+    }
   // dQ = scale (dS K), back to one row per head
   const ldq = <usize>d << 2;
   for (let s = 0; s < nr; s++) {
