@@ -730,13 +730,40 @@ function pvColumn(nq: i32, os: usize, dv: i32, vp: usize, vStep: usize, nk: i32,
     }
   }
   if (j < nk) {
-    // an odd key last: the same, one key
+    // an odd key last: one key, each v vector loaded once for all the queries
     const w0 = pp + <usize>j * pStep;
     const r0 = <usize>load<i32>(vp + <usize>j * vStep);
-    for (let s = 0; s < nq; s++) {
-      const p = v128.load(w0 + (<usize>s << 4));
-      const os2 = os + <usize>s * oStep, e2 = os2 + <usize>dv * 16;
-      for (let o = os2, r = 0 as usize; o < e2; o += 16, r += 16) v128.store(o, fma(p, v128.load(r0 + r), v128.load(o)));
+    const pa = v128.load(w0);
+    if (nq == 1) {
+      for (let o = os, r = 0 as usize; o < end; o += 16, r += 16) v128.store(o, fma(pa, v128.load(r0 + r), v128.load(o)));
+      return;
+    }
+    const pb = v128.load(w0, 16);
+    if (nq == 2) {
+      for (let o = os, r = 0 as usize; o < end; o += 16, r += 16) {
+        const v = v128.load(r0 + r);
+        v128.store(o, fma(pa, v, v128.load(o)));
+        v128.store(o + oStep, fma(pb, v, v128.load(o + oStep)));
+      }
+      return;
+    }
+    const pc = v128.load(w0, 32);
+    if (nq == 3) {
+      for (let o = os, r = 0 as usize; o < end; o += 16, r += 16) {
+        const v = v128.load(r0 + r);
+        v128.store(o, fma(pa, v, v128.load(o)));
+        v128.store(o + oStep, fma(pb, v, v128.load(o + oStep)));
+        v128.store(o + 2 * oStep, fma(pc, v, v128.load(o + 2 * oStep)));
+      }
+      return;
+    }
+    const pd = v128.load(w0, 48);
+    for (let o = os, r = 0 as usize; o < end; o += 16, r += 16) {
+      const v = v128.load(r0 + r);
+      v128.store(o, fma(pa, v, v128.load(o)));
+      v128.store(o + oStep, fma(pb, v, v128.load(o + oStep)));
+      v128.store(o + 2 * oStep, fma(pc, v, v128.load(o + 2 * oStep)));
+      v128.store(o + 3 * oStep, fma(pd, v, v128.load(o + 3 * oStep)));
     }
   }
 }
