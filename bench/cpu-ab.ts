@@ -8,7 +8,7 @@
  *
  * --backward times the backward (on the forward's out and lse from build A) instead of the forward.
  * Cases: 3d (16^3 k5 H4 D32), 2d (64x64 k7 H4 D32), 1d (8192 k17 H8 D64), 3dk1 (16^3 k1: the fixed costs),
- * dense (N 2048 H8 D64).
+ * dense (N 2048 H8 D64), decode (one query row against 4096 keys, H8 D64).
  */
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -17,12 +17,14 @@ import { pathToFileURL } from 'node:url';
 const { values: args } = parseArgs({
   options: { a: { type: 'string' }, b: { type: 'string' }, case: { type: 'string', default: '3d' }, calls: { type: 'string', default: '60' }, threads: { type: 'string', default: '2' }, backward: { type: 'boolean', default: false } },
 });
-const cases: Record<string, { grid: number[]; kernel: number; heads: number; dim: number }> = {
+// qTokens: a query length of its own (decoding: one query row against the whole key grid)
+const cases: Record<string, { grid: number[]; kernel: number; heads: number; dim: number; qTokens?: number }> = {
   '3d': { grid: [16, 16, 16], kernel: 5, heads: 4, dim: 32 },
   '2d': { grid: [64, 64], kernel: 7, heads: 4, dim: 32 },
   '1d': { grid: [8192], kernel: 17, heads: 8, dim: 64 },
   '3dk1': { grid: [16, 16, 16], kernel: 1, heads: 4, dim: 32 },
   dense: { grid: [2048], kernel: 0, heads: 8, dim: 64 },
+  decode: { grid: [4096], kernel: 0, heads: 8, dim: 64, qTokens: 1 },
 };
 const c = cases[args.case!];
 if (!c || !args.a || !args.b) throw new Error(`usage: --a DIST --b DIST [--case ${Object.keys(cases).join('|')}]`);
@@ -37,10 +39,12 @@ for (const dir of [args.a, args.b]) {
   libs.push(lib);
 }
 const shape = [1, ...c.grid, c.heads, c.dim];
-const [q, k, v] = [1, 2, 3].map((s) => libs[0]!.randn(shape, s));
+const qShape = c.qTokens ? [1, c.qTokens, c.heads, c.dim] : shape;
+const q = libs[0]!.randn(qShape, 1);
+const [k, v] = [2, 3].map((s) => libs[0]!.randn(shape, s));
 const opts = { kernelSize: c.kernel };
 const fw = c.kernel ? await libs[0]!.neighborhoodAttention(q!, k!, v!, opts) : await libs[0]!.attention(q!, k!, v!, {});
-const dOut = libs[0]!.randn(shape, 4);
+const dOut = libs[0]!.randn(qShape, 4);
 const call = async (lib: Lib) => {
   if (args.backward) void (c.kernel ? await lib.neighborhoodAttentionBackward(q!, k!, v!, fw.out, fw.lse, dOut, opts) : await lib.attentionBackward(q!, k!, v!, fw.out, fw.lse, dOut, {}));
   else void (c.kernel ? await lib.neighborhoodAttention(q!, k!, v!, opts) : await lib.attention(q!, k!, v!, {}));

@@ -69,7 +69,7 @@ export function walkTile(c: TileCtx, t: TileWalk, step: VisitStep, fast?: () => 
     // a plain full visit (no rpb, bias or RoPE) reads neither coordinates nor tokens
     const plain = visit.full && !P.rpb && !P.bias && !P.rope;
     const tk = c.keyList(visit.box, geo, grp, true, 0, !visit.full || P.rpb !== undefined, !plain);
-    step(tk, visit.full, 0, c.tqPad, 0);
+    step(tk, visit.full, 0, c.lanes, 0);
   }
 }
 

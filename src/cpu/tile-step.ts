@@ -81,6 +81,14 @@ export class TileCtx {
     this.missTok = new Int32Array(plan.packRows > 0 ? plan.maxK : 0);
   }
 
+  /**
+   * Lanes the kernels run for the current tile: its rows padded to 4 (the kernels' lane group),
+   * not the plan's largest tile (a one-row decode tile ran all 64 lanes of a 64-row plan).
+   */
+  get lanes(): number {
+    return Math.min(this.tqPad, (Math.max(1, this.tq) + 3) & ~3);
+  }
+
   private rowOf(slot: number, row: number, heads: number, head: number, width: number): number {
     return slot + ((row * heads + head) * width) * 4;
   }
