@@ -111,7 +111,7 @@ export function runNAQK(c: TileCtx, space: ItemSpace, start: number, end: number
   const attn = c.lay.slots.attn >> 2;
   for (let item = start; item < end; item++) {
     const { p, rules, union, tq, tk, h, span } = unfusedItem(c, space, item, true);
-    c.score(tk, true, p, undefined);
+    c.score(tk, true, p, undefined, 0, c.lanes);
     for (let i = 0; i < tq; i++) {
       const ab = attn + ((span.qOff + c.qTok[i]!) * P.heads + h) * wv;
       c.f32.fill(-Infinity, ab, ab + wv);
@@ -130,7 +130,7 @@ export function runNAAV(c: TileCtx, space: ItemSpace, start: number, end: number
     c.f32.fill(0, s >> 2, (s >> 2) + tk * c.tqPad);
     windowTable(c, spec, rules, tq, union, true);
     c.f32.fill(1, alpha >> 2, (alpha >> 2) + c.tqPad);
-    c.K.pvAcc(c.at.o, P.dimV, s, c.tqPad, c.tqPad, tk, c.at.vRows, alpha);
+    c.K.pvAcc(c.at.o, P.dimV, s, c.tqPad, c.lanes, tk, c.at.vRows, alpha);
     c.f32.fill(1, l >> 2, (l >> 2) + c.tqPad);
     c.finish(false); // the softmax pass wrote lse
   }
