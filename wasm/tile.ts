@@ -694,77 +694,42 @@ function pvColumn(nq: i32, os: usize, dv: i32, vp: usize, vStep: usize, nk: i32,
   const end = os + <usize>dv * 16;
   let j = 0;
   for (; j + 2 <= nk; j += 2) {
-    const w0 = pp + <usize>j * pStep, w1 = w0 + pStep;
+    const w0 = pp + <usize>j * pStep;
     const r0 = <usize>load<i32>(vp + <usize>j * vStep), r1 = <usize>load<i32>(vp + <usize>(j + 1) * vStep);
-    const pa0 = v128.load(w0), pa1 = v128.load(w1);
-    if (nq == 1) {
-      for (let o = os, r = 0 as usize; o < end; o += 16, r += 16) v128.store(o, fma(pa1, v128.load(r1 + r), fma(pa0, v128.load(r0 + r), v128.load(o))));
-      continue;
-    }
-    const pb0 = v128.load(w0, 16), pb1 = v128.load(w1, 16);
-    if (nq == 2) {
-      for (let o = os, r = 0 as usize; o < end; o += 16, r += 16) {
-        const v0 = v128.load(r0 + r), v1 = v128.load(r1 + r);
-        v128.store(o, fma(pa1, v1, fma(pa0, v0, v128.load(o))));
-        v128.store(o + oStep, fma(pb1, v1, fma(pb0, v0, v128.load(o + oStep))));
-      }
-      continue;
-    }
-    const pc0 = v128.load(w0, 32), pc1 = v128.load(w1, 32);
-    if (nq == 3) {
-      for (let o = os, r = 0 as usize; o < end; o += 16, r += 16) {
-        const v0 = v128.load(r0 + r), v1 = v128.load(r1 + r);
-        v128.store(o, fma(pa1, v1, fma(pa0, v0, v128.load(o))));
-        v128.store(o + oStep, fma(pb1, v1, fma(pb0, v0, v128.load(o + oStep))));
-        v128.store(o + 2 * oStep, fma(pc1, v1, fma(pc0, v0, v128.load(o + 2 * oStep))));
-      }
-      continue;
-    }
-    const pd0 = v128.load(w0, 48), pd1 = v128.load(w1, 48);
-    for (let o = os, r = 0 as usize; o < end; o += 16, r += 16) {
-      const v0 = v128.load(r0 + r), v1 = v128.load(r1 + r);
-      v128.store(o, fma(pa1, v1, fma(pa0, v0, v128.load(o))));
-      v128.store(o + oStep, fma(pb1, v1, fma(pb0, v0, v128.load(o + oStep))));
-      v128.store(o + 2 * oStep, fma(pc1, v1, fma(pc0, v0, v128.load(o + 2 * oStep))));
-      v128.store(o + 3 * oStep, fma(pd1, v1, fma(pd0, v0, v128.load(o + 3 * oStep))));
-    }
+    if (nq == 1) pvKeys(1, true, os, end, oStep, r0, r1, w0, pStep);
+    else if (nq == 2) pvKeys(2, true, os, end, oStep, r0, r1, w0, pStep);
+    else if (nq == 3) pvKeys(3, true, os, end, oStep, r0, r1, w0, pStep);
+    else pvKeys(4, true, os, end, oStep, r0, r1, w0, pStep);
   }
   if (j < nk) {
-    // an odd key last: one key, each v vector loaded once for all the queries
+    // an odd key last: the same stream with one key (each v vector loaded once for all the queries)
     const w0 = pp + <usize>j * pStep;
     const r0 = <usize>load<i32>(vp + <usize>j * vStep);
-    const pa = v128.load(w0);
-    if (nq == 1) {
-      for (let o = os, r = 0 as usize; o < end; o += 16, r += 16) v128.store(o, fma(pa, v128.load(r0 + r), v128.load(o)));
-      return;
-    }
-    const pb = v128.load(w0, 16);
-    if (nq == 2) {
-      for (let o = os, r = 0 as usize; o < end; o += 16, r += 16) {
-        const v = v128.load(r0 + r);
-        v128.store(o, fma(pa, v, v128.load(o)));
-        v128.store(o + oStep, fma(pb, v, v128.load(o + oStep)));
-      }
-      return;
-    }
-    const pc = v128.load(w0, 32);
-    if (nq == 3) {
-      for (let o = os, r = 0 as usize; o < end; o += 16, r += 16) {
-        const v = v128.load(r0 + r);
-        v128.store(o, fma(pa, v, v128.load(o)));
-        v128.store(o + oStep, fma(pb, v, v128.load(o + oStep)));
-        v128.store(o + 2 * oStep, fma(pc, v, v128.load(o + 2 * oStep)));
-      }
-      return;
-    }
-    const pd = v128.load(w0, 48);
-    for (let o = os, r = 0 as usize; o < end; o += 16, r += 16) {
-      const v = v128.load(r0 + r);
-      v128.store(o, fma(pa, v, v128.load(o)));
-      v128.store(o + oStep, fma(pb, v, v128.load(o + oStep)));
-      v128.store(o + 2 * oStep, fma(pc, v, v128.load(o + 2 * oStep)));
-      v128.store(o + 3 * oStep, fma(pd, v, v128.load(o + 3 * oStep)));
-    }
+    if (nq == 1) pvKeys(1, false, os, end, oStep, r0, r0, w0, pStep);
+    else if (nq == 2) pvKeys(2, false, os, end, oStep, r0, r0, w0, pStep);
+    else if (nq == 3) pvKeys(3, false, os, end, oStep, r0, r0, w0, pStep);
+    else pvKeys(4, false, os, end, oStep, r0, r0, w0, pStep);
+  }
+}
+
+// One step of pvColumn, specialised by nq (1-4 queries) and two (a key pair, else one key): the
+// weights of every query and key in registers, the v rows streamed past once, each accumulator
+// vector read and written once per step. Weights of key 2 at w0 + pStep.
+// @ts-ignore: decorator
+@inline function pvKeys(nq: i32, two: bool, os: usize, end: usize, oStep: usize, r0: usize, r1: usize, w0: usize, pStep: usize): void {
+  const w1 = w0 + pStep;
+  const zero = f32x4.splat(0);
+  const pa0 = v128.load(w0), pa1 = two ? v128.load(w1) : zero;
+  const pb0 = nq > 1 ? v128.load(w0, 16) : zero, pb1 = two && nq > 1 ? v128.load(w1, 16) : zero;
+  const pc0 = nq > 2 ? v128.load(w0, 32) : zero, pc1 = two && nq > 2 ? v128.load(w1, 32) : zero;
+  const pd0 = nq > 3 ? v128.load(w0, 48) : zero, pd1 = two && nq > 3 ? v128.load(w1, 48) : zero;
+  for (let o = os, r = 0 as usize; o < end; o += 16, r += 16) {
+    const v0 = v128.load(r0 + r);
+    const v1 = two ? v128.load(r1 + r) : zero;
+    v128.store(o, two ? fma(pa1, v1, fma(pa0, v0, v128.load(o))) : fma(pa0, v0, v128.load(o)));
+    if (nq > 1) v128.store(o + oStep, two ? fma(pb1, v1, fma(pb0, v0, v128.load(o + oStep))) : fma(pb0, v0, v128.load(o + oStep)));
+    if (nq > 2) v128.store(o + 2 * oStep, two ? fma(pc1, v1, fma(pc0, v0, v128.load(o + 2 * oStep))) : fma(pc0, v0, v128.load(o + 2 * oStep)));
+    if (nq > 3) v128.store(o + 3 * oStep, two ? fma(pd1, v1, fma(pd0, v0, v128.load(o + 3 * oStep))) : fma(pd0, v0, v128.load(o + 3 * oStep)));
   }
 }
 
