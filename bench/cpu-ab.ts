@@ -8,16 +8,33 @@
  *
  * --backward times the backward (on the forward's out and lse from build A) instead of the forward.
  * Cases: 3d (16^3 k5 H4 D32), 2d (64x64 k7 H4 D32), 1d (8192 k17 H8 D64), 3dk1 (16^3 k1: the fixed costs),
- * dense (N 2048 H8 D64), decode (one query row against 4096 keys, H8 D64).
+ * dense (N 2048 H8 D64), decode (one query row against 4096 keys, H8 D64), or any call with
+ * --spec '{"q":[1,1,8,64],"kv":[1,4096,8,64],"opts":{"causal":true}}' (kv defaults to q's shape; opts
+ * with kernelSize make it a neighborhood call, others go to attention).
+ * --toggle inline|lanes compares two settings of ONE build (--a only) instead of two builds: the
+ * calling thread against the worker pool for every job, or head lanes on against off.
+ * --longheads decode|prefill [--tokens N] times LongHeads instead: a decode step on a
+ * LongHeadsCache of N tokens built per side (H2 D64, budget 4096, chunk 256), or the prefill
+ * longHeadsAttention on N tokens (H4 D64, budget 1024, chunk 128).
  */
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { pathToFileURL } from 'node:url';
 
 const { values: args } = parseArgs({
-  options: { a: { type: 'string' }, b: { type: 'string' }, case: { type: 'string', default: '3d' }, calls: { type: 'string', default: '60' }, threads: { type: 'string', default: '2' }, backward: { type: 'boolean', default: false } },
+  options: {
+    a: { type: 'string' },
+    b: { type: 'string' },
+    case: { type: 'string', default: '3d' },
+    spec: { type: 'string' },
+    toggle: { type: 'string' },
+    calls: { type: 'string', default: '60' },
+    threads: { type: 'string', default: '2' },
+    backward: { type: 'boolean', default: false },
+    longheads: { type: 'string' },
+    tokens: { type: 'string' },
+  },
 });
-// qTokens: a query length of its own (decoding: one query row against the whole key grid)
 const cases: Record<string, { grid: number[]; kernel: number; heads: number; dim: number; qTokens?: number }> = {
   '3d': { grid: [16, 16, 16], kernel: 5, heads: 4, dim: 32 },
   '2d': { grid: [64, 64], kernel: 7, heads: 4, dim: 32 },
@@ -26,32 +43,79 @@ const cases: Record<string, { grid: number[]; kernel: number; heads: number; dim
   dense: { grid: [2048], kernel: 0, heads: 8, dim: 64 },
   decode: { grid: [4096], kernel: 0, heads: 8, dim: 64, qTokens: 1 },
 };
-const c = cases[args.case!];
-if (!c || !args.a || !args.b) throw new Error(`usage: --a DIST --b DIST [--case ${Object.keys(cases).join('|')}]`);
+type Opts = import('../src/index.js').NeighborhoodOptions & import('../src/index.js').AttentionOptions;
+interface Spec {
+  q: number[];
+  kv?: number[];
+  opts?: Partial<Opts>;
+}
+let spec: Spec;
+if (args.spec) spec = JSON.parse(args.spec) as Spec;
+else {
+  const c = cases[args.case!];
+  if (!c) throw new Error(`unknown case '${args.case}': ${Object.keys(cases).join('|')}, or --spec`);
+  const kv = [1, ...c.grid, c.heads, c.dim];
+  spec = { q: c.qTokens ? [1, c.qTokens, c.heads, c.dim] : kv, kv, opts: c.kernel ? { kernelSize: c.kernel } : {} };
+}
+const toggles = ['inline', 'lanes'];
+if (!args.a || (!args.b && !args.toggle) || (args.toggle && !toggles.includes(args.toggle))) {
+  throw new Error('usage: --a DIST (--b DIST | --toggle inline|lanes) [--case NAME | --spec JSON] [--calls N] [--threads T] [--backward]');
+}
 
 type Lib = typeof import('../src/index.js');
-const libs: Lib[] = [];
-for (const dir of [args.a, args.b]) {
+type Side = { lib: Lib; before: () => void; step?: (i: number) => Promise<unknown> };
+const load = async (dir: string): Promise<{ lib: Lib; root: string }> => {
   const root = pathToFileURL(path.resolve(dir) + '/').href;
   const lib = (await import(root + 'src/index.js')) as Lib;
   ((await import(root + 'src/cli/relaxed.js')) as { enableRelaxedSimd: () => void }).enableRelaxedSimd();
   lib.setCpuThreads(Math.max(1, Number(args.threads) | 0));
-  libs.push(lib);
-}
-const shape = [1, ...c.grid, c.heads, c.dim];
-const qShape = c.qTokens ? [1, c.qTokens, c.heads, c.dim] : shape;
-const q = libs[0]!.randn(qShape, 1);
-const [k, v] = [2, 3].map((s) => libs[0]!.randn(shape, s));
-const opts = { kernelSize: c.kernel };
-const fw = c.kernel ? await libs[0]!.neighborhoodAttention(q!, k!, v!, opts) : await libs[0]!.attention(q!, k!, v!, {});
-const dOut = libs[0]!.randn(qShape, 4);
-const call = async (lib: Lib) => {
-  if (args.backward) void (c.kernel ? await lib.neighborhoodAttentionBackward(q!, k!, v!, fw.out, fw.lse, dOut, opts) : await lib.attentionBackward(q!, k!, v!, fw.out, fw.lse, dOut, {}));
-  else void (c.kernel ? await lib.neighborhoodAttention(q!, k!, v!, opts) : await lib.attention(q!, k!, v!, {}));
+  return { lib, root };
 };
-for (const lib of libs) {
+const sides: Side[] = [];
+if (args.toggle) {
+  // A: the setting off (inline: the pool for every job; lanes: head lanes off), B: on
+  const { lib, root } = await load(args.a);
+  const set =
+    args.toggle === 'inline'
+      ? ((await import(root + 'src/cpu/pool.js')) as { setInlineFlops: (f: number) => void }).setInlineFlops
+      : ((await import(root + 'src/cpu/na-lanes.js')) as { setHeadLanes: (on: boolean) => void }).setHeadLanes;
+  const on = (b: boolean) => () => (args.toggle === 'inline' ? (set as (f: number) => void)(b ? Infinity : 0) : (set as (o: boolean) => void)(b));
+  sides.push({ lib, before: on(false) }, { lib, before: on(true) });
+} else for (const dir of [args.a, args.b!]) sides.push({ lib: (await load(dir)).lib, before: () => undefined });
+
+if (args.longheads) {
+  const n = Number(args.tokens ?? (args.longheads === 'decode' ? 4352 : 8192));
+  for (const side of sides) {
+    const { lib } = side;
+    if (args.longheads === 'decode') {
+      const [H, D] = [2, 64];
+      const cache = new lib.LongHeadsCache(H, H, D, { chunkSize: 256, budget: 4096, backend: 'cpu' });
+      await cache.append(lib.randn([n, H, D], 1), lib.randn([n, H, D], 2), lib.randn([n, H, D], 3));
+      side.step = (i) => cache.decode(lib.randn([1, H, D], 10 + i), lib.randn([1, H, D], 50 + i), lib.randn([1, H, D], 90 + i));
+    } else {
+      const [q, k, v] = [1, 2, 3].map((x) => lib.randn([1, n, 4, 64], x));
+      side.step = () => lib.longHeadsAttention(q!, k!, v!, { budget: 1024, chunkSize: 128 });
+    }
+  }
+}
+const lib0 = sides[0]!.lib;
+const q = lib0.randn(spec.q, 1);
+const [k, v] = [2, 3].map((s) => lib0.randn(spec.kv ?? spec.q, s));
+const opts = (spec.opts ?? {}) as Opts; // kernelSize present: a neighborhood call
+const na = opts.kernelSize !== undefined;
+sides[0]!.before();
+const fw = na ? await lib0.neighborhoodAttention(q, k!, v!, opts) : await lib0.attention(q, k!, v!, opts);
+const dOut = lib0.randn(spec.q.slice(0, -1).concat(fw.out.shape.at(-1)!), 4);
+let calls = 0;
+const call = async ({ lib, before, step }: Side) => {
+  if (step) return void (await step(calls++));
+  before();
+  if (args.backward) void (na ? await lib.neighborhoodAttentionBackward(q, k!, v!, fw.out, fw.lse, dOut, opts) : await lib.attentionBackward(q, k!, v!, fw.out, fw.lse, dOut, opts));
+  else void (na ? await lib.neighborhoodAttention(q, k!, v!, opts) : await lib.attention(q, k!, v!, opts));
+};
+for (const side of sides) {
   const t0 = performance.now();
-  for (let i = 0; i < 15 || performance.now() - t0 < 400; i++) await call(lib);
+  for (let i = 0; i < 15 || performance.now() - t0 < 400; i++) await call(side);
 }
 const times: [number[], number[]] = [[], []];
 const ratios: number[] = [];
@@ -59,7 +123,7 @@ for (let i = 0; i < Math.max(2, Number(args.calls) | 0); i++) {
   const t = [0, 0];
   for (const j of i % 2 ? [1, 0] : [0, 1]) {
     const s = performance.now();
-    await call(libs[j]!);
+    await call(sides[j]!);
     t[j] = performance.now() - s;
     times[j as 0 | 1].push(t[j]!);
   }
@@ -67,4 +131,6 @@ for (let i = 0; i < Math.max(2, Number(args.calls) | 0); i++) {
 }
 const median = (a: number[]) => [...a].sort((x, y) => x - y)[a.length >> 1]!;
 const f = (x: number) => x.toFixed(2);
-console.log(`${args.case}${args.backward ? ' backward' : ''}, ${args.threads} threads, ${ratios.length} pairs: A median ${f(median(times[0]))} best ${f(Math.min(...times[0]))} ms | B median ${f(median(times[1]))} best ${f(Math.min(...times[1]))} ms | B / A (median of pair ratios) ${median(ratios).toFixed(3)}`);
+const name = args.longheads ? `longheads ${args.longheads} ${args.tokens ?? 'default'} tokens` : args.spec ? `spec ${args.spec}` : args.case;
+const what = args.toggle ? ` (${args.toggle}: A off, B on)` : '';
+console.log(`${name}${args.backward ? ' backward' : ''}${what}, ${args.threads} threads, ${ratios.length} pairs: A median ${f(median(times[0]))} best ${f(Math.min(...times[0]))} ms | B median ${f(median(times[1]))} best ${f(Math.min(...times[1]))} ms | B / A (median of pair ratios) ${median(ratios).toFixed(3)}`);
