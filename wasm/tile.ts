@@ -16,36 +16,78 @@
 }
 
 // exp(x) for x <= 0 on 4 lanes (every softmax argument is a score minus a max): 2^t with
-// t = x log2 e split as n + f (the 1.5 * 2^23 trick puts round(t) in the low mantissa bits, so no
-// f32x4.nearest or trunc_sat, which x86 lacks and V8 expands), 2^f by a degree-6 polynomial on
-// [-1/2, 1/2], then 2^n from the exponent bits. Relative error ~1e-6 for x > -87; lanes at or below
-// -87 (masked -inf included) give exactly 0, so no clamp is needed: their bits are masked away;
-// NaN lanes give NaN.
+// t = x log2 e split as n + f (adding 1.5 * 2^23 + 127 puts 127 + round(t) in the low mantissa bits,
+// so no f32x4.nearest or trunc_sat, which x86 lacks and V8 expands), 2^f by a degree-6 polynomial
+// on [-1/2, 1/2], then 2^n by shifting those bits into the exponent. Relative error ~1e-6 for
+// x > -87; lanes at or below -87 (masked -inf included) give exactly 0, so no clamp is needed:
+// their bits are masked away; NaN lanes give NaN.
+//
+// Its ten constants are values from a static table, not v128.const: V8 rebuilds a v128.const at
+// each use inside a loop (movq, vmovq, vpunpcklqdq), which took an exp from 11 cycles to 24, while
+// a value loaded before a loop stays in a register. Hot loops load them once (expK) and call
+// expWith, through expRun where they can; vexpNeg loads them at its use, for the cold sites.
+// Entries: -87, log2 e, 1.5 * 2^23 + 127, the polynomial's coefficients (ln 2)^k / k! from k = 6
+// down, then vexp's clamp 88.
+const EXPC = memory.data<f32>([
+  -87.0, -87.0, -87.0, -87.0,
+  1.44269504088896341, 1.44269504088896341, 1.44269504088896341, 1.44269504088896341,
+  12583039.0, 12583039.0, 12583039.0, 12583039.0,
+  1.5403530393381606e-4, 1.5403530393381606e-4, 1.5403530393381606e-4, 1.5403530393381606e-4,
+  1.3333558146428443e-3, 1.3333558146428443e-3, 1.3333558146428443e-3, 1.3333558146428443e-3,
+  9.618129107628477e-3, 9.618129107628477e-3, 9.618129107628477e-3, 9.618129107628477e-3,
+  5.550410866482158e-2, 5.550410866482158e-2, 5.550410866482158e-2, 5.550410866482158e-2,
+  2.402265069591007e-1, 2.402265069591007e-1, 2.402265069591007e-1, 2.402265069591007e-1,
+  6.931471805599453e-1, 6.931471805599453e-1, 6.931471805599453e-1, 6.931471805599453e-1,
+  1.0, 1.0, 1.0, 1.0,
+  88.0, 88.0, 88.0, 88.0,
+], 16);
+// @ts-ignore: decorator
+@inline function expK(i: i32): v128 {
+  return v128.load(EXPC + (<usize>i << 4));
+}
+
+// @ts-ignore: decorator
+@inline function expWith(x: v128, c0: v128, c1: v128, c2: v128, c3: v128, c4: v128, c5: v128, c6: v128, c7: v128, c8: v128, c9: v128): v128 {
+  const t = f32x4.mul(x, c1);
+  const r = f32x4.add(t, c2);
+  const f = f32x4.sub(t, f32x4.sub(r, c2));
+  let p = fma(c3, f, c4);
+  p = fma(p, f, c5);
+  p = fma(p, f, c6);
+  p = fma(p, f, c7);
+  p = fma(p, f, c8);
+  p = fma(p, f, c9);
+  // bits(r) = bits(1.5 * 2^23) + 127 + round(t); the first term's low 9 bits are 0, so it shifts out
+  const pow2 = i32x4.shl(r, 23);
+  // a NaN lane compares false, so it is kept and stays NaN: a non-finite score poisons its row
+  return v128.andnot(f32x4.mul(p, pow2), f32x4.le(x, c0));
+}
+
 // @ts-ignore: decorator
 @inline function vexpNeg(x: v128): v128 {
-  // not (x <= -87): a NaN lane is kept and stays NaN, so a non-finite score poisons its row
-  const keep = v128.not(f32x4.le(x, f32x4.splat(-87.0)));
-  const t = f32x4.mul(x, f32x4.splat(1.44269504088896341));
-  const r = f32x4.add(t, f32x4.splat(12582912.0));
-  const f = f32x4.sub(t, f32x4.sub(r, f32x4.splat(12582912.0)));
-  // Taylor coefficients of 2^f = e^(f ln 2): (ln 2)^k / k!
-  let p = f32x4.splat(1.5403530393381606e-4);
-  p = fma(p, f, f32x4.splat(1.3333558146428443e-3));
-  p = fma(p, f, f32x4.splat(9.618129107628477e-3));
-  p = fma(p, f, f32x4.splat(5.550410866482158e-2));
-  p = fma(p, f, f32x4.splat(2.402265069591007e-1));
-  p = fma(p, f, f32x4.splat(6.931471805599453e-1));
-  p = fma(p, f, f32x4.splat(1.0));
-  // bits(r) = bits(1.5 * 2^23) + round(t); the constant's low 9 bits are 0, so it shifts out
-  const pow2 = i32x4.shl(i32x4.add(r, i32x4.splat(127)), 23);
-  return v128.and(f32x4.mul(p, pow2), keep);
+  return expWith(x, expK(0), expK(1), expK(2), expK(3), expK(4), expK(5), expK(6), expK(7), expK(8), expK(9));
 }
 
 // exp(x) for any x (softcap's tanh takes positive arguments): the same, clamped at 88 first so
 // 2^n stays a finite f32.
 // @ts-ignore: decorator
 @inline function vexp(x: v128): v128 {
-  return vexpNeg(f32x4.pmin(x, f32x4.splat(88.0)));
+  return vexpNeg(f32x4.pmin(x, expK(10)));
+}
+
+/**
+ * The n v128s at p, p + step, ...: each x becomes exp(x - sub) (stored back when `write`); returns
+ * their sum. exp's constants stay in registers over the loop.
+ */
+function expRun(p: usize, n: i32, step: usize, sub: v128, write: bool): v128 {
+  const c0 = expK(0), c1 = expK(1), c2 = expK(2), c3 = expK(3), c4 = expK(4), c5 = expK(5), c6 = expK(6), c7 = expK(7), c8 = expK(8), c9 = expK(9);
+  let sum = f32x4.splat(0);
+  for (let j = 0; j < n; j++, p += step) {
+    const e = expWith(f32x4.sub(v128.load(p), sub), c0, c1, c2, c3, c4, c5, c6, c7, c8, c9);
+    if (write) v128.store(p, e);
+    sum = f32x4.add(sum, e);
+  }
+  return sum;
 }
 
 /** exp on 4 lanes, exported for tests of the approximation. */
@@ -290,14 +332,7 @@ export function softmaxStep(s: usize, ldLanes: i32, ni: i32, tk: i32, m: usize, 
     const empty = f32x4.eq(mNew, ninf);
     const mSafe = v128.andnot(mNew, empty);
     const a = vexpNeg(f32x4.sub(mOld, mSafe));
-    let sum = f32x4.splat(0);
-    p = col;
-    for (let j = 0; j < tk; j++) {
-      const e = vexpNeg(f32x4.sub(v128.load(p), mSafe));
-      v128.store(p, e);
-      sum = f32x4.add(sum, e);
-      p += ld;
-    }
+    const sum = expRun(col, tk, ld, mSafe, true);
     v128.store(m + (<usize>i << 2), mNew);
     v128.store(l + (<usize>i << 2), fma(v128.load(l + (<usize>i << 2)), a, sum));
     v128.store(alpha + (<usize>i << 2), a);
@@ -411,13 +446,8 @@ export function softmaxRows(a: usize, rows: i32, w: i32, m: usize, l: usize, nor
     for (let j = 0; j < w; j++) mx = max(mx, load<f32>(row + (<usize>j << 2)));
     const mSafe: f32 = mx == -Infinity ? 0 : mx;
     const ms = f32x4.splat(mSafe);
-    let sv = f32x4.splat(0);
-    let j = 0;
-    for (; j < w4; j += 4) {
-      const e = vexpNeg(f32x4.sub(v128.load(row + (<usize>j << 2)), ms));
-      if (normalize) v128.store(row + (<usize>j << 2), e);
-      sv = f32x4.add(sv, e);
-    }
+    const sv = expRun(row, w4 >> 2, 16, ms, normalize != 0);
+    let j = w4;
     let sum: f32 = f32x4.extract_lane(sv, 0) + f32x4.extract_lane(sv, 1) + f32x4.extract_lane(sv, 2) + f32x4.extract_lane(sv, 3);
     for (; j < w; j++) {
       const e = f32x4.extract_lane(vexpNeg(f32x4.splat(load<f32>(row + (<usize>j << 2)) - mSafe)), 0);
@@ -843,14 +873,7 @@ function runWindows(
     }
     const ms = v128.andnot(m, f32x4.eq(m, ninf));
     let l = f32x4.splat(0);
-    for (let r = 0; r < rows; r++) {
-      const row = first + <usize>r * sStep;
-      for (let sp = row; sp < row + span; sp += 64) {
-        const p = vexpNeg(f32x4.sub(v128.load(sp), ms));
-        v128.store(sp, p);
-        l = f32x4.add(l, p);
-      }
-    }
+    for (let r = 0; r < rows; r++) l = f32x4.add(l, expRun(first + <usize>r * sStep, e - a + 1, 64, ms, true));
     v128.store(<usize>load<i32>(lseRows + (<usize>s << 2)), lseOf(m, l));
     // 1 / l (0 where l = 0) kept in the trash's slot for this query until the output is written
     v128.store(trash + (<usize>s << 4), v128.and(f32x4.div(f32x4.splat(1.0), l), f32x4.gt(l, f32x4.splat(0))));
@@ -1043,8 +1066,9 @@ function runBwd(
       qkColumn(s1 - s0 + 1, qb + <usize>s0 * qStep, d, kp + (<usize>t << 2), <usize>W << 2, rows, sS + col, sStep, trash);
       qkColumn(s1 - s0 + 1, db + <usize>s0 * oStep, dv, vp + (<usize>t << 2), <usize>W << 2, rows, sD + col, sStep, trashD);
     }
-  // per query: P and dS over its own keys
+  // per query: P and dS over its own keys (exp's constants in registers: see expWith)
   const ninf = f32x4.splat(-Infinity);
+  const c0 = expK(0), c1 = expK(1), c2 = expK(2), c3 = expK(3), c4 = expK(4), c5 = expK(5), c6 = expK(6), c7 = expK(7), c8 = expK(8), c9 = expK(9);
   for (let s = 0; s < nr; s++) {
     const a = load<i32>(win + (<usize>s << 3), 16) - L0, e = load<i32>(win + (<usize>s << 3), 20) - L0;
     let delta = f32x4.splat(0);
@@ -1065,7 +1089,7 @@ function runBwd(
         if (cap > 0) x = capv(x, cap);
         // rpb comes after the softcap; drpb takes dS itself, then dS goes on through the softcap
         const bsc = r ? f32x4.add(x, v128.load(r + (<usize>load<i32>(kq) << 4))) : x;
-        const p = vexpNeg(f32x4.sub(bsc, L));
+        const p = expWith(f32x4.sub(bsc, L), c0, c1, c2, c3, c4, c5, c6, c7, c8, c9);
         let dsv = f32x4.mul(p, f32x4.sub(v128.load(sD + off), delta));
         if (r) {
           const at = dr + (<usize>load<i32>(kq) << 4);
@@ -1156,11 +1180,7 @@ export function probsT(s: usize, ldLanes: i32, ni: i32, tk: i32, lse: usize): vo
   for (let i = 0; i < ni; i += 4) {
     let L = v128.load(lse + (<usize>i << 2));
     L = v128.bitselect(f32x4.splat(Infinity), L, f32x4.eq(L, ninf));
-    let p = s + (<usize>i << 2);
-    for (let j = 0; j < tk; j++) {
-      v128.store(p, vexpNeg(f32x4.sub(v128.load(p), L)));
-      p += ld;
-    }
+    expRun(s + (<usize>i << 2), tk, ld, L, true);
   }
 }
 
