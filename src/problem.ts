@@ -47,6 +47,14 @@ export interface AttnBuffers {
   readonly lse: Float32Array;
 }
 
+/** Where a work item sits (ItemSpace.decode). */
+export interface ItemAt {
+  seq: number;
+  h: number;
+  g: number;
+  tile: number;
+}
+
 /**
  * Work items (sequence, head, group, query tile) numbered densely, so worker threads can claim
  * ranges of them. Compiled patterns are cached per distinct sequence shape. `side` 'k' numbers key
@@ -91,7 +99,8 @@ export class ItemSpace {
     return this.compiled[seq]!;
   }
 
-  decode(item: number): { seq: number; h: number; g: number; tile: number } {
+  /** Item `item`'s sequence, head, dilation group and tile, written into `out` when given (the CPU item loops reuse one). */
+  decode(item: number, out: ItemAt = { seq: 0, h: 0, g: 0, tile: 0 }): ItemAt {
     let lo = 0;
     let hi = this.problem.seqs.length - 1;
     while (lo < hi) {
@@ -107,7 +116,11 @@ export class ItemSpace {
     r -= h * perHead;
     let g = 0;
     while (gs[g + 1]! <= r) g++;
-    return { seq, h, g, tile: r - gs[g]! };
+    out.seq = seq;
+    out.h = h;
+    out.g = g;
+    out.tile = r - gs[g]!;
+    return out;
   }
 }
 

@@ -26,18 +26,19 @@ export function tileCount(lengths: readonly number[], tile: readonly number[]): 
   return lengths.reduce((n, l, a) => n * Math.ceil(l / tile[a]!), 1);
 }
 
-/** The `index`-th tile of `tileBoxes(lengths, tile)`, without building the list. */
-export function tileBox(lengths: readonly number[], tile: readonly number[], index: number): Box {
+/** The `index`-th tile of `tileBoxes(lengths, tile)`, without building the list; written into `out` when given. */
+export function tileBox(lengths: readonly number[], tile: readonly number[], index: number, out?: Box): Box {
   const rank = lengths.length;
-  const lo = new Array<number>(rank);
-  const hi = new Array<number>(rank);
+  const lo = out?.lo ?? new Array<number>(rank);
+  const hi = out?.hi ?? new Array<number>(rank);
+  lo.length = hi.length = rank;
   for (let a = rank - 1; a >= 0; a--) {
     const c = Math.ceil(lengths[a]! / tile[a]!);
     lo[a] = (index % c) * tile[a]!;
     hi[a] = Math.min(lengths[a]!, lo[a]! + tile[a]!);
     index = Math.floor(index / c);
   }
-  return { lo, hi };
+  return out ?? { lo, hi };
 }
 
 /** Smallest piece a pattern cut may leave, as a fraction of the key tile extent. */

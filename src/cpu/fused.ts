@@ -30,12 +30,12 @@ export interface TileWalk {
  */
 export function startTile(c: TileCtx, space: ItemSpace, item: number, loadQ = true): TileWalk {
   const P = c.problem;
-  const { seq, h, g, tile } = space.decode(item);
+  const { seq, h, g, tile } = space.decode(item, c.item);
   const p = space.pattern(seq);
   const span = P.seqs[seq]!;
   const geo = p.geometry;
   const grp = p.groups[g]!;
-  const qBox = tileBox(grp.qLen, tileFor(P.qTile, c.rank), tile);
+  const qBox = tileBox(grp.qLen, tileFor(P.qTile, c.rank), tile, c.qBox);
   const tq = boxTokens(geo.qShape, geo.dilation, grp, qBox, c.qTok);
   boxCoords(qBox, c.qCrd);
   c.beginQueries(span, h, tq, loadQ);

@@ -159,9 +159,9 @@ export function scratchPlan(kind: KernelKind, problem: AttnProblem, rank: number
   };
   let at = 0;
   const off = {} as Record<keyof typeof sizes, number>;
-  for (const [name, n] of Object.entries(sizes) as [keyof typeof sizes, number][]) {
-    off[name] = at;
-    at += align(4 * n);
+  for (const name in sizes) {
+    off[name as keyof typeof sizes] = at;
+    at += align(4 * sizes[name as keyof typeof sizes]);
   }
   return { backward: kind === 'backward', maxQ, tqPad, maxK, packRows, off, bytes: at };
 }

@@ -106,58 +106,99 @@ function rpbParts(c: TileCtx): { r: readonly number[]; vol: number; rows: (tq: n
   return { r, vol: prod(kern.map((k) => 2 * k - 1)), rows };
 }
 
-/** Where a head-lane work item's keys sit: its head, sequence, tile size and key offsets. */
+/** Where a head-lane work item's keys sit: its head, sequence, tile size and key offsets (one per thread, reused). */
 interface LaneTile {
-  readonly h: number;
-  readonly span: SeqSpan;
-  readonly tq: number;
+  h: number;
+  span: SeqSpan;
+  tq: number;
   /** Token step per window coordinate on each axis, rank padded to 3 at the front. */
-  readonly steps: readonly [number, number, number];
+  readonly steps: [number, number, number];
   /** Row of the item's first head in [rows][kv heads] of its dilation group's first key. */
-  readonly kvRow: number;
+  kvRow: number;
+}
+
+/**
+ * A thread's per-phase state of the head-lane walk, made once per phase context: claimLoop runs
+ * the phase two items at a time, and the item loops allocate nothing (garbage there made the pool
+ * threads' collectors run beside the compute threads every few calls).
+ */
+interface LaneState {
+  readonly tile: LaneTile;
+  readonly qTile: readonly number[];
+  readonly rpb: ReturnType<typeof rpbParts>;
+  /** rowLists' (list, slot, floats a row) triples of the forward and of the backward. */
+  readonly fwdLists: readonly number[];
+  readonly bwdLists: readonly number[];
+}
+
+const states = new WeakMap<TileCtx, LaneState>();
+
+function laneState(c: TileCtx): LaneState {
+  let st = states.get(c);
+  if (!st) {
+    const P = c.problem;
+    const { at } = c;
+    const { q, out, lse, dout, dq } = c.lay.slots;
+    st = {
+      tile: { h: 0, span: P.seqs[0]!, tq: 0, steps: [0, 0, 0], kvRow: 0 },
+      qTile: tileFor(P.qTile, c.rank),
+      rpb: rpbParts(c),
+      fwdLists: [at.qRows, q, P.dim, at.outRows, out, P.dimV, at.rowIdx, lse, 1],
+      // in the backward kind's tqPad-sized areas: q, O, lse, then dO (m) and dq (l)
+      bwdLists: [at.qRows, q, P.dim, at.outRows, out, P.dimV, at.rowIdx, lse, 1, at.m, dout, P.dimV, at.l, dq, P.dim],
+    };
+    states.set(c, st);
+  }
+  return st;
 }
 
 /**
  * Starts work item `item` of a head-lane phase: its query tile's tokens (qTok), coordinates (qCrd)
- * and window intervals (lo, hi), and where its keys sit. Undefined for items of heads h != 0 mod 4
- * (the item of h - h mod 4 runs their head group) and for empty tiles.
+ * and window intervals (lo, hi), and where its keys sit (written into the thread's LaneTile).
+ * Undefined for items of heads h != 0 mod 4 (the item of h - h mod 4 runs their head group) and
+ * for empty tiles.
  */
-function laneTile(c: TileCtx, space: ItemSpace, item: number): LaneTile | undefined {
+function laneTile(c: TileCtx, space: ItemSpace, item: number, st: LaneState): LaneTile | undefined {
   const P = c.problem;
   const { rank } = c;
-  const { seq, h, g, tile } = space.decode(item);
+  const { seq, h, g, tile } = space.decode(item, c.item);
   if (h % 4 !== 0) return undefined;
   const p = space.pattern(seq);
   const span = P.seqs[seq]!;
   const geo = p.geometry;
   const grp = p.groups[g]!;
-  const qBox = tileBox(grp.qLen, tileFor(P.qTile, rank), tile);
+  const qBox = tileBox(grp.qLen, st.qTile, tile, c.qBox);
   const tq = boxTokens(geo.qShape, geo.dilation, grp, qBox, c.qTok);
   if (tq === 0) return undefined;
   boxCoords(qBox, c.qCrd);
   c.tq = tq;
   c.setIntervals(p.boxRules!(g), qBox);
+  const t = st.tile;
   // key token = group base + sum over axes of window coordinate x (dilation x token stride)
-  let st = 1;
+  let stride = 1;
   let base = 0;
-  const steps: [number, number, number] = [0, 0, 0];
+  t.steps.fill(0);
   for (let a = rank - 1; a >= 0; a--) {
-    steps[3 - rank + a] = geo.dilation[a]! * st;
-    base += grp.offset[a]! * st;
-    st *= geo.kShape[a]!;
+    t.steps[3 - rank + a] = geo.dilation[a]! * stride;
+    base += grp.offset[a]! * stride;
+    stride *= geo.kShape[a]!;
   }
-  return { h, span, tq, steps, kvRow: (span.kOff + base) * P.kvHeads + h };
+  t.h = h;
+  t.span = span;
+  t.tq = tq;
+  t.kvRow = (span.kOff + base) * P.kvHeads + h;
+  return t;
 }
 
 /**
- * Byte-offset lists of the tile's query rows for a head-lane kernel: for each [list, slot, floats a
- * row] entry, list[i] = the row of query i's head h in that slot ([rows][heads][floats]).
+ * Byte-offset lists of the tile's query rows for a head-lane kernel: for each (list, slot, floats
+ * a row) triple in `lists` (flat), list[i] = the row of query i's head h in that slot ([rows][heads][floats]).
  */
-function rowLists(c: TileCtx, t: LaneTile, lists: readonly (readonly [number, number, number])[]): void {
+function rowLists(c: TileCtx, t: LaneTile, lists: readonly number[]): void {
   const { i32, qTok, problem: P } = c;
   for (let i = 0; i < t.tq; i++) {
     const r = (t.span.qOff + qTok[i]!) * P.heads + t.h;
-    for (const [list, slot, width] of lists) i32[(list >> 2) + i] = slot + r * width * 4;
+    for (let e = 0; e < lists.length; e += 3) i32[(lists[e]! >> 2) + i] = lists[e + 1]! + r * lists[e + 2]! * 4;
   }
 }
 
@@ -165,18 +206,15 @@ function rowLists(c: TileCtx, t: LaneTile, lists: readonly (readonly [number, nu
 export function runNALanes(c: TileCtx, space: ItemSpace, start: number, end: number): void {
   const P = c.problem;
   const { at, rank, tqPad } = c;
-  const { q: qSlot, k: kSlot, v: vSlot, out: outSlot, lse: lseSlot } = c.lay.slots;
-  const rpb = rpbParts(c);
+  const { k: kSlot, v: vSlot } = c.lay.slots;
+  const st = laneState(c);
+  const { rpb } = st;
   for (let item = start; item < end; item++) {
-    const t = laneTile(c, space, item);
+    const t = laneTile(c, space, item, st);
     if (!t) continue;
     const { h, tq, steps, kvRow } = t;
     if (P.rpb) rpb.rows(tq, at.m);
-    rowLists(c, t, [
-      [at.qRows, qSlot, P.dim],
-      [at.outRows, outSlot, P.dimV],
-      [at.rowIdx, lseSlot, 1],
-    ]);
+    rowLists(c, t, st.fwdLists);
     c.K.naLanes(
       at.qRows, at.outRows, at.rowIdx, at.lo, at.hi, tqPad, tq, rank,
       kSlot + kvRow * P.dim * 4, vSlot + kvRow * P.dimV * 4, steps[0]!, steps[1]!, steps[2]!,
@@ -204,24 +242,18 @@ export function rowsOfLanesRpb(data: Float32Array, heads: number): Float32Array 
 export function runNALanesBwd(c: TileCtx, space: ItemSpace, start: number, end: number): void {
   const P = c.problem;
   const { at, rank, tqPad } = c;
-  const { q: qSlot, k: kSlot, v: vSlot, out: oSlot, dout: doSlot, lse: lseSlot, dq: dqSlot } = c.lay.slots;
+  const { k: kSlot, v: vSlot } = c.lay.slots;
   const dkp = c.lay.slots.dkp + c.thread * c.lay.partialBytes.dkp!;
   const dvp = c.lay.slots.dvp + c.thread * c.lay.partialBytes.dvp!;
-  const rpb = rpbParts(c);
   const drpbp = P.rpb ? c.lay.slots.drpbp + c.thread * c.lay.partialBytes.drpbp! : 0;
+  const st = laneState(c);
+  const { rpb } = st;
   for (let item = start; item < end; item++) {
-    const t = laneTile(c, space, item);
+    const t = laneTile(c, space, item, st);
     if (!t) continue;
     const { h, tq, steps, kvRow } = t;
     if (P.rpb) rpb.rows(tq, at.alpha);
-    // row lists in this kind's tqPad-sized areas: q, O, lse, then dO (m) and dq (l)
-    rowLists(c, t, [
-      [at.qRows, qSlot, P.dim],
-      [at.outRows, oSlot, P.dimV],
-      [at.rowIdx, lseSlot, 1],
-      [at.m, doSlot, P.dimV],
-      [at.l, dqSlot, P.dim],
-    ]);
+    rowLists(c, t, st.bwdLists);
     c.K.naLanesBwd(
       at.qRows, at.m, at.outRows, at.rowIdx, at.l, at.lo, at.hi, tqPad, tq, rank,
       kSlot + kvRow * P.dim * 4, vSlot + kvRow * P.dimV * 4, dkp + kvRow * P.dim * 4, dvp + kvRow * P.dimV * 4,

@@ -1,7 +1,7 @@
 import { type Box, type Geometry, type Group, prod } from '../patterns/geometry.js';
 import type { AxisRule } from '../patterns/rules.js';
 import type { CompiledPattern } from '../patterns/compile.js';
-import type { AttnProblem, SeqSpan } from '../problem.js';
+import type { AttnProblem, ItemAt, SeqSpan } from '../problem.js';
 import { ropePositions } from '../rope.js';
 import type { JobLayout, ScratchPlan } from './layout.js';
 import type { TileKernels } from './tile-kernels.js';
@@ -21,6 +21,9 @@ export class TileCtx {
   readonly qTok: Int32Array;
   readonly kTok: Int32Array;
   readonly qCrd: Int32Array;
+  /** The current work item and its query box, reused item after item (ItemSpace.decode, tileBox into). */
+  readonly item: ItemAt = { seq: 0, h: 0, g: 0, tile: 0 };
+  readonly qBox: Box = { lo: [], hi: [] };
   readonly pos: Int32Array;
   readonly tqPad: number;
   private readonly rpbStrides: number[];
@@ -64,7 +67,7 @@ export class TileCtx {
     this.i32 = new Int32Array(memory.buffer);
     const base = lay.scratch + thread * lay.scratchBytes;
     this.at = {} as TileCtx['at'];
-    for (const [k, v] of Object.entries(plan.off)) this.at[k as keyof TileCtx['at']] = base + v;
+    for (const k in plan.off) this.at[k as keyof TileCtx['at']] = base + plan.off[k as keyof TileCtx['at']];
     this.tqPad = plan.tqPad;
     this.qTok = new Int32Array(plan.tqPad);
     this.kTok = new Int32Array(plan.maxK);

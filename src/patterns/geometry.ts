@@ -52,6 +52,18 @@ export function stridesOf(shape: readonly number[]): number[] {
   return s;
 }
 
+// scratch of boxTokens and boxCoords (grown to the rank): they run once per work item of the CPU
+// kernels, whose item loops allocate nothing (garbage there made the pool threads' collectors run
+// beside the compute threads on every few calls)
+let cursor = new Float64Array(4);
+let strides = new Float64Array(4);
+function scratchFor(rank: number): void {
+  if (cursor.length < rank) {
+    cursor = new Float64Array(rank);
+    strides = new Float64Array(rank);
+  }
+}
+
 /** Writes the flat (global, row-major) token index of every point of a local box, row-major. */
 export function boxTokens(
   shape: readonly number[],
@@ -61,7 +73,6 @@ export function boxTokens(
   out: Int32Array,
 ): number {
   const rank = shape.length;
-  const st = stridesOf(shape);
   if (rank === 1) {
     const d = dilation[0]!;
     const g = group.offset[0]!;
@@ -69,8 +80,16 @@ export function boxTokens(
     for (let x = box.lo[0]!; x < box.hi[0]!; x++) out[n++] = g + d * x;
     return n;
   }
-  const x = [...box.lo];
-  if (x.some((v, i) => v >= box.hi[i]!)) return 0;
+  scratchFor(rank);
+  const x = cursor;
+  const st = strides;
+  let acc = 1;
+  for (let i = rank - 1; i >= 0; i--) {
+    if (box.lo[i]! >= box.hi[i]!) return 0;
+    x[i] = box.lo[i]!;
+    st[i] = acc;
+    acc *= shape[i]!;
+  }
   let n = 0;
   for (;;) {
     let flat = 0;
@@ -87,9 +106,13 @@ export const prod = (t: readonly number[]): number => t.reduce((a, b) => a * b, 
 /** Local coordinates of every point of a box, row-major, `rank` entries per point. */
 export function boxCoords(box: Box, out: Int32Array): void {
   const rank = box.lo.length;
-  const x = [...box.lo];
+  scratchFor(rank);
+  const x = cursor;
+  for (let a = 0; a < rank; a++) {
+    if (box.lo[a]! >= box.hi[a]!) return;
+    x[a] = box.lo[a]!;
+  }
   let n = 0;
-  if (x.some((v, a) => v >= box.hi[a]!)) return;
   for (;;) {
     for (let a = 0; a < rank; a++) out[n++] = x[a]!;
     let a = rank - 1;
