@@ -538,13 +538,14 @@ export function slicedVisit(
   v128.store(dst + 3 * stride, v128.shuffle<f32>(t2, t3, 2, 3, 6, 7));
 }
 
-// 4 rows of d floats at src (a token's 4 heads) as d v128s at dst (dim x of the 4 heads at dst + 16x).
+// 4 rows of d floats at src (a token's 4 heads) as d v128s at dst, `step` bytes apart (dim x of
+// the 4 heads at dst + step x): 16 for a token regrouped in place, RUN for a query of a run.
 // @ts-ignore: decorator
-@inline function rowsToLanes(src: usize, dst: usize, d: i32): void {
+@inline function rowsToLanes(src: usize, dst: usize, d: i32, step: usize): void {
   const row = <usize>d << 2;
   for (let x = 0; x < d; x += 4) {
     const o = <usize>x << 2;
-    store4T(v128.load(src + o), v128.load(src + row + o), v128.load(src + 2 * row + o), v128.load(src + 3 * row + o), dst + (o << 2), 16);
+    store4T(v128.load(src + o), v128.load(src + row + o), v128.load(src + 2 * row + o), v128.load(src + 3 * row + o), dst + <usize>x * step, step);
   }
 }
 
@@ -554,7 +555,7 @@ export function lanesFromRows(ptr: usize, blocks: i32, d: i32, tmp: usize): void
   for (let b = 0; b < blocks; b++) {
     const base = ptr + <usize>b * (row << 2);
     memory.copy(tmp, base, row << 2);
-    rowsToLanes(tmp, base, d);
+    rowsToLanes(tmp, base, d, 16);
   }
 }
 
@@ -596,26 +597,37 @@ function lseOf(m: v128, l: v128): v128 {
 // feeds up to four queries (a pair fed two; on 3-D windows those rows come from L2). The backward
 // (runBwd) runs the same runs and column kernels.
 
-// Raw dot products q_s . k for the nq queries s0.. of a column (q in lanes at qs, d v128 apart per
-// query) and nk keys whose k row addresses are at kp (kStep bytes apart); scores go to sp (sStep
-// bytes a key, 16 a query). Blocks of 2 keys (nq 3, 4) or 4 (nq 1, 2) keep 6-8 accumulators; a
-// partial block repeats its last key and stores the extra results to `trash`. d is even (head
-// lanes take head dims in fours): one query splits its dims into even and odd halves.
+// A run's per-query vectors (q, dO, and the O and dQ accumulators, each head group's 4 heads in
+// lanes) are interleaved: vector x of query s at buf + RUN x + 16 s. The column kernels then reach
+// every query of a column from one pointer by immediate offsets and step it by a constant, where
+// separate per-query rows took an address computation per query and per vector (qkColumn with
+// four queries: 1.35 FMAs a cycle, 1.59 interleaved).
+const RUN: usize = 64;
+
+// Raw dot products q_s . k for the nq queries s0.. of a column (q interleaved from qs, the run's
+// buffer + 16 s0) and nk keys whose k row addresses are at kp (kStep bytes apart); scores go to sp
+// (sStep bytes a key, 16 a query). Blocks of 2 keys (nq 3, 4), 4 (nq 2) or 3 (nq 1, its dims split
+// into even and odd halves) keep 6-8 accumulators in registers; a partial block repeats its last
+// key and stores the extra results to `trash`. d is even (head lanes take head dims in fours).
 function qkColumn(nq: i32, qs: usize, d: i32, kp: usize, kStep: usize, nk: i32, sp: usize, sStep: usize, trash: usize): void {
-  const qStep = <usize>d << 4;
+  const qEnd = qs + <usize>d * RUN;
   const last = nk - 1;
   if (nq >= 3) {
     for (let j = 0; j < nk; j += 2) {
       const j1 = j + 1 <= last ? j + 1 : last;
-      const k0 = <usize>load<i32>(kp + <usize>j * kStep);
-      const k1 = <usize>load<i32>(kp + <usize>j1 * kStep);
-      let a0 = f32x4.splat(0), a1 = f32x4.splat(0), b0 = f32x4.splat(0), b1 = f32x4.splat(0);
-      let c0 = f32x4.splat(0), c1 = f32x4.splat(0), e0 = f32x4.splat(0), e1 = f32x4.splat(0);
+      const s0 = sp + <usize>j * sStep;
+      const s1 = j + 1 <= last ? s0 + sStep : trash;
+      let k0 = <usize>load<i32>(kp + <usize>j * kStep), k1 = <usize>load<i32>(kp + <usize>j1 * kStep);
+      const zero = f32x4.splat(0);
+      let a0 = zero, a1 = zero, b0 = zero, b1 = zero, c0 = zero, c1 = zero, e0 = zero, e1 = zero;
+      // written out twice, not one template: Binaryen merged a template's two copies into one loop
+      // that tested nq on every pass
       if (nq == 4) {
-        for (let x = 0; x < d; x++) {
-          const o = <usize>x << 4;
-          const kv0 = v128.load(k0 + o), kv1 = v128.load(k1 + o);
-          const q0 = v128.load(qs + o), q1 = v128.load(qs + qStep + o), q2 = v128.load(qs + 2 * qStep + o), q3 = v128.load(qs + 3 * qStep + o);
+        // one dim a pass: 8 accumulators, 2 k and 4 q vectors fill V8's 15 registers (two dims a
+        // pass spilled accumulators)
+        for (let q = qs; q < qEnd; q += RUN, k0 += 16, k1 += 16) {
+          const kv0 = v128.load(k0), kv1 = v128.load(k1);
+          const q0 = v128.load(q), q1 = v128.load(q, 16), q2 = v128.load(q, 32), q3 = v128.load(q, 48);
           a0 = fma(q0, kv0, a0);
           a1 = fma(q0, kv1, a1);
           b0 = fma(q1, kv0, b0);
@@ -625,11 +637,12 @@ function qkColumn(nq: i32, qs: usize, d: i32, kp: usize, kStep: usize, nk: i32, 
           e0 = fma(q3, kv0, e0);
           e1 = fma(q3, kv1, e1);
         }
+        v128.store(s0, e0, 48);
+        v128.store(s1, e1, 48);
       } else {
-        for (let x = 0; x < d; x++) {
-          const o = <usize>x << 4;
-          const kv0 = v128.load(k0 + o), kv1 = v128.load(k1 + o);
-          const q0 = v128.load(qs + o), q1 = v128.load(qs + qStep + o), q2 = v128.load(qs + 2 * qStep + o);
+        for (let q = qs; q < qEnd; q += RUN, k0 += 16, k1 += 16) {
+          const kv0 = v128.load(k0), kv1 = v128.load(k1);
+          const q0 = v128.load(q), q1 = v128.load(q, 16), q2 = v128.load(q, 32);
           a0 = fma(q0, kv0, a0);
           a1 = fma(q0, kv1, a1);
           b0 = fma(q1, kv0, b0);
@@ -638,107 +651,117 @@ function qkColumn(nq: i32, qs: usize, d: i32, kp: usize, kStep: usize, nk: i32, 
           c1 = fma(q2, kv1, c1);
         }
       }
-      const s0 = sp + <usize>j * sStep;
-      const s1 = j + 1 <= last ? s0 + sStep : trash;
       v128.store(s0, a0);
       v128.store(s1, a1);
       v128.store(s0, b0, 16);
       v128.store(s1, b1, 16);
       v128.store(s0, c0, 32);
       v128.store(s1, c1, 32);
-      if (nq == 4) {
-        v128.store(s0, e0, 48);
-        v128.store(s1, e1, 48);
-      }
     }
     return;
   }
-  for (let j = 0; j < nk; j += 4) {
-    const j1 = j + 1 <= last ? j + 1 : last, j2 = j + 2 <= last ? j + 2 : last, j3 = j + 3 <= last ? j + 3 : last;
-    const k0 = <usize>load<i32>(kp + <usize>j * kStep);
-    const k1 = <usize>load<i32>(kp + <usize>j1 * kStep);
-    const k2 = <usize>load<i32>(kp + <usize>j2 * kStep);
-    const k3 = <usize>load<i32>(kp + <usize>j3 * kStep);
-    let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
-    let b0 = f32x4.splat(0), b1 = f32x4.splat(0), b2 = f32x4.splat(0), b3 = f32x4.splat(0);
-    if (nq == 2) {
-      for (let x = 0; x < d; x++) {
-        const o = <usize>x << 4;
-        const q0 = v128.load(qs + o), q1 = v128.load(qs + qStep + o);
-        const kv0 = v128.load(k0 + o);
+  if (nq == 2) {
+    for (let j = 0; j < nk; j += 4) {
+      const j1 = j + 1 <= last ? j + 1 : last, j2 = j + 2 <= last ? j + 2 : last, j3 = j + 3 <= last ? j + 3 : last;
+      let k0 = <usize>load<i32>(kp + <usize>j * kStep), k1 = <usize>load<i32>(kp + <usize>j1 * kStep);
+      let k2 = <usize>load<i32>(kp + <usize>j2 * kStep), k3 = <usize>load<i32>(kp + <usize>j3 * kStep);
+      let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
+      let b0 = f32x4.splat(0), b1 = f32x4.splat(0), b2 = f32x4.splat(0), b3 = f32x4.splat(0);
+      for (let q = qs; q < qEnd; q += RUN, k0 += 16, k1 += 16, k2 += 16, k3 += 16) {
+        const q0 = v128.load(q), q1 = v128.load(q, 16);
+        const kv0 = v128.load(k0);
         a0 = fma(q0, kv0, a0);
         b0 = fma(q1, kv0, b0);
-        const kv1 = v128.load(k1 + o);
+        const kv1 = v128.load(k1);
         a1 = fma(q0, kv1, a1);
         b1 = fma(q1, kv1, b1);
-        const kv2 = v128.load(k2 + o);
+        const kv2 = v128.load(k2);
         a2 = fma(q0, kv2, a2);
         b2 = fma(q1, kv2, b2);
-        const kv3 = v128.load(k3 + o);
+        const kv3 = v128.load(k3);
         a3 = fma(q0, kv3, a3);
         b3 = fma(q1, kv3, b3);
       }
-    } else {
-      // one query: two accumulators a key over even and odd dims, so 8 chains still run side by side
-      for (let x = 0; x < d; x += 2) {
-        const o = <usize>x << 4;
-        const q0 = v128.load(qs + o), q1 = v128.load(qs + o, 16);
-        a0 = fma(q0, v128.load(k0 + o), a0);
-        b0 = fma(q1, v128.load(k0 + o, 16), b0);
-        a1 = fma(q0, v128.load(k1 + o), a1);
-        b1 = fma(q1, v128.load(k1 + o, 16), b1);
-        a2 = fma(q0, v128.load(k2 + o), a2);
-        b2 = fma(q1, v128.load(k2 + o, 16), b2);
-        a3 = fma(q0, v128.load(k3 + o), a3);
-        b3 = fma(q1, v128.load(k3 + o, 16), b3);
-      }
-      a0 = f32x4.add(a0, b0);
-      a1 = f32x4.add(a1, b1);
-      a2 = f32x4.add(a2, b2);
-      a3 = f32x4.add(a3, b3);
-    }
-    const s0 = sp + <usize>j * sStep;
-    const s1 = j + 1 <= last ? s0 + sStep : trash;
-    const s2 = j + 2 <= last ? s0 + 2 * sStep : trash;
-    const s3 = j + 3 <= last ? s0 + 3 * sStep : trash;
-    v128.store(s0, a0);
-    v128.store(s1, a1);
-    v128.store(s2, a2);
-    v128.store(s3, a3);
-    if (nq == 2) {
+      const s0 = sp + <usize>j * sStep;
+      const s1 = j + 1 <= last ? s0 + sStep : trash;
+      const s2 = j + 2 <= last ? s0 + 2 * sStep : trash;
+      const s3 = j + 3 <= last ? s0 + 3 * sStep : trash;
+      v128.store(s0, a0);
+      v128.store(s1, a1);
+      v128.store(s2, a2);
+      v128.store(s3, a3);
       v128.store(s0, b0, 16);
       v128.store(s1, b1, 16);
       v128.store(s2, b2, 16);
       v128.store(s3, b3, 16);
     }
+    return;
+  }
+  // one query: three keys, two accumulators each (even and odd dims), so 6 chains run side by side
+  // and every value fits the 15 registers V8 gives (four keys spilled accumulators: 0.57 FMAs a cycle)
+  for (let j = 0; j < nk; j += 3) {
+    const j1 = j + 1 <= last ? j + 1 : last, j2 = j + 2 <= last ? j + 2 : last;
+    let k0 = <usize>load<i32>(kp + <usize>j * kStep), k1 = <usize>load<i32>(kp + <usize>j1 * kStep), k2 = <usize>load<i32>(kp + <usize>j2 * kStep);
+    let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0);
+    let b0 = f32x4.splat(0), b1 = f32x4.splat(0), b2 = f32x4.splat(0);
+    for (let q = qs; q < qEnd; q += 2 * RUN, k0 += 32, k1 += 32, k2 += 32) {
+      const q0 = v128.load(q), q1 = v128.load(q, RUN);
+      a0 = fma(q0, v128.load(k0), a0);
+      b0 = fma(q1, v128.load(k0, 16), b0);
+      a1 = fma(q0, v128.load(k1), a1);
+      b1 = fma(q1, v128.load(k1, 16), b1);
+      a2 = fma(q0, v128.load(k2), a2);
+      b2 = fma(q1, v128.load(k2, 16), b2);
+    }
+    const s0 = sp + <usize>j * sStep;
+    v128.store(s0, f32x4.add(a0, b0));
+    v128.store(j + 1 <= last ? s0 + sStep : trash, f32x4.add(a1, b1));
+    v128.store(j + 2 <= last ? s0 + 2 * sStep : trash, f32x4.add(a2, b2));
   }
 }
 
-// O_s += sum over the column's nk keys of P[key][s] v_key for the nq queries s0.. (accumulators in
-// lanes at os, dv v128 apart per query; weights at pp, pStep bytes a key, 16 a query; v row
+// O_s += sum over the column's nk keys of P[key][s] v_key for the nq queries s0.. (accumulators
+// interleaved from os, the run's buffer + 16 s0; weights at pp, pStep bytes a key, 16 a query; v row
 // addresses at vp, vStep bytes apart). Keys go in pairs, their weights held in registers while
 // both v rows stream past once, front to back (as Q K^T reads k rows): per dim, the accumulators
 // are loaded, take two FMAs each and are stored back (they stay in L1).
 function pvColumn(nq: i32, os: usize, dv: i32, vp: usize, vStep: usize, nk: i32, pp: usize, pStep: usize): void {
-  const oStep = <usize>dv << 4;
-  const end = os + <usize>dv * 16;
+  if (nq == 1) pvColumn1(os, dv, vp, vStep, nk, pp, pStep);
+  else if (nq == 2) pvColumn2(os, dv, vp, vStep, nk, pp, pStep);
+  else if (nq == 3) pvColumn3(os, dv, vp, vStep, nk, pp, pStep);
+  else pvColumn4(os, dv, vp, vStep, nk, pp, pStep);
+}
+
+// pvColumn and keyRowsColumn specialised by query count, as exported functions (not part of the
+// TileKernels interface): inlined side by side, Binaryen merged the copies, whose code differs only
+// in the template's nq, into one loop testing nq on every pass (pvColumn with two queries: 0.47 FMAs
+// a cycle, 1.0 apart), and it keeps an exported function whole.
+export function pvColumn1(os: usize, dv: i32, vp: usize, vStep: usize, nk: i32, pp: usize, pStep: usize): void {
+  pvKeysAll(1, os, dv, vp, vStep, nk, pp, pStep);
+}
+export function pvColumn2(os: usize, dv: i32, vp: usize, vStep: usize, nk: i32, pp: usize, pStep: usize): void {
+  pvKeysAll(2, os, dv, vp, vStep, nk, pp, pStep);
+}
+export function pvColumn3(os: usize, dv: i32, vp: usize, vStep: usize, nk: i32, pp: usize, pStep: usize): void {
+  pvKeysAll(3, os, dv, vp, vStep, nk, pp, pStep);
+}
+export function pvColumn4(os: usize, dv: i32, vp: usize, vStep: usize, nk: i32, pp: usize, pStep: usize): void {
+  pvKeysAll(4, os, dv, vp, vStep, nk, pp, pStep);
+}
+
+// pvColumn for nq queries: the keys in pairs, then an odd key last (the same stream with one key,
+// each v vector loaded once for all the queries).
+// @ts-ignore: decorator
+@inline function pvKeysAll(nq: i32, os: usize, dv: i32, vp: usize, vStep: usize, nk: i32, pp: usize, pStep: usize): void {
+  const end = os + <usize>dv * RUN;
   let j = 0;
   for (; j + 2 <= nk; j += 2) {
-    const w0 = pp + <usize>j * pStep;
     const r0 = <usize>load<i32>(vp + <usize>j * vStep), r1 = <usize>load<i32>(vp + <usize>(j + 1) * vStep);
-    if (nq == 1) pvKeys(1, true, os, end, oStep, r0, r1, w0, pStep);
-    else if (nq == 2) pvKeys(2, true, os, end, oStep, r0, r1, w0, pStep);
-    else if (nq == 3) pvKeys(3, true, os, end, oStep, r0, r1, w0, pStep);
-    else pvKeys(4, true, os, end, oStep, r0, r1, w0, pStep);
+    pvKeys(nq, true, os, end, r0, r1, pp + <usize>j * pStep, pStep);
   }
   if (j < nk) {
-    // an odd key last: the same stream with one key (each v vector loaded once for all the queries)
-    const w0 = pp + <usize>j * pStep;
     const r0 = <usize>load<i32>(vp + <usize>j * vStep);
-    if (nq == 1) pvKeys(1, false, os, end, oStep, r0, r0, w0, pStep);
-    else if (nq == 2) pvKeys(2, false, os, end, oStep, r0, r0, w0, pStep);
-    else if (nq == 3) pvKeys(3, false, os, end, oStep, r0, r0, w0, pStep);
-    else pvKeys(4, false, os, end, oStep, r0, r0, w0, pStep);
+    pvKeys(nq, false, os, end, r0, r0, pp + <usize>j * pStep, pStep);
   }
 }
 
@@ -746,20 +769,20 @@ function pvColumn(nq: i32, os: usize, dv: i32, vp: usize, vStep: usize, nk: i32,
 // weights of every query and key in registers, the v rows streamed past once, each accumulator
 // vector read and written once per step. Weights of key 2 at w0 + pStep.
 // @ts-ignore: decorator
-@inline function pvKeys(nq: i32, two: bool, os: usize, end: usize, oStep: usize, r0: usize, r1: usize, w0: usize, pStep: usize): void {
+@inline function pvKeys(nq: i32, two: bool, os: usize, end: usize, r0: usize, r1: usize, w0: usize, pStep: usize): void {
   const w1 = w0 + pStep;
   const zero = f32x4.splat(0);
   const pa0 = v128.load(w0), pa1 = two ? v128.load(w1) : zero;
   const pb0 = nq > 1 ? v128.load(w0, 16) : zero, pb1 = two && nq > 1 ? v128.load(w1, 16) : zero;
   const pc0 = nq > 2 ? v128.load(w0, 32) : zero, pc1 = two && nq > 2 ? v128.load(w1, 32) : zero;
   const pd0 = nq > 3 ? v128.load(w0, 48) : zero, pd1 = two && nq > 3 ? v128.load(w1, 48) : zero;
-  for (let o = os, r = 0 as usize; o < end; o += 16, r += 16) {
-    const v0 = v128.load(r0 + r);
-    const v1 = two ? v128.load(r1 + r) : zero;
+  for (let o = os; o < end; o += RUN, r0 += 16, r1 += 16) {
+    const v0 = v128.load(r0);
+    const v1 = two ? v128.load(r1) : zero;
     v128.store(o, two ? fma(pa1, v1, fma(pa0, v0, v128.load(o))) : fma(pa0, v0, v128.load(o)));
-    if (nq > 1) v128.store(o + oStep, two ? fma(pb1, v1, fma(pb0, v0, v128.load(o + oStep))) : fma(pb0, v0, v128.load(o + oStep)));
-    if (nq > 2) v128.store(o + 2 * oStep, two ? fma(pc1, v1, fma(pc0, v0, v128.load(o + 2 * oStep))) : fma(pc0, v0, v128.load(o + 2 * oStep)));
-    if (nq > 3) v128.store(o + 3 * oStep, two ? fma(pd1, v1, fma(pd0, v0, v128.load(o + 3 * oStep))) : fma(pd0, v0, v128.load(o + 3 * oStep)));
+    if (nq > 1) v128.store(o, two ? fma(pb1, v1, fma(pb0, v0, v128.load(o, 16))) : fma(pb0, v0, v128.load(o, 16)), 16);
+    if (nq > 2) v128.store(o, two ? fma(pc1, v1, fma(pc0, v0, v128.load(o, 32))) : fma(pc0, v0, v128.load(o, 32)), 32);
+    if (nq > 3) v128.store(o, two ? fma(pd1, v1, fma(pd0, v0, v128.load(o, 48))) : fma(pd0, v0, v128.load(o, 48)), 48);
   }
 }
 
@@ -822,16 +845,15 @@ function runWindows(
   const W = load<i32>(win + (<usize>nr << 3), 12) - L + 1;
   const nk = rows * W;
   const kp = keys, vp = keys + (<usize>nk << 2), kr = keys + (<usize>nk << 3);
-  // q of each query to lanes (its [H][D] rows are read once), O accumulators zeroed
-  const qStep = <usize>d << 4, oStep = <usize>dv << 4;
-  // (pre-scaled, so the scores come out scaled)
+  // q of each query to lanes, interleaved (RUN; its [H][D] rows are read once), pre-scaled so the
+  // scores come out scaled; the O accumulators zeroed
   const sc = f32x4.splat(scale);
   for (let s = 0; s < nr; s++) {
-    const qs = qBuf + <usize>s * qStep;
-    rowsToLanes(<usize>load<i32>(qRows + (<usize>s << 2)), qs, d);
-    for (let o: usize = 0; o < qStep; o += 16) v128.store(qs + o, f32x4.mul(v128.load(qs + o), sc));
+    const qs = qBuf + (<usize>s << 4);
+    rowsToLanes(<usize>load<i32>(qRows + (<usize>s << 2)), qs, d, RUN);
+    for (let o = qs; o < qs + <usize>d * RUN; o += RUN) v128.store(o, f32x4.mul(v128.load(o), sc));
   }
-  memory.fill(oBuf, 0, <usize>nr * oStep);
+  memory.fill(oBuf, 0, <usize>dv * RUN);
   const sStep = <usize>W << 6; // a row of W keys x 4 queries x 16 bytes
   const trash = sBuf + (<usize>nk << 6);
   // Q K^T column by column, on the queries whose windows hold the column. One row (1-D windows):
@@ -842,7 +864,7 @@ function runWindows(
   else
     for (let t = 0; t < W; t++) {
       const s0 = firstHolder(win, L + t), s1 = lastHolder(win, nr, L + t);
-      qkColumn(s1 - s0 + 1, qBuf + <usize>s0 * qStep, d, kp + (<usize>t << 2), <usize>W << 2, rows, sBuf + (<usize>t << 6) + (<usize>s0 << 4), sStep, trash);
+      qkColumn(s1 - s0 + 1, qBuf + (<usize>s0 << 4), d, kp + (<usize>t << 2), <usize>W << 2, rows, sBuf + (<usize>t << 6) + (<usize>s0 << 4), sStep, trash);
     }
   // each query's softmax over its own keys (row by row, columns a..e of each): softcap and rpb
   // hooks, then max, exp and sum
@@ -889,17 +911,17 @@ function runWindows(
   else
     for (let t = 0; t < W; t++) {
       const s0 = firstHolder(win, L + t), s1 = lastHolder(win, nr, L + t);
-      pvColumn(s1 - s0 + 1, oBuf + <usize>s0 * oStep, dv, vp + (<usize>t << 2), <usize>W << 2, rows, sBuf + (<usize>t << 6) + (<usize>s0 << 4), sStep);
+      pvColumn(s1 - s0 + 1, oBuf + (<usize>s0 << 4), dv, vp + (<usize>t << 2), <usize>W << 2, rows, sBuf + (<usize>t << 6) + (<usize>s0 << 4), sStep);
     }
   // out = O / l, back from lanes to one row per head
   const ldo = <usize>dv << 2;
   for (let s = 0; s < nr; s++) {
     const inv = v128.load(trash + (<usize>s << 4));
-    const os = oBuf + <usize>s * oStep;
+    const os = oBuf + (<usize>s << 4);
     const out = <usize>load<i32>(outRows + (<usize>s << 2));
     for (let c = 0; c < dv; c += 4) {
-      const o = <usize>c << 4;
-      store4T(f32x4.mul(v128.load(os + o), inv), f32x4.mul(v128.load(os + o, 16), inv), f32x4.mul(v128.load(os + o, 32), inv), f32x4.mul(v128.load(os + o, 48), inv), out + (<usize>c << 2), ldo);
+      const o = os + <usize>c * RUN;
+      store4T(f32x4.mul(v128.load(o), inv), f32x4.mul(v128.load(o, RUN), inv), f32x4.mul(v128.load(o, 2 * RUN), inv), f32x4.mul(v128.load(o, 3 * RUN), inv), out + (<usize>c << 2), ldo);
     }
   }
 }
@@ -984,35 +1006,42 @@ export function rowsFromLanes(ptr: usize, blocks: i32, d: i32, tmp: usize): void
 }
 
 // dst_j += sum over the column's holders s of w[j][s] x_s, for the nk keys of a column: the
-// backward's dV_j += P dO and dK_j += dS q (x_s in lanes at xs, n v128 apart per query; weights at
-// wp, wStep bytes a key, 16 a query; key row addresses (of k or v) at ap, aStep bytes apart, moved
-// by `shift` bytes to the thread's dK / dV partial). Each key's weights stay in registers while
-// its row is read, summed into and written once.
+// backward's dV_j += P dO and dK_j += dS q (x_s interleaved from xs, the run's buffer + 16 s0, n
+// vectors; weights at wp, wStep bytes a key, 16 a query; key row addresses (of k or v) at ap, aStep
+// bytes apart, moved by `shift` bytes to the thread's dK / dV partial). Each key's weights stay in
+// registers while its row is read, summed into and written once.
 function keyRowsColumn(nq: i32, xs: usize, n: i32, ap: usize, aStep: usize, shift: usize, nk: i32, wp: usize, wStep: usize): void {
-  const xStep = <usize>n << 4;
-  const bytes = <usize>n << 4;
-  for (let j = 0; j < nk; j++) {
-    const dst = <usize>load<i32>(ap + <usize>j * aStep) + shift;
-    const w = wp + <usize>j * wStep;
-    const w0 = v128.load(w);
-    if (nq == 1) {
-      for (let o: usize = 0; o < bytes; o += 16) v128.store(dst + o, fma(w0, v128.load(xs + o), v128.load(dst + o)));
-      continue;
-    }
-    const w1 = v128.load(w, 16);
-    if (nq == 2) {
-      for (let o: usize = 0; o < bytes; o += 16) v128.store(dst + o, fma(w1, v128.load(xs + xStep + o), fma(w0, v128.load(xs + o), v128.load(dst + o))));
-      continue;
-    }
-    const w2 = v128.load(w, 32);
-    if (nq == 3) {
-      for (let o: usize = 0; o < bytes; o += 16)
-        v128.store(dst + o, fma(w2, v128.load(xs + 2 * xStep + o), fma(w1, v128.load(xs + xStep + o), fma(w0, v128.load(xs + o), v128.load(dst + o)))));
-      continue;
-    }
-    const w3 = v128.load(w, 48);
-    for (let o: usize = 0; o < bytes; o += 16)
-      v128.store(dst + o, fma(w3, v128.load(xs + 3 * xStep + o), fma(w2, v128.load(xs + 2 * xStep + o), fma(w1, v128.load(xs + xStep + o), fma(w0, v128.load(xs + o), v128.load(dst + o))))));
+  if (nq == 1) keyRowsColumn1(xs, n, ap, aStep, shift, nk, wp, wStep);
+  else if (nq == 2) keyRowsColumn2(xs, n, ap, aStep, shift, nk, wp, wStep);
+  else if (nq == 3) keyRowsColumn3(xs, n, ap, aStep, shift, nk, wp, wStep);
+  else keyRowsColumn4(xs, n, ap, aStep, shift, nk, wp, wStep);
+}
+// (exported to stay apart: see pvColumn1)
+export function keyRowsColumn1(xs: usize, n: i32, ap: usize, aStep: usize, shift: usize, nk: i32, wp: usize, wStep: usize): void {
+  for (let j = 0; j < nk; j++) keyRowSum(1, <usize>load<i32>(ap + <usize>j * aStep) + shift, n, xs, wp + <usize>j * wStep);
+}
+export function keyRowsColumn2(xs: usize, n: i32, ap: usize, aStep: usize, shift: usize, nk: i32, wp: usize, wStep: usize): void {
+  for (let j = 0; j < nk; j++) keyRowSum(2, <usize>load<i32>(ap + <usize>j * aStep) + shift, n, xs, wp + <usize>j * wStep);
+}
+export function keyRowsColumn3(xs: usize, n: i32, ap: usize, aStep: usize, shift: usize, nk: i32, wp: usize, wStep: usize): void {
+  for (let j = 0; j < nk; j++) keyRowSum(3, <usize>load<i32>(ap + <usize>j * aStep) + shift, n, xs, wp + <usize>j * wStep);
+}
+export function keyRowsColumn4(xs: usize, n: i32, ap: usize, aStep: usize, shift: usize, nk: i32, wp: usize, wStep: usize): void {
+  for (let j = 0; j < nk; j++) keyRowSum(4, <usize>load<i32>(ap + <usize>j * aStep) + shift, n, xs, wp + <usize>j * wStep);
+}
+
+// One key row of keyRowsColumn, specialised by nq: dst += sum over s < nq of w_s x_s.
+// @ts-ignore: decorator
+@inline function keyRowSum(nq: i32, dst: usize, n: i32, xs: usize, w: usize): void {
+  const zero = f32x4.splat(0);
+  const w0 = v128.load(w), w1 = nq > 1 ? v128.load(w, 16) : zero, w2 = nq > 2 ? v128.load(w, 32) : zero, w3 = nq > 3 ? v128.load(w, 48) : zero;
+  const end = dst + (<usize>n << 4);
+  for (let o = dst, x = xs; o < end; o += 16, x += RUN) {
+    let acc = fma(w0, v128.load(x), v128.load(o));
+    if (nq > 1) acc = fma(w1, v128.load(x, 16), acc);
+    if (nq > 2) acc = fma(w2, v128.load(x, 32), acc);
+    if (nq > 3) acc = fma(w3, v128.load(x, 48), acc);
+    v128.store(o, acc);
   }
 }
 
@@ -1038,21 +1067,20 @@ function runBwd(
   const kp = keys, vp = keys + (<usize>nk << 2), kr = keys + (<usize>nk << 3);
   // q (scaled), dO and the dQ accumulators of each query in lanes; O passes through the dQ area
   // (delta = rowsum(dO O) per head) before it is zeroed
-  const qStep = <usize>d << 4, oStep = <usize>dv << 4;
-  const qb = lanes, db = qb + 4 * qStep, dqb = db + 4 * oStep, ob = dqb + 4 * qStep;
+  const qb = lanes, db = qb + <usize>d * RUN, dqb = db + <usize>dv * RUN, ob = dqb + <usize>d * RUN;
   const sc = f32x4.splat(scale);
   const sS = sBuf, sD = sBuf + ((<usize>nk + 1) << 6); // S then P; dP then dS; [key][4 queries]
   const sStep = <usize>W << 6;
   const trash = sD - 64, trashD = sD + (<usize>nk << 6);
   for (let s = 0; s < nr; s++) {
     const at = <usize>s << 2;
-    const qs = qb + <usize>s * qStep, ds = db + <usize>s * oStep, os = ob + <usize>s * oStep;
-    rowsToLanes(<usize>load<i32>(qRows + at), qs, d);
-    for (let o: usize = 0; o < qStep; o += 16) v128.store(qs + o, f32x4.mul(v128.load(qs + o), sc));
-    rowsToLanes(<usize>load<i32>(doRows + at), ds, dv);
-    rowsToLanes(<usize>load<i32>(oRows + at), os, dv);
+    const qs = qb + (<usize>s << 4);
+    rowsToLanes(<usize>load<i32>(qRows + at), qs, d, RUN);
+    for (let o = qs; o < qs + <usize>d * RUN; o += RUN) v128.store(o, f32x4.mul(v128.load(o), sc));
+    rowsToLanes(<usize>load<i32>(doRows + at), db + (<usize>s << 4), dv, RUN);
+    rowsToLanes(<usize>load<i32>(oRows + at), ob + (<usize>s << 4), dv, RUN);
   }
-  memory.fill(dqb, 0, <usize>nr * qStep);
+  memory.fill(dqb, 0, <usize>d * RUN);
   // S and dP column by column, on the queries whose windows hold the column; one row (1-D): every
   // key of the union for all the run's queries, as the forward (the extra entries zeroed below)
   const flat = rows == 1;
@@ -1063,8 +1091,8 @@ function runBwd(
     for (let t = 0; t < W; t++) {
       const s0 = firstHolder(win, L0 + t), s1 = lastHolder(win, nr, L0 + t);
       const col = (<usize>t << 6) + (<usize>s0 << 4);
-      qkColumn(s1 - s0 + 1, qb + <usize>s0 * qStep, d, kp + (<usize>t << 2), <usize>W << 2, rows, sS + col, sStep, trash);
-      qkColumn(s1 - s0 + 1, db + <usize>s0 * oStep, dv, vp + (<usize>t << 2), <usize>W << 2, rows, sD + col, sStep, trashD);
+      qkColumn(s1 - s0 + 1, qb + (<usize>s0 << 4), d, kp + (<usize>t << 2), <usize>W << 2, rows, sS + col, sStep, trash);
+      qkColumn(s1 - s0 + 1, db + (<usize>s0 << 4), dv, vp + (<usize>t << 2), <usize>W << 2, rows, sD + col, sStep, trashD);
     }
   // per query: P and dS over its own keys (exp's constants in registers: see expWith)
   const ninf = f32x4.splat(-Infinity);
@@ -1072,8 +1100,8 @@ function runBwd(
   for (let s = 0; s < nr; s++) {
     const a = load<i32>(win + (<usize>s << 3), 16) - L0, e = load<i32>(win + (<usize>s << 3), 20) - L0;
     let delta = f32x4.splat(0);
-    const ds = db + <usize>s * oStep, os = ob + <usize>s * oStep;
-    for (let o: usize = 0; o < oStep; o += 16) delta = fma(v128.load(ds + o), v128.load(os + o), delta);
+    const ds = db + (<usize>s << 4), os = ob + (<usize>s << 4);
+    for (let o: usize = 0; o < <usize>dv * RUN; o += RUN) delta = fma(v128.load(ds + o), v128.load(os + o), delta);
     // a row with no key (lse -inf) gets lse +inf, so P = 0
     let L = v128.load(<usize>load<i32>(lseRows + (<usize>s << 2)));
     L = v128.bitselect(f32x4.splat(Infinity), L, f32x4.eq(L, ninf));
@@ -1124,18 +1152,18 @@ function runBwd(
       const s0 = firstHolder(win, L0 + t), s1 = lastHolder(win, nr, L0 + t);
       const nq = s1 - s0 + 1;
       const col = (<usize>t << 6) + (<usize>s0 << 4);
-      keyRowsColumn(nq, db + <usize>s0 * oStep, dv, vp + (<usize>t << 2), <usize>W << 2, dvBase - vBase, rows, sS + col, sStep);
-      keyRowsColumn(nq, qb + <usize>s0 * qStep, d, kp + (<usize>t << 2), <usize>W << 2, dkBase - kBase, rows, sD + col, sStep);
-      pvColumn(nq, dqb + <usize>s0 * qStep, d, kp + (<usize>t << 2), <usize>W << 2, rows, sD + col, sStep);
+      keyRowsColumn(nq, db + (<usize>s0 << 4), dv, vp + (<usize>t << 2), <usize>W << 2, dvBase - vBase, rows, sS + col, sStep);
+      keyRowsColumn(nq, qb + (<usize>s0 << 4), d, kp + (<usize>t << 2), <usize>W << 2, dkBase - kBase, rows, sD + col, sStep);
+      pvColumn(nq, dqb + (<usize>s0 << 4), d, kp + (<usize>t << 2), <usize>W << 2, rows, sD + col, sStep);
     }
   // dQ = scale (dS K), back to one row per head
   const ldq = <usize>d << 2;
   for (let s = 0; s < nr; s++) {
-    const qs = dqb + <usize>s * qStep;
+    const qs = dqb + (<usize>s << 4);
     const out = <usize>load<i32>(dqRows + (<usize>s << 2));
     for (let x = 0; x < d; x += 4) {
-      const o = <usize>x << 4;
-      store4T(f32x4.mul(v128.load(qs + o), sc), f32x4.mul(v128.load(qs + o, 16), sc), f32x4.mul(v128.load(qs + o, 32), sc), f32x4.mul(v128.load(qs + o, 48), sc), out + (<usize>x << 2), ldq);
+      const o = qs + <usize>x * RUN;
+      store4T(f32x4.mul(v128.load(o), sc), f32x4.mul(v128.load(o, RUN), sc), f32x4.mul(v128.load(o, 2 * RUN), sc), f32x4.mul(v128.load(o, 3 * RUN), sc), out + (<usize>x << 2), ldq);
     }
   }
 }
@@ -1428,4 +1456,14 @@ export function ropeRows(dst: usize, rows: usize, n: i32, d: i32, half: i32, tab
     for (j = 2 * half; j < d; j++) store<f32>(out + (<usize>j << 2), load<f32>(src + (<usize>j << 2)));
     store<i32>(rows + (<usize>i << 2), <i32>out);
   }
+}
+
+export function qkColumnBench(nq: i32, qs: usize, d: i32, kp: usize, kStep: usize, nk: i32, sp: usize, sStep: usize, trash: usize, reps: i32): void {
+  for (let r = 0; r < reps; r++) qkColumn(nq, qs, d, kp, kStep, nk, sp, sStep, trash);
+}
+export function pvColumnBench(nq: i32, os: usize, dv: i32, vp: usize, vStep: usize, nk: i32, pp: usize, pStep: usize, reps: i32): void {
+  for (let r = 0; r < reps; r++) pvColumn(nq, os, dv, vp, vStep, nk, pp, pStep);
+}
+export function keyRowsBench(nq: i32, xs: usize, n: i32, ap: usize, aStep: usize, shift: usize, nk: i32, wp: usize, wStep: usize, reps: i32): void {
+  for (let r = 0; r < reps; r++) keyRowsColumn(nq, xs, n, ap, aStep, shift, nk, wp, wStep);
 }
