@@ -1,9 +1,10 @@
 /**
  * The dense tile kernels alone, one thread, on one hot 64-query x 64-key x 64-dim visit in a loop:
  * GFLOP/s of Q.K^T (`scoresT`), P.V (`pvAcc` through a row list, `pvAccStrided` by a step) and the
- * online softmax (`softmaxStep`, counted as if it did a matmul's FLOPs, to compare its time). Key and
- * value rows lie `--heads` rows of 64 floats apart, as one head's rows do in a [tokens][heads][dim]
- * tensor (8: 2 KiB apart, which maps a 64-row tile onto 2 of the L1's 64 sets; 1: contiguous).
+ * online softmax (`softmaxStep`, counted as if it did a matmul's FLOPs, to compare its time), and
+ * exp alone (ns per 4 lanes). Key and value rows lie `--heads` rows of 64 floats apart, as one
+ * head's rows do in a [tokens][heads][dim] tensor (8: 2 KiB apart, which maps a 64-row tile onto 2
+ * of the L1's 64 sets; 1: contiguous).
  *
  *   npm run build && node dist/bench/cpu-kernels.js [--heads 8] [--kernels relaxed-simd|simd]
  */
@@ -44,4 +45,20 @@ time('scoresT', () => K.scoresT(S, QT, tq, tq, KR, tk, d));
 time('pvAcc', () => K.pvAcc(O, d, S, tq, tq, tk, VR, A));
 time('pvAccStrided', () => K.pvAccStrided(O, d, S, tq, tq, tk, VD, rowBytes, A));
 time('softmaxStep', () => K.softmaxStep(S, tq, tq, tk, M, L, A));
+// exp alone (the wasm's `expTest` export, outside the TileKernels interface): ns per 4 lanes over
+// 4096 scores in [-20, 0], as the softmax sees them
+const E = K as unknown as { expTest?: (src: number, dst: number, n: number) => void };
+if (E.expTest) {
+  const n = 4096;
+  for (let i = 0; i < n; i++) f[S / 4 + i] = -20 * Math.random();
+  const run = () => E.expTest!(S, O, n);
+  for (let r = 0; r < 2000; r++) run();
+  let best = Infinity;
+  for (let k = 0; k < 5; k++) {
+    const t0 = performance.now();
+    for (let r = 0; r < reps; r++) run();
+    best = Math.min(best, performance.now() - t0);
+  }
+  console.log(`${'exp'.padEnd(14)} ${((best * 1e6) / reps / (n / 4)).toFixed(2)} ns per 4 lanes`);
+}
 process.exit(0);
