@@ -30,7 +30,8 @@ for (let j = 0; j < tk; j++) {
 }
 for (let i = 0; i < tq; i++) f[A / 4 + i] = 1;
 const reps = 4000;
-function time(name: string, fn: () => void): void {
+/** Best of 5 timings of `reps` calls (after 200 warm-up calls), in ms. */
+function bestOf(fn: () => void): number {
   for (let r = 0; r < 200; r++) fn();
   let best = Infinity;
   for (let k = 0; k < 5; k++) {
@@ -38,7 +39,10 @@ function time(name: string, fn: () => void): void {
     for (let r = 0; r < reps; r++) fn();
     best = Math.min(best, performance.now() - t0);
   }
-  console.log(`${name.padEnd(14)} ${((2 * tq * tk * d * reps) / best / 1e6).toFixed(1)} GFLOP/s`);
+  return best;
+}
+function time(name: string, fn: () => void): void {
+  console.log(`${name.padEnd(14)} ${((2 * tq * tk * d * reps) / bestOf(fn) / 1e6).toFixed(1)} GFLOP/s`);
 }
 console.log(`${args.kernels}, rows ${rowBytes} bytes apart, best of 5 x ${reps} visits`);
 time('scoresT', () => K.scoresT(S, QT, tq, tq, KR, tk, d));
@@ -51,14 +55,7 @@ const E = K as unknown as { expTest?: (src: number, dst: number, n: number) => v
 if (E.expTest) {
   const n = 4096;
   for (let i = 0; i < n; i++) f[S / 4 + i] = -20 * Math.random();
-  const run = () => E.expTest!(S, O, n);
-  for (let r = 0; r < 2000; r++) run();
-  let best = Infinity;
-  for (let k = 0; k < 5; k++) {
-    const t0 = performance.now();
-    for (let r = 0; r < reps; r++) run();
-    best = Math.min(best, performance.now() - t0);
-  }
+  const best = bestOf(() => E.expTest!(S, O, n));
   console.log(`${'exp'.padEnd(14)} ${((best * 1e6) / reps / (n / 4)).toFixed(2)} ns per 4 lanes`);
 }
 process.exit(0);
