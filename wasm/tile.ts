@@ -606,99 +606,36 @@ const RUN: usize = 64;
 
 // Raw dot products q_s . k for the nq queries s0.. of a column (q interleaved from qs, the run's
 // buffer + 16 s0) and nk keys whose k row addresses are at kp (kStep bytes apart); scores go to sp
-// (sStep bytes a key, 16 a query). Blocks of 2 keys (nq 3, 4), 4 (nq 2) or 3 (nq 1, its dims split
-// into even and odd halves) keep 6-8 accumulators in registers; a partial block repeats its last
-// key and stores the extra results to `trash`. d is even (head lanes take head dims in fours).
+// (sStep bytes a key, 16 a query). d is even (head lanes take head dims in fours).
 function qkColumn(nq: i32, qs: usize, d: i32, kp: usize, kStep: usize, nk: i32, sp: usize, sStep: usize, trash: usize): void {
+  if (nq == 1) qkColumn1(qs, d, kp, kStep, nk, sp, sStep, trash);
+  else if (nq == 2) qkColumn2(qs, d, kp, kStep, nk, sp, sStep, trash);
+  else if (nq == 3) qkColumn3(qs, d, kp, kStep, nk, sp, sStep, trash);
+  else qkColumn4(qs, d, kp, kStep, nk, sp, sStep, trash);
+}
+
+// The column kernels specialised by query count, as exported functions (not part of the
+// TileKernels interface): inlined side by side, Binaryen merged a template's copies, whose code
+// differs only in its constants, into one loop testing the query count on every pass (pvColumn
+// with two queries: 0.47 FMAs a cycle, 1.0 apart; qkColumn with four: 0.93, 1.56 apart), and it
+// keeps an exported function whole. Q K^T takes blocks of 2 keys for 3 and 4 queries, 4 keys for
+// 2, so each keeps 6-8 accumulators and all its operands in the 15 registers V8 gives.
+export function qkColumn2(qs: usize, d: i32, kp: usize, kStep: usize, nk: i32, sp: usize, sStep: usize, trash: usize): void {
+  qkBlocks(2, 4, qs, d, kp, kStep, nk, sp, sStep, trash);
+}
+export function qkColumn3(qs: usize, d: i32, kp: usize, kStep: usize, nk: i32, sp: usize, sStep: usize, trash: usize): void {
+  qkBlocks(3, 2, qs, d, kp, kStep, nk, sp, sStep, trash);
+}
+export function qkColumn4(qs: usize, d: i32, kp: usize, kStep: usize, nk: i32, sp: usize, sStep: usize, trash: usize): void {
+  qkBlocks(4, 2, qs, d, kp, kStep, nk, sp, sStep, trash);
+}
+
+// One query: three keys, two accumulators each (even and odd dims), so 6 chains run side by side
+// (the template's blocks would give 1 query too few: 4 keys x 2 halves spilled accumulators, 0.57
+// FMAs a cycle).
+export function qkColumn1(qs: usize, d: i32, kp: usize, kStep: usize, nk: i32, sp: usize, sStep: usize, trash: usize): void {
   const qEnd = qs + <usize>d * RUN;
   const last = nk - 1;
-  if (nq >= 3) {
-    for (let j = 0; j < nk; j += 2) {
-      const j1 = j + 1 <= last ? j + 1 : last;
-      const s0 = sp + <usize>j * sStep;
-      const s1 = j + 1 <= last ? s0 + sStep : trash;
-      let k0 = <usize>load<i32>(kp + <usize>j * kStep), k1 = <usize>load<i32>(kp + <usize>j1 * kStep);
-      const zero = f32x4.splat(0);
-      let a0 = zero, a1 = zero, b0 = zero, b1 = zero, c0 = zero, c1 = zero, e0 = zero, e1 = zero;
-      // written out twice, not one template: Binaryen merged a template's two copies into one loop
-      // that tested nq on every pass
-      if (nq == 4) {
-        // one dim a pass: 8 accumulators, 2 k and 4 q vectors fill V8's 15 registers (two dims a
-        // pass spilled accumulators)
-        for (let q = qs; q < qEnd; q += RUN, k0 += 16, k1 += 16) {
-          const kv0 = v128.load(k0), kv1 = v128.load(k1);
-          const q0 = v128.load(q), q1 = v128.load(q, 16), q2 = v128.load(q, 32), q3 = v128.load(q, 48);
-          a0 = fma(q0, kv0, a0);
-          a1 = fma(q0, kv1, a1);
-          b0 = fma(q1, kv0, b0);
-          b1 = fma(q1, kv1, b1);
-          c0 = fma(q2, kv0, c0);
-          c1 = fma(q2, kv1, c1);
-          e0 = fma(q3, kv0, e0);
-          e1 = fma(q3, kv1, e1);
-        }
-        v128.store(s0, e0, 48);
-        v128.store(s1, e1, 48);
-      } else {
-        for (let q = qs; q < qEnd; q += RUN, k0 += 16, k1 += 16) {
-          const kv0 = v128.load(k0), kv1 = v128.load(k1);
-          const q0 = v128.load(q), q1 = v128.load(q, 16), q2 = v128.load(q, 32);
-          a0 = fma(q0, kv0, a0);
-          a1 = fma(q0, kv1, a1);
-          b0 = fma(q1, kv0, b0);
-          b1 = fma(q1, kv1, b1);
-          c0 = fma(q2, kv0, c0);
-          c1 = fma(q2, kv1, c1);
-        }
-      }
-      v128.store(s0, a0);
-      v128.store(s1, a1);
-      v128.store(s0, b0, 16);
-      v128.store(s1, b1, 16);
-      v128.store(s0, c0, 32);
-      v128.store(s1, c1, 32);
-    }
-    return;
-  }
-  if (nq == 2) {
-    for (let j = 0; j < nk; j += 4) {
-      const j1 = j + 1 <= last ? j + 1 : last, j2 = j + 2 <= last ? j + 2 : last, j3 = j + 3 <= last ? j + 3 : last;
-      let k0 = <usize>load<i32>(kp + <usize>j * kStep), k1 = <usize>load<i32>(kp + <usize>j1 * kStep);
-      let k2 = <usize>load<i32>(kp + <usize>j2 * kStep), k3 = <usize>load<i32>(kp + <usize>j3 * kStep);
-      let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
-      let b0 = f32x4.splat(0), b1 = f32x4.splat(0), b2 = f32x4.splat(0), b3 = f32x4.splat(0);
-      for (let q = qs; q < qEnd; q += RUN, k0 += 16, k1 += 16, k2 += 16, k3 += 16) {
-        const q0 = v128.load(q), q1 = v128.load(q, 16);
-        const kv0 = v128.load(k0);
-        a0 = fma(q0, kv0, a0);
-        b0 = fma(q1, kv0, b0);
-        const kv1 = v128.load(k1);
-        a1 = fma(q0, kv1, a1);
-        b1 = fma(q1, kv1, b1);
-        const kv2 = v128.load(k2);
-        a2 = fma(q0, kv2, a2);
-        b2 = fma(q1, kv2, b2);
-        const kv3 = v128.load(k3);
-        a3 = fma(q0, kv3, a3);
-        b3 = fma(q1, kv3, b3);
-      }
-      const s0 = sp + <usize>j * sStep;
-      const s1 = j + 1 <= last ? s0 + sStep : trash;
-      const s2 = j + 2 <= last ? s0 + 2 * sStep : trash;
-      const s3 = j + 3 <= last ? s0 + 3 * sStep : trash;
-      v128.store(s0, a0);
-      v128.store(s1, a1);
-      v128.store(s2, a2);
-      v128.store(s3, a3);
-      v128.store(s0, b0, 16);
-      v128.store(s1, b1, 16);
-      v128.store(s2, b2, 16);
-      v128.store(s3, b3, 16);
-    }
-    return;
-  }
-  // one query: three keys, two accumulators each (even and odd dims), so 6 chains run side by side
-  // and every value fits the 15 registers V8 gives (four keys spilled accumulators: 0.57 FMAs a cycle)
   for (let j = 0; j < nk; j += 3) {
     const j1 = j + 1 <= last ? j + 1 : last, j2 = j + 2 <= last ? j + 2 : last;
     let k0 = <usize>load<i32>(kp + <usize>j * kStep), k1 = <usize>load<i32>(kp + <usize>j1 * kStep), k2 = <usize>load<i32>(kp + <usize>j2 * kStep);
@@ -720,6 +657,70 @@ function qkColumn(nq: i32, qs: usize, d: i32, kp: usize, kStep: usize, nk: i32, 
   }
 }
 
+// Q K^T for nq (2-4) queries in blocks of nkb (2 or 4) keys, one dim a pass: accumulator x_j is
+// query x's (a, b, c, e) score with the block's key j. A partial block repeats its last key and
+// stores the extra scores to `trash`.
+// @ts-ignore: decorator
+@inline function qkBlocks(nq: i32, nkb: i32, qs: usize, d: i32, kp: usize, kStep: usize, nk: i32, sp: usize, sStep: usize, trash: usize): void {
+  const qEnd = qs + <usize>d * RUN;
+  const last = nk - 1;
+  const zero = f32x4.splat(0);
+  for (let j = 0; j < nk; j += nkb) {
+    let k0 = <usize>load<i32>(kp + <usize>j * kStep);
+    let k1 = <usize>load<i32>(kp + <usize>(j + 1 <= last ? j + 1 : last) * kStep);
+    let k2 = nkb > 2 ? <usize>load<i32>(kp + <usize>(j + 2 <= last ? j + 2 : last) * kStep) : 0;
+    let k3 = nkb > 3 ? <usize>load<i32>(kp + <usize>(j + 3 <= last ? j + 3 : last) * kStep) : 0;
+    let a0 = zero, a1 = zero, a2 = zero, a3 = zero, b0 = zero, b1 = zero, b2 = zero, b3 = zero;
+    let c0 = zero, c1 = zero, c2 = zero, c3 = zero, e0 = zero, e1 = zero, e2 = zero, e3 = zero;
+    for (let q = qs; q < qEnd; q += RUN, k0 += 16, k1 += 16, k2 += 16, k3 += 16) {
+      const kv0 = v128.load(k0), kv1 = v128.load(k1);
+      const kv2 = nkb > 2 ? v128.load(k2) : zero, kv3 = nkb > 3 ? v128.load(k3) : zero;
+      const q0 = v128.load(q), q1 = v128.load(q, 16);
+      const q2 = nq > 2 ? v128.load(q, 32) : zero, q3 = nq > 3 ? v128.load(q, 48) : zero;
+      a0 = fma(q0, kv0, a0);
+      a1 = fma(q0, kv1, a1);
+      b0 = fma(q1, kv0, b0);
+      b1 = fma(q1, kv1, b1);
+      if (nkb > 2) {
+        a2 = fma(q0, kv2, a2);
+        a3 = fma(q0, kv3, a3);
+        b2 = fma(q1, kv2, b2);
+        b3 = fma(q1, kv3, b3);
+      }
+      if (nq > 2) {
+        c0 = fma(q2, kv0, c0);
+        c1 = fma(q2, kv1, c1);
+      }
+      if (nq > 3) {
+        e0 = fma(q3, kv0, e0);
+        e1 = fma(q3, kv1, e1);
+      }
+    }
+    const s0 = sp + <usize>j * sStep;
+    const s1 = j + 1 <= last ? s0 + sStep : trash;
+    v128.store(s0, a0);
+    v128.store(s1, a1);
+    v128.store(s0, b0, 16);
+    v128.store(s1, b1, 16);
+    if (nkb > 2) {
+      const s2 = j + 2 <= last ? s0 + 2 * sStep : trash;
+      const s3 = j + 3 <= last ? s0 + 3 * sStep : trash;
+      v128.store(s2, a2);
+      v128.store(s3, a3);
+      v128.store(s2, b2, 16);
+      v128.store(s3, b3, 16);
+    }
+    if (nq > 2) {
+      v128.store(s0, c0, 32);
+      v128.store(s1, c1, 32);
+    }
+    if (nq > 3) {
+      v128.store(s0, e0, 48);
+      v128.store(s1, e1, 48);
+    }
+  }
+}
+
 // O_s += sum over the column's nk keys of P[key][s] v_key for the nq queries s0.. (accumulators
 // interleaved from os, the run's buffer + 16 s0; weights at pp, pStep bytes a key, 16 a query; v row
 // addresses at vp, vStep bytes apart). Keys go in pairs, their weights held in registers while
@@ -732,10 +733,7 @@ function pvColumn(nq: i32, os: usize, dv: i32, vp: usize, vStep: usize, nk: i32,
   else pvColumn4(os, dv, vp, vStep, nk, pp, pStep);
 }
 
-// pvColumn and keyRowsColumn specialised by query count, as exported functions (not part of the
-// TileKernels interface): inlined side by side, Binaryen merged the copies, whose code differs only
-// in the template's nq, into one loop testing nq on every pass (pvColumn with two queries: 0.47 FMAs
-// a cycle, 1.0 apart), and it keeps an exported function whole.
+// pvColumn specialised by query count (exported to stay apart: see qkColumn2).
 export function pvColumn1(os: usize, dv: i32, vp: usize, vStep: usize, nk: i32, pp: usize, pStep: usize): void {
   pvKeysAll(1, os, dv, vp, vStep, nk, pp, pStep);
 }
@@ -1016,7 +1014,7 @@ function keyRowsColumn(nq: i32, xs: usize, n: i32, ap: usize, aStep: usize, shif
   else if (nq == 3) keyRowsColumn3(xs, n, ap, aStep, shift, nk, wp, wStep);
   else keyRowsColumn4(xs, n, ap, aStep, shift, nk, wp, wStep);
 }
-// (exported to stay apart: see pvColumn1)
+// (exported to stay apart: see qkColumn2)
 export function keyRowsColumn1(xs: usize, n: i32, ap: usize, aStep: usize, shift: usize, nk: i32, wp: usize, wStep: usize): void {
   for (let j = 0; j < nk; j++) keyRowSum(1, <usize>load<i32>(ap + <usize>j * aStep) + shift, n, xs, wp + <usize>j * wStep);
 }
