@@ -1,10 +1,10 @@
 /**
  * The dense tile kernels alone, one thread, on one hot 64-query x 64-key x 64-dim visit in a loop:
  * GFLOP/s of Q.K^T (`scoresT`), P.V (`pvAcc` through a row list, `pvAccStrided` by a step) and the
- * online softmax (`softmaxStep`, counted as if it did a matmul's FLOPs, to compare its time), and
- * exp alone (ns per 4 lanes). Key and value rows lie `--heads` rows of 64 floats apart, as one
- * head's rows do in a [tokens][heads][dim] tensor (8: 2 KiB apart, which maps a 64-row tile onto 2
- * of the L1's 64 sets; 1: contiguous).
+ * online softmax (`softmaxStep`, counted as if it did a matmul's FLOPs, to compare its time); then
+ * exp alone (ns per 4 lanes) and the head-lane column kernels per query count. Key and value rows
+ * lie `--heads` rows of 64 floats apart, as one head's rows do in a [tokens][heads][dim] tensor (8:
+ * 2 KiB apart, which maps a 64-row tile onto 2 of the L1's 64 sets; 1: contiguous).
  *
  *   npm run build && node dist/bench/cpu-kernels.js [--heads 8] [--kernels relaxed-simd|simd]
  */
@@ -57,5 +57,25 @@ if (E.expTest) {
   for (let i = 0; i < n; i++) f[S / 4 + i] = -20 * Math.random();
   const best = bestOf(() => E.expTest!(S, O, n));
   console.log(`${'exp'.padEnd(14)} ${((best * 1e6) / reps / (n / 4)).toFixed(2)} ns per 4 lanes`);
+}
+// the head-lane column kernels (wasm/tile.ts; exported per query count, outside the TileKernels
+// interface): one column of 7 keys (2-D k7) or 25 (3-D k5), d 32, run-interleaved q / accumulators
+type Column = (...args: number[]) => void;
+const C = K as unknown as Record<string, Column | undefined>;
+if (C.qkColumn1) {
+  const cd = 32;
+  const QS = QT, SP = S, KL = KR; // the run buffer, scores, key row list (rows at KD, 16 d bytes apart)
+  for (let j = 0; j < 32; j++) i32[KL / 4 + j] = KD + j * 16 * cd;
+  console.log(`column kernels, d ${cd}, GFLOP/s (2 per multiply-add):`);
+  for (const nk of [7, 25])
+    for (let nq = 1; nq <= 4; nq++) {
+      const runs: [string, () => void][] = [
+        ['qkColumn', () => C[`qkColumn${nq}`]!(QS, cd, KL, 4, nk, SP, 64, SP + 65536)],
+        ['pvColumn', () => C[`pvColumn${nq}`]!(O, cd, KL, 4, nk, SP, 64)],
+        ['keyRowsColumn', () => C[`keyRowsColumn${nq}`]!(QS, cd, KL, 4, VD - KD, nk, SP, 64)],
+      ];
+      const rates = runs.map(([name, fn]) => `${name} ${((8 * nq * nk * cd * reps) / bestOf(fn) / 1e6).toFixed(1)}`);
+      console.log(`  ${nk} keys, ${nq} queries: ${rates.join(', ')}`);
+    }
 }
 process.exit(0);
