@@ -11,7 +11,8 @@ import { planAttention, planNA } from '../src/api.js';
 import type { AttnProblem } from '../src/problem.js';
 import { webgpuAvailable } from '../src/webgpu/device.js';
 import * as lanes from '../src/cpu/na-lanes.js';
-import { setInlineFlops } from '../src/cpu/pool.js';
+import { setCpuKernels, setInlineFlops } from '../src/cpu/pool.js';
+import { variantAvailable } from '../src/cpu/tile-kernels.js';
 import { Failures, Rng, TEST_INLINE_FLOPS, compareResult, randTensor } from './helpers.js';
 
 const gpu = (await webgpuAvailable()) === true;
@@ -110,12 +111,16 @@ for (const backend of BACKENDS) {
   });
 }
 
-test('non-finite policy on the CPU head-lane neighborhood path, whose first phase screens q, k, v (on the pool and inline)', async () => {
+test('non-finite policy on the CPU head-lane neighborhood path, whose first phase screens q, k, v (on the pool and inline, every kernel variant)', async () => {
   const f = new Failures();
   const rng = new Rng(17);
+  // the variants this engine validates (Node 20: relaxed SIMD only behind a flag, set by cpu-engine.test)
+  const variants = (['relaxed-simd', 'simd', 'scalar'] as const).filter(variantAvailable);
   try {
     for (let i = 0; i < 24; i++) {
       setInlineFlops(i % 2 === 0 ? 0 : 1e12);
+      // k and v are screened as they are regrouped (lanesFromRows), in each variant's own code
+      setCpuKernels(variants[Math.floor(i / 2) % variants.length]);
       const H = rng.pick([4, 8]);
       const grid = rng.bool(0.5) ? [rng.int(5, 9), rng.int(5, 9)] : [rng.int(4, 6), rng.int(4, 6), rng.int(4, 6)];
       const inj1 = inject(rng, randTensor(rng, [1, ...grid, H, 8]), rng.int(1, 3), H);
@@ -123,7 +128,7 @@ test('non-finite policy on the CPU head-lane neighborhood path, whose first phas
       const inj3 = inject(rng, randTensor(rng, [1, ...grid, H, 8]), rng.int(1, 3), H);
       const [q, k, v] = [inj1.t, inj2.t, inj3.t];
       const inj: Injected = { q: inj1.rows, kv: [...inj2.rows, ...inj3.rows] };
-      await f.run(`#${i} na${grid.length}d ${grid.join('x')} H${H}`, async () => {
+      await f.run(`#${i} na${grid.length}d ${grid.join('x')} H${H} ${variants[Math.floor(i / 2) % variants.length]}`, async () => {
         const opts: NeighborhoodOptions = { kernelSize: 3 };
         const { problem } = planNA(q, k, v, opts);
         const before = lanes.headLaneJobs;
@@ -135,6 +140,7 @@ test('non-finite policy on the CPU head-lane neighborhood path, whose first phas
     }
   } finally {
     setInlineFlops(TEST_INLINE_FLOPS);
+    setCpuKernels(undefined);
   }
   f.done('non-finite policy (CPU head lanes)');
 });
