@@ -26,7 +26,7 @@ import { getContext, webgpuAvailable } from '../src/webgpu/device.js';
 import { type GpuTensor, fromGpu, releaseTensor, runWebGPUBackward, setBackwardTuning, toGpu } from '../src/webgpu/index.js';
 import { BACKWARD_TUNING, backwardCacheStats, backwardWalks, planBackward } from '../src/webgpu/backward.js';
 import { backwardProgram, backwardThreads, backwardWorkgroupBytes } from '../src/webgpu/backward-wgsl.js';
-import { Failures, type GradArrays, Rng, SMALL_LIMITS, checkVarsInitialised, describe, gradMismatch, randTensor, randomAttention, randomNA, relErr, sameBytes, snapshot } from './helpers.js';
+import { Failures, type GradArrays, Rng, SMALL_LIMITS, checkVarsInitialised, declaredWorkgroupBytes, describe, gradMismatch, randTensor, randomAttention, randomNA, relErr, sameBytes, snapshot } from './helpers.js';
 
 const available = await webgpuAvailable();
 const skip: string | false = available === true ? false : `no WebGPU device: ${available}`;
@@ -83,8 +83,9 @@ test('WebGPU backward: random 1-3-D neighborhoods (dilation, stride, causal axes
 test('WebGPU backward: in-kernel walks (the analytic walk for dQ, its inverse windows for dK/dV) on random dense, causal, window and 1-3-D neighborhood problems, asserted, against the reference', { skip }, async () => {
   const f = new Failures();
   const rng = new Rng(613);
-  // the device's blocking, and small odd tiles: many visits per item, full and partial ones, padded rows
-  const blockings = [undefined, { rm: 2, tx: 3, maxRows: 5, maxKeys: 3, unroll: false }];
+  // the device's blocking, and small odd tiles: many visits per item, full and partial ones, padded rows;
+  // then odd row strides in workgroup memory (TileSpec.pad)
+  const blockings = [undefined, { rm: 2, tx: 3, maxRows: 5, maxKeys: 3, unroll: false }, { rm: 2, tx: 2, maxRows: 8, maxKeys: 6, unroll: true, pad: true }];
   for (let i = 0; i < 16; i++) {
     const H = rng.pick([1, 2, 4]);
     const Hk = rng.pick([1, H]);
@@ -133,7 +134,7 @@ test('WebGPU backward: in-kernel walks (the analytic walk for dQ, its inverse wi
       };
     }
     let dOut: Tensor | undefined;
-    const blocking = blockings[i % 4 < 2 ? 0 : 1];
+    const blocking = blockings[i % 3];
     await f.run(`#${i} ${c.name} blocking ${JSON.stringify(blocking ?? 'device')}`, async () => {
       setBackwardTuning(blocking);
       try {
@@ -216,7 +217,7 @@ test('WebGPU backward: varlen packs, block-sparse masks, rows with no key (zero 
   }
   // odd blockings: padded rows (tile 5, rm 2), thread columns that do not divide the head dim, both loop modes
   const blockings = [
-    { rm: 2, tx: 3, maxRows: 5, maxKeys: 3, unroll: true },
+    { rm: 2, tx: 3, maxRows: 5, maxKeys: 3, unroll: true, pad: true },
     { rm: 3, tx: 2, maxRows: 7, maxKeys: 4, unroll: false },
   ];
   for (const b of blockings)
@@ -317,7 +318,7 @@ test('WebGPU backward planning: tiles fit the device, padded rows and uneven thr
   const rng = new Rng(8);
   const [q, k, v] = [randTensor(rng, [1, 20, 18, 4, 12]), randTensor(rng, [1, 20, 18, 2, 12]), randTensor(rng, [1, 20, 18, 2, 20])];
   const { problem } = planNA(q, k, v, { kernelSize: [7, 4], dilation: [2, 1], rpb: randTensor(rng, [4, 13, 7]) }, 2);
-  for (const tune of [BACKWARD_TUNING.gpu, BACKWARD_TUNING.cpu, { rm: 3, tx: 5, maxRows: 7, maxKeys: 6, unroll: true }]) {
+  for (const tune of [BACKWARD_TUNING.gpu, BACKWARD_TUNING.cpu, { rm: 3, tx: 5, maxRows: 7, maxKeys: 6, unroll: true }, { ...BACKWARD_TUNING.gpu, pad: true }]) {
     for (const hook of ['none', 'rpb', 'bias'] as const) {
       const plan = planBackward(problem, SMALL_LIMITS, tune, hook);
       for (const side of [plan.q, plan.k]) {
@@ -327,9 +328,11 @@ test('WebGPU backward planning: tiles fit the device, padded rows and uneven thr
         assert.equal(s.rows % s.rm, 0);
         assert.equal(s.keys % s.tx, 0);
         assert.equal(s.schedule, 'analytic', 'a neighborhood walks in the kernel');
-        for (const spec of [s, { ...s, rope: true }, { ...s, rope: true, wq: 1 as const, wv: 1 as const }, { ...s, unroll: !s.unroll }, { ...s, schedule: 'list' as const }]) {
+        for (const spec of [s, { ...s, rope: true }, { ...s, rope: true, wq: 1 as const, wv: 1 as const }, { ...s, unroll: !s.unroll }, { ...s, schedule: 'list' as const }, { ...s, pad: !s.pad }]) {
           const wgsl = backwardProgram.generate(spec);
           checkVarsInitialised(wgsl);
+          // the planner fits tiles by backwardWorkgroupBytes: it must bound what the module declares
+          assert.ok(declaredWorkgroupBytes(wgsl) <= backwardWorkgroupBytes(spec), `declared ${declaredWorkgroupBytes(wgsl)} > ${backwardWorkgroupBytes(spec)}: ${JSON.stringify(spec)}`);
           assert.equal(/d < P\.nDQ/.test(wgsl), !spec.unroll, 'loop bounds: constants when unrolled, uniforms otherwise');
         }
       }

@@ -332,6 +332,35 @@ export function checkVarsInitialised(wgsl: string): void {
   for (const m of wgsl.matchAll(/\bvar (\w+)\s*:[^;]*;/g)) assert.match(m[0], /=/, `uninitialised WGSL var: ${m[0]}`);
 }
 
+/**
+ * Bytes of workgroup memory a generated WGSL module declares (`var<workgroup>` scalars, vectors and
+ * arrays of them, lengths as literals or the module's u32 constants): what the device checks against
+ * maxComputeWorkgroupStorageSize, so the planners' byte functions must bound it.
+ */
+export function declaredWorkgroupBytes(wgsl: string): number {
+  const consts = new Map([...wgsl.matchAll(/\bconst (\w+): u32 = (\d+)u;/g)].map((m) => [m[1]!, Number(m[2])]));
+  const sizeOf = (t: string): number => {
+    const vecM = /^vec([234])<(\w+)>$/.exec(t);
+    if (vecM) return Number(vecM[1]) * sizeOf(vecM[2]!);
+    if (/^atomic<\w+>$/.test(t) || ['f32', 'u32', 'i32'].includes(t)) return 4;
+    if (t === 'f16') return 2;
+    throw new Error(`workgroup type ${t}`);
+  };
+  const length = (e: string): number =>
+    e.split('*').reduce((acc, f) => {
+      const x = f.trim().replace(/u$/, '');
+      const n = /^\d+$/.test(x) ? Number(x) : consts.get(x);
+      if (n === undefined) throw new Error(`workgroup array length ${e}`);
+      return acc * n;
+    }, 1);
+  let bytes = 0;
+  for (const m of wgsl.matchAll(/var<workgroup> \w+: ([^;]+);/g)) {
+    const arr = /^array<(.+), ([^,<>]+)>$/.exec(m[1]!.trim());
+    bytes += arr ? sizeOf(arr[1]!.trim()) * length(arr[2]!) : sizeOf(m[1]!.trim());
+  }
+  return bytes;
+}
+
 /** The limits of a small WebGPU device (4 KiB of workgroup memory, 64 threads), for planning tests without one. */
 export const SMALL_LIMITS = {
   maxComputeWorkgroupStorageSize: 4096,

@@ -31,6 +31,8 @@ test('checkTuning accepts complete in-range tunings and names what is wrong othe
   // optional path switches: kept when boolean, named when not
   assert.deepEqual(checkTuning({ ...T, subgroups: false, analytic: true, permute: true }), { ...T, subgroups: false, analytic: true, permute: true });
   assert.match(String(checkTuning({ ...T, permute: 'yes' })), /^permute must be a boolean when given/);
+  assert.deepEqual(checkTuning({ ...T, pad: true }), { ...T, pad: true });
+  assert.match(String(checkTuning({ ...T, pad: 1 })), /^pad must be a boolean when given/);
   assert.match(String(checkTuning({ ...T, analytic: 1 })), /^analytic must be a boolean when given/);
 });
 
@@ -140,6 +142,7 @@ test('tuner neighbours change exactly one knob and stay in range', () => {
       { rm: 1, tx: 32, maxRows: 64, maxKeys: 1024, unroll: false, subgroups: false },
       { rm: 1, tx: 32, maxRows: 64, maxKeys: 1024, unroll: false, analytic: false },
       { rm: 1, tx: 32, maxRows: 64, maxKeys: 1024, unroll: false, permute: true },
+      { rm: 1, tx: 32, maxRows: 64, maxKeys: 1024, unroll: false, pad: true },
     ].map((n) => JSON.stringify(n)),
   );
 });

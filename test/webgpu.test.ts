@@ -21,7 +21,7 @@ import { bufferStats, fromGpu, releaseTensor, toGpu, wrapBuffer } from '../src/w
 import { roundF16 } from '../src/f16.js';
 import { uniformLayout } from '../src/webgpu/uniforms.js';
 import { stableStringify } from '../src/webgpu/wgsl.js';
-import { SMALL_LIMITS, checkVarsInitialised } from './helpers.js';
+import { SMALL_LIMITS, checkVarsInitialised, declaredWorkgroupBytes } from './helpers.js';
 import { NA_WINDOW_WGSL } from '../src/webgpu/na-rule-wgsl.js';
 import { neighborhoodRule } from '../src/patterns/rules.js';
 
@@ -152,6 +152,32 @@ test('tiles are cut to fit the device limits', () => {
     // unrolled specs have constant loop bounds, the others read them from the uniforms
     assert.equal(/d < P\.dq/.test(wgsl), !plan.spec.unroll);
   }
+});
+
+test('fused workgroup memory: what the generated WGSL declares stays within fusedWorkgroupBytes (the planner fits tiles by it), padded strides add to it', () => {
+  const r = rng(31);
+  const limits = { ...SMALL_LIMITS, maxComputeWorkgroupStorageSize: 1 << 16, maxComputeInvocationsPerWorkgroup: 256, maxComputeWorkgroupSizeX: 256 };
+  const problems: AttnProblem[] = [];
+  for (const dim of [8, 12, 64]) {
+    const c = randomCfg(r, { dim, dimV: pick(r, [dim, 6]), nq: 70, nk: 70 });
+    const [q, k, v] = tensors(c, 40 + dim);
+    problems.push(planAttention(q, k, v, { causal: true, bias: randn([c.nq, c.nk], 41) }).problem);
+    const g = [8, 9];
+    const [q2, k2, v2] = tensors(c, 50 + dim, g, g);
+    problems.push(planNA(q2, k2, v2, { kernelSize: [3, 5], rpb: randn([c.heads, 5, 9], 51) }, 2).problem);
+  }
+  for (const problem of problems)
+    for (const tune of [FUSED_TUNING.gpu, FUSED_TUNING.cpu, { rm: 3, tx: 2, maxRows: 20, maxKeys: 12, unroll: true }])
+      for (const pad of [false, true])
+        for (const screen of [false, true]) {
+          const spec = planFused(problem, limits, { ...tune, pad }, 32, false, screen).spec;
+          assert.equal(spec.pad === true, pad);
+          for (const s of [spec, { ...spec, subgroups: !spec.subgroups }, { ...spec, schedule: 'list' as const }]) {
+            const declared = declaredWorkgroupBytes(fusedProgram.generate(s));
+            assert.ok(declared <= fusedWorkgroupBytes(s), `declared ${declared} > planned ${fusedWorkgroupBytes(s)}: ${JSON.stringify(s)}`);
+            if (pad && (s.dim / s.wq) % 2 === 0) assert.ok(declared > declaredWorkgroupBytes(fusedProgram.generate({ ...s, pad: false })), 'padded rows take more');
+          }
+        }
 });
 
 test('unfused NA: tiles fit the device, generated WGSL initialises its vars, oversized attn is refused', () => {
@@ -353,9 +379,9 @@ gpuTest('neighborhood attention 2-D and 3-D (dilation, stride, causal, rpb)', as
   }
 });
 
-gpuTest('other blockings: the GPU table (unrolled), one thread per row, threads not dividing the tile', async () => {
+gpuTest('other blockings: the GPU table (unrolled), one thread per row, threads not dividing the tile, odd row strides', async () => {
   const r = rng(22);
-  const tunings = [FUSED_TUNING.gpu, { rm: 1, tx: 1, maxRows: 16, maxKeys: 16 }, { rm: 3, tx: 3, maxRows: 20, maxKeys: 10 }];
+  const tunings = [FUSED_TUNING.gpu, { rm: 1, tx: 1, maxRows: 16, maxKeys: 16 }, { rm: 3, tx: 3, maxRows: 20, maxKeys: 10 }, { ...FUSED_TUNING.gpu, pad: true }, { rm: 2, tx: 2, maxRows: 12, maxKeys: 10, pad: true }];
   try {
     for (const [i, t] of tunings.entries()) {
       setFusedTuning(t);
@@ -375,7 +401,7 @@ gpuTest('subgroup exchange (row max, row sum, P by shuffle) against workgroup-me
   try {
     for (let i = 0; i < 8; i++) {
       const tx = pick(r, [1, 2, 4, 8].filter((x) => x <= ctx.subgroupMinSize));
-      const tuning = { rm: int(r, 1, 4), tx, maxRows: pick(r, [8, 16, 32]), maxKeys: pick(r, [8, 16, 32]), unroll: r() < 0.5, subgroups: i % 4 !== 3 };
+      const tuning = { rm: int(r, 1, 4), tx, maxRows: pick(r, [8, 16, 32]), maxKeys: pick(r, [8, 16, 32]), unroll: r() < 0.5, subgroups: i % 4 !== 3, pad: i % 2 === 0 };
       setFusedTuning(tuning);
       const c = randomCfg(r, { dim: pick(r, [8, 12, 16]), nq: int(r, 10, 60), nk: int(r, 10, 60) });
       c.dimV = pick(r, [c.dim, 4, 6]);

@@ -46,8 +46,8 @@ export function neighbours(t: FusedTuning): FusedTuning[] {
       if (typeof checkTuning(c) !== 'string') out.push(c);
     }
   out.push({ ...t, unroll: !t.unroll });
-  // paths: absent means the default (on for subgroups and analytic, off for permute)
-  out.push({ ...t, subgroups: t.subgroups === false }, { ...t, analytic: t.analytic === false }, { ...t, permute: t.permute !== true });
+  // paths: absent means the default (on for subgroups and analytic, off for permute and pad)
+  out.push({ ...t, subgroups: t.subgroups === false }, { ...t, analytic: t.analytic === false }, { ...t, permute: t.permute !== true }, { ...t, pad: t.pad !== true });
   return out;
 }
 

@@ -3,7 +3,7 @@ import { listSource, ropeFns } from './fused-wgsl.js';
 import { ANALYTIC_UNIFORMS, analyticKeySource, analyticSource } from './analytic.js';
 import { uniformLayout } from './uniforms.js';
 import { FLAT_INVOCATION, type Program, f16Directive, narrow, prologue, vecType as vec, widenLoads } from './wgsl.js';
-import { TILE_UNIFORMS, type TileSpec, dotOf as dot, microProduct, scoreHooks, stageRows } from './tile-wgsl.js';
+import { TILE_UNIFORMS, type TileSpec, dotOf as dot, microProduct, paddedStride, scoreHooks, stageRows } from './tile-wgsl.js';
 
 /**
  * The WebGPU backward (FlashAttention-2, recomputed from the forward's LSE, design.md 3) as three
@@ -69,12 +69,15 @@ export const BACKWARD_UNIFORMS = uniformLayout({
  * stats); analytic walks add their decoded tokens, loop bounds and per staged row coordinates (side
  * 'q') or intervals (side 'k').
  */
-export function backwardWorkgroupBytes(s: Pick<BackwardSpec, 'dim' | 'dimV' | 'rows' | 'keys' | 'side'> & Partial<Pick<BackwardSpec, 'schedule' | 'rank' | 'maskBits'>>): number {
+export function backwardWorkgroupBytes(s: Pick<BackwardSpec, 'dim' | 'dimV' | 'rows' | 'keys' | 'side'> & Partial<Pick<BackwardSpec, 'schedule' | 'rank' | 'maskBits' | 'pad' | 'wq' | 'wv'>>): number {
   const k = s.side === 'k';
   // side 'k' with bit masks keeps one u32 per staged query instead of its intervals
   const perKey = k ? (s.maskBits ? 1 : 2 * (s.rank ?? 3)) : (s.rank ?? 3) + (s.maskBits ? 1 : 0);
   const walk = s.schedule === 'analytic' ? s.rows + s.keys + 2 + s.keys * perKey : 0;
-  return 4 * ((s.rows + s.keys) * (s.dim + s.dimV) + (k ? 2 : 1) * s.rows * s.keys + s.keys * (k ? 4 : 2) + walk);
+  // padded strides (TileSpec.pad): the q-like and v-like rows, the P and dS tiles
+  const [wq, wv] = [s.wq ?? 1, s.wv ?? 1];
+  const width = wq * paddedStride(s.dim / wq, s.pad) + wv * paddedStride(s.dimV / wv, s.pad);
+  return 4 * ((s.rows + s.keys) * width + (k ? 2 : 1) * s.rows * paddedStride(s.keys, s.pad) + s.keys * (k ? 4 : 2) + walk);
 }
 
 export const backwardProgram: Program<BackwardSpec, typeof BACKWARD_UNIFORMS.decl> = {
@@ -123,6 +126,10 @@ function generateBackward(s: BackwardSpec): string {
   const RQ = Math.ceil(DQ / TX);
   const RV = Math.ceil(DV / TX);
   const T = backwardThreads(s);
+  // row strides of the q-like rows (ow, sw), the v-like rows (ou, su) and the P/dS tiles (padded when s.pad)
+  const QS = paddedStride(DQ, s.pad);
+  const VS = paddedStride(DV, s.pad);
+  const PS = paddedStride(s.keys, s.pad);
   const qSide = s.side === 'q';
   const src = s.schedule === 'analytic' ? (qSide ? analyticSource(s.rank, RM, s.rope, false, s.maskBits === true) : analyticKeySource(s.rank, RM, s.rope, s.maskBits === true)) : listSource(s.rope);
   const I = range(RM);
@@ -145,13 +152,13 @@ function generateBackward(s: BackwardSpec): string {
       let at = ((${ownX} + t) * ${ownHeads} + ${ownHead}) * DQ;
       x = ${s.rope ? `${rot}(at, e - r * DQ, ropePos(t, ownShift))` : `ld_${qSide ? 'q' : 'k'}(at + e - r * DQ)`};
     }
-    ow[e] = x;
+    ow[r * QS + e - r * DQ] = x;
   }
   for (var e: u32 = lid; e < ROWS * DV; e += THREADS) {
     let r = e / DV;
     var x: ${VT} = ${VT}();
     if (r < nOwn) { x = ld_${ownBuf}(((${ownX} + ${src.qTok('r')}) * ${ownHeads} + ${ownHead}) * DV + e - r * DV); }
-    ou[e] = x;
+    ou[r * VS + e - r * DV] = x;
   }`;
   // staged rows of a visit: k (rotated) and v, or q (rotated), dO and their stats
   const [othX, othHeads, othHead, othBuf, orot] = qSide ? ['kOff', 'P.kvHeads', 'kh', 'v', 'rope_k'] : ['qOff', 'P.heads', 'h', 'dout', 'rope_q'];
@@ -159,17 +166,18 @@ function generateBackward(s: BackwardSpec): string {
     dst: 'sw',
     count: 'nk',
     width: 'DQ',
+    stride: 'QS',
     pre: (j) => `let t = ${src.kTok(j)};\n      let at = ((${othX} + t) * ${othHeads} + ${othHead}) * DQ;`,
     load: (_j, c) => (s.rope ? `${orot}(at, ${c}, ropePos(t, oShift))` : `ld_${qSide ? 'k' : 'q'}(at + ${c})`),
   })}
-    ${stageRows({ dst: 'su', count: 'nk', width: 'DV', load: (j, c) => `ld_${othBuf}(((${othX} + ${src.kTok(j)}) * ${othHeads} + ${othHead}) * DV + ${c})` })}
+    ${stageRows({ dst: 'su', count: 'nk', width: 'DV', stride: 'VS', load: (j, c) => `ld_${othBuf}(((${othX} + ${src.kTok(j)}) * ${othHeads} + ${othHead}) * DV + ${c})` })}
     for (var j: u32 = lid; j < nk; j += THREADS) {
       otok[j] = ${src.kTok('j')};
       ${s.rpb ? `olin[j] = ${src.kLin('j')};` : ''}
       ${qSide ? '' : 'sst[j] = stats[(qOff + otok[j]) * P.heads + h];'}
     }`;
   // the micro-tile products: S (or S^T) and dP (or dP^T)
-  const product = (acc: string, own: string, oth: string, n: number, bound: string, w: 1 | 4) => microProduct({ acc, own, other: oth, n, bound, w, rm: RM, rn: RN, tx: TX });
+  const product = (acc: string, own: string, oth: string, stride: number, bound: string, w: 1 | 4) => microProduct({ acc, own, other: oth, stride, bound, w, rm: RM, rn: RN, tx: TX });
   const hookGrad =
     s.hookGrad === 'rpb'
       ? 'if (ok) { hg[(qOff + otk[i]) * P.heads * P.rpbVol + h * P.rpbVol + u32(P.rpbConst + olin[c] - oln[i])] += ds; }'
@@ -190,7 +198,7 @@ function generateBackward(s: BackwardSpec): string {
         let p = select(0.0, exp(x - st.x), ok);
         let ds = select(0.0, p * (dp[i * RN + kk] - st.y), ok);
         ${hookGrad}
-        ${qSide ? 't1[r * BK + c] = ds * sg;' : 't1[r * BK + c] = p;\n        t2[r * BK + c] = ds * sg;'}
+        ${qSide ? 't1[r * PS + c] = ds * sg;' : 't1[r * PS + c] = p;\n        t2[r * PS + c] = ds * sg;'}
       }
     }`;
   // the accumulations: dQ += dS K, or dV += P^T dO and dK += dS^T Q (RM rows x columns tx + TX c)
@@ -198,14 +206,14 @@ function generateBackward(s: BackwardSpec): string {
   const RVs = range(RV);
   const accumulate = qSide
     ? `for (var j: u32 = 0u; j < nk; j++) {
-      ${lines(RQs.map((c) => `let w${c} = sw[j * DQ + ${col(c, DQ, RQ)}];`), '      ')}
-      ${lines(I.map((i) => `let p${i} = t1[(r0 + ${i}u) * BK + j];`), '      ')}
+      ${lines(RQs.map((c) => `let w${c} = sw[j * QS + ${col(c, DQ, RQ)}];`), '      ')}
+      ${lines(I.map((i) => `let p${i} = t1[(r0 + ${i}u) * PS + j];`), '      ')}
       ${lines(I.flatMap((i) => RQs.map((c) => `acc[${i * RQ + c}] += p${i} * w${c};`)), '      ')}
     }`
     : `for (var j: u32 = 0u; j < nk; j++) {
-      ${lines(RVs.map((c) => `let u${c} = su[j * DV + ${col(c, DV, RV)}];`), '      ')}
-      ${lines(RQs.map((c) => `let w${c} = sw[j * DQ + ${col(c, DQ, RQ)}];`), '      ')}
-      ${lines(I.map((i) => `let p${i} = t1[(r0 + ${i}u) * BK + j];\n      let d${i} = t2[(r0 + ${i}u) * BK + j];`), '      ')}
+      ${lines(RVs.map((c) => `let u${c} = su[j * VS + ${col(c, DV, RV)}];`), '      ')}
+      ${lines(RQs.map((c) => `let w${c} = sw[j * QS + ${col(c, DQ, RQ)}];`), '      ')}
+      ${lines(I.map((i) => `let p${i} = t1[(r0 + ${i}u) * PS + j];\n      let d${i} = t2[(r0 + ${i}u) * PS + j];`), '      ')}
       ${lines(I.flatMap((i) => RVs.map((c) => `accv[${i * RV + c}] += p${i} * u${c};`)), '      ')}
       ${lines(I.flatMap((i) => RQs.map((c) => `acc[${i * RQ + c}] += d${i} * w${c};`)), '      ')}
     }`;
@@ -214,7 +222,7 @@ function generateBackward(s: BackwardSpec): string {
   const epilogue = `workgroupBarrier();
   for (var i: u32 = 0u; i < ${bRM}; i++) {
     let r = r0 + i;
-    ${lines(RQs.map((c) => `${RQ * TX === DQ ? '' : `if (tx + ${TX * c}u < DQ) `}{ ow[r * DQ + tx + ${TX * c}u] = acc[i * ${RQ}u + ${c}u] * P.scale; }`), '    ')}
+    ${lines(RQs.map((c) => `${RQ * TX === DQ ? '' : `if (tx + ${TX * c}u < DQ) `}{ ow[r * QS + tx + ${TX * c}u] = acc[i * ${RQ}u + ${c}u] * P.scale; }`), '    ')}
     ${
       qSide
         ? ''
@@ -228,7 +236,7 @@ function generateBackward(s: BackwardSpec): string {
   for (var e: u32 = lid; e < nOwn * DQ; e += THREADS) {
     let r = e / DQ;
     let t = ${src.qTok('r')};
-    ${qSide ? 'dq' : 'dk'}[(${dOut}) * DQ + e - r * DQ] = ${narrow(gradIo(s) === 'f16', s.wq, s.rope ? 'unrope_ow(r * DQ, e - r * DQ, ropePos(t, ownShift))' : 'ow[e]')};
+    ${qSide ? 'dq' : 'dk'}[(${dOut}) * DQ + e - r * DQ] = ${narrow(gradIo(s) === 'f16', s.wq, s.rope ? 'unrope_ow(r * QS, e - r * DQ, ropePos(t, ownShift))' : 'ow[r * QS + e - r * DQ]')};
   }`;
   const unropeFn = s.rope
     ? `// the transpose of the rotation (sin negated) on row \`base\` of ow, vector c, position p
@@ -247,7 +255,7 @@ fn unrope_ow(base: u32, c: u32, p: u32) -> ${QT} {
   return x;
 }`
     : '';
-  return `${f16Directive(s.f16)}${prologue(backwardProgram, s, { DQ, DV, ROWS: s.rows, BQ: s.rows, BK: s.keys, RM, RN, TX, THREADS: T })}
+  return `${f16Directive(s.f16)}${prologue(backwardProgram, s, { DQ, DV, QS, VS, PS, ROWS: s.rows, BQ: s.rows, BK: s.keys, RM, RN, TX, THREADS: T })}
 const NO_MASK: u32 = ${NO_MASK}u;
 ${src.decls}
 fn auxf(i: u32) -> f32 { return bitcast<f32>(sched[P.auxOff + i]); }
@@ -255,12 +263,12 @@ fn auxf(i: u32) -> f32 { return bitcast<f32>(sched[P.auxOff + i]); }
 ${widenLoads(s.f16, [['q', s.wq], ['k', s.wq], ['v', s.wv], ['dout', s.wv]])}
 ${s.rope ? ropeFns(s, (i) => `auxf(${i})`) : ''}
 
-var<workgroup> ow: array<${QT}, ${s.rows * DQ}>;
-var<workgroup> ou: array<${VT}, ${s.rows * DV}>;
-var<workgroup> sw: array<${QT}, ${s.keys * DQ}>;
-var<workgroup> su: array<${VT}, ${s.keys * DV}>;
-var<workgroup> t1: array<f32, ${s.rows * s.keys}>;
-${qSide ? '' : `var<workgroup> t2: array<f32, ${s.rows * s.keys}>;\nvar<workgroup> sst: array<vec2<f32>, BK>;`}
+var<workgroup> ow: array<${QT}, ${s.rows * QS}>;
+var<workgroup> ou: array<${VT}, ${s.rows * VS}>;
+var<workgroup> sw: array<${QT}, ${s.keys * QS}>;
+var<workgroup> su: array<${VT}, ${s.keys * VS}>;
+var<workgroup> t1: array<f32, ${s.rows * PS}>;
+${qSide ? '' : `var<workgroup> t2: array<f32, ${s.rows * PS}>;\nvar<workgroup> sst: array<vec2<f32>, BK>;`}
 var<workgroup> otok: array<u32, BK>;
 var<workgroup> olin: array<i32, BK>;
 ${unropeFn}
@@ -300,8 +308,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     ${stageOther}
     workgroupBarrier();
     for (var x: u32 = 0u; x < ${bRM} * ${bRN}; x++) { sc[x] = 0.0; dp[x] = 0.0; }
-    ${product('sc', 'ow', 'sw', DQ, bDQ, s.wq)}
-    ${product('dp', 'ou', 'su', DV, bDV, s.wv)}
+    ${product('sc', 'ow', 'sw', QS, bDQ, s.wq)}
+    ${product('dp', 'ou', 'su', VS, bDV, s.wv)}
     ${toTiles}
     workgroupBarrier();
     ${accumulate}

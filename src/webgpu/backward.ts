@@ -32,11 +32,14 @@ export interface BackwardTuning {
   readonly unroll: boolean;
   /** Compute the walks of analytic patterns in the kernels (analytic.ts); false uploads every schedule. Default true. */
   readonly analytic?: boolean;
+  /** Odd row strides for the workgroup tiles (TileSpec.pad). Default false. */
+  readonly pad?: boolean;
 }
 
 export const BACKWARD_TUNING: Readonly<Record<'cpu' | 'gpu', BackwardTuning>> = {
-  // H100 sweep of 7 blockings on dense B4 N4096 H32 D64 (BENCHMARKS.md): 313 ms, against 383-825 for the rest
-  gpu: { rm: 4, tx: 8, maxRows: 64, maxKeys: 32, unroll: true },
+  // H100 sweep of 7 blockings on dense B4 N4096 H32 D64 (BENCHMARKS.md): 313 ms, against 383-825 for the rest;
+  // odd row strides then took 1.64-1.93x off every case (stop 16)
+  gpu: { rm: 4, tx: 8, maxRows: 64, maxKeys: 32, unroll: true, pad: true },
   // lavapipe, dense N2048 H8 D64: 8x2 3.1x the forward, 4x2 3.9x, 4x4 4.6x, 16x4 3.3x
   cpu: { rm: 8, tx: 2, maxRows: 32, maxKeys: 16, unroll: false },
 };
@@ -105,6 +108,7 @@ export function planBackward(problem: AttnProblem, limits: GpuLimits, tune: Back
           perQueryHead: which === 'k' && problem.heads !== problem.kvHeads,
           unroll: tune.unroll,
           f16,
+          ...(tune.pad ? { pad: true } : {}),
           schedule: analytic ? 'analytic' : 'list',
           rank,
           // the bits run over the key tile: the staged one on side 'q', the own one on side 'k'

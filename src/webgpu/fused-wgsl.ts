@@ -2,7 +2,7 @@ import { ITEM, NO_MASK, VISIT } from './schedule.js';
 import { ANALYTIC_UNIFORMS, analyticSource } from './analytic.js';
 import { uniformLayout } from './uniforms.js';
 import { type Program, attnBindings, f16Directive, narrow, prologue, vecType as vec, widenLoads } from './wgsl.js';
-import { TILE_UNIFORMS, type TileSpec, microProduct, scoreHooks, stageRows } from './tile-wgsl.js';
+import { TILE_UNIFORMS, type TileSpec, microProduct, paddedStride, scoreHooks, stageRows } from './tile-wgsl.js';
 
 /**
  * The fused forward template (one for every pattern). One workgroup per work item; its query
@@ -53,12 +53,15 @@ export function blockingOf(s: FusedSpec): { dq: number; dv: number; rm: number; 
 }
 
 /** Workgroup memory the template declares for a spec, in bytes. */
-export function fusedWorkgroupBytes(s: Pick<FusedSpec, 'dim' | 'dimV' | 'rows' | 'keys' | 'tx' | 'subgroups'> & Partial<Pick<FusedSpec, 'schedule' | 'permute' | 'rank' | 'screen' | 'maskBits'>>): number {
-  const exchange = s.subgroups ? 0 : s.rows * s.keys + s.rows * s.tx;
+export function fusedWorkgroupBytes(s: Pick<FusedSpec, 'dim' | 'dimV' | 'rows' | 'keys' | 'tx' | 'subgroups'> & Partial<Pick<FusedSpec, 'schedule' | 'permute' | 'rank' | 'screen' | 'maskBits' | 'pad' | 'wq'>>): number {
+  const wq = s.wq ?? 1;
+  // padded strides (TileSpec.pad): qs and ks rows, and the P tile's
+  const qRow = wq * paddedStride(s.dim / wq, s.pad);
+  const exchange = s.subgroups ? 0 : s.rows * paddedStride(s.keys, s.pad) + s.rows * s.tx;
   // analytic schedules keep the decoded row and key tokens (and the uniform loop bounds)
   // (plus their rows in permuted layouts, and each key's coordinates)
   const tokens = s.schedule === 'analytic' ? (s.permute ? 2 : 1) * (s.rows + s.keys) + 2 + s.keys * (s.rank ?? 3) + (s.maskBits ? s.keys : 0) : 0;
-  return 4 * (s.rows * s.dim + s.keys * (s.dim + s.dimV) + exchange + 2 * s.keys + tokens + (s.screen ? s.rows + s.keys : 0));
+  return 4 * (s.rows * qRow + s.keys * (qRow + s.dimV) + exchange + 2 * s.keys + tokens + (s.screen ? s.rows + s.keys : 0));
 }
 
 export const FUSED_UNIFORMS = uniformLayout({
@@ -196,6 +199,9 @@ function generateFused(s: FusedSpec): string {
   const VT = vec(s.wv);
   const { dq, dv, rm: RM, rn: RN, rv: RV, tx: TX } = blockingOf(s);
   const T = threadsOf(s);
+  // row strides of qs and ks, and of ps (padded when s.pad)
+  const QS = paddedStride(dq, s.pad);
+  const PS = paddedStride(s.keys, s.pad);
   const I = range(RM);
   const V = range(RV);
   const lines = (xs: string[], indent: string) => xs.join(`\n${indent}`);
@@ -230,7 +236,7 @@ function generateFused(s: FusedSpec): string {
       for (var kk: u32 = 0u; kk < ${bRN}; kk++) {
         let x = sc[i * RN + kk];
         let p = select(0.0, exp(x - mx), x > NEG);
-        ${toShared ? 'ps[r * BK + tx + TX * kk] = p;' : 'sc[i * RN + kk] = p;'}
+        ${toShared ? 'ps[r * PS + tx + TX * kk] = p;' : 'sc[i * RN + kk] = p;'}
         sum += p;
       }
       l[i] = l[i] * alpha + sum;
@@ -254,7 +260,7 @@ function generateFused(s: FusedSpec): string {
     // O += P V on this thread's RM x RV micro-tile (value columns tx, tx + TX, ..)
     for (var j: u32 = 0u; j < nk; j++) {
       ${lines(V.map((k) => `let w${k} = vs[j * DV + ${vcol(k)}];`), '      ')}
-      ${lines(I.map((i) => `let p${i} = ps[(r0 + ${i}u) * BK + j];`), '      ')}
+      ${lines(I.map((i) => `let p${i} = ps[(r0 + ${i}u) * PS + j];`), '      ')}
       ${lines(I.flatMap((i) => V.map((k) => `o[${i * RV + k}] += p${i} * w${k};`)), '      ')}
     }
     workgroupBarrier();`;
@@ -315,17 +321,17 @@ fn screenKey1(x: f32, j: u32, vi: u32) -> f32 {
   const src = s.schedule === 'analytic' ? analyticSource(s.rank, RM, s.rope, s.permute, s.maskBits === true) : listSource(s.rope);
   // loads widen f16 storage to the f32 the kernel computes in
   const loads = widenLoads(s.f16, [['q', s.wq], ['k', s.wq], ['v', s.wv]]);
-  return `${f16Directive(s.f16)}${shuffles ? 'enable subgroups;\n' : ''}${prologue(fusedProgram, s, { DQ: dq, DV: dv, BQ: s.rows, BK: s.keys, RM, RN, RV, TX, THREADS: T })}
+  return `${f16Directive(s.f16)}${shuffles ? 'enable subgroups;\n' : ''}${prologue(fusedProgram, s, { DQ: dq, DV: dv, QS, PS, BQ: s.rows, BK: s.keys, RM, RN, RV, TX, THREADS: T })}
 const NO_MASK: u32 = ${NO_MASK}u;
 ${src.decls}
 const NEG: f32 = -3.0e38;
 ${loads}
 ${s.rope ? ropeFns(s) : ''}
 
-var<workgroup> qs: array<${QT}, ${s.rows * dq}>;
-var<workgroup> ks: array<${QT}, ${s.keys * dq}>;
+var<workgroup> qs: array<${QT}, ${s.rows * QS}>;
+var<workgroup> ks: array<${QT}, ${s.keys * QS}>;
 var<workgroup> vs: array<${VT}, ${s.keys * dv}>;
-${s.subgroups ? '' : `var<workgroup> ps: array<f32, ${s.rows * s.keys}>;
+${s.subgroups ? '' : `var<workgroup> ps: array<f32, ${s.rows * PS}>;
 var<workgroup> red: array<f32, ${s.rows * TX}>;`}
 ${s.bias ? 'var<workgroup> ktok: array<u32, BK>;' : ''}
 ${s.rpb ? 'var<workgroup> klin: array<i32, BK>;' : ''}
@@ -350,7 +356,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       ${s.rope ? `x = rope_q(at, e - r * DQ, ropePos(${src.qTok('r')}, qShift));` : 'x = ld_q(at + (e - r * DQ));'}
       ${s.screen ? `if (${anyBad('x')}) { atomicOr(&rbad[r], 1u); x = ${zeroBad('x')}; }` : ''}
     }
-    qs[e] = x;
+    qs[r * QS + e - r * DQ] = x;
   }
   var m: array<f32, RM> = array<f32, RM>();
   var l: array<f32, RM> = array<f32, RM>();
@@ -367,7 +373,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 
   for (var vi: u32 = 0u; vi < nVisit; vi++) {
     ${src.visit('vi')}
-    ${stageRows({ dst: 'ks', count: 'nk', width: 'DQ', pre: (j) => `let at = ${src.kAt(j, 'DQ')};`, load: (j, c) => screened(s.rope ? `rope_k(at, ${c}, ropePos(${src.kTok(j)}, kShift))` : `ld_k(at + ${c})`, j) })}
+    ${stageRows({ dst: 'ks', count: 'nk', width: 'DQ', stride: 'QS', pre: (j) => `let at = ${src.kAt(j, 'DQ')};`, load: (j, c) => screened(s.rope ? `rope_k(at, ${c}, ropePos(${src.kTok(j)}, kShift))` : `ld_k(at + ${c})`, j) })}
     ${stageRows({ dst: 'vs', count: 'nk', width: 'DV', load: (j, c) => screened(`ld_v(${src.kAt(j, 'DV')} + ${c})`, j, s.wv) })}
     ${s.bias ? `for (var j: u32 = lid; j < nk; j += THREADS) { ktok[j] = ${src.kTok('j')}; }` : ''}
     ${s.rpb ? `for (var j: u32 = lid; j < nk; j += THREADS) { klin[j] = ${src.kLin('j')}; }` : ''}
@@ -375,7 +381,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 
     // S = Q K^T on this thread's RM x RN micro-tile (rows r0.., keys tx, tx + TX, ..)
     for (var x: u32 = 0u; x < ${bRM} * ${bRN}; x++) { sc[x] = 0.0; }
-    ${microProduct({ acc: 'sc', own: 'qs', other: 'ks', n: dq, bound: bDQ, w: s.wq, rm: RM, rn: RN, tx: TX })}
+    ${microProduct({ acc: 'sc', own: 'qs', other: 'ks', stride: QS, bound: bDQ, w: s.wq, rm: RM, rn: RN, tx: TX })}
 ${s.subgroups ? softmaxPVPrivate() : softmaxPVShared()}
   }
 

@@ -76,13 +76,17 @@ export interface FusedTuning {
    * "17.5 vs 41 ms" at 31 came from timing the plain layout at idle clocks.
    */
   readonly permuteFrom?: number;
+  /** Odd row strides for the workgroup tiles (TileSpec.pad). Default false. */
+  readonly pad?: boolean;
 }
 
 /** Keys in one query's window when the pattern is a neighborhood (else 0). */
 const windowKeys = (p: AttnProblem): number => (p.pattern.kind === 'neighborhood' ? prod(p.pattern.kernelSize) : 0);
 
 export const FUSED_TUNING: Readonly<Record<'cpu' | 'gpu', FusedTuning>> = {
-  gpu: { rm: 2, tx: 4, maxRows: 64, maxKeys: 32, unroll: true, subgroups: false },
+  // H100 sweeps (BENCHMARKS.md, stop 16): odd row strides 1.50-1.59x on every case; padded, 4x8 then 2x8 (256
+  // threads) were faster again (2x8 1.17-1.22x over 4x8 on dense, causal, 2-D and 3-D NA)
+  gpu: { rm: 2, tx: 8, maxRows: 64, maxKeys: 32, unroll: true, subgroups: false, pad: true },
   cpu: { rm: 8, tx: 2, maxRows: 32, maxKeys: 32, unroll: false },
 };
 let override: Partial<FusedTuning> | undefined;
@@ -147,6 +151,7 @@ export function planFused(problem: AttnProblem, limits: GpuLimits, tune: FusedTu
         subgroups: tune.subgroups !== false && (tx === 1 || ((tx & (tx - 1)) === 0 && tx <= subgroupMinSize)),
         f16,
         ...(screen ? { screen: true } : {}),
+        ...(tune.pad ? { pad: true } : {}),
         schedule: analytic ? 'analytic' : 'list',
         rank,
         permute: (tune.permute ?? (tune.permuteFrom !== undefined && windowKeys(problem) >= tune.permuteFrom)) && analytic !== undefined && analytic.permutable && permutedFit(problem, analytic, limits, f16),

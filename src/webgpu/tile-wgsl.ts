@@ -31,7 +31,17 @@ export interface TileSpec {
    * from the uniforms (CPU drivers such as llvmpipe compile unrolled code many times slower).
    */
   readonly unroll: boolean;
+  /**
+   * Pad the row stride of the workgroup tiles that the micro-tile products read row-wise (own and
+   * staged rows, the P and dS tiles) to an odd number of elements (`paddedStride`). Unpadded, a
+   * row of 64 floats is 256 bytes, so the rows the threads of a warp read at once all start in the
+   * same bank and their reads are serialised.
+   */
+  readonly pad?: boolean;
 }
+
+/** A workgroup tile's row stride, in elements, for rows `width` elements wide: odd when `pad`, else `width`. */
+export const paddedStride = (width: number, pad: boolean | undefined): number => (pad && width % 2 === 0 ? width + 1 : width);
 
 /** The spec fields that follow from the problem alone (head dims, vector widths, score hooks). */
 export function problemFields(p: Pick<AttnProblem, 'dim' | 'dimV' | 'softcap' | 'bias' | 'rpb' | 'rope'>): Pick<TileSpec, 'dim' | 'dimV' | 'wq' | 'wv' | 'softcap' | 'bias' | 'rpb' | 'rope'> {
@@ -80,25 +90,26 @@ export const dotOf = (w: 1 | 4, a: string, b: string): string => (w === 4 ? `dot
  * (row j at j * width), `load(j, c)` giving vector c of row j (a global read, maybe rotated).
  * `pre(j)` declares what `load` needs per row.
  */
-export function stageRows(o: { dst: string; count: string; width: string; pre?: (j: string) => string; load: (j: string, c: string) => string }): string {
+export function stageRows(o: { dst: string; count: string; width: string; stride?: string; pre?: (j: string) => string; load: (j: string, c: string) => string }): string {
   return `for (var e: u32 = lid; e < ${o.count} * ${o.width}; e += THREADS) {
       let j = e / ${o.width};
+      let c = e - j * ${o.width};
       ${o.pre ? o.pre('j') : ''}
-      ${o.dst}[e] = ${o.load('j', `e - j * ${o.width}`)};
+      ${o.dst}[${o.stride ? `j * ${o.stride} + c` : 'e'}] = ${o.load('j', 'c')};
     }`;
 }
 
 /**
  * The register-blocked product of one thread's micro-tile (design.md 8), unrolled here so the
  * RM x RN accumulators sit at constant indices: acc[i * RN + k] += own row (r0 + i) . staged row
- * (tx + TX k), over `bound` vectors of `n` per row (`bound` a constant to unroll, or a uniform).
+ * (tx + TX k), over `bound` vectors of rows `stride` vectors apart (`bound` a constant to unroll, or a uniform).
  */
-export function microProduct(o: { acc: string; own: string; other: string; n: number; bound: string; w: 1 | 4; rm: number; rn: number; tx: number }): string {
+export function microProduct(o: { acc: string; own: string; other: string; stride: number; bound: string; w: 1 | 4; rm: number; rn: number; tx: number }): string {
   const I = range(o.rm);
   const K = range(o.rn);
   return `for (var d: u32 = 0u; d < ${o.bound}; d++) {
-      ${lines(I.map((i) => `let a${i} = ${o.own}[(r0 + ${i}u) * ${o.n}u + d];`), '      ')}
-      ${lines(K.map((k) => `let b${k} = ${o.other}[(tx + ${o.tx * k}u) * ${o.n}u + d];`), '      ')}
+      ${lines(I.map((i) => `let a${i} = ${o.own}[(r0 + ${i}u) * ${o.stride}u + d];`), '      ')}
+      ${lines(K.map((k) => `let b${k} = ${o.other}[(tx + ${o.tx * k}u) * ${o.stride}u + d];`), '      ')}
       ${lines(I.flatMap((i) => K.map((k) => `${o.acc}[${i * o.rn + k}] += ${dotOf(o.w, `a${i}`, `b${k}`)};`)), '      ')}
     }`;
 }

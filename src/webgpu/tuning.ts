@@ -5,7 +5,7 @@ import { nodeBuiltin } from '../node-builtin.js';
  * Fused-kernel tunings measured per adapter by `tilewise profile --tune`, kept in one JSON file:
  *
  *   { "version": 1, "adapters": { "<adapter description>": { "fused": { rm, tx, maxRows, maxKeys, unroll,
- *     subgroups?, analytic?, permute?, permuteFrom? }, ...notes } } }
+ *     subgroups?, analytic?, permute?, permuteFrom?, pad? }, ...notes } } }
  *
  * The backend reads the file when it acquires a device (Node only; browsers have no file to read)
  * and uses the entry whose key equals the adapter description in place of FUSED_TUNING. The file is
@@ -40,7 +40,7 @@ const RANGES: Readonly<Record<'rm' | 'tx' | 'maxRows' | 'maxKeys', readonly [num
 };
 
 /** Paths a tuning may switch (absent: the kernel's default). */
-export const OPTIONAL_SWITCHES = ['subgroups', 'analytic', 'permute'] as const;
+export const OPTIONAL_SWITCHES = ['subgroups', 'analytic', 'permute', 'pad'] as const;
 
 /** A complete, in-range FusedTuning, or the reason it is not one. */
 export function checkTuning(x: unknown): FusedTuning | string {
