@@ -87,7 +87,17 @@ function split(bounds: Box, maxExtent: readonly number[], cuts: CutFn, classify:
 export function kvSchedule(p: CompiledPattern, b: number, h: number, g: number, q: Box, maxExtent: readonly number[]): Visit[] {
   const bounds = p.bounds(b, h, g, q);
   if (!bounds) return [];
-  return split(bounds, maxExtent, (a, lo, hi, out) => p.cuts(b, h, g, q, a, lo, hi, out), (k) => p.classify(b, h, g, q, k));
+  const cuts: CutFn = (a, lo, hi, out) => p.cuts(b, h, g, q, a, lo, hi, out);
+  const classify = (k: Box) => p.classify(b, h, g, q, k);
+  if (!p.keyRuns || bounds.lo.length !== 1) return split(bounds, maxExtent, cuts, classify);
+  // sparse runs (chunk lists): split each run inside the bounds, not every tile between them
+  const [blo, bhi] = [bounds.lo[0]!, bounds.hi[0]!];
+  const out: Visit[] = [];
+  for (const [lo, hi] of p.keyRuns(b, h, g, q)) {
+    const [l, r] = [Math.max(lo, blo), Math.min(hi, bhi)];
+    if (l < r) out.push(...split({ lo: [l], hi: [r] }, maxExtent, cuts, classify));
+  }
+  return out;
 }
 
 /** The transposed schedule (backward pass): query boxes that see a key box. */

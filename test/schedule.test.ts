@@ -180,3 +180,38 @@ test('box-pattern schedules are analytic: full tiles inside the window intersect
   assert.ok(full > 3 * partial, `expected mostly full visits, got ${full} full / ${partial} partial`);
   checkSchedule(p, s, 0, 0, true, [8], [16]);
 });
+
+test('allowsRow agrees with allows pair by pair (random 1-D patterns and compositions, 1/2/3-D neighborhoods with dilation), keys in any order, nothing written past the row', () => {
+  const f = new Failures();
+  const rng = new Rng(29);
+  const check = (p: CompiledPattern, nq: number, nk: number, heads: number): void => {
+    const m = rng.int(1, 2 * nk + 2);
+    const kTok = Int32Array.from({ length: m }, () => (rng.bool(0.3) ? rng.int(0, nk - 1) : Math.min(nk - 1, Math.floor((rng.next() * m * nk) / m))));
+    if (rng.bool(0.5)) kTok.sort();
+    const from = rng.int(0, m - 1);
+    const n = rng.int(0, m - from);
+    const out = new Uint8Array(n + 3);
+    for (let b = 0; b < 2; b++)
+      for (let h = 0; h < heads; h++)
+        for (let q = 0; q < nq; q++) {
+          out.fill(7);
+          p.allowsRow(b, h, q, kTok, from, n, out);
+          for (let j = 0; j < n; j++) assert.equal(out[j], p.allows(b, h, q, kTok[from + j]!) ? 1 : 0, `b ${b} h ${h} q ${q} key ${kTok[from + j]}`);
+          assert.deepEqual([...out.subarray(n)], [7, 7, 7], 'written past the row');
+        }
+  };
+  for (let i = 0; i < count(400); i++) {
+    const nq = rng.int(1, 40);
+    const nk = rng.int(1, 40);
+    const heads = rng.int(1, 2);
+    const spec = randomPattern(rng, nq, nk, heads);
+    f.runSync(`1-D #${i} ${describe({ nq, nk, spec })}`, () => check(compilePattern(spec, { qGrid: [nq], kGrid: [nk], heads }), nq, nk, heads));
+  }
+  for (let i = 0; i < count(200); i++) {
+    const c = randomNA(rng, rng.int(1, 3));
+    const spec = rng.bool(0.3) ? patterns.and(naSpec(c), naSpec({ ...c, kernel: c.kernel.map(() => 1), stride: c.kernel.map(() => 1) })) : naSpec(c);
+    const n = prod(c.grid);
+    f.runSync(`NA #${i} ${describe({ grid: c.grid, spec })}`, () => check(compilePattern(spec, { qGrid: c.grid, kGrid: c.grid, heads: 1 }), n, n, 1));
+  }
+  f.done('allowsRow');
+});

@@ -52,6 +52,8 @@ export class TileCtx {
   vRowStep = 0;
   /** Slices laid out in the ranges scratch by the last sliced visit. */
   slices = 0;
+  /** One query's allowed flags over a visit's keys (CompiledPattern.allowsRow), grown on first use. */
+  private rowFlags = new Uint8Array(0);
   span!: SeqSpan;
 
   constructor(
@@ -333,9 +335,18 @@ export class TileCtx {
       K.maskBox(s0, tqPad, ni, tk, this.rank, kCrd, at.lo + 4 * i0, at.hi + 4 * i0);
       return;
     }
+    // other patterns (chunk lists, block masks, user masks, their compositions): a row of keys per query
     const s = at.s >> 2;
-    for (let j = 0; j < tk; j++)
-      for (let i = i0; i < i0 + real; i++) if (!p.allows(span.b, h, this.qTok[i]!, this.kTok[k0 + j]!)) f32[s + j * tqPad + i] = -Infinity;
+    const row = this.maskRow(tk);
+    for (let i = i0; i < i0 + real; i++) {
+      p.allowsRow(span.b, h, this.qTok[i]!, this.kTok, k0, tk, row);
+      for (let j = 0; j < tk; j++) if (!row[j]) f32[s + j * tqPad + i] = -Infinity;
+    }
+  }
+
+  private maskRow(n: number): Uint8Array {
+    if (this.rowFlags.length < n) this.rowFlags = new Uint8Array(Math.max(n, this.plan.maxK));
+    return this.rowFlags;
   }
 
   /** Every slice in the ranges scratch in one call: scores, softcap, mask, online softmax, P.V. */

@@ -23,7 +23,20 @@ export interface CompiledPattern {
   /** Per-axis rules when the pattern is a product of monotone intervals (analytic everywhere). */
   readonly boxRules?: (g: number) => readonly AxisRule[];
   allows(b: number, h: number, q: number, k: number): boolean;
+  /**
+   * `allows` for query token q against the n key tokens kTok[from..from + n), into out[0..n) (1 or
+   * 0): the masks of partial visits ask whole rows, and one call per row with the query's bounds
+   * worked out once is 30-60x cheaper than a call per pair (LongHeads' chunk lists AND causal).
+   */
+  allowsRow(b: number, h: number, q: number, kTok: Int32Array, from: number, n: number, out: Uint8Array): void;
   bounds(b: number, h: number, g: number, q: Box): Box | null;
+  /**
+   * 1-D patterns whose keys come in sparse runs (chunk lists, their compositions): the sorted,
+   * disjoint [lo, hi) key ranges query box `q` may see, so a schedule walks those instead of
+   * classifying every tile of the bounds (LongHeads: a few selected chunks spread over the whole
+   * sequence, whose bounds span all of it). Absent: the bounds are the only run.
+   */
+  keyRuns?(b: number, h: number, g: number, q: Box): [number, number][];
   qBounds(b: number, h: number, g: number, k: Box): Box | null;
   /** Pushes key coordinates in (lo, hi) along `axis` where the coverage of query box `q` may change. */
   cuts(b: number, h: number, g: number, q: Box, axis: number, lo: number, hi: number, out: number[]): void;
@@ -142,6 +155,35 @@ function boxPattern(ctx: Ctx, axisRule: (axis: number, g: number) => AxisRule): 
   // group index from per-axis group offsets (row-major over dilation)
   const gStr = stridesOf(dilation);
   const meets = (r: AxisRule, q: number, lo: number, hi: number) => Math.max(r.start(q), lo) <= Math.min(r.end(q), hi);
+  // query q's per-axis dilation group and allowed key interval (group-local), for allows and allowsRow
+  const qGrp = new Int32Array(rank);
+  const kLo = new Int32Array(rank);
+  const kHi = new Int32Array(rank);
+  const bindQuery = (q: number): void => {
+    let g = 0;
+    for (let a = 0; a < rank; a++) {
+      const cq = Math.floor(q / qStr[a]!) % qShape[a]!;
+      const d = dilation[a]!;
+      qGrp[a] = cq % d;
+      g += (cq % d) * gStr[a]!;
+    }
+    const rules = rulesOf(g);
+    for (let a = 0; a < rank; a++) {
+      const x = Math.floor((Math.floor(q / qStr[a]!) % qShape[a]!) / dilation[a]!);
+      kLo[a] = rules[a]!.start(x);
+      kHi[a] = rules[a]!.end(x);
+    }
+  };
+  const keyIn = (k: number): boolean => {
+    for (let a = 0; a < rank; a++) {
+      const ck = Math.floor(k / kStr[a]!) % kShape[a]!;
+      const d = dilation[a]!;
+      if (ck % d !== qGrp[a]) return false;
+      const x = Math.floor(ck / d);
+      if (x < kLo[a]! || x > kHi[a]!) return false;
+    }
+    return true;
+  };
 
   return {
     geometry: ctx.geo,
@@ -150,24 +192,19 @@ function boxPattern(ctx: Ctx, axisRule: (axis: number, g: number) => AxisRule): 
     perHead: false,
     boxRules: rulesOf,
     allows(_b, _h, q, k) {
-      let g = 0;
-      const xq: number[] = [];
-      const xk: number[] = [];
-      for (let a = 0; a < rank; a++) {
-        const cq = Math.floor(q / qStr[a]!) % qShape[a]!;
-        const ck = Math.floor(k / kStr[a]!) % kShape[a]!;
-        const d = dilation[a]!;
-        if (cq % d !== ck % d) return false;
-        g += (cq % d) * gStr[a]!;
-        xq.push(Math.floor(cq / d));
-        xk.push(Math.floor(ck / d));
-      }
-      const rules = rulesOf(g);
-      for (let a = 0; a < rank; a++) {
-        const r = rules[a]!;
-        if (xk[a]! < r.start(xq[a]!) || xk[a]! > r.end(xq[a]!)) return false;
-      }
-      return true;
+      bindQuery(q);
+      return keyIn(k);
+    },
+    allowsRow(_b, _h, q, kTok, from, n, out) {
+      bindQuery(q);
+      if (rank === 1 && dilation[0] === 1) {
+        const lo = kLo[0]!;
+        const hi = kHi[0]!;
+        for (let j = 0; j < n; j++) {
+          const k = kTok[from + j]!;
+          out[j] = k >= lo && k <= hi ? 1 : 0;
+        }
+      } else for (let j = 0; j < n; j++) out[j] = keyIn(kTok[from + j]!) ? 1 : 0;
     },
     bounds(_b, _h, g, q) {
       const rules = rulesOf(g);
@@ -260,6 +297,9 @@ function maskPattern(fn: (b: number, h: number, q: number, k: number) => boolean
     perBatch: true,
     perHead: true,
     allows,
+    allowsRow(b, h, q, kTok, from, n, out) {
+      for (let j = 0; j < n; j++) out[j] = fn(b, h, q, kTok[from + j]!) === true ? 1 : 0;
+    },
     bounds: (_b, _h, g) => wholeK(ctx, g),
     qBounds: (_b, _h, g) => wholeQ(ctx, g),
     cuts() {},
@@ -282,6 +322,10 @@ function blockSparsePattern(spec: Extract<PatternSpec, { kind: 'blockSparse' }>,
     perBatch: false,
     perHead: maskHeads > 1,
     allows: (_b, h, q, k) => at(h, Math.floor(q / blockQ), Math.floor(k / blockK)),
+    allowsRow(_b, h, q, kTok, from, n, out) {
+      const qb = Math.floor(q / blockQ);
+      for (let j = 0; j < n; j++) out[j] = at(h, qb, Math.floor(kTok[from + j]! / blockK)) ? 1 : 0;
+    },
     bounds(_b, h, _g, q) {
       let lo = Infinity;
       let hi = -1;
@@ -356,6 +400,17 @@ function chunkPattern(spec: Extract<PatternSpec, { kind: 'chunks' }>, ctx: Ctx):
     perBatch: false,
     perHead: spec.heads > 1,
     allows: (_b, h, q, k) => has(h, Math.floor(q / queryTile), Math.floor(k / chunkSize)),
+    allowsRow(_b, h, q, kTok, from, n, out) {
+      // one list lookup per chunk the keys pass through, not per key
+      const t = Math.floor(q / queryTile);
+      let c = -1;
+      let on = 0;
+      for (let j = 0; j < n; j++) {
+        const cj = Math.floor(kTok[from + j]! / chunkSize);
+        if (cj !== c) on = has(h, t, (c = cj)) ? 1 : 0;
+        out[j] = on;
+      }
+    },
     bounds(_b, h, _g, q) {
       let lo = Infinity;
       let hi = -1;
@@ -368,6 +423,25 @@ function chunkPattern(spec: Extract<PatternSpec, { kind: 'chunks' }>, ctx: Ctx):
         }
       }
       return hi < 0 ? null : { lo: [lo * chunkSize], hi: [Math.min(nk, (hi + 1) * chunkSize)] };
+    },
+    keyRuns(_b, h, _g, q) {
+      // the chunks any query tile of the box lists, merged into runs of consecutive chunks
+      const [t0, t1] = tiles(q);
+      const cs: number[] = [];
+      for (let t = t0; t <= t1; t++) {
+        const [a, b] = list(h, t);
+        for (let i = a; i < b; i++) cs.push(ids[i]!);
+      }
+      if (t1 > t0) cs.sort((x, y) => x - y);
+      const runs: [number, number][] = [];
+      for (const c of cs) {
+        const lo = c * chunkSize;
+        const hi = Math.min(nk, lo + chunkSize);
+        const last = runs[runs.length - 1];
+        if (last && lo <= last[1]) last[1] = Math.max(last[1], hi);
+        else if (lo < hi) runs.push([lo, hi]);
+      }
+      return runs;
     },
     qBounds(_b, h, _g, k) {
       const c0 = Math.floor(k.lo[0]! / chunkSize);
@@ -409,13 +483,37 @@ function intersect(a: Box | null, b: Box | null): Box | null {
   return lo.some((x, i) => x >= hi[i]!) ? null : { lo, hi };
 }
 
+/** The intersection of two sorted lists of disjoint [lo, hi) runs. */
+function intersectRuns(a: [number, number][], b: [number, number][]): [number, number][] {
+  const out: [number, number][] = [];
+  for (let i = 0, j = 0; i < a.length && j < b.length; ) {
+    const lo = Math.max(a[i]![0], b[j]![0]);
+    const hi = Math.min(a[i]![1], b[j]![1]);
+    if (lo < hi) out.push([lo, hi]);
+    if (a[i]![1] < b[j]![1]) i++;
+    else j++;
+  }
+  return out;
+}
+
+/** The union of two sorted lists of disjoint [lo, hi) runs, merged where they touch. */
+function unionRuns(a: [number, number][], b: [number, number][]): [number, number][] {
+  const out: [number, number][] = [];
+  for (const r of [...a, ...b].sort((x, y) => x[0] - y[0])) {
+    const last = out[out.length - 1];
+    if (last && r[0] <= last[1]) last[1] = Math.max(last[1], r[1]);
+    else out.push([r[0], r[1]]);
+  }
+  return out;
+}
+
 function hull(a: Box | null, b: Box | null): Box | null {
   if (!a) return b;
   if (!b) return a;
   return { lo: a.lo.map((x, i) => Math.min(x, b.lo[i]!)), hi: a.hi.map((x, i) => Math.max(x, b.hi[i]!)) };
 }
 
-function composite(parts: CompiledPattern[], ctx: Ctx): Omit<CompiledPattern, 'allows' | 'bounds' | 'qBounds' | 'classify'> {
+function composite(parts: CompiledPattern[], ctx: Ctx): Omit<CompiledPattern, 'allows' | 'allowsRow' | 'bounds' | 'qBounds' | 'classify'> {
   return {
     geometry: ctx.geo,
     groups: ctx.groups,
@@ -426,12 +524,28 @@ function composite(parts: CompiledPattern[], ctx: Ctx): Omit<CompiledPattern, 'a
   };
 }
 
+/** A row buffer that grows to the longest row asked (the parts' rows of and/or). */
+function rowScratch(): (n: number) => Uint8Array {
+  let buf = new Uint8Array(64);
+  return (n) => (buf.length >= n ? buf : (buf = new Uint8Array(Math.max(n, 2 * buf.length))));
+}
+
 function andPattern(parts: CompiledPattern[], ctx: Ctx): CompiledPattern {
   const allows = (b: number, h: number, q: number, k: number) => parts.every((p) => p.allows(b, h, q, k));
+  const scratch = rowScratch();
   return {
     ...composite(parts, ctx),
     allows,
+    allowsRow(b, h, q, kTok, from, n, out) {
+      parts[0]!.allowsRow(b, h, q, kTok, from, n, out);
+      const row = scratch(n);
+      for (let p = 1; p < parts.length; p++) {
+        parts[p]!.allowsRow(b, h, q, kTok, from, n, row);
+        for (let j = 0; j < n; j++) out[j]! &= row[j]!;
+      }
+    },
     bounds: (b, h, g, q) => parts.map((p) => p.bounds(b, h, g, q)).reduce(intersect),
+    ...(parts.some((p) => p.keyRuns) ? { keyRuns: (b: number, h: number, g: number, q: Box) => parts.flatMap((p) => (p.keyRuns ? [p.keyRuns(b, h, g, q)] : [])).reduce(intersectRuns) } : {}),
     qBounds: (b, h, g, k) => parts.map((p) => p.qBounds(b, h, g, k)).reduce(intersect),
     classify(b, h, g, q, k) {
       let partial = 0;
@@ -448,10 +562,20 @@ function andPattern(parts: CompiledPattern[], ctx: Ctx): CompiledPattern {
 }
 
 function orPattern(parts: CompiledPattern[], ctx: Ctx): CompiledPattern {
+  const scratch = rowScratch();
   return {
     ...composite(parts, ctx),
     allows: (b, h, q, k) => parts.some((p) => p.allows(b, h, q, k)),
+    allowsRow(b, h, q, kTok, from, n, out) {
+      parts[0]!.allowsRow(b, h, q, kTok, from, n, out);
+      const row = scratch(n);
+      for (let p = 1; p < parts.length; p++) {
+        parts[p]!.allowsRow(b, h, q, kTok, from, n, row);
+        for (let j = 0; j < n; j++) out[j]! |= row[j]!;
+      }
+    },
     bounds: (b, h, g, q) => parts.map((p) => p.bounds(b, h, g, q)).reduce(hull),
+    ...(parts.every((p) => p.keyRuns) ? { keyRuns: (b: number, h: number, g: number, q: Box) => parts.map((p) => p.keyRuns!(b, h, g, q)).reduce(unionRuns) } : {}),
     qBounds: (b, h, g, k) => parts.map((p) => p.qBounds(b, h, g, k)).reduce(hull),
     classify(b, h, g, q, k) {
       let empty = 0;

@@ -22,9 +22,9 @@ import { SelectedPositions, chunksOf } from '../rope.js';
  * RoPE positions are token + shift: `qPosShift` per item, `kPosShift` per visit (both i32, 0
  * without RoPE). 'absolute' shifts are constants of the sequence's shape (see ropePositions).
  * 'selected' positions are slot * chunkSize + offset in the chunk, so a key's shift is
- * (slot - chunk) * chunkSize: constant over a run of consecutively listed chunks, and visits are
- * split where it changes. Keys of unlisted chunks are masked; they join the run they sit in and the
- * kernel clamps their (meaningless) position into the table. A query tile needs no split: its rows
+ * (slot - chunk) * chunkSize: constant over a run of consecutively listed chunks, and every visit
+ * lies inside one such run (kvSchedule walks the pattern's keyRuns, the listed chunks merged where
+ * consecutive), so one shift per visit is exact; this is checked here. A query tile likewise: its rows
  * are contiguous tokens inside one chunk-list tile, every row's own chunk is listed (api.ts
  * checkOwnChunks), so the chunks it spans are consecutive in the sorted list; this is checked here.
  *
@@ -103,9 +103,13 @@ interface ShiftedVisit extends Visit {
   readonly kPosShift: number;
 }
 
+/** Written out, not `{ ...v, kPosShift }`: V8's spread copies made the whole build 1.9x slower here. */
+const shifted = (v: Visit, kPosShift: number): ShiftedVisit => ({ box: v.box, full: v.full, kPosShift });
+
 /**
  * The RoPE shifts of one query tile (`qTok`, `nq` rows; `nqSeq`/`nkSeq` the sequence's lengths):
- * its query shift and its visits, split where the key shift changes ('selected' positions).
+ * its query shift and each visit's key shift ('selected' positions: from the visit's first and
+ * last keys, which must agree).
  */
 function ropeShifts(
   problem: AttnProblem,
@@ -118,10 +122,10 @@ function ropeShifts(
   keyTokens: (box: Box) => Int32Array,
 ): { qPosShift: number; visits: ShiftedVisit[] } {
   const rope = problem.rope;
-  if (!rope) return { qPosShift: 0, visits: vs.map((v) => ({ ...v, kPosShift: 0 })) };
+  if (!rope) return { qPosShift: 0, visits: vs.map((v) => shifted(v, 0)) };
   if (rope.positions === 'absolute') {
     const kPosShift = Math.max(0, nqSeq - nkSeq);
-    return { qPosShift: Math.max(0, nkSeq - nqSeq), visits: vs.map((v) => ({ ...v, kPosShift })) };
+    return { qPosShift: Math.max(0, nkSeq - nqSeq), visits: vs.map((v) => shifted(v, kPosShift)) };
   }
   const spec = chunksOf(problem.pattern)!;
   const C = spec.chunkSize;
@@ -134,29 +138,18 @@ function ropeShifts(
   const visits: ShiftedVisit[] = [];
   for (const v of vs) {
     // rank 1, one group ('selected' RoPE needs a chunks pattern): box index j is token kTok[j]
-    const lo = v.box.lo[0]!;
-    const n = v.box.hi[0]! - lo;
+    const n = v.box.hi[0]! - v.box.lo[0]!;
     const kTok = keyTokens(v.box);
-    // consecutive tokens (no dilation): walk chunk by chunk, not key by key (the lists are long)
-    const contiguous = n > 0 && kTok[n - 1]! - kTok[0]! === n - 1;
-    let start = 0;
-    let shift: number | undefined;
-    for (let j = 0; j < n; ) {
-      const c = Math.floor(kTok[j]! / C);
-      const next = contiguous ? Math.min(n, (c + 1) * C - kTok[0]!) : j + 1;
+    const shiftOf = (t: number): number => {
+      const c = Math.floor(t / C);
       const slot = sel.slotOf(c);
-      if (slot >= 0) {
-        const sh = (slot - c) * C;
-        if (shift === undefined) shift = sh;
-        else if (sh !== shift) {
-          visits.push({ box: { lo: [lo + start], hi: [lo + j] }, full: v.full, kPosShift: shift });
-          start = j;
-          shift = sh;
-        }
-      }
-      j = next;
-    }
-    visits.push({ box: { lo: [lo + start], hi: [lo + n] }, full: v.full, kPosShift: shift ?? 0 });
+      if (slot < 0) throw new TilewiseError('webgpu', 'a visit holds keys of an unlisted chunk (internal)', `head ${h}, key ${t}`);
+      return (slot - c) * C;
+    };
+    // listed chunks have increasing slots, so equal shifts at both ends mean every chunk between is listed
+    const kPosShift = shiftOf(kTok[0]!);
+    if (shiftOf(kTok[n - 1]!) !== kPosShift) throw new TilewiseError('webgpu', 'a visit spans two runs of listed chunks (internal)', `head ${h}, keys ${kTok[0]}..${kTok[n - 1]}`);
+    visits.push(shifted(v, kPosShift));
   }
   return { qPosShift, visits };
 }
@@ -183,7 +176,8 @@ export function buildGpuSchedule(problem: AttnProblem, space: ItemSpace, opts: S
   if (tr && problem.rope?.positions === 'selected') throw new TilewiseError('ropePositions', "'selected' (LongHeads) has no transposed schedule");
   const patIds = new Map<CompiledPattern, number>();
   const entries = new Map<string, Entry>();
-  const keyLists = new Map<string, number>();
+  // token lists already written, per `pattern id|group`, by box: lo * keySpan + hi in 1-D (no string per visit)
+  const keyLists = new Map<string, Map<number | string, number>>();
   let visits = 0;
   let partialVisits = 0;
 
@@ -197,6 +191,8 @@ export function buildGpuSchedule(problem: AttnProblem, space: ItemSpace, opts: S
   const kCrd = new Int32Array(maxK * rank0);
   const lo = new Int32Array(maxQ * rank0);
   const hi = new Int32Array(maxQ * rank0);
+  const row = new Uint8Array(Math.max(maxQ, maxK));
+  const keySpan = 1 + Math.max(1, ...problem.seqs.map((s) => Math.max(prod(s.kGrid), prod(s.qGrid))));
 
   /** Writes a token list (and its linear coordinates) to the heap; returns its offset. */
   const putTokens = (tok: Int32Array, n: number, box: Box, crd: Int32Array): number => {
@@ -242,9 +238,8 @@ export function buildGpuSchedule(problem: AttnProblem, space: ItemSpace, opts: S
             hi[i * rank + a] = rules[a]!.end(qCrd[i * rank + a]!);
           }
       };
-      // query i of qTok may see key j of kTok (kCrd holds the keys' coordinates when rules are used)
+      // query i of qTok may see key j of kTok (box rules: kCrd holds the keys' coordinates)
       const allowed = (i: number, j: number): boolean => {
-        if (!rules) return p.allows(span.b, h, qTok[i]!, kTok[j]!);
         for (let a = 0; a < rank; a++) {
           const x = kCrd[j * rank + a]!;
           if (x < lo[i * rank + a]! || x > hi[i * rank + a]!) return false;
@@ -265,34 +260,47 @@ export function buildGpuSchedule(problem: AttnProblem, space: ItemSpace, opts: S
         const rope = problem.rope !== undefined;
         ownShift = rope ? Math.max(0, nqSeq - nkSeq) : 0;
         const visitShift = rope ? Math.max(0, nkSeq - nqSeq) : 0;
-        vs = qSchedule(p, span.b, h, g, ownBox, qTileR).map((v) => ({ ...v, kPosShift: visitShift }));
+        vs = qSchedule(p, span.b, h, g, ownBox, qTileR).map((v) => shifted(v, visitShift));
       } else {
         const shifted = ropeShifts(problem, h, nqSeq, nkSeq, qTok, nOwn, kvSchedule(p, span.b, h, g, ownBox, kTileR), otherTokens);
         vs = shifted.visits;
         ownShift = shifted.qPosShift;
       }
       const vOff = heap.alloc(vs.length * VISIT.size);
+      const listKey = `${pid}|${g}`;
+      let lists = keyLists.get(listKey);
+      if (!lists) keyLists.set(listKey, (lists = new Map()));
       vs.forEach((vis, vi) => {
         const nOther = boxVolume(vis.box);
-        const boxKey = `${pid}|${g}|${vis.box.lo.join(',')}|${vis.box.hi.join(',')}`;
-        let otherOff = keyLists.get(boxKey);
+        const boxKey = vis.box.lo.length === 1 ? vis.box.lo[0]! * keySpan + vis.box.hi[0]! : `${vis.box.lo.join(',')}|${vis.box.hi.join(',')}`;
+        let otherOff = lists.get(boxKey);
         const otherTok = tr ? qTok : kTok;
         const otherCrd = tr ? qCrd : kCrd;
         if (otherOff === undefined || !vis.full) boxTokens(tr ? geo.qShape : geo.kShape, geo.dilation, grp, vis.box, otherTok);
-        if (otherOff === undefined) keyLists.set(boxKey, (otherOff = putTokens(otherTok, nOther, vis.box, otherCrd)));
+        if (otherOff === undefined) lists.set(boxKey, (otherOff = putTokens(otherTok, nOther, vis.box, otherCrd)));
         let mask = NO_MASK;
         if (!vis.full) {
           partialVisits++;
           mask = heap.alloc(Math.ceil((nOwn * nOther) / 32));
           const d = heap.data;
-          if (tr) ruleBounds(vis.box, nOther);
-          else if (rules) boxCoords(vis.box, kCrd);
-          for (let i = 0; i < nOwn; i++)
-            for (let j = 0; j < nOther; j++)
-              if (tr ? allowed(j, i) : allowed(i, j)) {
-                const bit = i * nOther + j;
-                d[mask + (bit >>> 5)]! |= 1 << (bit & 31);
-              }
+          const set = (bit: number) => (d[mask + (bit >>> 5)]! |= 1 << (bit & 31));
+          if (rules) {
+            if (tr) ruleBounds(vis.box, nOther);
+            else boxCoords(vis.box, kCrd);
+            for (let i = 0; i < nOwn; i++) for (let j = 0; j < nOther; j++) if (tr ? allowed(j, i) : allowed(i, j)) set(i * nOther + j);
+          } else if (!tr) {
+            // a row of keys per query: the pattern works out each query's bounds once
+            for (let i = 0; i < nOwn; i++) {
+              p.allowsRow(span.b, h, qTok[i]!, kTok, 0, nOther, row);
+              for (let j = 0, bit = i * nOther; j < nOther; j++, bit++) d[mask + (bit >>> 5)]! |= row[j]! << (bit & 31);
+            }
+          } else {
+            // transposed: own rows are keys (kTok), visited ones queries (qTok)
+            for (let j = 0; j < nOther; j++) {
+              p.allowsRow(span.b, h, qTok[j]!, kTok, 0, nOwn, row);
+              for (let i = 0; i < nOwn; i++) if (row[i]) set(i * nOther + j);
+            }
+          }
         }
         const r = vOff + vi * VISIT.size;
         heap.data[r + VISIT.at.kTok] = otherOff;
