@@ -385,13 +385,16 @@ function chunkPattern(spec: Extract<PatternSpec, { kind: 'chunks' }>, ctx: Ctx):
     return [offsets[i]!, offsets[i + 1]!] as const;
   };
   const has = (h: number, t: number, c: number) => {
-    let [lo, hi] = list(h, t);
+    const i = (spec.heads === 1 ? 0 : h) * numQTiles + t;
+    const end = offsets[i + 1]!;
+    let lo = offsets[i]!;
+    let hi = end;
     while (lo < hi) {
       const mid = (lo + hi) >>> 1;
       if (ids[mid]! < c) lo = mid + 1;
       else hi = mid;
     }
-    return lo < list(h, t)[1] && ids[lo] === c;
+    return lo < end && ids[lo] === c;
   };
   const tiles = (q: Box) => [Math.floor(q.lo[0]! / queryTile), Math.floor((q.hi[0]! - 1) / queryTile)] as const;
   return {
