@@ -746,6 +746,35 @@ test("GPU schedule RoPE shifts: token + shift is every query's and every key's p
   }
 });
 
+gpuTest('chunk lists walked in the kernel (LongHeads): chunks alone and AND causal (both alignments), selected RoPE or none, GQA, Nq != Nk; against float64 and the uploaded-schedule path', async () => {
+  const ctx = await getContext();
+  const r = rng(64);
+  try {
+    for (let i = 0; i < 10; i++) {
+      const dim = [8, 12][i % 2]!;
+      const c = randomCfg(r, { batch: 1, nk: int(r, 16, 90), dim, dimV: pick(r, [dim, 4]) });
+      c.nq = i % 3 === 0 ? int(r, 1, c.nk) : c.nk;
+      const causal = i % 4 !== 3;
+      const align = pick(r, ['top-left', 'bottom-right'] as const);
+      const chunks = randomChunks(r, c.nq, c.nk, pick(r, [1, c.heads]), causal);
+      const pattern: PatternSpec = causal ? { kind: 'and', parts: [chunks, { kind: 'causal', align }] } : chunks;
+      const opts: AttentionOptions = { pattern, tile: { q: pick(r, [4, 8]), kv: pick(r, [8, 16, 32]) }, ...(i % 2 === 0 ? { rope: {}, ropePositions: 'selected' as const } : {}) };
+      const [q, k, v] = tensors(c, 1600 + i);
+      const { problem } = planAttention(q, k, v, opts);
+      const what = `#${i} C=${chunks.chunkSize} T=${chunks.queryTile} causal=${causal && align} ${JSON.stringify(c)} ${JSON.stringify(opts.tile)} rope=${i % 2 === 0}`;
+      // the planner the kernel uses picks the walk
+      assert.equal(planFused(problem, ctx.limits, FUSED_TUNING[ctx.adapterClass], ctx.subgroupMinSize).spec.schedule, 'chunks', what);
+      await check(problem, q, k, v, what);
+      const walked = await runWebGPUFused(problem, q.data, k.data, v.data, { poison: true });
+      setFusedTuning({ analytic: false });
+      const listed = await runWebGPUFused(problem, q.data, k.data, v.data, { poison: true }).finally(() => setFusedTuning(undefined));
+      assert.ok(relError(walked.out, listed.out) < TOL, `${what}: walked against uploaded`);
+    }
+  } finally {
+    setFusedTuning(undefined);
+  }
+});
+
 // One tile shape for the RoPE tests (LongHeads below uses it too: selectTile 8, 32 keys): lavapipe
 // compiles each new pipeline for seconds, and a pipeline depends on head dims and tiles only.
 const ropeTile = { q: 8, kv: 32 };

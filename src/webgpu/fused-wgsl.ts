@@ -1,5 +1,6 @@
 import { ITEM, NO_MASK, VISIT } from './schedule.js';
 import { ANALYTIC_UNIFORMS, analyticSource } from './analytic.js';
+import { CHUNK_UNIFORMS, chunkSource } from './chunks.js';
 import { uniformLayout } from './uniforms.js';
 import { type Program, attnBindings, f16Directive, narrow, prologue, vecType as vec, widenLoads } from './wgsl.js';
 import { TILE_UNIFORMS, type TileSpec, microProduct, paddedStride, scoreHooks, stageRows } from './tile-wgsl.js';
@@ -25,9 +26,10 @@ export interface FusedSpec extends TileSpec {
   /**
    * Where the schedule comes from: 'list' reads the uploaded u32 records (schedule.ts), any
    * pattern; 'analytic' decodes items and visits from the workgroup id and per-axis rules
-   * (analytic.ts), for dense, causal, window and neighborhood patterns on `rank` axes.
+   * (analytic.ts), for dense, causal, window and neighborhood patterns on `rank` axes; 'chunks'
+   * walks uploaded chunk lists (chunks.ts: LongHeads' chunks, alone or AND causal).
    */
-  readonly schedule: 'list' | 'analytic';
+  readonly schedule: 'list' | 'analytic' | 'chunks';
   readonly rank: number;
   /** Analytic neighborhoods only: q, k and v come in the permuted layouts of permute.ts. */
   readonly permute: boolean;
@@ -79,6 +81,7 @@ export const FUSED_UNIFORMS = uniformLayout({
   ropeQShift: 'i32',
   ropeKShift: 'i32',
   ...ANALYTIC_UNIFORMS,
+  ...CHUNK_UNIFORMS,
 });
 
 export const fusedProgram: Program<FusedSpec, typeof FUSED_UNIFORMS.decl> = {
@@ -86,7 +89,7 @@ export const fusedProgram: Program<FusedSpec, typeof FUSED_UNIFORMS.decl> = {
   uniforms: FUSED_UNIFORMS,
   bindings: (s) => [
     ...attnBindings(s.wq, s.wv, s.f16 ? 'f16' : 'f32'),
-    ...(s.schedule === 'list' ? [{ name: 'sched', kind: 'read' as const, type: 'array<u32>' }] : []),
+    ...(s.schedule !== 'analytic' ? [{ name: 'sched', kind: 'read' as const, type: 'array<u32>' }] : []),
     ...(s.bias || s.rpb || s.rope ? [{ name: 'aux', kind: 'read' as const, type: 'array<f32>' }] : []),
   ],
   workgroupSize: threadsOf,
@@ -318,7 +321,7 @@ fn screenKey1(x: f32, j: u32, vi: u32) -> f32 {
 }`
     : '';
   const shuffles = s.subgroups && TX > 1;
-  const src = s.schedule === 'analytic' ? analyticSource(s.rank, RM, s.rope, s.permute, s.maskBits === true) : listSource(s.rope);
+  const src = s.schedule === 'analytic' ? analyticSource(s.rank, RM, s.rope, s.permute, s.maskBits === true) : s.schedule === 'chunks' ? chunkSource(s.rope) : listSource(s.rope);
   // loads widen f16 storage to the f32 the kernel computes in
   const loads = widenLoads(s.f16, [['q', s.wq], ['k', s.wq], ['v', s.wv]]);
   return `${f16Directive(s.f16)}${shuffles ? 'enable subgroups;\n' : ''}${prologue(fusedProgram, s, { DQ: dq, DV: dv, QS, PS, BQ: s.rows, BK: s.keys, RM, RN, RV, TX, THREADS: T })}

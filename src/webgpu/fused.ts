@@ -4,6 +4,7 @@ import { TilewiseError } from '../errors.js';
 import { type AttnProblem, ItemSpace, tileFor } from '../problem.js';
 import { BufferUsage, type GpuContext, type GpuLimits } from './device.js';
 import { type AnalyticPlan, analyticPlan, maskBitsFit, zeroAnalytic } from './analytic.js';
+import { type ChunkPlan, chunkPlan, zeroChunks } from './chunks.js';
 import { problemFields } from './tile-wgsl.js';
 import { FUSED_UNIFORMS, type FusedSpec, blockingOf, fusedProgram, fusedWorkgroupBytes, threadsOf } from './fused-wgsl.js';
 import { buildGpuSchedule } from './schedule.js';
@@ -27,6 +28,8 @@ export interface FusedPlan {
   readonly rank: number;
   /** Present when the kernel computes the schedule itself (spec.schedule 'analytic'). */
   readonly analytic?: AnalyticPlan;
+  /** Present when the kernel walks the chunk lists itself (spec.schedule 'chunks'). */
+  readonly chunks?: ChunkPlan;
 }
 
 /** Cuts the largest axis until the tile holds at most `cap` points. */
@@ -140,6 +143,7 @@ export function planFused(problem: AttnProblem, limits: GpuLimits, tune: FusedTu
       const keys = roundUp(nk, tx);
       const tiled = { ...problem, qTile, kvTile };
       const analytic = tune.analytic === false ? undefined : analyticPlan(tiled);
+      const chunks = tune.analytic === false || analytic ? undefined : chunkPlan(tiled, keys);
       const spec: FusedSpec = {
         ...problemFields(problem),
         rows,
@@ -152,12 +156,12 @@ export function planFused(problem: AttnProblem, limits: GpuLimits, tune: FusedTu
         f16,
         ...(screen ? { screen: true } : {}),
         ...(tune.pad ? { pad: true } : {}),
-        schedule: analytic ? 'analytic' : 'list',
+        schedule: analytic ? 'analytic' : chunks ? 'chunks' : 'list',
         rank,
         permute: (tune.permute ?? (tune.permuteFrom !== undefined && windowKeys(problem) >= tune.permuteFrom)) && analytic !== undefined && analytic.permutable && permutedFit(problem, analytic, limits, f16),
         ...(analytic && maskBitsFit(kvTile) ? { maskBits: true } : {}),
       };
-      if (fusedWorkgroupBytes(spec) <= budget && threadsOf(spec) <= maxThreads) return { spec, problem: tiled, rank, ...(analytic ? { analytic } : {}) };
+      if (fusedWorkgroupBytes(spec) <= budget && threadsOf(spec) <= maxThreads) return { spec, problem: tiled, rank, ...(analytic ? { analytic } : {}), ...(chunks ? { chunks } : {}) };
     }
   }
   throw new TilewiseError('dim', 'head dims are too large for this device’s workgroup memory', `${dim}+${dimV} with ${budget} bytes`);
@@ -206,9 +210,10 @@ const fusedKernel: TensorKernel = async (ctx, problem, q, k, v, opts) => {
   const rpb = problem.rpb ? rpbLayout(problem.rpb.kernel) : undefined;
   const rope = problem.rope;
   const an = plan.analytic;
+  const ch = plan.chunks;
   // an uploaded schedule only when the kernel cannot compute it
-  const sched = an ? undefined : buildGpuSchedule(plan.problem, new ItemSpace(plan.problem), { ...(rpb ? { lin: rpb.strides } : {}), maxWords: Math.floor(limits.maxStorageBufferBindingSize / 4) });
-  const total = an ? an.total : sched!.items;
+  const sched = an || ch ? undefined : buildGpuSchedule(plan.problem, new ItemSpace(plan.problem), { ...(rpb ? { lin: rpb.strides } : {}), maxWords: Math.floor(limits.maxStorageBufferBindingSize / 4) });
+  const total = an ? an.total : ch ? ch.total : sched!.items;
   const pipeline = await getPipeline(device, fusedProgram, plan.spec);
   const permuteFor = async (w: 1 | 4) => getPipeline(device, permuteProgram, { rank: plan.spec.rank, f16, w });
   const permute = plan.spec.permute && an ? { plan: an, qk: await permuteFor(plan.spec.wq), v: await permuteFor(plan.spec.wv) } : undefined;
@@ -237,6 +242,7 @@ const fusedKernel: TensorKernel = async (ctx, problem, q, k, v, opts) => {
       ropeQShift: an && rope ? Math.max(0, nkSeq - nqSeq) : 0,
       ropeKShift: an && rope ? Math.max(0, nqSeq - nkSeq) : 0,
       ...(an ? an.values : zeroAnalytic()),
+      ...(ch ? ch.values : zeroChunks()),
       ...blockingOf(plan.spec),
     });
     const pre: Launch[] = [];
@@ -257,6 +263,7 @@ const fusedKernel: TensorKernel = async (ctx, problem, q, k, v, opts) => {
     }
     const entries = [own(uniformBuffer(device, params)), qb, kb, vb, io.out, io.lse];
     if (sched) entries.push(own(uploadBuffer(device, sched.data, BufferUsage.STORAGE, 'tilewise schedule')));
+    else if (ch) entries.push(own(uploadBuffer(device, ch.words, BufferUsage.STORAGE, 'tilewise chunk lists')));
     if (plan.spec.bias || plan.spec.rpb || plan.spec.rope) {
       // aux = bias | rpb | RoPE table (cos then sin), one binding
       const nb = problem.bias?.data.length ?? 0;
