@@ -316,7 +316,7 @@ async function fusedPath(t: Target, p: AttnProblem, backward: boolean): Promise<
   if (t.name === 'cpu') return headLanesFit(p, false) ? 'head lanes (4 heads of a query in the SIMD lanes)' : 'query lanes (tile step)';
   const [{ planFused, tuningFor }, { planBackward, backwardTuningFor }] = await Promise.all([import('../webgpu/fused.js'), import('../webgpu/backward.js')]);
   const walk = (analytic: boolean) => (analytic ? 'in-kernel walk' : 'uploaded schedule');
-  const fwd = planFused(p, t.ctx.limits, tuningFor(t.ctx), t.ctx.subgroupMinSize).spec.schedule === 'analytic';
+  const fwd = planFused(p, t.ctx.limits, tuningFor(t.ctx), t.ctx.subgroupMinSize).spec.schedule !== 'list';
   const bwd = () => planBackward(p, t.ctx.limits, backwardTuningFor(t.ctx)).q.spec.schedule === 'analytic';
   return `forward ${walk(fwd)}${backward ? `, backward ${walk(bwd())}` : ''}`;
 }
