@@ -25,8 +25,8 @@ export interface CompiledPattern {
   allows(b: number, h: number, q: number, k: number): boolean;
   /**
    * `allows` for query token q against the n key tokens kTok[from..from + n), into out[0..n) (1 or
-   * 0): the masks of partial visits ask whole rows, and one call per row with the query's bounds
-   * worked out once is 30-60x cheaper than a call per pair (LongHeads' chunk lists AND causal).
+   * 0): the masks of partial visits ask whole rows, one call per row with the query's bounds worked
+   * out once instead of a call per pair (BENCHMARKS stop 16: LongHeads' schedules).
    */
   allowsRow(b: number, h: number, q: number, kTok: Int32Array, from: number, n: number, out: Uint8Array): void;
   bounds(b: number, h: number, g: number, q: Box): Box | null;
