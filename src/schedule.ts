@@ -87,24 +87,31 @@ function split(bounds: Box, maxExtent: readonly number[], cuts: CutFn, classify:
 export function kvSchedule(p: CompiledPattern, b: number, h: number, g: number, q: Box, maxExtent: readonly number[]): Visit[] {
   const bounds = p.bounds(b, h, g, q);
   if (!bounds) return [];
-  const cuts: CutFn = (a, lo, hi, out) => p.cuts(b, h, g, q, a, lo, hi, out);
-  const classify = (k: Box) => p.classify(b, h, g, q, k);
-  if (!p.keyRuns || bounds.lo.length !== 1) return split(bounds, maxExtent, cuts, classify);
-  // sparse runs (chunk lists): split each run inside the bounds, not every tile between them
-  const [blo, bhi] = [bounds.lo[0]!, bounds.hi[0]!];
-  const out: Visit[] = [];
-  for (const [lo, hi] of p.keyRuns(b, h, g, q)) {
-    const [l, r] = [Math.max(lo, blo), Math.min(hi, bhi)];
-    if (l < r) out.push(...split({ lo: [l], hi: [r] }, maxExtent, cuts, classify));
-  }
-  return out;
+  const runs = p.keyRuns && bounds.lo.length === 1 ? p.keyRuns(b, h, g, q) : undefined;
+  return splitRuns(bounds, runs, maxExtent, (a, lo, hi, out) => p.cuts(b, h, g, q, a, lo, hi, out), (k) => p.classify(b, h, g, q, k));
 }
 
 /** The transposed schedule (backward pass): query boxes that see a key box. */
 export function qSchedule(p: CompiledPattern, b: number, h: number, g: number, k: Box, maxExtent: readonly number[]): Visit[] {
   const bounds = p.qBounds(b, h, g, k);
   if (!bounds) return [];
-  return split(bounds, maxExtent, (a, lo, hi, out) => p.qCuts(b, h, g, k, a, lo, hi, out), (q) => p.classify(b, h, g, q, k));
+  const runs = p.queryRuns && bounds.lo.length === 1 ? p.queryRuns(b, h, g, k) : undefined;
+  return splitRuns(bounds, runs, maxExtent, (a, lo, hi, out) => p.qCuts(b, h, g, k, a, lo, hi, out), (q) => p.classify(b, h, g, q, k));
+}
+
+/**
+ * `split` of the bounds, or (sparse patterns: chunk lists, block masks) of each 1-D run inside
+ * them, so the tiles between runs are never cut and classified.
+ */
+function splitRuns(bounds: Box, runs: [number, number][] | undefined, maxExtent: readonly number[], cuts: CutFn, classify: (b: Box) => number): Visit[] {
+  if (!runs) return split(bounds, maxExtent, cuts, classify);
+  const [blo, bhi] = [bounds.lo[0]!, bounds.hi[0]!];
+  const out: Visit[] = [];
+  for (const [lo, hi] of runs) {
+    const [l, r] = [Math.max(lo, blo), Math.min(hi, bhi)];
+    if (l < r) out.push(...split({ lo: [l], hi: [r] }, maxExtent, cuts, classify));
+  }
+  return out;
 }
 
 /** A materialised schedule for one (batch, head): per group, per query tile, its visits. */

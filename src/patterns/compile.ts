@@ -31,12 +31,14 @@ export interface CompiledPattern {
   allowsRow(b: number, h: number, q: number, kTok: Int32Array, from: number, n: number, out: Uint8Array): void;
   bounds(b: number, h: number, g: number, q: Box): Box | null;
   /**
-   * 1-D patterns whose keys come in sparse runs (chunk lists, their compositions): the sorted,
+   * 1-D patterns whose keys come in sparse runs (chunk lists, block masks, an `and` with one): the sorted,
    * disjoint [lo, hi) key ranges query box `q` may see, so a schedule walks those instead of
    * classifying every tile of the bounds (LongHeads: a few selected chunks spread over the whole
    * sequence, whose bounds span all of it). Absent: the bounds are the only run.
    */
   keyRuns?(b: number, h: number, g: number, q: Box): [number, number][];
+  /** The transposed schedule's counterpart of keyRuns: the runs of queries that may see key box `k`. */
+  queryRuns?(b: number, h: number, g: number, k: Box): [number, number][];
   qBounds(b: number, h: number, g: number, k: Box): Box | null;
   /** Pushes key coordinates in (lo, hi) along `axis` where the coverage of query box `q` may change. */
   cuts(b: number, h: number, g: number, q: Box, axis: number, lo: number, hi: number, out: number[]): void;
@@ -197,14 +199,7 @@ function boxPattern(ctx: Ctx, axisRule: (axis: number, g: number) => AxisRule): 
     },
     allowsRow(_b, _h, q, kTok, from, n, out) {
       bindQuery(q);
-      if (rank === 1 && dilation[0] === 1) {
-        const lo = kLo[0]!;
-        const hi = kHi[0]!;
-        for (let j = 0; j < n; j++) {
-          const k = kTok[from + j]!;
-          out[j] = k >= lo && k <= hi ? 1 : 0;
-        }
-      } else for (let j = 0; j < n; j++) out[j] = keyIn(kTok[from + j]!) ? 1 : 0;
+      for (let j = 0; j < n; j++) out[j] = keyIn(kTok[from + j]!) ? 1 : 0;
     },
     bounds(_b, _h, g, q) {
       const rules = rulesOf(g);
@@ -337,6 +332,9 @@ function blockSparsePattern(spec: Extract<PatternSpec, { kind: 'blockSparse' }>,
           }
       return hi < 0 ? null : { lo: [lo * blockK], hi: [Math.min(nk, (hi + 1) * blockK)] };
     },
+    // blocks any block of the box's side pairs with, merged into runs of consecutive blocks
+    keyRuns: (_b, h, _g, q) => blockRuns(numKBlocks, blockK, nk, Math.floor(q.lo[0]! / blockQ), Math.floor((q.hi[0]! - 1) / blockQ), (qb, kb) => at(h, qb, kb)),
+    queryRuns: (_b, h, _g, k) => blockRuns(numQBlocks, blockQ, nq, Math.floor(k.lo[0]! / blockK), Math.floor((k.hi[0]! - 1) / blockK), (kb, qb) => at(h, qb, kb)),
     qBounds(_b, h, _g, k) {
       let lo = Infinity;
       let hi = -1;
@@ -360,6 +358,25 @@ function blockSparsePattern(spec: Extract<PatternSpec, { kind: 'blockSparse' }>,
     },
     ...gridCuts(blockQ, blockK),
   };
+}
+
+/**
+ * Runs of the `n` tokens in blocks of `edge` (of `count` blocks) that pair with any block in
+ * [b0, b1] of the other side (`on(other block, block)`), consecutive blocks merged.
+ */
+function blockRuns(count: number, edge: number, n: number, b0: number, b1: number, on: (other: number, block: number) => boolean): [number, number][] {
+  const runs: [number, number][] = [];
+  for (let x = 0; x < count; x++) {
+    let hit = false;
+    for (let o = b0; o <= b1 && !hit; o++) hit = on(o, x);
+    const lo = x * edge;
+    const hi = Math.min(n, lo + edge);
+    if (!hit || lo >= hi) continue;
+    const last = runs[runs.length - 1];
+    if (last && last[1] === lo) last[1] = hi;
+    else runs.push([lo, hi]);
+  }
+  return runs;
 }
 
 /** Cut points at every multiple of a block edge strictly inside (lo, hi). */
@@ -446,6 +463,7 @@ function chunkPattern(spec: Extract<PatternSpec, { kind: 'chunks' }>, ctx: Ctx):
       }
       return runs;
     },
+    queryRuns: (_b, h, _g, k) => blockRuns(numQTiles, queryTile, nq, Math.floor(k.lo[0]! / chunkSize), Math.floor((k.hi[0]! - 1) / chunkSize), (c, t) => has(h, t, c)),
     qBounds(_b, h, _g, k) {
       const c0 = Math.floor(k.lo[0]! / chunkSize);
       const c1 = Math.floor((k.hi[0]! - 1) / chunkSize);
@@ -499,17 +517,6 @@ function intersectRuns(a: [number, number][], b: [number, number][]): [number, n
   return out;
 }
 
-/** The union of two sorted lists of disjoint [lo, hi) runs, merged where they touch. */
-function unionRuns(a: [number, number][], b: [number, number][]): [number, number][] {
-  const out: [number, number][] = [];
-  for (const r of [...a, ...b].sort((x, y) => x[0] - y[0])) {
-    const last = out[out.length - 1];
-    if (last && r[0] <= last[1]) last[1] = Math.max(last[1], r[1]);
-    else out.push([r[0], r[1]]);
-  }
-  return out;
-}
-
 function hull(a: Box | null, b: Box | null): Box | null {
   if (!a) return b;
   if (!b) return a;
@@ -549,6 +556,7 @@ function andPattern(parts: CompiledPattern[], ctx: Ctx): CompiledPattern {
     },
     bounds: (b, h, g, q) => parts.map((p) => p.bounds(b, h, g, q)).reduce(intersect),
     ...(parts.some((p) => p.keyRuns) ? { keyRuns: (b: number, h: number, g: number, q: Box) => parts.flatMap((p) => (p.keyRuns ? [p.keyRuns(b, h, g, q)] : [])).reduce(intersectRuns) } : {}),
+    ...(parts.some((p) => p.queryRuns) ? { queryRuns: (b: number, h: number, g: number, k: Box) => parts.flatMap((p) => (p.queryRuns ? [p.queryRuns(b, h, g, k)] : [])).reduce(intersectRuns) } : {}),
     qBounds: (b, h, g, k) => parts.map((p) => p.qBounds(b, h, g, k)).reduce(intersect),
     classify(b, h, g, q, k) {
       let partial = 0;
@@ -578,7 +586,6 @@ function orPattern(parts: CompiledPattern[], ctx: Ctx): CompiledPattern {
       }
     },
     bounds: (b, h, g, q) => parts.map((p) => p.bounds(b, h, g, q)).reduce(hull),
-    ...(parts.every((p) => p.keyRuns) ? { keyRuns: (b: number, h: number, g: number, q: Box) => parts.map((p) => p.keyRuns!(b, h, g, q)).reduce(unionRuns) } : {}),
     qBounds: (b, h, g, k) => parts.map((p) => p.qBounds(b, h, g, k)).reduce(hull),
     classify(b, h, g, q, k) {
       let empty = 0;

@@ -109,6 +109,12 @@ const io = (s: Pick<BackwardSpec, 'f16'>): 'f16' | 'f32' => (s.f16 ? 'f16' : 'f3
 const gradIo = (s: Pick<BackwardSpec, 'f16' | 'perQueryHead'>): 'f16' | 'f32' => (s.f16 && !s.perQueryHead ? 'f16' : 'f32');
 
 /**
+ * In the generated WGSL (no comments inside it: they would ship in every bundle): the schedule's
+ * "query" side is the item's own side (key rows on side 'k', a transposed walk); each thread keeps
+ * its own rows' tokens and linear coordinates (and on side 'q' their lse and delta); each visit's
+ * first barrier waits until the previous visit's tiles are consumed (at the first, the own rows
+ * staged); loads widen f16 storage to the f32 the kernel computes in.
+ *
  * One template, both passes. Per work item the own rows (q and dO, or k and v) are staged once;
  * per visit the other side's rows are staged, thread (ty, tx) computes its RM x RN micro-tiles of
  * S and dP (the forward's blocking), turns them into P and dS in workgroup memory, and adds its
@@ -238,9 +244,9 @@ function generateBackward(s: BackwardSpec): string {
     let t = ${src.qTok('r')};
     ${qSide ? 'dq' : 'dk'}[(${dOut}) * DQ + e - r * DQ] = ${narrow(gradIo(s) === 'f16', s.wq, s.rope ? 'unrope_ow(r * QS, e - r * DQ, ropePos(t, ownShift))' : 'ow[r * QS + e - r * DQ]')};
   }`;
+  // the transpose of the rotation (sin negated) on row `base` of ow, vector c, position p
   const unropeFn = s.rope
-    ? `// the transpose of the rotation (sin negated) on row \`base\` of ow, vector c, position p
-fn unrope_ow(base: u32, c: u32, p: u32) -> ${QT} {
+    ? `fn unrope_ow(base: u32, c: u32, p: u32) -> ${QT} {
   var x: ${QT} = ow[base + c];
   ${s.wq === 4 ? 'for (var l: u32 = 0u; l < 4u; l++) {\n    let j = c * 4u + l;' : '{\n    let j = c;'}
     if (j < 2u * P.ropeHalf) {
@@ -259,7 +265,6 @@ fn unrope_ow(base: u32, c: u32, p: u32) -> ${QT} {
 const NO_MASK: u32 = ${NO_MASK}u;
 ${src.decls}
 fn auxf(i: u32) -> f32 { return bitcast<f32>(sched[P.auxOff + i]); }
-// loads widen f16 storage to the f32 the kernel computes in
 ${widenLoads(s.f16, [['q', s.wq], ['k', s.wq], ['v', s.wv], ['dout', s.wv]])}
 ${s.rope ? ropeFns(s, (i) => `auxf(${i})`) : ''}
 
@@ -278,14 +283,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let item = wid.x + wid.y * P.itemsX;
   if (item >= P.total) { return; }
   ${src.item}
-  // the schedule's "query" side is the item's own side: key rows on side 'k' (a transposed walk)
   let kh = h / P.group;
   let nOwn = nq;
   ${s.rope ? 'let ownShift = qShift;' : ''}
   let tx = lid % TX;
   let r0 = (lid / TX) * RM;
   ${stageOwn}
-  // this thread's own rows: tokens, linear coordinates${qSide ? ', (lse, delta)' : ''}
   var otk: array<u32, RM> = array<u32, RM>();
   var oln: array<i32, RM> = array<i32, RM>();
   ${qSide ? 'var ost: array<vec2<f32>, RM> = array<vec2<f32>, RM>();' : ''}
@@ -304,7 +307,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   for (var vi: u32 = 0u; vi < nVisit; vi++) {
     ${src.visit('vi')}
     ${s.rope ? 'let oShift = kShift;' : ''}
-    workgroupBarrier(); // the previous visit's tiles are consumed (and, at the first, the own rows staged)
+    workgroupBarrier();
     ${stageOther}
     workgroupBarrier();
     for (var x: u32 = 0u; x < ${bRM} * ${bRN}; x++) { sc[x] = 0.0; dp[x] = 0.0; }

@@ -92,11 +92,16 @@ export function chunkPlan(problem: AttnProblem, keys: number): ChunkPlan | undef
   };
 }
 
-/** The walk as the fused template's schedule hooks (the uploaded words are its `sched` binding). */
+/**
+ * The walk as the fused template's schedule hooks (the uploaded words are its `sched` binding).
+ * Item = h * cTiles + tile; a list tile holds whole query tiles, so one list serves every row. With
+ * RoPE the query's own chunk is listed (api.ts checkOwnChunks), and its index there gives the
+ * shift. A visit caps its keys at the last row's causal bound, and is full when its last key is
+ * within the first row's. (No comments inside the WGSL: they would ship in every bundle.)
+ */
 export function chunkSource(rope: boolean): ScheduleSource {
   return {
     decls: '',
-    // item = h * cTiles + tile; a list tile holds whole query tiles, so one list serves every row
     item: `let h = item / P.cTiles;
   let q0 = (item - h * P.cTiles) * P.cQTile;
   let nq = min(P.cQTile, P.cNq - q0);
@@ -109,8 +114,7 @@ export function chunkSource(rope: boolean): ScheduleSource {
   let biasStride = 0u;
   ${
     rope
-      ? `// the query's own chunk is listed (api.ts checkOwnChunks): its index there gives the shift
-  let cq = (q0 + P.cNk - P.cNq) / P.cChunk;
+      ? `let cq = (q0 + P.cNk - P.cNq) / P.cChunk;
   var slot: u32 = 0u;
   for (var i: u32 = cLo; i < sched[list + 1u]; i++) { if (sched[P.cIdsOff + i] == cq) { slot = i - cLo; } }
   let qShift = (i32(slot) - i32(cq)) * i32(P.cChunk) + i32(P.cNk) - i32(P.cNq);`
@@ -120,7 +124,6 @@ export function chunkSource(rope: boolean): ScheduleSource {
     let ch = sched[P.cIdsOff + cLo + vl];
     let vk0 = ch * P.cChunk + (${vi} - vl * P.cPieces) * BK;
     let kEnd = min(min(vk0 + BK, (ch + 1u) * P.cChunk), P.cNk);
-    // causal: no key past the last row's bound; the visit is full when its last key is within the first row's
     let kCap = select(kEnd, u32(clamp(i32(q0 + nq) + P.cShift, 0, i32(kEnd))), P.cCausal != 0u);
     let nk = select(0u, kCap - vk0, kCap > vk0);
     let mask = select(NO_MASK, 0u, P.cCausal != 0u && i32(vk0 + nk) - 1 > i32(q0) + P.cShift);

@@ -126,8 +126,8 @@ export function ropeFns(s: Pick<FusedSpec, 'wq'>, aux: (i: string) => string = (
   }
   return x;
 }`;
-  return `// position token + shift, clamped: keys of unlisted chunks ('selected') may fall outside the table
-fn ropePos(tok: u32, shift: i32) -> u32 { return u32(clamp(i32(tok) + shift, 0, P.ropeMax - 1)); }
+  // position token + shift, clamped: keys of unlisted chunks ('selected') may fall outside the table
+  return `fn ropePos(tok: u32, shift: i32) -> u32 { return u32(clamp(i32(tok) + shift, 0, P.ropeMax - 1)); }
 ${rot('q')}
 ${rot('k')}`;
 }
@@ -194,8 +194,10 @@ const range = (n: number): number[] => Array.from({ length: n }, (_, i) => i);
 
 /**
  * The two tile products are unrolled in TypeScript (each thread's micro-tile at constant register
- * indices); the per-element epilogues stay WGSL loops, bounded by constants when `unroll` (the
- * driver unrolls them) or by uniforms (llvmpipe then compiles in about a quarter of the time).
+ * indices: S = Q K^T on rows r0.. and keys tx, tx + TX, ..); the per-element epilogues stay WGSL
+ * loops, bounded by constants when `unroll` (the driver unrolls them) or by uniforms (llvmpipe then
+ * compiles in about a quarter of the time). Comments stay out of the WGSL text: they would ship in
+ * every bundle.
  */
 function generateFused(s: FusedSpec): string {
   const QT = vec(s.wq);
@@ -247,11 +249,11 @@ function generateFused(s: FusedSpec): string {
   // butterfly over the TX consecutive lanes of a row (TX a power of two inside one subgroup)
   const butterfly = (x: string, op: (a: string, b: string) => string) =>
     TX === 1 ? '' : `for (var off: u32 = 1u; off < TX; off = off << 1u) { ${x} = ${op(x, `subgroupShuffleXor(${x}, off)`)}; }`;
+  // online softmax: row max over the TX threads sharing the row, P to workgroup memory; then
+  // O += P V on this thread's RM x RV micro-tile (value columns tx, tx + TX, ..)
   const softmaxPVShared = () => `
     ${scoreRows('red[r * TX + tx] = mx;')}
     workgroupBarrier();
-
-    // online softmax: row max over the TX threads sharing the row; P to workgroup memory
     for (var i: u32 = 0u; i < ${bRM}; i++) {
       let r = r0 + i;
       var mx: f32 = m[i];
@@ -259,8 +261,6 @@ function generateFused(s: FusedSpec): string {
       ${rescale(true)}
     }
     workgroupBarrier();
-
-    // O += P V on this thread's RM x RV micro-tile (value columns tx, tx + TX, ..)
     for (var j: u32 = 0u; j < nk; j++) {
       ${lines(V.map((k) => `let w${k} = vs[j * DV + ${vcol(k)}];`), '      ')}
       ${lines(I.map((i) => `let p${i} = ps[(r0 + ${i}u) * PS + j];`), '      ')}
@@ -268,12 +268,11 @@ function generateFused(s: FusedSpec): string {
     }
     workgroupBarrier();`;
   // subgroup exchange: the row max by butterfly, P stays in registers and is read by shuffle
+  // (O += P V: key j = t + TX * kk lives in lane t of the row's lanes, slot kk)
   const softmaxPVPrivate = () => `
     ${scoreRows(`${butterfly('mx', (a, b) => `max(${a}, ${b})`)}
       mx = max(m[i], mx);
       ${rescale(false)}`)}
-
-    // O += P V: key j = t + TX * kk lives in lane t of the row's lanes, slot kk
     for (var kk: u32 = 0u; kk < ${bRN}; kk++) {
       for (var t: u32 = 0u; t < ${bTX}; t++) {
         let j = t + TX * kk;
@@ -348,7 +347,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let kh = h / P.group;
   let tx = lid % TX;
   let r0 = (lid / TX) * RM;
-  ${shuffles ? 'let lane0 = sgid - tx; // lane of this row group\'s tx = 0' : ''}
+  ${shuffles ? 'let lane0 = sgid - tx;' : '' /* the lane of this row group's tx = 0 */}
   ${s.rpb ? 'let rpbBase = u32(i32(P.rpbOff + h * P.rpbVol) + P.rpbConst);' : ''}
 
   for (var e: u32 = lid; e < BQ * DQ; e += THREADS) {
@@ -381,14 +380,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     ${s.bias ? `for (var j: u32 = lid; j < nk; j += THREADS) { ktok[j] = ${src.kTok('j')}; }` : ''}
     ${s.rpb ? `for (var j: u32 = lid; j < nk; j += THREADS) { klin[j] = ${src.kLin('j')}; }` : ''}
     workgroupBarrier();
-
-    // S = Q K^T on this thread's RM x RN micro-tile (rows r0.., keys tx, tx + TX, ..)
     for (var x: u32 = 0u; x < ${bRM} * ${bRN}; x++) { sc[x] = 0.0; }
     ${microProduct({ acc: 'sc', own: 'qs', other: 'ks', stride: QS, bound: bDQ, w: s.wq, rm: RM, rn: RN, tx: TX })}
 ${s.subgroups ? softmaxPVPrivate() : softmaxPVShared()}
   }
 
-${s.screen ? '  workgroupBarrier(); // every row flag is set' : ''}
+${s.screen ? '  workgroupBarrier();' : '' /* every row flag is set */}
 ${rowSums()}
     if (r < nq) {
       let row = qOff + ${src.qTok('r')};
