@@ -294,13 +294,13 @@ fn re${a}(q: i32) -> i32 {
   for (var r: u32 = lid; r < no0; r += THREADS) {
     ${perRow}
   }
-  // private variables are not uniform to WGSL's analysis: publish the loop bounds through workgroup
-  // memory (the load is also the barrier after the own tokens)
+  ${'' /* private variables are not uniform to WGSL's analysis: publish the loop bounds through workgroup */}
+  ${'' /* memory (the load is also the barrier after the own tokens) */}
   if (lid == 0u) { a_un = vec2<u32>(no0, nv0); }
   let un = workgroupUniformLoad(&a_un);
   let nq = un.x;
   let nVisit = un.y;
-  if (nq == 0u) { return; } // a tile past the end of a shorter dilation group
+  if (nq == 0u) { return; } ${'' /* a tile past the end of a shorter dilation group */}
   let qOff = b * P.nqSeq;
   let kOff = b * P.nkSeq;
   let biasBase = (select(b, 0u, P.biasB1 != 0u) * P.biasHeads + select(h, 0u, P.biasH1 != 0u)) * P.nqSeq * P.nkSeq;
@@ -349,12 +349,12 @@ export function analyticSource(rank: number, rm: number, rope: boolean, permute:
 }`;
   const decls = `${['a_qlo', 'a_qext', 'a_grp', 'a_gn', 'a_gk', 'a_klo', 'a_kext', 'a_kbox', 'a_khi', 'a_nt', 'a_flo', 'a_fhi'].map((n) => arr(n)).join('\n')}
 var<workgroup> a_un: vec2<u32>;
-// tokens of the tile's rows and of the visit's keys, decoded once (not per staged vector)
+${'' /* tokens of the tile's rows and of the visit's keys, decoded once (not per staged vector) */}
 var<workgroup> a_qtok: array<u32, BQ>;
 var<workgroup> a_ktok: array<u32, BK>;
 ${
   permute
-    ? `// their rows in the permuted layouts
+    ? `${'' /* their rows in the permuted layouts */}
 var<workgroup> a_qrow: array<u32, BQ>;
 var<workgroup> a_krow: array<u32, BK>;
 var<private> a_g: u32 = 0u;
@@ -371,8 +371,8 @@ ${linFn('k_lin', 'a_klo', 'a_kext')}
 fn set_row(i: u32, r: u32) {
   ${walk('r', 'a_qlo', 'a_qext', (a) => `a_rlo[i * ${R}u + ${a}u] = rs${a}(c${a});\n  a_rhi[i * ${R}u + ${a}u] = re${a}(c${a});`)}
 }
-// key j of the visit: its token and coordinates, decoded once per key in one walk (not per row and
-// key: divisions are slow on CPUs)
+${'' /* key j of the visit: its token and coordinates, decoded once per key in one walk (not per row and */}
+${'' /* key: divisions are slow on CPUs) */}
 var<workgroup> a_kc: array<i32, BK * ${R}u>;
 fn set_key(j: u32) {
   var tok: u32 = 0u;
@@ -390,8 +390,8 @@ fn set_key(j: u32) {
 }
 ${
   bits
-    ? `// partial visits test bits: per row slot, each axis's window as a run of bits over the visit's
-// key box on that axis (axes side by side in one u32); per key, its bit on each axis (8 bits each)
+    ? `${'' /* partial visits test bits: per row slot, each axis's window as a run of bits over the visit's */}
+${'' /* key box on that axis (axes side by side in one u32); per key, its bit on each axis (8 bits each) */}
 var<workgroup> a_kp: array<u32, BK>;
 ${`var<private> a_rm: array<u32, ${rm}> = array<u32, ${rm}>();`}
 fn row_mask(i: u32) -> u32 {
@@ -471,7 +471,7 @@ fn q_first${a}(k: i32) -> i32 {
   }
   return lo;
 }
-// the last query whose interval starts at or before key k (-1 when none)
+${'' /* the last query whose interval starts at or before key k (-1 when none) */}
 fn q_last${a}(k: i32) -> i32 {
   var lo: i32 = -1;
   var hi: i32 = a_gn[${a}] - 1;
@@ -484,7 +484,7 @@ fn q_last${a}(k: i32) -> i32 {
   ).join('\n');
   const decls = `${['a_klo', 'a_kext', 'a_grp', 'a_gn', 'a_gk', 'a_qlo', 'a_qext', 'a_qbox', 'a_qhi', 'a_nt', 'a_flo', 'a_fhi'].map((n) => arr(n)).join('\n')}
 var<workgroup> a_un: vec2<u32>;
-// tokens of the tile's key rows and of the visit's queries, decoded once
+${'' /* tokens of the tile's key rows and of the visit's queries, decoded once */}
 var<workgroup> a_ktok: array<u32, BQ>;
 var<workgroup> a_qtok: array<u32, BK>;
 ${rules}
@@ -494,8 +494,8 @@ ${linFn('k_lin', 'a_klo', 'a_kext')}
 ${linFn('q_lin', 'a_qlo', 'a_qext')}
 ${
   bits
-    ? `// partial visits test bits (as analyticSource's): per staged query, its window as a run of bits
-// per axis over the item's own key box, axes side by side in one u32; per row slot, its bit per axis
+    ? `${'' /* partial visits test bits (as analyticSource's): per staged query, its window as a run of bits */}
+${'' /* per axis over the item's own key box, axes side by side in one u32; per row slot, its bit per axis */}
 ${`var<private> a_rkp: array<u32, ${rm}> = array<u32, ${rm}>();`}
 fn set_row(i: u32, r: u32) {
   var p: u32 = 0u;
@@ -519,12 +519,12 @@ fn allowed(i: u32, c: u32) -> bool {
   let p = a_rkp[i];
   return ((${A.map((a) => `(m >> ((p >> ${8 * a}u) & 31u))`).join(' & ')}) & 1u) != 0u;
 }`
-    : `// key coordinates of this thread's row slots
+    : `${'' /* key coordinates of this thread's row slots */}
 ${arr('a_rkc', rm * R)}
 fn set_row(i: u32, r: u32) {
   ${walk('r', 'a_klo', 'a_kext', (a) => `a_rkc[i * ${R}u + ${a}u] = c${a};`)}
 }
-// query j of the visit: its token and key intervals (start, end) per axis, decoded once per query in one walk
+${'' /* query j of the visit: its token and key intervals (start, end) per axis, decoded once per query in one walk */}
 var<workgroup> a_qiv: array<vec2<i32>, BK * ${R}u>;
 fn set_query(j: u32) {
   var tok: u32 = 0u;

@@ -149,7 +149,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let own = (P.qPos0 + first) / P.chunkSize;
   let base = item * (P.slots + 1u);
   if (own < P.slots) {
-    // every chunk so far fits the budget
+    ${'' /* every chunk so far fits the budget */}
     if (lid == 0u) {
       lists[base] = own + 1u;
       for (var c: u32 = 0u; c <= own; c++) { lists[base + 1u + c] = c; }
@@ -164,7 +164,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   }
   workgroupBarrier();
 
-  // this thread's best NREST candidates, best first, at bestS/bestC[lid * R ..]
+  ${'' /* this thread's best NREST candidates, best first, at bestS/bestC[lid * R ..] */}
   let mine = lid * R;
   var n: u32 = 0u;
   for (var c: u32 = 1u + lid; NREST > 0u && c + 2u <= own; c += THREADS) {
@@ -187,7 +187,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   workgroupBarrier();
   if (lid != 0u) { return; }
 
-  // merge: each round takes the best head among the threads' lists
+  ${'' /* merge: each round takes the best head among the threads' lists */}
   for (var k: u32 = 0u; k < NREST; k++) {
     var bt: u32 = THREADS;
     var bs: f32 = 0.0;
@@ -202,7 +202,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       }
     }
     taken[bt] += 1u;
-    // insertion into the ascending picks
+    ${'' /* insertion into the ascending picks */}
     var i: u32 = k;
     while (i > 0u && picked[i - 1u] > bc) {
       picked[i] = picked[i - 1u];
@@ -210,7 +210,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     picked[i] = bc;
   }
-  // [0 (sink), picks (all in 1 .. own - 2), own - 1, own]: the first slots of [own, 0, own - 1], then the rest
+  ${'' /* [0 (sink), picks (all in 1 .. own - 2), own - 1, own]: the first slots of [own, 0, own - 1], then the rest */}
   var m: u32 = 0u;
   if (P.slots >= 2u) {
     lists[base + 1u] = 0u;

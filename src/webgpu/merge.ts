@@ -52,7 +52,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let rh = e / P.width;
   let la = lseA[rh];
   let lb = lseB[rh];
-  // an empty part has lse -inf; compared against a finite bound, not -inf (drivers may fold infinities)
+  ${'' /* an empty part has lse -inf; compared against a finite bound, not -inf (drivers may fold infinities) */}
   let ea = la > -1.0e30;
   let eb = lb > -1.0e30;
   let mx = select(select(0.0, lb, eb), select(la, max(la, lb), eb), ea);

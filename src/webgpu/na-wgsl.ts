@@ -318,7 +318,7 @@ function generateTiled(s: TiledSpec): string {
     ${s.screen ? `if (${nonFinite(s.w, 'x')}) { atomicOr(&qbad[i], 1u); }` : ''}
     qs[e] = x;
   }
-  // slots without a key (causal windows near the start or cut by stride) hold -inf
+  ${'' /* slots without a key (causal windows near the start or cut by stride) hold -inf */}
   for (var e: u32 = lid; e < BQ * P.wv; e += THREADS) {
     let i = e / P.wv;
     if (qrow[i] == NONE) { continue; }
@@ -335,14 +335,14 @@ function generateTiled(s: TiledSpec): string {
       ${s.screen ? `if (${nonFinite(s.w, 'kx')}) { atomicMax(&kbad[jj], c0 / BK + 1u); }` : ''}
       ks[e] = kx;
     }`,
-      chunk: `// S = Q K^T on this thread's RM x RN micro-tile (rows r0.., keys tx, tx + TX, ..)
+      chunk: `${'' /* S = Q K^T on this thread's RM x RN micro-tile (rows r0.., keys tx, tx + TX, ..) */}
     for (var x: u32 = 0u; x < ${bRM} * ${bRN}; x++) { sc[x] = 0.0; }
     for (var d: u32 = 0u; d < ${bD}; d++) {
       ${lines(I.map((i) => `let a${i} = qs[(r0 + ${i}u) * D + d];`), '      ')}
       ${lines(K.map((k) => `let b${k} = ks[(tx + ${TX * k}u) * D + d];`), '      ')}
       ${lines(I.flatMap((i) => K.map((k) => `sc[${i * RN + k}] += ${dot(`a${i}`, `b${k}`)};`)), '      ')}
     }
-    // keep the pairs inside each query's window, at their slots
+    ${'' /* keep the pairs inside each query's window, at their slots */}
     for (var i: u32 = r0; i < r0 + ${bRM}; i++) {
       let row = qrow[i];
       if (row == NONE) { continue; }
@@ -380,7 +380,7 @@ function generateTiled(s: TiledSpec): string {
       }
     }
     ${s.screen ? 'workgroupBarrier(); // the chunk\'s key flags, before the weights read them' : ''}
-    // each query's window weights, scattered onto the chunk's keys (0 outside the window)
+    ${'' /* each query's window weights, scattered onto the chunk's keys (0 outside the window) */}
     for (var e: u32 = lid; e < BQ * BK; e += THREADS) {
       let i = e / BK;
       let jj = e - i * BK;
@@ -395,7 +395,7 @@ function generateTiled(s: TiledSpec): string {
       }
       ps[e] = p;
     }`,
-      chunk: `// O += P V on this thread's RM x RV micro-tile (value columns tx, tx + TX, ..)
+      chunk: `${'' /* O += P V on this thread's RM x RV micro-tile (value columns tx, tx + TX, ..) */}
     for (var j: u32 = 0u; j < nk; j++) {
       ${lines(V.map((c) => `let w${c} = vs[j * D + ${vcol(c)}];`), '      ')}
       ${lines(I.map((i) => `let p${i} = ps[(r0 + ${i}u) * BK + j];`), '      ')}
@@ -428,14 +428,14 @@ ${p.decls}
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   let item = wid.x + wid.y * P.groupsX;
   if (item >= P.total) { return; }
-  // item = ((b * heads + h) * groups + g) * tiles + t, groups and tiles row-major over axes
+  ${'' /* item = ((b * heads + h) * groups + g) * tiles + t, groups and tiles row-major over axes */}
   var it: u32 = item;
   ${lines(rev.map((a) => `let t${a} = it % P.tiles${a};\n  it = it / P.tiles${a};`))}
   ${lines(rev.map((a) => `let g${a} = it % P.dil${a};\n  it = it / P.dil${a};`))}
   let h = it % P.heads;
   let b = it / P.heads;
   let kh = h / P.group;
-  // per axis: group length n, tile queries [qa, qb], key box [lo, lo + e) = [start(qa), end(qb)]
+  ${'' /* per axis: group length n, tile queries [qa, qb], key box [lo, lo + e) = [start(qa), end(qb)] */}
   ${lines(axes.map((a) => `let n${a} = groupLen${a}(g${a});\n  let qa${a} = i32(t${a} * P.tile${a});`))}
   if (${axes.map((a) => `qa${a} >= n${a}`).join(' || ')}) { return; }
   ${lines(axes.map((a) => `let lo${a} = win${a}(qa${a}, n${a}).x;\n  let e${a} = win${a}(min(qa${a} + i32(P.tile${a}), n${a}) - 1, n${a}).y - lo${a} + 1;`))}
@@ -505,7 +505,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   ${
     s.screen
       ? `var bad: bool = false;
-  // NaN or +inf (-inf marks a slot without a key)
+  ${'' /* NaN or +inf (-inf marks a slot without a key) */}
   for (var j: u32 = 0u; j < P.wv; j++) {
     let u = bitcast<u32>(attn[base + j]);
     bad = bad || ((u & 0x7f800000u) == 0x7f800000u && u != 0xff800000u);

@@ -60,7 +60,7 @@ export const permuteProgram: Program<PermuteSpec, typeof PERMUTE_UNIFORMS.decl> 
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   let e = ${FLAT_INVOCATION};
   if (e >= P.total) { return; }
-  // destination [batch, heads, pad, width], source [batch * nSeq, heads, width]
+  ${'' /* destination [batch, heads, pad, width], source [batch * nSeq, heads, width] */}
   let col = e % P.width;
   let item = e / P.width;
   let p = item % P.pad;
