@@ -21,7 +21,8 @@ import { compilePattern } from '../src/patterns/compile.js';
 import type { AttnProblem } from '../src/problem.js';
 import { referenceAttention } from '../src/reference.js';
 import { referenceBackward } from '../src/reference-backward.js';
-import { randn } from '../src/tensor.js';
+import { randn, relError } from '../src/tensor.js';
+import { warmUp as warmGpu } from './gpu-warm.js';
 import {
   type BackwardTuning,
   type FusedTuning,
@@ -73,12 +74,7 @@ for (const spec of [S.na2, S.na3]) {
   cases.push({ name: `${grid.length}-D NA ${grid.join('x')} k${K} H${H} D${D}`, problem, host: { q: q.data, k: k.data, v: v.data }, pairs: allowedPairs(cp) * H });
 }
 
-async function warmUp(call: () => Promise<unknown>, ms = smoke ? 50 : 400): Promise<void> {
-  for (const s = performance.now(); performance.now() - s < ms; ) {
-    await call();
-    await ctx.device.queue.onSubmittedWorkDone();
-  }
-}
+const warmUp = (call: () => Promise<unknown>) => warmGpu(ctx, call, smoke ? 50 : 400);
 
 /** Median of `n` timed calls (GPU timestamps when there are, else wall clock until the queue is idle). */
 async function timed(call: (t?: GpuTimer) => Promise<unknown>, n: number): Promise<number> {
@@ -92,16 +88,8 @@ async function timed(call: (t?: GpuTimer) => Promise<unknown>, n: number): Promi
   return median(times);
 }
 
-const relErr = (pairs: [ArrayLike<number>, ArrayLike<number>][]): number => {
-  let num = 0;
-  let den = 0;
-  for (const [a, b] of pairs)
-    for (let i = 0; i < a.length; i++) {
-      num += (a[i]! - b[i]!) ** 2;
-      den += b[i]! ** 2;
-    }
-  return Math.sqrt(num / (den || 1));
-};
+/** The sampled rows (row width w) of a full-size output, back to back. */
+const rowsOf = (x: Float32Array | Float64Array, rows: Iterable<number>, w: number): Float64Array => Float64Array.from([...rows].flatMap((r) => [...x.subarray(r * w, r * w + w)]));
 
 interface Row {
   pass: 'forward' | 'backward';
@@ -126,7 +114,7 @@ for (const c of cases) {
     try {
       const r = await runWebGPUFusedTensors(p, q, k, v, { poison: true });
       const got = await fromGpu(r.out);
-      const err = relErr([...sample].map((row) => [got.subarray(row * w, row * w + w), ref.out.subarray(row * w, row * w + w)]));
+      const err = relError(rowsOf(got, sample, w), rowsOf(ref.out, sample, w));
       for (const x of Object.values(r)) releaseTensor(x);
       if (!(err < 1e-4)) throw new Error(`relErr ${err} against float64`);
       const call = async (t?: GpuTimer) => {
@@ -163,7 +151,7 @@ for (const tuning of bwdTunings) {
       const dout = randn([f.out.length], 80 + i).data;
       const g = await runWebGPUBackward(p, { ...h, out: f.out, lse: f.lse, dout }, { poison: true });
       const r = referenceBackward(p, h, dout);
-      const err = relErr([[g.dq, r.dq], [g.dk, r.dk], [g.dv, r.dv]]);
+      const err = Math.max(relError(g.dq, r.dq), relError(g.dk, r.dk), relError(g.dv, r.dv));
       if (!(err < 1e-4)) throw new Error(`backward relErr ${err} against float64 (check ${i})`);
     }
   } catch (e) {

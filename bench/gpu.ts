@@ -25,6 +25,7 @@
  *   that the script works, its numbers mean nothing.
  */
 import { spawn } from 'node:child_process';
+import { warmUp as warmGpu } from './gpu-warm.js';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -78,20 +79,9 @@ const lse = await toGpu(new Float32Array(SIZES.tokens * maxHeads), [SIZES.tokens
 
 type TensorCall = typeof runWebGPUFusedTensors;
 
-/** Checked warm-up run (relErr on sampled rows vs float64), then `repeat` timed runs. */
-/**
- * Keeps the GPU busy for `ms` before a timed series: an idle GPU drops its clocks, and a few short
- * timed calls after host work (the float64 checks) never raise them again. On the H200 this turned
- * 2-D NA k31 from 45.4 ms into 16.9 ms for the same kernel, and made an earlier "permuted layout is
- * 2.4x faster" reading on the H100 an artifact of call order.
- */
-async function warmUp(call: () => Promise<unknown>, ms = 500): Promise<void> {
-  for (const s = performance.now(); performance.now() - s < ms; ) {
-    await call();
-    await ctx.device.queue.onSubmittedWorkDone();
-  }
-}
+const warmUp = (call: () => Promise<unknown>) => warmGpu(ctx, call);
 
+/** Checked warm-up run (relErr on sampled rows vs float64), then `repeat` timed runs. */
 async function time(call: TensorCall, p: AttnProblem, pairs: number): Promise<Ours> {
   const view = (t: GpuTensor, shape: number[]): GpuTensor => ({ ...t, shape });
   const io = [view(gpu.q, [p.qRows, p.heads, p.dim]), view(gpu.k, [p.kRows, p.kvHeads, p.dim]), view(gpu.v, [p.kRows, p.kvHeads, p.dimV])] as const;

@@ -360,6 +360,14 @@ function blockSparsePattern(spec: Extract<PatternSpec, { kind: 'blockSparse' }>,
   };
 }
 
+/** Appends [lo, hi) to runs sorted by start, merged into the last where they touch or overlap. */
+function pushRun(runs: [number, number][], lo: number, hi: number): void {
+  if (lo >= hi) return;
+  const last = runs[runs.length - 1];
+  if (last && lo <= last[1]) last[1] = Math.max(last[1], hi);
+  else runs.push([lo, hi]);
+}
+
 /**
  * Runs of the `n` tokens in blocks of `edge` (of `count` blocks) that pair with any block in
  * [b0, b1] of the other side (`on(other block, block)`), consecutive blocks merged.
@@ -369,12 +377,7 @@ function blockRuns(count: number, edge: number, n: number, b0: number, b1: numbe
   for (let x = 0; x < count; x++) {
     let hit = false;
     for (let o = b0; o <= b1 && !hit; o++) hit = on(o, x);
-    const lo = x * edge;
-    const hi = Math.min(n, lo + edge);
-    if (!hit || lo >= hi) continue;
-    const last = runs[runs.length - 1];
-    if (last && last[1] === lo) last[1] = hi;
-    else runs.push([lo, hi]);
+    if (hit) pushRun(runs, x * edge, Math.min(n, (x + 1) * edge));
   }
   return runs;
 }
@@ -454,13 +457,7 @@ function chunkPattern(spec: Extract<PatternSpec, { kind: 'chunks' }>, ctx: Ctx):
       }
       if (t1 > t0) cs.sort((x, y) => x - y);
       const runs: [number, number][] = [];
-      for (const c of cs) {
-        const lo = c * chunkSize;
-        const hi = Math.min(nk, lo + chunkSize);
-        const last = runs[runs.length - 1];
-        if (last && lo <= last[1]) last[1] = Math.max(last[1], hi);
-        else if (lo < hi) runs.push([lo, hi]);
-      }
+      for (const c of cs) pushRun(runs, c * chunkSize, Math.min(nk, (c + 1) * chunkSize));
       return runs;
     },
     queryRuns: (_b, h, _g, k) => blockRuns(numQTiles, queryTile, nq, Math.floor(k.lo[0]! / chunkSize), Math.floor((k.hi[0]! - 1) / chunkSize), (c, t) => has(h, t, c)),
