@@ -11,8 +11,9 @@
  * dense (N 2048 H8 D64), decode (one query row against 4096 keys, H8 D64), or any call with
  * --spec '{"q":[1,1,8,64],"kv":[1,4096,8,64],"opts":{"causal":true}}' (kv defaults to q's shape; opts
  * with kernelSize make it a neighborhood call, others go to attention).
- * --toggle inline|lanes compares two settings of ONE build (--a only) instead of two builds: the
- * calling thread against the worker pool for every job, or head lanes on against off.
+ * --toggle inline|lanes|caller compares two settings of ONE build (--a only) instead of two builds:
+ * the calling thread against the worker pool for every job, head lanes on against off, or the
+ * calling thread working beside the workers (setCpuCallerFlops) on every pooled job against never.
  * --longheads decode|prefill [--tokens N] times LongHeads instead: a decode step on a
  * LongHeadsCache of N tokens built per side (H2 D64, budget 4096, chunk 256), or the prefill
  * longHeadsAttention on N tokens (H4 D64, budget 1024, chunk 128).
@@ -57,9 +58,9 @@ else {
   const kv = [1, ...c.grid, c.heads, c.dim];
   spec = { q: c.qTokens ? [1, c.qTokens, c.heads, c.dim] : kv, kv, opts: c.kernel ? { kernelSize: c.kernel } : {} };
 }
-const toggles = ['inline', 'lanes'];
+const toggles = ['inline', 'lanes', 'caller'];
 if (!args.a || (!args.b && !args.toggle) || (args.toggle && !toggles.includes(args.toggle))) {
-  throw new Error('usage: --a DIST (--b DIST | --toggle inline|lanes) [--case NAME | --spec JSON] [--calls N] [--threads T] [--backward]');
+  throw new Error('usage: --a DIST (--b DIST | --toggle inline|lanes|caller) [--case NAME | --spec JSON] [--calls N] [--threads T] [--backward]');
 }
 
 type Lib = typeof import('../src/index.js');
@@ -73,13 +74,16 @@ const load = async (dir: string): Promise<{ lib: Lib; root: string }> => {
 };
 const sides: Side[] = [];
 if (args.toggle) {
-  // A: the setting off (inline: the pool for every job; lanes: head lanes off), B: on
+  // A: the setting off (inline: the pool for every job; lanes: head lanes off; caller: never beside), B: on
   const { lib, root } = await load(args.a);
-  const set =
-    args.toggle === 'inline'
-      ? ((await import(root + 'src/cpu/pool.js')) as { setInlineFlops: (f: number) => void }).setInlineFlops
-      : ((await import(root + 'src/cpu/na-lanes.js')) as { setHeadLanes: (on: boolean) => void }).setHeadLanes;
-  const on = (b: boolean) => () => (args.toggle === 'inline' ? (set as (f: number) => void)(b ? Infinity : 0) : (set as (o: boolean) => void)(b));
+  const pool = (await import(root + 'src/cpu/pool.js')) as { setInlineFlops: (f: number) => void };
+  const lanes = (await import(root + 'src/cpu/na-lanes.js')) as { setHeadLanes: (on: boolean) => void };
+  const set: Record<string, (b: boolean) => void> = {
+    inline: (b) => pool.setInlineFlops(b ? Infinity : 0),
+    lanes: (b) => lanes.setHeadLanes(b),
+    caller: (b) => lib.setCpuCallerFlops(b ? Infinity : 0),
+  };
+  const on = (b: boolean) => () => set[args.toggle!]!(b);
   sides.push({ lib, before: on(false) }, { lib, before: on(true) });
 } else for (const dir of [args.a, args.b!]) sides.push({ lib: (await load(dir)).lib, before: () => undefined });
 

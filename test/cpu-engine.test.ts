@@ -21,6 +21,7 @@ import {
   patterns,
   randn,
   referenceAttention,
+  setCpuCallerFlops,
   setCpuKernels,
   setCpuThreads,
   type AttentionOptions,
@@ -30,6 +31,7 @@ import {
   type Tensor,
 } from '../src/index.js';
 import { planAttention, planNA } from '../src/api.js';
+import * as pool from '../src/cpu/pool.js';
 import { setInlineFlops } from '../src/cpu/pool.js';
 import { moduleOf } from '../src/cpu/tile-kernels.js';
 import * as lanes from '../src/cpu/na-lanes.js';
@@ -447,6 +449,41 @@ test('a job posted to the workers before its inputs are copied (gated): a failed
   assert.equal(poolStats().spawned, before.spawned, 'the workers answered: none was replaced');
 });
 
+test('the calling thread beside the workers: the same bits as the workers alone, forward and backward, and it ran', async (t) => {
+  if (cpuThreads() < 2) return t.skip('one thread: no pool');
+  const rng = new Rng(77);
+  const x = randTensor(rng, [1, 24, 20, 4, 16]); // 2-D, heads in fours: head lanes
+  const y = randTensor(rng, [1, 32, 24, 3, 16]); // 2-D, 3 heads: the query-lane tile step
+  const s = randTensor(rng, [1, 300, 2, 32]);
+  const d2 = randTensor(rng, [1, 24, 20, 4, 16]);
+  const ds = randTensor(rng, [1, 300, 2, 32]);
+  const runAll = async () => {
+    const out: Float32Array[] = [];
+    const a = await na2d(x, x, x, { kernelSize: 5, dilation: 2 });
+    const b = await na2d(y, y, y, { kernelSize: [5, 7], isCausal: [true, false] });
+    const c = await attention(s, s, s, { causal: true });
+    const e = await attention(s, s, s, { window: [40, 8], softcap: 15 });
+    out.push(a.out.data, a.lse.data, b.out.data, b.lse.data, c.out.data, c.lse.data, e.out.data, e.lse.data);
+    const ga = await neighborhoodAttentionBackward(x, x, x, a.out, a.lse, d2, { kernelSize: 5, dilation: 2 });
+    const gc = await attentionBackward(s, s, s, c.out, c.lse, ds, { causal: true });
+    out.push(ga.dq.data, ga.dk.data, ga.dv.data, gc.dq.data, gc.dk.data, gc.dv.data);
+    return out;
+  };
+  try {
+    setCpuCallerFlops(0);
+    const before = pool.callerJobs;
+    const alone = await runAll();
+    assert.equal(pool.callerJobs, before, 'off: the calling thread only copies and waits');
+    setCpuCallerFlops(Infinity);
+    const beside = await runAll();
+    assert.equal(pool.callerJobs, before + 6, 'on: every call ran the calling thread beside the workers');
+    alone.forEach((a, i) => assert.ok(sameBytes(beside[i]!, snapshot(a)), `result ${i} differs`));
+    assert.throws(() => setCpuCallerFlops(-1), TilewiseError);
+  } finally {
+    setCpuCallerFlops();
+  }
+});
+
 test('a small call on the calling thread leaves the worker pool running (no restart between large calls)', async () => {
   const { poolStats } = await import('../src/cpu/pool.js');
   const big = randn([1, 600, 2, 32], 1);
@@ -513,6 +550,14 @@ test('chained phases: a barrier between them on every thread, and a failing thre
   assert.deepEqual(failed[1]!.ran, [-1], 'the failing thread stops');
   assert.equal(failed[0]!.error, null);
   assert.deepEqual(failed[0]!.ran, [-1], 'the other thread stops at the barrier after the failure');
+  // the calling thread's patience: a thread that never arrives fails the message, no hang
+  const { runChain } = await import('../src/cpu/kernels.js');
+  const memory = new WebAssembly.Memory({ initial: 1, maximum: 1, shared: true });
+  const msg = { id: 1, kind: 'fused', chain: ['fused'], problem: null, layout: { counter: 0, threads: 2 } } as unknown as Parameters<typeof runChain>[1];
+  const started = performance.now();
+  assert.throws(() => runChain(memory, msg, () => ({ ctx: null, space: { total: 0 } }) as never, 100), /did not reach barrier 0/);
+  assert.ok(performance.now() - started < 2000, 'gave up after about its patience');
+  assert.equal(new Int32Array(memory.buffer)[8], 1, 'FAILED set for the others');
 });
 
 for (const variant of ['relaxed-simd', 'simd', 'scalar'] as KernelVariant[]) {

@@ -76,17 +76,19 @@ const EXPC = memory.data<f32>([
 }
 
 /**
- * The n v128s at p, p + step, ...: each x becomes exp(x - sub) (stored back when `write`); returns
- * their sum. exp's constants stay in registers over the loop.
+ * The n v128s at p, p + step, ... of each of `rows` rows rowStep bytes apart: each x becomes
+ * exp(x - sub) (stored back when `write`); returns their sum. exp's constants stay in registers
+ * over both loops (loaded per row, they cost a head-lane 3-D window, 25 rows of 5, as much again).
  */
-function expRun(p: usize, n: i32, step: usize, sub: v128, write: bool): v128 {
+function expRun(p: usize, rows: i32, rowStep: usize, n: i32, step: usize, sub: v128, write: bool): v128 {
   const c0 = expK(0), c1 = expK(1), c2 = expK(2), c3 = expK(3), c4 = expK(4), c5 = expK(5), c6 = expK(6), c7 = expK(7), c8 = expK(8), c9 = expK(9);
   let sum = f32x4.splat(0);
-  for (let j = 0; j < n; j++, p += step) {
-    const e = expWith(f32x4.sub(v128.load(p), sub), c0, c1, c2, c3, c4, c5, c6, c7, c8, c9);
-    if (write) v128.store(p, e);
-    sum = f32x4.add(sum, e);
-  }
+  for (let r = 0; r < rows; r++, p += rowStep)
+    for (let j = 0, x = p; j < n; j++, x += step) {
+      const e = expWith(f32x4.sub(v128.load(x), sub), c0, c1, c2, c3, c4, c5, c6, c7, c8, c9);
+      if (write) v128.store(x, e);
+      sum = f32x4.add(sum, e);
+    }
   return sum;
 }
 
@@ -332,7 +334,7 @@ export function softmaxStep(s: usize, ldLanes: i32, ni: i32, tk: i32, m: usize, 
     const empty = f32x4.eq(mNew, ninf);
     const mSafe = v128.andnot(mNew, empty);
     const a = vexpNeg(f32x4.sub(mOld, mSafe));
-    const sum = expRun(col, tk, ld, mSafe, true);
+    const sum = expRun(col, 1, 0, tk, ld, mSafe, true);
     v128.store(m + (<usize>i << 2), mNew);
     v128.store(l + (<usize>i << 2), fma(v128.load(l + (<usize>i << 2)), a, sum));
     v128.store(alpha + (<usize>i << 2), a);
@@ -446,7 +448,7 @@ export function softmaxRows(a: usize, rows: i32, w: i32, m: usize, l: usize, nor
     for (let j = 0; j < w; j++) mx = max(mx, load<f32>(row + (<usize>j << 2)));
     const mSafe: f32 = mx == -Infinity ? 0 : mx;
     const ms = f32x4.splat(mSafe);
-    const sv = expRun(row, w4 >> 2, 16, ms, normalize != 0);
+    const sv = expRun(row, 1, 0, w4 >> 2, 16, ms, normalize != 0);
     let j = w4;
     let sum: f32 = f32x4.extract_lane(sv, 0) + f32x4.extract_lane(sv, 1) + f32x4.extract_lane(sv, 2) + f32x4.extract_lane(sv, 3);
     for (; j < w; j++) {
@@ -733,18 +735,98 @@ function pvColumn(nq: i32, os: usize, dv: i32, vp: usize, vStep: usize, nk: i32,
   else pvColumn4(os, dv, vp, vStep, nk, pp, pStep);
 }
 
-// pvColumn specialised by query count (exported to stay apart: see qkColumn2).
+// pvColumn specialised by query count (exported to stay apart: see qkColumn2). One or two queries
+// hold 4 dims of their accumulators in registers over the column's keys (pvDims: 1.4-1.6x the
+// rate of pvKeysAll on a 25-key column); three and four keep pvKeysAll, which streams each v row
+// once: their pvDims (2 dims a pass) was 1.1x faster on the kernel alone, but with it for every
+// count 3-D calls took 1.04-1.06x the time (0.98x with it for one and two only): it goes back to
+// every v row of a column once per pass.
 export function pvColumn1(os: usize, dv: i32, vp: usize, vStep: usize, nk: i32, pp: usize, pStep: usize): void {
-  pvKeysAll(1, os, dv, vp, vStep, nk, pp, pStep);
+  pvDims(1, 4, os, dv, vp, vStep, nk, pp, pStep);
 }
 export function pvColumn2(os: usize, dv: i32, vp: usize, vStep: usize, nk: i32, pp: usize, pStep: usize): void {
-  pvKeysAll(2, os, dv, vp, vStep, nk, pp, pStep);
+  pvDims(2, 4, os, dv, vp, vStep, nk, pp, pStep);
 }
 export function pvColumn3(os: usize, dv: i32, vp: usize, vStep: usize, nk: i32, pp: usize, pStep: usize): void {
   pvKeysAll(3, os, dv, vp, vStep, nk, pp, pStep);
 }
 export function pvColumn4(os: usize, dv: i32, vp: usize, vStep: usize, nk: i32, pp: usize, pStep: usize): void {
   pvKeysAll(4, os, dv, vp, vStep, nk, pp, pStep);
+}
+
+// pvColumn for nq queries, nd of their accumulator vectors at a time (nq nd <= 16, dv a multiple of
+// nd), held in registers while every key of the column passes: per key and block, one v vector
+// loaded per dim feeds the nq queries, and each query's weight is loaded once. Accumulator asx is
+// query s's dim x of the block.
+// @ts-ignore: decorator
+@inline function pvDims(nq: i32, nd: i32, os: usize, dv: i32, vp: usize, vStep: usize, nk: i32, pp: usize, pStep: usize): void {
+  const end = os + <usize>dv * RUN;
+  const vEnd = vp + <usize>nk * vStep;
+  const zero = f32x4.splat(0);
+  for (let o = os, x: usize = 0; o < end; o += <usize>nd * RUN, x += <usize>nd << 4) {
+    let a00 = v128.load(o),
+      a01 = nd > 1 ? v128.load(o, 64) : zero,
+      a02 = nd > 2 ? v128.load(o, 128) : zero,
+      a03 = nd > 3 ? v128.load(o, 192) : zero,
+      a10 = nq > 1 ? v128.load(o, 16) : zero,
+      a11 = nq > 1 && nd > 1 ? v128.load(o, 80) : zero,
+      a12 = nq > 1 && nd > 2 ? v128.load(o, 144) : zero,
+      a13 = nq > 1 && nd > 3 ? v128.load(o, 208) : zero,
+      a20 = nq > 2 ? v128.load(o, 32) : zero,
+      a21 = nq > 2 && nd > 1 ? v128.load(o, 96) : zero,
+      a22 = nq > 2 && nd > 2 ? v128.load(o, 160) : zero,
+      a23 = nq > 2 && nd > 3 ? v128.load(o, 224) : zero,
+      a30 = nq > 3 ? v128.load(o, 48) : zero,
+      a31 = nq > 3 && nd > 1 ? v128.load(o, 112) : zero,
+      a32 = nq > 3 && nd > 2 ? v128.load(o, 176) : zero,
+      a33 = nq > 3 && nd > 3 ? v128.load(o, 240) : zero;
+    for (let r = vp, w = pp; r < vEnd; r += vStep, w += pStep) {
+      const row = <usize>load<i32>(r) + x;
+      const w0 = v128.load(w), w1 = nq > 1 ? v128.load(w, 16) : zero, w2 = nq > 2 ? v128.load(w, 32) : zero, w3 = nq > 3 ? v128.load(w, 48) : zero;
+      const v0 = v128.load(row);
+      a00 = fma(w0, v0, a00);
+      if (nq > 1) a10 = fma(w1, v0, a10);
+      if (nq > 2) a20 = fma(w2, v0, a20);
+      if (nq > 3) a30 = fma(w3, v0, a30);
+      if (nd > 1) {
+        const v1 = v128.load(row, 16);
+        a01 = fma(w0, v1, a01);
+        if (nq > 1) a11 = fma(w1, v1, a11);
+        if (nq > 2) a21 = fma(w2, v1, a21);
+        if (nq > 3) a31 = fma(w3, v1, a31);
+      }
+      if (nd > 2) {
+        const v2 = v128.load(row, 32);
+        a02 = fma(w0, v2, a02);
+        if (nq > 1) a12 = fma(w1, v2, a12);
+        if (nq > 2) a22 = fma(w2, v2, a22);
+        if (nq > 3) a32 = fma(w3, v2, a32);
+      }
+      if (nd > 3) {
+        const v3 = v128.load(row, 48);
+        a03 = fma(w0, v3, a03);
+        if (nq > 1) a13 = fma(w1, v3, a13);
+        if (nq > 2) a23 = fma(w2, v3, a23);
+        if (nq > 3) a33 = fma(w3, v3, a33);
+      }
+    }
+    v128.store(o, a00);
+    if (nd > 1) v128.store(o, a01, 64);
+    if (nd > 2) v128.store(o, a02, 128);
+    if (nd > 3) v128.store(o, a03, 192);
+    if (nq > 1) v128.store(o, a10, 16);
+    if (nq > 1 && nd > 1) v128.store(o, a11, 80);
+    if (nq > 1 && nd > 2) v128.store(o, a12, 144);
+    if (nq > 1 && nd > 3) v128.store(o, a13, 208);
+    if (nq > 2) v128.store(o, a20, 32);
+    if (nq > 2 && nd > 1) v128.store(o, a21, 96);
+    if (nq > 2 && nd > 2) v128.store(o, a22, 160);
+    if (nq > 2 && nd > 3) v128.store(o, a23, 224);
+    if (nq > 3) v128.store(o, a30, 48);
+    if (nq > 3 && nd > 1) v128.store(o, a31, 112);
+    if (nq > 3 && nd > 2) v128.store(o, a32, 176);
+    if (nq > 3 && nd > 3) v128.store(o, a33, 240);
+  }
 }
 
 // pvColumn for nq queries: the keys in pairs, then an odd key last (the same stream with one key,
@@ -892,8 +974,7 @@ function runWindows(
       }
     }
     const ms = v128.andnot(m, f32x4.eq(m, ninf));
-    let l = f32x4.splat(0);
-    for (let r = 0; r < rows; r++) l = f32x4.add(l, expRun(first + <usize>r * sStep, e - a + 1, 64, ms, true));
+    const l = expRun(first, rows, sStep, e - a + 1, 64, ms, true);
     v128.store(<usize>load<i32>(lseRows + (<usize>s << 2)), lseOf(m, l));
     // 1 / l (0 where l = 0) kept in the trash's slot for this query until the output is written
     v128.store(trash + (<usize>s << 4), v128.and(f32x4.div(f32x4.splat(1.0), l), f32x4.gt(l, f32x4.splat(0))));
@@ -1206,7 +1287,7 @@ export function probsT(s: usize, ldLanes: i32, ni: i32, tk: i32, lse: usize): vo
   for (let i = 0; i < ni; i += 4) {
     let L = v128.load(lse + (<usize>i << 2));
     L = v128.bitselect(f32x4.splat(Infinity), L, f32x4.eq(L, ninf));
-    expRun(s + (<usize>i << 2), tk, ld, L, true);
+    expRun(s + (<usize>i << 2), 1, 0, tk, ld, L, true);
   }
 }
 

@@ -34,7 +34,7 @@ export interface PhaseMsg {
 
 /** Phases one message may chain (one claim word and one barrier word each, layout.ts CONTROL). */
 export const MAX_CHAIN = 4;
-const { BARRIER, FAILED, GATE } = CONTROL;
+const { BARRIER, DONE, FAILED, GATE } = CONTROL;
 
 /**
  * Zeroes a message's control words (the main thread, before posting); `job`: the whole block, at
@@ -114,8 +114,10 @@ export function claimLoop(memory: WebAssembly.Memory, msg: PhaseMsg, ctx: TileCt
  * A message's phases on one pool thread: `kind`, then each of `chain` after every thread has
  * finished the one before (a barrier in the shared control block). A thread that fails still
  * arrives at the barriers, and every thread stops after the first failure; the error is rethrown.
+ * `patience` (ms): how long a barrier may take before this thread gives up on the others (the
+ * calling thread, which cannot see a worker die while it waits); the job then fails, no hang.
  */
-export function runChain(memory: WebAssembly.Memory, msg: PhaseMsg, scratchOf: (kind: KernelKind) => { ctx: TileCtx; space: ItemSpace }): void {
+export function runChain(memory: WebAssembly.Memory, msg: PhaseMsg, scratchOf: (kind: KernelKind) => { ctx: TileCtx; space: ItemSpace }, patience = Infinity): void {
   const kinds = [msg.kind, ...(msg.chain ?? [])];
   const control = new Int32Array(memory.buffer, msg.layout.counter, 16);
   let error: unknown;
@@ -142,7 +144,19 @@ export function runChain(memory: WebAssembly.Memory, msg: PhaseMsg, scratchOf: (
     // barrier p: the last thread to arrive wakes the others
     const b = BARRIER + p;
     if (Atomics.add(control, b, 1) + 1 === msg.layout.threads) Atomics.notify(control, b);
-    else for (let seen = Atomics.load(control, b); seen < msg.layout.threads; seen = Atomics.load(control, b)) Atomics.wait(control, b, seen, 50);
+    else {
+      const until = performance.now() + patience;
+      for (let seen = Atomics.load(control, b); seen < msg.layout.threads; seen = Atomics.load(control, b)) {
+        if (performance.now() > until) {
+          Atomics.store(control, FAILED, 1);
+          error ??= new Error(`a cpu worker did not reach barrier ${p} within ${patience} ms`);
+          break;
+        }
+        Atomics.wait(control, b, seen, 50);
+      }
+    }
   }
+  // after this thread's last write: the calling thread, when it works beside the workers, waits on it
+  if (Atomics.add(control, DONE, 1) + 1 === msg.layout.threads) Atomics.notify(control, DONE);
   if (error !== undefined) throw error;
 }
