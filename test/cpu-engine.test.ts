@@ -33,7 +33,7 @@ import {
 import { planAttention, planNA } from '../src/api.js';
 import * as pool from '../src/cpu/pool.js';
 import { setInlineFlops } from '../src/cpu/pool.js';
-import { moduleOf } from '../src/cpu/tile-kernels.js';
+import { kernelsOn, moduleOf } from '../src/cpu/tile-kernels.js';
 import * as lanes from '../src/cpu/na-lanes.js';
 import { referenceBackward } from '../src/reference-backward.js';
 import { Failures, Rng, TEST_INLINE_FLOPS, compareResult, describe, gradMismatch, poisoned, randTensor, randomAttention, randomNA, snapshot, sameBytes } from './helpers.js';
@@ -51,6 +51,30 @@ test('the default CPU path is WebAssembly SIMD (the property suites run through 
   await attention(q, q, q);
   assert.notEqual(cpuInfo().kernels, 'scalar');
   assert.ok(moduleOf('simd'), 'plain SIMD validates on Node 20');
+});
+
+test("the kernels' exp on 4 lanes: within 3e-7 + 9e-8 |x| of exp (relative) up to 88, 0 at or below -87, NaN kept, on both SIMD variants", () => {
+  for (const variant of ['simd', 'relaxed-simd'] as KernelVariant[]) {
+    const memory = new WebAssembly.Memory({ initial: 3, maximum: 3 });
+    const K = kernelsOn(variant, memory) as unknown as { expTest: (src: number, dst: number, n: number) => void };
+    const n = 8192;
+    const f = new Float32Array(memory.buffer, 65536, 2 * n); // past the module's statics (the pool's BASE)
+    const rng = new Rng(5);
+    // the softmax range (x <= 0), the exact cut at -87, and vexp's positive side (softcap) to 88
+    const xs = Float32Array.from({ length: n }, (_, i) => (i < n - 8 ? (i % 4 === 3 ? 88 * rng.next() : -87 * rng.next()) : [0, -87, -87.5, -1e30, -Infinity, NaN, 1e-8, -1e-8][i - (n - 8)]!));
+    f.set(xs, 0);
+    K.expTest(65536, 65536 + 4 * n, n);
+    let worst = 0;
+    for (let i = 0; i < n; i++) {
+      const x = xs[i]!;
+      const got = f[n + i]!;
+      if (Number.isNaN(x)) assert.ok(Number.isNaN(got), `${variant}: exp(NaN) must stay NaN`);
+      else if (x <= -87) assert.equal(got, 0, `${variant}: exp(${x})`);
+      // x log2 e rounds to f32 first: a relative error of up to about |x| 8e-8 besides the polynomial's
+      else worst = Math.max(worst, Math.abs(got / Math.exp(x) - 1) / (3e-7 + 9e-8 * Math.abs(x)));
+    }
+    assert.ok(worst < 1, `${variant}: worst error ${worst} of the bound 3e-7 + 9e-8 |x|`);
+  }
 });
 
 test('concurrent calls equal sequential ones bit for bit and never change after resolving', async () => {

@@ -17,28 +17,29 @@
 
 // exp(x) for x <= 0 on 4 lanes (every softmax argument is a score minus a max): 2^t with
 // t = x log2 e split as n + f (adding 1.5 * 2^23 + 127 puts 127 + round(t) in the low mantissa bits,
-// so no f32x4.nearest or trunc_sat, which x86 lacks and V8 expands), 2^f by a degree-6 polynomial
-// on [-1/2, 1/2], then 2^n by shifting those bits into the exponent. Relative error ~1e-6 for
-// x > -87; lanes at or below -87 (masked -inf included) give exactly 0, so no clamp is needed:
-// their bits are masked away; NaN lanes give NaN.
+// so no f32x4.nearest or trunc_sat, which x86 lacks and V8 expands), 2^f by a degree-5 minimax
+// polynomial on [-1/2, 1/2] (a Remez fit, 1.4e-7 in exact arithmetic; the degree-6 Taylor one
+// before took an FMA and a register more for the same measured error), then 2^n by shifting those
+// bits into the exponent. Relative error within 3e-7 + 9e-8 |x| (x log2 e rounds to f32 first;
+// test/cpu-engine.test.ts) for x > -87; lanes at or below -87 (masked -inf included) give exactly
+// 0, so no clamp is needed: their bits are masked away; NaN lanes give NaN.
 //
-// Its ten constants are values from a static table, not v128.const: V8 rebuilds a v128.const at
+// Its nine constants are values from a static table, not v128.const: V8 rebuilds a v128.const at
 // each use inside a loop (movq, vmovq, vpunpcklqdq), which took an exp from 11 cycles to 24, while
 // a value loaded before a loop stays in a register. Hot loops load them once (expK) and call
 // expWith, through expRun where they can; vexpNeg loads them at its use, for the cold sites.
-// Entries: -87, log2 e, 1.5 * 2^23 + 127, the polynomial's coefficients (ln 2)^k / k! from k = 6
-// down, then vexp's clamp 88.
+// Entries: -87, log2 e, 1.5 * 2^23 + 127, the polynomial's coefficients from f^5 down to f^0 (a
+// Remez fit of 2^f, relative error), then vexp's clamp 88.
 const EXPC = memory.data<f32>([
   -87.0, -87.0, -87.0, -87.0,
   1.44269504088896341, 1.44269504088896341, 1.44269504088896341, 1.44269504088896341,
   12583039.0, 12583039.0, 12583039.0, 12583039.0,
-  1.5403530393381606e-4, 1.5403530393381606e-4, 1.5403530393381606e-4, 1.5403530393381606e-4,
-  1.3333558146428443e-3, 1.3333558146428443e-3, 1.3333558146428443e-3, 1.3333558146428443e-3,
-  9.618129107628477e-3, 9.618129107628477e-3, 9.618129107628477e-3, 9.618129107628477e-3,
-  5.550410866482158e-2, 5.550410866482158e-2, 5.550410866482158e-2, 5.550410866482158e-2,
-  2.402265069591007e-1, 2.402265069591007e-1, 2.402265069591007e-1, 2.402265069591007e-1,
-  6.931471805599453e-1, 6.931471805599453e-1, 6.931471805599453e-1, 6.931471805599453e-1,
-  1.0, 1.0, 1.0, 1.0,
+  0.0013310272063916818, 0.0013310272063916818, 0.0013310272063916818, 0.0013310272063916818,
+  0.00967237650328434, 0.00967237650328434, 0.00967237650328434, 0.00967237650328434,
+  0.05550583565508723, 0.05550583565508723, 0.05550583565508723, 0.05550583565508723,
+  0.2402218328861072, 0.2402218328861072, 0.2402218328861072, 0.2402218328861072,
+  0.6931470659422618, 0.6931470659422618, 0.6931470659422618, 0.6931470659422618,
+  1.0000000576165202, 1.0000000576165202, 1.0000000576165202, 1.0000000576165202,
   88.0, 88.0, 88.0, 88.0,
 ], 16);
 // @ts-ignore: decorator
@@ -47,7 +48,7 @@ const EXPC = memory.data<f32>([
 }
 
 // @ts-ignore: decorator
-@inline function expWith(x: v128, c0: v128, c1: v128, c2: v128, c3: v128, c4: v128, c5: v128, c6: v128, c7: v128, c8: v128, c9: v128): v128 {
+@inline function expWith(x: v128, c0: v128, c1: v128, c2: v128, c3: v128, c4: v128, c5: v128, c6: v128, c7: v128, c8: v128): v128 {
   const t = f32x4.mul(x, c1);
   const r = f32x4.add(t, c2);
   const f = f32x4.sub(t, f32x4.sub(r, c2));
@@ -56,7 +57,6 @@ const EXPC = memory.data<f32>([
   p = fma(p, f, c6);
   p = fma(p, f, c7);
   p = fma(p, f, c8);
-  p = fma(p, f, c9);
   // bits(r) = bits(1.5 * 2^23) + 127 + round(t); the first term's low 9 bits are 0, so it shifts out
   const pow2 = i32x4.shl(r, 23);
   // a NaN lane compares false, so it is kept and stays NaN: a non-finite score poisons its row
@@ -65,14 +65,14 @@ const EXPC = memory.data<f32>([
 
 // @ts-ignore: decorator
 @inline function vexpNeg(x: v128): v128 {
-  return expWith(x, expK(0), expK(1), expK(2), expK(3), expK(4), expK(5), expK(6), expK(7), expK(8), expK(9));
+  return expWith(x, expK(0), expK(1), expK(2), expK(3), expK(4), expK(5), expK(6), expK(7), expK(8));
 }
 
 // exp(x) for any x (softcap's tanh takes positive arguments): the same, clamped at 88 first so
 // 2^n stays a finite f32.
 // @ts-ignore: decorator
 @inline function vexp(x: v128): v128 {
-  return vexpNeg(f32x4.pmin(x, expK(10)));
+  return vexpNeg(f32x4.pmin(x, expK(9)));
 }
 
 /**
@@ -81,11 +81,11 @@ const EXPC = memory.data<f32>([
  * over both loops (loaded per row, they cost a head-lane 3-D window, 25 rows of 5, as much again).
  */
 function expRun(p: usize, rows: i32, rowStep: usize, n: i32, step: usize, sub: v128, write: bool): v128 {
-  const c0 = expK(0), c1 = expK(1), c2 = expK(2), c3 = expK(3), c4 = expK(4), c5 = expK(5), c6 = expK(6), c7 = expK(7), c8 = expK(8), c9 = expK(9);
+  const c0 = expK(0), c1 = expK(1), c2 = expK(2), c3 = expK(3), c4 = expK(4), c5 = expK(5), c6 = expK(6), c7 = expK(7), c8 = expK(8);
   let sum = f32x4.splat(0);
   for (let r = 0; r < rows; r++, p += rowStep)
     for (let j = 0, x = p; j < n; j++, x += step) {
-      const e = expWith(f32x4.sub(v128.load(x), sub), c0, c1, c2, c3, c4, c5, c6, c7, c8, c9);
+      const e = expWith(f32x4.sub(v128.load(x), sub), c0, c1, c2, c3, c4, c5, c6, c7, c8);
       if (write) v128.store(x, e);
       sum = f32x4.add(sum, e);
     }
@@ -1175,7 +1175,7 @@ function runBwd(
     }
   // per query: P and dS over its own keys (exp's constants in registers: see expWith)
   const ninf = f32x4.splat(-Infinity);
-  const c0 = expK(0), c1 = expK(1), c2 = expK(2), c3 = expK(3), c4 = expK(4), c5 = expK(5), c6 = expK(6), c7 = expK(7), c8 = expK(8), c9 = expK(9);
+  const c0 = expK(0), c1 = expK(1), c2 = expK(2), c3 = expK(3), c4 = expK(4), c5 = expK(5), c6 = expK(6), c7 = expK(7), c8 = expK(8);
   for (let s = 0; s < nr; s++) {
     const a = load<i32>(win + (<usize>s << 3), 16) - L0, e = load<i32>(win + (<usize>s << 3), 20) - L0;
     let delta = f32x4.splat(0);
@@ -1196,7 +1196,7 @@ function runBwd(
         if (cap > 0) x = capv(x, cap);
         // rpb comes after the softcap; drpb takes dS itself, then dS goes on through the softcap
         const bsc = r ? f32x4.add(x, v128.load(r + (<usize>load<i32>(kq) << 4))) : x;
-        const p = expWith(f32x4.sub(bsc, L), c0, c1, c2, c3, c4, c5, c6, c7, c8, c9);
+        const p = expWith(f32x4.sub(bsc, L), c0, c1, c2, c3, c4, c5, c6, c7, c8);
         let dsv = f32x4.mul(p, f32x4.sub(v128.load(sD + off), delta));
         if (r) {
           const at = dr + (<usize>load<i32>(kq) << 4);
