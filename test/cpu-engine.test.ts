@@ -508,6 +508,45 @@ test('the calling thread beside the workers: the same bits as the workers alone,
   }
 });
 
+test("a staged job: the 'lanes' phase starts on q while k and v are copied, and waits for each (a slow copy of q, k or v), workers alone and beside", async (t) => {
+  if (cpuThreads() < 2) return t.skip('one thread: no pool');
+  const { runJob } = await import('../src/cpu/pool.js');
+  const { cpuFusedTiles } = await import('../src/cpu/layout.js');
+  const rng = new Rng(19);
+  const [q, k, v] = [0, 1, 2].map(() => randTensor(rng, [1, 40, 36, 4, 8]));
+  const opts = { kernelSize: 5 };
+  const { problem } = planNA(q!, k!, v!, opts);
+  await neighborhoodAttention(q!, k!, v!, opts); // the pool started
+  // reading one input takes 30 ms: the workers, already past the gate's first stages, wait for it
+  const slow = (x: Float32Array, ms: number): Float32Array => {
+    const until = performance.now() + ms;
+    while (performance.now() < until);
+    return x;
+  };
+  const ref = referenceAttention(problem, bufs(q!, k!, v!));
+  for (const [which, beside] of [['q', 0], ['k', 0], ['v', 0], ['v', Infinity]] as const) {
+    setInlineFlops(0);
+    setCpuCallerFlops(beside);
+    const ms = (s: string) => (s === which ? 30 : 0);
+    try {
+      const got = await runJob({
+        problem: cpuFusedTiles(problem),
+        phases: ['lanes', 'naLanes'],
+        inputs: { get q() { return slow(q!.data, ms('q')); }, get k() { return slow(k!.data, ms('k')); }, get v() { return slow(v!.data, ms('v')); } },
+        outputs: ['out', 'lse'],
+        flops: 1e8,
+        screen: true,
+        screenInPhase: true,
+        phasesFill: ['out', 'lse'],
+      });
+      assert.equal(compareResult(got.out!, got.lse!, ref, 8), null, `slow ${which}, beside ${beside}`);
+    } finally {
+      setInlineFlops(TEST_INLINE_FLOPS);
+      setCpuCallerFlops();
+    }
+  }
+});
+
 test('a small call on the calling thread leaves the worker pool running (no restart between large calls)', async () => {
   const { poolStats } = await import('../src/cpu/pool.js');
   const big = randn([1, 600, 2, 32], 1);

@@ -2,7 +2,8 @@ import { ItemSpace } from '../problem.js';
 import type { AttnProblem } from '../problem.js';
 import { runBackward } from './backward.js';
 import { runFused } from './fused.js';
-import { CONTROL, type JobLayout, type KernelKind, scratchPlan } from './layout.js';
+import { CONTROL, GATE_OPEN, awaitGate } from './control.js';
+import { type JobLayout, type KernelKind, scratchPlan } from './layout.js';
 import { runNAAV, runNAQK, runNaive } from './na.js';
 import { runLanes, runLanesReduce, runNALanes, runNALanesBwd } from './na-lanes.js';
 import type { TileKernels } from './tile-kernels.js';
@@ -34,26 +35,7 @@ export interface PhaseMsg {
 
 /** Phases one message may chain (one claim word and one barrier word each, layout.ts CONTROL). */
 export const MAX_CHAIN = 4;
-const { BARRIER, DONE, FAILED, GATE } = CONTROL;
-
-/**
- * Zeroes a message's control words (the main thread, before posting); `job`: the whole block, at
- * the start of a job (FLAGGED counts over all of a job's messages).
- */
-export function resetControl(memory: WebAssembly.Memory, layout: JobLayout, job = false): void {
-  new Int32Array(memory.buffer, layout.counter, 16).fill(0, 0, job ? 16 : CONTROL.FLAGGED);
-}
-
-/**
- * Lets the threads of a gated message start (the calling thread, once the inputs are in place);
- * `failed`: the inputs never arrived, so the threads skip every phase and just answer.
- */
-export function openGate(memory: WebAssembly.Memory, layout: JobLayout, failed = false): void {
-  const control = new Int32Array(memory.buffer, layout.counter, 16);
-  if (failed) Atomics.store(control, FAILED, 1);
-  Atomics.store(control, GATE, 1);
-  Atomics.notify(control, GATE);
-}
+const { BARRIER, DONE, FAILED } = CONTROL;
 
 export function scratchBytes(kind: KernelKind, problem: AttnProblem, rank: number, threads: number): number {
   return scratchPlan(kind, problem, rank, threads).bytes;
@@ -128,7 +110,8 @@ export function runChain(memory: WebAssembly.Memory, msg: PhaseMsg, scratchOf: (
   } catch (e) {
     error = e;
   }
-  if (msg.gated) while (Atomics.load(control, GATE) === 0) Atomics.wait(control, GATE, 0, 1000);
+  // a staged job's 'lanes' phase starts once q is in, and waits for each later tensor itself
+  if (msg.gated) awaitGate(control, kinds[0] === 'lanes' ? 1 : GATE_OPEN);
   if (error !== undefined) Atomics.store(control, FAILED, 1);
   for (let p = 0; p < kinds.length; p++) {
     if (error === undefined && Atomics.load(control, FAILED) === 0) {
@@ -140,6 +123,8 @@ export function runChain(memory: WebAssembly.Memory, msg: PhaseMsg, scratchOf: (
         Atomics.store(control, FAILED, 1);
       }
     }
+    // every input is in before a later phase reads it (a staged first phase needed only q, k, v)
+    if (p === 0 && msg.gated) awaitGate(control, GATE_OPEN);
     if (p === kinds.length - 1) break;
     // barrier p: the last thread to arrive wakes the others
     const b = BARRIER + p;

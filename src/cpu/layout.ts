@@ -25,15 +25,6 @@ export interface JobLayout {
   readonly end: number;
 }
 
-/**
- * Words of a job's control block (JobLayout.counter, 64 bytes, zeroed before each message): phase
- * p of a message claims items through word p, waits for the others at word BARRIER + p; FAILED
- * says a thread failed (the others stop at the next barrier), GATE opens a gated message, DONE
- * counts the threads past their last write of the message, FLAGGED counts input rows a phase's
- * screen found non-finite (so the calling thread reads the flags only when there are any; it is
- * zeroed once a job, the words before it once a message).
- */
-export const CONTROL = { BARRIER: 4, FAILED: 8, GATE: 9, DONE: 10, FLAGGED: 11 } as const;
 
 const align = (x: number, a = 64): number => Math.ceil(x / a) * a;
 

@@ -2,7 +2,8 @@ import { boxCoords, boxTokens, prod } from '../patterns/geometry.js';
 import type { AttnProblem, ItemSpace, SeqSpan } from '../problem.js';
 import { tileFor } from '../problem.js';
 import { tileBox } from '../schedule.js';
-import { CONTROL, runColumns } from './layout.js';
+import { CONTROL, awaitGate } from './control.js';
+import { runColumns } from './layout.js';
 import type { TileCtx } from './tile-step.js';
 
 /**
@@ -51,10 +52,12 @@ export function lanesRpb(data: Float32Array, heads: number): Float32Array {
 }
 
 /**
- * Phase 'lanes': this range's share of the token blocks of k and v regrouped in place; with a
- * 'flags' slot, its share of q, k and v screened first (the job's non-finite screen, done here in
- * parallel and in the same pass instead of on the calling thread); in a backward, its share of
- * every thread's dK and dV partials zeroed.
+ * Phase 'lanes': this range's share of the token blocks of q, k and v, taken in that order (so a
+ * staged job's threads start on q while the calling thread still copies k and v: each tensor's
+ * blocks wait for its gate stage). With a 'flags' slot, each block screened first (the job's
+ * non-finite screen, done here in parallel and in the same pass instead of on the calling thread);
+ * k and v then regrouped in place. In a backward, its share of every thread's dK and dV partials
+ * zeroed too.
  */
 export function runLanes(c: TileCtx, space: ItemSpace, start: number, end: number): void {
   const P = c.problem;
@@ -66,6 +69,7 @@ export function runLanes(c: TileCtx, space: ItemSpace, start: number, end: numbe
     [slots.k, kRows / 4, P.dim, qRows],
     [slots.v, kRows / 4, P.dimV, qRows + kRows],
   ];
+  const control = c.i32.subarray(c.lay.counter >> 2, (c.lay.counter >> 2) + 16);
   // a backward's dK and dV partials (every thread's) zeroed here, in parallel, before they sum
   const { dkp, dvp } = c.lay.partialBytes;
   if (slots.dkp >= 0 && dkp && dvp)
@@ -75,11 +79,20 @@ export function runLanes(c: TileCtx, space: ItemSpace, start: number, end: numbe
       const w1 = Math.floor((end * per) / space.total);
       for (let th = 0; th < c.lay.threads; th++) c.f32.fill(0, (slot >> 2) + th * per + w0, (slot >> 2) + th * per + w1);
     }
-  for (const [slot, blocks, d, flagRow] of parts) {
-    const b0 = Math.floor((start * blocks) / space.total);
-    const b1 = Math.floor((end * blocks) / space.total);
+  // the items cover the blocks of q, then k, then v, in order
+  const units = parts.reduce((n, [, blocks]) => n + blocks, 0);
+  const u0 = Math.floor((start * units) / space.total);
+  const u1 = Math.floor((end * units) / space.total);
+  let base = 0;
+  for (let t = 0; t < parts.length; t++) {
+    const [slot, blocks, d, flagRow] = parts[t]!;
+    const b0 = Math.max(0, u0 - base);
+    const b1 = Math.min(blocks, u1 - base);
+    base += blocks;
     if (b1 <= b0) continue;
-    if (slots.flags >= 0 && c.K.sanitize(slot + b0 * 16 * d, 4 * (b1 - b0), d, slots.flags + flagRow + 4 * b0) > 0) Atomics.add(c.i32, (c.lay.counter >> 2) + CONTROL.FLAGGED, 1);
+    awaitGate(control, t + 1);
+    if (Atomics.load(control, CONTROL.FAILED) !== 0) return;
+    if (slots.flags >= 0 && c.K.sanitize(slot + b0 * 16 * d, 4 * (b1 - b0), d, slots.flags + flagRow + 4 * b0) > 0) Atomics.add(control, CONTROL.FLAGGED, 1);
     // q keeps its rows: each query is read once, and naLanes puts its head group in lanes itself
     if (slot !== slots.q) c.K.lanesFromRows(slot + b0 * 16 * d, b1 - b0, d, c.at.s);
   }

@@ -3,8 +3,9 @@ import type { NonFinite } from '../nonfinite.js';
 import { nodeBuiltin } from '../node-builtin.js';
 import { serializable } from '../patterns/spec.js';
 import { type AttnProblem, ItemSpace } from '../problem.js';
-import { MAX_CHAIN, type PhaseMsg, openGate, phaseContext, rankOf, resetControl, runChain, runRange } from './kernels.js';
-import { CONTROL, type JobLayout, type KernelKind, PER_THREAD, type Slot, layJob, scratchPlan, slotSizes } from './layout.js';
+import { CONTROL, openGate, resetControl, stageReady } from './control.js';
+import { MAX_CHAIN, type PhaseMsg, phaseContext, rankOf, runChain, runRange } from './kernels.js';
+import { type JobLayout, type KernelKind, PER_THREAD, type Slot, layJob, scratchPlan, slotSizes } from './layout.js';
 import { type KernelVariant, type TileKernels, bestVariant, kernelsOn, moduleOf, variantAvailable } from './tile-kernels.js';
 import { type WorkerPort, spawnWorker } from './worker-port.js';
 
@@ -263,9 +264,10 @@ async function execute(job: CpuJob): Promise<JobOutputs> {
   // the first message goes out before the copies, gated: the workers wake up and set up meanwhile
   let next = 0;
   let first: Promise<void> | undefined;
-  resetControl(e.memory, layout, true); // the whole block, FLAGGED too, once a job
+  const gated = pooled && typeof job.phases[0] === 'string';
+  resetControl(e.memory, layout, true, gated); // the whole block, FLAGGED too, once a job
   let firstMsg: PhaseMsg | undefined;
-  if (pooled && typeof job.phases[0] === 'string') {
+  if (gated) {
     const [msg, j] = chainAt(0, true);
     first = runOnWorkers(workers, msg);
     firstMsg = msg;
@@ -291,7 +293,8 @@ async function execute(job: CpuJob): Promise<JobOutputs> {
   };
   let nonFinite: NonFinite | undefined;
   try {
-    nonFinite = fillInputs(e, job, layout, sizes, threads, phaseScreen);
+    // a first 'lanes' phase starts on q while k and v are still being copied: the gate opens in stages
+    nonFinite = fillInputs(e, job, layout, sizes, threads, phaseScreen, gated && job.phases[0] === 'lanes');
   } catch (err) {
     // the workers skip their phases and answer; nothing is left running on the memory
     if (first) openGate(e.memory, layout, true);
@@ -326,18 +329,24 @@ async function execute(job: CpuJob): Promise<JobOutputs> {
 }
 
 /**
- * The calling thread's part before the phases: inputs copied into the job's slots, outputs and
- * temps filled (except what the phases fill themselves), and the input screen unless a phase does
- * it. Returns the rows that held NaN or infinities.
+ * The calling thread's part before the phases: inputs copied into the job's slots (`staged`: the
+ * gate raised after each of q, k and v), outputs and temps filled (except what the phases fill
+ * themselves), and the input screen unless a phase does it. Returns the rows that held NaN or
+ * infinities.
  */
-function fillInputs(e: Engine, job: CpuJob, layout: JobLayout, sizes: Record<Slot, number>, threads: number, phaseScreen: boolean): NonFinite | undefined {
+function fillInputs(e: Engine, job: CpuJob, layout: JobLayout, sizes: Record<Slot, number>, threads: number, phaseScreen: boolean, staged: boolean): NonFinite | undefined {
   const { problem } = job;
   const f32 = new Float32Array(e.memory.buffer);
   const put = (slot: Slot, data: Float32Array | undefined) => {
     if (data && sizes[slot] > 0) f32.set(data.subarray(0, sizes[slot]), layout.slots[slot] >> 2);
   };
-  for (const s of Object.keys(job.inputs) as Slot[]) put(s, job.inputs[s]);
-  for (const s of Object.keys(job.inputs) as Slot[]) put(s, job.inputs[s]);
+  // q, k, v first, in that order (staged: gate stages 1, 2, 3)
+  const lead: Slot[] = ['q', 'k', 'v'];
+  lead.forEach((s, i) => {
+    put(s, job.inputs[s]);
+    if (staged) stageReady(e.memory, layout, i + 1);
+  });
+  for (const s of Object.keys(job.inputs) as Slot[]) if (!lead.includes(s)) put(s, job.inputs[s]);
   put('bias', problem.bias?.data);
   put('rpb', problem.rpb?.data);
   put('rope', problem.rope?.table);

@@ -1,0 +1,61 @@
+/** The control block of a CPU job in the shared memory: its words, and the gate the calling thread opens. */
+import type { JobLayout } from './layout.js';
+
+/**
+ * Words of a job's control block (JobLayout.counter, 64 bytes, zeroed before each message): phase
+ * p of a message claims items through word p, waits for the others at word BARRIER + p; FAILED
+ * says a thread failed (the others stop at the next barrier), GATE opens a gated message, DONE
+ * counts the threads past their last write of the message, FLAGGED counts input rows a phase's
+ * screen found non-finite (so the calling thread reads the flags only when there are any; it is
+ * zeroed once a job, the words before it once a message).
+ */
+export const CONTROL = { BARRIER: 4, FAILED: 8, GATE: 9, DONE: 10, FLAGGED: 11 } as const;
+const { FAILED, GATE } = CONTROL;
+
+/**
+ * The gate's value once every input is in place. A job whose first phase is 'lanes' opens it in
+ * stages (stageReady): 1 once q is copied, 2 with k, 3 with v, so that phase starts on q while the
+ * calling thread still copies k and v.
+ */
+export const GATE_OPEN = 4;
+
+/**
+ * Zeroes a message's control words (the main thread, before posting); `job`: the whole block, at
+ * the start of a job (FLAGGED counts over all of a job's messages). The gate is left open unless
+ * `closed` (a gated message: openGate opens it).
+ */
+export function resetControl(memory: WebAssembly.Memory, layout: JobLayout, job = false, closed = false): void {
+  const control = new Int32Array(memory.buffer, layout.counter, 16);
+  control.fill(0, 0, job ? 16 : CONTROL.FLAGGED);
+  if (!closed) control[GATE] = GATE_OPEN;
+}
+
+
+/** Raises a closed gate to `stage` (the calling thread, as it copies a staged job's inputs). */
+export function stageReady(memory: WebAssembly.Memory, layout: JobLayout, stage: number): void {
+  const control = new Int32Array(memory.buffer, layout.counter, 16);
+  Atomics.store(control, GATE, stage);
+  Atomics.notify(control, GATE);
+}
+
+/**
+ * Lets the threads of a gated message start (the calling thread, once the inputs are in place);
+ * `failed`: the inputs never arrived, so the threads skip every phase and just answer.
+ */
+export function openGate(memory: WebAssembly.Memory, layout: JobLayout, failed = false): void {
+  const control = new Int32Array(memory.buffer, layout.counter, 16);
+  if (failed) Atomics.store(control, FAILED, 1);
+  Atomics.store(control, GATE, GATE_OPEN);
+  Atomics.notify(control, GATE);
+}
+
+/**
+ * Waits until the gate reaches `stage`: a short spin first (a stage is one tensor's copy, a fraction
+ * of a millisecond, and a sleeping thread takes 0.1-0.5 ms to wake here), then sleeps.
+ */
+export function awaitGate(control: Int32Array, stage: number): void {
+  for (let spins = 0, g = Atomics.load(control, GATE); g < stage; g = Atomics.load(control, GATE)) {
+    if (spins++ < 4000) continue;
+    Atomics.wait(control, GATE, g, 1000);
+  }
+}
