@@ -754,78 +754,50 @@ export function pvColumn4(os: usize, dv: i32, vp: usize, vStep: usize, nk: i32, 
   pvKeysAll(4, os, dv, vp, vStep, nk, pp, pStep);
 }
 
-// pvColumn for nq queries, nd of their accumulator vectors at a time (nq nd <= 16, dv a multiple of
-// nd), held in registers while every key of the column passes: per key and block, one v vector
-// loaded per dim feeds the nq queries, and each query's weight is loaded once. Accumulator asx is
-// query s's dim x of the block.
+// pvColumn for nq (1 or 2) queries, nd (1-4) of their accumulator vectors at a time (dv a multiple
+// of nd), held in registers while every key of the column passes: per key, one v vector loaded
+// per dim feeds both queries, and each query's weight is loaded once. Accumulator asx is query s's
+// dim x of the block.
 // @ts-ignore: decorator
 @inline function pvDims(nq: i32, nd: i32, os: usize, dv: i32, vp: usize, vStep: usize, nk: i32, pp: usize, pStep: usize): void {
   const end = os + <usize>dv * RUN;
   const vEnd = vp + <usize>nk * vStep;
   const zero = f32x4.splat(0);
+  const two = nq > 1;
   for (let o = os, x: usize = 0; o < end; o += <usize>nd * RUN, x += <usize>nd << 4) {
-    let a00 = v128.load(o),
-      a01 = nd > 1 ? v128.load(o, 64) : zero,
-      a02 = nd > 2 ? v128.load(o, 128) : zero,
-      a03 = nd > 3 ? v128.load(o, 192) : zero,
-      a10 = nq > 1 ? v128.load(o, 16) : zero,
-      a11 = nq > 1 && nd > 1 ? v128.load(o, 80) : zero,
-      a12 = nq > 1 && nd > 2 ? v128.load(o, 144) : zero,
-      a13 = nq > 1 && nd > 3 ? v128.load(o, 208) : zero,
-      a20 = nq > 2 ? v128.load(o, 32) : zero,
-      a21 = nq > 2 && nd > 1 ? v128.load(o, 96) : zero,
-      a22 = nq > 2 && nd > 2 ? v128.load(o, 160) : zero,
-      a23 = nq > 2 && nd > 3 ? v128.load(o, 224) : zero,
-      a30 = nq > 3 ? v128.load(o, 48) : zero,
-      a31 = nq > 3 && nd > 1 ? v128.load(o, 112) : zero,
-      a32 = nq > 3 && nd > 2 ? v128.load(o, 176) : zero,
-      a33 = nq > 3 && nd > 3 ? v128.load(o, 240) : zero;
+    let a00 = v128.load(o), a01 = nd > 1 ? v128.load(o, 64) : zero, a02 = nd > 2 ? v128.load(o, 128) : zero, a03 = nd > 3 ? v128.load(o, 192) : zero;
+    let a10 = two ? v128.load(o, 16) : zero, a11 = two && nd > 1 ? v128.load(o, 80) : zero;
+    let a12 = two && nd > 2 ? v128.load(o, 144) : zero, a13 = two && nd > 3 ? v128.load(o, 208) : zero;
     for (let r = vp, w = pp; r < vEnd; r += vStep, w += pStep) {
       const row = <usize>load<i32>(r) + x;
-      const w0 = v128.load(w), w1 = nq > 1 ? v128.load(w, 16) : zero, w2 = nq > 2 ? v128.load(w, 32) : zero, w3 = nq > 3 ? v128.load(w, 48) : zero;
+      const w0 = v128.load(w), w1 = two ? v128.load(w, 16) : zero;
       const v0 = v128.load(row);
       a00 = fma(w0, v0, a00);
-      if (nq > 1) a10 = fma(w1, v0, a10);
-      if (nq > 2) a20 = fma(w2, v0, a20);
-      if (nq > 3) a30 = fma(w3, v0, a30);
+      if (two) a10 = fma(w1, v0, a10);
       if (nd > 1) {
         const v1 = v128.load(row, 16);
         a01 = fma(w0, v1, a01);
-        if (nq > 1) a11 = fma(w1, v1, a11);
-        if (nq > 2) a21 = fma(w2, v1, a21);
-        if (nq > 3) a31 = fma(w3, v1, a31);
+        if (two) a11 = fma(w1, v1, a11);
       }
       if (nd > 2) {
         const v2 = v128.load(row, 32);
         a02 = fma(w0, v2, a02);
-        if (nq > 1) a12 = fma(w1, v2, a12);
-        if (nq > 2) a22 = fma(w2, v2, a22);
-        if (nq > 3) a32 = fma(w3, v2, a32);
+        if (two) a12 = fma(w1, v2, a12);
       }
       if (nd > 3) {
         const v3 = v128.load(row, 48);
         a03 = fma(w0, v3, a03);
-        if (nq > 1) a13 = fma(w1, v3, a13);
-        if (nq > 2) a23 = fma(w2, v3, a23);
-        if (nq > 3) a33 = fma(w3, v3, a33);
+        if (two) a13 = fma(w1, v3, a13);
       }
     }
     v128.store(o, a00);
     if (nd > 1) v128.store(o, a01, 64);
     if (nd > 2) v128.store(o, a02, 128);
     if (nd > 3) v128.store(o, a03, 192);
-    if (nq > 1) v128.store(o, a10, 16);
-    if (nq > 1 && nd > 1) v128.store(o, a11, 80);
-    if (nq > 1 && nd > 2) v128.store(o, a12, 144);
-    if (nq > 1 && nd > 3) v128.store(o, a13, 208);
-    if (nq > 2) v128.store(o, a20, 32);
-    if (nq > 2 && nd > 1) v128.store(o, a21, 96);
-    if (nq > 2 && nd > 2) v128.store(o, a22, 160);
-    if (nq > 2 && nd > 3) v128.store(o, a23, 224);
-    if (nq > 3) v128.store(o, a30, 48);
-    if (nq > 3 && nd > 1) v128.store(o, a31, 112);
-    if (nq > 3 && nd > 2) v128.store(o, a32, 176);
-    if (nq > 3 && nd > 3) v128.store(o, a33, 240);
+    if (two) v128.store(o, a10, 16);
+    if (two && nd > 1) v128.store(o, a11, 80);
+    if (two && nd > 2) v128.store(o, a12, 144);
+    if (two && nd > 3) v128.store(o, a13, 208);
   }
 }
 
