@@ -187,13 +187,14 @@ export function setInlineFlops(flops = DEFAULT_INLINE_FLOPS): void {
   inlineFlops = flops;
 }
 /**
- * In Node, pooled jobs under this many rough FLOPs (CpuJob.flops: about twice the arithmetic) whose
- * inputs fit CALLER_BYTES run the calling thread as the job's last thread, beside one worker fewer:
+ * Pooled jobs under this many rough FLOPs (CpuJob.flops: about twice the arithmetic) whose inputs
+ * fit CALLER_BYTES run the calling thread as the job's last thread, beside one worker fewer:
  * it copies the inputs, then works and waits at the barriers like a worker instead of waiting for
  * answers. That saves a worker's wake-up and the answer message, 0.3-0.5 ms a call on this VM
  * (BENCHMARKS stop 17: 2-D and 3-D NA 0.93-0.95x the time, their backward 0.95-0.97x, dense N=512
  * 0.95x, dense N=1024, 29 ms, 0.99x), but it blocks the event loop for the call, so it stops at
- * calls of about 10 ms here. Not in browsers, whose page thread cannot wait.
+ * calls of about 10 ms here. Only where the calling thread may block (canWait): Node, a Web Worker;
+ * never a page's main thread.
  */
 export const DEFAULT_CALLER_FLOPS = 6e8;
 const CALLER_BYTES = 16 * 2 ** 20;
@@ -201,13 +202,30 @@ const CALLER_BYTES = 16 * 2 ** 20;
 const CALLER_PATIENCE_MS = 10000;
 const CALLER_DONE_WAIT_MS = 20;
 let callerFlops = DEFAULT_CALLER_FLOPS;
+/**
+ * Whether this thread may block in Atomics.wait: Node's main thread and workers may, a page's main
+ * thread (and an Electron renderer, which looks like Node) may not; probed once.
+ */
+let waitable: boolean | undefined;
+function canWait(): boolean {
+  if (waitable === undefined) {
+    try {
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 1, 0);
+      waitable = true;
+    } catch {
+      waitable = false;
+    }
+  }
+  return waitable;
+}
 /** Jobs that ran the calling thread beside the workers so far (tests assert the path ran). */
 export let callerJobs = 0;
 
 /**
- * Node: pooled calls under `flops` rough FLOPs (4 x query rows x heads x (D + Dv) x keys a query;
- * default 6e8, calls of up to about 10 ms here) also compute on the calling thread, which then
- * blocks its event loop for the call; 0 keeps every pooled call off it. No argument: the default.
+ * Pooled calls under `flops` rough FLOPs (4 x query rows x heads x (D + Dv) x keys a query; default
+ * 6e8, calls of up to about 10 ms here) also compute on the calling thread where it may block (Node,
+ * a Web Worker; never a page's main thread), which then blocks its event loop for the call; 0 keeps
+ * every pooled call off it. No argument: the default.
  */
 export function setCpuCallerFlops(flops = DEFAULT_CALLER_FLOPS): void {
   check(typeof flops === 'number' && flops >= 0, 'flops', 'must be a number >= 0', String(flops));
@@ -230,7 +248,7 @@ async function execute(job: CpuJob): Promise<JobOutputs> {
   const pooled = canPool() && cpuThreads() > 1 && job.flops >= inlineFlops && serializable(problem.pattern) && space.total > 1;
   const e = await engineFor(pooled);
   const inputBytes = Object.values(job.inputs).reduce((n, a) => n + 4 * (a?.length ?? 0), 0);
-  const beside = pooled && inNode && job.flops < callerFlops && inputBytes <= CALLER_BYTES;
+  const beside = pooled && job.flops < callerFlops && inputBytes <= CALLER_BYTES && canWait();
   if (beside) callerJobs++;
   // beside: the calling thread is the job's last thread, in place of the last worker
   const workers = beside ? e.workers.slice(0, -1) : e.workers;
