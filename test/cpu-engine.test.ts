@@ -443,7 +443,7 @@ test('a call refused after the pool started leaves nothing that keeps the proces
   assert.match(r.stdout, /refused problem[\s\S]*done/);
 });
 
-test('a job posted to the workers before its inputs are copied (gated): a failed copy releases them, the call rejects, the next call is right', async (t) => {
+test('a job posted to the workers before its inputs are copied (gated, in stages): a failed copy releases them, workers alone or beside the calling thread, the call rejects, the next call is right', async (t) => {
   if (cpuThreads() < 2) return t.skip('one thread: no pool');
   const { runJob, poolStats } = await import('../src/cpu/pool.js');
   const { cpuFusedTiles } = await import('../src/cpu/layout.js');
@@ -461,11 +461,17 @@ test('a job posted to the workers before its inputs are copied (gated): a failed
   };
   setInlineFlops(0);
   try {
-    const job = runJob({ problem: cpuFusedTiles(problem), phases: ['lanes', 'naLanes'], inputs, outputs: ['out', 'lse'], flops: 1e9, screen: true, screenInPhase: true });
-    const timer = new Promise((_, reject) => setTimeout(() => reject(new Error('the gated job hung')), 10000).unref());
-    await assert.rejects(Promise.race([job, timer]), /copy failed/);
+    // workers alone, and the calling thread beside them (then one of the threads at the barriers);
+    // v fails after the gate's first stages let the 'lanes' phase start on q and k
+    for (const beside of [0, Infinity]) {
+      setCpuCallerFlops(beside);
+      const job = runJob({ problem: cpuFusedTiles(problem), phases: ['lanes', 'naLanes'], inputs, outputs: ['out', 'lse'], flops: 1e8, screen: true, screenInPhase: true });
+      const timer = new Promise((_, reject) => setTimeout(() => reject(new Error(`the gated job hung (beside ${beside})`)), 10000).unref());
+      await assert.rejects(Promise.race([job, timer]), /copy failed/);
+    }
   } finally {
     setInlineFlops(TEST_INLINE_FLOPS);
+    setCpuCallerFlops();
   }
   const ref = referenceAttention(problem, bufs(q!, k!, v!));
   const got = await neighborhoodAttention(q!, k!, v!, opts);

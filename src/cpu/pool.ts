@@ -247,12 +247,8 @@ async function execute(job: CpuJob): Promise<JobOutputs> {
   const rank = rankOf(space);
   const pooled = canPool() && cpuThreads() > 1 && job.flops >= inlineFlops && serializable(problem.pattern) && space.total > 1;
   const e = await engineFor(pooled);
-  const inputBytes = Object.values(job.inputs).reduce((n, a) => n + 4 * (a?.length ?? 0), 0);
-  const beside = pooled && job.flops < callerFlops && inputBytes <= CALLER_BYTES && canWait();
-  if (beside) callerJobs++;
-  // beside: the calling thread is the job's last thread, in place of the last worker
-  const workers = beside ? e.workers.slice(0, -1) : e.workers;
   const threads = pooled ? e.workers.length : 1;
+
   const kinds = job.phases.filter((p): p is KernelKind => typeof p === 'string');
   const scratch = Math.max(0, ...kinds.map((k) => scratchPlan(k, problem, rank, threads).bytes));
   const needs = new Set<Slot>([...(Object.keys(job.inputs) as Slot[]), ...job.outputs, ...(job.temps ?? [])]);
@@ -262,6 +258,12 @@ async function execute(job: CpuJob): Promise<JobOutputs> {
   const phaseScreen = job.screen === true && job.screenInPhase === true;
   if (phaseScreen) needs.add('flags');
   const sizes = slotSizes(problem, needs, job.windowVolume ?? 0);
+  // (the bytes the copy will move, from the problem: the inputs are read only when copied)
+  const inputBytes = (Object.keys(job.inputs) as Slot[]).reduce((n, s) => n + 4 * sizes[s], 0);
+  const beside = pooled && job.flops < callerFlops && inputBytes <= CALLER_BYTES && canWait();
+  if (beside) callerJobs++;
+  // beside: the calling thread is the job's last thread, in place of the last worker
+  const workers = beside ? e.workers.slice(0, -1) : e.workers;
   const layout = layJob(BASE, threads, scratch, sizes);
   grow(e.memory, layout.end);
   // workers get the problem without its big arrays: bias and rpb are read from the shared memory
@@ -315,8 +317,12 @@ async function execute(job: CpuJob): Promise<JobOutputs> {
     nonFinite = fillInputs(e, job, layout, sizes, threads, phaseScreen, gated && job.phases[0] === 'lanes');
   } catch (err) {
     // the workers skip their phases and answer; nothing is left running on the memory
-    if (first) openGate(e.memory, layout, true);
-    await first?.catch(() => undefined);
+    if (first) {
+      openGate(e.memory, layout, true);
+      // beside, the calling thread is one of the threads at the barriers: it passes them too
+      if (beside) await share(firstMsg!, first).catch(() => undefined);
+      else await first.catch(() => undefined);
+    }
     throw err;
   }
   if (first) {
