@@ -30,7 +30,6 @@ export function resetControl(memory: WebAssembly.Memory, layout: JobLayout, job 
   if (!closed) control[GATE] = GATE_OPEN;
 }
 
-
 /** Raises a closed gate to `stage` (the calling thread, as it copies a staged job's inputs). */
 export function stageReady(memory: WebAssembly.Memory, layout: JobLayout, stage: number): void {
   const control = new Int32Array(memory.buffer, layout.counter, 16);

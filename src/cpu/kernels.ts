@@ -33,7 +33,7 @@ export interface PhaseMsg {
   readonly gated?: boolean;
 }
 
-/** Phases one message may chain (one claim word and one barrier word each, layout.ts CONTROL). */
+/** Phases one message may chain (one claim word and one barrier word each, control.ts CONTROL). */
 export const MAX_CHAIN = 4;
 const { BARRIER, DONE, FAILED } = CONTROL;
 

@@ -248,7 +248,6 @@ async function execute(job: CpuJob): Promise<JobOutputs> {
   const pooled = canPool() && cpuThreads() > 1 && job.flops >= inlineFlops && serializable(problem.pattern) && space.total > 1;
   const e = await engineFor(pooled);
   const threads = pooled ? e.workers.length : 1;
-
   const kinds = job.phases.filter((p): p is KernelKind => typeof p === 'string');
   const scratch = Math.max(0, ...kinds.map((k) => scratchPlan(k, problem, rank, threads).bytes));
   const needs = new Set<Slot>([...(Object.keys(job.inputs) as Slot[]), ...job.outputs, ...(job.temps ?? [])]);
