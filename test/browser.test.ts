@@ -55,7 +55,7 @@ interface PageResult {
   crossOriginIsolated: boolean;
   hardwareConcurrency: number;
   cpuThreads: number;
-  cpuInfo: { threads: number; mode: string; kernels: string };
+  cpuInfo: { threads: number; mode: string; kernels: string; caller: boolean };
   /**
    * a long CPU call: its time, how often a 4 ms page timer fired meanwhile (0 = the page froze), and
    * how many timeouts it set (nested ones are clamped to 4 ms: a yield by timeout sleeps)
@@ -269,6 +269,7 @@ test('browser: the built library in headless Chromium, WebGPU via navigator.gpu 
     t.diagnostic(`isolated page: ${JSON.stringify(iso.cpuInfo)}, hardwareConcurrency ${iso.hardwareConcurrency}, long call ${iso.longCall.ms.toFixed(0)} ms, ${iso.longCall.ticks} timer ticks`);
     if (iso.hardwareConcurrency > 1) {
       assert.equal(iso.cpuInfo.mode, 'workers');
+      assert.equal(iso.cpuInfo.caller, false, "a page's main thread may not wait: it never works beside the workers");
       assert.equal(iso.cpuThreads, Math.min(16, iso.hardwareConcurrency));
       assert.ok(paths.includes('/isolated/src/cpu/worker.js'), 'the pool loaded its module worker');
     }

@@ -504,7 +504,9 @@ test('the calling thread beside the workers: the same bits as the workers alone,
     const before = pool.callerJobs;
     const alone = await runAll();
     assert.equal(pool.callerJobs, before, 'off: the calling thread only copies and waits');
+    assert.equal(cpuInfo().caller, false);
     setCpuCallerFlops(Infinity);
+    assert.equal(cpuInfo().caller, true, 'Node: the calling thread may wait');
     const beside = await runAll();
     assert.equal(pool.callerJobs, before + 6, 'on: every call ran the calling thread beside the workers');
     alone.forEach((a, i) => assert.ok(sameBytes(beside[i]!, snapshot(a)), `result ${i} differs`));

@@ -70,12 +70,18 @@ export interface CpuInfo {
   mode: 'workers' | 'main-thread';
   /** The tile kernels of the last call (else of the next). */
   kernels: KernelVariant;
+  /**
+   * Whether pooled calls under setCpuCallerFlops' bound also compute on the calling thread (only
+   * where it may block: Node, Web Workers; never a page's main thread).
+   */
+  caller: boolean;
 }
 
 /** What the CPU engine runs on here: thread count, where, and which tile kernels. */
 export function cpuInfo(): CpuInfo {
   const threads = cpuThreads();
-  return { threads, mode: canPool() && threads > 1 ? 'workers' : 'main-thread', kernels: engine?.variant ?? variantSet ?? bestVariant() };
+  const mode = canPool() && threads > 1 ? 'workers' : 'main-thread';
+  return { threads, mode, kernels: engine?.variant ?? variantSet ?? bestVariant(), caller: mode === 'workers' && callerFlops > 0 && canWait() };
 }
 
 /** Everything below BASE stays free for the wasm module's own statics. */
