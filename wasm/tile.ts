@@ -838,9 +838,10 @@ export function pvColumn4(os: usize, dv: i32, vp: usize, vStep: usize, nk: i32, 
   }
 }
 
-// The union of a run's windows (see runWindows), row-major (row: a point of the first axes,
-// column: the last axis), as three i32 lists at keys: k row addresses, v row addresses and (with
-// rpb) rpb key parts, each as long as the union. Returns its number of rows.
+// The union of a run's windows (see runWindows), column-major (column: a point of the last axis,
+// row: a point of the first axes; a column's keys, and the columns one after another, are
+// consecutive), as three i32 lists at keys: k row addresses, v row addresses and (with rpb) rpb key
+// parts, each as long as the union. Returns its number of rows.
 function runUnion(
   nr: i32, win: usize, kBase: usize, vBase: usize, st0: i32, st1: i32, st2: i32, rk: usize, rv: usize, keys: usize, rpb: usize, r0: i32, r1: i32, r2: i32,
 ): i32 {
@@ -851,16 +852,14 @@ function runUnion(
   const nk = rows * W;
   const kp = keys, vp = keys + (<usize>nk << 2), kr = keys + (<usize>nk << 3);
   let j = 0;
-  for (let c0 = lo0; c0 <= hi0; c0++)
-    for (let c1 = lo1; c1 <= hi1; c1++) {
-      const b = c0 * st0 + c1 * st1;
-      for (let t = 0; t < W; t++, j++) {
-        const tok = <usize>(b + (L + t) * st2);
+  for (let t = 0; t < W; t++)
+    for (let c0 = lo0; c0 <= hi0; c0++)
+      for (let c1 = lo1; c1 <= hi1; c1++, j++) {
+        const tok = <usize>(c0 * st0 + c1 * st1 + (L + t) * st2);
         store<i32>(kp + (<usize>j << 2), <i32>(kBase + tok * rk));
         store<i32>(vp + (<usize>j << 2), <i32>(vBase + tok * rv));
         if (rpb) store<i32>(kr + (<usize>j << 2), c0 * r0 + c1 * r1 + (L + t) * r2);
       }
-    }
   return rows;
 }
 
@@ -877,6 +876,14 @@ function runUnion(
   let s = nr - 1;
   while (load<i32>(win + (<usize>s << 3), 16) > c) s--;
   return s;
+}
+// The end of the group of columns from t on held by the same queries s0..s1 (a run's middle
+// columns: their keys are consecutive in the union, so one column-kernel call takes them all).
+// Not inlined: six call sites, and every bundle carries the bytes.
+function holdersEnd(win: usize, nr: i32, L: i32, W: i32, t: i32, s0: i32, s1: i32): i32 {
+  let t2 = t + 1;
+  while (t2 < W && firstHolder(win, L + t2) == s0 && lastHolder(win, nr, L + t2) == s1) t2++;
+  return t2;
 }
 
 /**
@@ -906,47 +913,43 @@ function runWindows(
     for (let o = qs; o < qs + <usize>d * RUN; o += RUN) v128.store(o, f32x4.mul(v128.load(o), sc));
   }
   memory.fill(oBuf, 0, <usize>dv * RUN);
-  const sStep = <usize>W << 6; // a row of W keys x 4 queries x 16 bytes
   const trash = sBuf + (<usize>nk << 6);
-  // Q K^T column by column, on the queries whose windows hold the column. One row (1-D windows):
-  // a column is one key, too little work per call, so all the run's queries take every key of the
-  // union in one call (at most 3 keys a query more than its window, zeroed after the softmax)
+  // Q K^T column by column (a group of columns with the same holders at once), on the queries whose
+  // windows hold the column. One row (1-D windows): a column is one key, too little work per call,
+  // so all the run's queries take every key of the union in one call (at most 3 keys a query more
+  // than its window, zeroed after the softmax)
   const flat = rows == 1;
   if (flat) qkColumn(nr, qBuf, d, kp, 4, W, sBuf, 64, trash);
   else
-    for (let t = 0; t < W; t++) {
+    for (let t = 0; t < W; ) {
       const s0 = firstHolder(win, L + t), s1 = lastHolder(win, nr, L + t);
-      qkColumn(s1 - s0 + 1, qBuf + (<usize>s0 << 4), d, kp + (<usize>t << 2), <usize>W << 2, rows, sBuf + (<usize>t << 6) + (<usize>s0 << 4), sStep, trash);
+      const t2 = holdersEnd(win, nr, L, W, t, s0, s1);
+      const j = <usize>(t * rows);
+      qkColumn(s1 - s0 + 1, qBuf + (<usize>s0 << 4), d, kp + (j << 2), 4, (t2 - t) * rows, sBuf + (j << 6) + (<usize>s0 << 4), 64, trash);
+      t = t2;
     }
-  // each query's softmax over its own keys (row by row, columns a..e of each): softcap and rpb
-  // hooks, then max, exp and sum
+  // each query's softmax over its own keys (columns a..e, consecutive in the union): softcap and
+  // rpb hooks, then max, exp and sum
   const ninf = f32x4.splat(-Infinity);
   for (let s = 0; s < nr; s++) {
     const a = load<i32>(win + (<usize>s << 3), 16) - L, e = load<i32>(win + (<usize>s << 3), 20) - L;
-    const first = sBuf + (<usize>s << 4) + (<usize>a << 6);
-    const span = <usize>(e - a + 1) << 6;
+    const first = sBuf + (<usize>s << 4) + (<usize>(a * rows) << 6);
+    const n = (e - a + 1) * rows;
+    const end = first + (<usize>n << 6);
     const rr = rpb ? rpb + (<usize>load<i32>(rpbRows + (<usize>s << 2)) << 4) : 0;
     let m = ninf;
     if (cap > 0 || rr) {
-      for (let r = 0; r < rows; r++) {
-        const row = first + <usize>r * sStep;
-        let kp2 = kr + (<usize>(r * W + a) << 2);
-        for (let sp = row; sp < row + span; sp += 64, kp2 += 4) {
-          let x = v128.load(sp);
-          if (cap > 0) x = capv(x, cap);
-          if (rr) x = f32x4.add(x, v128.load(rr + (<usize>load<i32>(kp2) << 4)));
-          v128.store(sp, x);
-          m = f32x4.pmax(m, x);
-        }
+      let kp2 = kr + (<usize>(a * rows) << 2);
+      for (let sp = first; sp < end; sp += 64, kp2 += 4) {
+        let x = v128.load(sp);
+        if (cap > 0) x = capv(x, cap);
+        if (rr) x = f32x4.add(x, v128.load(rr + (<usize>load<i32>(kp2) << 4)));
+        v128.store(sp, x);
+        m = f32x4.pmax(m, x);
       }
-    } else {
-      for (let r = 0; r < rows; r++) {
-        const row = first + <usize>r * sStep;
-        for (let sp = row; sp < row + span; sp += 64) m = f32x4.pmax(m, v128.load(sp));
-      }
-    }
+    } else for (let sp = first; sp < end; sp += 64) m = f32x4.pmax(m, v128.load(sp));
     const ms = v128.andnot(m, f32x4.eq(m, ninf));
-    const l = expRun(first, rows, sStep, e - a + 1, 64, ms, true);
+    const l = expRun(first, 1, 0, n, 64, ms, true);
     v128.store(<usize>load<i32>(lseRows + (<usize>s << 2)), lseOf(m, l));
     // 1 / l (0 where l = 0) kept in the trash's slot for this query until the output is written
     v128.store(trash + (<usize>s << 4), v128.and(f32x4.div(f32x4.splat(1.0), l), f32x4.gt(l, f32x4.splat(0))));
@@ -960,9 +963,12 @@ function runWindows(
   // P V column by column, on the same queries (one row: every key for all of them, as Q K^T)
   if (flat) pvColumn(nr, oBuf, dv, vp, 4, W, sBuf, 64);
   else
-    for (let t = 0; t < W; t++) {
+    for (let t = 0; t < W; ) {
       const s0 = firstHolder(win, L + t), s1 = lastHolder(win, nr, L + t);
-      pvColumn(s1 - s0 + 1, oBuf + (<usize>s0 << 4), dv, vp + (<usize>t << 2), <usize>W << 2, rows, sBuf + (<usize>t << 6) + (<usize>s0 << 4), sStep);
+      const t2 = holdersEnd(win, nr, L, W, t, s0, s1);
+      const j = <usize>(t * rows);
+      pvColumn(s1 - s0 + 1, oBuf + (<usize>s0 << 4), dv, vp + (j << 2), 4, (t2 - t) * rows, sBuf + (j << 6) + (<usize>s0 << 4), 64);
+      t = t2;
     }
   // out = O / l, back from lanes to one row per head
   const ldo = <usize>dv << 2;
@@ -1121,7 +1127,6 @@ function runBwd(
   const qb = lanes, db = qb + <usize>d * RUN, dqb = db + <usize>dv * RUN, ob = dqb + <usize>d * RUN;
   const sc = f32x4.splat(scale);
   const sS = sBuf, sD = sBuf + ((<usize>nk + 1) << 6); // S then P; dP then dS; [key][4 queries]
-  const sStep = <usize>W << 6;
   const trash = sD - 64, trashD = sD + (<usize>nk << 6);
   for (let s = 0; s < nr; s++) {
     const at = <usize>s << 2;
@@ -1139,11 +1144,14 @@ function runBwd(
     qkColumn(nr, qb, d, kp, 4, W, sS, 64, trash);
     qkColumn(nr, db, dv, vp, 4, W, sD, 64, trashD);
   } else
-    for (let t = 0; t < W; t++) {
+    for (let t = 0; t < W; ) {
       const s0 = firstHolder(win, L0 + t), s1 = lastHolder(win, nr, L0 + t);
-      const col = (<usize>t << 6) + (<usize>s0 << 4);
-      qkColumn(s1 - s0 + 1, qb + (<usize>s0 << 4), d, kp + (<usize>t << 2), <usize>W << 2, rows, sS + col, sStep, trash);
-      qkColumn(s1 - s0 + 1, db + (<usize>s0 << 4), dv, vp + (<usize>t << 2), <usize>W << 2, rows, sD + col, sStep, trashD);
+      const t2 = holdersEnd(win, nr, L0, W, t, s0, s1);
+      const j = <usize>(t * rows), n = (t2 - t) * rows;
+      const col = (j << 6) + (<usize>s0 << 4);
+      qkColumn(s1 - s0 + 1, qb + (<usize>s0 << 4), d, kp + (j << 2), 4, n, sS + col, 64, trash);
+      qkColumn(s1 - s0 + 1, db + (<usize>s0 << 4), dv, vp + (j << 2), 4, n, sD + col, 64, trashD);
+      t = t2;
     }
   // per query: P and dS over its own keys (exp's constants in registers: see expWith)
   const ninf = f32x4.splat(-Infinity);
@@ -1158,12 +1166,12 @@ function runBwd(
     L = v128.bitselect(f32x4.splat(Infinity), L, f32x4.eq(L, ninf));
     const r = rpb ? rpb + (<usize>load<i32>(rpbRows + (<usize>s << 2)) << 4) : 0;
     const dr = rpb ? drpb + (<usize>load<i32>(rpbRows + (<usize>s << 2)) << 4) : 0;
-    const first = (<usize>s << 4) + (<usize>a << 6);
-    const span = <usize>(e - a + 1) << 6;
-    for (let rr = 0; rr < rows; rr++) {
-      const row = first + <usize>rr * sStep;
-      let kq = kr + (<usize>(rr * W + a) << 2);
-      for (let off = row; off < row + span; off += 64, kq += 4) {
+    // its keys: columns a..e, consecutive in the union
+    const first = (<usize>s << 4) + (<usize>(a * rows) << 6);
+    const end = first + (<usize>((e - a + 1) * rows) << 6);
+    {
+      let kq = kr + (<usize>(a * rows) << 2);
+      for (let off = first; off < end; off += 64, kq += 4) {
         let x = v128.load(sS + off);
         if (cap > 0) x = capv(x, cap);
         // rpb comes after the softcap; drpb takes dS itself, then dS goes on through the softcap
@@ -1199,13 +1207,16 @@ function runBwd(
     keyRowsColumn(nr, qb, d, kp, 4, dkBase - kBase, W, sD, 64);
     pvColumn(nr, dqb, d, kp, 4, W, sD, 64);
   } else
-    for (let t = 0; t < W; t++) {
+    for (let t = 0; t < W; ) {
       const s0 = firstHolder(win, L0 + t), s1 = lastHolder(win, nr, L0 + t);
+      const t2 = holdersEnd(win, nr, L0, W, t, s0, s1);
       const nq = s1 - s0 + 1;
-      const col = (<usize>t << 6) + (<usize>s0 << 4);
-      keyRowsColumn(nq, db + (<usize>s0 << 4), dv, vp + (<usize>t << 2), <usize>W << 2, dvBase - vBase, rows, sS + col, sStep);
-      keyRowsColumn(nq, qb + (<usize>s0 << 4), d, kp + (<usize>t << 2), <usize>W << 2, dkBase - kBase, rows, sD + col, sStep);
-      pvColumn(nq, dqb + (<usize>s0 << 4), d, kp + (<usize>t << 2), <usize>W << 2, rows, sD + col, sStep);
+      const j = <usize>(t * rows), n = (t2 - t) * rows;
+      const col = (j << 6) + (<usize>s0 << 4);
+      keyRowsColumn(nq, db + (<usize>s0 << 4), dv, vp + (j << 2), 4, dvBase - vBase, n, sS + col, 64);
+      keyRowsColumn(nq, qb + (<usize>s0 << 4), d, kp + (j << 2), 4, dkBase - kBase, n, sD + col, 64);
+      pvColumn(nq, dqb + (<usize>s0 << 4), d, kp + (j << 2), 4, n, sD + col, 64);
+      t = t2;
     }
   // dQ = scale (dS K), back to one row per head
   const ldq = <usize>d << 2;
@@ -1507,14 +1518,4 @@ export function ropeRows(dst: usize, rows: usize, n: i32, d: i32, half: i32, tab
     for (j = 2 * half; j < d; j++) store<f32>(out + (<usize>j << 2), load<f32>(src + (<usize>j << 2)));
     store<i32>(rows + (<usize>i << 2), <i32>out);
   }
-}
-
-export function qkColumnBench(nq: i32, qs: usize, d: i32, kp: usize, kStep: usize, nk: i32, sp: usize, sStep: usize, trash: usize, reps: i32): void {
-  for (let r = 0; r < reps; r++) qkColumn(nq, qs, d, kp, kStep, nk, sp, sStep, trash);
-}
-export function pvColumnBench(nq: i32, os: usize, dv: i32, vp: usize, vStep: usize, nk: i32, pp: usize, pStep: usize, reps: i32): void {
-  for (let r = 0; r < reps; r++) pvColumn(nq, os, dv, vp, vStep, nk, pp, pStep);
-}
-export function keyRowsBench(nq: i32, xs: usize, n: i32, ap: usize, aStep: usize, shift: usize, nk: i32, wp: usize, wStep: usize, reps: i32): void {
-  for (let r = 0; r < reps; r++) keyRowsColumn(nq, xs, n, ap, aStep, shift, nk, wp, wStep);
 }
