@@ -625,8 +625,45 @@ function qkColumn(nq: i32, qs: usize, d: i32, kp: usize, kStep: usize, nk: i32, 
 export function qkColumn2(qs: usize, d: i32, kp: usize, kStep: usize, nk: i32, sp: usize, sStep: usize, trash: usize): void {
   qkBlocks(2, 4, qs, d, kp, kStep, nk, sp, sStep, trash);
 }
+// Three queries: blocks of three keys, 9 accumulators (2 keys gave 6 chains of FMAs, too few to
+// cover their latency); each q vector is loaded just before its three FMAs, so 13 registers live.
 export function qkColumn3(qs: usize, d: i32, kp: usize, kStep: usize, nk: i32, sp: usize, sStep: usize, trash: usize): void {
-  qkBlocks(3, 2, qs, d, kp, kStep, nk, sp, sStep, trash);
+  const qEnd = qs + <usize>d * RUN;
+  const last = nk - 1;
+  const zero = f32x4.splat(0);
+  for (let j = 0; j < nk; j += 3) {
+    let k0 = <usize>load<i32>(kp + <usize>j * kStep);
+    let k1 = <usize>load<i32>(kp + <usize>(j + 1 <= last ? j + 1 : last) * kStep);
+    let k2 = <usize>load<i32>(kp + <usize>(j + 2 <= last ? j + 2 : last) * kStep);
+    let a0 = zero, a1 = zero, a2 = zero, b0 = zero, b1 = zero, b2 = zero, c0 = zero, c1 = zero, c2 = zero;
+    for (let q = qs; q < qEnd; q += RUN, k0 += 16, k1 += 16, k2 += 16) {
+      const kv0 = v128.load(k0), kv1 = v128.load(k1), kv2 = v128.load(k2);
+      const q0 = v128.load(q);
+      a0 = fma(q0, kv0, a0);
+      a1 = fma(q0, kv1, a1);
+      a2 = fma(q0, kv2, a2);
+      const q1 = v128.load(q, 16);
+      b0 = fma(q1, kv0, b0);
+      b1 = fma(q1, kv1, b1);
+      b2 = fma(q1, kv2, b2);
+      const q2 = v128.load(q, 32);
+      c0 = fma(q2, kv0, c0);
+      c1 = fma(q2, kv1, c1);
+      c2 = fma(q2, kv2, c2);
+    }
+    const s0 = sp + <usize>j * sStep;
+    const s1 = j + 1 <= last ? s0 + sStep : trash;
+    const s2 = j + 2 <= last ? s0 + 2 * sStep : trash;
+    v128.store(s0, a0);
+    v128.store(s1, a1);
+    v128.store(s2, a2);
+    v128.store(s0, b0, 16);
+    v128.store(s1, b1, 16);
+    v128.store(s2, b2, 16);
+    v128.store(s0, c0, 32);
+    v128.store(s1, c1, 32);
+    v128.store(s2, c2, 32);
+  }
 }
 export function qkColumn4(qs: usize, d: i32, kp: usize, kStep: usize, nk: i32, sp: usize, sStep: usize, trash: usize): void {
   qkBlocks(4, 2, qs, d, kp, kStep, nk, sp, sStep, trash);
