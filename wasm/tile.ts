@@ -620,8 +620,8 @@ function qkColumn(nq: i32, qs: usize, d: i32, kp: usize, kStep: usize, nk: i32, 
 // TileKernels interface): inlined side by side, Binaryen merged a template's copies, whose code
 // differs only in its constants, into one loop testing the query count on every pass (pvColumn
 // with two queries: 0.47 FMAs a cycle, 1.0 apart; qkColumn with four: 0.93, 1.56 apart), and it
-// keeps an exported function whole. Q K^T takes blocks of 2 keys for 3 and 4 queries, 4 keys for
-// 2, so each keeps 6-8 accumulators and all its operands in the 15 registers V8 gives.
+// keeps an exported function whole. Q K^T takes blocks of 2 keys for 4 queries, 3 for 3 and 4 for
+// 2, so each keeps 8-9 accumulators and all its operands in the 15 registers V8 gives.
 export function qkColumn2(qs: usize, d: i32, kp: usize, kStep: usize, nk: i32, sp: usize, sStep: usize, trash: usize): void {
   qkBlocks(2, 4, qs, d, kp, kStep, nk, sp, sStep, trash);
 }
