@@ -10,12 +10,14 @@
  */
 import { parseArgs } from 'node:util';
 import { enableRelaxedSimd } from '../src/cli/relaxed.js';
-import { type KernelVariant, kernelsOn } from '../src/cpu/tile-kernels.js';
+import { type KernelVariant, kernelsOn, setScalarKernels } from '../src/cpu/tile-kernels.js';
+import { scalarKernels } from '../src/cpu/tile-scalar.js';
 
 enableRelaxedSimd();
 const { values: args } = parseArgs({ options: { heads: { type: 'string', default: '8' }, kernels: { type: 'string', default: 'relaxed-simd' } } });
 const HS = Math.max(1, Number(args.heads) | 0);
 const mem = new WebAssembly.Memory({ initial: 256, maximum: 1024, shared: true });
+setScalarKernels(scalarKernels);
 const K = kernelsOn(args.kernels as KernelVariant, mem);
 const f = new Float32Array(mem.buffer);
 const i32 = new Int32Array(mem.buffer);

@@ -85,7 +85,7 @@ test('esbuild --bundle --platform=browser: the bundle runs in Chromium and match
  * isolated, runs its `runCases` and checks the mode the CPU engine chose and the na2d output
  * against Node's.
  */
-async function checkBuiltPage(dir: string, bundler: string): Promise<void> {
+async function checkBuiltPage(dir: string, bundler: string, scalar = false): Promise<void> {
   const { chromium } = await import('playwright-core');
   const browser = await chromium.launch({ executablePath: CHROMIUM, args: [...CHROMIUM_ARGS] });
   const x = randn([1, 12, 12, 2, 16], 21);
@@ -99,11 +99,12 @@ async function checkBuiltPage(dir: string, bundler: string): Promise<void> {
         page.on('pageerror', (e) => errors.push(e.message));
         await page.goto(`${served.origin}/`);
         await page.waitForFunction(() => typeof (globalThis as { runCases?: unknown }).runCases === 'function');
-        const got = await page.evaluate(() => (globalThis as unknown as { runCases: () => Promise<{ na: number[]; info: { mode: string } }> }).runCases());
+        const got = await page.evaluate(() => (globalThis as unknown as { runCases: () => Promise<{ na: number[]; scalarNa?: number[]; info: { mode: string } }> }).runCases());
         assert.deepEqual(errors, [], `page errors (isolated ${isolated})`);
         const hw = await page.evaluate(() => navigator.hardwareConcurrency);
         assert.equal(got.info.mode, isolated && hw > 1 ? 'workers' : 'main-thread', `mode (isolated ${isolated})`);
         assert.ok(relError(Float32Array.from(got.na), na.out.data) < 1e-6, `na2d in the ${bundler} bundle vs Node (isolated ${isolated})`);
+        if (scalar) assert.ok(got.scalarNa && relError(Float32Array.from(got.scalarNa), na.out.data) < 1e-5, `na2d on the scalar kernels in the ${bundler} bundle (isolated ${isolated})`);
         await page.close();
       } finally {
         await served.close();
@@ -114,8 +115,15 @@ async function checkBuiltPage(dir: string, bundler: string): Promise<void> {
   }
 }
 
-/** The page's entry with a long call added, so the isolated page's pool really runs the emitted worker. */
-const LONG_ENTRY = ENTRY.replace("return { na:", "const big = randn([1, 1024, 4, 64], 7); await attention(big, big, big, { backend: 'cpu' }); return { na:");
+/**
+ * The page's entry with a long call added, so the isolated page's pool really runs the emitted
+ * worker, and the same neighborhood call on the scalar kernels, which the calling thread imports on
+ * demand (a chunk of its own in these bundles: it must load from the built page).
+ */
+const LONG_ENTRY = ENTRY.replace('import { attention, na2d, randn, cpuInfo }', 'import { attention, na2d, randn, cpuInfo, setCpuKernels }').replace(
+  'return { na:',
+  "const big = randn([1, 1024, 4, 64], 7); await attention(big, big, big, { backend: 'cpu' }); setCpuKernels('scalar'); const sc = await na2d(x, x, x, { kernelSize: 5, backend: 'cpu' }); setCpuKernels(undefined); return { scalarNa: Array.from(sc.out.data), na:",
+);
 
 test('vite build: the bundle and its emitted worker run in Chromium, on one thread and on Web Workers', { skip: await skipReason(), timeout: 180_000 }, async () => {
   const { mkdtempSync, writeFileSync, mkdirSync, rmSync } = await import('node:fs');
@@ -127,7 +135,7 @@ test('vite build: the bundle and its emitted worker run in Chromium, on one thre
     writeFileSync(join(root, 'src', 'main.js'), LONG_ENTRY);
     const vite = await import('vite');
     await vite.build({ root, logLevel: 'silent', configFile: false, build: { outDir: join(root, 'dist') } });
-    await checkBuiltPage(join(root, 'dist'), 'Vite');
+    await checkBuiltPage(join(root, 'dist'), 'Vite', true);
   } finally {
     rmSync(root, { recursive: true, force: true });
   }
@@ -146,7 +154,7 @@ test('webpack 5: the bundle and its emitted worker run in Chromium, on one threa
     );
     assert.ok(!stats.hasErrors(), stats.toString('errors-only'));
     assert.ok(!stats.hasWarnings(), stats.toString('errors-warnings'));
-    await checkBuiltPage(root, 'webpack');
+    await checkBuiltPage(root, 'webpack', true);
   } finally {
     rmSync(root, { recursive: true, force: true });
   }

@@ -6,7 +6,7 @@ import { type AttnProblem, ItemSpace } from '../problem.js';
 import { CONTROL, openGate, resetControl, stageReady } from './control.js';
 import { MAX_CHAIN, type PhaseMsg, phaseContext, rankOf, runChain, runRange } from './kernels.js';
 import { type JobLayout, type KernelKind, PER_THREAD, type Slot, layJob, scratchPlan, slotSizes } from './layout.js';
-import { type KernelVariant, type TileKernels, bestVariant, kernelsOn, moduleOf, variantAvailable } from './tile-kernels.js';
+import { type KernelVariant, type TileKernels, bestVariant, kernelsOn, moduleOf, setScalarKernels, variantAvailable } from './tile-kernels.js';
 import { type WorkerPort, spawnWorker } from './worker-port.js';
 
 /**
@@ -117,6 +117,7 @@ async function engineFor(pooled: boolean): Promise<Engine> {
   if (!engine) {
     // unshared where no pool can run: a page without cross-origin isolation cannot make a shared memory
     const memory = new WebAssembly.Memory({ initial: 2, maximum: MAX_PAGES, shared: canPool() });
+    if (variant === 'scalar') setScalarKernels((await import('./tile-scalar.js')).scalarKernels);
     engine = { variant, memory, main: kernelsOn(variant, memory), workers: [] };
   }
   const e = engine;

@@ -1,5 +1,4 @@
 import { RELAXED_LOCAL_PATCH, RELAXED_SHARED, SIMD_LOCAL_PATCH, SIMD_SHARED } from './wasm-modules.generated.js';
-import { scalarKernels } from './tile-scalar.js';
 
 /**
  * The tile-kernel interface of the CPU engine: the arithmetic of one visit (Q.K^T, score hooks,
@@ -76,9 +75,26 @@ export const variantAvailable = (v: KernelVariant): boolean => v === 'scalar' ||
 /** Whether a memory is shared (a SharedArrayBuffer underneath), which picks the module build. */
 const isShared = (memory: WebAssembly.Memory): boolean => typeof SharedArrayBuffer !== 'undefined' && memory.buffer instanceof SharedArrayBuffer;
 
-/** Kernels of `variant` bound to `memory` (a module compiled elsewhere may be passed, e.g. to a worker). */
+let scalar: ((memory: WebAssembly.Memory) => TileKernels) | undefined;
+/**
+ * Registers the scalar twin (tile-scalar.ts), which only engines without SIMD (and tests) run. The
+ * workers import it statically (their bundle is their own); the calling thread imports it on
+ * demand (pool.ts), so page bundles keep it out of their entry chunk: 6.6 KB smaller. Not here:
+ * a dynamic import in the workers' module graph breaks Vite's default (iife) worker builds.
+ */
+export function setScalarKernels(f: (memory: WebAssembly.Memory) => TileKernels): void {
+  scalar = f;
+}
+
+/**
+ * Kernels of `variant` bound to `memory` (a module compiled elsewhere may be passed, e.g. to a
+ * worker); 'scalar' once registered (setScalarKernels).
+ */
 export function kernelsOn(variant: KernelVariant, memory: WebAssembly.Memory, module?: WebAssembly.Module | null): TileKernels {
-  if (variant === 'scalar') return scalarKernels(memory);
+  if (variant === 'scalar') {
+    if (!scalar) throw new Error('the scalar kernels are not registered (setScalarKernels)');
+    return scalar(memory);
+  }
   const m = module ?? moduleOf(variant, isShared(memory));
   if (!m) throw new Error(`wasm kernels '${variant}' do not validate on this engine`);
   return new WebAssembly.Instance(m, { env: { memory } }).exports as unknown as TileKernels;

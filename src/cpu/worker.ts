@@ -2,7 +2,8 @@ import { nodeBuiltin } from '../node-builtin.js';
 import { ItemSpace } from '../problem.js';
 import { type PhaseMsg, phaseContext, runChain } from './kernels.js';
 import type { TileKernels } from './tile-kernels.js';
-import { kernelsOn } from './tile-kernels.js';
+import { kernelsOn, setScalarKernels } from './tile-kernels.js';
+import { scalarKernels } from './tile-scalar.js';
 import type { DoneMsg, InitMsg } from './worker-port.js';
 
 /**
@@ -11,6 +12,9 @@ import type { DoneMsg, InitMsg } from './worker-port.js';
  * and answers with the phase id after its last write.
  */
 const inNode = typeof process !== 'undefined' && typeof process.versions?.node === 'string';
+
+// the scalar twin, statically here (see setScalarKernels)
+setScalarKernels(scalarKernels);
 
 let memory: WebAssembly.Memory | undefined;
 let kernels: TileKernels | undefined;
