@@ -625,45 +625,8 @@ function qkColumn(nq: i32, qs: usize, d: i32, kp: usize, kStep: usize, nk: i32, 
 export function qkColumn2(qs: usize, d: i32, kp: usize, kStep: usize, nk: i32, sp: usize, sStep: usize, trash: usize): void {
   qkBlocks(2, 4, qs, d, kp, kStep, nk, sp, sStep, trash);
 }
-// Three queries: blocks of three keys, 9 accumulators (2 keys gave 6 chains of FMAs, too few to
-// cover their latency); each q vector is loaded just before its three FMAs, so 13 registers live.
 export function qkColumn3(qs: usize, d: i32, kp: usize, kStep: usize, nk: i32, sp: usize, sStep: usize, trash: usize): void {
-  const qEnd = qs + <usize>d * RUN;
-  const last = nk - 1;
-  const zero = f32x4.splat(0);
-  for (let j = 0; j < nk; j += 3) {
-    let k0 = <usize>load<i32>(kp + <usize>j * kStep);
-    let k1 = <usize>load<i32>(kp + <usize>(j + 1 <= last ? j + 1 : last) * kStep);
-    let k2 = <usize>load<i32>(kp + <usize>(j + 2 <= last ? j + 2 : last) * kStep);
-    let a0 = zero, a1 = zero, a2 = zero, b0 = zero, b1 = zero, b2 = zero, c0 = zero, c1 = zero, c2 = zero;
-    for (let q = qs; q < qEnd; q += RUN, k0 += 16, k1 += 16, k2 += 16) {
-      const kv0 = v128.load(k0), kv1 = v128.load(k1), kv2 = v128.load(k2);
-      const q0 = v128.load(q);
-      a0 = fma(q0, kv0, a0);
-      a1 = fma(q0, kv1, a1);
-      a2 = fma(q0, kv2, a2);
-      const q1 = v128.load(q, 16);
-      b0 = fma(q1, kv0, b0);
-      b1 = fma(q1, kv1, b1);
-      b2 = fma(q1, kv2, b2);
-      const q2 = v128.load(q, 32);
-      c0 = fma(q2, kv0, c0);
-      c1 = fma(q2, kv1, c1);
-      c2 = fma(q2, kv2, c2);
-    }
-    const s0 = sp + <usize>j * sStep;
-    const s1 = j + 1 <= last ? s0 + sStep : trash;
-    const s2 = j + 2 <= last ? s0 + 2 * sStep : trash;
-    v128.store(s0, a0);
-    v128.store(s1, a1);
-    v128.store(s2, a2);
-    v128.store(s0, b0, 16);
-    v128.store(s1, b1, 16);
-    v128.store(s2, b2, 16);
-    v128.store(s0, c0, 32);
-    v128.store(s1, c1, 32);
-    v128.store(s2, c2, 32);
-  }
+  qkBlocks(3, 3, qs, d, kp, kStep, nk, sp, sStep, trash);
 }
 export function qkColumn4(qs: usize, d: i32, kp: usize, kStep: usize, nk: i32, sp: usize, sStep: usize, trash: usize): void {
   qkBlocks(4, 2, qs, d, kp, kStep, nk, sp, sStep, trash);
@@ -696,9 +659,10 @@ export function qkColumn1(qs: usize, d: i32, kp: usize, kStep: usize, nk: i32, s
   }
 }
 
-// Q K^T for nq (2-4) queries in blocks of nkb (2 or 4) keys, one dim a pass: accumulator x_j is
-// query x's (a, b, c, e) score with the block's key j. A partial block repeats its last key and
-// stores the extra scores to `trash`.
+// Q K^T for nq (2-4) queries in blocks of nkb (2-4) keys, one dim a pass: accumulator x_j is
+// query x's (a, b, c, e) score with the block's key j. Each query's q vector is loaded just before
+// its FMAs, so the accumulators (nq nkb <= 9), the block's k vectors and one q vector stay in the
+// 15 registers V8 gives. A partial block repeats its last key and stores the extra scores to `trash`.
 // @ts-ignore: decorator
 @inline function qkBlocks(nq: i32, nkb: i32, qs: usize, d: i32, kp: usize, kStep: usize, nk: i32, sp: usize, sStep: usize, trash: usize): void {
   const qEnd = qs + <usize>d * RUN;
@@ -710,48 +674,52 @@ export function qkColumn1(qs: usize, d: i32, kp: usize, kStep: usize, nk: i32, s
     let k2 = nkb > 2 ? <usize>load<i32>(kp + <usize>(j + 2 <= last ? j + 2 : last) * kStep) : 0;
     let k3 = nkb > 3 ? <usize>load<i32>(kp + <usize>(j + 3 <= last ? j + 3 : last) * kStep) : 0;
     let a0 = zero, a1 = zero, a2 = zero, a3 = zero, b0 = zero, b1 = zero, b2 = zero, b3 = zero;
-    let c0 = zero, c1 = zero, c2 = zero, c3 = zero, e0 = zero, e1 = zero, e2 = zero, e3 = zero;
+    let c0 = zero, c1 = zero, c2 = zero, e0 = zero, e1 = zero;
     for (let q = qs; q < qEnd; q += RUN, k0 += 16, k1 += 16, k2 += 16, k3 += 16) {
       const kv0 = v128.load(k0), kv1 = v128.load(k1);
       const kv2 = nkb > 2 ? v128.load(k2) : zero, kv3 = nkb > 3 ? v128.load(k3) : zero;
-      const q0 = v128.load(q), q1 = v128.load(q, 16);
-      const q2 = nq > 2 ? v128.load(q, 32) : zero, q3 = nq > 3 ? v128.load(q, 48) : zero;
+      const q0 = v128.load(q);
       a0 = fma(q0, kv0, a0);
       a1 = fma(q0, kv1, a1);
+      if (nkb > 2) a2 = fma(q0, kv2, a2);
+      if (nkb > 3) a3 = fma(q0, kv3, a3);
+      const q1 = v128.load(q, 16);
       b0 = fma(q1, kv0, b0);
       b1 = fma(q1, kv1, b1);
-      if (nkb > 2) {
-        a2 = fma(q0, kv2, a2);
-        a3 = fma(q0, kv3, a3);
-        b2 = fma(q1, kv2, b2);
-        b3 = fma(q1, kv3, b3);
-      }
+      if (nkb > 2) b2 = fma(q1, kv2, b2);
+      if (nkb > 3) b3 = fma(q1, kv3, b3);
       if (nq > 2) {
+        const q2 = v128.load(q, 32);
         c0 = fma(q2, kv0, c0);
         c1 = fma(q2, kv1, c1);
+        if (nkb > 2) c2 = fma(q2, kv2, c2);
       }
       if (nq > 3) {
+        const q3 = v128.load(q, 48);
         e0 = fma(q3, kv0, e0);
         e1 = fma(q3, kv1, e1);
       }
     }
     const s0 = sp + <usize>j * sStep;
     const s1 = j + 1 <= last ? s0 + sStep : trash;
+    const s2 = j + 2 <= last ? s0 + 2 * sStep : trash;
+    const s3 = j + 3 <= last ? s0 + 3 * sStep : trash;
     v128.store(s0, a0);
     v128.store(s1, a1);
     v128.store(s0, b0, 16);
     v128.store(s1, b1, 16);
     if (nkb > 2) {
-      const s2 = j + 2 <= last ? s0 + 2 * sStep : trash;
-      const s3 = j + 3 <= last ? s0 + 3 * sStep : trash;
       v128.store(s2, a2);
-      v128.store(s3, a3);
       v128.store(s2, b2, 16);
+    }
+    if (nkb > 3) {
+      v128.store(s3, a3);
       v128.store(s3, b3, 16);
     }
     if (nq > 2) {
       v128.store(s0, c0, 32);
       v128.store(s1, c1, 32);
+      if (nkb > 2) v128.store(s2, c2, 32);
     }
     if (nq > 3) {
       v128.store(s0, e0, 48);

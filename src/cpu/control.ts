@@ -49,12 +49,25 @@ export function openGate(memory: WebAssembly.Memory, layout: JobLayout, failed =
 }
 
 /**
+ * Waits until control word `word` is at least `value`: `spins` loads first, then sleeps on the word
+ * (woken by Atomics.notify), for at most `timeout` ms. Returns whether it got there. The one wait
+ * of the gate, the barriers and the calling thread's DONE.
+ */
+export function waitAtLeast(control: Int32Array, word: number, value: number, timeout = Infinity, spins = 0): boolean {
+  const until = performance.now() + timeout;
+  for (let n = 0, seen = Atomics.load(control, word); seen < value; seen = Atomics.load(control, word)) {
+    if (n++ < spins) continue;
+    const left = until - performance.now();
+    if (left <= 0) return false;
+    Atomics.wait(control, word, seen, Math.min(left, 1000));
+  }
+  return true;
+}
+
+/**
  * Waits until the gate reaches `stage`: a short spin first (a stage is one tensor's copy, a fraction
  * of a millisecond, and a sleeping thread takes 0.1-0.5 ms to wake here), then sleeps.
  */
 export function awaitGate(control: Int32Array, stage: number): void {
-  for (let spins = 0, g = Atomics.load(control, GATE); g < stage; g = Atomics.load(control, GATE)) {
-    if (spins++ < 4000) continue;
-    Atomics.wait(control, GATE, g, 1000);
-  }
+  waitAtLeast(control, GATE, stage, Infinity, 4000);
 }

@@ -2,7 +2,7 @@ import { ItemSpace } from '../problem.js';
 import type { AttnProblem } from '../problem.js';
 import { runBackward } from './backward.js';
 import { runFused } from './fused.js';
-import { CONTROL, GATE_OPEN, awaitGate } from './control.js';
+import { CONTROL, GATE_OPEN, awaitGate, waitAtLeast } from './control.js';
 import { type JobLayout, type KernelKind, scratchPlan } from './layout.js';
 import { runNAAV, runNAQK, runNaive } from './na.js';
 import { runLanes, runLanesReduce, runNALanes, runNALanesBwd } from './na-lanes.js';
@@ -129,16 +129,9 @@ export function runChain(memory: WebAssembly.Memory, msg: PhaseMsg, scratchOf: (
     // barrier p: the last thread to arrive wakes the others
     const b = BARRIER + p;
     if (Atomics.add(control, b, 1) + 1 === msg.layout.threads) Atomics.notify(control, b);
-    else {
-      const until = performance.now() + patience;
-      for (let seen = Atomics.load(control, b); seen < msg.layout.threads; seen = Atomics.load(control, b)) {
-        if (performance.now() > until) {
-          Atomics.store(control, FAILED, 1);
-          error ??= new Error(`a cpu worker did not reach barrier ${p} within ${patience} ms`);
-          break;
-        }
-        Atomics.wait(control, b, seen, 50);
-      }
+    else if (!waitAtLeast(control, b, msg.layout.threads, patience)) {
+      Atomics.store(control, FAILED, 1);
+      error ??= new Error(`a cpu worker did not reach barrier ${p} within ${patience} ms`);
     }
   }
   // after this thread's last write: the calling thread, when it works beside the workers, waits on it

@@ -3,7 +3,7 @@ import type { NonFinite } from '../nonfinite.js';
 import { nodeBuiltin } from '../node-builtin.js';
 import { serializable } from '../patterns/spec.js';
 import { type AttnProblem, ItemSpace } from '../problem.js';
-import { CONTROL, openGate, resetControl, stageReady } from './control.js';
+import { CONTROL, openGate, resetControl, stageReady, waitAtLeast } from './control.js';
 import { MAX_CHAIN, type PhaseMsg, phaseContext, rankOf, runChain, runRange } from './kernels.js';
 import { type JobLayout, type KernelKind, PER_THREAD, type Slot, layJob, scratchPlan, slotSizes } from './layout.js';
 import { type KernelVariant, type TileKernels, bestVariant, kernelsOn, moduleOf, setScalarKernels, variantAvailable } from './tile-kernels.js';
@@ -311,10 +311,7 @@ async function execute(job: CpuJob): Promise<JobOutputs> {
       throw err;
     }
     const control = new Int32Array(e.memory.buffer, layout.counter, 16);
-    const until = performance.now() + CALLER_DONE_WAIT_MS;
-    for (let n = Atomics.load(control, CONTROL.DONE), left = CALLER_DONE_WAIT_MS; n < threads && left > 0; n = Atomics.load(control, CONTROL.DONE), left = until - performance.now())
-      Atomics.wait(control, CONTROL.DONE, n, left);
-    if (Atomics.load(control, CONTROL.DONE) < threads || Atomics.load(control, CONTROL.FAILED) !== 0) await answers;
+    if (!waitAtLeast(control, CONTROL.DONE, threads, CALLER_DONE_WAIT_MS) || Atomics.load(control, CONTROL.FAILED) !== 0) await answers;
     else answers.catch(() => undefined);
   };
   let nonFinite: NonFinite | undefined;
