@@ -4,7 +4,7 @@
  * com.microsoft.MultiHeadAttention, which is what an ONNX Runtime user has for attention.
  *
  *   npm run build && node dist/bench/cpu-peers.js [--quick] [--cases dense2048,causal4096,na2d,na3d] [--repeat N] [--json]
- *                                                 [--kernels relaxed-simd|simd|scalar] [--rounds R] [--pairs N]
+ *                                                 [--kernels relaxed-simd|simd|scalar] [--rounds R] [--pairs N] [--rate-pairs N]
  *
  * --rounds R runs every implementation of a case R times in turn and reports the median (and best)
  * of all its calls, so a slow spell of this noisy VM falls on every row alike. Neighborhoods with
@@ -12,6 +12,11 @@
  * --pairs N then times tilewise fused and onnxruntime-node alternately, call by call (N pairs after
  * both warmed up), and reports the median of the per-pair ratios: on this VM a slow spell of a
  * few hundred milliseconds moves a whole row's median, but falls on both calls of a pair.
+ * --rate-pairs N measures each neighborhood case against tilewise's own dense N=2048 H8 D64 the
+ * same way (the target 'NA useful rate >= 0.5x dense' from rates timed together instead of rows
+ * timed apart): N pairs of one dense call and a burst of NA calls, whose first (which finds the
+ * caches as the dense call left them) is dropped and the median of the rest taken as the pair's NA
+ * rate; the median of the per-pair ratios is reported.
  *
  * Patterns reach the peers the way a user would give them: causal as MHA's `unidirectional = 1`,
  * neighborhoods as an additive attention_bias (0 / -1e9) built from the exact NATTEN window. Each
@@ -42,6 +47,7 @@ const { values: args } = parseArgs({
     json: { type: 'boolean', default: false },
     kernels: { type: 'string' },
     pairs: { type: 'string' },
+    'rate-pairs': { type: 'string' },
   },
 });
 if (args.kernels) setCpuKernels(args.kernels as KernelVariant);
@@ -71,7 +77,7 @@ if (args.cases) {
   cases = cases.filter((c) => want.includes(c.id));
 }
 const fixedRepeat = args.repeat === undefined ? undefined : Math.max(1, Number(args.repeat) | 0);
-const rounds = Math.max(1, Number(args.rounds ?? 1) | 0);
+const rounds = Math.max(0, Number(args.rounds ?? 1) | 0); // 0: only the pair tables
 const TARGET_MS = args.quick ? 300 : 2000; // calibrated repeats aim each timed loop at ~2 s (at least 3 runs)
 
 const tokens = (c: Case) => c.grid.reduce((a, b) => a * b, 1);
@@ -307,16 +313,62 @@ if (nPairs > 0)
     pairRows.push({ case: c.id, tw: medianOf(r.tw), ort: medianOf(r.ort), ratio: medianOf(r.ratios), pairs: nPairs });
   }
 
-if (args.json) console.log(JSON.stringify({ machine: os.cpus()[0]?.model, cores: os.cpus().length, node: process.version, threads: THREADS, quick: args.quick, rows, pairRows }, null, 1));
+// --rate-pairs N: each neighborhood case's useful rate against dense N=2048's, alternated call by call
+const ratePairRows: { case: string; na: number; dense: number; ratio: number; pairs: number }[] = [];
+const nRate = Math.max(0, Number(args['rate-pairs'] ?? 0) | 0);
+const RATE_BURST = 7; // timed NA calls a pair (after the dropped first)
+if (nRate > 0) {
+  const dc = full.find((c) => c.id === 'dense2048')!;
+  const dShape = [1, ...dc.grid, dc.heads, dc.dim];
+  const [dq, dk, dv] = [randn(dShape, 4), randn(dShape, 5), randn(dShape, 6)];
+  const dFlops = 2 * (dc.dim + dc.dim) * allowedPairs(dc) * dc.heads;
+  for (const c of cases.filter((x) => x.kind === 'na')) {
+    process.stderr.write(`  ${c.id}: tilewise useful rate / dense N=2048's, ${nRate} interleaved pairs ...\n`);
+    const shape = [1, ...c.grid, c.heads, c.dim];
+    const [q, k, v] = [randn(shape, 1), randn(shape, 2), randn(shape, 3)];
+    const flops = 2 * (c.dim + c.dim) * allowedPairs(c) * c.heads;
+    const calls = [async () => void (await attention(dq, dk, dv)), async () => void (await (c.grid.length === 2 ? na2d : na3d)(q, k, v, { kernelSize: c.kernel! }))];
+    for (const call of calls) {
+      const t0 = performance.now();
+      for (let i = 0; i < 3 || performance.now() - t0 < 250; i++) await call();
+    }
+    const rates: number[][] = [[], []];
+    const ratios: number[] = [];
+    const timed = async (call: () => Promise<void>, f: number): Promise<number> => {
+      const s0 = performance.now();
+      await call();
+      return f / ((performance.now() - s0) * 1e6);
+    };
+    for (let i = 0; i < nRate; i++) {
+      const dense = await timed(calls[0]!, dFlops);
+      const burst: number[] = [];
+      for (let b = 0; b < RATE_BURST + 1; b++) burst.push(await timed(calls[1]!, flops));
+      const na = medianOf(burst.slice(1));
+      rates[0]!.push(dense);
+      rates[1]!.push(na);
+      ratios.push(na / dense);
+    }
+    ratePairRows.push({ case: c.id, na: medianOf(rates[1]!), dense: medianOf(rates[0]!), ratio: medianOf(ratios), pairs: nRate });
+  }
+}
+
+if (args.json) console.log(JSON.stringify({ machine: os.cpus()[0]?.model, cores: os.cpus().length, node: process.version, threads: THREADS, quick: args.quick, rows, pairRows, ratePairRows }, null, 1));
 else {
   const f = (x: number | undefined, d: number) => (x === undefined ? '—' : x.toFixed(d));
-  console.log('| case | shape | impl | ms (median) | ms (best) | runs | useful GFLOP/s (median) | speedup of tilewise fused (row ms / fused ms) | rel err vs tilewise fused | note |');
-  console.log('|---|---|---|---:|---:|---:|---:|---:|---:|---|');
-  for (const r of rows)
-    console.log(`| ${r.case} | ${r.shape} | ${r.impl} | ${f(r.ms, 1)} | ${f(r.best, 1)} | ${r.runs ?? '—'} | ${f(r.gflops, 2)} | ${f(r.fusedSpeedup, 2)} | ${r.relErr === undefined ? '—' : r.relErr.toExponential(1)} | ${r.error ?? ''} |`);
+  if (rounds > 0) {
+    console.log('| case | shape | impl | ms (median) | ms (best) | runs | useful GFLOP/s (median) | speedup of tilewise fused (row ms / fused ms) | rel err vs tilewise fused | note |');
+    console.log('|---|---|---|---:|---:|---:|---:|---:|---:|---|');
+    for (const r of rows)
+      console.log(`| ${r.case} | ${r.shape} | ${r.impl} | ${f(r.ms, 1)} | ${f(r.best, 1)} | ${r.runs ?? '—'} | ${f(r.gflops, 2)} | ${f(r.fusedSpeedup, 2)} | ${r.relErr === undefined ? '—' : r.relErr.toExponential(1)} | ${r.error ?? ''} |`);
+  }
   if (pairRows.length) {
     console.log('\n| case | pairs | tilewise fused ms (median) | onnxruntime-node ms (median) | median of per-pair ratios (ort-node / tilewise) |');
     console.log('|---|---:|---:|---:|---:|');
     for (const r of pairRows) console.log(`| ${r.case} | ${r.pairs} | ${f(r.tw, 2)} | ${f(r.ort, 2)} | ${f(r.ratio, 2)} |`);
+  }
+  if (ratePairRows.length) {
+    console.log('\n| case | pairs | NA useful GFLOP/s (median) | dense N=2048 GFLOP/s (median) | median of per-pair ratios (NA rate / dense rate) |');
+    console.log('|---|---:|---:|---:|---:|');
+    for (const r of ratePairRows) console.log(`| ${r.case} | ${r.pairs} | ${f(r.na, 2)} | ${f(r.dense, 2)} | ${f(r.ratio, 3)} |`);
   }
 }

@@ -516,7 +516,7 @@ test('the calling thread beside the workers: the same bits as the workers alone,
   }
 });
 
-test("a staged job: the 'lanes' phase starts on q while k and v are copied, and waits for each (a slow copy of q, k or v), workers alone and beside", async (t) => {
+test("a staged job: the 'lanes' phase starts on q while k and v are copied, and waits for each chunk of each (a slow copy of q, k or v, or of every chunk), workers alone and beside", async (t) => {
   if (cpuThreads() < 2) return t.skip('one thread: no pool');
   const { runJob } = await import('../src/cpu/pool.js');
   const { cpuFusedTiles } = await import('../src/cpu/layout.js');
@@ -548,6 +548,42 @@ test("a staged job: the 'lanes' phase starts on q while k and v are copied, and 
         phasesFill: ['out', 'lse'],
       });
       assert.equal(compareResult(got.out!, got.lse!, ref, 8), null, `slow ${which}, beside ${beside}`);
+    } finally {
+      setInlineFlops(TEST_INLINE_FLOPS);
+      setCpuCallerFlops();
+    }
+  }
+  // each tensor is copied in chunks (control.ts STAGE_CHUNKS), the gate raised after each: every
+  // chunk's read is slow here, so the workers regroup a chunk only once it is in (a stage raised
+  // early would let them read the previous job's bytes, left in the memory by a call on other data)
+  class SlowChunks extends Float32Array {
+    override subarray(begin?: number, end?: number): Float32Array<ArrayBuffer> {
+      const until = performance.now() + 4;
+      while (performance.now() < until);
+      return new Float32Array(this.buffer, this.byteOffset + 4 * (begin ?? 0), (end ?? this.length) - (begin ?? 0));
+    }
+  }
+  const slowOf = (x: Tensor) => {
+    const a = new SlowChunks(x.data.length);
+    a.set(x.data);
+    return a;
+  };
+  for (const beside of [0, Infinity]) {
+    await neighborhoodAttention(randTensor(rng, [1, 40, 36, 4, 8]), randTensor(rng, [1, 40, 36, 4, 8]), randTensor(rng, [1, 40, 36, 4, 8]), opts);
+    setInlineFlops(0);
+    setCpuCallerFlops(beside);
+    try {
+      const got = await runJob({
+        problem: cpuFusedTiles(problem),
+        phases: ['lanes', 'naLanes'],
+        inputs: { q: slowOf(q!), k: slowOf(k!), v: slowOf(v!) },
+        outputs: ['out', 'lse'],
+        flops: 1e8,
+        screen: true,
+        screenInPhase: true,
+        phasesFill: ['out', 'lse'],
+      });
+      assert.equal(compareResult(got.out!, got.lse!, ref, 8), null, `slow chunks, beside ${beside}`);
     } finally {
       setInlineFlops(TEST_INLINE_FLOPS);
       setCpuCallerFlops();

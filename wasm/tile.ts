@@ -542,12 +542,21 @@ export function slicedVisit(
 
 // 4 rows of d floats at src (a token's 4 heads) as d v128s at dst, `step` bytes apart (dim x of
 // the 4 heads at dst + step x): 16 for a token regrouped in place, RUN for a query of a run.
+// `scaled` (a constant at each call): every value times sc on the way (a query's q, pre-scaled in
+// the same pass instead of a second one over its lanes).
 // @ts-ignore: decorator
-@inline function rowsToLanes(src: usize, dst: usize, d: i32, step: usize): void {
+@inline function rowsToLanes(src: usize, dst: usize, d: i32, step: usize, scaled: bool = false, sc: v128 = f32x4.splat(1)): void {
   const row = <usize>d << 2;
   for (let x = 0; x < d; x += 4) {
     const o = <usize>x << 2;
-    store4T(v128.load(src + o), v128.load(src + row + o), v128.load(src + 2 * row + o), v128.load(src + 3 * row + o), dst + <usize>x * step, step);
+    let r0 = v128.load(src + o), r1 = v128.load(src + row + o), r2 = v128.load(src + 2 * row + o), r3 = v128.load(src + 3 * row + o);
+    if (scaled) {
+      r0 = f32x4.mul(r0, sc);
+      r1 = f32x4.mul(r1, sc);
+      r2 = f32x4.mul(r2, sc);
+      r3 = f32x4.mul(r3, sc);
+    }
+    store4T(r0, r1, r2, r3, dst + <usize>x * step, step);
   }
 }
 
@@ -914,8 +923,7 @@ function runWindows(
   const sc = f32x4.splat(scale);
   for (let s = 0; s < nr; s++) {
     const qs = qBuf + (<usize>s << 4);
-    rowsToLanes(<usize>load<i32>(qRows + (<usize>s << 2)), qs, d, RUN);
-    for (let o = qs; o < qs + <usize>d * RUN; o += RUN) v128.store(o, f32x4.mul(v128.load(o), sc));
+    rowsToLanes(<usize>load<i32>(qRows + (<usize>s << 2)), qs, d, RUN, true, sc);
   }
   memory.fill(oBuf, 0, <usize>dv * RUN);
   const trash = sBuf + (<usize>nk << 6);
@@ -1136,8 +1144,7 @@ function runBwd(
   for (let s = 0; s < nr; s++) {
     const at = <usize>s << 2;
     const qs = qb + (<usize>s << 4);
-    rowsToLanes(<usize>load<i32>(qRows + at), qs, d, RUN);
-    for (let o = qs; o < qs + <usize>d * RUN; o += RUN) v128.store(o, f32x4.mul(v128.load(o), sc));
+    rowsToLanes(<usize>load<i32>(qRows + at), qs, d, RUN, true, sc);
     rowsToLanes(<usize>load<i32>(doRows + at), db + (<usize>s << 4), dv, RUN);
     rowsToLanes(<usize>load<i32>(oRows + at), ob + (<usize>s << 4), dv, RUN);
   }

@@ -13,11 +13,22 @@ export const CONTROL = { BARRIER: 4, FAILED: 8, GATE: 9, DONE: 10, FLAGGED: 11 }
 const { FAILED, GATE } = CONTROL;
 
 /**
- * The gate's value once every input is in place. A job whose first phase is 'lanes' opens it in
- * stages (stageReady): 1 once q is copied, 2 with k, 3 with v, so that phase starts on q while the
- * calling thread still copies k and v.
+ * A staged job's q, k and v are each copied in this many chunks (of whole 4-row blocks, chunkStart),
+ * and the gate rises after each: stage 1 + STAGE_CHUNKS t + c once chunk c of tensor t (q, k, v) is
+ * in. Its 'lanes' phase then screens and regroups every chunk while the next is copied, so only the
+ * last chunk's share is left when the copy ends (with one stage per tensor, all of v's was).
  */
-export const GATE_OPEN = 4;
+export const STAGE_CHUNKS = 4;
+
+/** The first of `blocks` blocks in chunk c (c = STAGE_CHUNKS: the end). */
+export const chunkStart = (blocks: number, c: number): number => Math.floor((c * blocks) / STAGE_CHUNKS);
+
+/**
+ * The gate's value once every input is in place. A job whose first phase is 'lanes' opens it in
+ * stages (stageReady, STAGE_CHUNKS), so that phase starts on q's first chunk while the calling
+ * thread still copies the rest.
+ */
+export const GATE_OPEN = 3 * STAGE_CHUNKS + 1;
 
 /**
  * Zeroes a message's control words (the main thread, before posting); `job`: the whole block, at

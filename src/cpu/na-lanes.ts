@@ -2,7 +2,7 @@ import { boxCoords, boxTokens, prod } from '../patterns/geometry.js';
 import type { AttnProblem, ItemSpace, SeqSpan } from '../problem.js';
 import { tileFor } from '../problem.js';
 import { tileBox } from '../schedule.js';
-import { CONTROL, awaitGate } from './control.js';
+import { CONTROL, STAGE_CHUNKS, awaitGate, chunkStart } from './control.js';
 import { runColumns } from './layout.js';
 import type { TileCtx } from './tile-step.js';
 
@@ -53,8 +53,8 @@ export function lanesRpb(data: Float32Array, heads: number): Float32Array {
 
 /**
  * Phase 'lanes': this range's share of the token blocks of q, k and v, taken in that order (so a
- * staged job's threads start on q while the calling thread still copies k and v: each tensor's
- * blocks wait for its gate stage). With a 'flags' slot, each block screened first (the job's
+ * staged job's threads start on q while the calling thread still copies the rest: each chunk of
+ * a tensor's blocks waits for its gate stage, control.ts STAGE_CHUNKS). With a 'flags' slot, each block screened first (the job's
  * non-finite screen, done here in parallel and in the same pass instead of on the calling thread);
  * k and v then regrouped in place. In a backward, its share of every thread's dK and dV partials
  * zeroed too.
@@ -89,12 +89,17 @@ export function runLanes(c: TileCtx, space: ItemSpace, start: number, end: numbe
     const b0 = Math.max(0, u0 - base);
     const b1 = Math.min(blocks, u1 - base);
     base += blocks;
-    if (b1 <= b0) continue;
-    awaitGate(control, t + 1);
-    if (Atomics.load(control, CONTROL.FAILED) !== 0) return;
-    if (slots.flags >= 0 && c.K.sanitize(slot + b0 * 16 * d, 4 * (b1 - b0), d, slots.flags + flagRow + 4 * b0) > 0) Atomics.add(control, CONTROL.FLAGGED, 1);
-    // q keeps its rows: each query is read once, and naLanes puts its head group in lanes itself
-    if (slot !== slots.q) c.K.lanesFromRows(slot + b0 * 16 * d, b1 - b0, d, c.at.s);
+    // chunk by chunk of the staged copy, each once it is in
+    for (let ch = 0; ch < STAGE_CHUNKS; ch++) {
+      const a = Math.max(b0, chunkStart(blocks, ch));
+      const b = Math.min(b1, chunkStart(blocks, ch + 1));
+      if (b <= a) continue;
+      awaitGate(control, 1 + STAGE_CHUNKS * t + ch);
+      if (Atomics.load(control, CONTROL.FAILED) !== 0) return;
+      if (slots.flags >= 0 && c.K.sanitize(slot + a * 16 * d, 4 * (b - a), d, slots.flags + flagRow + 4 * a) > 0) Atomics.add(control, CONTROL.FLAGGED, 1);
+      // q keeps its rows: each query is read once, and naLanes puts its head group in lanes itself
+      if (slot !== slots.q) c.K.lanesFromRows(slot + a * 16 * d, b - a, d, c.at.s);
+    }
   }
 }
 

@@ -3,7 +3,7 @@ import type { NonFinite } from '../nonfinite.js';
 import { nodeBuiltin } from '../node-builtin.js';
 import { serializable } from '../patterns/spec.js';
 import { type AttnProblem, ItemSpace } from '../problem.js';
-import { CONTROL, openGate, resetControl, stageReady, waitAtLeast } from './control.js';
+import { CONTROL, STAGE_CHUNKS, chunkStart, openGate, resetControl, stageReady, waitAtLeast } from './control.js';
 import { MAX_CHAIN, type PhaseMsg, phaseContext, rankOf, runChain, runRange } from './kernels.js';
 import { type JobLayout, type KernelKind, PER_THREAD, type Slot, layJob, scratchPlan, slotSizes } from './layout.js';
 import { type KernelVariant, type TileKernels, bestVariant, kernelsOn, moduleOf, setScalarKernels, variantAvailable } from './tile-kernels.js';
@@ -367,11 +367,18 @@ function fillInputs(e: Engine, job: CpuJob, layout: JobLayout, sizes: Record<Slo
   const put = (slot: Slot, data: Float32Array | undefined) => {
     if (data && sizes[slot] > 0) f32.set(data.subarray(0, sizes[slot]), layout.slots[slot] >> 2);
   };
-  // q, k, v first, in that order (staged: gate stages 1, 2, 3)
+  // q, k, v first, in that order (staged: in chunks of 4-row blocks, the gate raised after each)
   const lead: Slot[] = ['q', 'k', 'v'];
-  lead.forEach((s, i) => {
-    put(s, job.inputs[s]);
-    if (staged) stageReady(e.memory, layout, i + 1);
+  lead.forEach((s, t) => {
+    const data = job.inputs[s];
+    if (!staged) return put(s, data);
+    const block = 4 * (s === 'v' ? problem.dimV : problem.dim);
+    const blocks = sizes[s] / block;
+    for (let c = 0; c < STAGE_CHUNKS; c++) {
+      const [a, b] = [chunkStart(blocks, c) * block, chunkStart(blocks, c + 1) * block];
+      if (data && b > a) f32.set(data.subarray(a, b), (layout.slots[s] >> 2) + a);
+      stageReady(e.memory, layout, 1 + STAGE_CHUNKS * t + c);
+    }
   });
   for (const s of Object.keys(job.inputs) as Slot[]) if (!lead.includes(s)) put(s, job.inputs[s]);
   put('bias', problem.bias?.data);
