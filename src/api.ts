@@ -2,6 +2,7 @@
  * The public forward entry points: thin wrappers that plan a call (plan.ts) and run it on the
  * chosen backend (backends.ts); types live in options.ts, the backward in backward.ts.
  */
+import { throwIfAborted } from './abort.js';
 import { TilewiseError, check } from './errors.js';
 import type { AttentionOptions, BackendName, BlockSparseOptions, CommonOptions, Input, NeighborhoodOptions, Result } from './options.js';
 import { blockSparseAsAttention, checkInputsFinite, planAttention, planNA } from './plan.js';
@@ -23,6 +24,7 @@ async function checkGpuFinite(ts: GpuTensor[]): Promise<void> {
 
 /** Runs a kernel family on the resolved backend (GPU tensors: on WebGPU, results left there). */
 async function runOn(opts: CommonOptions, problem: AttnProblem, q: Input, k: Input, v: Input, lead: number[], kind: GpuKind): Promise<Result | GpuResult> {
+  throwIfAborted(opts.signal);
   if (isGpuTensor(q)) {
     check(opts.backend !== 'cpu', 'backend', "GPU tensors run on 'webgpu' (or 'auto'/unset), not 'cpu'");
     if (opts.checkFinite) await checkGpuFinite([q, k as GpuTensor, v as GpuTensor]);

@@ -1,3 +1,4 @@
+import { throwIfAborted } from './abort.js';
 import type { CommonOptions, Result } from './options.js';
 import { windowVolume } from './cpu/na.js';
 import { type MainStep, runJob } from './cpu/pool.js';
@@ -94,7 +95,7 @@ export async function runProblem(problem: AttnProblem, q: Tensor, k: Tensor, v: 
   // head lanes read the rpb table regrouped like q, k and v
   const job = lanes && tuned.rpb ? { ...tuned, rpb: { ...tuned.rpb, data: lanesRpb(tuned.rpb.data, tuned.heads) } } : tuned;
   const into = { ...(dOut ? { out: dOut } : {}), ...(dLse ? { lse: dLse } : {}) };
-  const r = await runJob({ problem: job, phases, inputs: { q: q.data, k: k.data, v: v.data }, outputs: ['out', 'lse'], into, flops: roughFlops(problem), screen: true, screenInPhase: lanes, ...(lanes ? { phasesFill: ['out', 'lse'] as Slot[] } : {}) });
+  const r = await runJob({ problem: job, phases, inputs: { q: q.data, k: k.data, v: v.data }, outputs: ['out', 'lse'], into, flops: roughFlops(problem), screen: true, screenInPhase: lanes, signal: opts.signal, ...(lanes ? { phasesFill: ['out', 'lse'] as Slot[] } : {}) });
   applyPolicy(problem, { ...bad, ...r.nonFinite }, r.out!, r.lse!);
   return finish(problem, r.out!, r.lse!, lead, opts);
 }
@@ -131,6 +132,7 @@ export async function runUnfused(problem: AttnProblem, q: Tensor, k: Tensor, v: 
     windowVolume: wv,
     flops: roughFlops(problem),
     screen: true,
+    signal: opts.signal,
   });
   applyPolicy(problem, r.nonFinite ?? {}, r.out!, r.lse!);
   return finish(problem, r.out!, r.lse!, lead, opts);
@@ -138,6 +140,7 @@ export async function runUnfused(problem: AttnProblem, q: Tensor, k: Tensor, v: 
 
 /** NATTEN's qk op: scores [rows, H, prod(kernelSize)] (-inf where a slot has no key) and each row's LSE. */
 export async function naQKOnly(problem: AttnProblem, q: Tensor, k: Tensor, lead: number[], opts: CommonOptions, backend: Backend): Promise<Result> {
+  throwIfAborted(opts.signal);
   const wv = windowVolume(problem);
   const n = problem.qRows * problem.heads;
   checkDest(opts.out, n * wv, 'out');
@@ -148,7 +151,7 @@ export async function naQKOnly(problem: AttnProblem, q: Tensor, k: Tensor, lead:
     const gpu = await import('./webgpu/index.js');
     ({ attn, lse } = await gpu.runWebGPUNaQK(problem, q.data, k.data));
   } else {
-    const r = await runJob({ problem, phases: ['naQK', softmaxStep(n, wv, false)], inputs: { q: q.data, k: k.data }, outputs: ['attn', 'lse'], windowVolume: wv, flops: roughFlops(problem) });
+    const r = await runJob({ problem, phases: ['naQK', softmaxStep(n, wv, false)], inputs: { q: q.data, k: k.data }, outputs: ['attn', 'lse'], windowVolume: wv, flops: roughFlops(problem), signal: opts.signal });
     attn = r.attn!;
     lse = r.lse!;
   }
@@ -216,12 +219,14 @@ export async function runBackwardCpu(problem: AttnProblem, t: BackwardInputs, op
     temps: ['dkp', 'dvp', ...(rpbLen ? (['drpbp'] as const) : []), ...(biasLen ? (['dbiasp'] as const) : [])],
     ...(lanes ? { phasesFill: ['dk', 'dv', 'dkp', 'dvp'] as Slot[] } : {}),
     flops: 2.5 * roughFlops(problem),
+    signal: opts.signal,
   });
   return { dq: r.dq!, dk: r.dk!, dv: r.dv!, ...(r.drpb ? { drpb: r.drpb } : {}), ...(r.dbias ? { dbias: r.dbias } : {}) };
 }
 
 /** NATTEN's av op: weights [rows, H, prod(kernelSize)] times V over each window. */
 export async function naAVOnly(problem: AttnProblem, attn: Tensor, v: Tensor, lead: number[], opts: CommonOptions, backend: Backend): Promise<{ out: Tensor }> {
+  throwIfAborted(opts.signal);
   const n = problem.qRows * problem.heads;
   checkDest(opts.out, n * problem.dimV, 'out');
   let out: Float32Array;
@@ -230,7 +235,7 @@ export async function naAVOnly(problem: AttnProblem, attn: Tensor, v: Tensor, le
     out = await gpu.runWebGPUNaAV(problem, attn.data, v.data);
   } else {
     const wv = windowVolume(problem);
-    out = (await runJob({ problem, phases: ['naAV'], inputs: { v: v.data, attn: attn.data }, outputs: ['out'], windowVolume: wv, flops: roughFlops(problem) })).out!;
+    out = (await runJob({ problem, phases: ['naAV'], inputs: { v: v.data, attn: attn.data }, outputs: ['out'], windowVolume: wv, flops: roughFlops(problem), signal: opts.signal })).out!;
   }
   const dOut = checkDest(opts.out, out.length, 'out');
   if (dOut) dOut.set(out);

@@ -1,3 +1,4 @@
+import { throwIfAborted } from './abort.js';
 import type { AttentionOptions, BlockSparseOptions, NeighborhoodOptions } from './options.js';
 import { blockSparseAsAttention, planAttention, planNA } from './plan.js';
 import { chooseBackend } from './backends.js';
@@ -61,6 +62,7 @@ async function backward(problem: AttnProblem, q: Tensor, k: Tensor, v: Tensor, o
   check(opts.dbias === undefined || typeof opts.dbias === 'boolean', 'dbias', 'must be a boolean');
   check(!opts.dbias || biasShape !== undefined, 'dbias', 'needs a bias');
   const wantBias = opts.dbias === true;
+  throwIfAborted(opts.signal);
   const shaped = <T,>(g: { dq: T; dk: T; dv: T; drpb?: T; dbias?: T }, re: (x: T, shape: number[]) => Tensor): Grads => ({
     dq: re(g.dq, [...q.shape]),
     dk: re(g.dk, [...k.shape]),

@@ -24,6 +24,13 @@ export interface CommonOptions {
   /** Write the results into these instead of new ones (GPU tensors when the inputs are). */
   out?: Float32Array | GpuTensor;
   lse?: Float32Array | GpuTensor;
+  /**
+   * Cancels the call: once it fires, the call rejects with the signal's reason and writes nothing
+   * to `out`/`lse`. The CPU engine's workers stop at their next work item (a call on the calling
+   * thread alone, in Node, finishes its run first and then rejects); WebGPU checks it before it
+   * submits work.
+   */
+  signal?: AbortSignal;
 }
 
 /**

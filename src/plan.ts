@@ -15,6 +15,7 @@ import {
   checkFinite,
   checkQKV,
   checkScalar,
+  checkSignal,
   checkTensor,
   perAxisBool,
   perAxisInt,
@@ -133,6 +134,7 @@ export function checkInputsFinite(opts: CommonOptions, ts: [Input, string][]): v
 export function planAttention(q: Input, k: Input, v: Input, opts: AttentionOptions = {}): { s: QKVShapes; problem: AttnProblem } {
   check(opts !== null && typeof opts === 'object', 'opts', 'must be an object');
   checkBackend(opts.backend);
+  checkSignal(opts.signal);
   const s = checkQKV(q, k, v);
   const problem = planShapes(s, opts);
   checkInputsFinite(opts, [[q, 'q'], [k, 'k'], [v, 'v'], ...(opts.bias ? ([[opts.bias, 'bias']] as [Tensor, string][]) : [])]);
@@ -278,6 +280,7 @@ export interface NAPlan {
 export function planNA(q: Input, k: Input, v: Input, opts: NeighborhoodOptions, rank?: number): NAPlan {
   check(opts && typeof opts === 'object', 'opts', 'must be an object with kernelSize');
   checkBackend(opts.backend);
+  checkSignal(opts.signal);
   const s = checkQKV(q, k, v, rank);
   const r = s.qGrid.length;
   check(r >= 1 && r <= 3, 'q', 'neighborhood attention supports 1, 2 or 3 token axes', `got ${r}`);

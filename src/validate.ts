@@ -26,6 +26,13 @@ export function checkGpuTensor(t: unknown, arg: string): asserts t is GpuTensor 
   check(typeof size === 'number' && size >= x.offset + bytes, arg, 'buffer is smaller than offset + the shape needs', `${String(size)} < ${x.offset + bytes}`);
 }
 
+/** CommonOptions.signal: absent or an AbortSignal. */
+export function checkSignal(signal: unknown): void {
+  if (signal === undefined) return;
+  const s = signal as Partial<AbortSignal> | null;
+  check(s !== null && typeof s === 'object' && typeof s.aborted === 'boolean' && typeof s.addEventListener === 'function', 'signal', 'must be an AbortSignal');
+}
+
 export function checkFinite(t: Tensor, arg: string): void {
   const d = t.data;
   for (let i = 0; i < d.length; i++) if (!Number.isFinite(d[i]!)) throw new TilewiseError(arg, 'must not contain NaN or Inf', `element ${i} is ${d[i]}`);

@@ -61,6 +61,8 @@ interface PageResult {
    * how many timeouts it set (nested ones are clamped to 4 ms: a yield by timeout sleeps)
    */
   longCall: { ms: number; ticks: number; timeouts: number };
+  /** the same call with a signal aborted 20 ms in: how it ended (the error's name) and when */
+  abortedCall: { ms: number; error: string };
   cpu: Record<string, Numbers>;
   gpu: { skip: string } | { info: GpuInfo; results: Record<string, Numbers> };
   ms: Record<string, number>;
@@ -115,6 +117,14 @@ async function inPage(arg: { url: string; cases: Record<string, Case>; gpu: bool
   }
   const longCall = { ms: performance.now() - t, ticks, timeouts };
   clearInterval(timer);
+  const ctl = new AbortController();
+  setTimeout(() => ctl.abort(), 20);
+  t = performance.now();
+  const error = await lib.attention(big, big, big, { backend: 'cpu', signal: ctl.signal }).then(
+    () => 'resolved',
+    (e: Error) => e.name,
+  );
+  const abortedCall = { ms: performance.now() - t, error };
 
   let gpu: PageResult['gpu'];
   const avail = arg.gpu ? await lib.webgpu.webgpuAvailable() : 'not asked for on this page';
@@ -142,6 +152,7 @@ async function inPage(arg: { url: string; cases: Record<string, Case>; gpu: bool
     cpuThreads: lib.cpuThreads(),
     cpuInfo: lib.cpuInfo(),
     longCall,
+    abortedCall,
     cpu,
     gpu,
     ms,
@@ -225,6 +236,9 @@ test('browser: the built library in headless Chromium, WebGPU via navigator.gpu 
     assert.ok(res.longCall.ticks >= 4, `the page kept running during a ${res.longCall.ms.toFixed(0)} ms call (timer fired ${res.longCall.ticks} times)`);
     // yielding by setTimeout(0) slept 4 ms a slice once the timeouts nested five deep (a quarter of the call)
     assert.equal(res.longCall.timeouts, 0, 'the one-thread engine yields to the page without timeouts');
+    // between its slices the one-thread engine sees the signal: the call stops, not finishes
+    assert.equal(res.abortedCall.error, 'AbortError');
+    assert.ok(res.abortedCall.ms < res.longCall.ms * 0.6, `aborted after 20 ms, the call ended at ${res.abortedCall.ms.toFixed(0)} ms (whole: ${res.longCall.ms.toFixed(0)} ms)`);
     for (const [name, c] of Object.entries(CASES)) {
       const want = await cpuRef(c);
       const got = res.cpu[name]!;
@@ -274,6 +288,9 @@ test('browser: the built library in headless Chromium, WebGPU via navigator.gpu 
       assert.ok(paths.includes('/isolated/src/cpu/worker.js'), 'the pool loaded its module worker');
     }
     assert.ok(iso.longCall.ticks >= 4, `the page kept running during the long call (timer fired ${iso.longCall.ticks} times)`);
+    // the workers see the signal at their next claim
+    assert.equal(iso.abortedCall.error, 'AbortError');
+    assert.ok(iso.abortedCall.ms < iso.longCall.ms * 0.6, `aborted after 20 ms, the call ended at ${iso.abortedCall.ms.toFixed(0)} ms (whole: ${iso.longCall.ms.toFixed(0)} ms)`);
     for (const [name, c] of Object.entries(CASES)) {
       const want = await cpuRef(c);
       const got = iso.cpu[name]!;

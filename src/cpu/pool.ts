@@ -1,3 +1,4 @@
+import { throwIfAborted } from '../abort.js';
 import { TilewiseError, check } from '../errors.js';
 import type { NonFinite } from '../nonfinite.js';
 import { nodeBuiltin } from '../node-builtin.js';
@@ -176,6 +177,12 @@ export interface CpuJob {
    * by its first phase).
    */
   readonly phasesFill?: readonly Slot[];
+  /**
+   * Cancels the job (CommonOptions.signal): it rejects with the signal's reason, before it starts
+   * or, once running, as soon as its threads stop (FAILED raised: they leave at their next claim),
+   * and copies nothing out.
+   */
+  readonly signal?: AbortSignal;
 }
 
 /** A job's outputs, and the rows of q, k, v that held NaN or infinities when the job screened them. */
@@ -242,7 +249,10 @@ let tail: Promise<unknown> = Promise.resolve();
 
 /** Queues a job; resolves with its outputs once every thread has finished writing them. */
 export function runJob(job: CpuJob): Promise<JobOutputs> {
-  const run = tail.then(() => execute(job));
+  const run = tail.then(() => {
+    throwIfAborted(job.signal); // cancelled while it waited for the jobs ahead of it
+    return execute(job);
+  });
   tail = run.catch(() => undefined);
   return run;
 }
@@ -268,10 +278,26 @@ async function execute(job: CpuJob): Promise<JobOutputs> {
   const inputBytes = (Object.keys(job.inputs) as Slot[]).reduce((n, s) => n + 4 * sizes[s], 0);
   const beside = pooled && job.flops < callerFlops && inputBytes <= CALLER_BYTES && canWait();
   if (beside) callerJobs++;
-  // beside: the calling thread is the job's last thread, in place of the last worker
-  const workers = beside ? e.workers.slice(0, -1) : e.workers;
   const layout = layJob(BASE, threads, scratch, sizes);
   grow(e.memory, layout.end);
+  // cancelled while running: the threads of the message in flight stop at their next claim (the
+  // control block is reset per message, so each later one is checked before it is posted)
+  const { signal } = job;
+  const stop = () => Atomics.store(new Int32Array(e.memory.buffer, layout.counter, 16), CONTROL.FAILED, 1);
+  signal?.addEventListener('abort', stop);
+  try {
+    return await runPhases(e, job, space, layout, sizes, threads, pooled, beside, phaseScreen);
+  } finally {
+    signal?.removeEventListener('abort', stop);
+  }
+}
+
+/** The job on its threads: the first message posted, inputs copied in, every phase run, outputs copied out. */
+async function runPhases(e: Engine, job: CpuJob, space: ItemSpace, layout: JobLayout, sizes: Record<Slot, number>, threads: number, pooled: boolean, beside: boolean, phaseScreen: boolean): Promise<JobOutputs> {
+  const { problem, signal } = job;
+  throwIfAborted(signal);
+  // beside: the calling thread is the job's last thread, in place of the last worker
+  const workers = beside ? e.workers.slice(0, -1) : e.workers;
   // workers get the problem without its big arrays: bias and rpb are read from the shared memory
   const wire: AttnProblem = {
     ...problem,
@@ -334,6 +360,7 @@ async function execute(job: CpuJob): Promise<JobOutputs> {
     else await first;
   }
   for (let i = next; i < job.phases.length; ) {
+    throwIfAborted(signal); // before resetControl clears a FAILED raised by the signal
     const phase = job.phases[i]!;
     if (typeof phase === 'function') {
       phase(e.main, new Float32Array(e.memory.buffer), layout);
@@ -345,8 +372,9 @@ async function execute(job: CpuJob): Promise<JobOutputs> {
     resetControl(e.memory, layout);
     if (beside) await share(msg, runOnWorkers(workers, msg));
     else if (pooled) await runOnWorkers(e.workers, msg);
-    else for (const kind of [msg.kind, ...(msg.chain ?? [])]) await runInline(e, { id: msg.id, kind, problem: wire, layout }, space);
+    else for (const kind of [msg.kind, ...(msg.chain ?? [])]) await runInline(e, { id: msg.id, kind, problem: wire, layout }, space, signal);
   }
+  throwIfAborted(signal); // nothing copied out
   const f32 = new Float32Array(e.memory.buffer);
   if (phaseScreen) nonFinite = screenFlags(e, layout, problem);
   const out: JobOutputs = nonFinite ? { nonFinite } : {};
@@ -453,8 +481,11 @@ async function yieldToPage(): Promise<void> {
   }
 }
 
-/** Runs a phase on the calling thread; in a browser in slices, yielding so a long call never freezes the page. */
-async function runInline(e: Engine, msg: PhaseMsg, space: ItemSpace): Promise<void> {
+/**
+ * Runs a phase on the calling thread; in a browser in slices, yielding so a long call never freezes
+ * the page (and stopping there once `signal` fires).
+ */
+async function runInline(e: Engine, msg: PhaseMsg, space: ItemSpace, signal?: AbortSignal): Promise<void> {
   const { ctx } = phaseContext(e.main, e.memory, msg, 0, space);
   if (inNode) {
     runRange(msg.kind, ctx, space, 0, space.total);
@@ -465,6 +496,7 @@ async function runInline(e: Engine, msg: PhaseMsg, space: ItemSpace): Promise<vo
     runRange(msg.kind, ctx, space, i, i + 1);
     if (performance.now() - t > 12) {
       await yieldToPage();
+      throwIfAborted(signal);
       t = performance.now();
     }
   }
