@@ -479,7 +479,7 @@ test('a job posted to the workers before its inputs are copied (gated, in stages
   assert.equal(poolStats().spawned, before.spawned, 'the workers answered: none was replaced');
 });
 
-test('the calling thread beside the workers: the same bits as the workers alone, forward and backward, and it ran', async (t) => {
+test('the calling thread beside the workers (blocking, or awaiting the barriers as a page does): the same bits as the workers alone, forward and backward, and it ran', async (t) => {
   if (cpuThreads() < 2) return t.skip('one thread: no pool');
   const rng = new Rng(77);
   const x = randTensor(rng, [1, 24, 20, 4, 16]); // 2-D, heads in fours: head lanes
@@ -510,6 +510,15 @@ test('the calling thread beside the workers: the same bits as the workers alone,
     const beside = await runAll();
     assert.equal(pool.callerJobs, before + 6, 'on: every call ran the calling thread beside the workers');
     alone.forEach((a, i) => assert.ok(sameBytes(beside[i]!, snapshot(a)), `result ${i} differs`));
+    // as a page's main thread: its share in one go, the barriers and the last writes awaited
+    pool.setCallerAwaits(true);
+    try {
+      const awaited = await runAll();
+      assert.equal(pool.callerJobs, before + 12);
+      alone.forEach((a, i) => assert.ok(sameBytes(awaited[i]!, snapshot(a)), `result ${i} differs (awaiting the barriers)`));
+    } finally {
+      pool.setCallerAwaits(false);
+    }
     assert.throws(() => setCpuCallerFlops(-1), TilewiseError);
   } finally {
     setCpuCallerFlops();

@@ -75,10 +75,31 @@ export function waitAtLeast(control: Int32Array, word: number, value: number, ti
   return true;
 }
 
+type WaitAsync = (a: Int32Array, index: number, value: number, timeout?: number) => { async: false; value: string } | { async: true; value: Promise<string> };
+/** Atomics.waitAsync where the engine has it (Chromium, Safari, Node >= 16): a wait that blocks nothing. */
+const waitAsync = (Atomics as unknown as { waitAsync?: WaitAsync }).waitAsync;
+export const canWaitAsync = (): boolean => typeof waitAsync === 'function';
+
+/**
+ * waitAtLeast without blocking the thread (a page's main thread may not block): the same loop on
+ * Atomics.waitAsync, woken by the same Atomics.notify.
+ */
+export async function waitAtLeastAsync(control: Int32Array, word: number, value: number, timeout = Infinity): Promise<boolean> {
+  const until = performance.now() + timeout;
+  for (let seen = Atomics.load(control, word); seen < value; seen = Atomics.load(control, word)) {
+    const left = until - performance.now();
+    if (left <= 0) return false;
+    const w = waitAsync!.call(Atomics, control, word, seen, Math.min(left, 1000));
+    if (w.async) await w.value;
+  }
+  return true;
+}
+
 /**
  * Waits until the gate reaches `stage`: a short spin first (a stage is one tensor's copy, a fraction
  * of a millisecond, and a sleeping thread takes 0.1-0.5 ms to wake here), then sleeps.
  */
 export function awaitGate(control: Int32Array, stage: number): void {
-  waitAtLeast(control, GATE, stage, Infinity, 4000);
+  waitAtLeast(control, GATE, stage, Infinity, GATE_SPINS);
 }
+export const GATE_SPINS = 4000;

@@ -2,7 +2,7 @@ import { ItemSpace } from '../problem.js';
 import type { AttnProblem } from '../problem.js';
 import { runBackward } from './backward.js';
 import { runFused } from './fused.js';
-import { CONTROL, GATE_OPEN, awaitGate, waitAtLeast } from './control.js';
+import { CONTROL, GATE_OPEN, GATE_SPINS, waitAtLeast, waitAtLeastAsync } from './control.js';
 import { type JobLayout, type KernelKind, scratchPlan } from './layout.js';
 import { runNAAV, runNAQK, runNaive } from './na.js';
 import { runLanes, runLanesReduce, runNALanes, runNALanesBwd } from './na-lanes.js';
@@ -94,16 +94,27 @@ export function claimLoop(memory: WebAssembly.Memory, msg: PhaseMsg, ctx: TileCt
   }
 }
 
+/** A wait a message's chain asks its driver for: control word `word` at least `value` (spinning `spins` loads first). */
+interface ChainWait {
+  readonly word: number;
+  readonly value: number;
+  readonly timeout: number;
+  readonly spins: number;
+}
+
 /**
  * A message's phases on one pool thread: `kind`, then each of `chain` after every thread has
  * finished the one before (a barrier in the shared control block). A thread that fails still
  * arrives at the barriers, and every thread stops after the first failure; the error is rethrown.
  * `patience` (ms): how long a barrier may take before this thread gives up on the others (the
  * calling thread, which cannot see a worker die while it waits); the job then fails, no hang.
+ * A generator that yields its waits (answered with whether the word got there), so one template
+ * serves the threads that block (runChain) and a page's main thread, which may not (runChainAsync).
  */
-export function runChain(memory: WebAssembly.Memory, msg: PhaseMsg, scratchOf: (kind: KernelKind) => { ctx: TileCtx; space: ItemSpace }, patience = Infinity): void {
+function* chainSteps(memory: WebAssembly.Memory, msg: PhaseMsg, scratchOf: (kind: KernelKind) => { ctx: TileCtx; space: ItemSpace }, patience: number): Generator<ChainWait, void, boolean> {
   const kinds = [msg.kind, ...(msg.chain ?? [])];
   const control = new Int32Array(memory.buffer, msg.layout.counter, 16);
+  const gate = (stage: number): ChainWait => ({ word: CONTROL.GATE, value: stage, timeout: Infinity, spins: GATE_SPINS });
   let error: unknown;
   // the first phase's context before the gate: for a gated message, while the calling thread still copies
   let first: { ctx: TileCtx; space: ItemSpace } | undefined;
@@ -113,7 +124,7 @@ export function runChain(memory: WebAssembly.Memory, msg: PhaseMsg, scratchOf: (
     error = e;
   }
   // a staged job's 'lanes' phase starts once q is in, and waits for each later tensor itself
-  if (msg.gated) awaitGate(control, kinds[0] === 'lanes' ? 1 : GATE_OPEN);
+  if (msg.gated) yield gate(kinds[0] === 'lanes' ? 1 : GATE_OPEN);
   if (error !== undefined) Atomics.store(control, FAILED, 1);
   for (let p = 0; p < kinds.length; p++) {
     if (error === undefined && Atomics.load(control, FAILED) === 0) {
@@ -126,12 +137,12 @@ export function runChain(memory: WebAssembly.Memory, msg: PhaseMsg, scratchOf: (
       }
     }
     // every input is in before a later phase reads it (a staged first phase needed only q, k, v)
-    if (p === 0 && msg.gated) awaitGate(control, GATE_OPEN);
+    if (p === 0 && msg.gated) yield gate(GATE_OPEN);
     if (p === kinds.length - 1) break;
     // barrier p: the last thread to arrive wakes the others
     const b = BARRIER + p;
     if (Atomics.add(control, b, 1) + 1 === msg.layout.threads) Atomics.notify(control, b);
-    else if (!waitAtLeast(control, b, msg.layout.threads, patience)) {
+    else if (!(yield { word: b, value: msg.layout.threads, timeout: patience, spins: 0 })) {
       Atomics.store(control, FAILED, 1);
       error ??= new Error(`a cpu worker did not reach barrier ${p} within ${patience} ms`);
     }
@@ -139,4 +150,18 @@ export function runChain(memory: WebAssembly.Memory, msg: PhaseMsg, scratchOf: (
   // after this thread's last write: the calling thread, when it works beside the workers, waits on it
   if (Atomics.add(control, DONE, 1) + 1 === msg.layout.threads) Atomics.notify(control, DONE);
   if (error !== undefined) throw error;
+}
+
+/** chainSteps on a thread that may block (workers; the calling thread in Node or a Web Worker). */
+export function runChain(memory: WebAssembly.Memory, msg: PhaseMsg, scratchOf: (kind: KernelKind) => { ctx: TileCtx; space: ItemSpace }, patience = Infinity): void {
+  const control = new Int32Array(memory.buffer, msg.layout.counter, 16);
+  const steps = chainSteps(memory, msg, scratchOf, patience);
+  for (let r = steps.next(); !r.done; ) r = steps.next(waitAtLeast(control, r.value.word, r.value.value, r.value.timeout, r.value.spins));
+}
+
+/** chainSteps on a page's main thread: its waits on Atomics.waitAsync (its work items still run in one go). */
+export async function runChainAsync(memory: WebAssembly.Memory, msg: PhaseMsg, scratchOf: (kind: KernelKind) => { ctx: TileCtx; space: ItemSpace }, patience = Infinity): Promise<void> {
+  const control = new Int32Array(memory.buffer, msg.layout.counter, 16);
+  const steps = chainSteps(memory, msg, scratchOf, patience);
+  for (let r = steps.next(); !r.done; ) r = steps.next(await waitAtLeastAsync(control, r.value.word, r.value.value, r.value.timeout));
 }

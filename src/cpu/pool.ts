@@ -4,8 +4,8 @@ import type { NonFinite } from '../nonfinite.js';
 import { nodeBuiltin } from '../node-builtin.js';
 import { serializable } from '../patterns/spec.js';
 import { type AttnProblem, ItemSpace } from '../problem.js';
-import { CONTROL, STAGE_CHUNKS, chunkStart, openGate, resetControl, stageReady, waitAtLeast } from './control.js';
-import { MAX_CHAIN, type PhaseMsg, phaseContext, rankOf, runChain, runRange } from './kernels.js';
+import { CONTROL, STAGE_CHUNKS, canWaitAsync, chunkStart, openGate, resetControl, stageReady, waitAtLeast, waitAtLeastAsync } from './control.js';
+import { MAX_CHAIN, type PhaseMsg, phaseContext, rankOf, runChain, runChainAsync, runRange } from './kernels.js';
 import { type JobLayout, type KernelKind, PER_THREAD, type Slot, layJob, scratchPlan, slotSizes } from './layout.js';
 import { type KernelVariant, type TileKernels, bestVariant, kernelsOn, moduleOf, setScalarKernels, variantAvailable } from './tile-kernels.js';
 import { type WorkerPort, spawnWorker } from './worker-port.js';
@@ -72,8 +72,9 @@ export interface CpuInfo {
   /** The tile kernels of the last call (else of the next). */
   kernels: KernelVariant;
   /**
-   * Whether pooled calls under setCpuCallerFlops' bound also compute on the calling thread (only
-   * where it may block: Node, Web Workers; never a page's main thread).
+   * Whether pooled calls under setCpuCallerFlops' bound also compute on the calling thread: where
+   * it may block (Node, Web Workers), and on a page's main thread where Atomics.waitAsync lets it
+   * await the barriers instead (Chromium, Safari).
    */
   caller: boolean;
 }
@@ -82,7 +83,7 @@ export interface CpuInfo {
 export function cpuInfo(): CpuInfo {
   const threads = cpuThreads();
   const mode = canPool() && threads > 1 ? 'workers' : 'main-thread';
-  return { threads, mode, kernels: engine?.variant ?? variantSet ?? bestVariant(), caller: mode === 'workers' && callerFlops > 0 && canWait() };
+  return { threads, mode, kernels: engine?.variant ?? variantSet ?? bestVariant(), caller: mode === 'workers' && callerFlops > 0 && canShare() };
 }
 
 /** Everything below BASE stays free for the wasm module's own statics. */
@@ -207,8 +208,9 @@ export function setInlineFlops(flops = DEFAULT_INLINE_FLOPS): void {
  * answers. That saves a worker's wake-up and the answer message, 0.3-0.5 ms a call on this VM
  * (BENCHMARKS stop 17: 2-D and 3-D NA 0.93-0.95x the time, their backward 0.95-0.97x, dense N=512
  * 0.95x, dense N=1024, 29 ms, 0.99x), but it blocks the event loop for the call, so it stops at
- * calls of about 10 ms here. Only where the calling thread may block (canWait): Node, a Web Worker;
- * never a page's main thread.
+ * calls of about 10 ms here. Where the calling thread may block (canWait: Node, a Web Worker) it
+ * waits at the barriers like a worker; a page's main thread may not, so there it awaits them with
+ * Atomics.waitAsync (canShare), running only its share of the work items in one go.
  */
 export const DEFAULT_CALLER_FLOPS = 6e8;
 const CALLER_BYTES = 16 * 2 ** 20;
@@ -232,14 +234,22 @@ function canWait(): boolean {
   }
   return waitable;
 }
+/** Whether the calling thread can work beside the workers: it may block, or await the barriers. */
+const canShare = (): boolean => canWait() || canWaitAsync();
+let callerAwaits = false;
+/** Tests: the calling thread awaits the barriers (as a page's main thread does) even where it may block. */
+export function setCallerAwaits(on: boolean): void {
+  callerAwaits = on;
+}
 /** Jobs that ran the calling thread beside the workers so far (tests assert the path ran). */
 export let callerJobs = 0;
 
 /**
  * Pooled calls under `flops` rough FLOPs (4 x query rows x heads x (D + Dv) x keys a query; default
- * 6e8, calls of up to about 10 ms here) also compute on the calling thread where it may block (Node,
- * a Web Worker; never a page's main thread), which then blocks its event loop for the call; 0 keeps
- * every pooled call off it. No argument: the default.
+ * 6e8, calls of up to about 10 ms here) also compute on the calling thread: where it may block
+ * (Node, a Web Worker) it waits at the barriers and blocks its event loop for the call; a page's
+ * main thread (with Atomics.waitAsync) runs its share of the work items in one go and awaits the
+ * rest. 0 keeps every pooled call off it. No argument: the default.
  */
 export function setCpuCallerFlops(flops = DEFAULT_CALLER_FLOPS): void {
   check(typeof flops === 'number' && flops >= 0, 'flops', 'must be a number >= 0', String(flops));
@@ -276,7 +286,7 @@ async function execute(job: CpuJob): Promise<JobOutputs> {
   const sizes = slotSizes(problem, needs, job.windowVolume ?? 0);
   // (the bytes the copy will move, from the problem: the inputs are read only when copied)
   const inputBytes = (Object.keys(job.inputs) as Slot[]).reduce((n, s) => n + 4 * sizes[s], 0);
-  const beside = pooled && job.flops < callerFlops && inputBytes <= CALLER_BYTES && canWait();
+  const beside = pooled && job.flops < callerFlops && inputBytes <= CALLER_BYTES && canShare();
   if (beside) callerJobs++;
   const layout = layJob(BASE, threads, scratch, sizes);
   grow(e.memory, layout.end);
@@ -330,14 +340,19 @@ async function runPhases(e: Engine, job: CpuJob, space: ItemSpace, layout: JobLa
   // failed or the wait ran out)
   const share = async (msg: PhaseMsg, answers: Promise<void>): Promise<void> => {
     let space: ItemSpace | undefined;
+    const mine = (kind: KernelKind) => phaseContext(e.main, e.memory, { ...msg, kind }, threads - 1, (space ??= new ItemSpace(msg.problem)));
+    // a page's main thread may not block: it awaits the barriers and the DONE word instead
+    const blocking = canWait() && !callerAwaits;
     try {
-      runChain(e.memory, msg, (kind) => phaseContext(e.main, e.memory, { ...msg, kind }, threads - 1, (space ??= new ItemSpace(msg.problem))), CALLER_PATIENCE_MS);
+      if (blocking) runChain(e.memory, msg, mine, CALLER_PATIENCE_MS);
+      else await runChainAsync(e.memory, msg, mine, CALLER_PATIENCE_MS);
     } catch (err) {
       await answers.catch(() => undefined);
       throw err;
     }
     const control = new Int32Array(e.memory.buffer, layout.counter, 16);
-    if (!waitAtLeast(control, CONTROL.DONE, threads, CALLER_DONE_WAIT_MS) || Atomics.load(control, CONTROL.FAILED) !== 0) await answers;
+    const done = blocking ? waitAtLeast(control, CONTROL.DONE, threads, CALLER_DONE_WAIT_MS) : await waitAtLeastAsync(control, CONTROL.DONE, threads, CALLER_DONE_WAIT_MS);
+    if (!done || Atomics.load(control, CONTROL.FAILED) !== 0) await answers;
     else answers.catch(() => undefined);
   };
   let nonFinite: NonFinite | undefined;
