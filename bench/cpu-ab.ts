@@ -4,7 +4,7 @@
  * pool (the idle one's workers sleep). For kernel changes, with the old build in another folder:
  *
  *   git worktree add /tmp/old <rev> && (cd /tmp/old && npm ci && npm run build)
- *   npm run build && node dist/bench/cpu-ab.js --a /tmp/old/dist --b dist [--case 3d] [--calls 60] [--threads 2] [--backward]
+ *   npm run build && node dist/bench/cpu-ab.js --a /tmp/old/dist --b dist [--case 3d] [--calls 60] [--threads 2] [--backward] [--processes R]
  *
  * --backward times the backward (on the forward's out and lse from build A) instead of the forward.
  * Cases: 3d (16^3 k5 H4 D32), 2d (64x64 k7 H4 D32), 1d (8192 k17 H8 D64), 3dk1 (16^3 k1: the fixed costs),
@@ -14,6 +14,11 @@
  * --toggle inline|lanes|caller compares two settings of ONE build (--a only) instead of two builds:
  * the calling thread against the worker pool for every job, head lanes on against off, or the
  * calling thread working beside the workers (setCpuCallerFlops) on every pooled job against never.
+ * --processes R: A and B each in its own process instead, R rounds of one process per side (the
+ * order flipped every round), each timing --calls back-to-back calls after its warm-up; reports the
+ * median of the per-round ratios of medians. For small calls (a few ms) this is the measure: in one
+ * process each side's pool sleeps while the other side runs, and on this VM a pool woken after 20 ms
+ * or more computes about 1.8x slower (BENCHMARKS stop 18), which call-by-call pairs then time.
  * --longheads decode|prefill [--tokens N] times LongHeads instead: a decode step on a
  * LongHeadsCache of N tokens built per side (H2 D64, budget 4096, chunk 256), or the prefill
  * longHeadsAttention on N tokens (H4 D64, budget 1024, chunk 128).
@@ -34,6 +39,9 @@ const { values: args } = parseArgs({
     backward: { type: 'boolean', default: false },
     longheads: { type: 'string' },
     tokens: { type: 'string' },
+    processes: { type: 'string' },
+    // internal: the child of --processes that times one side
+    only: { type: 'string' },
   },
 });
 const cases: Record<string, { grid: number[]; kernel: number; heads: number; dim: number; qTokens?: number }> = {
@@ -61,6 +69,31 @@ else {
 const toggles = ['inline', 'lanes', 'caller'];
 if (!args.a || (!args.b && !args.toggle) || (args.toggle && !toggles.includes(args.toggle))) {
   throw new Error('usage: --a DIST (--b DIST | --toggle inline|lanes|caller) [--case NAME | --spec JSON] [--calls N] [--threads T] [--backward]');
+}
+
+const median = (a: number[]) => [...a].sort((x, y) => x - y)[a.length >> 1]!;
+const f = (x: number) => x.toFixed(2);
+const name = args.longheads ? `longheads ${args.longheads} ${args.tokens ?? 'default'} tokens` : args.spec ? `spec ${args.spec}` : args.case;
+const what = `${args.backward ? ' backward' : ''}${args.toggle ? ` (${args.toggle}: A off, B on)` : ''}, ${args.threads} threads`;
+
+// --processes R: this process only spawns the timing processes, one side each, and loads no build
+if (args.processes && args.only === undefined) {
+  const { spawnSync } = await import('node:child_process');
+  const argv = process.argv.slice(2).filter((x, i, all) => x !== '--processes' && all[i - 1] !== '--processes' && !x.startsWith('--processes='));
+  const runs: [number[], number[]] = [[], []];
+  const ratios: number[] = [];
+  for (let r = 0; r < Math.max(1, Number(args.processes) | 0); r++) {
+    const m = [0, 0];
+    for (const j of r % 2 ? [1, 0] : [0, 1]) {
+      const child = spawnSync(process.execPath, [process.argv[1]!, ...argv, '--only', j ? 'b' : 'a'], { encoding: 'utf8' });
+      if (child.status !== 0) throw new Error(`side ${j ? 'B' : 'A'} failed: ${child.stderr}`);
+      m[j] = (JSON.parse(child.stdout.trim().split('\n').at(-1)!) as { median: number }).median;
+      runs[j as 0 | 1].push(m[j]!);
+    }
+    ratios.push(m[1]! / m[0]!);
+  }
+  console.log(`${name}${what}, ${ratios.length} process rounds of ${args.calls} calls: A medians ${runs[0].map(f).join(' ')} ms | B medians ${runs[1].map(f).join(' ')} ms | B / A (median of round ratios) ${median(ratios).toFixed(3)}`);
+  process.exit(0);
 }
 
 type Lib = typeof import('../src/index.js');
@@ -117,6 +150,20 @@ const call = async ({ lib, before, step }: Side) => {
   if (args.backward) void (na ? await lib.neighborhoodAttentionBackward(q, k!, v!, fw.out, fw.lse, dOut, opts) : await lib.attentionBackward(q, k!, v!, fw.out, fw.lse, dOut, opts));
   else void (na ? await lib.neighborhoodAttention(q, k!, v!, opts) : await lib.attention(q, k!, v!, opts));
 };
+// a child of --processes: one side's warm-up, then its calls back to back
+if (args.only !== undefined) {
+  const side = sides[args.only === 'b' ? 1 : 0]!;
+  const t0 = performance.now();
+  for (let i = 0; i < 15 || performance.now() - t0 < 400; i++) await call(side);
+  const ts: number[] = [];
+  for (let i = 0; i < Math.max(3, Number(args.calls) | 0); i++) {
+    const s = performance.now();
+    await call(side);
+    ts.push(performance.now() - s);
+  }
+  console.log(JSON.stringify({ median: median(ts), best: Math.min(...ts) }));
+  process.exit(0);
+}
 for (const side of sides) {
   const t0 = performance.now();
   for (let i = 0; i < 15 || performance.now() - t0 < 400; i++) await call(side);
@@ -133,8 +180,4 @@ for (let i = 0; i < Math.max(2, Number(args.calls) | 0); i++) {
   }
   ratios.push(t[1]! / t[0]!);
 }
-const median = (a: number[]) => [...a].sort((x, y) => x - y)[a.length >> 1]!;
-const f = (x: number) => x.toFixed(2);
-const name = args.longheads ? `longheads ${args.longheads} ${args.tokens ?? 'default'} tokens` : args.spec ? `spec ${args.spec}` : args.case;
-const what = args.toggle ? ` (${args.toggle}: A off, B on)` : '';
-console.log(`${name}${args.backward ? ' backward' : ''}${what}, ${args.threads} threads, ${ratios.length} pairs: A median ${f(median(times[0]))} best ${f(Math.min(...times[0]))} ms | B median ${f(median(times[1]))} best ${f(Math.min(...times[1]))} ms | B / A (median of pair ratios) ${median(ratios).toFixed(3)}`);
+console.log(`${name}${what}, ${ratios.length} pairs: A median ${f(median(times[0]))} best ${f(Math.min(...times[0]))} ms | B median ${f(median(times[1]))} best ${f(Math.min(...times[1]))} ms | B / A (median of pair ratios) ${median(ratios).toFixed(3)}`);
