@@ -5,7 +5,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { TilewiseError, attention, attentionBackward, cpuThreads, na2d, referenceAttention, setCpuCallerFlops } from '../src/index.js';
+import { TilewiseError, attention, attentionBackward, cpuThreads, na2d, referenceAttention, setCpuCallerFlops, type Result } from '../src/index.js';
 import { planAttention } from '../src/api.js';
 import * as pool from '../src/cpu/pool.js';
 import { Rng, compareResult, poisoned, randTensor, sameBytes, snapshot } from './helpers.js';
@@ -81,4 +81,58 @@ test('a call aborted while it waits behind another: it rejects, the one ahead of
   await assert.rejects(queued, (e: unknown) => (e as Error).name === 'AbortError');
   const r = await ahead;
   assert.ok(sameBytes(r.out.data, snapshot(alone.out.data)) && sameBytes(r.lse.data, snapshot(alone.lse.data)), 'the call ahead gave its usual bits');
+});
+
+test('concurrent calls, some aborted at random moments: the others equal their sequential results bit for bit, the aborted ones reject with their reason and leave out untouched', async () => {
+  const r = new Rng(606);
+  const calls: ((signal?: AbortSignal, out?: Float32Array) => Promise<Result>)[] = [];
+  const sizes: number[] = [];
+  for (let i = 0; i < 16; i++) {
+    const N = r.int(300, 900);
+    const H = r.pick([2, 4]);
+    const q = randTensor(r, [1, N, H, 32]);
+    const x = randTensor(r, [1, r.int(16, 40), r.int(16, 40), 4, 16]);
+    sizes.push(i % 3 === 2 ? x.data.length : N * H * 32);
+    if (i % 3 === 0) calls.push((signal, out) => attention(q, q, q, { causal: true, signal, out }));
+    else if (i % 3 === 1) calls.push((signal, out) => attention(q, q, q, { window: [48, 16], signal, out }));
+    else calls.push((signal, out) => na2d(x, x, x, { kernelSize: 7, signal, out }));
+  }
+  const sequential: Result[] = [];
+  for (const c of calls) sequential.push(await c());
+  for (let round = 0; round < 3; round++) {
+    const aborted = calls.map(() => r.next() < 0.4);
+    const ctls = calls.map(() => new AbortController());
+    const outs = sizes.map((n) => poisoned(n));
+    const befores = outs.map((o) => snapshot(o));
+    const reason = new Error(`round ${round}`);
+    const settled = Promise.allSettled(calls.map((c, i) => c(aborted[i] ? ctls[i]!.signal : undefined, outs[i])));
+    // abort at spread-out moments: before any ran, while queued, while running
+    aborted.forEach((a, i) => {
+      if (a) setTimeout(() => ctls[i]!.abort(reason), r.int(0, 12));
+    });
+    const results = await settled;
+    const rejected = results.filter((x) => x.status === 'rejected').length;
+    assert.ok(rejected > 0 && rejected < calls.length, `round ${round}: ${rejected} of ${calls.length} calls rejected`);
+    results.forEach((res, i) => {
+      if (res.status === 'fulfilled') {
+        // a signal that fired after the call resolved leaves it resolved
+        assert.ok(sameBytes(res.value.out.data, snapshot(sequential[i]!.out.data)), `round ${round} call ${i}: out differs from the sequential run`);
+        assert.ok(sameBytes(res.value.lse.data, snapshot(sequential[i]!.lse.data)), `round ${round} call ${i}: lse differs`);
+      } else {
+        assert.ok(aborted[i], `round ${round} call ${i} rejected without a signal: ${String(res.reason)}`);
+        assert.equal(res.reason, reason);
+        assert.ok(sameBytes(outs[i]!, befores[i]!), `round ${round} call ${i}: an aborted call wrote to out`);
+      }
+    });
+  }
+});
+
+test('calls queued behind each other let the event loop take a turn between them (timers fire, signals land)', async () => {
+  const q = randTensor(rng, [1, 256, 2, 32]); // small: each runs on the calling thread without a message
+  const done: number[] = [];
+  const calls = Array.from({ length: 12 }, (_, i) => attention(q, q, q, { causal: true }).then(() => done.push(i)));
+  let firedAfter = -1;
+  setTimeout(() => (firedAfter = done.length), 0);
+  await Promise.all(calls);
+  assert.ok(firedAfter >= 0 && firedAfter < calls.length, `the timer fired after ${firedAfter} of ${calls.length} calls`);
 });

@@ -256,13 +256,38 @@ export function setCpuCallerFlops(flops = DEFAULT_CALLER_FLOPS): void {
   callerFlops = flops;
 }
 let tail: Promise<unknown> = Promise.resolve();
+/** Jobs queued or running. */
+let queued = 0;
 
-/** Queues a job; resolves with its outputs once every thread has finished writing them. */
-export function runJob(job: CpuJob): Promise<JobOutputs> {
-  const run = tail.then(() => {
-    throwIfAborted(job.signal); // cancelled while it waited for the jobs ahead of it
-    return execute(job);
+/**
+ * One turn of the event loop (a macrotask: setImmediate in Node, a MessageChannel hop elsewhere).
+ * Jobs on the calling thread (inline, or beside the workers) run without one, so a queue of them
+ * would hold the loop for all of them: timers, I/O and abort signals wait.
+ */
+const turn = (): Promise<void> =>
+  new Promise<void>((resolve) => {
+    if (typeof setImmediate === 'function') return void setImmediate(resolve);
+    const c = new MessageChannel();
+    c.port1.onmessage = () => {
+      c.port1.close();
+      resolve();
+    };
+    c.port2.postMessage(null);
   });
+
+/**
+ * Queues a job; resolves with its outputs once every thread has finished writing them. A job that
+ * queues behind another first lets the event loop take a turn.
+ */
+export function runJob(job: CpuJob): Promise<JobOutputs> {
+  const behind = queued++ > 0;
+  const run = tail
+    .then(() => (behind ? turn() : undefined))
+    .then(() => {
+      throwIfAborted(job.signal); // cancelled while it waited for the jobs ahead of it
+      return execute(job);
+    })
+    .finally(() => queued--);
   tail = run.catch(() => undefined);
   return run;
 }
