@@ -96,10 +96,12 @@ export async function waitAtLeastAsync(control: Int32Array, word: number, value:
 }
 
 /**
- * Waits until the gate reaches `stage`: a short spin first (a stage is one tensor's copy, a fraction
- * of a millisecond, and a sleeping thread takes 0.1-0.5 ms to wake here), then sleeps.
+ * Loads a gate wait spins before it sleeps: a stage is one chunk's copy, a fraction of a
+ * millisecond, and a sleeping thread takes 0.1-0.5 ms to wake here.
  */
+export const GATE_SPINS = 4000;
+
+/** Waits until the gate reaches `stage`: GATE_SPINS loads first, then sleeps. */
 export function awaitGate(control: Int32Array, stage: number): void {
   waitAtLeast(control, GATE, stage, Infinity, GATE_SPINS);
 }
-export const GATE_SPINS = 4000;

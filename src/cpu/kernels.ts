@@ -78,10 +78,10 @@ export function runRange(kind: KernelKind, ctx: TileCtx, space: ItemSpace, start
  * items into its partials, and so the result, does not depend on timing.
  */
 export function claimLoop(memory: WebAssembly.Memory, msg: PhaseMsg, ctx: TileCtx, space: ItemSpace, phase = 0, kind = msg.kind): void {
-  // backwards sum into per-thread partials: a fixed share per thread keeps every sum's order, and so
-  // the result, independent of timing
   // every claim first reads FAILED: a failed thread or a cancelled call (CpuJob.signal) stops the rest
   const counter = new Int32Array(memory.buffer, msg.layout.counter, 16);
+  // backwards sum into per-thread partials: a fixed share per thread keeps every sum's order, and so
+  // the result, independent of timing
   if (kind === 'backward' || kind === 'naLanesBwd') {
     for (let ch = ctx.thread; ch * CHUNK < space.total && Atomics.load(counter, FAILED) === 0; ch += msg.layout.threads) runRange(kind, ctx, space, ch * CHUNK, Math.min(space.total, (ch + 1) * CHUNK));
     return;

@@ -260,20 +260,11 @@ let tail: Promise<unknown> = Promise.resolve();
 let queued = 0;
 
 /**
- * One turn of the event loop (a macrotask: setImmediate in Node, a MessageChannel hop elsewhere).
+ * One turn of the event loop (a macrotask: setImmediate in Node, yieldToPage's hops elsewhere).
  * Jobs on the calling thread (inline, or beside the workers) run without one, so a queue of them
  * would hold the loop for all of them: timers, I/O and abort signals wait.
  */
-const turn = (): Promise<void> =>
-  new Promise<void>((resolve) => {
-    if (typeof setImmediate === 'function') return void setImmediate(resolve);
-    const c = new MessageChannel();
-    c.port1.onmessage = () => {
-      c.port1.close();
-      resolve();
-    };
-    c.port2.postMessage(null);
-  });
+const turn = (): Promise<void> => (typeof setImmediate === 'function' ? new Promise<void>((resolve) => setImmediate(resolve)) : yieldToPage());
 
 /**
  * Queues a job; resolves with its outputs once every thread has finished writing them. A job that
@@ -509,16 +500,20 @@ function screenFlags(e: Engine, layout: JobLayout, problem: AttnProblem): NonFin
  * the page's timer did not fire once in a 275 ms call.
  */
 async function yieldToPage(): Promise<void> {
-  for (let hop = 0; hop < 2; hop++) {
-    await new Promise<void>((resolve) => {
-      const c = new MessageChannel();
-      c.port1.onmessage = () => {
-        c.port1.close();
-        resolve();
-      };
-      c.port2.postMessage(null);
-    });
-  }
+  await messageHop();
+  await messageHop();
+}
+
+/** A task of the event loop: resolves from a MessageChannel message. */
+function messageHop(): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const c = new MessageChannel();
+    c.port1.onmessage = () => {
+      c.port1.close();
+      resolve();
+    };
+    c.port2.postMessage(null);
+  });
 }
 
 /**
