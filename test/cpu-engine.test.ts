@@ -510,12 +510,15 @@ test('the calling thread beside the workers (blocking, or awaiting the barriers 
     const beside = await runAll();
     assert.equal(pool.callerJobs, before + 6, 'on: every call ran the calling thread beside the workers');
     alone.forEach((a, i) => assert.ok(sameBytes(beside[i]!, snapshot(a)), `result ${i} differs`));
-    // as a page's main thread: its share in one go, the barriers and the last writes awaited
-    pool.setCallerAwaits(true);
+    // as a page's main thread: its share in one go, the barriers and the last writes awaited; and
+    // with no time to claim (a slow device): the workers take every item it leaves
     try {
-      const awaited = await runAll();
-      assert.equal(pool.callerJobs, before + 12);
-      alone.forEach((a, i) => assert.ok(sameBytes(awaited[i]!, snapshot(a)), `result ${i} differs (awaiting the barriers)`));
+      for (const budget of [Infinity, 0]) {
+        pool.setCallerAwaits(true, budget);
+        const awaited = await runAll();
+        alone.forEach((a, i) => assert.ok(sameBytes(awaited[i]!, snapshot(a)), `result ${i} differs (awaiting the barriers, budget ${budget} ms)`));
+      }
+      assert.equal(pool.callerJobs, before + 18);
     } finally {
       pool.setCallerAwaits(false);
     }

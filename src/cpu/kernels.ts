@@ -77,7 +77,7 @@ export function runRange(kind: KernelKind, ctx: TileCtx, space: ItemSpace, start
  * the backwards instead take every threads-th chunk from their own index, so which thread sums which
  * items into its partials, and so the result, does not depend on timing.
  */
-export function claimLoop(memory: WebAssembly.Memory, msg: PhaseMsg, ctx: TileCtx, space: ItemSpace, phase = 0, kind = msg.kind): void {
+export function claimLoop(memory: WebAssembly.Memory, msg: PhaseMsg, ctx: TileCtx, space: ItemSpace, phase = 0, kind = msg.kind, until = Infinity): void {
   // every claim first reads FAILED: a failed thread or a cancelled call (CpuJob.signal) stops the rest
   const counter = new Int32Array(memory.buffer, msg.layout.counter, 16);
   // backwards sum into per-thread partials: a fixed share per thread keeps every sum's order, and so
@@ -88,6 +88,8 @@ export function claimLoop(memory: WebAssembly.Memory, msg: PhaseMsg, ctx: TileCt
   }
   for (;;) {
     if (Atomics.load(counter, FAILED) !== 0) return;
+    // a thread with a time budget (a page's main thread) leaves the rest to the others
+    if (until !== Infinity && performance.now() > until) return;
     const start = Atomics.add(counter, phase, CHUNK);
     if (start >= space.total) return;
     runRange(kind, ctx, space, start, Math.min(space.total, start + CHUNK));
@@ -111,8 +113,9 @@ interface ChainWait {
  * A generator that yields its waits (answered with whether the word got there), so one template
  * serves the threads that block (runChain) and a page's main thread, which may not (runChainAsync).
  */
-function* chainSteps(memory: WebAssembly.Memory, msg: PhaseMsg, scratchOf: (kind: KernelKind) => { ctx: TileCtx; space: ItemSpace }, patience: number): Generator<ChainWait, void, boolean> {
+function* chainSteps(memory: WebAssembly.Memory, msg: PhaseMsg, scratchOf: (kind: KernelKind) => { ctx: TileCtx; space: ItemSpace }, patience: number, budget = Infinity): Generator<ChainWait, void, boolean> {
   const kinds = [msg.kind, ...(msg.chain ?? [])];
+  const until = performance.now() + budget;
   const control = new Int32Array(memory.buffer, msg.layout.counter, 16);
   const gate = (stage: number): ChainWait => ({ word: CONTROL.GATE, value: stage, timeout: Infinity, spins: GATE_SPINS });
   let error: unknown;
@@ -130,7 +133,7 @@ function* chainSteps(memory: WebAssembly.Memory, msg: PhaseMsg, scratchOf: (kind
     if (error === undefined && Atomics.load(control, FAILED) === 0) {
       try {
         const { ctx, space } = p === 0 ? first! : scratchOf(kinds[p]!);
-        claimLoop(memory, msg, ctx, space, p, kinds[p]);
+        claimLoop(memory, msg, ctx, space, p, kinds[p], until);
       } catch (e) {
         error = e;
         Atomics.store(control, FAILED, 1);
@@ -159,9 +162,13 @@ export function runChain(memory: WebAssembly.Memory, msg: PhaseMsg, scratchOf: (
   for (let r = steps.next(); !r.done; ) r = steps.next(waitAtLeast(control, r.value.word, r.value.value, r.value.timeout, r.value.spins));
 }
 
-/** chainSteps on a page's main thread: its waits on Atomics.waitAsync (its work items still run in one go). */
-export async function runChainAsync(memory: WebAssembly.Memory, msg: PhaseMsg, scratchOf: (kind: KernelKind) => { ctx: TileCtx; space: ItemSpace }, patience = Infinity): Promise<void> {
+/**
+ * chainSteps on a page's main thread: its waits on Atomics.waitAsync. Its work items run in one go,
+ * so it claims items only for `budget` ms of a message and leaves the rest to the workers (phases
+ * with a fixed share per thread, the backward's, still take the whole share).
+ */
+export async function runChainAsync(memory: WebAssembly.Memory, msg: PhaseMsg, scratchOf: (kind: KernelKind) => { ctx: TileCtx; space: ItemSpace }, patience = Infinity, budget = Infinity): Promise<void> {
   const control = new Int32Array(memory.buffer, msg.layout.counter, 16);
-  const steps = chainSteps(memory, msg, scratchOf, patience);
+  const steps = chainSteps(memory, msg, scratchOf, patience, budget);
   for (let r = steps.next(); !r.done; ) r = steps.next(await waitAtLeastAsync(control, r.value.word, r.value.value, r.value.timeout));
 }

@@ -210,7 +210,7 @@ export function setInlineFlops(flops = DEFAULT_INLINE_FLOPS): void {
  * 0.95x, dense N=1024, 29 ms, 0.99x), but it blocks the event loop for the call, so it stops at
  * calls of about 10 ms here. Where the calling thread may block (canWait: Node, a Web Worker) it
  * waits at the barriers like a worker; a page's main thread may not, so there it awaits them with
- * Atomics.waitAsync (canShare), running only its share of the work items in one go.
+ * Atomics.waitAsync (canShare), claiming items for at most PAGE_SHARE_MS of a message.
  */
 export const DEFAULT_CALLER_FLOPS = 6e8;
 const CALLER_BYTES = 16 * 2 ** 20;
@@ -236,10 +236,20 @@ function canWait(): boolean {
 }
 /** Whether the calling thread can work beside the workers: it may block, or await the barriers. */
 const canShare = (): boolean => canWait() || canWaitAsync();
+/**
+ * How long a page's main thread claims work items in one message (ms): its items run in one go, so
+ * on a slow device the page would stall for its whole share; past this the workers take the rest.
+ */
+const PAGE_SHARE_MS = 8;
 let callerAwaits = false;
-/** Tests: the calling thread awaits the barriers (as a page's main thread does) even where it may block. */
-export function setCallerAwaits(on: boolean): void {
+let shareMs = PAGE_SHARE_MS;
+/**
+ * Tests: the calling thread awaits the barriers (as a page's main thread does) even where it may
+ * block, claiming items for `budget` ms of each message.
+ */
+export function setCallerAwaits(on: boolean, budget = PAGE_SHARE_MS): void {
   callerAwaits = on;
+  shareMs = budget;
 }
 /** Jobs that ran the calling thread beside the workers so far (tests assert the path ran). */
 export let callerJobs = 0;
@@ -248,7 +258,7 @@ export let callerJobs = 0;
  * Pooled calls under `flops` rough FLOPs (4 x query rows x heads x (D + Dv) x keys a query; default
  * 6e8, calls of up to about 10 ms here) also compute on the calling thread: where it may block
  * (Node, a Web Worker) it waits at the barriers and blocks its event loop for the call; a page's
- * main thread (with Atomics.waitAsync) runs its share of the work items in one go and awaits the
+ * main thread (with Atomics.waitAsync) claims items for at most 8 ms of a message and awaits the
  * rest. 0 keeps every pooled call off it. No argument: the default.
  */
 export function setCpuCallerFlops(flops = DEFAULT_CALLER_FLOPS): void {
@@ -361,7 +371,7 @@ async function runPhases(e: Engine, job: CpuJob, space: ItemSpace, layout: JobLa
     const blocking = canWait() && !callerAwaits;
     try {
       if (blocking) runChain(e.memory, msg, mine, CALLER_PATIENCE_MS);
-      else await runChainAsync(e.memory, msg, mine, CALLER_PATIENCE_MS);
+      else await runChainAsync(e.memory, msg, mine, CALLER_PATIENCE_MS, shareMs);
     } catch (err) {
       await answers.catch(() => undefined);
       throw err;
