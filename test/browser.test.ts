@@ -312,5 +312,37 @@ test('browser: the built library in headless Chromium, WebGPU via navigator.gpu 
     }
     await isoPage.close();
   });
+  await t.test("the library inside a Web Worker of an isolated page: its pool's workers start from that worker, whose first call already works beside them", async () => {
+    const page = await browser.newPage();
+    await page.goto(`${served.origin}/isolated/`);
+    // the worker's first call is mid-sized: it blocks at the barriers beside its pool (a Web Worker
+    // may wait), which must have started by then (they start through the calling worker's own loop)
+    const got = await page.evaluate(async (c: Case) => {
+      const src = `
+        const lib = await import(${JSON.stringify(location.origin)} + '/isolated/src/index.js');
+        const pool = await import(${JSON.stringify(location.origin)} + '/isolated/src/cpu/pool.js');
+        const q = lib.randn(${JSON.stringify(c.q)}, ${c.seed});
+        const k = lib.randn(${JSON.stringify(c.kv)}, ${c.seed + 1});
+        const v = lib.randn(${JSON.stringify(c.kv)}, ${c.seed + 2});
+        const r = await lib.na2d(q, k, v, ${JSON.stringify(c.opts)});
+        postMessage({ out: Array.from(r.out.data), lse: Array.from(r.lse.data), info: lib.cpuInfo(), callerJobs: pool.callerJobs, coi: self.crossOriginIsolated });
+      `;
+      const w = new Worker(URL.createObjectURL(new Blob([src], { type: 'text/javascript' })), { type: 'module' });
+      return await new Promise<{ out: number[]; lse: number[]; info: { mode: string; caller: boolean }; callerJobs: number; coi: boolean }>((resolve, reject) => {
+        w.onmessage = (e) => resolve(e.data);
+        w.onerror = (e) => reject(new Error(`worker error: ${e.message}`));
+      });
+    }, CASES.lanes);
+    await page.close();
+    assert.equal(got.coi, true);
+    if (got.info.mode === 'workers') {
+      assert.equal(got.info.caller, true, 'a Web Worker may wait: it works beside its pool');
+      assert.equal(got.callerJobs, 1, 'the first call ran beside the pool');
+    }
+    const want = await cpuRef(CASES.lanes);
+    const eo = relError(got.out, want.out.data);
+    const el = relError(got.lse, want.lse.data);
+    assert.ok(eo < 1e-6 && el < 1e-6, `in a Web Worker vs Node CPU relErr out ${eo}, lse ${el}`);
+  });
   t.diagnostic(`browser test: ${ms} ms in all (page: import ${res.ms.import?.toFixed(0)} ms, cpu ${res.ms.cpu?.toFixed(0)} ms, gpu ${res.ms.gpu?.toFixed(0) ?? '-'} ms)`);
 });

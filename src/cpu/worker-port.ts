@@ -18,6 +18,11 @@ export interface DoneMsg {
   readonly error?: string;
 }
 
+/** A worker's answer to its init: its kernels are instantiated over the shared memory. */
+export interface ReadyMsg {
+  readonly type: 'ready';
+}
+
 type Pending = { resolve: () => void; reject: (e: Error) => void };
 
 /**
@@ -28,11 +33,17 @@ type Pending = { resolve: () => void; reject: (e: Error) => void };
 export class WorkerPort {
   dead = false;
   private readonly pending = new Map<number, Pending>();
+  /** Settles when the worker has answered its init (or died first). */
+  readonly ready: Promise<void>;
+  private readied!: { resolve: () => void; reject: (e: Error) => void };
   constructor(
     private readonly post: (m: unknown) => void,
     private readonly kill: () => void,
     private readonly hold: (on: boolean) => void,
-  ) {}
+  ) {
+    this.ready = new Promise<void>((resolve, reject) => (this.readied = { resolve, reject }));
+    this.ready.catch(() => undefined); // awaited only in browsers: never an unhandled rejection
+  }
 
   run(msg: PhaseMsg): Promise<void> {
     if (this.dead) return Promise.reject(new Error('cpu worker is gone'));
@@ -43,7 +54,8 @@ export class WorkerPort {
     });
   }
 
-  answer(m: DoneMsg): void {
+  answer(m: DoneMsg | ReadyMsg): void {
+    if (m.type === 'ready') return this.readied.resolve();
     const p = this.pending.get(m.id);
     if (!p) return;
     this.pending.delete(m.id);
@@ -55,6 +67,7 @@ export class WorkerPort {
   fail(e: unknown): void {
     this.dead = true;
     const err = e instanceof Error ? e : new Error(`cpu worker died: ${String(e)}`);
+    this.readied.reject(err);
     for (const p of this.pending.values()) p.reject(err);
     this.pending.clear();
     this.hold(false);
@@ -77,7 +90,7 @@ export async function spawnWorker(init: InitMsg): Promise<WorkerPort> {
       () => void w.terminate(),
       (on) => (on ? w.ref() : w.unref()),
     );
-    w.on('message', (m: DoneMsg) => port.answer(m));
+    w.on('message', (m: DoneMsg | ReadyMsg) => port.answer(m));
     w.on('error', (e) => port.fail(e));
     w.on('exit', (code) => port.fail(new Error(`cpu worker exited (${code})`)));
     // after the listeners: attaching a 'message' listener refs the worker's port again
@@ -92,8 +105,12 @@ export async function spawnWorker(init: InitMsg): Promise<WorkerPort> {
     () => w.terminate(),
     () => undefined,
   );
-  w.onmessage = (ev: MessageEvent<DoneMsg>) => port.answer(ev.data);
+  w.onmessage = (ev: MessageEvent<DoneMsg | ReadyMsg>) => port.answer(ev.data);
   w.onerror = (ev) => port.fail(new Error(`cpu worker error: ${ev.message}`));
   w.postMessage(init);
+  // a browser starts a worker made by a Web Worker through that worker's event loop: a calling
+  // thread that blocks at a barrier (a Web Worker beside the pool) before its new workers have
+  // started would wait for them forever, so a browser pool is used only once every worker answered
+  await port.ready;
   return port;
 }

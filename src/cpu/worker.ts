@@ -4,7 +4,7 @@ import { type PhaseMsg, phaseContext, runChain } from './kernels.js';
 import type { TileKernels } from './tile-kernels.js';
 import { kernelsOn, setScalarKernels } from './tile-kernels.js';
 import { scalarKernels } from './tile-scalar.js';
-import type { DoneMsg, InitMsg } from './worker-port.js';
+import type { DoneMsg, InitMsg, ReadyMsg } from './worker-port.js';
 
 /**
  * A pool thread (Node worker_threads or a browser module Worker): instantiates the tile kernels
@@ -20,11 +20,12 @@ let memory: WebAssembly.Memory | undefined;
 let kernels: TileKernels | undefined;
 let thread = 0;
 
-function handle(m: InitMsg | ({ type: 'phase' } & PhaseMsg), reply: (d: DoneMsg) => void): void {
+function handle(m: InitMsg | ({ type: 'phase' } & PhaseMsg), reply: (d: DoneMsg | ReadyMsg) => void): void {
   if (m.type === 'init') {
     memory = m.memory;
     thread = m.thread;
     kernels = kernelsOn(m.variant, m.memory, m.module);
+    reply({ type: 'ready' });
     return;
   }
   try {
