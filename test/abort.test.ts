@@ -136,3 +136,26 @@ test('calls queued behind each other let the event loop take a turn between them
   await Promise.all(calls);
   assert.ok(firedAfter >= 0 && firedAfter < calls.length, `the timer fired after ${firedAfter} of ${calls.length} calls`);
 });
+
+test("aborted while the calling thread awaits the barriers (a page's main thread): rejects, out untouched, the next call right", async (t) => {
+  if (cpuThreads() < 2) return t.skip('one thread: no pool');
+  const x = randTensor(rng, [1, 64, 64, 4, 32]); // mid-sized: beside the workers
+  const want = await na2d(x, x, x, { kernelSize: 7 });
+  // no time to claim: the calling thread awaits while the workers run every item, so the timer fires meanwhile
+  pool.setCallerAwaits(true, 0);
+  try {
+    const before = pool.callerJobs;
+    const out = poisoned(x.data.length);
+    const snap = snapshot(out);
+    const ctl = new AbortController();
+    const reason = new Error('page navigated away');
+    setTimeout(() => ctl.abort(reason), 1);
+    await assert.rejects(na2d(x, x, x, { kernelSize: 7, signal: ctl.signal, out }), (e: unknown) => e === reason);
+    assert.equal(pool.callerJobs, before + 1, 'the call ran beside the workers');
+    assert.ok(sameBytes(out, snap), 'out untouched');
+    const again = await na2d(x, x, x, { kernelSize: 7 });
+    assert.ok(sameBytes(again.out.data, snapshot(want.out.data)), 'the next call gives the usual bits');
+  } finally {
+    pool.setCallerAwaits(false);
+  }
+});
