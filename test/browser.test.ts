@@ -312,6 +312,24 @@ test('browser: the built library in headless Chromium, WebGPU via navigator.gpu 
     }
     await isoPage.close();
   });
+  await t.test('an isolated context with no Worker constructor (a service worker) runs on its one thread instead of failing', async () => {
+    const page = await browser.newPage();
+    await page.goto(`${served.origin}/isolated/`);
+    const got = await page.evaluate(
+      async ({ c, url }: { c: Case; url: string }) => {
+        (globalThis as { Worker?: unknown }).Worker = undefined;
+        const lib = (await import(url)) as Lib;
+        const r = await lib.na2d(lib.randn(c.q, c.seed), lib.randn(c.kv, c.seed + 1), lib.randn(c.kv, c.seed + 2), c.opts as { kernelSize: number });
+        return { out: Array.from(r.out.data), lse: Array.from(r.lse.data), info: lib.cpuInfo(), coi: globalThis.crossOriginIsolated };
+      },
+      { c: CASES.lanes, url: '/isolated/src/index.js' },
+    );
+    await page.close();
+    assert.equal(got.coi, true);
+    assert.equal(got.info.mode, 'main-thread');
+    const want = await cpuRef(CASES.lanes);
+    assert.ok(relError(got.out, want.out.data) < 1e-6 && relError(got.lse, want.lse.data) < 1e-6, 'the one-thread result matches Node');
+  });
   await t.test("the library inside a Web Worker of an isolated page: its pool's workers start from that worker, whose first call already works beside them", async () => {
     const page = await browser.newPage();
     await page.goto(`${served.origin}/isolated/`);

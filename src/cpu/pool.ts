@@ -34,8 +34,11 @@ function hardwareThreads(): number {
 let cores: number | undefined;
 const coresNow = async (): Promise<number> => (cores ??= inNode ? (await nodeBuiltin<typeof import('node:os')>('os')).availableParallelism() : hardwareThreads());
 
-/** Workers need shared memory: always in Node, in a browser only when the page is cross-origin isolated. */
-const canPool = (): boolean => inNode || (globalThis as { crossOriginIsolated?: boolean }).crossOriginIsolated === true;
+/**
+ * Workers need shared memory: always in Node, in a browser only when the page is cross-origin
+ * isolated, and only where a worker can be made (a service worker has no Worker constructor).
+ */
+const canPool = (): boolean => inNode || ((globalThis as { crossOriginIsolated?: boolean }).crossOriginIsolated === true && typeof Worker === 'function');
 
 let threadsSet: number | undefined;
 let variantSet: KernelVariant | undefined;
