@@ -312,6 +312,28 @@ test('browser: the built library in headless Chromium, WebGPU via navigator.gpu 
     }
     await isoPage.close();
   });
+  await t.test('an isolated page without Atomics.waitAsync (Firefox before 145) keeps its main thread off the work: the workers alone, right', async () => {
+    const page = await browser.newPage();
+    await page.goto(`${served.origin}/isolated/`);
+    const got = await page.evaluate(
+      async ({ c, url, poolUrl }: { c: Case; url: string; poolUrl: string }) => {
+        delete (Atomics as { waitAsync?: unknown }).waitAsync;
+        const lib = (await import(url)) as Lib;
+        const r = await lib.na2d(lib.randn(c.q, c.seed), lib.randn(c.kv, c.seed + 1), lib.randn(c.kv, c.seed + 2), c.opts as { kernelSize: number });
+        const { callerJobs } = (await import(poolUrl)) as { callerJobs: number };
+        return { out: Array.from(r.out.data), lse: Array.from(r.lse.data), info: lib.cpuInfo(), callerJobs, cores: navigator.hardwareConcurrency };
+      },
+      { c: CASES.lanes, url: '/isolated/src/index.js', poolUrl: '/isolated/src/cpu/pool.js' },
+    );
+    await page.close();
+    if (got.cores > 1) {
+      assert.equal(got.info.mode, 'workers');
+      assert.equal(got.info.caller, false);
+      assert.equal(got.callerJobs, 0);
+    }
+    const want = await cpuRef(CASES.lanes);
+    assert.ok(relError(got.out, want.out.data) < 1e-6 && relError(got.lse, want.lse.data) < 1e-6, 'the workers alone match Node');
+  });
   await t.test('an isolated context with no Worker constructor (a service worker) runs on its one thread instead of failing', async () => {
     const page = await browser.newPage();
     await page.goto(`${served.origin}/isolated/`);
