@@ -5,7 +5,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { TilewiseError, attention, attentionBackward, cpuThreads, na2d, referenceAttention, setCpuCallerFlops, type Result } from '../src/index.js';
+import { LongHeadsCache, TilewiseError, attention, attentionBackward, cpuThreads, longHeadsAttention, na2d, referenceAttention, setCpuCallerFlops, type Result } from '../src/index.js';
 import { planAttention } from '../src/api.js';
 import * as pool from '../src/cpu/pool.js';
 import { Rng, compareResult, poisoned, randTensor, sameBytes, snapshot } from './helpers.js';
@@ -158,4 +158,26 @@ test("aborted while the calling thread awaits the barriers (a page's main thread
   } finally {
     pool.setCallerAwaits(false);
   }
+});
+
+test('LongHeads prefill takes a signal (before it starts, and between and inside its steps); a LongHeadsCache refuses one', async () => {
+  const n = 8192;
+  const [q, k, v] = [1, 2, 3].map(() => randTensor(rng, [1, n, 2, 64]));
+  const opts = { budget: 1024, chunkSize: 128 };
+  await longHeadsAttention(q!, k!, v!, opts);
+  let t0 = performance.now();
+  const whole = await longHeadsAttention(q!, k!, v!, opts);
+  const ms = performance.now() - t0;
+  const reason = new Error('stop the prefill');
+  await assert.rejects(longHeadsAttention(q!, k!, v!, { ...opts, signal: AbortSignal.abort(reason) }), (e: unknown) => e === reason);
+  const ctl = new AbortController();
+  setTimeout(() => ctl.abort(reason), Math.min(15, ms / 10));
+  t0 = performance.now();
+  await assert.rejects(longHeadsAttention(q!, k!, v!, { ...opts, signal: ctl.signal }), (e: unknown) => e === reason);
+  const took = performance.now() - t0;
+  assert.ok(took < ms * 0.6, `the aborted prefill took ${took.toFixed(0)} ms, the whole one ${ms.toFixed(0)} ms`);
+  // a signal that never fires changes nothing
+  const same = await longHeadsAttention(q!, k!, v!, { ...opts, signal: new AbortController().signal });
+  assert.ok(sameBytes(same.out.data, snapshot(whole.out.data)));
+  assert.throws(() => new LongHeadsCache(2, 2, 64, { signal: new AbortController().signal }), (e: unknown) => e instanceof TilewiseError && e.arg === 'signal');
 });

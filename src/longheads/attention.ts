@@ -1,6 +1,7 @@
 import { type AttentionOptions, type Result, attention } from '../api.js';
 import type { Align } from '../patterns/spec.js';
 import type { Tensor } from '../tensor.js';
+import { throwIfAborted } from '../abort.js';
 import { check } from '../errors.js';
 import { checkQKV } from '../validate.js';
 import { type LongHeadsConfig, type LongHeadsOptions, longHeadsConfig } from './options.js';
@@ -20,7 +21,7 @@ export async function longHeadsAttention(q: Tensor, k: Tensor, v: Tensor, opts?:
   check(s.qGrid[0] === s.kGrid[0], 'k', 'LongHeads prefill is self-attention: key length must equal query length', `${s.kGrid[0]} vs ${s.qGrid[0]}`);
   check(s.dimV === s.dim, 'v', 'LongHeads needs value dim = key dim (chunk summaries, outputs, are used as queries)', `${s.dimV} vs ${s.dim}`);
   const n = s.qGrid[0]!;
-  const common = { rope: cfg.rope, backend: cfg.backend, ...(cfg.scale !== undefined ? { scale: cfg.scale } : {}) };
+  const common = { rope: cfg.rope, backend: cfg.backend, ...(cfg.scale !== undefined ? { scale: cfg.scale } : {}), ...(cfg.signal ? { signal: cfg.signal } : {}) };
   if (n <= cfg.budget) return attention(q, k, v, { ...common, causal: true });
   const { heads: H, kvHeads: Hk, dim: D } = s;
   const ops = await opsFor(cfg, run);
@@ -55,13 +56,16 @@ export async function prefillSeq<T>(ops: LongHeadsOps<T>, seq: SeqQKV, cfg: Long
     for (const [x, h] of [[seq.q, H], [seq.k, Hk], [seq.v, Hk]] as const) held.push(await ops.upload(x, [n, h, D]));
     const [q, k, v] = held as [T, T, T];
     const s: SeqView<T> = { q, k, v, n, kOff: 0, kLen: n, heads: H, kvHeads: Hk, dim: D };
+    throwIfAborted(cfg.signal);
     const reps = await ops.reps(s, Math.floor(n / cfg.chunkSize));
     let chunks: ChunksSpec;
     try {
+      throwIfAborted(cfg.signal);
       chunks = await ops.select(q, reps, { rows: n, qPos0: 0, tile: cfg.selectTile, heads: H, dim: D });
     } finally {
       ops.release(reps);
     }
+    throwIfAborted(cfg.signal);
     return await ops.attend(s, selectedOptions(cfg, chunks, 'top-left', fusedTile(cfg.selectTile)));
   } finally {
     held.forEach((x) => ops.release(x));
@@ -76,5 +80,6 @@ export function selectedOptions(cfg: LongHeadsConfig, chunks: ChunksSpec, align:
     ropePositions: 'selected',
     tile: { q: qTile },
     ...(cfg.scale !== undefined ? { scale: cfg.scale } : {}),
+    ...(cfg.signal ? { signal: cfg.signal } : {}),
   };
 }

@@ -45,6 +45,8 @@ export class LongHeadsCache {
     checkPositiveInt(kvHeads, 'kvHeads');
     checkPositiveInt(dim, 'dim');
     check(heads % kvHeads === 0, 'kvHeads', 'must divide heads', `${heads} vs ${kvHeads}`);
+    // an append stopped halfway would leave the cache's keys and chunk summaries out of step
+    check(opts?.signal === undefined, 'signal', 'is for longHeadsAttention; a LongHeadsCache call always completes');
     this.cfg = longHeadsConfig(opts);
     this.pendingQ = new Rows(heads * dim);
   }

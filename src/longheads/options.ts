@@ -1,4 +1,5 @@
 import { check, checkPositiveInt } from '../errors.js';
+import { checkSignal } from '../validate.js';
 import type { BackendName } from '../options.js';
 import type { RopeOptions } from '../rope.js';
 
@@ -23,6 +24,12 @@ export interface LongHeadsOptions {
   selectTile?: number;
   /** Reject NaN or infinite q, k, v in `append` and `decode` (one scan of each call's tokens). */
   checkFinite?: boolean;
+  /**
+   * longHeadsAttention only: cancels the call (as CommonOptions.signal), between its steps and
+   * inside each attention call. A LongHeadsCache refuses it: an append stopped halfway would leave
+   * the cache's keys and chunk summaries out of step.
+   */
+  signal?: AbortSignal;
 }
 
 export interface LongHeadsConfig {
@@ -35,6 +42,7 @@ export interface LongHeadsConfig {
   readonly backend: BackendName;
   readonly scale: number | undefined;
   readonly checkFinite: boolean;
+  readonly signal: AbortSignal | undefined;
 }
 
 export function longHeadsConfig(opts: LongHeadsOptions | undefined): LongHeadsConfig {
@@ -50,5 +58,6 @@ export function longHeadsConfig(opts: LongHeadsOptions | undefined): LongHeadsCo
   check(chunkSize % selectTile === 0, 'selectTile', `must divide chunkSize ${chunkSize}`, String(selectTile));
   check(o.causal === undefined || o.causal === true, 'causal', 'LongHeads is defined for causal attention only (true)', String(o.causal));
   check(o.rope === undefined || (typeof o.rope === 'object' && o.rope !== null), 'rope', 'must be an object { base?, dims? }');
-  return { chunkSize, budget, slots: budget / chunkSize, selectTile, rope: o.rope ?? {}, backend: o.backend ?? 'cpu', scale: o.scale, checkFinite: o.checkFinite === true };
+  checkSignal(o.signal);
+  return { chunkSize, budget, slots: budget / chunkSize, selectTile, rope: o.rope ?? {}, backend: o.backend ?? 'cpu', scale: o.scale, checkFinite: o.checkFinite === true, signal: o.signal };
 }

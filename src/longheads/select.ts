@@ -72,6 +72,7 @@ export async function chunkReps(s: SeqQKV, cfg: LongHeadsConfig, full = Math.flo
       ropePositions: 'selected',
       tile: { q: fusedTile(C) },
       ...(cfg.scale !== undefined ? { scale: cfg.scale } : {}),
+      ...(cfg.signal ? { signal: cfg.signal } : {}),
       backend: 'cpu',
     },
   );
@@ -86,7 +87,7 @@ export async function chunkReps(s: SeqQKV, cfg: LongHeadsConfig, full = Math.flo
     { data: summary, shape: [1, full, H, D] },
     { data: kIn, shape: [1, m, Hk, D] },
     { data: kIn, shape: [1, m, Hk, D] },
-    { pattern: diagonalChunks(C, 1, full), tile: { q: 1, kv: 64 }, backend: 'cpu' },
+    { pattern: diagonalChunks(C, 1, full), tile: { q: 1, kv: 64 }, backend: 'cpu', ...(cfg.signal ? { signal: cfg.signal } : {}) },
   );
   return rep.out.data;
 }
