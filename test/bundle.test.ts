@@ -141,6 +141,43 @@ test('vite build: the bundle and its emitted worker run in Chromium, on one thre
   }
 });
 
+test("vite build of an app that runs the library in its own Web Worker (worker.format 'es'): the pool starts from that worker, right on one thread and on Web Workers", { skip: await skipReason(), timeout: 180_000 }, async () => {
+  const { mkdtempSync, writeFileSync, mkdirSync, rmSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const root = mkdtempSync(join(tmpdir(), 'tilewise-vite-worker-'));
+  try {
+    mkdirSync(join(root, 'src'));
+    writeFileSync(join(root, 'index.html'), '<!doctype html><html><head><link rel="icon" href="data:,"></head><body><script type="module" src="/src/main.js"></script></body></html>');
+    writeFileSync(
+      join(root, 'src', 'main.js'),
+      `globalThis.runCases = () => new Promise((resolve, reject) => {
+        const w = new Worker(new URL('./app-worker.js', import.meta.url), { type: 'module' });
+        w.onmessage = (e) => (e.data.error ? reject(new Error('app worker: ' + e.data.error)) : resolve(e.data));
+        w.onerror = (e) => reject(new Error('app worker: ' + e.message));
+      });`,
+    );
+    // the worker's first call is mid-sized (beside its pool, which it has just started), then ENTRY's case
+    writeFileSync(
+      join(root, 'src', 'app-worker.js'),
+      `import { na2d, randn, cpuInfo } from ${JSON.stringify(join(DIST, 'src', 'index.js'))};
+      (async () => {
+        const y = randn([1, 48, 48, 4, 16], 41);
+        await na2d(y, y, y, { kernelSize: 7, backend: 'cpu' });
+        const x = randn([1, 12, 12, 2, 16], 21);
+        const a = await na2d(x, x, x, { kernelSize: 5, backend: 'cpu' });
+        postMessage({ na: Array.from(a.out.data), info: cpuInfo() });
+      })().catch((e) => postMessage({ error: String(e) }));`,
+    );
+    const vite = await import('vite');
+    // the library loads its WebGPU backend and scalar kernels on demand: chunks that Vite's default
+    // 'iife' worker format cannot split off
+    await vite.build({ root, logLevel: 'silent', configFile: false, worker: { format: 'es' }, build: { outDir: join(root, 'dist') } });
+    await checkBuiltPage(join(root, 'dist'), 'Vite (app worker)');
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});
+
 test('webpack 5: the bundle and its emitted worker run in Chromium, on one thread and on Web Workers', { skip: await skipReason(), timeout: 180_000 }, async () => {
   const { mkdtempSync, writeFileSync, rmSync } = await import('node:fs');
   const { tmpdir } = await import('node:os');
