@@ -37,7 +37,7 @@ export { compilePattern, type CompiledPattern, EMPTY, PARTIAL, FULL } from './pa
 export { buildSchedule, buildTransposedSchedule, kvSchedule, qSchedule, type Schedule, type Visit } from './schedule.js';
 export { referenceAttention } from './reference.js';
 export type { AttnProblem, SeqSpan } from './problem.js';
-export { setCpuThreads, cpuThreads, setCpuKernels, setCpuCallerFlops, cpuInfo, type CpuInfo } from './cpu/pool.js';
+export { setCpuThreads, cpuThreads, setCpuKernels, setCpuCallerFlops, setCpuWorkerUrl, cpuInfo, type CpuInfo } from './cpu/pool.js';
 export type { KernelVariant } from './cpu/tile-kernels.js';
 export * as webgpu from './webgpu/index.js';
 export { longHeadsAttention } from './longheads/attention.js';

@@ -12,6 +12,7 @@ import type { AddressInfo } from 'node:net';
 import { dirname, join } from 'node:path';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { availableParallelism } from 'node:os';
 import { attention, na2d, randn, relError } from '../src/index.js';
 import { CHROMIUM, CHROMIUM_ARGS, serveStatic } from './browser-harness.js';
 
@@ -77,6 +78,45 @@ test('esbuild --bundle --platform=browser: the bundle runs in Chromium and match
   } finally {
     await browser.close();
     await new Promise((r) => server.close(r));
+  }
+});
+
+test('esbuild --platform=node: a bundle without the worker file runs on one thread and says why; with the worker built as an entry and setCpuWorkerUrl, on the pool; both match Node', { skip: await skipReason(), timeout: 120_000 }, async () => {
+  const { mkdtempSync, writeFileSync, rmSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const { spawnSync } = await import('node:child_process');
+  const esbuild = await import('esbuild');
+  const root = mkdtempSync(join(tmpdir(), 'tilewise-node-bundle-'));
+  try {
+    const app = (withUrl: boolean) => `
+      import { na2d, randn, cpuInfo, setCpuWorkerUrl } from ${JSON.stringify(join(DIST, 'src', 'index.js'))};
+      ${withUrl ? "setCpuWorkerUrl(new URL('./worker.mjs', import.meta.url));" : ''}
+      const x = randn([1, 48, 48, 4, 16], 41); // large enough for the pool
+      const a = await na2d(x, x, x, { kernelSize: 7 });
+      console.log(JSON.stringify({ info: cpuInfo(), out: Array.from(a.out.data.subarray(0, 3000)) }));`;
+    writeFileSync(join(root, 'plain.mjs'), app(false));
+    writeFileSync(join(root, 'withurl.mjs'), app(true));
+    const node = { bundle: true, platform: 'node', format: 'esm', logLevel: 'silent', outExtension: { '.js': '.mjs' } } as const;
+    await esbuild.build({ ...node, entryPoints: { plain: join(root, 'plain.mjs') }, outdir: join(root, 'a') });
+    await esbuild.build({ ...node, entryPoints: { withurl: join(root, 'withurl.mjs'), worker: join(DIST, 'src', 'cpu', 'worker.js') }, outdir: join(root, 'b') });
+    const x = randn([1, 48, 48, 4, 16], 41);
+    const want = (await na2d(x, x, x, { kernelSize: 7 })).out.data.subarray(0, 3000);
+    for (const [file, pool] of [[join(root, 'a', 'plain.mjs'), false], [join(root, 'b', 'withurl.mjs'), true]] as const) {
+      const r = spawnSync(process.execPath, [file], { encoding: 'utf8', timeout: 60_000 });
+      assert.equal(r.status, 0, r.stderr);
+      const got = JSON.parse(r.stdout.trim().split('\n').at(-1)!) as { info: { threads: number; mode: string; workersFailed?: string }; out: number[] };
+      if (pool) {
+        assert.equal(got.info.workersFailed, undefined);
+        if (availableParallelism() > 1) assert.equal(got.info.mode, 'workers', 'the pool ran on the bundled worker');
+      } else {
+        assert.equal(got.info.threads, 1);
+        assert.match(got.info.workersFailed ?? '', /worker/);
+        assert.match(r.stderr, /running on one thread[\s\S]*setCpuWorkerUrl/, 'it says why, and what to do');
+      }
+      assert.ok(relError(Float32Array.from(got.out), want) < 1e-6, `${file}: result vs Node`);
+    }
+  } finally {
+    rmSync(root, { recursive: true, force: true });
   }
 });
 

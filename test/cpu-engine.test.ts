@@ -24,6 +24,7 @@ import {
   setCpuCallerFlops,
   setCpuKernels,
   setCpuThreads,
+  setCpuWorkerUrl,
   type AttentionOptions,
   type KernelVariant,
   type NeighborhoodOptions,
@@ -724,3 +725,9 @@ for (const variant of ['relaxed-simd', 'simd', 'scalar'] as KernelVariant[]) {
     }
   });
 }
+
+test('setCpuWorkerUrl: a URL or a string; anything else is a TilewiseError naming it', () => {
+  for (const bad of [5, {}, null]) assert.throws(() => setCpuWorkerUrl(bad as unknown as string), (e: unknown) => e instanceof TilewiseError && e.arg === 'url');
+  setCpuWorkerUrl(); // back to the package's own worker.js
+  assert.equal(cpuInfo().workersFailed, undefined);
+});

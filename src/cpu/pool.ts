@@ -38,7 +38,23 @@ const coresNow = async (): Promise<number> => (cores ??= inNode ? (await nodeBui
  * Workers need shared memory: always in Node, in a browser only when the page is cross-origin
  * isolated, and only where a worker can be made (a service worker has no Worker constructor).
  */
-const canPool = (): boolean => inNode || ((globalThis as { crossOriginIsolated?: boolean }).crossOriginIsolated === true && typeof Worker === 'function');
+const canPool = (): boolean => workersFailed === undefined && (inNode || ((globalThis as { crossOriginIsolated?: boolean }).crossOriginIsolated === true && typeof Worker === 'function'));
+
+/** Why the pool's workers could not start (then every call runs on the calling thread), if they could not. */
+let workersFailed: string | undefined;
+let workerUrl: string | URL | undefined;
+
+/**
+ * Where the pool's worker script is (a URL, or in Node a file path too); no argument: the package's
+ * own dist/src/cpu/worker.js, next to the module that starts it. For bundles that do not emit that
+ * file (bundling a Node app, for instance): build it as an entry of its own and pass its URL. Also
+ * lets a pool that could not start its workers try again, from the next call.
+ */
+export function setCpuWorkerUrl(url?: string | URL): void {
+  check(url === undefined || typeof url === 'string' || url instanceof URL, 'url', 'must be a URL, a string or absent', String(url));
+  workerUrl = url;
+  workersFailed = undefined;
+}
 
 let threadsSet: number | undefined;
 let variantSet: KernelVariant | undefined;
@@ -80,13 +96,15 @@ export interface CpuInfo {
    * await the barriers instead (Chromium, Safari).
    */
   caller: boolean;
+  /** Set when the pool's workers could not start (then threads is 1): the reason (setCpuWorkerUrl). */
+  workersFailed?: string;
 }
 
 /** What the CPU engine runs on here: thread count, where, and which tile kernels. */
 export function cpuInfo(): CpuInfo {
   const threads = cpuThreads();
   const mode = canPool() && threads > 1 ? 'workers' : 'main-thread';
-  return { threads, mode, kernels: engine?.variant ?? variantSet ?? bestVariant(), caller: mode === 'workers' && callerFlops > 0 && canShare() };
+  return { threads, mode, kernels: engine?.variant ?? variantSet ?? bestVariant(), caller: mode === 'workers' && callerFlops > 0 && canShare(), ...(workersFailed !== undefined ? { workersFailed } : {}) };
 }
 
 /** Everything below BASE stays free for the wasm module's own statics. */
@@ -134,7 +152,19 @@ async function engineFor(pooled: boolean): Promise<Engine> {
   while (e.workers.length > want) e.workers.pop()!.terminate();
   while (pooled && e.workers.length < want) {
     spawned++;
-    e.workers.push(await spawnWorker({ type: 'init', variant, module: moduleOf(variant, true), memory: e.memory, thread: e.workers.length }));
+    try {
+      e.workers.push(await spawnWorker({ type: 'init', variant, module: moduleOf(variant, true), memory: e.memory, thread: e.workers.length }, workerUrl));
+    } catch (err) {
+      // no pool rather than no answer: every call from now on runs on the calling thread
+      e.workers.forEach((w) => w.terminate());
+      e.workers = [];
+      workersFailed = err instanceof Error ? err.message : String(err);
+      console.warn(
+        `tilewise: the CPU pool's workers did not start (${workersFailed.split('\n')[0]}); running on one thread. ` +
+          "A bundle that leaves out the package's dist/src/cpu/worker.js can build it as an entry of its own and pass its URL to setCpuWorkerUrl.",
+      );
+      break;
+    }
   }
   return e;
 }
@@ -301,8 +331,10 @@ async function execute(job: CpuJob): Promise<JobOutputs> {
   await coresNow();
   const space = new ItemSpace(problem);
   const rank = rankOf(space);
-  const pooled = canPool() && cpuThreads() > 1 && job.flops >= inlineFlops && serializable(problem.pattern) && space.total > 1;
-  const e = await engineFor(pooled);
+  const wantPool = canPool() && cpuThreads() > 1 && job.flops >= inlineFlops && serializable(problem.pattern) && space.total > 1;
+  const e = await engineFor(wantPool);
+  // (no pool after all where its workers could not start)
+  const pooled = wantPool && e.workers.length > 0;
   const threads = pooled ? e.workers.length : 1;
   const kinds = job.phases.filter((p): p is KernelKind => typeof p === 'string');
   const scratch = Math.max(0, ...kinds.map((k) => scratchPlan(k, problem, rank, threads).bytes));

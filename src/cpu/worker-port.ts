@@ -81,10 +81,15 @@ export class WorkerPort {
 
 const inNode = typeof process !== 'undefined' && typeof process.versions?.node === 'string';
 
-export async function spawnWorker(init: InitMsg): Promise<WorkerPort> {
+/**
+ * Starts a pool worker and resolves once it has answered its init (rejects if it cannot start: a
+ * bundle that left out worker.js, say). `url`: the worker script (setCpuWorkerUrl), else the
+ * package's own worker.js next to this module.
+ */
+export async function spawnWorker(init: InitMsg, url?: string | URL): Promise<WorkerPort> {
   if (inNode) {
     const { Worker } = await nodeBuiltin<typeof import('node:worker_threads')>('worker_threads');
-    const w = new Worker(new URL('./worker.js', import.meta.url));
+    const w = new Worker(url ?? new URL('./worker.js', import.meta.url));
     const port = new WorkerPort(
       (m) => w.postMessage(m),
       () => void w.terminate(),
@@ -93,13 +98,14 @@ export async function spawnWorker(init: InitMsg): Promise<WorkerPort> {
     w.on('message', (m: DoneMsg | ReadyMsg) => port.answer(m));
     w.on('error', (e) => port.fail(e));
     w.on('exit', (code) => port.fail(new Error(`cpu worker exited (${code})`)));
-    // after the listeners: attaching a 'message' listener refs the worker's port again
-    w.unref(); // an idle pool never keeps the process alive
     w.postMessage(init);
+    // the worker keeps the process alive until it has started (a call is waiting for it); then an
+    // idle pool never does (a 'message' listener refs the worker's port again, so this comes after)
+    await port.ready.finally(() => w.unref());
     return port;
   }
   // this exact form is what bundlers (Vite, webpack) recognise and emit the worker for
-  const w = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
+  const w = url ? new Worker(url, { type: 'module' }) : new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
   const port = new WorkerPort(
     (m) => w.postMessage(m),
     () => w.terminate(),
