@@ -42,7 +42,7 @@ export class WorkerPort {
     private readonly hold: (on: boolean) => void,
   ) {
     this.ready = new Promise<void>((resolve, reject) => (this.readied = { resolve, reject }));
-    this.ready.catch(() => undefined); // awaited only in browsers: never an unhandled rejection
+    this.ready.catch(() => undefined); // a worker that dies after its start: no unhandled rejection
   }
 
   run(msg: PhaseMsg): Promise<void> {
