@@ -426,7 +426,8 @@ export function footer(targets: readonly Target[], reports: readonly ProfileRepo
 function describeTarget(t: Target): string {
   if (t.name === 'cpu') {
     const i = cpuInfo();
-    return `cpu: ${t.threads} ${i.mode === 'workers' ? 'worker threads' : 'thread (the calling one)'}, ${i.kernels} WebAssembly tile kernels.`;
+    const failed = i.workersFailed ? ` The pool's workers did not start (${i.workersFailed.split('\n')[0]}): one thread.` : '';
+    return `cpu: ${t.threads} ${i.mode === 'workers' ? 'worker threads' : 'thread (the calling one)'}, ${i.kernels} WebAssembly tile kernels.${failed}`;
   }
   const info = targetInfo(t);
   const tuned = t.ctx.tuning ? `; stored fused tuning ${JSON.stringify(t.ctx.tuning)}` : '';
