@@ -165,57 +165,47 @@ const LONG_ENTRY = ENTRY.replace('import { attention, na2d, randn, cpuInfo }', '
   "const big = randn([1, 1024, 4, 64], 7); await attention(big, big, big, { backend: 'cpu' }); setCpuKernels('scalar'); const sc = await na2d(x, x, x, { kernelSize: 5, backend: 'cpu' }); setCpuKernels(undefined); return { scalarNa: Array.from(sc.out.data), na:",
 );
 
-test('vite build: the bundle and its emitted worker run in Chromium, on one thread and on Web Workers', { skip: await skipReason(), timeout: 180_000 }, async () => {
+const PAGE = '<!doctype html><html><head><link rel="icon" href="data:,"></head><body><script type="module" src="/src/main.js"></script></body></html>';
+
+/** A Vite app: the page loading src/main.js and `src` (file name -> text), built with `config` in a temporary folder, then checked in Chromium. */
+async function checkViteApp(src: Record<string, string>, config: Record<string, unknown>, label: string, scalar = false): Promise<void> {
   const { mkdtempSync, writeFileSync, mkdirSync, rmSync } = await import('node:fs');
   const { tmpdir } = await import('node:os');
   const root = mkdtempSync(join(tmpdir(), 'tilewise-vite-'));
   try {
     mkdirSync(join(root, 'src'));
-    writeFileSync(join(root, 'index.html'), '<!doctype html><html><head><link rel="icon" href="data:,"></head><body><script type="module" src="/src/main.js"></script></body></html>');
-    writeFileSync(join(root, 'src', 'main.js'), LONG_ENTRY);
+    writeFileSync(join(root, 'index.html'), PAGE);
+    for (const [name, text] of Object.entries(src)) writeFileSync(join(root, 'src', name), text);
     const vite = await import('vite');
-    await vite.build({ root, logLevel: 'silent', configFile: false, build: { outDir: join(root, 'dist') } });
-    await checkBuiltPage(join(root, 'dist'), 'Vite', true);
+    await vite.build({ root, logLevel: 'silent', configFile: false, ...config, build: { outDir: join(root, 'dist') } });
+    await checkBuiltPage(join(root, 'dist'), label, scalar);
   } finally {
     rmSync(root, { recursive: true, force: true });
   }
+}
+
+test('vite build: the bundle and its emitted worker run in Chromium, on one thread and on Web Workers', { skip: await skipReason(), timeout: 180_000 }, async () => {
+  await checkViteApp({ 'main.js': LONG_ENTRY }, {}, 'Vite', true);
 });
 
 test("vite build of an app that runs the library in its own Web Worker (worker.format 'es'): the pool starts from that worker, right on one thread and on Web Workers", { skip: await skipReason(), timeout: 180_000 }, async () => {
-  const { mkdtempSync, writeFileSync, mkdirSync, rmSync } = await import('node:fs');
-  const { tmpdir } = await import('node:os');
-  const root = mkdtempSync(join(tmpdir(), 'tilewise-vite-worker-'));
-  try {
-    mkdirSync(join(root, 'src'));
-    writeFileSync(join(root, 'index.html'), '<!doctype html><html><head><link rel="icon" href="data:,"></head><body><script type="module" src="/src/main.js"></script></body></html>');
-    writeFileSync(
-      join(root, 'src', 'main.js'),
-      `globalThis.runCases = () => new Promise((resolve, reject) => {
-        const w = new Worker(new URL('./app-worker.js', import.meta.url), { type: 'module' });
-        w.onmessage = (e) => (e.data.error ? reject(new Error('app worker: ' + e.data.error)) : resolve(e.data));
-        w.onerror = (e) => reject(new Error('app worker: ' + e.message));
-      });`,
-    );
-    // the worker's first call is mid-sized (beside its pool, which it has just started), then ENTRY's case
-    writeFileSync(
-      join(root, 'src', 'app-worker.js'),
-      `import { na2d, randn, cpuInfo } from ${JSON.stringify(join(DIST, 'src', 'index.js'))};
-      (async () => {
-        const y = randn([1, 48, 48, 4, 16], 41);
-        await na2d(y, y, y, { kernelSize: 7, backend: 'cpu' });
-        const x = randn([1, 12, 12, 2, 16], 21);
-        const a = await na2d(x, x, x, { kernelSize: 5, backend: 'cpu' });
-        postMessage({ na: Array.from(a.out.data), info: cpuInfo() });
-      })().catch((e) => postMessage({ error: String(e) }));`,
-    );
-    const vite = await import('vite');
-    // the library loads its WebGPU backend and scalar kernels on demand: chunks that Vite's default
-    // 'iife' worker format cannot split off
-    await vite.build({ root, logLevel: 'silent', configFile: false, worker: { format: 'es' }, build: { outDir: join(root, 'dist') } });
-    await checkBuiltPage(join(root, 'dist'), 'Vite (app worker)');
-  } finally {
-    rmSync(root, { recursive: true, force: true });
-  }
+  const main = `globalThis.runCases = () => new Promise((resolve, reject) => {
+    const w = new Worker(new URL('./app-worker.js', import.meta.url), { type: 'module' });
+    w.onmessage = (e) => (e.data.error ? reject(new Error('app worker: ' + e.data.error)) : resolve(e.data));
+    w.onerror = (e) => reject(new Error('app worker: ' + e.message));
+  });`;
+  // the worker's first call is mid-sized (beside its pool, which it has just started), then ENTRY's case
+  const worker = `import { na2d, randn, cpuInfo } from ${JSON.stringify(join(DIST, 'src', 'index.js'))};
+  (async () => {
+    const y = randn([1, 48, 48, 4, 16], 41);
+    await na2d(y, y, y, { kernelSize: 7, backend: 'cpu' });
+    const x = randn([1, 12, 12, 2, 16], 21);
+    const a = await na2d(x, x, x, { kernelSize: 5, backend: 'cpu' });
+    postMessage({ na: Array.from(a.out.data), info: cpuInfo() });
+  })().catch((e) => postMessage({ error: String(e) }));`;
+  // the library loads its WebGPU backend and scalar kernels on demand: chunks that Vite's default
+  // 'iife' worker format cannot split off
+  await checkViteApp({ 'main.js': main, 'app-worker.js': worker }, { worker: { format: 'es' } }, 'Vite (app worker)');
 });
 
 test('webpack 5: the bundle and its emitted worker run in Chromium, on one thread and on Web Workers', { skip: await skipReason(), timeout: 180_000 }, async () => {
